@@ -1,0 +1,146 @@
+"""Training-step time and peak GPU memory at full CogVideoX-2B size (random weights), ours vs stock diffusers.
+
+    python bench/bench_train_step.py --frames 65 --height 480 --width 720 --steps 5 --json result.json
+
+Ours: the project's stage 1 trainer (LoRA r=256, bf16, gradient checkpointing, cached latents) on
+one synthetic clip. Baseline, in the same process: a plain diffusers + peft LoRA step written as
+in diffusers' CogVideoX LoRA example (same model, rank, loss and optimizer). The text encoder is a
+1-layer T5 of the real width: with cached prompt embeddings it is outside the step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import CogVideoXDPMScheduler, CogVideoXTransformer3DModel
+from peft import LoraConfig
+
+from stage1.train_text_to_video_lora import LoraTrainer
+from stage1.training.arguments import LoraArgs
+from thematrix.base_model import build_base_model
+from thematrix.video import write_mp4
+
+BENCH_FPS = 8
+TEXT_ENCODER_LAYERS = 1
+WARMUP_STEPS = 2
+GIB = 2**30
+
+
+def synthetic_clip(root: Path, frames: int, height: int, width: int) -> Path:
+    """One clip of moving noise blocks with one control token per frame, and its index file."""
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, (height // 16, width // 16, 3), dtype=np.uint8).repeat(16, 0).repeat(16, 1)
+    video = np.stack([np.roll(base, shift=4 * index, axis=1) for index in range(frames)])
+    write_mp4(video, root / "clip.mp4", fps=BENCH_FPS)
+    index = {"list": [{"path": "clip.mp4", "caption": "A red race car on a grey track.",
+                       "control_signal_seq": ",".join(["D"] * frames), "valid_frame_idx": 0}]}
+    (root / "index.json").write_text(json.dumps(index))
+    return root / "index.json"
+
+
+def run_ours(model_dir: Path, data_root: Path, index_file: Path, output_dir: Path, cli) -> dict:
+    args = LoraArgs()
+    args.pretrained_model_name_or_path, args.data_root, args.index_file = str(model_dir), str(data_root), str(index_file)
+    args.output_dir = str(output_dir)
+    args.height, args.width, args.fps, args.frame_buckets = cli.height, cli.width, BENCH_FPS, (cli.frames,)
+    args.max_train_steps = WARMUP_STEPS + cli.steps
+    args.checkpointing_steps = 10**6
+    args.validation_steps, args.report_to, args.dataloader_num_workers = 0, "none", 0
+    args.cache_latents, args.lr_warmup_steps = True, 0
+    trainer = LoraTrainer(args)
+    trainer.setup()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    times = [entry["step_time_s"] for entry in trainer.history[WARMUP_STEPS:]]
+    result = {"step_s": statistics.median(times), "peak_gib": torch.cuda.max_memory_allocated() / GIB,
+              "trainable_params_m": trainer.num_trainable_parameters / 1e6}
+    del trainer
+    torch.cuda.empty_cache()
+    return result
+
+
+def run_stock(model_dir: Path, cli) -> dict:
+    """diffusers' CogVideoX LoRA training step, written plainly."""
+    device, dtype = torch.device("cuda"), torch.bfloat16
+    transformer = CogVideoXTransformer3DModel.from_pretrained(model_dir, subfolder="transformer", dtype=dtype).to(device)
+    transformer.requires_grad_(False)
+    transformer.add_adapter(LoraConfig(r=256, lora_alpha=256, init_lora_weights=True, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    transformer.enable_gradient_checkpointing()
+    params = [param for param in transformer.parameters() if param.requires_grad]
+    for param in params:
+        param.data = param.data.float()
+    optimizer = torch.optim.AdamW(params, lr=1e-5, betas=(0.9, 0.95), weight_decay=1e-4)
+    scheduler = CogVideoXDPMScheduler.from_pretrained(model_dir, subfolder="scheduler")
+    alphas = scheduler.alphas_cumprod.to(device)
+    config = transformer.config
+    latent_frames = (cli.frames - 1) // 4 + 1
+    latents = torch.randn(1, latent_frames, config.in_channels, cli.height // 8, cli.width // 8, device=device)
+    prompt = torch.randn(1, config.max_text_seq_length, config.text_embed_dim, device=device, dtype=dtype)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(WARMUP_STEPS + cli.steps):
+        start = time.perf_counter()
+        noise = torch.randn_like(latents)
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (1,), device=device)
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        with torch.autocast("cuda", dtype=dtype):
+            output = transformer(hidden_states=noisy.to(dtype), encoder_hidden_states=prompt, timestep=timesteps, return_dict=False)[0]
+        prediction = scheduler.get_velocity(output.float(), noisy, timesteps)
+        weights = (1 / (1 - alphas[timesteps])).view(-1, 1, 1, 1, 1)
+        loss = (weights * (prediction - latents) ** 2).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss.item()
+        times.append(time.perf_counter() - start)
+    result = {"step_s": statistics.median(times[WARMUP_STEPS:]), "peak_gib": torch.cuda.max_memory_allocated() / GIB}
+    del transformer, optimizer
+    torch.cuda.empty_cache()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=int, default=65)
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--width", type=int, default=720)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps after %d warm-up steps" % WARMUP_STEPS)
+    parser.add_argument("--work_dir", default=None)
+    parser.add_argument("--json", default=None, help="write the results here")
+    cli = parser.parse_args()
+    work = Path(cli.work_dir or tempfile.mkdtemp(prefix="bench-"))
+    model_dir = work / "base-2b"
+    if not (model_dir / "model_index.json").is_file():
+        start = time.perf_counter()
+        build_base_model("cogvideox-2b", model_dir, seed=0, dtype=torch.bfloat16,
+                         overrides={"text_encoder": {"num_layers": TEXT_ENCODER_LAYERS}})
+        print(f"built 2B model in {time.perf_counter() - start:.0f} s")
+    data_root = work / "clips"
+    data_root.mkdir(parents=True, exist_ok=True)
+    index_file = synthetic_clip(data_root, cli.frames, cli.height, cli.width)
+
+    results = {
+        "device": torch.cuda.get_device_name(),
+        "shape": f"{cli.frames} frames {cli.height}x{cli.width}, batch 1",
+        "ours_stage1_lora": run_ours(model_dir, data_root, index_file, work / "run", cli),
+        "stock_diffusers_lora": run_stock(model_dir, cli),
+    }
+    print(json.dumps(results, indent=2))
+    ours, stock = results["ours_stage1_lora"], results["stock_diffusers_lora"]
+    print(f"| step | ours {ours['step_s']:.2f} s, {ours['peak_gib']:.1f} GiB | stock {stock['step_s']:.2f} s, {stock['peak_gib']:.1f} GiB | ratio {ours['step_s'] / stock['step_s']:.2f} |")
+    if cli.json:
+        Path(cli.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

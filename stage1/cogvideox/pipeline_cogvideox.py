@@ -1,0 +1,49 @@
+"""Stage 1's pipeline: stock CogVideoX text-to-video, loaded offline from a model directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+from diffusers import CogVideoXPipeline
+
+from stage1.cogvideox.scheduler import GameScheduler
+from thematrix.model_dir import check_model_dir
+
+
+def default_device_and_dtype() -> tuple[torch.device, torch.dtype]:
+    """bf16 on a GPU, float32 on the CPU (where bf16 convolutions are slow)."""
+    if torch.cuda.is_available():
+        return torch.device("cuda"), torch.bfloat16
+    return torch.device("cpu"), torch.float32
+
+
+class GameVideoPipeline(CogVideoXPipeline):
+    """CogVideoX text-to-video with the stage's scheduler and native sizes read from the model."""
+
+    scheduler_class = GameScheduler
+
+    @classmethod
+    def from_model_dir(
+        cls,
+        model_dir: str | Path,
+        lora_dir: Optional[str | Path] = None,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+        setting: str = "--model_dir",
+    ) -> "GameVideoPipeline":
+        """Load a local model directory (and optionally a LoRA) onto ``device``; nothing is downloaded."""
+        default_device, default_dtype = default_device_and_dtype()
+        device, dtype = device or default_device, dtype or default_dtype
+        check_model_dir(model_dir, setting)
+        scheduler = cls.scheduler_class.from_pretrained(model_dir, subfolder="scheduler")
+        pipeline = cls.from_pretrained(str(model_dir), scheduler=scheduler, dtype=dtype, local_files_only=True)
+        if lora_dir is not None:
+            pipeline.load_lora_weights(str(lora_dir))
+        return pipeline.to(device)
+
+    @property
+    def native_size(self) -> tuple[int, int, int]:
+        """(frames, height, width) the base model was trained at, from its configs."""
+        return self.transformer.config.sample_frames, self.vae.config.sample_height, self.vae.config.sample_width

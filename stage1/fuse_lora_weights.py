@@ -1,0 +1,43 @@
+"""Merge stage 1's LoRA into the base model: writes the full model directory stage 2 trains from.
+
+    python fuse_lora_weights.py --base_model path/to/CogVideoX-2b --lora_dir ../outputs/stage1-lora \
+        --output_dir ../outputs/stage1-fused
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from stage1.cogvideox.pipeline_cogvideox import GameVideoPipeline
+from thematrix.model_dir import LORA_WEIGHT_NAME, save_model_dir
+
+
+def fuse_lora(base_model: str | Path, lora_dir: str | Path, output_dir: str | Path, lora_scale: float = 1.0) -> Path:
+    """Load base + LoRA, fold the LoRA into the weights, and save a plain diffusers directory atomically."""
+    lora_file = Path(lora_dir) / LORA_WEIGHT_NAME
+    if not lora_file.is_file():
+        raise FileNotFoundError(f"--lora_dir {lora_dir}: no {LORA_WEIGHT_NAME}; pass the output_dir of stage 1 training")
+    pipeline = GameVideoPipeline.from_model_dir(
+        base_model, lora_dir=lora_dir, device=torch.device("cpu"), dtype=torch.float32, setting="--base_model"
+    )
+    pipeline.fuse_lora(lora_scale=lora_scale)
+    pipeline.unload_lora_weights()
+    return save_model_dir(pipeline, output_dir)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base_model", required=True, help="the model stage 1 trained on (pretrained_model_name_or_path)")
+    parser.add_argument("--lora_dir", required=True, help="stage 1's output_dir, holding " + LORA_WEIGHT_NAME)
+    parser.add_argument("--output_dir", required=True, help="where to write the fused model directory")
+    parser.add_argument("--lora_scale", type=float, default=1.0, help="strength of the LoRA (default: %(default)s)")
+    args = parser.parse_args(argv)
+    output = fuse_lora(args.base_model, args.lora_dir, args.output_dir, args.lora_scale)
+    print(f"fused model: {output.resolve()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Stage 1: LoRA fine-tuning of CogVideoX on game clips. Run through train_text_to_video_lora.sh."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import CogVideoXTransformer3DModel
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
+
+from stage1.cogvideox.pipeline_cogvideox import GameVideoPipeline
+from stage1.cogvideox.scheduler import GameScheduler
+from stage1.training.arguments import LoraArgs
+from thematrix.config import parse_command_line
+from thematrix.training.trainer import Trainer
+
+DEFAULT_CONFIG = Path(__file__).parent / "training" / "lora_config.py"
+
+
+class LoraTrainer(Trainer):
+    """Trains LoRA adapters on the transformer's attention projections; the base stays frozen."""
+
+    args_class = LoraArgs
+    pipeline_class = GameVideoPipeline
+    scheduler_class = GameScheduler
+
+    def build_transformer(self) -> torch.nn.Module:
+        transformer = CogVideoXTransformer3DModel.from_pretrained(self.args.pretrained_model_name_or_path, subfolder="transformer")
+        transformer.requires_grad_(False)
+        transformer.add_adapter(
+            LoraConfig(
+                r=self.args.rank,
+                lora_alpha=self.args.lora_alpha,
+                init_lora_weights=True,
+                target_modules=list(self.args.lora_target_modules),
+            )
+        )
+        return transformer
+
+    def save_final(self, transformer: torch.nn.Module) -> None:
+        """LoRA weights in diffusers' format, loadable by CogVideoXPipeline.load_lora_weights."""
+        self.pipeline_class.save_lora_weights(
+            str(self.output_dir), transformer_lora_layers=get_peft_model_state_dict(transformer), safe_serialization=True
+        )
+
+
+def main(argv=None) -> None:
+    args = parse_command_line(DEFAULT_CONFIG, LoraArgs, argv)
+    output_dir = LoraTrainer(args).train()
+    print(f"LoRA weights: {output_dir.resolve()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""Shared fixtures: the tiny base model and a small synthetic clip dataset, built once per session."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from thematrix.controls import DEFAULT_VOCABULARY
+
+TINY_HEIGHT, TINY_WIDTH = 48, 64
+CLIP_FRAMES = 17
+CLIP_FPS = 10
+NUM_CLIPS = 4
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from thematrix.base_model import build_base_model
+
+    path = tmp_path_factory.mktemp("models") / "base-tiny"
+    build_base_model("tiny", path, seed=0)
+    return path
+
+
+def moving_square_clip(index: int, num_frames: int, height: int, width: int) -> np.ndarray:
+    """A square that moves right by one pixel a frame over a background of per-clip colour."""
+    frames = np.zeros((num_frames, height, width, 3), dtype=np.uint8)
+    frames[...] = (40 + 50 * index, 90, 140)
+    size = height // 4
+    for frame_index in range(num_frames):
+        left = (frame_index + 4 * index) % (width - size)
+        frames[frame_index, size : 2 * size, left : left + size] = (250, 40, 40)
+    return frames
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> tuple[Path, Path]:
+    """(data_root, index_file) of NUM_CLIPS clips, one control token per frame."""
+    from thematrix.video import write_mp4
+
+    root = tmp_path_factory.mktemp("clips")
+    entries = []
+    tokens = DEFAULT_VOCABULARY.tokens
+    for index in range(NUM_CLIPS):
+        name = f"clip_{index}.mp4"
+        write_mp4(moving_square_clip(index, CLIP_FRAMES, TINY_HEIGHT, TINY_WIDTH), root / name, fps=CLIP_FPS)
+        controls = [tokens[(index + frame // 4) % len(tokens)] for frame in range(CLIP_FRAMES)]
+        entries.append({
+            "path": name,
+            "caption": f"A red square slides right over a plain background, clip {index}.",
+            "control_signal_seq": ",".join(controls),
+            "valid_frame_idx": 0,
+        })
+    index_file = root / "index.json"
+    index_file.write_text(json.dumps({"list": entries}))
+    return root, index_file

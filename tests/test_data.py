@@ -1,0 +1,381 @@
+"""Data pipeline: video I/O, index checking, the dataset's sampling, bucket batches, the recorder."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import imageio_ffmpeg
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+import thematrix.video as video_module
+from thematrix.controls import DEFAULT_VOCABULARY
+from thematrix.data.dataset import BucketBatchSampler, DatasetError, VideoDataset, collate_batch
+from thematrix.data.index import IndexFormatError, load_index
+from thematrix.data.validate import main as validate_main
+from thematrix.video import draw_control_overlay, read_video_info, tensor_to_uint8_frames, write_mp4
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TEMPORAL_COMPRESSION = 4
+# Frame k of a synthetic clip is a flat grey of level k * LEVEL_STEP: H.264 keeps flat frames
+# within a couple of levels, so the frame number survives encoding and resizing.
+LEVEL_STEP = 6
+HEIGHT, WIDTH = 48, 64
+
+
+def grey_frames(num_frames: int, height: int = HEIGHT, width: int = WIDTH) -> np.ndarray:
+    levels = (np.arange(num_frames) * LEVEL_STEP).astype(np.uint8)
+    return np.broadcast_to(levels[:, None, None, None], (num_frames, height, width, 3)).copy()
+
+
+def frame_tokens(num_frames: int) -> list[str]:
+    """Per-frame controls that also encode the frame number (mod the vocabulary size)."""
+    return [DEFAULT_VOCABULARY.tokens[k % len(DEFAULT_VOCABULARY)] for k in range(num_frames)]
+
+
+def decoded_frame_numbers(video: torch.Tensor) -> list[int]:
+    """Frame numbers of a dataset video [F, C, H, W] in [-1, 1] made from grey_frames."""
+    levels = (video.mean(dim=(1, 2, 3)) + 1) * 255 / 2
+    return torch.round(levels / LEVEL_STEP).long().tolist()
+
+
+def entry(path: str, num_frames: int, valid_frame_idx: int = 0, **overrides) -> dict:
+    item = {"path": path, "caption": f"clip {path}", "control_signal_seq": ",".join(frame_tokens(num_frames)),
+            "valid_frame_idx": valid_frame_idx}
+    item.update(overrides)
+    return item
+
+
+def make_dataset_dir(root: Path, clips: dict[str, tuple[int, float]], entries: list[dict] | None = None) -> Path:
+    """Write grey clips {name: (frames, fps)} under root and an index of them; returns the index path."""
+    for name, (num_frames, fps) in clips.items():
+        write_mp4(grey_frames(num_frames), root / name, fps=fps)
+    if entries is None:
+        entries = [entry(name, num_frames) for name, (num_frames, _) in clips.items()]
+    index_file = root / "index.json"
+    index_file.write_text(json.dumps({"list": entries}))
+    return index_file
+
+
+def build_dataset(root: Path, clips: dict[str, tuple[int, float]], entries=None, **kwargs) -> VideoDataset:
+    samples, problems = load_index(make_dataset_dir(root, clips, entries), root, DEFAULT_VOCABULARY)
+    assert problems == []
+    options = dict(fps=10, height=32, width=40, frame_buckets=(9, 17, 33), temporal_compression=TEMPORAL_COMPRESSION)
+    options.update(kwargs)
+    return VideoDataset(samples, **options)
+
+
+# ---------------------------------------------------------------- video I/O
+
+
+def test_write_mp4_writes_playable_h264_and_pads_odd_sizes(tmp_path):
+    path = write_mp4(grey_frames(5, height=33, width=47), tmp_path / "odd.mp4", fps=8)
+    assert read_video_info(path) == (5, 8.0, 34, 48)
+    probe = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True, text=True)
+    assert re.search(r"Video: h264 .*yuv420p", probe.stderr)
+    assert [p.name for p in tmp_path.iterdir()] == ["odd.mp4"]
+
+
+def test_write_mp4_accepts_torch_and_rejects_float(tmp_path):
+    write_mp4(torch.from_numpy(grey_frames(3)), tmp_path / "t.mp4", fps=5)
+    assert read_video_info(tmp_path / "t.mp4")[0] == 3
+    with pytest.raises(ValueError, match="uint8"):
+        write_mp4(np.zeros((3, HEIGHT, WIDTH, 3), dtype=np.float32), tmp_path / "f.mp4", fps=5)
+
+
+def test_write_mp4_interrupted_keeps_old_file_and_leaves_no_partial(tmp_path, monkeypatch):
+    target = tmp_path / "clip.mp4"
+    write_mp4(grey_frames(4), target, fps=5)
+    before = target.read_bytes()
+    real_write_frames = imageio_ffmpeg.write_frames
+    monkeypatch.setattr(video_module.imageio_ffmpeg, "write_frames", lambda *a, **k: _Killing(real_write_frames(*a, **k)))
+    with pytest.raises(KeyboardInterrupt):
+        write_mp4(grey_frames(10), target, fps=5)
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["clip.mp4"]
+
+
+class _Killing:
+    """A frame writer that is killed after two frames, as a run stopped mid-write."""
+
+    FRAMES_BEFORE_KILL = 2
+
+    def __init__(self, writer):
+        self.writer, self.frames = writer, 0
+
+    def send(self, frame):
+        if frame is not None:
+            self.frames += 1
+            if self.frames > self.FRAMES_BEFORE_KILL:
+                self.writer.close()
+                raise KeyboardInterrupt
+        return self.writer.send(frame)
+
+    def close(self):
+        self.writer.close()
+
+
+def test_draw_control_overlay_labels_corner_only_and_scales():
+    frames = np.full((2, HEIGHT, WIDTH, 3), 100, dtype=np.uint8)
+    out = draw_control_overlay(frames, ["DL", "NR"])
+    assert (frames == 100).all(), "input must not be modified"
+    changed = (out != 100).any(axis=(0, 3))
+    rows, cols = np.nonzero(changed)
+    # 5x7 font at 1 px per font pixel on 48x64, 1 px margin: "DL" spans 11 columns.
+    assert rows.max() == 8 and cols.max() == 12
+    assert (out[:, rows.max() + 1 :] == 100).all() and (out[:, :, cols.max() + 1 :] == 100).all()
+    assert (out[:, :9, :13] == 255).any() and not np.array_equal(out[0], out[1])
+    large = draw_control_overlay(np.full((1, 480, 720, 3), 100, dtype=np.uint8), ["D"])
+    box_rows = np.nonzero((large[0] != 100).any(axis=(1, 2)))[0]
+    assert box_rows.max() == 7 * 5 + 2 * 5 - 1  # 5 px per font pixel, 5 px margins
+    with pytest.raises(ValueError, match="one label per frame"):
+        draw_control_overlay(frames, ["D"])
+
+
+def test_tensor_to_uint8_frames_maps_range_and_layout():
+    video = torch.tensor([-1.0, 0.0, 1.0, 2.0]).view(4, 1, 1, 1).expand(4, 3, 2, 5)
+    frames = tensor_to_uint8_frames(video)
+    assert frames.shape == (4, 2, 5, 3) and frames.dtype == np.uint8
+    assert frames[:, 0, 0, 0].tolist() == [0, 128, 255, 255]
+    with pytest.raises(ValueError, match=r"\[F, 3, H, W\]"):
+        tensor_to_uint8_frames(torch.zeros(3, 4, 2, 2))  # [C, F, H, W] by mistake
+
+
+# ---------------------------------------------------------------- index checking
+
+
+@pytest.fixture
+def broken_index(tmp_path) -> Path:
+    for name, frames in [("good.mp4", 9), ("mismatch.mp4", 9), ("unknown.mp4", 9), ("late_start.mp4", 9),
+                         ("no_caption.mp4", 9), ("wrong_type.mp4", 9)]:
+        write_mp4(grey_frames(frames), tmp_path / name, fps=10)
+    (tmp_path / "corrupt.mp4").write_bytes(np.random.default_rng(0).bytes(4096))
+    # A copy cut short, as a crashed writer without an atomic rename leaves it; its header still
+    # lists every frame.
+    noise = np.random.default_rng(0).integers(0, 256, (30, HEIGHT, WIDTH, 3), dtype=np.uint8)
+    full = write_mp4(noise, tmp_path / "full.mp4", fps=10).read_bytes()
+    (tmp_path / "truncated.mp4").write_bytes(full[: len(full) * 2 // 3])
+    tokens = frame_tokens(9)
+    no_caption = entry("no_caption.mp4", 9)
+    del no_caption["caption"]
+    entries = [
+        entry("good.mp4", 9),
+        entry("missing.mp4", 9),
+        entry("corrupt.mp4", 9),
+        entry("truncated.mp4", 30),
+        entry("mismatch.mp4", 9, control_signal_seq=",".join(tokens[:8])),
+        entry("unknown.mp4", 9, control_signal_seq=",".join(tokens[:4] + ["X", "DX"] + tokens[6:])),
+        entry("late_start.mp4", 9, valid_frame_idx=9),
+        no_caption,
+        entry("wrong_type.mp4", 9, valid_frame_idx="0"),
+        "not an object",
+    ]
+    index_file = tmp_path / "index.json"
+    index_file.write_text(json.dumps({"list": entries}))
+    return index_file
+
+
+def test_load_index_reports_every_kind_of_problem(broken_index):
+    samples, problems = load_index(broken_index, broken_index.parent, DEFAULT_VOCABULARY)
+    assert [sample.relative_path for sample in samples] == ["good.mp4"]
+    good = samples[0]
+    assert Path(good.path).is_absolute() and (good.num_frames, good.fps, good.height, good.width) == (9, 10.0, HEIGHT, WIDTH)
+    assert good.frame_controls == frame_tokens(9)
+    found = {(problem.path, problem.field): str(problem) for problem in problems}
+    assert set(found) == {
+        ("missing.mp4", "path"), ("corrupt.mp4", "path"), ("truncated.mp4", "path"), ("mismatch.mp4", "control_signal_seq"),
+        ("unknown.mp4", "control_signal_seq"), ("late_start.mp4", "valid_frame_idx"), ("no_caption.mp4", "caption"),
+        ("wrong_type.mp4", "valid_frame_idx"), ("entry #9", "entry"),
+    }
+    assert "file not found" in found["missing.mp4", "path"]
+    assert "cannot be decoded" in found["corrupt.mp4", "path"] and "cannot be decoded" in found["truncated.mp4", "path"]
+    assert found["mismatch.mp4", "control_signal_seq"] == (
+        "mismatch.mp4: control_signal_seq: has 8 tokens but the video has 9 frames. Fix: write one token per video frame."
+    )
+    unknown = found["unknown.mp4", "control_signal_seq"]
+    assert "'X' (first at frame 4)" in unknown and "'DX' (first at frame 5)" in unknown and "'NR'" in unknown
+    assert "0..8" in found["late_start.mp4", "valid_frame_idx"]
+    assert "is missing" in found["no_caption.mp4", "caption"]
+    assert "is '0' (str) but must be an integer" in found["wrong_type.mp4", "valid_frame_idx"]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [(None, "not found"), ("{not json", "not valid JSON"), ('{"clips": []}', 'no "list" key'), ('{"list": {}}', "not a list")],
+)
+def test_load_index_rejects_unusable_index_files(tmp_path, content, message):
+    index_file = tmp_path / "index.json"
+    if content is not None:
+        index_file.write_text(content)
+    with pytest.raises(IndexFormatError, match=message) as error:
+        load_index(index_file, tmp_path, DEFAULT_VOCABULARY)
+    assert str(index_file) in str(error.value) and "Fix:" in str(error.value)
+
+
+def test_validate_cli_prints_problems_and_exit_codes(broken_index, capsys):
+    args = ["--data_root", str(broken_index.parent), "--index_file", str(broken_index)]
+    assert validate_main(args) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 10 and lines[-1].startswith("FAILED") and "1 usable clips, 9 problems" in lines[-1]
+    assert any(line.startswith("corrupt.mp4: path: cannot be decoded") for line in lines)
+
+    good_index = broken_index.with_name("good.json")
+    good_index.write_text(json.dumps({"list": [entry("good.mp4", 9)]}))
+    good_args = ["--data_root", str(broken_index.parent), "--index_file", str(good_index)]
+    assert validate_main(good_args + ["--min_frames", "10"]) == 1
+    assert "leaves 9 usable frames" in capsys.readouterr().out
+    script = subprocess.run(
+        [sys.executable, "data/validate_index.py", *good_args], cwd=REPO_ROOT, capture_output=True, text=True
+    )
+    assert script.returncode == 0 and script.stdout.startswith("OK"), script.stdout + script.stderr
+
+
+# ---------------------------------------------------------------- dataset
+
+
+def test_dataset_item_shapes_ranges_and_controls(tmp_path):
+    dataset = build_dataset(tmp_path, {"long.mp4": (40, 10), "mid.mp4": (20, 10)})
+    assert dataset.buckets == [33, 17] and dataset.skipped == []
+    item = dataset[0]
+    assert item["video"].shape == (33, 3, 32, 40) and item["video"].dtype == torch.float32
+    assert item["video"].min() >= -1 and item["video"].max() <= 1
+    assert decoded_frame_numbers(item["video"]) == list(range(33))
+    expected_tokens = [frame_tokens(40)[k] for k in range(0, 33, TEMPORAL_COMPRESSION)]
+    assert item["control_tokens"] == expected_tokens and len(expected_tokens) == (33 - 1) // TEMPORAL_COMPRESSION + 1
+    assert item["controls"].dtype == torch.long and item["controls"].tolist() == DEFAULT_VOCABULARY.encode(expected_tokens)
+    assert (item["bucket"], item["caption"], Path(item["path"]).name) == (33, "clip long.mp4", "long.mp4")
+
+    batch = next(iter(DataLoader(dataset, batch_sampler=BucketBatchSampler(dataset, 1, seed=0), collate_fn=collate_batch)))
+    assert batch["video"].shape[0] == 1 and batch["controls"].shape == (1, (batch["bucket"] - 1) // TEMPORAL_COMPRESSION + 1)
+    assert isinstance(batch["control_tokens"][0], list)
+
+
+def test_dataset_resizes_keeping_aspect_then_crops_center(tmp_path):
+    frames = np.zeros((9, 48, 96, 3), dtype=np.uint8)
+    frames[:, :, :24, 0] = 255  # red left quarter
+    frames[:, :, 24:72, 1] = 255  # green middle half
+    frames[:, :, 72:, 2] = 255  # blue right quarter
+    write_mp4(frames, tmp_path / "wide.mp4", fps=10)
+    (tmp_path / "index.json").write_text(json.dumps({"list": [entry("wide.mp4", 9)]}))
+    samples, _ = load_index(tmp_path / "index.json", tmp_path, DEFAULT_VOCABULARY)
+    video = VideoDataset(samples, fps=10, height=24, width=24, frame_buckets=(9,), temporal_compression=4)[0]["video"]
+    assert video.shape == (9, 3, 24, 24)
+    red, green, blue = video.mean(dim=(0, 2, 3))
+    assert green > 0.8 and red < -0.8 and blue < -0.8
+
+
+@pytest.mark.parametrize(
+    "source_fps, valid_frame_idx, expected",
+    [
+        (20, 0, list(range(0, 33, 2))),  # every second frame
+        (20, 5, list(range(5, 38, 2))),  # from the first usable frame
+        (15, 0, [0, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18, 20, 21, 23, 24]),  # nearest frame in time
+    ],
+)
+def test_dataset_resamples_fps_by_time(tmp_path, source_fps, valid_frame_idx, expected):
+    dataset = build_dataset(tmp_path, {"clip.mp4": (40, source_fps)},
+                            entries=[entry("clip.mp4", 40, valid_frame_idx)], frame_buckets=(17,))
+    assert dataset.frame_indices(0) == expected
+    item = dataset[0]
+    assert decoded_frame_numbers(item["video"]) == expected
+    assert item["control_tokens"] == [frame_tokens(40)[k] for k in expected[::TEMPORAL_COMPRESSION]]
+
+
+def test_dataset_random_start_keeps_frames_and_controls_aligned(tmp_path):
+    dataset = build_dataset(tmp_path, {"clip.mp4": (40, 10)}, random_start=True)
+    torch.manual_seed(0)
+    starts = set()
+    for _ in range(8):
+        item = dataset[0]
+        numbers = decoded_frame_numbers(item["video"])
+        assert numbers == list(range(numbers[0], numbers[0] + 33)) and 0 <= numbers[0] <= 40 - 33
+        assert item["control_tokens"] == [frame_tokens(40)[k] for k in numbers[::TEMPORAL_COMPRESSION]]
+        starts.add(numbers[0])
+    assert len(starts) > 1
+
+
+def test_dataset_refuses_source_slower_than_fps_and_bad_buckets(tmp_path):
+    samples, _ = load_index(make_dataset_dir(tmp_path, {"slow.mp4": (40, 10)}), tmp_path, DEFAULT_VOCABULARY)
+    with pytest.raises(DatasetError, match=r"slow\.mp4 is 10 fps"):
+        VideoDataset(samples, fps=20, height=32, width=32, frame_buckets=(9,), temporal_compression=4)
+    with pytest.raises(DatasetError, match="4k\\+1"):
+        VideoDataset(samples, fps=10, height=32, width=32, frame_buckets=(9, 16), temporal_compression=4)
+
+
+def test_dataset_skips_short_clips_and_fails_if_none_fits(tmp_path, caplog):
+    with caplog.at_level("WARNING"):
+        dataset = build_dataset(tmp_path, {"long.mp4": (20, 10), "short.mp4": (12, 10)}, frame_buckets=(17,))
+    assert len(dataset) == 1 and dataset.buckets == [17]
+    [skipped] = dataset.skipped
+    assert skipped.path == "short.mp4" and "has 12 frames" in skipped.reason and "needs 17" in skipped.reason
+    assert "short.mp4" in caplog.text
+    with pytest.raises(DatasetError, match=r"none of the 1 clips.*\n.*short\.mp4"):
+        VideoDataset([load_index(tmp_path / "index.json", tmp_path, DEFAULT_VOCABULARY)[0][1]], fps=10,
+                     height=32, width=32, frame_buckets=(17,), temporal_compression=4)
+
+
+# ---------------------------------------------------------------- bucket batches
+
+
+class _Buckets:
+    """The only thing BucketBatchSampler reads from a dataset."""
+
+    def __init__(self, buckets):
+        self.buckets = buckets
+
+
+BUCKETS = _Buckets([17] * 7 + [33] * 5 + [65] * 3)
+
+
+def _epoch(sampler: BucketBatchSampler, epoch: int) -> list[list[int]]:
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+def test_bucket_batches_hold_one_bucket_and_are_reproducible_per_seed_and_epoch():
+    sampler = BucketBatchSampler(BUCKETS, batch_size=2, seed=7)
+    batches = _epoch(sampler, 0)
+    assert len(batches) == len(sampler) == 3 + 2 + 1
+    assert all(len(batch) == 2 and len({BUCKETS.buckets[i] for i in batch}) == 1 for batch in batches)
+    flat = [i for batch in batches for i in batch]
+    assert len(set(flat)) == len(flat)
+    assert _epoch(BucketBatchSampler(BUCKETS, batch_size=2, seed=7), 0) == batches
+    assert _epoch(sampler, 1) != batches and _epoch(sampler, 0) == batches
+    assert _epoch(BucketBatchSampler(BUCKETS, batch_size=2, seed=8), 0) != batches
+
+
+def test_bucket_batches_without_drop_last_or_shuffle_cover_everything():
+    sampler = BucketBatchSampler(BUCKETS, batch_size=2, seed=0, drop_last=False)
+    batches = _epoch(sampler, 3)
+    assert len(batches) == len(sampler) == 4 + 3 + 2
+    assert sorted(i for batch in batches for i in batch) == list(range(len(BUCKETS.buckets)))
+    ordered = BucketBatchSampler(BUCKETS, batch_size=3, seed=0, shuffle=False)
+    assert _epoch(ordered, 0) == _epoch(ordered, 5) == [[0, 1, 2], [3, 4, 5], [7, 8, 9], [12, 13, 14]]
+    with pytest.raises(ValueError, match="no frame bucket has batch_size=8"):
+        BucketBatchSampler(BUCKETS, batch_size=8, seed=0)
+
+
+# ---------------------------------------------------------------- recorder
+
+
+def test_recorder_writes_a_valid_dataset(tmp_path):
+    command = [sys.executable, "data/record_carracing.py", "--output_dir", str(tmp_path), "--episodes", "1",
+               "--clips_per_episode", "2", "--frames_per_clip", "9", "--resolution", "48x72", "--seed", "3"]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    entries = json.loads((tmp_path / "index.json").read_text())["list"]
+    assert [item["path"] for item in entries] == ["videos/episode_0000_clip_00.mp4", "videos/episode_0000_clip_01.mp4"]
+    assert all(set(item) == {"path", "caption", "control_signal_seq", "valid_frame_idx"} for item in entries)
+    samples, problems = load_index(tmp_path / "index.json", tmp_path, DEFAULT_VOCABULARY)
+    assert problems == [] and len(samples) == 2
+    for sample in samples:
+        assert (sample.num_frames, sample.fps, sample.height, sample.width) == (9, 10.0, 48, 72)
+        assert len(sample.frame_controls) == sample.num_frames
+        assert sample.caption.startswith("A top-down view of a red race car")
+    assert validate_main(["--data_root", str(tmp_path), "--index_file", str(tmp_path / "index.json")]) == 0

@@ -1,0 +1,1 @@
+"""Shared package of the staged interactive world-model training recipe."""

@@ -1,0 +1,282 @@
+"""Training clips: resampled to a frame rate, resized and cropped, cut to a frame bucket.
+
+Each clip is assigned the largest frame bucket (``temporal_compression * k + 1`` frames) that
+its usable frames fill at the training fps; a batch holds clips of one bucket only
+(``BucketBatchSampler``). A clip gets one control token per latent frame: the tokens of the
+sampled frames ``[::temporal_compression]``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Sequence
+
+import decord
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, Sampler
+
+from thematrix.controls import DEFAULT_VOCABULARY, ControlError, ControlVocabulary, latent_frame_controls
+from thematrix.data.index import Problem, Sample
+
+logger = logging.getLogger(__name__)
+
+# A source may run this much (relatively) slower than the training fps and still count as
+# fast enough: NTSC rates (29.97 for 30) differ by 0.1%; picking frames by time then repeats no
+# frame within any realistic clip (checked per clip below).
+FPS_TOLERANCE = 2e-3
+UINT8_HALF_RANGE = 255 / 2
+# How many skipped clips to name in an error message before summarising.
+MAX_SKIPPED_LISTED = 5
+
+
+class DatasetError(ValueError):
+    """The dataset cannot be built as configured; the message names the files and the fix."""
+
+
+@dataclass
+class _Clip:
+    sample: Sample
+    bucket: int
+    # How many frames at the training fps the usable part of the file holds.
+    available: int
+
+
+def time_indices(positions: np.ndarray, source_fps: float, target_fps: float) -> np.ndarray:
+    """Source frames nearest to the times ``position / target_fps`` (position 0 = source frame 0)."""
+    return np.floor(np.asarray(positions) * (source_fps / target_fps) + 0.5).astype(np.int64)
+
+
+def _available_frames(usable: int, source_fps: float, target_fps: float) -> int:
+    upper_bound = int(usable * target_fps / source_fps) + 2
+    return int(np.sum(time_indices(np.arange(upper_bound), source_fps, target_fps) < usable))
+
+
+class VideoDataset(Dataset):
+    """Clips of checked samples (from ``load_index``) as model inputs.
+
+    Args:
+        samples: the usable samples that ``load_index`` returned.
+        fps: training frame rate; frames are picked by time from the file's frame rate, which
+            must not be lower (frames are never repeated to fake a higher rate).
+        height, width: output size; frames are resized keeping their aspect, then center-cropped.
+        frame_buckets: allowed clip lengths in frames, each ``temporal_compression * k + 1``.
+        temporal_compression: the VAE's compression of time (``vae.config.temporal_compression_ratio``).
+        vocabulary: the control tokens that the samples use.
+        random_start: start each clip at a random usable frame (drawn from torch's global RNG, which
+            DataLoader seeds per worker) instead of the first usable frame.
+
+    ``dataset[i]`` is a dict: ``video`` float32 ``[F, C, H, W]`` in ``[-1, 1]``; ``caption``;
+    ``controls`` LongTensor ``[(F - 1) / temporal_compression + 1]`` of token ids;
+    ``control_tokens`` the same as strings; ``path``; ``bucket`` (= F).
+    ``dataset.skipped`` lists the samples too short for the smallest bucket.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        *,
+        fps: float,
+        height: int,
+        width: int,
+        frame_buckets: Sequence[int],
+        temporal_compression: int,
+        vocabulary: ControlVocabulary = DEFAULT_VOCABULARY,
+        random_start: bool = False,
+    ):
+        if fps <= 0 or height <= 0 or width <= 0 or temporal_compression <= 0:
+            raise DatasetError(
+                f"fps, height, width and temporal_compression must be positive, got "
+                f"fps={fps}, height={height}, width={width}, temporal_compression={temporal_compression}"
+            )
+        bad_buckets = [bucket for bucket in frame_buckets if bucket < 1 or (bucket - 1) % temporal_compression]
+        if not frame_buckets or bad_buckets:
+            raise DatasetError(
+                f"frame_buckets {list(frame_buckets)}: every bucket must be {temporal_compression}k+1 frames "
+                f"(the VAE compresses time by {temporal_compression}); e.g. "
+                f"{[temporal_compression * k + 1 for k in (4, 8, 16)]}"
+            )
+        if not samples:
+            raise DatasetError("no samples: load_index found no usable clip; run thematrix.data.validate on the index")
+        self.fps, self.height, self.width = fps, height, width
+        self.frame_buckets = sorted(set(frame_buckets))
+        self.temporal_compression = temporal_compression
+        self.vocabulary = vocabulary
+        self.random_start = random_start
+
+        too_slow = [sample for sample in samples if sample.fps < fps * (1 - FPS_TOLERANCE)]
+        if too_slow:
+            listed = "; ".join(f"{sample.path} is {sample.fps:g} fps" for sample in too_slow[:MAX_SKIPPED_LISTED])
+            raise DatasetError(
+                f"{len(too_slow)} clips have a lower frame rate than the training fps {fps:g}: {listed}. "
+                "Fix: lower fps to at most the slowest clip's rate, or re-record these clips"
+            )
+        self._clips: list[_Clip] = []
+        self.skipped: list[Problem] = []
+        for sample in samples:
+            self._check_controls(sample)
+            available = _available_frames(sample.num_frames - sample.valid_frame_idx, sample.fps, fps)
+            fitting = [bucket for bucket in self.frame_buckets if bucket <= available]
+            if fitting:
+                self._clips.append(_Clip(sample, fitting[-1], available))
+                self._check_no_repeats(self._clips[-1])
+            else:
+                self.skipped.append(Problem(
+                    sample.relative_path, "frames",
+                    f"has {available} frames at {fps:g} fps from frame {sample.valid_frame_idx} "
+                    f"({sample.num_frames} frames at {sample.fps:g} fps in the file) but the smallest bucket "
+                    f"needs {self.frame_buckets[0]}",
+                    "record a longer clip, lower valid_frame_idx, or add a smaller frame bucket",
+                ))
+        if not self._clips:
+            listed = "\n  ".join(str(problem) for problem in self.skipped[:MAX_SKIPPED_LISTED])
+            raise DatasetError(
+                f"none of the {len(samples)} clips fills the smallest frame bucket ({self.frame_buckets[0]} frames "
+                f"at {fps:g} fps):\n  {listed}"
+            )
+        if self.skipped:
+            logger.warning(
+                "%d of %d clips are too short for the smallest frame bucket and are skipped (see dataset.skipped): %s",
+                len(self.skipped), len(samples), "; ".join(str(problem) for problem in self.skipped[:MAX_SKIPPED_LISTED]),
+            )
+
+    def _check_controls(self, sample: Sample) -> None:
+        if len(sample.frame_controls) != sample.num_frames:
+            raise DatasetError(
+                f"{sample.path}: {len(sample.frame_controls)} control tokens for {sample.num_frames} frames; "
+                "build samples with load_index, which checks this"
+            )
+        try:
+            self.vocabulary.encode(sample.frame_controls)
+        except ControlError as error:
+            raise DatasetError(f"{sample.path}: {error}") from None
+
+    def _check_no_repeats(self, clip: _Clip) -> None:
+        if np.any(np.diff(time_indices(np.arange(clip.available), clip.sample.fps, self.fps)) <= 0):
+            raise DatasetError(
+                f"{clip.sample.path}: at {clip.sample.fps:g} fps it cannot give {clip.available} distinct frames at "
+                f"{self.fps:g} fps. Fix: lower fps"
+            )
+
+    @property
+    def buckets(self) -> list[int]:
+        """The frame bucket of every item, in dataset order (what ``BucketBatchSampler`` groups by)."""
+        return [clip.bucket for clip in self._clips]
+
+    def __len__(self) -> int:
+        return len(self._clips)
+
+    def frame_indices(self, index: int, offset: int = 0) -> list[int]:
+        """Source frame numbers of item ``index``, starting ``offset`` training frames after the first usable one."""
+        clip = self._clips[index]
+        if not 0 <= offset <= clip.available - clip.bucket:
+            raise IndexError(f"offset {offset} out of 0..{clip.available - clip.bucket} for {clip.sample.path}")
+        positions = np.arange(offset, offset + clip.bucket)
+        return (clip.sample.valid_frame_idx + time_indices(positions, clip.sample.fps, self.fps)).tolist()
+
+    def _resize_center_crop(self, video: torch.Tensor) -> torch.Tensor:
+        """Scale ``[F, C, H, W]`` so it covers (height, width) keeping its aspect, then crop the center."""
+        source_h, source_w = video.shape[-2:]
+        scale = max(self.height / source_h, self.width / source_w)
+        resized_h = max(self.height, round(source_h * scale))
+        resized_w = max(self.width, round(source_w * scale))
+        if (resized_h, resized_w) != (source_h, source_w):
+            video = F.interpolate(video, size=(resized_h, resized_w), mode="bilinear", align_corners=False, antialias=True)
+        top = (resized_h - self.height) // 2
+        left = (resized_w - self.width) // 2
+        return video[..., top : top + self.height, left : left + self.width]
+
+    def describe(self, index: int, offset: int = 0) -> dict:
+        """Item ``index`` without its pixels: what caches and samplers need, read without decoding."""
+        clip = self._clips[index]
+        indices = self.frame_indices(index, offset)
+        tokens = latent_frame_controls([clip.sample.frame_controls[k] for k in indices], self.temporal_compression)
+        return dict(
+            caption=clip.sample.caption,
+            controls=torch.tensor(self.vocabulary.encode(tokens), dtype=torch.long),
+            control_tokens=tokens,
+            path=clip.sample.path,
+            bucket=clip.bucket,
+            start_frame=indices[0],
+        )
+
+    def __getitem__(self, index: int) -> dict:
+        clip = self._clips[index]
+        offset = 0
+        if self.random_start:
+            offset = int(torch.randint(clip.available - clip.bucket + 1, ()).item())
+        indices = self.frame_indices(index, offset)
+        reader = decord.VideoReader(clip.sample.path, ctx=decord.cpu(0))
+        frames = torch.from_numpy(reader.get_batch(indices).asnumpy())  # [F, H, W, C] uint8
+        video = self._resize_center_crop(frames.permute(0, 3, 1, 2).float())
+        video = (video / UINT8_HALF_RANGE - 1.0).clamp(-1.0, 1.0)
+        return dict(self.describe(index, offset), video=video.contiguous())
+
+
+def collate_batch(items: list[dict]) -> dict:
+    """Stack items of one bucket: tensors are stacked, everything else becomes a per-item list.
+
+    (torch's default collate would transpose ``control_tokens`` into per-position tuples.)
+    """
+    buckets = {item["bucket"] for item in items}
+    if len(buckets) != 1:
+        raise DatasetError(f"a batch mixes frame buckets {sorted(buckets)}; batch with BucketBatchSampler")
+    batch = {}
+    for key in items[0]:
+        values = [item[key] for item in items]
+        batch[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
+    batch["bucket"] = buckets.pop()
+    return batch
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """A well-mixed 63-bit seed from (seed, epoch): nearby pairs give unrelated orders."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+class BucketBatchSampler(Sampler[list[int]]):
+    """Batches of indices that share one frame bucket; the order of epoch ``e`` depends only on (seed, e).
+
+    Call ``set_epoch(e)`` before each epoch (as with ``DistributedSampler``); resuming at epoch ``e``
+    then replays exactly the same batches. ``dataset`` needs only a ``buckets`` list.
+    """
+
+    def __init__(self, dataset, batch_size: int, seed: int, shuffle: bool = True, drop_last: bool = True):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        super().__init__()
+        self.batch_size, self.seed, self.shuffle, self.drop_last = batch_size, seed, shuffle, drop_last
+        self.epoch = 0
+        self._by_bucket: dict[int, list[int]] = {}
+        for index, bucket in enumerate(dataset.buckets):
+            self._by_bucket.setdefault(bucket, []).append(index)
+        if len(self) == 0:
+            sizes = {bucket: len(indices) for bucket, indices in sorted(self._by_bucket.items())}
+            raise ValueError(
+                f"no frame bucket has batch_size={batch_size} clips (clips per bucket: {sizes}); "
+                "lower batch_size, set drop_last=False, or add clips"
+            )
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _num_batches(self, count: int) -> int:
+        return count // self.batch_size if self.drop_last else -(-count // self.batch_size)
+
+    def __len__(self) -> int:
+        return sum(self._num_batches(len(indices)) for indices in self._by_bucket.values())
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(_epoch_seed(self.seed, self.epoch))
+        batches = []
+        for bucket in sorted(self._by_bucket):
+            indices = self._by_bucket[bucket]
+            if self.shuffle:
+                indices = [indices[k] for k in torch.randperm(len(indices), generator=generator).tolist()]
+            for batch in range(self._num_batches(len(indices))):
+                batches.append(indices[batch * self.batch_size : (batch + 1) * self.batch_size])
+        if self.shuffle:
+            batches = [batches[k] for k in torch.randperm(len(batches), generator=generator).tolist()]
+        return iter(batches)

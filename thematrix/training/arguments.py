@@ -1,0 +1,82 @@
+"""Every training setting shared by the four stages, with its default and what it does.
+
+Defaults follow the reference recipe for CogVideoX-2B (480x720, buckets of 17/33/65 frames,
+AdamW with betas (0.9, 0.95), bf16). A stage subclasses ``TrainingArgs`` to add its own settings;
+its config file assigns only what differs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from thematrix.config import ConfigError, StrictArgs
+
+
+@dataclass
+class TrainingArgs(StrictArgs):
+    # --- model and data -------------------------------------------------------------------------
+    pretrained_model_name_or_path: str = "path/to/model"  # local diffusers CogVideoX directory
+    data_root: str = "path/to/data_root"  # folder the index's clip paths are relative to
+    index_file: str = "path/to/index_file"  # JSON index (see data/README.md)
+    output_dir: str = "outputs/run"  # checkpoints, logs, validation videos and the final model
+
+    # --- clips ----------------------------------------------------------------------------------
+    height: int = 480
+    width: int = 720
+    fps: int = 8  # clips are resampled to this frame rate
+    frame_buckets: tuple[int, ...] = (17, 33, 65)  # frames per clip, each 4k+1 (the VAE compresses time 4x); a clip takes the largest that fits
+    max_text_seq_length: int = 226  # T5 tokens per caption (CogVideoX's length)
+    dataloader_num_workers: int = 2
+    shuffle: bool = True  # a new clip order each epoch, a function of (seed, epoch)
+
+    # --- optimisation ---------------------------------------------------------------------------
+    seed: int = 42
+    train_batch_size: int = 1  # per process
+    gradient_accumulation_steps: int = 1
+    max_train_steps: int = 10_000  # optimizer steps
+    learning_rate: float = 1e-5
+    lr_scheduler: str = "constant_with_warmup"  # any name diffusers.optimization.get_scheduler takes
+    lr_warmup_steps: int = 100
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_weight_decay: float = 1e-4
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "auto"  # "auto" = bf16 on a GPU, no (fp32) on the CPU; or "no", "bf16", "fp16"
+    gradient_checkpointing: bool = True  # recompute activations in backward: far less memory, ~30% more time
+    allow_tf32: bool = True
+
+    # --- VAE and caching ------------------------------------------------------------------------
+    enable_slicing: bool = True  # encode/decode one video of a batch at a time
+    enable_tiling: bool = False  # encode/decode in spatial tiles: less memory, slower
+    cache_latents: bool = False  # encode every clip and caption once, before training
+    cache_dir: Optional[str] = None  # default: <output_dir>/cache
+
+    # --- checkpoints ----------------------------------------------------------------------------
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: Optional[int] = 3  # oldest checkpoints beyond this are deleted
+    resume_from_checkpoint: Optional[str] = "latest"  # "latest", a checkpoint path, or None to start fresh
+
+    # --- validation -----------------------------------------------------------------------------
+    validation_prompts: tuple[str, ...] = ("A red race car drives along a grey track through green grass.",)
+    validation_steps: int = 500  # every this many optimizer steps; 0 disables
+    validation_num_frames: int = 49
+    validation_num_inference_steps: int = 50
+    validation_guidance_scale: float = 6.0
+
+    # --- logging --------------------------------------------------------------------------------
+    report_to: str = "tensorboard"  # "tensorboard" or "none"
+    logging_steps: int = 1
+
+    def check(self) -> None:
+        """Consistency checks that need no files; the trainer checks paths and the model."""
+        if not self.frame_buckets:
+            raise ConfigError("args.frame_buckets is empty; give at least one clip length, e.g. (17, 33, 65)")
+        for name in ("train_batch_size", "gradient_accumulation_steps", "max_train_steps", "checkpointing_steps", "fps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"args.{name} must be at least 1, is {getattr(self, name)}")
+        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+            raise ConfigError(f"args.mixed_precision is {self.mixed_precision!r}; use auto, no, bf16 or fp16")
+        if self.report_to not in ("tensorboard", "none"):
+            raise ConfigError(f"args.report_to is {self.report_to!r}; use tensorboard or none")

@@ -1,0 +1,100 @@
+"""Cache of VAE latent distributions and prompt embeddings, keyed by everything that shapes them.
+
+Each entry's file name is a hash of the clip (path, size, modification time, caption, first
+frame, bucket) and of the encoders and preprocessing (model, VAE and text-encoder configs,
+resolution, fps, text length, dtype). Changing any of them changes the key, so a stale entry is
+never found, let alone reused; the key's fields are stored in the entry and checked on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+KEY_METADATA = "cache_key"
+
+
+def entry_key(dataset, index: int, fingerprint: dict[str, Any]) -> tuple[str, str]:
+    """(hash, canonical JSON of the fields it hashes) of one clip under one encoder fingerprint."""
+    info = dataset.describe(index)
+    stat = os.stat(info["path"])
+    fields = {
+        "encoders": fingerprint,
+        "path": str(Path(info["path"]).resolve()),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "caption": info["caption"],
+        "start_frame": info["start_frame"],
+        "bucket": info["bucket"],
+    }
+    text = json.dumps(fields, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest(), text
+
+
+def encode_dataset(
+    dataset,
+    cache_dir: Path,
+    encode_videos: Callable[[torch.Tensor], torch.Tensor],
+    encode_prompts: Callable[[list[str]], torch.Tensor],
+    fingerprint: dict[str, Any],
+) -> None:
+    """Encode every clip whose entry is missing; entries are written atomically."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    reused = 0
+    for index in tqdm(range(len(dataset)), desc="caching latents"):
+        key, text = entry_key(dataset, index, fingerprint)
+        path = cache_dir / f"{key}.safetensors"
+        if path.is_file():
+            reused += 1
+            continue
+        sample = dataset[index]
+        tensors = {
+            "latent_parameters": encode_videos(sample["video"][None])[0].float().cpu().contiguous(),
+            "prompt_embeds": encode_prompts([sample["caption"]])[0].float().cpu().contiguous(),
+        }
+        partial = path.with_suffix(".partial")
+        save_file(tensors, str(partial), metadata={KEY_METADATA: text})
+        os.replace(partial, path)
+    logger.info("latent cache %s: %d reused, %d encoded", cache_dir, reused, len(dataset) - reused)
+
+
+class EncodedDataset(torch.utils.data.Dataset):
+    """The clips of ``dataset`` as cached latent parameters and prompt embeddings (no video decoding)."""
+
+    def __init__(self, dataset, cache_dir: Path, fingerprint: dict[str, Any]):
+        self.dataset = dataset
+        self.cache_dir = Path(cache_dir)
+        self.fingerprint = fingerprint
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getattr__(self, name: str):
+        # Bucket samplers read the wrapped dataset's bucket assignment.
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        key, text = entry_key(self.dataset, index, self.fingerprint)
+        path = self.cache_dir / f"{key}.safetensors"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no cache entry for {self.dataset.describe(index)['path']}; the clip changed after caching")
+        item = self.dataset.describe(index)
+        with safe_open(str(path), framework="pt") as handle:
+            if handle.metadata().get(KEY_METADATA) != text:
+                raise ValueError(f"{path}: cache entry was written for other inputs; delete {self.cache_dir} and rerun")
+            for name in handle.keys():
+                item[name] = handle.get_tensor(name)
+        return item
