@@ -108,10 +108,12 @@ class Trainer:
     def validation_videos(self) -> Iterator[tuple[str, torch.Tensor]]:
         """(name, video [F, C, H, W] in [-1, 1]) pairs generated with the current weights."""
         pipeline = self.make_pipeline()
-        for index, prompt in enumerate(self.args.validation_prompts):
+        negative = self.validation_embeds[-1:]
+        for index, prompt_embeds in enumerate(self.validation_embeds[:-1]):
             generator = torch.Generator(device=self.accelerator.device).manual_seed(self.args.seed + index)
             video = pipeline(
-                prompt=prompt,
+                prompt_embeds=prompt_embeds[None],
+                negative_prompt_embeds=negative,
                 height=self.args.height,
                 width=self.args.width,
                 num_frames=self.args.validation_num_frames,
@@ -178,7 +180,12 @@ class Trainer:
             transformer.enable_gradient_checkpointing()
         self.num_trainable_parameters = sum(param.numel() for param in trainable)
 
+        # Validation prompts (and the empty prompt, for guidance) are encoded once, here.
+        self.validation_embeds = self.encode_prompts([*args.validation_prompts, ""])
         self.dataset = self._build_dataset()
+        if args.cache_latents:
+            # Every caption is encoded now: the text encoder's memory goes back to the CPU.
+            self.text_encoder.to("cpu")
         batch_sampler = BucketBatchSampler(self.dataset, batch_size=args.train_batch_size, seed=args.seed, shuffle=args.shuffle, drop_last=True)
         if len(batch_sampler) == 0:
             raise ConfigError(
@@ -259,8 +266,10 @@ class Trainer:
     # ---------------------------------------------------------------- encoders
     def make_pipeline(self) -> CogVideoXPipeline:
         """The stage's inference pipeline around the components in memory."""
+        # With cached captions the text encoder sits on the CPU and must not set the pipeline's device.
+        text_encoder = None if self.args.cache_latents else self.text_encoder
         return self.pipeline_class(
-            tokenizer=self.tokenizer, text_encoder=self.text_encoder, vae=self.vae,
+            tokenizer=self.tokenizer, text_encoder=text_encoder, vae=self.vae,
             transformer=self.accelerator.unwrap_model(self.transformer),
             scheduler=self.scheduler_class.from_config(self.scheduler.config),
         )
