@@ -30,4 +30,11 @@ step "Stage 1: generate a video (stage1/inference.py)"
 (cd stage1 && python inference.py --model_dir ../$DEMO/stage1-fused --num_inference_steps 10 --fps 10 \
   --output ../$DEMO/stage1.mp4)
 
-printf '\nDemo video: %s\n' "$(realpath "$DEMO/stage1.mp4")"
+step "Stage 2: the Interactive Module (stage2/train_text_to_video_sft.sh)"
+(cd stage2 && bash train_text_to_video_sft.sh --config training/sft_config_tiny.py)
+
+step "Stage 2: a video steered by controls (stage2/inference.py)"
+(cd stage2 && python inference.py --model_dir ../$DEMO/stage2/model --controls "D,D,DL,DL,DR" \
+  --num_frames 17 --num_inference_steps 10 --fps 10 --output ../$DEMO/stage2.mp4)
+
+printf '\nDemo videos:\n  %s\n  %s\n' "$(realpath "$DEMO/stage1.mp4")" "$(realpath "$DEMO/stage2.mp4")"

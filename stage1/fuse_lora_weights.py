@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from stage1.cogvideox.pipeline_cogvideox import GameVideoPipeline
+from thematrix.cli import run
 from thematrix.model_dir import LORA_WEIGHT_NAME, save_model_dir
 
 
@@ -40,4 +41,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

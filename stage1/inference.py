@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from stage1.cogvideox.pipeline_cogvideox import GameVideoPipeline
+from thematrix.cli import run
 from thematrix.video import tensor_to_uint8_frames, write_mp4
 
 DEFAULT_PROMPT = "A red race car drives along a grey track through green grass, seen from above."
@@ -51,4 +52,4 @@ def main(argv=None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -12,6 +12,7 @@ from peft.utils import get_peft_model_state_dict
 from stage1.cogvideox.pipeline_cogvideox import GameVideoPipeline
 from stage1.cogvideox.scheduler import GameScheduler
 from stage1.training.arguments import LoraArgs
+from thematrix.cli import run
 from thematrix.config import parse_command_line
 from thematrix.training.trainer import Trainer
 
@@ -52,4 +53,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -18,7 +18,12 @@ import tempfile
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
+from diffusers import (
+    AutoencoderKLCogVideoX,
+    CogVideoXDDIMScheduler,
+    CogVideoXPipeline,
+    CogVideoXTransformer3DModel,
+)
 from transformers import T5Config, T5EncoderModel
 
 from thematrix.presets import PRESETS

@@ -100,3 +100,15 @@ def latent_frame_controls(frame_tokens: Sequence[str], temporal_compression: int
 
 
 DEFAULT_VOCABULARY = ControlVocabulary.from_mapping(CAR_RACING_CONTROLS)
+
+
+def video_frame_labels(latent_tokens: Sequence[str], temporal_compression: int) -> list[str]:
+    """The control active in each video frame: video frame 0 shows latent frame 0, then each latent frame covers
+    ``temporal_compression`` video frames (``1 + c * (F - 1)`` frames in all)."""
+    return [latent_tokens[(frame + temporal_compression - 1) // temporal_compression]
+            for frame in range(1 + temporal_compression * (len(latent_tokens) - 1))]
+
+
+def cycle_controls(tokens: Sequence[str], count: int) -> list[str]:
+    """``count`` tokens repeating ``tokens``: a short pattern drives a clip of any length."""
+    return [tokens[index % len(tokens)] for index in range(count)]

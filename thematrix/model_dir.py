@@ -71,3 +71,23 @@ def save_model_dir(pipeline, output_dir: str | Path) -> Path:
     shutil.rmtree(output_dir, ignore_errors=True)
     os.replace(partial, output_dir)
     return output_dir
+
+
+def load_components(model_dir: str | Path, dtype, scheduler_class, transformer_class=None) -> dict:
+    """Tokenizer, text encoder, VAE, scheduler (and transformer) of a model directory, loaded part by part.
+
+    diffusers' pipeline loader resolves classes only from diffusers and transformers by name, so the
+    project's transformer classes are loaded here by the stage that knows them.
+    """
+    from diffusers import AutoencoderKLCogVideoX
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    components = {
+        "tokenizer": AutoTokenizer.from_pretrained(model_dir, subfolder="tokenizer"),
+        "text_encoder": T5EncoderModel.from_pretrained(model_dir, subfolder="text_encoder", dtype=dtype),
+        "vae": AutoencoderKLCogVideoX.from_pretrained(model_dir, subfolder="vae", dtype=dtype),
+        "scheduler": scheduler_class.from_pretrained(model_dir, subfolder="scheduler"),
+    }
+    if transformer_class is not None:
+        components["transformer"] = transformer_class.from_pretrained(model_dir, subfolder="transformer", dtype=dtype)
+    return components

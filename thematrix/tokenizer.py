@@ -79,8 +79,9 @@ def corpus_lines(extra_lines: Iterable[str] = ()) -> list[str]:
 def train_sentencepiece(vocab_size: int, lines: Sequence[str]) -> bytes:
     """Serialized unigram SentencePiece model with T5's special ids and byte fallback.
 
-    ``vocab_size`` is an upper bound: a corpus of a few hundred lines holds about 1,300 pieces, so a
-    request for T5's 32,000 yields what the corpus supports instead of failing.
+    ``vocab_size`` is an upper bound: a corpus of a few hundred lines holds 1,300 to 1,500 pieces
+    (depending on the SentencePiece version), so a request for T5's 32,000 yields what the corpus
+    supports instead of failing. The same lines and SentencePiece version give the same bytes.
     """
     model = io.BytesIO()
     sentencepiece.set_random_generator_seed(TRAINING_SEED)

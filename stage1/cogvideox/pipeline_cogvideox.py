@@ -6,10 +6,15 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from diffusers import CogVideoXPipeline
+from diffusers import CogVideoXPipeline, CogVideoXTransformer3DModel
 
 from stage1.cogvideox.scheduler import GameScheduler
-from thematrix.model_dir import check_model_dir
+from thematrix.model_dir import (
+    ModelDirError,
+    check_model_dir,
+    load_components,
+    transformer_class_name,
+)
 
 
 def default_device_and_dtype() -> tuple[torch.device, torch.dtype]:
@@ -23,6 +28,7 @@ class GameVideoPipeline(CogVideoXPipeline):
     """CogVideoX text-to-video with the stage's scheduler and native sizes read from the model."""
 
     scheduler_class = GameScheduler
+    transformer_class = CogVideoXTransformer3DModel
 
     @classmethod
     def from_model_dir(
@@ -37,8 +43,13 @@ class GameVideoPipeline(CogVideoXPipeline):
         default_device, default_dtype = default_device_and_dtype()
         device, dtype = device or default_device, dtype or default_dtype
         check_model_dir(model_dir, setting)
-        scheduler = cls.scheduler_class.from_pretrained(model_dir, subfolder="scheduler")
-        pipeline = cls.from_pretrained(str(model_dir), scheduler=scheduler, dtype=dtype, local_files_only=True)
+        found = transformer_class_name(model_dir)
+        if found != cls.transformer_class.__name__:
+            raise ModelDirError(
+                f"{setting} {model_dir}: its transformer is a {found}, but {cls.__name__} needs a "
+                f"{cls.transformer_class.__name__}; pass the model directory written by this stage's training"
+            )
+        pipeline = cls(**load_components(model_dir, dtype, cls.scheduler_class, cls.transformer_class))
         if lora_dir is not None:
             pipeline.load_lora_weights(str(lora_dir))
         return pipeline.to(device)

@@ -18,7 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
-from thematrix.controls import DEFAULT_VOCABULARY, ControlError, ControlVocabulary, latent_frame_controls
+from thematrix.controls import (
+    DEFAULT_VOCABULARY,
+    ControlError,
+    ControlVocabulary,
+    latent_frame_controls,
+)
 from thematrix.data.index import Problem, Sample
 
 logger = logging.getLogger(__name__)

@@ -9,7 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from thematrix.controls import CONTROL_SEPARATOR, DEFAULT_VOCABULARY, ControlError, ControlVocabulary
+from thematrix.controls import (
+    CONTROL_SEPARATOR,
+    DEFAULT_VOCABULARY,
+    ControlError,
+    ControlVocabulary,
+)
 from thematrix.data.index import IndexFormatError, Problem, load_index
 
 EXIT_OK = 0

@@ -14,7 +14,12 @@ from __future__ import annotations
 import os
 
 import torch
-from transformers import CLIPTextModel, CLIPTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    CLIPTextModel,
+    CLIPTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from thematrix.controls import ControlVocabulary
 

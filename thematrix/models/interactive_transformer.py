@@ -22,7 +22,10 @@ from diffusers import CogVideoXTransformer3DModel
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.attention import Attention
 from diffusers.models.attention_processor import AttnProcessor2_0
-from diffusers.models.embeddings import PixArtAlphaTextProjection, get_1d_sincos_pos_embed_from_grid
+from diffusers.models.embeddings import (
+    PixArtAlphaTextProjection,
+    get_1d_sincos_pos_embed_from_grid,
+)
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.normalization import AdaLayerNorm, CogVideoXLayerNormZero
 from diffusers.utils import apply_lora_scale

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -25,21 +24,20 @@ from typing import Any, Iterator, Optional
 import torch
 from accelerate import Accelerator
 from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration, set_seed
-from diffusers import AutoencoderKLCogVideoX, CogVideoXDPMScheduler, CogVideoXPipeline
+from diffusers import CogVideoXDPMScheduler, CogVideoXPipeline
 from diffusers.optimization import get_scheduler
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer, T5EncoderModel
 
 from thematrix.config import ConfigError
 from thematrix.controls import DEFAULT_VOCABULARY, ControlVocabulary
 from thematrix.data.dataset import BucketBatchSampler, VideoDataset, collate_batch
 from thematrix.data.index import load_index
-from thematrix.model_dir import check_model_dir
+from thematrix.model_dir import check_model_dir, load_components, save_model_dir
 from thematrix.schedules import CogVideoXTrainingSchedule
 from thematrix.training.arguments import TrainingArgs
 from thematrix.training.encoded_cache import EncodedDataset, encode_dataset
-from thematrix.video import tensor_to_uint8_frames, write_mp4
+from thematrix.video import draw_control_overlay, tensor_to_uint8_frames, write_mp4
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +46,7 @@ PARTIAL_SUFFIX = ".partial"
 TRAINABLE_WEIGHTS = "trainable.safetensors"
 TRAINER_STATE = "trainer_state.json"
 RESOLVED_CONFIG = "config.json"
+FINAL_MODEL = "model"
 # Spreads per-sample seeds so that (seed, n) pairs of nearby runs never collide.
 SEED_STRIDE = 1_000_003
 
@@ -105,8 +104,8 @@ class Trainer:
         """Extra transformer inputs of a stage (e.g. controls)."""
         return {}
 
-    def validation_videos(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """(name, video [F, C, H, W] in [-1, 1]) pairs generated with the current weights."""
+    def validation_videos(self) -> Iterator[tuple[str, torch.Tensor, Optional[list[str]]]]:
+        """(name, video [F, C, H, W] in [-1, 1], control label per frame or None), with the current weights."""
         pipeline = self.make_pipeline()
         negative = self.validation_embeds[-1:]
         for index, prompt_embeds in enumerate(self.validation_embeds[:-1]):
@@ -122,11 +121,20 @@ class Trainer:
                 generator=generator,
                 output_type="pt",
             ).frames[0]
-            yield f"prompt-{index}", video * 2 - 1
+            yield f"prompt-{index}", video * 2 - 1, None
 
     def save_final(self, transformer: torch.nn.Module) -> None:
-        """Write what the next stage or inference reads. Stages must override."""
-        raise NotImplementedError
+        """Write what the next stage or inference reads: by default the full model, at ``<output_dir>/model``."""
+        transformer.to(self.weight_dtype)
+        pipeline = self.pipeline_class(
+            tokenizer=self.tokenizer, text_encoder=self.text_encoder, vae=self.vae, transformer=transformer,
+            scheduler=self.scheduler,
+        )
+        save_model_dir(pipeline, self.final_model_dir)
+
+    @property
+    def final_model_dir(self) -> Path:
+        return self.output_dir / FINAL_MODEL
 
     # ---------------------------------------------------------------- set-up
     def setup(self) -> None:
@@ -153,11 +161,10 @@ class Trainer:
         device = self.accelerator.device
         model_path = args.pretrained_model_name_or_path
 
-        self.scheduler = self.scheduler_class.from_pretrained(model_path, subfolder="scheduler")
+        components = load_components(model_path, self.weight_dtype, self.scheduler_class)
+        self.scheduler, self.tokenizer = components["scheduler"], components["tokenizer"]
+        self.text_encoder, self.vae = components["text_encoder"], components["vae"]
         self.schedule = CogVideoXTrainingSchedule(self.scheduler)
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path, subfolder="tokenizer")
-        self.text_encoder = T5EncoderModel.from_pretrained(model_path, subfolder="text_encoder", dtype=self.weight_dtype)
-        self.vae = AutoencoderKLCogVideoX.from_pretrained(model_path, subfolder="vae", dtype=self.weight_dtype)
         for frozen in (self.text_encoder, self.vae):
             frozen.requires_grad_(False)
             frozen.eval()
@@ -496,8 +503,10 @@ class Trainer:
         self.transformer.eval()
         written = []
         folder = self.output_dir / "validation" / f"step-{self.global_step}"
-        for name, video in self.validation_videos():
+        for name, video, labels in self.validation_videos():
             frames = tensor_to_uint8_frames(video.cpu())
+            if labels is not None:
+                frames = draw_control_overlay(frames, labels)
             path = folder / f"{name}.mp4"
             write_mp4(frames, path, fps=self.args.fps)
             written.append(path)

@@ -1,0 +1,156 @@
+"""Stage 2's pipeline: text plus one control token per latent frame to video, with control guidance.
+
+Guidance combines three predictions when ``control_guidance_scale != 1``::
+
+    v = v(empty text, null controls)
+        + guidance_scale         * (v(text, null controls) - v(empty text, null controls))
+        + control_guidance_scale * (v(text, controls)      - v(text, null controls))
+
+With ``control_guidance_scale == 1`` the middle prediction cancels and two forwards suffice:
+``v(empty, null) + guidance_scale * (v(text, controls) - v(empty, null))``.
+Later stages reuse ``guided_velocity`` inside their own sampling loops.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from stage1.cogvideox.pipeline_cogvideox import GameVideoPipeline
+from stage2.cogvideox.scheduler import InteractiveScheduler
+from thematrix.controls import ControlError, ControlVocabulary, latent_frame_controls
+
+# Imported so diffusers can resolve the transformer class that stage 2+ model directories name.
+from thematrix.models import InteractiveCogVideoXTransformer3DModel
+
+
+def latent_frame_count(num_frames: int, temporal_compression: int) -> int:
+    if (num_frames - 1) % temporal_compression:
+        raise ValueError(f"num_frames must be {temporal_compression}k+1, got {num_frames}")
+    return (num_frames - 1) // temporal_compression + 1
+
+
+def parse_controls(
+    controls: str | Sequence[str],
+    vocabulary: ControlVocabulary,
+    num_latent_frames: int,
+    temporal_compression: int,
+    per_video_frame: bool = False,
+) -> list[str]:
+    """Tokens per latent frame from ``"D,D,DL"`` or a token list; per video frame with ``per_video_frame``."""
+    tokens = vocabulary.parse(controls) if isinstance(controls, str) else list(controls)
+    vocabulary.encode(tokens)
+    if per_video_frame:
+        expected = (num_latent_frames - 1) * temporal_compression + 1
+        if len(tokens) != expected:
+            raise ControlError(
+                f"{len(tokens)} per-video-frame controls for {expected} video frames; give exactly {expected} "
+                f"(or {num_latent_frames}, one per latent frame, without the per-video-frame flag)"
+            )
+        return latent_frame_controls(tokens, temporal_compression)
+    if len(tokens) != num_latent_frames:
+        raise ControlError(
+            f"{len(tokens)} controls for {num_latent_frames} latent frames; give exactly {num_latent_frames} "
+            f"(one per {temporal_compression} video frames), or one per video frame with the per-video-frame flag"
+        )
+    return tokens
+
+
+class InteractivePipeline(GameVideoPipeline):
+    """CogVideoX steered by controls; the transformer is an ``InteractiveCogVideoXTransformer3DModel``."""
+
+    scheduler_class = InteractiveScheduler
+    transformer_class = InteractiveCogVideoXTransformer3DModel
+
+    @property
+    def temporal_compression(self) -> int:
+        return self.vae.config.temporal_compression_ratio
+
+    def guided_velocity(
+        self,
+        latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        negative_prompt_embeds: torch.Tensor,
+        controls: torch.Tensor,
+        guidance_scale: float,
+        control_guidance_scale: float,
+    ) -> torch.Tensor:
+        """Guided transformer output for latents ``[B, F, C, h, w]``, timesteps ``[B]`` or ``[B, F]``, controls ``[B, F]``."""
+        null = torch.full_like(controls, self.transformer.control_vocabulary.null_id)
+        batches = [(negative_prompt_embeds, null)]
+        if guidance_scale == 1 and control_guidance_scale == 1:
+            batches = []
+        elif control_guidance_scale != 1:
+            batches.append((prompt_embeds, null))
+        batches.append((prompt_embeds, controls))
+        count = len(batches)
+        output = self.transformer(
+            hidden_states=latents.repeat(count, 1, 1, 1, 1),
+            encoder_hidden_states=torch.cat([embeds for embeds, _ in batches]),
+            timestep=timesteps.repeat(count, *([1] * (timesteps.ndim - 1))),
+            controls=torch.cat([ids for _, ids in batches]),
+            return_dict=False,
+        )[0].float()
+        predictions = output.chunk(count)
+        if count == 1:
+            return predictions[0]
+        if count == 2:
+            unconditional, conditional = predictions
+            return unconditional + guidance_scale * (conditional - unconditional)
+        unconditional, text_only, conditional = predictions
+        return unconditional + guidance_scale * (text_only - unconditional) + control_guidance_scale * (conditional - text_only)
+
+    def encode_text(self, prompt: str, negative_prompt: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+        prompt_embeds, negative_embeds = self.encode_prompt(
+            prompt, negative_prompt, do_classifier_free_guidance=True, device=self.device, dtype=self.transformer.dtype
+        )
+        return prompt_embeds, negative_embeds
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str,
+        controls: str | Sequence[str],
+        negative_prompt: str = "",
+        num_frames: Optional[int] = None,
+        height: Optional[int] = None,
+        width: Optional[int] = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 6.0,
+        control_guidance_scale: float = 1.0,
+        per_video_frame_controls: bool = False,
+        generator: Optional[torch.Generator] = None,
+        prompt_embeds: Optional[torch.Tensor] = None,
+        negative_prompt_embeds: Optional[torch.Tensor] = None,
+    ) -> tuple[torch.Tensor, list[str]]:
+        """Returns (video ``[F, C, H, W]`` in ``[-1, 1]``, the control token of each latent frame)."""
+        native_frames, native_height, native_width = self.native_size
+        num_frames, height, width = num_frames or native_frames, height or native_height, width or native_width
+        num_latent_frames = latent_frame_count(num_frames, self.temporal_compression)
+        vocabulary = self.transformer.control_vocabulary
+        tokens = parse_controls(controls, vocabulary, num_latent_frames, self.temporal_compression, per_video_frame_controls)
+        device = self.device
+        control_ids = torch.tensor([vocabulary.encode(tokens)], device=device)
+        if prompt_embeds is None:
+            prompt_embeds, negative_prompt_embeds = self.encode_text(prompt, negative_prompt)
+
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        latents = self.prepare_latents(
+            1, self.transformer.config.in_channels, num_frames, height, width, prompt_embeds.dtype, device, generator
+        )
+        previous_x0 = None
+        timesteps = self.scheduler.timesteps
+        for index, timestep in enumerate(self.progress_bar(timesteps)):
+            velocity = self.guided_velocity(
+                latents, timestep.expand(1), prompt_embeds, negative_prompt_embeds, control_ids,
+                guidance_scale, control_guidance_scale,
+            )
+            latents, previous_x0 = self.scheduler.step(
+                velocity, previous_x0, timestep, timesteps[index - 1] if index > 0 else None, latents,
+                generator=generator, return_dict=False,
+            )
+            latents = latents.to(prompt_embeds.dtype)
+        video = self.decode_latents(latents)[0].permute(1, 0, 2, 3)  # [F, C, H, W]
+        return video.float().clamp(-1, 1), tokens

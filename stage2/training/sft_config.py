@@ -1,0 +1,17 @@
+"""Stage 2: the Interactive Module. Point pretrained_model_name_or_path at stage 1's fused model, then run
+`bash train_text_to_video_sft.sh`. Paths are relative to stage2/. All settings and defaults:
+thematrix/training/arguments.py and stage2/training/arguments.py.
+"""
+
+from stage2.training.arguments import SftArgs
+
+args = SftArgs()
+args.pretrained_model_name_or_path = "../outputs/stage1-fused"  # output_dir of stage1/fuse_lora_weights.py
+args.data_root = "path/to/data_root"
+args.index_file = "path/to/index_file"
+args.output_dir = "../outputs/stage2"  # the trained model is written to <output_dir>/model
+
+# Another game: its own keys and phrases, e.g.
+# args.control_tokens = ("W", "A", "S", "D", "none"); args.control_phrases = ("The player walks forward.", ...)
+args.control_p_zero = 0.1  # the reference's rate of dropped controls
+args.max_train_steps = 10_000

@@ -1,0 +1,163 @@
+"""Stage 2 on the tiny model: exact start from stage 1, only the Interactive Module trains, controls matter."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from diffusers import CogVideoXTransformer3DModel
+from safetensors.torch import load_file
+
+from stage2 import inference
+from stage2.cogvideox.pipeline_cogvideox import InteractivePipeline, parse_controls
+from stage2.train_text_to_video_sft import InteractiveTrainer
+from stage2.training.arguments import SftArgs
+from tests.conftest import CLIP_FPS, CLIP_FRAMES, TINY_HEIGHT, TINY_WIDTH
+from thematrix.config import ConfigError
+from thematrix.controls import DEFAULT_VOCABULARY, ControlError, video_frame_labels
+from thematrix.video import read_video_info
+
+
+def stage2_args(model_dir, dataset, output_dir, **overrides) -> SftArgs:
+    data_root, index_file = dataset
+    args = SftArgs()
+    args.pretrained_model_name_or_path = str(model_dir)
+    args.data_root, args.index_file, args.output_dir = str(data_root), str(index_file), str(output_dir)
+    args.height, args.width, args.fps, args.frame_buckets = TINY_HEIGHT, TINY_WIDTH, CLIP_FPS, (CLIP_FRAMES,)
+    args.learning_rate, args.lr_warmup_steps, args.lr_scheduler = 1e-2, 0, "constant"
+    args.checkpointing_steps, args.validation_steps, args.max_train_steps = 1000, 0, 20
+    args.report_to, args.dataloader_num_workers, args.gradient_checkpointing = "none", 0, False
+    args.cache_latents, args.seed = True, 0
+    for name, value in overrides.items():
+        setattr(args, name, value)
+    return args
+
+
+def transformer_inputs(config, controls=None) -> dict:
+    generator = torch.Generator().manual_seed(3)
+    return dict(
+        hidden_states=torch.randn(1, 5, config.in_channels, 6, 8, generator=generator),
+        encoder_hidden_states=torch.randn(1, config.max_text_seq_length, config.text_embed_dim, generator=generator),
+        timestep=torch.tensor([400]),
+        **({} if controls is None else {"controls": torch.tensor([controls])}),
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, tiny_dataset, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("stage2") / "run"
+    trainer = InteractiveTrainer(stage2_args(tiny_model_dir, tiny_dataset, output_dir, validation_steps=20,
+                                             validation_num_frames=9, validation_num_inference_steps=2))
+    trainer.setup()
+    start = {name: value.detach().clone() for name, value in trainer.transformer.state_dict().items()}
+    trainer.train()
+    return trainer, start
+
+
+def test_stage2_starts_exactly_at_the_stage1_model(tiny_model_dir, tiny_dataset, tmp_path):
+    trainer = InteractiveTrainer(stage2_args(tiny_model_dir, tiny_dataset, tmp_path))
+    trainer.setup()
+    interactive = trainer.accelerator.unwrap_model(trainer.transformer).eval()
+    base = CogVideoXTransformer3DModel.from_pretrained(str(tiny_model_dir), subfolder="transformer").eval()
+    with torch.no_grad():
+        expected = base(**transformer_inputs(base.config)).sample
+        actual = interactive(**transformer_inputs(base.config, controls=[0, 1, 2, 3, 4])).sample
+    # Zero-initialised gates add exactly nothing; the reordered float32 arithmetic differs by rounding only.
+    torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_only_the_interactive_module_moves(trained):
+    trainer, start = trained
+    model = trainer.accelerator.unwrap_model(trainer.transformer)
+    control_names = {name for name, _ in model.named_parameters() if name.startswith(("control_proj.", "control_blocks."))}
+    assert control_names
+    for name, value in model.state_dict().items():
+        if name in control_names:
+            continue
+        assert torch.equal(value.to(start[name].dtype), start[name]), f"frozen weight {name} changed"
+    moved = [name for name in control_names if not torch.equal(model.state_dict()[name], start[name])]
+    assert len(moved) > len(control_names) // 2
+
+
+def test_trained_model_depends_on_controls_and_round_trips(trained):
+    trainer, _ = trained
+    pipeline = InteractivePipeline.from_model_dir(trainer.final_model_dir)
+    transformer = pipeline.transformer
+    assert transformer.control_vocabulary == DEFAULT_VOCABULARY
+    with torch.no_grad():
+        straight = transformer(**transformer_inputs(transformer.config, controls=[0] * 5)).sample
+        left = transformer(**transformer_inputs(transformer.config, controls=[1] * 5)).sample
+    assert (straight - left).abs().mean() > 1e-3 * straight.abs().mean()
+    live = trainer.accelerator.unwrap_model(trainer.transformer)
+    with torch.no_grad():
+        torch.testing.assert_close(live(**transformer_inputs(transformer.config, controls=[0] * 5)).sample, straight)
+
+
+def test_validation_video_and_checkpoint_hold_the_module_only(trained):
+    trainer, _ = trained
+    frames, _, height, width = read_video_info(trainer.output_dir / "validation" / "step-20" / "prompt-0.mp4")
+    assert (frames, height, width) == (9, TINY_HEIGHT, TINY_WIDTH)
+    names = load_file(str(trainer.output_dir / "checkpoints" / "checkpoint-20" / "trainable.safetensors")).keys()
+    assert names and all(name.startswith(("control_proj.", "control_blocks.")) for name in names)
+
+
+def test_control_dropout_replaces_whole_clips_with_null(tiny_model_dir, tiny_dataset, tmp_path):
+    trainer = InteractiveTrainer(stage2_args(tiny_model_dir, tiny_dataset, tmp_path, control_p_zero=0.5))
+    trainer.setup()
+    batch = {"controls": torch.arange(4 * 5).remainder(9).view(4, 5)}
+    null_id = DEFAULT_VOCABULARY.null_id
+    dropped_counts = []
+    for seed in range(20):
+        generators = [torch.Generator().manual_seed(seed * 10 + index) for index in range(4)]
+        controls = trainer.model_kwargs(batch, generators)["controls"]
+        for row, original in zip(controls, batch["controls"]):
+            assert torch.equal(row, original) or bool((row == null_id).all())
+        dropped_counts.append(int((controls == null_id).all(dim=1).sum()))
+    assert 0 < sum(dropped_counts) < 80
+
+
+def test_model_of_another_architecture_is_refused(tiny_model_dir, tiny_dataset, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(tiny_model_dir, other)
+    config_file = other / "transformer" / "config.json"
+    config = json.loads(config_file.read_text())
+    config["_class_name"] = "HunyuanVideoTransformer3DModel"
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="pass the output_dir of stage1/fuse_lora_weights.py"):
+        InteractiveTrainer(stage2_args(other, tiny_dataset, tmp_path / "out")).train()
+
+
+def test_stage1_directory_is_refused_by_stage2_inference(tiny_model_dir, tmp_path):
+    with pytest.raises(ValueError, match="needs a InteractiveCogVideoXTransformer3DModel"):
+        inference.main(["--model_dir", str(tiny_model_dir), "--controls", "D"])
+
+
+@pytest.mark.parametrize(
+    "controls, per_video_frame, message",
+    [
+        ("D,D,X", False, "unknown control token 'X'"),
+        ("D,D", False, "2 controls for 3 latent frames; give exactly 3"),
+        ("D,D,D", True, "3 per-video-frame controls for 9 video frames; give exactly 9"),
+        ("D,,D", False, "empty control token"),
+    ],
+)
+def test_bad_control_strings_say_what_is_expected(controls, per_video_frame, message):
+    with pytest.raises(ControlError, match=message):
+        parse_controls(controls, DEFAULT_VOCABULARY, 3, 4, per_video_frame)
+
+
+def test_per_video_frame_controls_take_every_fourth_token():
+    tokens = ["D", "DL", "DL", "DL", "DR", "B", "B", "B", "N"]
+    assert parse_controls(tokens, DEFAULT_VOCABULARY, 3, 4, per_video_frame=True) == ["D", "DR", "N"]
+    assert video_frame_labels(["D", "DR", "N"], 4) == ["D"] + ["DR"] * 4 + ["N"] * 4
+
+
+def test_inference_writes_controlled_mp4(trained, tmp_path):
+    trainer, _ = trained
+    output = inference.main([
+        "--model_dir", str(trainer.final_model_dir), "--controls", "D,DL,DR", "--num_frames", "9",
+        "--num_inference_steps", "2", "--control_guidance_scale", "2", "--output", str(tmp_path / "v.mp4"),
+    ])
+    assert read_video_info(output)[0] == 9
