@@ -1,11 +1,12 @@
-"""Training-step time and peak GPU memory at full CogVideoX-2B size (random weights), ours vs stock diffusers.
+"""Training steps and forwards at full CogVideoX-2B size (random weights), ours vs stock diffusers, one run.
 
     python bench/bench_train_step.py --frames 65 --height 480 --width 720 --steps 5 --json result.json
 
-Ours: the project's stage 1 trainer (LoRA r=256, bf16, gradient checkpointing, cached latents) on
-one synthetic clip. Baseline, in the same process: a plain diffusers + peft LoRA step written as
-in diffusers' CogVideoX LoRA example (same model, rank, loss and optimizer). The text encoder is a
-1-layer T5 of the real width: with cached prompt embeddings it is outside the step.
+Ours: the project's stage 1 trainer (LoRA r=256) and stage 2 trainer (Interactive Module only), bf16,
+gradient checkpointing, cached latents, on one synthetic clip; checkpoint and model writing are
+left out of the timing (they are I/O, not the step). Baseline, in the same process: a plain
+diffusers + peft LoRA step written as in diffusers' CogVideoX LoRA example (same model, rank, loss
+and optimizer), and the stock transformer's forward next to the interactive transformer's.
 """
 
 from __future__ import annotations
@@ -24,12 +25,16 @@ from peft import LoraConfig
 
 from stage1.train_text_to_video_lora import LoraTrainer
 from stage1.training.arguments import LoraArgs
+from stage2.train_text_to_video_sft import InteractiveTrainer
+from stage2.training.arguments import SftArgs
 from thematrix.base_model import build_base_model
+from thematrix.controls import DEFAULT_VOCABULARY
+from thematrix.models import InteractiveCogVideoXTransformer3DModel
 from thematrix.video import write_mp4
 
 BENCH_FPS = 8
-TEXT_ENCODER_LAYERS = 1
 WARMUP_STEPS = 2
+FORWARD_REPEATS = 5
 GIB = 2**30
 
 
@@ -45,16 +50,26 @@ def synthetic_clip(root: Path, frames: int, height: int, width: int) -> Path:
     return root / "index.json"
 
 
-def run_ours(model_dir: Path, data_root: Path, index_file: Path, output_dir: Path, cli) -> dict:
-    args = LoraArgs()
+def timed_trainer(trainer_class):
+    """The stage's trainer without checkpoint or model writing, which are I/O rather than the step."""
+    class Timed(trainer_class):
+        def save_checkpoint(self):
+            return None
+
+        def save_final(self, transformer):
+            return None
+
+    return Timed
+
+
+def run_ours(trainer_class, args, model_dir: Path, data_root: Path, index_file: Path, output_dir: Path, cli) -> dict:
     args.pretrained_model_name_or_path, args.data_root, args.index_file = str(model_dir), str(data_root), str(index_file)
     args.output_dir = str(output_dir)
     args.height, args.width, args.fps, args.frame_buckets = cli.height, cli.width, BENCH_FPS, (cli.frames,)
     args.max_train_steps = WARMUP_STEPS + cli.steps
-    args.checkpointing_steps = 10**6
     args.validation_steps, args.report_to, args.dataloader_num_workers = 0, "none", 0
     args.cache_latents, args.lr_warmup_steps = True, 0
-    trainer = LoraTrainer(args)
+    trainer = timed_trainer(trainer_class)(args)
     trainer.setup()
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
@@ -65,6 +80,45 @@ def run_ours(model_dir: Path, data_root: Path, index_file: Path, output_dir: Pat
     del trainer
     torch.cuda.empty_cache()
     return result
+
+
+def time_forward(transformer, cli, **extra) -> float:
+    """Median seconds of a bf16 forward at the benchmark shape, timed with CUDA events."""
+    config = transformer.config
+    latent_frames = (cli.frames - 1) // config.temporal_compression_ratio + 1
+    inputs = dict(
+        hidden_states=torch.randn(1, latent_frames, config.in_channels, cli.height // 8, cli.width // 8, device="cuda", dtype=torch.bfloat16),
+        encoder_hidden_states=torch.randn(1, config.max_text_seq_length, config.text_embed_dim, device="cuda", dtype=torch.bfloat16),
+        timestep=torch.tensor([500], device="cuda"),
+    )
+    inputs.update(extra)
+    times = []
+    with torch.no_grad():
+        for repeat in range(WARMUP_STEPS + FORWARD_REPEATS):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            transformer(**inputs)
+            end.record()
+            torch.cuda.synchronize()
+            if repeat >= WARMUP_STEPS:
+                times.append(start.elapsed_time(end) / 1000)
+    return statistics.median(times)
+
+
+def run_forwards(model_dir: Path, cli) -> dict:
+    base = CogVideoXTransformer3DModel.from_pretrained(model_dir, subfolder="transformer", dtype=torch.bfloat16).cuda().eval()
+    stock = time_forward(base, cli)
+    vocabulary_size = len(DEFAULT_VOCABULARY)
+    table = torch.randn(vocabulary_size + 1, base.config.text_embed_dim)
+    interactive = InteractiveCogVideoXTransformer3DModel.from_base(base, DEFAULT_VOCABULARY, table).to("cuda", torch.bfloat16).eval()
+    del base
+    latent_frames = (cli.frames - 1) // interactive.config.temporal_compression_ratio + 1
+    controls = torch.randint(0, vocabulary_size, (1, latent_frames), device="cuda")
+    ours = time_forward(interactive, cli, controls=controls)
+    per_frame = time_forward(interactive, cli, controls=controls, timestep=torch.randint(0, 1000, (1, latent_frames), device="cuda"))
+    del interactive
+    torch.cuda.empty_cache()
+    return {"stock_forward_s": stock, "interactive_forward_s": ours, "interactive_per_frame_timesteps_forward_s": per_frame}
 
 
 def run_stock(model_dir: Path, cli) -> dict:
@@ -122,8 +176,7 @@ def main() -> None:
     model_dir = work / "base-2b"
     if not (model_dir / "model_index.json").is_file():
         start = time.perf_counter()
-        build_base_model("cogvideox-2b", model_dir, seed=0, dtype=torch.bfloat16,
-                         overrides={"text_encoder": {"num_layers": TEXT_ENCODER_LAYERS}})
+        build_base_model("cogvideox-2b", model_dir, seed=0, dtype=torch.bfloat16, device="cuda")
         print(f"built 2B model in {time.perf_counter() - start:.0f} s")
     data_root = work / "clips"
     data_root.mkdir(parents=True, exist_ok=True)
@@ -132,12 +185,12 @@ def main() -> None:
     results = {
         "device": torch.cuda.get_device_name(),
         "shape": f"{cli.frames} frames {cli.height}x{cli.width}, batch 1",
-        "ours_stage1_lora": run_ours(model_dir, data_root, index_file, work / "run", cli),
+        "forwards": run_forwards(model_dir, cli),
+        "ours_stage1_lora": run_ours(LoraTrainer, LoraArgs(), model_dir, data_root, index_file, work / "run1", cli),
+        "ours_stage2_interactive": run_ours(InteractiveTrainer, SftArgs(), model_dir, data_root, index_file, work / "run2", cli),
         "stock_diffusers_lora": run_stock(model_dir, cli),
     }
     print(json.dumps(results, indent=2))
-    ours, stock = results["ours_stage1_lora"], results["stock_diffusers_lora"]
-    print(f"| step | ours {ours['step_s']:.2f} s, {ours['peak_gib']:.1f} GiB | stock {stock['step_s']:.2f} s, {stock['peak_gib']:.1f} GiB | ratio {ours['step_s'] / stock['step_s']:.2f} |")
     if cli.json:
         Path(cli.json).write_text(json.dumps(results, indent=2))
 
