@@ -24,7 +24,7 @@ from typing import Any, Iterator, Optional
 import torch
 from accelerate import Accelerator
 from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration, set_seed
-from diffusers import CogVideoXDPMScheduler, CogVideoXPipeline
+from diffusers import CogVideoXPipeline
 from diffusers.optimization import get_scheduler
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
@@ -72,7 +72,8 @@ class Trainer:
 
     args_class = TrainingArgs
     pipeline_class = CogVideoXPipeline
-    scheduler_class = CogVideoXDPMScheduler
+    # A scheduler with ``sample_training_timesteps`` (stage1.cogvideox.scheduler.GameScheduler and its subclasses).
+    scheduler_class: type
 
     def __init__(self, args: TrainingArgs):
         args.check()
@@ -92,9 +93,12 @@ class Trainer:
         return DEFAULT_VOCABULARY
 
     def sample_timesteps(self, num_latent_frames: int, generator: torch.Generator) -> torch.Tensor:
-        """One sample's training timestep: uniform over the schedule, shape [1]."""
-        num_train_timesteps = self.scheduler.config.num_train_timesteps
-        return torch.randint(0, num_train_timesteps, (1,), generator=generator, device=generator.device)
+        """One sample's training timesteps, [1] or [1, F]: the stage's scheduler decides."""
+        return self.scheduler.sample_training_timesteps(num_latent_frames, generator)
+
+    def noisy_latents(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The model's input: latents noised to their timesteps."""
+        return self.schedule.add_noise(latents, noise, timesteps)
 
     def loss_mask(self, latents: torch.Tensor) -> Optional[torch.Tensor]:
         """Which latent frames count in the loss ([B, F] bool), or None for all."""
@@ -337,7 +341,7 @@ class Trainer:
             torch.randn(latents.shape[1:], generator=generator, device=device, dtype=latents.dtype) for generator in generators
         ])
         timesteps = torch.cat([self.sample_timesteps(num_latent_frames, generator) for generator in generators])
-        noisy = self.schedule.add_noise(latents, noise, timesteps)
+        noisy = self.noisy_latents(latents, noise, timesteps)
         prediction = self.transformer(
             hidden_states=noisy.to(self.weight_dtype),
             encoder_hidden_states=prompt_embeds.to(self.weight_dtype),
