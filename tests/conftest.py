@@ -57,3 +57,18 @@ def tiny_dataset(tmp_path_factory) -> tuple[Path, Path]:
     index_file = root / "index.json"
     index_file.write_text(json.dumps({"list": entries}))
     return root, index_file
+
+
+def tiny_run_args(args, model_dir, dataset, output_dir, **overrides):
+    """``args`` (any stage's settings) set up for a fast, deterministic CPU run on the tiny model and clips."""
+    data_root, index_file = dataset
+    args.pretrained_model_name_or_path = str(model_dir)
+    args.data_root, args.index_file, args.output_dir = str(data_root), str(index_file), str(output_dir)
+    args.height, args.width, args.fps, args.frame_buckets = TINY_HEIGHT, TINY_WIDTH, CLIP_FPS, (CLIP_FRAMES,)
+    args.learning_rate, args.lr_warmup_steps, args.lr_scheduler = 1e-2, 0, "constant"
+    args.checkpointing_steps, args.validation_steps = 1000, 0
+    args.report_to, args.dataloader_num_workers, args.gradient_checkpointing = "none", 0, False
+    args.cache_latents, args.seed = True, 0
+    for name, value in overrides.items():
+        setattr(args, name, value)
+    return args

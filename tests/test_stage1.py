@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from stage1 import fuse_lora_weights, inference
 from stage1.train_text_to_video_lora import LoraTrainer
 from stage1.training.arguments import LoraArgs
-from tests.conftest import CLIP_FPS, CLIP_FRAMES, TINY_HEIGHT, TINY_WIDTH
+from tests.conftest import TINY_HEIGHT, TINY_WIDTH, tiny_run_args
 from thematrix.config import ConfigError
 from thematrix.model_dir import LORA_WEIGHT_NAME, ModelDirError
 from thematrix.data.dataset import collate_batch
@@ -21,19 +21,7 @@ from thematrix.video import read_video_info
 
 
 def tiny_args(model_dir, dataset, output_dir, **overrides) -> LoraArgs:
-    data_root, index_file = dataset
-    args = LoraArgs()
-    args.pretrained_model_name_or_path = str(model_dir)
-    args.data_root, args.index_file, args.output_dir = str(data_root), str(index_file), str(output_dir)
-    args.height, args.width, args.fps, args.frame_buckets = TINY_HEIGHT, TINY_WIDTH, CLIP_FPS, (CLIP_FRAMES,)
-    args.rank, args.lora_alpha = 4, 4.0
-    args.learning_rate, args.lr_warmup_steps, args.lr_scheduler = 1e-2, 0, "constant"
-    args.checkpointing_steps, args.validation_steps = 1000, 0
-    args.report_to, args.dataloader_num_workers, args.gradient_checkpointing = "none", 0, False
-    args.cache_latents, args.seed = True, 0
-    for name, value in overrides.items():
-        setattr(args, name, value)
-    return args
+    return tiny_run_args(LoraArgs(), model_dir, dataset, output_dir, **{"rank": 4, "lora_alpha": 4.0, **overrides})
 
 
 def lora_weights(output_dir) -> dict[str, torch.Tensor]:

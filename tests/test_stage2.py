@@ -14,25 +14,14 @@ from stage2 import inference
 from stage2.cogvideox.pipeline_cogvideox import InteractivePipeline, parse_controls
 from stage2.train_text_to_video_sft import InteractiveTrainer
 from stage2.training.arguments import SftArgs
-from tests.conftest import CLIP_FPS, CLIP_FRAMES, TINY_HEIGHT, TINY_WIDTH
+from tests.conftest import TINY_HEIGHT, TINY_WIDTH, tiny_run_args
 from thematrix.config import ConfigError
 from thematrix.controls import DEFAULT_VOCABULARY, ControlError, video_frame_labels
 from thematrix.video import read_video_info
 
 
 def stage2_args(model_dir, dataset, output_dir, **overrides) -> SftArgs:
-    data_root, index_file = dataset
-    args = SftArgs()
-    args.pretrained_model_name_or_path = str(model_dir)
-    args.data_root, args.index_file, args.output_dir = str(data_root), str(index_file), str(output_dir)
-    args.height, args.width, args.fps, args.frame_buckets = TINY_HEIGHT, TINY_WIDTH, CLIP_FPS, (CLIP_FRAMES,)
-    args.learning_rate, args.lr_warmup_steps, args.lr_scheduler = 1e-2, 0, "constant"
-    args.checkpointing_steps, args.validation_steps, args.max_train_steps = 1000, 0, 20
-    args.report_to, args.dataloader_num_workers, args.gradient_checkpointing = "none", 0, False
-    args.cache_latents, args.seed = True, 0
-    for name, value in overrides.items():
-        setattr(args, name, value)
-    return args
+    return tiny_run_args(SftArgs(), model_dir, dataset, output_dir, **{"max_train_steps": 20, **overrides})
 
 
 def transformer_inputs(config, controls=None) -> dict:
