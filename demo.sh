@@ -37,4 +37,13 @@ step "Stage 2: a video steered by controls (stage2/inference.py)"
 (cd stage2 && python inference.py --model_dir ../$DEMO/stage2/model --controls "D,D,DL,DL,DR" \
   --num_frames 17 --num_inference_steps 10 --fps 10 --output ../$DEMO/stage2.mp4)
 
-printf '\nDemo videos:\n  %s\n  %s\n' "$(realpath "$DEMO/stage1.mp4")" "$(realpath "$DEMO/stage2.mp4")"
+step "Stage 3: Swin-DPM fine-tuning (stage3/train_text_to_video_sft.sh)"
+(cd stage3 && bash train_text_to_video_sft.sh --config training/sft_config_tiny.py)
+
+step "Stage 3: an unbounded stream, longer than the training window (stage3/inference.py)"
+(cd stage3 && python inference.py --model_dir ../$DEMO/stage3/model --data_root ../$DEMO/footage \
+  --index_file ../$DEMO/footage/index.json --groups 8 --num_groups 2 --group_size 2 --num_inference_steps 4 \
+  --random_controls --fps 10 --output ../$DEMO/stage3.mp4)
+
+printf '\nDemo videos:\n'
+for video in stage1 stage2 stage3; do printf '  %s\n' "$(realpath "$DEMO/$video.mp4")"; done

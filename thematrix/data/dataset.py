@@ -59,6 +59,19 @@ def _available_frames(usable: int, source_fps: float, target_fps: float) -> int:
     return int(np.sum(time_indices(np.arange(upper_bound), source_fps, target_fps) < usable))
 
 
+def resize_center_crop(video: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Scale ``[F, C, H, W]`` so it covers (height, width) keeping its aspect, then crop the center."""
+    source_h, source_w = video.shape[-2:]
+    scale = max(height / source_h, width / source_w)
+    resized_h = max(height, round(source_h * scale))
+    resized_w = max(width, round(source_w * scale))
+    if (resized_h, resized_w) != (source_h, source_w):
+        video = F.interpolate(video, size=(resized_h, resized_w), mode="bilinear", align_corners=False, antialias=True)
+    top = (resized_h - height) // 2
+    left = (resized_w - width) // 2
+    return video[..., top : top + height, left : left + width]
+
+
 class VideoDataset(Dataset):
     """Clips of checked samples (from ``load_index``) as model inputs.
 
@@ -181,18 +194,6 @@ class VideoDataset(Dataset):
         positions = np.arange(offset, offset + clip.bucket)
         return (clip.sample.valid_frame_idx + time_indices(positions, clip.sample.fps, self.fps)).tolist()
 
-    def _resize_center_crop(self, video: torch.Tensor) -> torch.Tensor:
-        """Scale ``[F, C, H, W]`` so it covers (height, width) keeping its aspect, then crop the center."""
-        source_h, source_w = video.shape[-2:]
-        scale = max(self.height / source_h, self.width / source_w)
-        resized_h = max(self.height, round(source_h * scale))
-        resized_w = max(self.width, round(source_w * scale))
-        if (resized_h, resized_w) != (source_h, source_w):
-            video = F.interpolate(video, size=(resized_h, resized_w), mode="bilinear", align_corners=False, antialias=True)
-        top = (resized_h - self.height) // 2
-        left = (resized_w - self.width) // 2
-        return video[..., top : top + self.height, left : left + self.width]
-
     def describe(self, index: int, offset: int = 0) -> dict:
         """Item ``index`` without its pixels: what caches and samplers need, read without decoding."""
         clip = self._clips[index]
@@ -215,7 +216,7 @@ class VideoDataset(Dataset):
         indices = self.frame_indices(index, offset)
         reader = decord.VideoReader(clip.sample.path, ctx=decord.cpu(0))
         frames = torch.from_numpy(reader.get_batch(indices).asnumpy())  # [F, H, W, C] uint8
-        video = self._resize_center_crop(frames.permute(0, 3, 1, 2).float())
+        video = resize_center_crop(frames.permute(0, 3, 1, 2).float(), self.height, self.width)
         video = (video / UINT8_HALF_RANGE - 1.0).clamp(-1.0, 1.0)
         return dict(self.describe(index, offset), video=video.contiguous())
 

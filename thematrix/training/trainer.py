@@ -129,7 +129,8 @@ class Trainer:
 
     def save_final(self, transformer: torch.nn.Module) -> None:
         """Write what the next stage or inference reads: by default the full model, at ``<output_dir>/model``."""
-        transformer.to(self.weight_dtype)
+        for param in transformer.parameters():  # trained weights were float32; the directory holds one dtype
+            param.data = param.data.to(self.weight_dtype)
         pipeline = self.pipeline_class(
             tokenizer=self.tokenizer, text_encoder=self.text_encoder, vae=self.vae, transformer=transformer,
             scheduler=self.scheduler,

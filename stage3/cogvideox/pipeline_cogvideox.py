@@ -1,0 +1,281 @@
+"""Stage 3's pipeline: an unbounded video stream, steered live, by shifted-window denoising (Swin-DPM).
+
+The window is ``[1, 1 + G * W, C, h, w]``: a clean condition latent frame, then G groups of W latent
+frames at staggered noise bands, group 0 the least noisy. Each outer iteration moves every group down
+one band (N / G steps); group 0 is then clean and is emitted, its last latent frame becomes the next
+condition frame, the window shifts by one group, and pure noise enters as the noisiest group with the
+controls the player gives for it. Only the window and the VAE decoder's caches persist, so memory is
+flat however long the stream runs.
+
+Frame accounting (c = ``vae.config.temporal_compression_ratio``, 4 for CogVideoX): the stream's latent
+frames are the first condition frame followed by every emitted group, decoded incrementally as one
+causal sequence (``StreamingDecoder``). The first chunk holds ``1 + c * W`` video frames: the condition
+frame decoded as the causal first frame (1 frame, the start of the stream) and group 0 (``c * W``);
+every later chunk holds ``c * W``. K groups give ``1 + c * W * K`` frames, exactly ``vae.decode`` of the
+``1 + W * K`` latent frames. W must be a multiple of the decoder's frame batch (2) for a group to decode
+whole as soon as it is emitted.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+from stage2.cogvideox.pipeline_cogvideox import InteractivePipeline
+from stage3.cogvideox.scheduler import CONDITION_FRAMES, SwinScheduler
+from thematrix.controls import ControlError, ControlVocabulary
+from thematrix.schedules import GroupedInferenceSchedule, expand_group_timesteps
+from thematrix.streaming_vae import StreamingDecoder
+
+# One list of W tokens per group: a callable of the group's index, an iterable of lists (or of "D,DL"
+# strings), or one "D,D,DL" string cycled per latent frame.
+Controls = str | Callable[[int], Sequence[str]] | Iterable[str | Sequence[str]]
+VIDEO_CHANNELS = 3
+
+
+@dataclass
+class StreamChunk:
+    """One emitted group, decoded.
+
+    ``frames`` ``[n, 3, H, W]`` float32 in [-1, 1] on the CPU (n = 1 + c * W for the first chunk, c * W after);
+    ``controls`` the W tokens of the group; ``frame_controls`` the control active in each of the n frames (the
+    first chunk's first frame shows the condition frame's); ``latents`` ``[f, C, h, w]`` on the CPU, the
+    clean latent frames the chunk's frames decode from (the condition frame and the group for the first
+    chunk); ``group_index`` counts from 0; ``elapsed_s`` is the time from the start of the stream until the
+    chunk was ready; ``state_nbytes`` the bytes the stream holds between chunks (window and decoder caches).
+    """
+
+    frames: torch.Tensor
+    controls: list[str]
+    frame_controls: list[str]
+    latents: torch.Tensor
+    group_index: int
+    elapsed_s: float
+    state_nbytes: int
+
+
+def control_source(controls: Controls, vocabulary: ControlVocabulary, group_size: int) -> Callable[[int], Sequence]:
+    """``controls`` as a function of the group index; called once per group, in order."""
+    if isinstance(controls, str):
+        pattern = vocabulary.parse(controls)
+        return lambda group: [pattern[(group * group_size + k) % len(pattern)] for k in range(group_size)]
+    if callable(controls):
+        return controls
+    try:
+        iterator = iter(controls)
+    except TypeError:
+        raise ControlError(
+            f"controls must be a 'D,DL' string, a callable(group_index) -> {group_size} tokens, or an iterator of "
+            f"token lists; got a {type(controls).__name__}"
+        ) from None
+
+    def next_group(group: int) -> Sequence:
+        try:
+            return next(iterator)
+        except StopIteration:
+            raise ControlError(
+                "the controls iterator ended: the window holds the groups ahead of the emitted one, so K groups "
+                "need K + num_groups - 1 control lists; give more, an endless iterator, or a smaller max_groups"
+            ) from None
+
+    return next_group
+
+
+class SwinDPMPipeline(InteractivePipeline):
+    """Stage 2's pipeline plus ``stream``/``generate``: unbounded, live-steered Swin-DPM sampling."""
+
+    scheduler_class = SwinScheduler
+
+    def stream(
+        self,
+        prompt: str,
+        initial_video: torch.Tensor,
+        controls: Controls,
+        negative_prompt: str = "",
+        num_groups: int = 4,
+        group_size: int = 4,
+        num_inference_steps: int = 20,
+        guidance_scale: float = 6.0,
+        control_guidance_scale: float = 1.0,
+        generator: torch.Generator | None = None,
+        max_groups: int | None = None,
+        initial_control: str | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+    ) -> Iterator[StreamChunk]:
+        """Start a stream; returns an iterator of ``StreamChunk``, one per emitted group (endless if ``max_groups`` is None).
+
+        ``initial_video`` ``[F0, 3, H, W]`` in [-1, 1], F0 = c*k+1: it is VAE-encoded whole and its last latent
+        frame becomes the first condition frame, so the condition carries the clip's motion context as every
+        later (mid-stream) condition frame does. ``controls`` gives each group's W tokens when the group enters
+        the window (at start for the first ``num_groups`` groups, then after each emitted chunk), so a player
+        steers the groups still to come. ``initial_control`` is the first condition frame's control (default:
+        the first group's first token); later condition frames keep the control of the frame they were.
+        Arguments are checked here; the work runs as the iterator is consumed.
+        """
+        schedule = self.scheduler.grouped_schedule(num_inference_steps, num_groups)
+        decoder = StreamingDecoder(self.vae)
+        if group_size < 1 or group_size % decoder.frame_batch_size:
+            raise ValueError(
+                f"group_size must be a positive multiple of {decoder.frame_batch_size} (the VAE decoder's latent "
+                f"frame batch) so each group decodes as soon as it is emitted; got {group_size}"
+            )
+        if max_groups is not None and max_groups < 1:
+            raise ValueError(f"max_groups must be at least 1 (or None for an endless stream), got {max_groups}")
+        self._check_initial_video(initial_video)
+        vocabulary = self.transformer.control_vocabulary
+        if initial_control is not None:
+            vocabulary.token_id(initial_control)
+        source = control_source(controls, vocabulary, group_size)
+        if (prompt_embeds is None) != (negative_prompt_embeds is None):
+            raise ValueError("pass prompt_embeds and negative_prompt_embeds together, or neither (then prompt is encoded)")
+        return self._stream(
+            prompt=prompt, negative_prompt=negative_prompt, initial_video=initial_video, source=source,
+            initial_control=initial_control, schedule=schedule, decoder=decoder, group_size=group_size,
+            guidance_scale=guidance_scale, control_guidance_scale=control_guidance_scale, generator=generator,
+            max_groups=max_groups, prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+        )
+
+    def generate(
+        self, prompt: str, initial_video: torch.Tensor, controls: Controls, max_groups: int, **stream_options
+    ) -> tuple[torch.Tensor, list[str]]:
+        """The first ``max_groups`` groups of ``stream`` as one video ``[1 + c * W * K, 3, H, W]`` (CPU) and the
+        control of each latent frame, condition frame first (``video_frame_labels`` turns them into frame labels)."""
+        chunks = list(self.stream(prompt, initial_video, controls, max_groups=max_groups, **stream_options))
+        video = torch.cat([chunk.frames for chunk in chunks])
+        tokens = chunks[0].frame_controls[:CONDITION_FRAMES] + [token for chunk in chunks for token in chunk.controls]
+        return video, tokens
+
+    def _check_initial_video(self, video: torch.Tensor) -> None:
+        compression = self.temporal_compression
+        alignment = self.vae_scale_factor_spatial * self.transformer.config.patch_size
+        if video.ndim != 4 or video.shape[1] != VIDEO_CHANNELS:
+            raise ValueError(
+                f"initial_video must be [frames, {VIDEO_CHANNELS}, height, width] in [-1, 1], got shape {list(video.shape)}"
+            )
+        frames, _, height, width = video.shape
+        if (frames - 1) % compression:
+            raise ValueError(
+                f"initial_video has {frames} frames; it needs {compression}k+1 (the VAE compresses time by "
+                f"{compression}): use its last {frames - 1 - (frames - 1) % compression + 1} frames"
+            )
+        if height % alignment or width % alignment:
+            raise ValueError(
+                f"initial_video is {height}x{width}; height and width must be multiples of {alignment} (VAE "
+                f"downsampling x transformer patch size); resize it to the model's size {self.native_size[1:]}"
+            )
+
+    @torch.no_grad()
+    def encode_condition_frame(self, video: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Scaled latent ``[1, 1, C, h, w]`` (float32) of the last latent frame of ``video`` ``[F0, 3, H, W]``,
+        drawn from the VAE's distribution as the training latents are."""
+        clip = video.to(self.vae.device, self.vae.dtype).permute(1, 0, 2, 3)[None]  # [1, 3, F0, H, W]
+        latents = self.vae.encode(clip).latent_dist.sample(generator) * self.vae.config.scaling_factor
+        return latents[:, :, -CONDITION_FRAMES:].permute(0, 2, 1, 3, 4).float()
+
+    @torch.no_grad()
+    def _stream(
+        self,
+        *,
+        prompt: str,
+        negative_prompt: str,
+        initial_video: torch.Tensor,
+        source: Callable[[int], Sequence],
+        initial_control: str | None,
+        schedule: GroupedInferenceSchedule,
+        decoder: StreamingDecoder,
+        group_size: int,
+        guidance_scale: float,
+        control_guidance_scale: float,
+        generator: torch.Generator | None,
+        max_groups: int | None,
+        prompt_embeds: torch.Tensor | None,
+        negative_prompt_embeds: torch.Tensor | None,
+    ) -> Iterator[StreamChunk]:
+        start = time.perf_counter()
+        device, dtype = self.device, self.transformer.dtype
+        vocabulary = self.transformer.control_vocabulary
+        compression = self.temporal_compression
+        if prompt_embeds is None:
+            prompt_embeds, negative_prompt_embeds = self.encode_text(prompt, negative_prompt)
+        prompt_embeds, negative_prompt_embeds = prompt_embeds.to(device, dtype), negative_prompt_embeds.to(device, dtype)
+
+        def denoise(latents: torch.Tensor, control_ids: torch.Tensor, now: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+            """One step of every frame of the window from its group's timestep in ``now`` to ``after`` ([G] each)."""
+            now, after = (expand_group_timesteps(t, group_size)[None].to(device) for t in (now, after))  # [1, F]
+            velocity = self.guided_velocity(
+                latents.to(dtype), now, prompt_embeds, negative_prompt_embeds, control_ids,
+                guidance_scale, control_guidance_scale,
+            )
+            return schedule.step(velocity, latents, now, after)[0]
+
+        def window_control_ids(condition_token: str, group_tokens: list[list[str]]) -> torch.Tensor:
+            """LongTensor [1, 1 + G * W]: the condition frame's control, then each group's."""
+            tokens = [condition_token] + [token for tokens in group_tokens for token in tokens]
+            return torch.tensor([vocabulary.encode(tokens)], device=device)
+
+        # 1. Window: the clean condition frame, then G groups of pure noise (float32 [1, 1 + G * W, C, h, w]).
+        condition = self.encode_condition_frame(initial_video, generator).to(device)
+        group_shape = (1, group_size, *condition.shape[2:])
+        group_tokens = [self._group_controls(source, group, group_size, vocabulary) for group in range(schedule.num_groups)]
+        condition_token = initial_control or group_tokens[0][0]
+        noise = [randn_tensor(group_shape, generator=generator, device=device, dtype=torch.float32) for _ in group_tokens]
+        latents = torch.cat([condition, *noise], dim=1)
+        control_ids = window_control_ids(condition_token, group_tokens)
+
+        # 2. Warm-up: denoise together until the groups sit at the tops of their bands.
+        for step in range(schedule.num_warmup_steps):
+            latents = denoise(latents, control_ids, schedule.warmup_timesteps(step), schedule.warmup_timesteps(step + 1))
+
+        group_index = 0
+        while True:
+            # 3. One outer iteration: every group moves down one band; group 0 ends clean.
+            for step in range(schedule.steps_per_band):
+                latents = denoise(latents, control_ids, schedule.window_timesteps(step), schedule.window_timesteps(step + 1))
+
+            # 4. Emit group 0; the first chunk decodes the condition frame before it.
+            emitted = latents[:, CONDITION_FRAMES : CONDITION_FRAMES + group_size]
+            labels = [token for token in group_tokens[0] for _ in range(compression)]
+            if group_index == 0:
+                emitted, labels = torch.cat([condition, emitted], dim=1), [condition_token] + labels
+            frames = decoder.decode(emitted)[0].to("cpu", torch.float32)
+            yield StreamChunk(
+                frames=frames.clamp(-1, 1), controls=list(group_tokens[0]), frame_controls=labels,
+                latents=emitted[0].to("cpu", copy=True), group_index=group_index,
+                elapsed_s=time.perf_counter() - start,
+                state_nbytes=latents.numel() * latents.element_size() + decoder.state_nbytes(),
+            )
+            group_index += 1
+            if max_groups is not None and group_index >= max_groups:
+                return
+
+            # 5. Shift: the emitted group's last frame (and its control) conditions the window; noise enters
+            # last with the controls asked for now, after the player has seen the emitted frames.
+            condition = latents[:, CONDITION_FRAMES + group_size - 1 : CONDITION_FRAMES + group_size].clone()
+            condition_token = group_tokens[0][-1]
+            entering = group_index + schedule.num_groups - 1
+            group_tokens = group_tokens[1:] + [self._group_controls(source, entering, group_size, vocabulary)]
+            noise = randn_tensor(group_shape, generator=generator, device=device, dtype=torch.float32)
+            latents = torch.cat([condition, latents[:, CONDITION_FRAMES + group_size :], noise], dim=1)
+            control_ids = window_control_ids(condition_token, group_tokens)
+
+    @staticmethod
+    def _group_controls(
+        source: Callable[[int], Sequence], group: int, group_size: int, vocabulary: ControlVocabulary
+    ) -> list[str]:
+        """Group ``group``'s W tokens from ``source``, checked against the vocabulary."""
+        try:
+            value = source(group)
+            tokens = vocabulary.parse(value) if isinstance(value, str) else list(value)
+            vocabulary.encode(tokens)
+        except ControlError as error:
+            raise ControlError(f"controls for group {group}: {error}") from None
+        if len(tokens) != group_size:
+            raise ControlError(
+                f"controls for group {group}: got {len(tokens)} tokens {tokens}, need group_size={group_size}"
+            )
+        return tokens

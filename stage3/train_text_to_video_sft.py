@@ -1,0 +1,102 @@
+"""Stage 3: Swin-DPM, full-parameter fine-tuning on windows of staggered noise groups.
+
+Run through train_text_to_video_sft.sh. Each clip is one window: a clean condition latent frame,
+then G groups of W latent frames, group g noised to a timestep in band g; the loss covers the
+noisy frames only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from stage2.train_text_to_video_sft import InteractiveTrainer
+from stage3.cogvideox.pipeline_cogvideox import SwinDPMPipeline
+from stage3.cogvideox.scheduler import CONDITION_FRAMES, SwinScheduler
+from stage3.training.arguments import SwinArgs
+from thematrix.cli import run
+from thematrix.config import ConfigError, parse_command_line
+from thematrix.controls import cycle_controls, video_frame_labels
+
+DEFAULT_CONFIG = Path(__file__).parent / "training" / "sft_config.py"
+
+
+
+class SwinTrainer(InteractiveTrainer):
+    """Every transformer weight trains; timesteps are drawn per group; the condition frame stays clean."""
+
+    args_class = SwinArgs
+    pipeline_class = SwinDPMPipeline
+    scheduler_class = SwinScheduler
+
+    def setup(self) -> None:
+        super().setup()
+        self.scheduler.configure_window(self.args.num_noise_groups, self.args.group_size)
+
+    def build_transformer(self) -> torch.nn.Module:
+        transformer = self.load_interactive_transformer()
+        transformer.requires_grad_(True)
+        return transformer
+
+    def _check_shapes(self, transformer: torch.nn.Module) -> None:
+        super()._check_shapes(transformer)
+        args = self.args
+        window = CONDITION_FRAMES + args.num_noise_groups * args.group_size
+        window_frames = (window - 1) * self.vae.config.temporal_compression_ratio + 1
+        if tuple(args.frame_buckets) != (window_frames,):
+            raise ConfigError(
+                f"args.frame_buckets is {tuple(args.frame_buckets)}, but a window of 1 + {args.num_noise_groups} x "
+                f"{args.group_size} latent frames needs clips of exactly {window_frames} frames: set "
+                f"args.frame_buckets = ({window_frames},)"
+            )
+        if args.validation_num_inference_steps % args.num_noise_groups:
+            raise ConfigError(
+                f"args.validation_num_inference_steps = {args.validation_num_inference_steps} must be divisible by "
+                f"args.num_noise_groups = {args.num_noise_groups}"
+            )
+
+    def noisy_latents(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        noisy = super().noisy_latents(latents, noise, timesteps)
+        noisy[:, :CONDITION_FRAMES] = latents[:, :CONDITION_FRAMES]
+        return noisy
+
+    def loss_mask(self, latents: torch.Tensor) -> torch.Tensor:
+        mask = torch.ones(latents.shape[:2], device=latents.device)
+        mask[:, :CONDITION_FRAMES] = 0
+        return mask
+
+    def validation_videos(self):
+        """A stream longer than the training window, started from the first training clip."""
+        pipeline = self.make_pipeline()
+        args = self.args
+        compression = self.vae.config.temporal_compression_ratio
+        first = self.dataset.dataset[0] if args.cache_latents else self.dataset[0]
+        negative = self.validation_embeds[-1:]
+        for index, prompt_embeds in enumerate(self.validation_embeds[:-1]):
+            generator = torch.Generator(device=self.accelerator.device).manual_seed(args.seed + index)
+
+            def next_controls(group: int) -> list[str]:
+                """The validation pattern, continued group after group."""
+                start = group * args.group_size
+                return cycle_controls(args.validation_controls, start + args.group_size)[start:]
+
+            video, tokens = pipeline.generate(
+                prompt="", initial_video=first["video"], controls=next_controls, max_groups=args.validation_groups,
+                num_groups=args.num_noise_groups, group_size=args.group_size,
+                num_inference_steps=args.validation_num_inference_steps, guidance_scale=args.validation_guidance_scale,
+                control_guidance_scale=args.validation_control_guidance_scale, generator=generator,
+                prompt_embeds=prompt_embeds[None], negative_prompt_embeds=negative,
+            )
+            yield f"prompt-{index}", video, video_frame_labels(tokens, compression)
+
+
+def main(argv=None) -> None:
+    args = parse_command_line(DEFAULT_CONFIG, SwinArgs, argv)
+    trainer = SwinTrainer(args)
+    trainer.train()
+    print(f"stage 3 model: {trainer.final_model_dir.resolve()}")
+
+
+if __name__ == "__main__":
+    run(main)
