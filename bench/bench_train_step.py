@@ -2,11 +2,13 @@
 
     python bench/bench_train_step.py --frames 65 --height 480 --width 720 --steps 5 --json result.json
 
-Ours: the project's stage 1 trainer (LoRA r=256) and stage 2 trainer (Interactive Module only), bf16,
+Ours: the project's stage 1 trainer (LoRA r=256), stage 2 trainer (Interactive Module only) and stage 3
+trainer (every weight, grouped noise), bf16,
 gradient checkpointing, cached latents, on one synthetic clip; checkpoint and model writing are
 left out of the timing (they are I/O, not the step). Baseline, in the same process: a plain
 diffusers + peft LoRA step written as in diffusers' CogVideoX LoRA example (same model, rank, loss
-and optimizer), and the stock transformer's forward next to the interactive transformer's.
+and optimizer), the same plain step training every weight (next to stage 3), and the stock
+transformer's forward next to the interactive transformer's.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from stage1.train_text_to_video_lora import LoraTrainer
 from stage1.training.arguments import LoraArgs
 from stage2.train_text_to_video_sft import InteractiveTrainer
 from stage2.training.arguments import SftArgs
+from stage3.train_text_to_video_sft import SwinTrainer
+from stage3.training.arguments import SwinArgs
 from thematrix.base_model import build_base_model
 from thematrix.controls import DEFAULT_VOCABULARY
 from thematrix.models import InteractiveCogVideoXTransformer3DModel
@@ -121,12 +125,13 @@ def run_forwards(model_dir: Path, cli) -> dict:
     return {"stock_forward_s": stock, "interactive_forward_s": ours, "interactive_per_frame_timesteps_forward_s": per_frame}
 
 
-def run_stock(model_dir: Path, cli) -> dict:
-    """diffusers' CogVideoX LoRA training step, written plainly."""
+def run_stock(model_dir: Path, cli, lora: bool) -> dict:
+    """diffusers' CogVideoX training step written plainly: LoRA r=256 as in its example, or every weight."""
     device, dtype = torch.device("cuda"), torch.bfloat16
     transformer = CogVideoXTransformer3DModel.from_pretrained(model_dir, subfolder="transformer", dtype=dtype).to(device)
-    transformer.requires_grad_(False)
-    transformer.add_adapter(LoraConfig(r=256, lora_alpha=256, init_lora_weights=True, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    if lora:
+        transformer.requires_grad_(False)
+        transformer.add_adapter(LoraConfig(r=256, lora_alpha=256, init_lora_weights=True, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
     transformer.enable_gradient_checkpointing()
     params = [param for param in transformer.parameters() if param.requires_grad]
     for param in params:
@@ -169,6 +174,7 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--width", type=int, default=720)
     parser.add_argument("--steps", type=int, default=5, help="timed steps after %d warm-up steps" % WARMUP_STEPS)
+    parser.add_argument("--stages", default="1,2", help="which of ours to run: 1 (LoRA), 2 (Interactive Module), 3 (Swin-DPM full)")
     parser.add_argument("--work_dir", default=None)
     parser.add_argument("--json", default=None, help="write the results here")
     cli = parser.parse_args()
@@ -182,14 +188,18 @@ def main() -> None:
     data_root.mkdir(parents=True, exist_ok=True)
     index_file = synthetic_clip(data_root, cli.frames, cli.height, cli.width)
 
-    results = {
-        "device": torch.cuda.get_device_name(),
-        "shape": f"{cli.frames} frames {cli.height}x{cli.width}, batch 1",
-        "forwards": run_forwards(model_dir, cli),
-        "ours_stage1_lora": run_ours(LoraTrainer, LoraArgs(), model_dir, data_root, index_file, work / "run1", cli),
-        "ours_stage2_interactive": run_ours(InteractiveTrainer, SftArgs(), model_dir, data_root, index_file, work / "run2", cli),
-        "stock_diffusers_lora": run_stock(model_dir, cli),
-    }
+    stages = set(cli.stages.split(","))
+    results = {"device": torch.cuda.get_device_name(), "shape": f"{cli.frames} frames {cli.height}x{cli.width}, batch 1"}
+    if stages & {"1", "2"}:
+        results["forwards"] = run_forwards(model_dir, cli)
+    if "1" in stages:
+        results["ours_stage1_lora"] = run_ours(LoraTrainer, LoraArgs(), model_dir, data_root, index_file, work / "run1", cli)
+        results["stock_diffusers_lora"] = run_stock(model_dir, cli, lora=True)
+    if "2" in stages:
+        results["ours_stage2_interactive"] = run_ours(InteractiveTrainer, SftArgs(), model_dir, data_root, index_file, work / "run2", cli)
+    if "3" in stages:
+        results["ours_stage3_swin_full"] = run_ours(SwinTrainer, SwinArgs(), model_dir, data_root, index_file, work / "run3", cli)
+        results["stock_diffusers_full"] = run_stock(model_dir, cli, lora=False)
     print(json.dumps(results, indent=2))
     if cli.json:
         Path(cli.json).write_text(json.dumps(results, indent=2))
