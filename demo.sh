@@ -45,5 +45,13 @@ step "Stage 3: an unbounded stream, longer than the training window (stage3/infe
   --index_file ../$DEMO/footage/index.json --groups 8 --num_groups 2 --group_size 2 --num_inference_steps 4 \
   --random_controls --fps 10 --output ../$DEMO/stage3.mp4)
 
+step "Stage 4: SCM distillation of the stream (stage4/train_text_to_video_scm.sh)"
+(cd stage4 && bash train_text_to_video_scm.sh --config training/scm_config_tiny.py)
+
+step "Stage 4: a few-step stream, one forward per group (stage4/inference.py)"
+(cd stage4 && python inference.py --model_dir ../$DEMO/stage4/model --data_root ../$DEMO/footage \
+  --index_file ../$DEMO/footage/index.json --groups 8 --num_groups 2 --group_size 2 \
+  --random_controls --fps 10 --output ../$DEMO/stage4.mp4)
+
 printf '\nDemo videos:\n'
-for video in stage1 stage2 stage3; do printf '  %s\n' "$(realpath "$DEMO/$video.mp4")"; done
+for video in stage1 stage2 stage3 stage4; do printf '  %s\n' "$(realpath "$DEMO/$video.mp4")"; done

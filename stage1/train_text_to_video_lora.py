@@ -13,7 +13,6 @@ from stage1.cogvideox.pipeline_cogvideox import GameVideoPipeline
 from stage1.cogvideox.scheduler import GameScheduler
 from stage1.training.arguments import LoraArgs
 from thematrix.cli import run
-from thematrix.config import parse_command_line
 from thematrix.training.trainer import Trainer
 
 DEFAULT_CONFIG = Path(__file__).parent / "training" / "lora_config.py"
@@ -39,6 +38,10 @@ class LoraTrainer(Trainer):
         )
         return transformer
 
+    @property
+    def final_output(self) -> Path:
+        return self.output_dir
+
     def save_final(self, transformer: torch.nn.Module) -> None:
         """LoRA weights in diffusers' format, loadable by CogVideoXPipeline.load_lora_weights."""
         self.pipeline_class.save_lora_weights(
@@ -46,10 +49,8 @@ class LoraTrainer(Trainer):
         )
 
 
-def main(argv=None) -> None:
-    args = parse_command_line(DEFAULT_CONFIG, LoraArgs, argv)
-    output_dir = LoraTrainer(args).train()
-    print(f"LoRA weights: {output_dir.resolve()}")
+def main(argv=None) -> Path:
+    return LoraTrainer.main(DEFAULT_CONFIG, argv)
 
 
 if __name__ == "__main__":

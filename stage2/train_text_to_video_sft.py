@@ -12,7 +12,7 @@ from stage2.cogvideox.pipeline_cogvideox import InteractivePipeline
 from stage2.cogvideox.scheduler import InteractiveScheduler
 from stage2.training.arguments import SftArgs
 from thematrix.cli import run
-from thematrix.config import ConfigError, parse_command_line
+from thematrix.config import ConfigError
 from thematrix.controls import ControlVocabulary, cycle_controls, video_frame_labels
 from thematrix.model_dir import transformer_class_name
 from thematrix.models import (
@@ -80,30 +80,25 @@ class InteractiveTrainer(Trainer):
         null_id = self.control_vocabulary().null_id
         return {"controls": torch.where(dropped[:, None], torch.full_like(controls, null_id), controls)}
 
+    def validation_requests(self):
+        for name, sampling in super().validation_requests():
+            yield name, dict(sampling, control_guidance_scale=self.args.validation_control_guidance_scale)
+
     def validation_videos(self):
         pipeline = self.make_pipeline()
         compression = self.vae.config.temporal_compression_ratio
         num_latent_frames = (self.args.validation_num_frames - 1) // compression + 1
         tokens = cycle_controls(self.args.validation_controls, num_latent_frames)
-        negative = self.validation_embeds[-1:]
-        for index, prompt_embeds in enumerate(self.validation_embeds[:-1]):
-            generator = torch.Generator(device=self.accelerator.device).manual_seed(self.args.seed + index)
+        for name, sampling in self.validation_requests():
             video, tokens = pipeline(
-                prompt="", controls=tokens, num_frames=self.args.validation_num_frames,
-                height=self.args.height, width=self.args.width,
-                num_inference_steps=self.args.validation_num_inference_steps,
-                guidance_scale=self.args.validation_guidance_scale,
-                control_guidance_scale=self.args.validation_control_guidance_scale,
-                generator=generator, prompt_embeds=prompt_embeds[None], negative_prompt_embeds=negative,
+                controls=tokens, num_frames=self.args.validation_num_frames, height=self.args.height,
+                width=self.args.width, **sampling,
             )
-            yield f"prompt-{index}", video, video_frame_labels(tokens, compression)
+            yield name, video, video_frame_labels(tokens, compression)
 
 
-def main(argv=None) -> None:
-    args = parse_command_line(DEFAULT_CONFIG, SftArgs, argv)
-    trainer = InteractiveTrainer(args)
-    trainer.train()
-    print(f"stage 2 model: {trainer.final_model_dir.resolve()}")
+def main(argv=None) -> Path:
+    return InteractiveTrainer.main(DEFAULT_CONFIG, argv)
 
 
 if __name__ == "__main__":

@@ -95,9 +95,13 @@ def dataset_initial_video(args, vocabulary: ControlVocabulary, height: int, widt
     return dataset[0]
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model_dir", required=True, help="a stage 3 model directory: <output_dir>/model")
+SWIN_DPM_DEFAULTS = {"num_inference_steps": 20, "guidance_scale": 6.0}
+
+
+def parse_args(argv=None, description: str = __doc__, defaults: dict = SWIN_DPM_DEFAULTS) -> argparse.Namespace:
+    """The stream's options; a later stage passes its own description and sampling defaults."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_dir", required=True, help="the stage's model directory: <output_dir>/model")
 
     start = parser.add_argument_group("initial clip: --initial_video, or a dataset sample")
     start.add_argument("--initial_video", type=Path, default=None, help="a video file; the stream continues its end")
@@ -116,15 +120,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--prompt", default=None, help="default: the sample's caption, else a driving prompt")
     sampling.add_argument("--seed", type=int, default=0, help="seeds the noise and --random_controls")
-    sampling.add_argument("--num_inference_steps", type=int, default=20, help="N, divisible by --num_groups")
+    sampling.add_argument("--num_inference_steps", type=int, help="N, a multiple of --num_groups (default: %(default)s; None = one step per group)")
     sampling.add_argument("--num_groups", type=int, default=4, help="G: noise groups in the window")
     sampling.add_argument("--group_size", type=int, default=4, help="W: latent frames per group")
-    sampling.add_argument("--guidance_scale", type=float, default=6.0)
+    sampling.add_argument("--guidance_scale", type=float, help="text guidance (default: %(default)s)")
     sampling.add_argument("--control_guidance_scale", type=float, default=1.0, help="> 1 strengthens the controls")
 
     output = parser.add_argument_group("output")
     output.add_argument("--fps", type=float, default=8.0, help="frame rate of the model's videos and of the mp4")
     output.add_argument("--output", type=Path, default=Path("output.mp4"))
+    parser.set_defaults(**defaults)
     args = parser.parse_args(argv)
 
     from_dataset = args.data_root is not None or args.index_file is not None
@@ -140,9 +145,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def main(argv=None) -> Path:
-    args = parse_args(argv)
-    pipeline = SwinDPMPipeline.from_model_dir(args.model_dir)
+def main(argv=None, pipeline_class=SwinDPMPipeline, description: str = __doc__, defaults: dict = SWIN_DPM_DEFAULTS) -> Path:
+    args = parse_args(argv, description, defaults)
+    pipeline = pipeline_class.from_model_dir(args.model_dir)
     vocabulary = pipeline.transformer.control_vocabulary
     compression = pipeline.temporal_compression
     _, height, width = pipeline.native_size
@@ -162,7 +167,7 @@ def main(argv=None) -> Path:
     controls = random_controls(vocabulary, args.group_size, args.seed) if args.random_controls else args.controls
     stream = pipeline.stream(
         prompt, initial_video, controls, num_groups=args.num_groups, group_size=args.group_size,
-        num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
+        num_inference_steps=args.num_inference_steps or args.num_groups, guidance_scale=args.guidance_scale,
         control_guidance_scale=args.control_guidance_scale,
         generator=torch.Generator(device=pipeline.device).manual_seed(args.seed),
         max_groups=num_groups, initial_control=initial_control,

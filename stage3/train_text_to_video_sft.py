@@ -16,7 +16,7 @@ from stage3.cogvideox.pipeline_cogvideox import SwinDPMPipeline
 from stage3.cogvideox.scheduler import CONDITION_FRAMES, SwinScheduler
 from stage3.training.arguments import SwinArgs
 from thematrix.cli import run
-from thematrix.config import ConfigError, parse_command_line
+from thematrix.config import ConfigError
 from thematrix.controls import cycle_controls, video_frame_labels
 
 DEFAULT_CONFIG = Path(__file__).parent / "training" / "sft_config.py"
@@ -70,32 +70,23 @@ class SwinTrainer(InteractiveTrainer):
         """A stream longer than the training window, started from the first training clip."""
         pipeline = self.make_pipeline()
         args = self.args
-        compression = self.vae.config.temporal_compression_ratio
         first = self.dataset.dataset[0] if args.cache_latents else self.dataset[0]
-        negative = self.validation_embeds[-1:]
-        for index, prompt_embeds in enumerate(self.validation_embeds[:-1]):
-            generator = torch.Generator(device=self.accelerator.device).manual_seed(args.seed + index)
 
-            def next_controls(group: int) -> list[str]:
-                """The validation pattern, continued group after group."""
-                start = group * args.group_size
-                return cycle_controls(args.validation_controls, start + args.group_size)[start:]
+        def next_controls(group: int) -> list[str]:
+            """The validation pattern, continued group after group."""
+            start = group * args.group_size
+            return cycle_controls(args.validation_controls, start + args.group_size)[start:]
 
+        for name, sampling in self.validation_requests():
             video, tokens = pipeline.generate(
-                prompt="", initial_video=first["video"], controls=next_controls, max_groups=args.validation_groups,
-                num_groups=args.num_noise_groups, group_size=args.group_size,
-                num_inference_steps=args.validation_num_inference_steps, guidance_scale=args.validation_guidance_scale,
-                control_guidance_scale=args.validation_control_guidance_scale, generator=generator,
-                prompt_embeds=prompt_embeds[None], negative_prompt_embeds=negative,
+                "", first["video"], next_controls, args.validation_groups,
+                num_groups=args.num_noise_groups, group_size=args.group_size, **sampling,
             )
-            yield f"prompt-{index}", video, video_frame_labels(tokens, compression)
+            yield name, video, video_frame_labels(tokens, self.vae.config.temporal_compression_ratio)
 
 
-def main(argv=None) -> None:
-    args = parse_command_line(DEFAULT_CONFIG, SwinArgs, argv)
-    trainer = SwinTrainer(args)
-    trainer.train()
-    print(f"stage 3 model: {trainer.final_model_dir.resolve()}")
+def main(argv=None) -> Path:
+    return SwinTrainer.main(DEFAULT_CONFIG, argv)
 
 
 if __name__ == "__main__":

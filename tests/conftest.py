@@ -7,8 +7,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from stage3.cogvideox.pipeline_cogvideox import SwinDPMPipeline
+from stage3.cogvideox.scheduler import SwinScheduler
+from thematrix.base_model import build_base_model, build_components
 from thematrix.controls import DEFAULT_VOCABULARY
+from thematrix.model_dir import save_model_dir
+from thematrix.models import (
+    InteractiveCogVideoXTransformer3DModel,
+    compute_control_embeddings,
+)
+from thematrix.video import write_mp4
 
 TINY_HEIGHT, TINY_WIDTH = 48, 64
 CLIP_FRAMES = 17
@@ -18,8 +28,6 @@ NUM_CLIPS = 4
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    from thematrix.base_model import build_base_model
-
     path = tmp_path_factory.mktemp("models") / "base-tiny"
     build_base_model("tiny", path, seed=0)
     return path
@@ -39,8 +47,6 @@ def moving_square_clip(index: int, num_frames: int, height: int, width: int) -> 
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> tuple[Path, Path]:
     """(data_root, index_file) of NUM_CLIPS clips, one control token per frame."""
-    from thematrix.video import write_mp4
-
     root = tmp_path_factory.mktemp("clips")
     entries = []
     tokens = DEFAULT_VOCABULARY.tokens
@@ -72,3 +78,38 @@ def tiny_run_args(args, model_dir, dataset, output_dir, **overrides):
     for name, value in overrides.items():
         setattr(args, name, value)
     return args
+
+
+CONTROL_GATE_STD = 0.5  # random adaLN gates for the control blocks, which start at zero, so controls change the output
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """The tiny model's ops are too small to gain from threads; with two threads on a busy 2-core machine,
+    OpenMP's spin-waits slow the suite down several times."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    """A tiny stage-3 pipeline whose control blocks have random (non-zero) gates."""
+
+    components = build_components("tiny", seed=0)
+    table = compute_control_embeddings(DEFAULT_VOCABULARY, components["tokenizer"], components["text_encoder"])
+    transformer = InteractiveCogVideoXTransformer3DModel.from_base(components["transformer"], DEFAULT_VOCABULARY, table)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for block in transformer.control_blocks:
+            for parameter in block.norm.linear.parameters():
+                parameter.normal_(0, CONTROL_GATE_STD, generator=generator)
+    components.update(transformer=transformer, scheduler=SwinScheduler.from_config(components["scheduler"].config))
+    return SwinDPMPipeline(**components)
+
+
+@pytest.fixture(scope="module")
+def model_dir(pipeline, tmp_path_factory):
+    """``pipeline`` saved as a model directory, as stage 3 training writes it."""
+    return save_model_dir(pipeline, tmp_path_factory.mktemp("stage3") / "model")

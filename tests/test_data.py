@@ -16,10 +16,20 @@ from torch.utils.data import DataLoader
 
 import thematrix.video as video_module
 from thematrix.controls import DEFAULT_VOCABULARY
-from thematrix.data.dataset import BucketBatchSampler, DatasetError, VideoDataset, collate_batch
+from thematrix.data.dataset import (
+    BucketBatchSampler,
+    DatasetError,
+    VideoDataset,
+    collate_batch,
+)
 from thematrix.data.index import IndexFormatError, load_index
 from thematrix.data.validate import main as validate_main
-from thematrix.video import draw_control_overlay, read_video_info, tensor_to_uint8_frames, write_mp4
+from thematrix.video import (
+    draw_control_overlay,
+    read_video_info,
+    tensor_to_uint8_frames,
+    write_mp4,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEMPORAL_COMPRESSION = 4

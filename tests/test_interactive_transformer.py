@@ -26,7 +26,11 @@ from thematrix.models import (
     compute_clip_control_embeddings,
     compute_control_embeddings,
 )
-from thematrix.models.interactive_transformer import ControlBlock, FramewiseAdaLayerNorm, FramewiseLayerNormZero
+from thematrix.models.interactive_transformer import (
+    ControlBlock,
+    FramewiseAdaLayerNorm,
+    FramewiseLayerNormZero,
+)
 from thematrix.presets import COGVIDEOX_2B, TINY
 
 SEED = 0

@@ -14,8 +14,8 @@ from stage1.train_text_to_video_lora import LoraTrainer
 from stage1.training.arguments import LoraArgs
 from tests.conftest import TINY_HEIGHT, TINY_WIDTH, tiny_run_args
 from thematrix.config import ConfigError
-from thematrix.model_dir import LORA_WEIGHT_NAME, ModelDirError
 from thematrix.data.dataset import collate_batch
+from thematrix.model_dir import LORA_WEIGHT_NAME, ModelDirError
 from thematrix.training.trainer import TRAINABLE_WEIGHTS, list_checkpoints
 from thematrix.video import read_video_info
 

@@ -10,13 +10,10 @@ import pytest
 import torch
 
 from stage3 import inference
-from stage3.cogvideox.pipeline_cogvideox import StreamChunk, SwinDPMPipeline
+from stage3.cogvideox.pipeline_cogvideox import StreamChunk
 from stage3.cogvideox.scheduler import SwinScheduler
 from tests.conftest import CLIP_FPS, TINY_HEIGHT, TINY_WIDTH, moving_square_clip
-from thematrix.base_model import build_components
 from thematrix.controls import DEFAULT_VOCABULARY, ControlError
-from thematrix.model_dir import save_model_dir
-from thematrix.models import InteractiveCogVideoXTransformer3DModel, compute_control_embeddings
 from thematrix.schedules import CONDITION_TIMESTEP, grouped_training_timesteps
 from thematrix.video import read_video_info, write_mp4
 from thematrix.video_stream import Mp4StreamWriter
@@ -24,34 +21,9 @@ from thematrix.video_stream import Mp4StreamWriter
 # A small window for speed: 1 + 2 x 2 latent frames, one inner step per band.
 NUM_GROUPS, GROUP_SIZE, NUM_STEPS = 2, 2, 4
 INITIAL_FRAMES = 5
-GATE_STD = 0.5  # random adaLN gates of the control blocks, which start at zero, so controls change the output
 PROMPT = "A red car drives along a grey track."
 # Smallest frame the tiny model takes: 2x2 latents (8x VAE) = one 2x2 transformer patch.
 MIN_SIZE = 16
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model's ops are too small to gain from threads; with two threads, a busy CPU (another process on
-    the two cores) makes OpenMP's spin-waits slow this file down about eightfold."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def pipeline() -> SwinDPMPipeline:
-    components = build_components("tiny", seed=0)
-    table = compute_control_embeddings(DEFAULT_VOCABULARY, components["tokenizer"], components["text_encoder"])
-    transformer = InteractiveCogVideoXTransformer3DModel.from_base(components["transformer"], DEFAULT_VOCABULARY, table)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for block in transformer.control_blocks:
-            for parameter in block.norm.linear.parameters():
-                parameter.normal_(0, GATE_STD, generator=generator)
-    components.update(transformer=transformer, scheduler=SwinScheduler.from_config(components["scheduler"].config))
-    return SwinDPMPipeline(**components)
 
 
 def initial_clip(frames: int = INITIAL_FRAMES, height: int = TINY_HEIGHT, width: int = TINY_WIDTH) -> torch.Tensor:
@@ -299,11 +271,6 @@ def test_stream_writer_shows_the_file_only_when_complete(tmp_path):
         writer.write(frames)
         raise KeyboardInterrupt
     assert not broken.exists() and read_video_info(writer.partial_path)[0] == 8
-
-
-@pytest.fixture(scope="module")
-def model_dir(pipeline, tmp_path_factory):
-    return save_model_dir(pipeline, tmp_path_factory.mktemp("stage3") / "model")
 
 
 def test_inference_streams_a_dataset_sample_to_mp4(model_dir, tiny_dataset, tmp_path, capsys):

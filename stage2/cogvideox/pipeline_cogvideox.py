@@ -111,8 +111,8 @@ class InteractivePipeline(GameVideoPipeline):
     @torch.no_grad()
     def __call__(
         self,
-        prompt: str,
-        controls: str | Sequence[str],
+        prompt: str = "",
+        controls: str | Sequence[str] = (),
         negative_prompt: str = "",
         num_frames: Optional[int] = None,
         height: Optional[int] = None,

@@ -29,7 +29,7 @@ from diffusers.optimization import get_scheduler
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from thematrix.config import ConfigError
+from thematrix.config import ConfigError, parse_command_line
 from thematrix.controls import DEFAULT_VOCABULARY, ControlVocabulary
 from thematrix.data.dataset import BucketBatchSampler, VideoDataset, collate_batch
 from thematrix.data.index import load_index
@@ -108,24 +108,27 @@ class Trainer:
         """Extra transformer inputs of a stage (e.g. controls)."""
         return {}
 
+    def validation_requests(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(name, sampling arguments) per validation prompt: its embeddings, a seeded generator, steps, guidance."""
+        negative = self.validation_embeds[-1:]
+        for index, prompt_embeds in enumerate(self.validation_embeds[:-1]):
+            yield f"prompt-{index}", dict(
+                prompt_embeds=prompt_embeds[None],
+                negative_prompt_embeds=negative,
+                generator=torch.Generator(device=self.accelerator.device).manual_seed(self.args.seed + index),
+                num_inference_steps=self.args.validation_num_inference_steps,
+                guidance_scale=self.args.validation_guidance_scale,
+            )
+
     def validation_videos(self) -> Iterator[tuple[str, torch.Tensor, Optional[list[str]]]]:
         """(name, video [F, C, H, W] in [-1, 1], control label per frame or None), with the current weights."""
         pipeline = self.make_pipeline()
-        negative = self.validation_embeds[-1:]
-        for index, prompt_embeds in enumerate(self.validation_embeds[:-1]):
-            generator = torch.Generator(device=self.accelerator.device).manual_seed(self.args.seed + index)
+        for name, sampling in self.validation_requests():
             video = pipeline(
-                prompt_embeds=prompt_embeds[None],
-                negative_prompt_embeds=negative,
-                height=self.args.height,
-                width=self.args.width,
-                num_frames=self.args.validation_num_frames,
-                num_inference_steps=self.args.validation_num_inference_steps,
-                guidance_scale=self.args.validation_guidance_scale,
-                generator=generator,
-                output_type="pt",
+                height=self.args.height, width=self.args.width, num_frames=self.args.validation_num_frames,
+                output_type="pt", **sampling,
             ).frames[0]
-            yield f"prompt-{index}", video * 2 - 1, None
+            yield name, video * 2 - 1, None
 
     def save_final(self, transformer: torch.nn.Module) -> None:
         """Write what the next stage or inference reads: by default the full model, at ``<output_dir>/model``."""
@@ -140,6 +143,20 @@ class Trainer:
     @property
     def final_model_dir(self) -> Path:
         return self.output_dir / FINAL_MODEL
+
+    @property
+    def final_output(self) -> Path:
+        """What ``save_final`` wrote, printed at the end of a run."""
+        return self.final_model_dir
+
+    @classmethod
+    def main(cls, default_config: str | Path, argv: Optional[list[str]] = None) -> Path:
+        """A stage's entry point: read the config file and overrides, train, print where the result is."""
+        args = parse_command_line(default_config, cls.args_class, argv)
+        trainer = cls(args)
+        trainer.train()
+        print(f"trained model: {trainer.final_output.resolve()}")
+        return trainer.final_output
 
     # ---------------------------------------------------------------- set-up
     def setup(self) -> None:
@@ -325,27 +342,37 @@ class Trainer:
         return self.rotary_cache[num_latent_frames]
 
     # ---------------------------------------------------------------- loss
-    def compute_loss(self, batch: dict[str, Any], first_sample_position: int) -> torch.Tensor:
-        """CogVideoX's v-prediction loss on x0, weighted by 1 / (1 - alpha_bar_t)."""
+    def prepare_batch(
+        self, batch: dict[str, Any], first_sample_position: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Generator]]:
+        """Clean latents [B, F, C, h, w], noise like them, prompt embeddings and each sample's generator.
+
+        Every random draw of the n-th sample of the run comes from its own generator, so a batch of two
+        equals two accumulated batches of one, and a resumed run draws what the uninterrupted one did.
+        """
         device = self.accelerator.device
-        batch_size = len(batch["caption"])
         generators = [
-            sample_generator(self.args.seed, first_sample_position + index, device) for index in range(batch_size)
+            sample_generator(self.args.seed, first_sample_position + index, device) for index in range(len(batch["caption"]))
         ]
         if "latent_parameters" in batch:
             parameters, prompt_embeds = batch["latent_parameters"], batch["prompt_embeds"].to(device)
         else:
             parameters, prompt_embeds = self.encode_videos(batch["video"]), self.encode_prompts(batch["caption"])
         latents = self.sample_latents(parameters.to(device), generators)
-        num_latent_frames = latents.shape[1]
         noise = torch.stack([
             torch.randn(latents.shape[1:], generator=generator, device=device, dtype=latents.dtype) for generator in generators
         ])
+        return latents, noise, prompt_embeds.to(self.weight_dtype), generators
+
+    def compute_loss(self, batch: dict[str, Any], first_sample_position: int) -> torch.Tensor:
+        """CogVideoX's v-prediction loss on x0, weighted by 1 / (1 - alpha_bar_t)."""
+        latents, noise, prompt_embeds, generators = self.prepare_batch(batch, first_sample_position)
+        num_latent_frames = latents.shape[1]
         timesteps = torch.cat([self.sample_timesteps(num_latent_frames, generator) for generator in generators])
         noisy = self.noisy_latents(latents, noise, timesteps)
         prediction = self.transformer(
             hidden_states=noisy.to(self.weight_dtype),
-            encoder_hidden_states=prompt_embeds.to(self.weight_dtype),
+            encoder_hidden_states=prompt_embeds,
             timestep=timesteps,
             image_rotary_emb=self.rotary_embeddings(num_latent_frames),
             return_dict=False,

@@ -1,0 +1,188 @@
+"""Stage 4: SCM, phased consistency distillation of the stage-3 model into a few-step streaming student.
+
+Run through train_text_to_video_scm.sh. A training window is stage 3's (a clean condition latent frame,
+then G groups of W latent frames, group g in noise band g), with every group at the same teacher-grid
+offset t in its band. The frozen teacher (the stage-3 model, optionally classifier-free guided) walks the
+window k DDIM steps down its N-step grid to s, never below the band's phase boundary b. The student's
+consistency function f(x_t, t) = c_skip x_t + c_out DDIM(x_t -> b) learns to match the EMA target's
+f(x_s, s) (x_s itself when s = b), on the noisy frames only. At inference one forward per outer iteration
+lands every group on its boundary.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig
+
+from stage3.train_text_to_video_sft import SwinTrainer
+from stage4.cogvideox.pipeline_cogvideox import ScmPipeline
+from stage4.cogvideox.scheduler import ScmScheduler
+from stage4.training.arguments import ScmArgs
+from thematrix.cli import run
+from thematrix.config import ConfigError
+from thematrix.model_dir import transformer_class_name
+from thematrix.models import InteractiveCogVideoXTransformer3DModel
+
+DEFAULT_CONFIG = Path(__file__).parent / "training" / "scm_config.py"
+NO_GUIDANCE = 1.0  # guidance scale of a single conditional forward
+
+
+class EmaTarget:
+    """LCM's target network: theta^- <- mu theta^- + (1 - mu) theta over the student's trainable weights.
+
+    A copy of the student that shares its frozen weights, so a LoRA student's target costs only its
+    adapters. ``state_dict`` holds the averaged weights alone, for accelerate to checkpoint with the run.
+    """
+
+    def __init__(self, student: torch.nn.Module, decay: float):
+        frozen = {id(param): param for param in student.parameters() if not param.requires_grad}
+        self.module = copy.deepcopy(student, memo=frozen).requires_grad_(False).eval()
+        self.decay = decay
+        self.names = [name for name, param in student.named_parameters() if param.requires_grad]
+        own = dict(self.module.named_parameters())
+        self.weights = [own[name] for name in self.names]
+
+    @torch.no_grad()
+    def update(self, student: torch.nn.Module) -> None:
+        current = dict(student.named_parameters())
+        for name, weight in zip(self.names, self.weights):
+            weight.lerp_(current[name], 1 - self.decay)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {name: weight.detach().clone() for name, weight in zip(self.names, self.weights)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if set(state) != set(self.names):
+            raise ConfigError(
+                "the checkpoint's EMA target does not match this run's trainable weights (args.student or "
+                "args.lora_* changed); set args.resume_from_checkpoint = None to start fresh"
+            )
+        with torch.no_grad():
+            for name, weight in zip(self.names, self.weights):
+                weight.copy_(state[name])
+
+
+class ScmTrainer(SwinTrainer):
+    """Distils the frozen stage-3 teacher into a student (a full copy or LoRA) against an EMA target."""
+
+    args_class = ScmArgs
+    pipeline_class = ScmPipeline
+    scheduler_class = ScmScheduler
+
+    def build_transformer(self) -> torch.nn.Module:
+        """The student starts as the teacher: all of it trains, or LoRA adapters (zero at start) on attention."""
+        path = self.args.pretrained_model_name_or_path
+        found = transformer_class_name(path)
+        if found != InteractiveCogVideoXTransformer3DModel.__name__:
+            raise ConfigError(
+                f"args.pretrained_model_name_or_path = {path!r} holds a {found}; stage 4 "
+                "distils a stage-3 model: pass stage 3's <output_dir>/model"
+            )
+        if self.args.student == "full":
+            return super().build_transformer()
+        transformer = self.load_interactive_transformer()
+        transformer.requires_grad_(False)
+        transformer.add_adapter(
+            LoraConfig(
+                r=self.args.lora_rank, lora_alpha=self.args.lora_alpha, init_lora_weights=True,
+                target_modules=list(self.args.lora_target_modules),
+            )
+        )
+        return transformer
+
+    def setup(self) -> None:
+        super().setup()
+        args, device = self.args, self.accelerator.device
+        self.scheduler.configure_distillation(args.teacher_num_inference_steps, args.skipping_interval)
+        self.consistency = self.scheduler.grouped_schedule(args.teacher_num_inference_steps, args.num_noise_groups)
+
+        teacher = InteractiveCogVideoXTransformer3DModel.from_pretrained(
+            args.pretrained_model_name_or_path, subfolder="transformer", dtype=self.weight_dtype
+        ).requires_grad_(False).eval()
+        if teacher.config.use_rotary_positional_embeddings:
+            raise ConfigError(
+                f"{args.pretrained_model_name_or_path}: the transformer uses rotary positional embeddings, which "
+                "the guided velocity of the streaming pipelines does not pass; distil a CogVideoX-2B-style model"
+            )
+        # The teacher is called through the pipeline's guided velocity, as the stage-3 stream calls it.
+        self.teacher_pipeline = self.pipeline_class(
+            tokenizer=None, text_encoder=None, vae=None, transformer=teacher.to(device), scheduler=None
+        )
+
+        self.ema = EmaTarget(self.accelerator.unwrap_model(self.transformer), args.ema_decay)
+        self.accelerator.register_for_checkpointing(self.ema)
+        # The wrapped optimizer steps only when gradients sync, so this runs once per optimizer step,
+        # before the step's checkpoint: a checkpoint's target matches its student.
+        self.optimizer.optimizer.register_step_post_hook(self._update_target)
+
+    def _update_target(self, optimizer, args, kwargs) -> None:
+        self.ema.update(self.accelerator.unwrap_model(self.transformer))
+
+    def velocity(self, model: torch.nn.Module, latents, timesteps, prompt_embeds, controls) -> torch.Tensor:
+        """One conditional transformer forward (float32 output)."""
+        return model(
+            hidden_states=latents.to(self.weight_dtype), encoder_hidden_states=prompt_embeds, timestep=timesteps,
+            controls=controls, return_dict=False,
+        )[0].float()
+
+    @torch.no_grad()
+    def teacher_solve(self, latents, path, prompt_embeds, controls) -> torch.Tensor:
+        """x_s: the teacher's DDIM steps along ``path`` [B, k + 1, F] from x_t, guided when distilling guidance."""
+        args = self.args
+        guidance, control_guidance = (
+            (args.guidance_scale, args.control_guidance_scale) if args.distill_guidance else (NO_GUIDANCE, NO_GUIDANCE)
+        )
+        negative = self.validation_embeds[-1:].expand_as(prompt_embeds)  # the empty prompt, encoded in setup
+        for now, after in zip(path.unbind(1)[:-1], path.unbind(1)[1:]):
+            if torch.equal(now, after):  # every window has reached its boundary
+                break
+            velocity = self.teacher_pipeline.guided_velocity(
+                latents.to(self.weight_dtype), now, prompt_embeds, negative, controls, guidance, control_guidance
+            )
+            latents = self.scheduler.teacher_schedule.step(velocity, latents, now, after)[0]
+        return latents
+
+    def compute_loss(self, batch: dict[str, Any], first_sample_position: int) -> torch.Tensor:
+        """Consistency loss d(f_theta(x_t, t), f_ema(x_s, s)) over the noisy frames, both mapped to boundary b."""
+        args = self.args
+        latents, noise, prompt_embeds, generators = self.prepare_batch(batch, first_sample_position)
+        draws = [self.scheduler.sample_distillation_timesteps(generator) for generator in generators]
+        path, boundary = (torch.cat(parts) for parts in zip(*draws))  # [B, k + 1, F], [B, F]
+        timesteps, targets = path[:, 0], path[:, -1]
+        noisy = self.noisy_latents(latents, noise, timesteps)
+        controls = self.model_kwargs(batch, generators)["controls"]
+
+        solved = self.teacher_solve(noisy, path, prompt_embeds, controls)
+        if torch.equal(targets, boundary):
+            target = solved  # f(x_b, b) = x_b: the boundary condition, no target forward needed
+        else:
+            with torch.no_grad(), self.accelerator.autocast():
+                velocity = self.velocity(self.ema.module, solved, targets, prompt_embeds, controls)
+            target = self.consistency.step(velocity, solved, targets, boundary)[0]
+
+        velocity = self.velocity(self.transformer, noisy, timesteps, prompt_embeds, controls)
+        prediction = self.consistency.step(velocity, noisy, timesteps, boundary)[0]
+        squared = (prediction - target) ** 2
+        error = squared if args.loss_type == "l2" else (squared + args.huber_c**2).sqrt() - args.huber_c
+        frame_error = error.flatten(2).mean(dim=2)
+        mask = self.loss_mask(latents)
+        return ((frame_error * mask).sum(dim=1) / mask.sum(dim=1)).mean()
+
+    def save_final(self, transformer: torch.nn.Module) -> None:
+        """The student as a full model directory (LoRA fused in): the stage-4 pipeline and inference read it."""
+        if self.args.student == "lora":
+            transformer.fuse_lora()
+            transformer.unload_lora()
+        super().save_final(transformer)
+
+
+def main(argv=None) -> Path:
+    return ScmTrainer.main(DEFAULT_CONFIG, argv)
+
+
+if __name__ == "__main__":
+    run(main)

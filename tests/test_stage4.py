@@ -1,0 +1,333 @@
+"""Stage 4 (SCM) on the tiny model: the boundary condition, the distillation schedule, learning, the EMA target
+and exact resume, a LoRA student, and the few-step stream: closer to the many-step teacher, steerable, the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from stage3.cogvideox.pipeline_cogvideox import SwinDPMPipeline
+from stage3.training.arguments import SwinArgs
+from stage4 import inference
+from stage4.cogvideox.pipeline_cogvideox import ScmPipeline
+from stage4.cogvideox.scheduler import ConsistencySchedule, ScmScheduler
+from stage4.train_text_to_video_scm import EmaTarget, ScmTrainer
+from stage4.training.arguments import ScmArgs
+from tests.conftest import TINY_HEIGHT, TINY_WIDTH, moving_square_clip, tiny_run_args
+from thematrix.config import ConfigError, load_config
+from thematrix.data.dataset import collate_batch
+from thematrix.presets import TINY
+from thematrix.schedules import c_out, c_skip, phase_boundaries, phase_boundary_below
+from thematrix.training.trainer import TRAINABLE_WEIGHTS, list_checkpoints
+from thematrix.video import read_video_info
+
+# The tiny window of the stage-3 fixture and the conftest clips: 1 + 2 x 2 latent frames (17 video frames).
+NUM_GROUPS, GROUP_SIZE = 2, 2
+TEACHER_STEPS = 8  # 4 teacher steps per phase
+DISTILL_STEPS, DISTILL_LR = 100, 3e-3
+STREAM_GROUPS = 3
+EMA_CHECKPOINT = "custom_checkpoint_0.pkl"  # accelerate's file for the first object registered for checkpointing
+NUM_TRAIN_TIMESTEPS = TINY["scheduler"]["num_train_timesteps"]
+REPOSITORY = Path(__file__).parents[1]
+
+
+def scm_args(teacher, dataset, output_dir, **overrides) -> ScmArgs:
+    settings = dict(
+        num_noise_groups=NUM_GROUPS, group_size=GROUP_SIZE, teacher_num_inference_steps=TEACHER_STEPS,
+        validation_num_inference_steps=NUM_GROUPS, validation_groups=STREAM_GROUPS, max_train_steps=4,
+    )
+    return tiny_run_args(ScmArgs(), teacher, dataset, output_dir, **{**settings, **overrides})
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(model_dir):  # noqa: F811  (requests the imported fixture)
+    """Stage 3's test model: the tiny interactive transformer with random control gates, so controls matter."""
+    return model_dir
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    """One latent cache for every run of this file: they share the teacher and the clips."""
+    return str(tmp_path_factory.mktemp("stage4-cache"))
+
+
+@pytest.fixture(scope="module")
+def distilled(teacher_dir, tiny_dataset, cache_dir, tmp_path_factory):
+    """A full student distilled for DISTILL_STEPS steps, with its loss on held-out noise before and after."""
+    output_dir = tmp_path_factory.mktemp("stage4") / "run"
+    trainer = ScmTrainer(scm_args(teacher_dir, tiny_dataset, output_dir, max_train_steps=DISTILL_STEPS,
+                                  learning_rate=DISTILL_LR, cache_dir=cache_dir, validation_steps=DISTILL_STEPS))
+    trainer.setup()
+    batch = collate_batch([trainer.dataset[index] for index in range(len(trainer.dataset))])
+    held_out = [10**6 + 10 * draw for draw in range(4)]  # noise and timesteps no training step draws
+
+    def held_out_loss() -> float:
+        with torch.no_grad():
+            return sum(trainer.compute_loss(batch, position).item() for position in held_out)
+
+    before = held_out_loss()
+    trainer.train()
+    return trainer, before, held_out_loss()
+
+
+def scm_scheduler(num_groups=4, group_size=2, teacher_steps=40, skipping_interval=1, **config) -> ScmScheduler:
+    scheduler = ScmScheduler(**{**TINY["scheduler"], **config})
+    scheduler.configure_window(num_groups, group_size)
+    scheduler.configure_distillation(teacher_steps, skipping_interval)
+    return scheduler
+
+
+# ---------------------------------------------------------------- the consistency function
+def test_scalings_make_the_consistency_function_the_identity_at_a_boundary():
+    boundaries = phase_boundaries(4, NUM_TRAIN_TIMESTEPS)
+    assert torch.equal(c_skip(boundaries, boundaries), torch.ones(5))
+    assert torch.equal(c_out(boundaries, boundaries), torch.zeros(5))
+    schedule = scm_scheduler().grouped_schedule(4, 4)
+    generator = torch.Generator().manual_seed(0)
+    sample, velocity = (torch.randn(2, 3, 4, 6, 8, generator=generator) * 5 for _ in range(2))
+    at_boundary = boundaries[[0, 2, 4]].expand(2, 3)
+    assert torch.equal(schedule.step(velocity, sample, at_boundary, at_boundary)[0], sample)
+    # Away from the boundary it is DDIM scaled by c_out plus c_skip times the input.
+    now, boundary = torch.tensor([[500, 251, 999]] * 2), torch.tensor([[499, 249, 749]] * 2)
+    ddim = super(ConsistencySchedule, schedule).step(velocity, sample, now, boundary)[0]
+    expected = c_skip(now, boundary)[..., None, None, None] * sample + c_out(now, boundary)[..., None, None, None] * ddim
+    torch.testing.assert_close(schedule.step(velocity, sample, now, boundary)[0], expected)
+
+
+def test_student_consistency_output_equals_its_input_at_the_boundary(distilled):
+    trainer, _, _ = distilled
+    generator = torch.Generator().manual_seed(1)
+    latents = torch.randn(1, 1 + NUM_GROUPS * GROUP_SIZE, 4, 6, 8, generator=generator)
+    _, boundary = trainer.scheduler.sample_distillation_timesteps(generator)
+    embeds = trainer.validation_embeds[:1]
+    with torch.no_grad():
+        velocity = trainer.velocity(trainer.transformer, latents, boundary, embeds, None)
+    assert velocity.abs().max() > 0
+    assert torch.equal(trainer.consistency.step(velocity, latents, boundary, boundary)[0], latents)
+
+
+# ---------------------------------------------------------------- the distillation schedule
+@pytest.mark.parametrize("skipping_interval", [1, 3, 10])
+def test_distillation_timesteps_walk_the_teacher_grid_inside_each_phase(skipping_interval):
+    scheduler = scm_scheduler(skipping_interval=skipping_interval)
+    grid = set(scheduler.teacher_schedule.timesteps.tolist())
+    boundaries = phase_boundaries(4, NUM_TRAIN_TIMESTEPS)
+    band = NUM_TRAIN_TIMESTEPS // 4
+    generator = torch.Generator().manual_seed(0)
+    starts = set()
+    for _ in range(60):
+        path, boundary = scheduler.sample_distillation_timesteps(generator)
+        assert path.shape == (1, skipping_interval + 1, 9) and boundary.shape == (1, 9)
+        t, s = path[0, 0], path[0, -1]
+        assert t[0] == s[0] == boundary[0, 0] == 0  # the condition frame: clean, its own boundary
+        t, s, b = t[1:], s[1:], boundary[0, 1:]
+        assert (s < t).all() and (s >= b).all()
+        assert torch.equal(b, phase_boundary_below(t, boundaries))
+        assert ((s == b) | torch.eq(phase_boundary_below(s, boundaries), b)).all()  # never leaves t's phase
+        assert set(path[0, :, 1:].flatten().tolist()) <= grid
+        assert (path[0, 1:] <= path[0, :-1]).all()
+        assert torch.equal(t.diff()[1::2], torch.full((3,), band))  # groups one band apart, as in sampling
+        starts.add(int(t[0]))
+        if skipping_interval >= 10:  # k >= N / G: every target is the boundary itself
+            assert torch.equal(s, b)
+    assert len(starts) == 10  # every teacher step of the phase is drawn
+
+
+def test_a_teacher_grid_without_the_phase_boundaries_is_refused():
+    with pytest.raises(ValueError, match="misses phase boundaries"):
+        scm_scheduler(timestep_spacing="leading")
+
+
+# ---------------------------------------------------------------- training
+def test_distillation_lowers_the_held_out_loss(distilled):
+    _, before, after = distilled
+    # Measured: 0.049 -> 0.023 after 100 steps.
+    assert after < 0.7 * before, (before, after)
+
+
+def test_ema_target_moves_toward_the_student_and_shares_frozen_weights():
+    student = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 3))
+    student[0].requires_grad_(False)
+    ema = EmaTarget(student, decay=0.75)
+    assert ema.module[0].weight is student[0].weight and ema.module[1].weight is not student[1].weight
+    start = {name: weight.clone() for name, weight in ema.state_dict().items()}
+    with torch.no_grad():
+        student[1].weight.add_(1.0)
+    ema.update(student)
+    assert set(start) == {"1.weight", "1.bias"}
+    torch.testing.assert_close(ema.module[1].weight, 0.75 * start["1.weight"] + 0.25 * student[1].weight)
+    torch.testing.assert_close(ema.module[1].bias, start["1.bias"])
+
+
+class KilledAtStep(Exception):
+    pass
+
+
+class KilledTrainer(ScmTrainer):
+    """Dies in the middle of optimizer step ``kill_at`` (after its checkpoint of the step before)."""
+
+    kill_at = 0
+
+    def compute_loss(self, batch, first_sample_position):
+        if self.global_step + 1 == self.kill_at:
+            raise KilledAtStep
+        return super().compute_loss(batch, first_sample_position)
+
+
+def test_resume_after_kill_restores_student_and_ema_target_exactly(teacher_dir, tiny_dataset, cache_dir, tmp_path):
+    settings = dict(max_train_steps=4, checkpointing_steps=2, learning_rate=1e-3, cache_dir=cache_dir)
+    ScmTrainer(scm_args(teacher_dir, tiny_dataset, tmp_path / "whole", **settings)).train()
+    killed = KilledTrainer(scm_args(teacher_dir, tiny_dataset, tmp_path / "killed", **settings))
+    killed.kill_at = 4
+    with pytest.raises(KilledAtStep):
+        killed.train()
+    assert [path.name for path in list_checkpoints(tmp_path / "killed" / "checkpoints")] == ["checkpoint-2"]
+    ScmTrainer(scm_args(teacher_dir, tiny_dataset, tmp_path / "killed", **settings)).train()
+
+    def checkpoint(run: str, step: int) -> tuple[dict, dict]:
+        """(student's trainable weights, EMA target) of a run's checkpoint."""
+        folder = tmp_path / run / "checkpoints" / f"checkpoint-{step}"
+        return load_file(str(folder / TRAINABLE_WEIGHTS)), torch.load(folder / EMA_CHECKPOINT)
+
+    for step in (2, 4):
+        (weights, target), (weights_again, target_again) = checkpoint("whole", step), checkpoint("killed", step)
+        assert weights.keys() == target.keys() == target_again.keys()
+        for key in weights:
+            assert torch.equal(weights[key], weights_again[key]), (step, key)
+            assert torch.equal(target[key], target_again[key]), (step, key)
+    (middle, middle_target), (final, final_target) = checkpoint("whole", 2), checkpoint("whole", 4)
+    moved = [key for key in final if not torch.equal(final[key], middle[key])]
+    assert moved
+    for key in moved:  # the target follows the student, a step behind
+        assert not torch.equal(final_target[key], middle_target[key]) and not torch.equal(final_target[key], final[key])
+
+
+def test_lora_student_trains_adapters_and_saves_a_fused_model(teacher_dir, tiny_dataset, cache_dir, tmp_path):
+    args = scm_args(teacher_dir, tiny_dataset, tmp_path, student="lora", lora_rank=4, lora_alpha=4.0,
+                    max_train_steps=2, learning_rate=1e-2, cache_dir=cache_dir)
+    trainer = ScmTrainer(args)
+    trainer.train()
+    checkpoint = tmp_path / "checkpoints" / "checkpoint-2"
+    names = load_file(str(checkpoint / TRAINABLE_WEIGHTS)).keys()
+    assert names and all("lora" in name for name in names)
+    assert torch.load(checkpoint / EMA_CHECKPOINT).keys() == names
+    student = ScmPipeline.from_model_dir(trainer.final_model_dir).transformer
+    teacher = ScmPipeline.from_model_dir(teacher_dir).transformer
+    assert not any("lora" in name for name in student.state_dict())
+    changed = [name for name, value in student.state_dict().items() if not torch.equal(value, teacher.state_dict()[name])]
+    assert changed and all(name.endswith("weight") and "to_" in name for name in changed)
+
+
+# ---------------------------------------------------------------- the few-step stream
+def stream_latents(streamer, num_inference_steps, controls="D,D,DL,DL,DR,DR", max_groups=STREAM_GROUPS):
+    """The emitted groups' latents [K * W, C, h, w] of a stream from a conftest clip, noise seeded alike."""
+    clip = torch.from_numpy(moving_square_clip(0, 17, TINY_HEIGHT, TINY_WIDTH)).permute(0, 3, 1, 2) / 127.5 - 1
+    chunks = list(streamer.stream(
+        "", clip, controls, num_groups=NUM_GROUPS, group_size=GROUP_SIZE, num_inference_steps=num_inference_steps,
+        guidance_scale=1.0, generator=torch.Generator().manual_seed(0), max_groups=max_groups,
+    ))
+    return chunks, torch.stack([chunk.latents[-GROUP_SIZE:] for chunk in chunks])
+
+
+def test_few_step_student_is_closer_to_the_many_step_teacher_than_the_teacher_is(distilled, teacher_dir):
+    trainer, _, _ = distilled
+    teacher = SwinDPMPipeline.from_model_dir(teacher_dir)
+    _, reference = stream_latents(teacher, TEACHER_STEPS)
+    _, teacher_few = stream_latents(teacher, NUM_GROUPS)
+    _, student_few = stream_latents(ScmPipeline.from_model_dir(trainer.final_model_dir), NUM_GROUPS)
+    teacher_error = ((teacher_few - reference) ** 2).flatten(1).mean(1)
+    student_error = ((student_few - reference) ** 2).flatten(1).mean(1)
+    print(f"MSE to the {TEACHER_STEPS}-step teacher per group: teacher {NUM_GROUPS}-step {teacher_error.tolist()}, "
+          f"student {NUM_GROUPS}-step {student_error.tolist()}")
+    # Measured: teacher about 0.24 per group, student about 0.045.
+    assert (student_error < 0.5 * teacher_error).all()
+
+
+def test_few_step_stream_takes_one_forward_per_group_and_emits_every_frame(distilled):
+    trainer, _, _ = distilled
+    student = ScmPipeline.from_model_dir(trainer.final_model_dir)
+    forwards = []
+    student.transformer.register_forward_pre_hook(lambda module, inputs: forwards.append(1))
+    chunks = list(student.stream("", torch.zeros(5, 3, TINY_HEIGHT, TINY_WIDTH), "D", num_groups=NUM_GROUPS,
+                                 group_size=GROUP_SIZE, max_groups=STREAM_GROUPS))
+    frames_per_group = student.temporal_compression * GROUP_SIZE
+    assert [len(chunk.frames) for chunk in chunks] == [1 + frames_per_group] + [frames_per_group] * (STREAM_GROUPS - 1)
+    assert len(forwards) == (NUM_GROUPS - 1) + STREAM_GROUPS  # warm-up, then one forward per emitted group
+
+
+def test_few_step_stream_is_steered_from_the_group_a_control_change_enters(distilled):
+    trainer, _, _ = distilled
+    student = ScmPipeline.from_model_dir(trainer.final_model_dir)
+    changed_group, groups = NUM_GROUPS + 1, 5
+
+    def turn(group: int) -> list[str]:
+        return ["BL" if group >= changed_group else "D"] * GROUP_SIZE
+
+    (_, steady), (_, turning) = (stream_latents(student, None, controls, groups) for controls in ("D", turn))
+    first_affected = changed_group - NUM_GROUPS + 1  # it enters the window after group J - G is emitted
+    for group in range(groups):
+        assert torch.equal(steady[group], turning[group]) == (group < first_affected), group
+
+
+def test_inference_streams_with_one_unguided_forward_per_group(distilled, tiny_dataset, tmp_path, capsys, monkeypatch):
+    trainer, _, _ = distilled
+    data_root, index_file = tiny_dataset
+    guidance_scales = []
+    velocity = SwinDPMPipeline.guided_velocity
+
+    def recorded(self, *args):
+        guidance_scales.append(args[5])
+        return velocity(self, *args)
+
+    monkeypatch.setattr(SwinDPMPipeline, "guided_velocity", recorded)
+    groups = 2
+    output = inference.main([
+        "--model_dir", str(trainer.final_model_dir), "--data_root", str(data_root), "--index_file", str(index_file),
+        "--groups", str(groups), "--controls", "D,DL", "--num_groups", str(NUM_GROUPS), "--group_size", str(GROUP_SIZE),
+        "--output", str(tmp_path / "drive.mp4"),
+    ])
+    assert read_video_info(output)[0] == 1 + 4 * GROUP_SIZE * groups
+    assert guidance_scales == [1.0] * ((NUM_GROUPS - 1) + groups)  # warm-up, then one forward per group
+    printed = capsys.readouterr().out
+    assert "time to first frame" in printed and "frames per second" in printed
+
+
+def test_validation_writes_the_few_step_stream(distilled):
+    trainer, _, _ = distilled
+    video = trainer.output_dir / "validation" / f"step-{DISTILL_STEPS}" / "prompt-0.mp4"
+    assert read_video_info(video)[0] == 1 + 4 * GROUP_SIZE * STREAM_GROUPS
+
+
+# ---------------------------------------------------------------- settings
+def test_configs_load_and_the_demo_matches_stage3s_window():
+    real = load_config(REPOSITORY / "stage4" / "training" / "scm_config.py", ScmArgs)
+    tiny = load_config(REPOSITORY / "stage4" / "training" / "scm_config_tiny.py", ScmArgs)
+    stage3 = load_config(REPOSITORY / "stage3" / "training" / "sft_config_tiny.py", SwinArgs)
+    for args in (real, tiny):
+        args.check()
+        assert args.validation_num_inference_steps == args.num_noise_groups
+    assert real.pretrained_model_name_or_path == "../outputs/stage3/model"
+    assert (tiny.num_noise_groups, tiny.group_size, tiny.frame_buckets) == (
+        stage3.num_noise_groups, stage3.group_size, stage3.frame_buckets)
+
+
+@pytest.mark.parametrize("setting, value, message", [
+    ("teacher_num_inference_steps", 30, "divisible by args.num_noise_groups"),
+    ("skipping_interval", 0, "at least 1"),
+    ("ema_decay", 1.0, "ema_decay"),
+    ("loss_type", "l1", "loss_type"),
+    ("student", "half", "args.student"),
+])
+def test_bad_settings_fail_with_the_setting_named(setting, value, message):
+    args = ScmArgs()
+    setattr(args, setting, value)
+    with pytest.raises(ConfigError, match=message):
+        args.check()
+
+
+def test_a_model_without_the_interactive_module_is_refused(tiny_model_dir, tiny_dataset, tmp_path):
+    with pytest.raises(ConfigError, match="stage 4 distils a stage-3 model"):
+        ScmTrainer(scm_args(tiny_model_dir, tiny_dataset, tmp_path)).setup()
