@@ -3,7 +3,7 @@
     python bench/bench_train_step.py --frames 65 --height 480 --width 720 --steps 5 --json result.json
 
 Ours: the project's stage 1 trainer (LoRA r=256), stage 2 trainer (Interactive Module only) and stage 3
-trainer (every weight, grouped noise), bf16,
+trainer (every weight, grouped noise) and stage 4 trainer (SCM: frozen teacher with guidance, student, EMA target), bf16,
 gradient checkpointing, cached latents, on one synthetic clip; checkpoint and model writing are
 left out of the timing (they are I/O, not the step). Baseline, in the same process: a plain
 diffusers + peft LoRA step written as in diffusers' CogVideoX LoRA example (same model, rank, loss
@@ -31,6 +31,8 @@ from stage2.train_text_to_video_sft import InteractiveTrainer
 from stage2.training.arguments import SftArgs
 from stage3.train_text_to_video_sft import SwinTrainer
 from stage3.training.arguments import SwinArgs
+from stage4.train_text_to_video_scm import ScmTrainer
+from stage4.training.arguments import ScmArgs
 from thematrix.base_model import build_base_model
 from thematrix.controls import DEFAULT_VOCABULARY
 from thematrix.models import InteractiveCogVideoXTransformer3DModel
@@ -174,7 +176,7 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--width", type=int, default=720)
     parser.add_argument("--steps", type=int, default=5, help="timed steps after %d warm-up steps" % WARMUP_STEPS)
-    parser.add_argument("--stages", default="1,2", help="which of ours to run: 1 (LoRA), 2 (Interactive Module), 3 (Swin-DPM full)")
+    parser.add_argument("--stages", default="1,2", help="which of ours to run: 1 (LoRA), 2 (Interactive Module), 3 (Swin-DPM full), 4 (SCM distillation)")
     parser.add_argument("--work_dir", default=None)
     parser.add_argument("--json", default=None, help="write the results here")
     cli = parser.parse_args()
@@ -199,6 +201,12 @@ def main() -> None:
         results["ours_stage2_interactive"] = run_ours(InteractiveTrainer, SftArgs(), model_dir, data_root, index_file, work / "run2", cli)
     if "3" in stages:
         results["ours_stage3_swin_full"] = run_ours(SwinTrainer, SwinArgs(), model_dir, data_root, index_file, work / "run3", cli)
+    if "4" in stages:
+        for student in ("full", "lora"):
+            scm = ScmArgs()
+            scm.student, scm.distill_guidance = student, True  # as stage4/training/scm_config.py
+            results[f"ours_stage4_scm_{student}"] = run_ours(ScmTrainer, scm, model_dir, data_root, index_file, work / f"run4{student}", cli)
+    if stages & {"3", "4"}:
         results["stock_diffusers_full"] = run_stock(model_dir, cli, lora=False)
     print(json.dumps(results, indent=2))
     if cli.json:
