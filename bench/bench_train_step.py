@@ -29,12 +29,15 @@ from stage1.train_text_to_video_lora import LoraTrainer
 from stage1.training.arguments import LoraArgs
 from stage2.train_text_to_video_sft import InteractiveTrainer
 from stage2.training.arguments import SftArgs
+from stage3.cogvideox.pipeline_cogvideox import SwinDPMPipeline
+from stage3.cogvideox.scheduler import SwinScheduler
 from stage3.train_text_to_video_sft import SwinTrainer
 from stage3.training.arguments import SwinArgs
 from stage4.train_text_to_video_scm import ScmTrainer
 from stage4.training.arguments import ScmArgs
 from thematrix.base_model import build_base_model
 from thematrix.controls import DEFAULT_VOCABULARY
+from thematrix.model_dir import load_components, save_model_dir
 from thematrix.models import InteractiveCogVideoXTransformer3DModel
 from thematrix.video import write_mp4
 
@@ -86,6 +89,17 @@ def run_ours(trainer_class, args, model_dir: Path, data_root: Path, index_file: 
     del trainer
     torch.cuda.empty_cache()
     return result
+
+
+def interactive_model_dir(model_dir: Path, work: Path) -> Path:
+    """The base model with a (random) Interactive Module: the kind of directory stage 3 writes."""
+    output = work / "interactive-2b"
+    if (output / "model_index.json").is_file():
+        return output
+    components = load_components(model_dir, torch.bfloat16, SwinScheduler, CogVideoXTransformer3DModel)
+    table = torch.randn(len(DEFAULT_VOCABULARY) + 1, components["transformer"].config.text_embed_dim)
+    components["transformer"] = InteractiveCogVideoXTransformer3DModel.from_base(components["transformer"], DEFAULT_VOCABULARY, table)
+    return save_model_dir(SwinDPMPipeline(**components), output)
 
 
 def time_forward(transformer, cli, **extra) -> float:
@@ -205,7 +219,9 @@ def main() -> None:
         for student in ("full", "lora"):
             scm = ScmArgs()
             scm.student, scm.distill_guidance = student, True  # as stage4/training/scm_config.py
-            results[f"ours_stage4_scm_{student}"] = run_ours(ScmTrainer, scm, model_dir, data_root, index_file, work / f"run4{student}", cli)
+            results[f"ours_stage4_scm_{student}"] = run_ours(
+                ScmTrainer, scm, interactive_model_dir(model_dir, work), data_root, index_file, work / f"run4{student}", cli
+            )
     if stages & {"3", "4"}:
         results["stock_diffusers_full"] = run_stock(model_dir, cli, lora=False)
     print(json.dumps(results, indent=2))
