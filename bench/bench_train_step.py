@@ -190,7 +190,11 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--width", type=int, default=720)
     parser.add_argument("--steps", type=int, default=5, help="timed steps after %d warm-up steps" % WARMUP_STEPS)
-    parser.add_argument("--stages", default="1,2", help="which of ours to run: 1 (LoRA), 2 (Interactive Module), 3 (Swin-DPM full), 4 (SCM distillation)")
+    parser.add_argument(
+        "--stages", default="stock-lora",
+        help="comma-separated: forwards, stock-lora, stock-full, 1 (LoRA), 2 (Interactive Module), 3 (Swin-DPM full), "
+        "4-full, 4-lora (SCM distillation). Run each in its own process for clean peak-memory numbers.",
+    )
     parser.add_argument("--work_dir", default=None)
     parser.add_argument("--json", default=None, help="write the results here")
     cli = parser.parse_args()
@@ -206,24 +210,25 @@ def main() -> None:
 
     stages = set(cli.stages.split(","))
     results = {"device": torch.cuda.get_device_name(), "shape": f"{cli.frames} frames {cli.height}x{cli.width}, batch 1"}
-    if stages & {"1", "2"}:
+    if "forwards" in stages:
         results["forwards"] = run_forwards(model_dir, cli)
+    if "stock-lora" in stages:
+        results["stock_diffusers_lora"] = run_stock(model_dir, cli, lora=True)
+    if "stock-full" in stages:
+        results["stock_diffusers_full"] = run_stock(model_dir, cli, lora=False)
     if "1" in stages:
         results["ours_stage1_lora"] = run_ours(LoraTrainer, LoraArgs(), model_dir, data_root, index_file, work / "run1", cli)
-        results["stock_diffusers_lora"] = run_stock(model_dir, cli, lora=True)
     if "2" in stages:
         results["ours_stage2_interactive"] = run_ours(InteractiveTrainer, SftArgs(), model_dir, data_root, index_file, work / "run2", cli)
     if "3" in stages:
         results["ours_stage3_swin_full"] = run_ours(SwinTrainer, SwinArgs(), model_dir, data_root, index_file, work / "run3", cli)
-    if "4" in stages:
-        for student in ("full", "lora"):
+    for student in ("full", "lora"):
+        if f"4-{student}" in stages:
             scm = ScmArgs()
             scm.student, scm.distill_guidance = student, True  # as stage4/training/scm_config.py
             results[f"ours_stage4_scm_{student}"] = run_ours(
                 ScmTrainer, scm, interactive_model_dir(model_dir, work), data_root, index_file, work / f"run4{student}", cli
             )
-    if stages & {"3", "4"}:
-        results["stock_diffusers_full"] = run_stock(model_dir, cli, lora=False)
     print(json.dumps(results, indent=2))
     if cli.json:
         Path(cli.json).write_text(json.dumps(results, indent=2))
