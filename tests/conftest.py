@@ -113,3 +113,19 @@ def pipeline():
 def model_dir(pipeline, tmp_path_factory):
     """``pipeline`` saved as a model directory, as stage 3 training writes it."""
     return save_model_dir(pipeline, tmp_path_factory.mktemp("stage3") / "model")
+
+
+class KilledAtStep(Exception):
+    """Stands for a kill (power loss, preemption) in the middle of a training step."""
+
+
+def killed_during_step(trainer_class: type, kill_at: int) -> type:
+    """``trainer_class`` that dies in the middle of optimizer step ``kill_at``, after the checkpoints before it."""
+
+    class Killed(trainer_class):
+        def compute_loss(self, batch, first_sample_position):
+            if self.global_step + 1 == kill_at:
+                raise KilledAtStep
+            return super().compute_loss(batch, first_sample_position)
+
+    return Killed

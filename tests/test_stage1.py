@@ -12,7 +12,13 @@ from safetensors.torch import load_file
 from stage1 import fuse_lora_weights, inference
 from stage1.train_text_to_video_lora import LoraTrainer
 from stage1.training.arguments import LoraArgs
-from tests.conftest import TINY_HEIGHT, TINY_WIDTH, tiny_run_args
+from tests.conftest import (
+    TINY_HEIGHT,
+    TINY_WIDTH,
+    KilledAtStep,
+    killed_during_step,
+    tiny_run_args,
+)
 from thematrix.config import ConfigError
 from thematrix.data.dataset import collate_batch
 from thematrix.model_dir import LORA_WEIGHT_NAME, ModelDirError
@@ -104,27 +110,11 @@ def test_inference_writes_playable_mp4(trained, tiny_model_dir, tmp_path):
     assert read_video_info(output)[0] == 9 and read_video_info(output)[2:] == (TINY_HEIGHT, TINY_WIDTH)
 
 
-class KilledAtStep(Exception):
-    pass
-
-
-class KilledTrainer(LoraTrainer):
-    """Dies in the middle of optimizer step ``kill_at`` (after its checkpoint of the step before)."""
-
-    kill_at = 0
-
-    def compute_loss(self, batch, first_sample_position):
-        if self.global_step + 1 == self.kill_at:
-            raise KilledAtStep
-        return super().compute_loss(batch, first_sample_position)
-
-
 def test_resume_after_kill_equals_uninterrupted_run(tiny_model_dir, tiny_dataset, tmp_path):
     settings = dict(max_train_steps=6, checkpointing_steps=3, lr_scheduler="cosine", lr_warmup_steps=2, cache_dir=str(tmp_path / "cache"))
     LoraTrainer(tiny_args(tiny_model_dir, tiny_dataset, tmp_path / "whole", **settings)).train()
 
-    killed = KilledTrainer(tiny_args(tiny_model_dir, tiny_dataset, tmp_path / "killed", **settings))
-    killed.kill_at = 5
+    killed = killed_during_step(LoraTrainer, kill_at=5)(tiny_args(tiny_model_dir, tiny_dataset, tmp_path / "killed", **settings))
     with pytest.raises(KilledAtStep):
         killed.train()
     assert [path.name for path in list_checkpoints(tmp_path / "killed" / "checkpoints")] == ["checkpoint-3"]

@@ -16,7 +16,14 @@ from stage4.cogvideox.pipeline_cogvideox import ScmPipeline
 from stage4.cogvideox.scheduler import ConsistencySchedule, ScmScheduler
 from stage4.train_text_to_video_scm import EmaTarget, ScmTrainer
 from stage4.training.arguments import ScmArgs
-from tests.conftest import TINY_HEIGHT, TINY_WIDTH, moving_square_clip, tiny_run_args
+from tests.conftest import (
+    TINY_HEIGHT,
+    TINY_WIDTH,
+    KilledAtStep,
+    killed_during_step,
+    moving_square_clip,
+    tiny_run_args,
+)
 from thematrix.config import ConfigError, load_config
 from thematrix.data.dataset import collate_batch
 from thematrix.presets import TINY
@@ -162,26 +169,10 @@ def test_ema_target_moves_toward_the_student_and_shares_frozen_weights():
     torch.testing.assert_close(ema.module[1].bias, start["1.bias"])
 
 
-class KilledAtStep(Exception):
-    pass
-
-
-class KilledTrainer(ScmTrainer):
-    """Dies in the middle of optimizer step ``kill_at`` (after its checkpoint of the step before)."""
-
-    kill_at = 0
-
-    def compute_loss(self, batch, first_sample_position):
-        if self.global_step + 1 == self.kill_at:
-            raise KilledAtStep
-        return super().compute_loss(batch, first_sample_position)
-
-
 def test_resume_after_kill_restores_student_and_ema_target_exactly(teacher_dir, tiny_dataset, cache_dir, tmp_path):
     settings = dict(max_train_steps=4, checkpointing_steps=2, learning_rate=1e-3, cache_dir=cache_dir)
     ScmTrainer(scm_args(teacher_dir, tiny_dataset, tmp_path / "whole", **settings)).train()
-    killed = KilledTrainer(scm_args(teacher_dir, tiny_dataset, tmp_path / "killed", **settings))
-    killed.kill_at = 4
+    killed = killed_during_step(ScmTrainer, kill_at=4)(scm_args(teacher_dir, tiny_dataset, tmp_path / "killed", **settings))
     with pytest.raises(KilledAtStep):
         killed.train()
     assert [path.name for path in list_checkpoints(tmp_path / "killed" / "checkpoints")] == ["checkpoint-2"]
