@@ -1,0 +1,72 @@
+"""The latent/prompt cache: reused when nothing changed, re-encoded when anything that shapes it did."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from tests.conftest import CLIP_FPS, CLIP_FRAMES, TINY_HEIGHT, TINY_WIDTH
+from thematrix.controls import DEFAULT_VOCABULARY
+from thematrix.data.dataset import VideoDataset
+from thematrix.data.index import load_index
+from thematrix.training.encoded_cache import EncodedDataset, encode_dataset
+
+
+class CountingEncoders:
+    """Stand-ins for the VAE and T5 that count their calls and return values tied to their input."""
+
+    def __init__(self):
+        self.videos = self.prompts = 0
+
+    def encode_videos(self, videos: torch.Tensor) -> torch.Tensor:
+        self.videos += 1
+        return videos.mean(dim=(2, 3, 4), keepdim=True).expand(-1, -1, 2, 2, 2).contiguous()
+
+    def encode_prompts(self, captions: list[str]) -> torch.Tensor:
+        self.prompts += 1
+        return torch.tensor([[float(len(caption))] for caption in captions])
+
+
+@pytest.fixture
+def dataset(tiny_dataset):
+    samples, _ = load_index(tiny_dataset[1], tiny_dataset[0], DEFAULT_VOCABULARY)
+    return VideoDataset(samples, fps=CLIP_FPS, height=TINY_HEIGHT, width=TINY_WIDTH,
+                        frame_buckets=(CLIP_FRAMES,), temporal_compression=4)
+
+
+def test_cache_is_reused_until_an_input_changes(dataset, tmp_path):
+    fingerprint = {"height": TINY_HEIGHT, "model": "a"}
+    first = CountingEncoders()
+    encode_dataset(dataset, tmp_path, first.encode_videos, first.encode_prompts, fingerprint)
+    assert first.videos == len(dataset)
+    again = CountingEncoders()
+    encode_dataset(dataset, tmp_path, again.encode_videos, again.encode_prompts, fingerprint)
+    assert again.videos == 0, "an unchanged clip must be read from the cache"
+
+    other_model = CountingEncoders()
+    encode_dataset(dataset, tmp_path, other_model.encode_videos, other_model.encode_prompts, dict(fingerprint, model="b"))
+    assert other_model.videos == len(dataset), "another model must not reuse the first model's latents"
+
+    item = EncodedDataset(dataset, tmp_path, fingerprint)[1]
+    expected = first.encode_videos(dataset[1]["video"][None])[0]
+    torch.testing.assert_close(item["latent_parameters"], expected)
+    assert item["caption"] == dataset[1]["caption"] and torch.equal(item["controls"], dataset[1]["controls"])
+
+
+def test_a_clip_changed_after_caching_is_never_served_stale(dataset, tmp_path):
+    fingerprint = {"model": "a"}
+    encoders = CountingEncoders()
+    encode_dataset(dataset, tmp_path, encoders.encode_videos, encoders.encode_prompts, fingerprint)
+    path = dataset.describe(0)["path"]
+    stat = os.stat(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    try:
+        with pytest.raises(FileNotFoundError, match="changed after caching"):
+            EncodedDataset(dataset, tmp_path, fingerprint)[0]
+        encode_dataset(dataset, tmp_path, encoders.encode_videos, encoders.encode_prompts, fingerprint)
+        assert encoders.videos == len(dataset) + 1  # only the changed clip was encoded again
+        EncodedDataset(dataset, tmp_path, fingerprint)[0]
+    finally:  # the clip is shared with other tests' caches
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
