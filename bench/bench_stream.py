@@ -21,6 +21,8 @@ import torch
 from diffusers import CogVideoXPipeline, CogVideoXTransformer3DModel
 
 from stage3.cogvideox.pipeline_cogvideox import SwinDPMPipeline
+from stage4.cogvideox.pipeline_cogvideox import ScmPipeline
+from stage4.cogvideox.scheduler import ScmScheduler
 from thematrix.base_model import build_base_model
 from thematrix.controls import DEFAULT_VOCABULARY
 from thematrix.model_dir import load_components
@@ -93,20 +95,22 @@ def main() -> None:
     table = torch.randn(len(DEFAULT_VOCABULARY) + 1, base.config.text_embed_dim)
     transformer = InteractiveCogVideoXTransformer3DModel.from_base(base, DEFAULT_VOCABULARY, table).to(torch.bfloat16)
     del base
-    pipeline = SwinDPMPipeline(transformer=transformer, **components).to("cuda")
-    pipeline.set_progress_bar_config(disable=True)
+    swin = SwinDPMPipeline(transformer=transformer, **components).to("cuda")
+    # Stage 4's pipeline on the same weights: speed does not depend on what the weights learned.
+    scm = ScmPipeline(**dict(swin.components, scheduler=ScmScheduler.from_config(swin.scheduler.config)))
     initial_video = torch.rand(INITIAL_FRAMES, 3, cli.height, cli.width) * 2 - 1
 
     results = {"device": torch.cuda.get_device_name(), "size": f"{cli.height}x{cli.width}", "groups_per_stream": cli.groups}
-    for name, steps, guidance in (
-        ("swin_dpm_20_steps", 20, 1.0), ("swin_dpm_20_steps_cfg", 20, 6.0),
+    for name, pipeline, steps, guidance in (
+        ("swin_dpm_20_steps", swin, 20, 1.0), ("swin_dpm_20_steps_cfg", swin, 20, 6.0),
         # 4 steps over 4 groups: one forward per emitted group, the stage 4 (SCM) sampling path.
-        ("few_step_4_steps", 4, 1.0), ("few_step_4_steps_cfg", 4, 6.0),
+        ("scm_4_steps", scm, 4, 1.0), ("scm_4_steps_cfg", scm, 4, 6.0),
     ):
+        pipeline.set_progress_bar_config(disable=True)
         torch.cuda.reset_peak_memory_stats()
         results[name] = stream_speed(pipeline, initial_video, steps, guidance, cli)
         print(name, json.dumps(results[name]))
-    del pipeline, transformer
+    del swin, scm, pipeline, transformer
     torch.cuda.empty_cache()
     for name, steps, guidance in (("stock_20_steps", 20, 1.0), ("stock_20_steps_cfg", 20, 6.0)):
         results[name] = stock_speed(model_dir, steps, guidance, cli)
