@@ -1,14 +1,32 @@
 #!/usr/bin/env bash
 # Shared by the stage launchers: run a training script through `accelerate launch` on the GPUs in
-# GPU_IDS (NUM_PROCESSES processes, one per GPU), or as one CPU process on a machine without a GPU.
+# GPU_IDS (NUM_PROCESSES processes in all machines, one per GPU), or as NUM_PROCESSES CPU processes
+# on a machine without a GPU. Other settings: thematrix/accelerate_configs/README.md.
 # Usage: accelerate_launch.sh SCRIPT [ARGS...]
 set -euo pipefail
-: "${GPU_IDS:=0}" "${NUM_PROCESSES:=1}"
+: "${GPU_IDS:=0}" "${NUM_PROCESSES:=1}" "${ACCELERATE_CONFIG:=}"
+: "${NUM_MACHINES:=1}" "${MACHINE_RANK:=0}" "${MAIN_PROCESS_IP:=127.0.0.1}" "${MAIN_PROCESS_PORT:=29500}"
+CONFIG_DIR="$(dirname "$0")/accelerate_configs"
 
 if python -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
-  DEVICE_FLAGS=(--gpu_ids "$GPU_IDS" --num_processes "$NUM_PROCESSES")
+  if [[ -n $ACCELERATE_CONFIG ]]; then  # a name in accelerate_configs/ or a path
+    [[ -f $ACCELERATE_CONFIG ]] || ACCELERATE_CONFIG="$CONFIG_DIR/$ACCELERATE_CONFIG.yaml"
+    MODE_FLAGS=(--config_file "$ACCELERATE_CONFIG")
+  elif (( NUM_PROCESSES > 1 )); then
+    MODE_FLAGS=(--multi_gpu --mixed_precision no --dynamo_backend no)
+  else
+    MODE_FLAGS=(--mixed_precision no --dynamo_backend no)
+  fi
+  DEVICE_FLAGS=(--gpu_ids "$GPU_IDS" "${MODE_FLAGS[@]}")
+elif (( NUM_PROCESSES > 1 )); then
+  # `--cpu` starts several processes only through mpirun. torchrun's processes (--multi_gpu) become
+  # CPU ranks joined over gloo when ACCELERATE_USE_CPU is set. FSDP and DeepSpeed need GPUs.
+  export ACCELERATE_USE_CPU=true
+  DEVICE_FLAGS=(--multi_gpu --mixed_precision no --dynamo_backend no
+                --num_cpu_threads_per_process "$(( $(nproc) / NUM_PROCESSES > 1 ? $(nproc) / NUM_PROCESSES : 1 ))")
 else
-  DEVICE_FLAGS=(--cpu --num_processes 1 --num_cpu_threads_per_process "$(nproc)")
+  DEVICE_FLAGS=(--cpu --mixed_precision no --dynamo_backend no --num_cpu_threads_per_process "$(nproc)")
 fi
 
-exec accelerate launch "${DEVICE_FLAGS[@]}" --num_machines 1 --mixed_precision no --dynamo_backend no "$@"
+exec accelerate launch "${DEVICE_FLAGS[@]}" --num_processes "$NUM_PROCESSES" --num_machines "$NUM_MACHINES" \
+  --machine_rank "$MACHINE_RANK" --main_process_ip "$MAIN_PROCESS_IP" --main_process_port "$MAIN_PROCESS_PORT" "$@"
