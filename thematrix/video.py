@@ -86,7 +86,7 @@ OVERLAY_TEXT_COLOR = (255, 255, 255)
 OVERLAY_BACKGROUND_COLOR = (0, 0, 0)
 
 
-def _as_uint8_frames(frames) -> np.ndarray:
+def as_uint8_frames(frames) -> np.ndarray:
     """Accept a numpy array or a torch tensor of uint8 frames ``[F, H, W, 3]``."""
     if hasattr(frames, "detach"):
         frames = frames.detach().cpu().numpy()
@@ -102,13 +102,23 @@ def _as_uint8_frames(frames) -> np.ndarray:
     return frames
 
 
-def _pad_to_even(frames: np.ndarray) -> np.ndarray:
+def pad_to_even(frames: np.ndarray) -> np.ndarray:
     """Repeat the last row/column where needed so yuv420p can store the frame without losing pixels."""
     pad_h = -frames.shape[1] % YUV420_ALIGNMENT
     pad_w = -frames.shape[2] % YUV420_ALIGNMENT
     if pad_h or pad_w:
         frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
     return frames
+
+
+def open_h264_writer(path: str | os.PathLike, width: int, height: int, fps: float, output_params: list[str]):
+    """An imageio-ffmpeg frame sink writing H.264/yuv420p at the project's quality; send it uint8 frames."""
+    writer = imageio_ffmpeg.write_frames(
+        str(path), (width, height), fps=fps, codec="libx264", pix_fmt_out="yuv420p", quality=None,
+        macro_block_size=1, output_params=["-crf", str(H264_CRF), *output_params],
+    )
+    writer.send(None)
+    return writer
 
 
 def write_mp4(frames, path: str | os.PathLike, fps: float) -> Path:
@@ -118,7 +128,7 @@ def write_mp4(frames, path: str | os.PathLike, fps: float) -> Path:
     killed mid-write never leaves a truncated video that a later dataset would choke on. Odd
     heights or widths are padded by one repeated row/column.
     """
-    frames = _pad_to_even(_as_uint8_frames(frames))
+    frames = pad_to_even(as_uint8_frames(frames))
     if fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
     path = Path(path)
@@ -128,11 +138,7 @@ def write_mp4(frames, path: str | os.PathLike, fps: float) -> Path:
     # the .mp4 suffix because ffmpeg picks the container from it.
     tmp_name = str(path.parent / f".{path.stem}.{uuid.uuid4().hex}.partial.mp4")
     try:
-        writer = imageio_ffmpeg.write_frames(
-            tmp_name, (width, height), fps=fps, codec="libx264", pix_fmt_out="yuv420p", quality=None,
-            macro_block_size=1, output_params=["-crf", str(H264_CRF), "-movflags", "+faststart"],
-        )
-        writer.send(None)
+        writer = open_h264_writer(tmp_name, width, height, fps, ["-movflags", "+faststart"])
         for frame in frames:
             writer.send(np.ascontiguousarray(frame))
         writer.close()
@@ -172,7 +178,7 @@ def draw_control_overlay(frames, labels: Sequence[str]) -> np.ndarray:
     A built-in bitmap font (A-Z, 0-9, a few symbols) on a dark box: no font files, so it works on
     any machine and any frame size, from 48x64 test clips up.
     """
-    frames = _as_uint8_frames(frames).copy()
+    frames = as_uint8_frames(frames).copy()
     if len(labels) != len(frames):
         raise ValueError(f"{len(labels)} labels for {len(frames)} frames; give one label per frame")
     height, width = frames.shape[1:3]

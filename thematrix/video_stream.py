@@ -11,10 +11,9 @@ import os
 from pathlib import Path
 from types import TracebackType
 
-import imageio_ffmpeg
 import numpy as np
 
-from thematrix.video import H264_CRF, _as_uint8_frames, _pad_to_even
+from thematrix.video import as_uint8_frames, open_h264_writer, pad_to_even
 
 PARTIAL_SUFFIX = ".partial"
 MICROSECONDS_PER_SECOND = 1_000_000
@@ -56,15 +55,11 @@ class Mp4StreamWriter:
 
     def write(self, frames) -> None:
         """Append ``frames`` (uint8 ``[n, H, W, 3]``, numpy or torch)."""
-        frames = _pad_to_even(_as_uint8_frames(frames))
+        frames = pad_to_even(as_uint8_frames(frames))
         size = (frames.shape[2], frames.shape[1])
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = imageio_ffmpeg.write_frames(
-                str(self.partial_path), size, fps=self.fps, codec="libx264", pix_fmt_out="yuv420p", quality=None,
-                macro_block_size=1, output_params=["-crf", str(H264_CRF), *STREAMING_OUTPUT_PARAMS],
-            )
-            self._writer.send(None)
+            self._writer = open_h264_writer(self.partial_path, *size, self.fps, STREAMING_OUTPUT_PARAMS)
             self._size = size
         elif size != self._size:
             raise ValueError(f"frames of {size[0]}x{size[1]} (width x height) sent to a video of {self._size[0]}x{self._size[1]}")
