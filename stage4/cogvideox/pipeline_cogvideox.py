@@ -16,6 +16,7 @@ from stage3.cogvideox.pipeline_cogvideox import Controls, StreamChunk, SwinDPMPi
 from stage4.cogvideox.scheduler import ScmScheduler
 
 STUDENT_GUIDANCE_SCALE = 1.0
+DEFAULT_NUM_GROUPS = 4  # G of the reference recipe, as stage 3's stream
 
 
 class ScmPipeline(SwinDPMPipeline):
@@ -28,17 +29,14 @@ class ScmPipeline(SwinDPMPipeline):
         prompt: str,
         initial_video: torch.Tensor,
         controls: Controls,
-        negative_prompt: str = "",
-        num_groups: int = 4,
-        group_size: int = 4,
+        num_groups: int = DEFAULT_NUM_GROUPS,
         num_inference_steps: Optional[int] = None,
         guidance_scale: float = STUDENT_GUIDANCE_SCALE,
         **options,
     ) -> Iterator[StreamChunk]:
         """``SwinDPMPipeline.stream`` with ``num_inference_steps`` defaulting to ``num_groups`` (a multiple
-        of it takes more steps per band) and guidance off."""
+        of it takes more steps per band) and guidance off; other options are stage 3's."""
         return super().stream(
-            prompt, initial_video, controls, negative_prompt=negative_prompt, num_groups=num_groups,
-            group_size=group_size, num_inference_steps=num_inference_steps or num_groups,
-            guidance_scale=guidance_scale, **options,
+            prompt, initial_video, controls, num_groups=num_groups,
+            num_inference_steps=num_inference_steps or num_groups, guidance_scale=guidance_scale, **options,
         )
