@@ -29,15 +29,13 @@ from stage1.train_text_to_video_lora import LoraTrainer
 from stage1.training.arguments import LoraArgs
 from stage2.train_text_to_video_sft import InteractiveTrainer
 from stage2.training.arguments import SftArgs
-from stage3.cogvideox.pipeline_cogvideox import SwinDPMPipeline
-from stage3.cogvideox.scheduler import SwinScheduler
 from stage3.train_text_to_video_sft import SwinTrainer
 from stage3.training.arguments import SwinArgs
 from stage4.train_text_to_video_scm import ScmTrainer
 from stage4.training.arguments import ScmArgs
 from thematrix.base_model import build_base_model
 from thematrix.controls import DEFAULT_VOCABULARY
-from thematrix.model_dir import load_components, save_model_dir
+from thematrix.model_dir import save_model_dir
 from thematrix.models import InteractiveCogVideoXTransformer3DModel
 from thematrix.video import write_mp4
 
@@ -96,10 +94,9 @@ def interactive_model_dir(model_dir: Path, work: Path) -> Path:
     output = work / "interactive-2b"
     if (output / "model_index.json").is_file():
         return output
-    components = load_components(model_dir, torch.bfloat16, SwinScheduler, CogVideoXTransformer3DModel)
-    table = torch.randn(len(DEFAULT_VOCABULARY) + 1, components["transformer"].config.text_embed_dim)
-    components["transformer"] = InteractiveCogVideoXTransformer3DModel.from_base(components["transformer"], DEFAULT_VOCABULARY, table)
-    return save_model_dir(SwinDPMPipeline(**components), output)
+    base = CogVideoXTransformer3DModel.from_pretrained(model_dir, subfolder="transformer", dtype=torch.bfloat16)
+    table = torch.randn(len(DEFAULT_VOCABULARY) + 1, base.config.text_embed_dim)
+    return save_model_dir(InteractiveCogVideoXTransformer3DModel.from_base(base, DEFAULT_VOCABULARY, table), model_dir, output)
 
 
 def time_forward(transformer, cli, **extra) -> float:

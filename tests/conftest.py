@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from diffusers import CogVideoXTransformer3DModel
 
 from stage3.cogvideox.pipeline_cogvideox import SwinDPMPipeline
 from stage3.cogvideox.scheduler import SwinScheduler
-from thematrix.base_model import build_base_model, build_components
+from thematrix.base_model import build_base_model
 from thematrix.controls import DEFAULT_VOCABULARY
-from thematrix.model_dir import save_model_dir
+from thematrix.model_dir import load_components, save_model_dir
 from thematrix.models import (
     InteractiveCogVideoXTransformer3DModel,
     compute_control_embeddings,
@@ -94,10 +95,10 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def pipeline():
-    """A tiny stage-3 pipeline whose control blocks have random (non-zero) gates."""
+def pipeline(tiny_model_dir):
+    """A tiny stage-3 pipeline on the tiny base model, whose control blocks have random (non-zero) gates."""
 
-    components = build_components("tiny", seed=0)
+    components = load_components(tiny_model_dir, torch.float32, SwinScheduler, CogVideoXTransformer3DModel)
     table = compute_control_embeddings(DEFAULT_VOCABULARY, components["tokenizer"], components["text_encoder"])
     transformer = InteractiveCogVideoXTransformer3DModel.from_base(components["transformer"], DEFAULT_VOCABULARY, table)
     generator = torch.Generator().manual_seed(1)
@@ -105,14 +106,29 @@ def pipeline():
         for block in transformer.control_blocks:
             for parameter in block.norm.linear.parameters():
                 parameter.normal_(0, CONTROL_GATE_STD, generator=generator)
-    components.update(transformer=transformer, scheduler=SwinScheduler.from_config(components["scheduler"].config))
-    return SwinDPMPipeline(**components)
+    return SwinDPMPipeline(**dict(components, transformer=transformer))
 
 
 @pytest.fixture(scope="module")
-def model_dir(pipeline, tmp_path_factory):
+def model_dir(pipeline, tiny_model_dir, tmp_path_factory):
     """``pipeline`` saved as a model directory, as stage 3 training writes it."""
-    return save_model_dir(pipeline, tmp_path_factory.mktemp("stage3") / "model")
+    return save_model_dir(pipeline.transformer, tiny_model_dir, tmp_path_factory.mktemp("stage3") / "model")
+
+
+UNCHANGED_COMPONENTS = ("tokenizer", "text_encoder", "vae", "scheduler")
+
+
+def assert_components_unchanged(source: Path, written: Path) -> None:
+    """``written`` holds ``source``'s non-transformer components byte for byte, and its model index otherwise."""
+    for component in UNCHANGED_COMPONENTS:
+        files = sorted(path.relative_to(source) for path in (source / component).rglob("*") if path.is_file())
+        assert files == sorted(path.relative_to(written) for path in (written / component).rglob("*") if path.is_file())
+        for name in files:
+            assert (source / name).read_bytes() == (written / name).read_bytes(), name
+    index, written_index = (json.loads((path / "model_index.json").read_text()) for path in (source, written))
+    assert {key: value for key, value in written_index.items() if key != "transformer"} == {
+        key: value for key, value in index.items() if key != "transformer"
+    }
 
 
 class KilledAtStep(Exception):

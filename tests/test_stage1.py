@@ -16,6 +16,7 @@ from tests.conftest import (
     TINY_HEIGHT,
     TINY_WIDTH,
     KilledAtStep,
+    assert_components_unchanged,
     killed_during_step,
     tiny_run_args,
 )
@@ -111,6 +112,16 @@ def test_fused_and_loaded_lora_equal_the_trained_peft_model(trained, tiny_model_
     assert (expected - base).abs().max() > 1e-3  # the LoRA changes the output, so a wrong scale would show
     torch.testing.assert_close(fused, expected, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(loaded, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_fused_directory_keeps_the_base_components_as_they_were(trained, tiny_model_dir, tmp_path):
+    """Only the transformer is rewritten (float32); the scheduler keeps its class, so stock sampling is unchanged."""
+    output_dir, _, _, _ = trained
+    fused_dir = fuse_lora_weights.fuse_lora(tiny_model_dir, output_dir, tmp_path / "fused")
+    assert_components_unchanged(tiny_model_dir, fused_dir)
+    base_pipeline, fused_pipeline = (CogVideoXPipeline.from_pretrained(str(path)) for path in (tiny_model_dir, fused_dir))
+    assert type(fused_pipeline.scheduler) is type(base_pipeline.scheduler)
+    assert fused_pipeline.transformer.dtype == torch.float32
 
 
 def test_inference_writes_playable_mp4(trained, tiny_model_dir, tmp_path):

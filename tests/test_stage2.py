@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from diffusers import CogVideoXTransformer3DModel
+from diffusers import CogVideoXTransformer3DModel, DiffusionPipeline
 from safetensors.torch import load_file
 
 from stage2 import inference
@@ -18,11 +18,13 @@ from tests.conftest import (
     TINY_HEIGHT,
     TINY_WIDTH,
     KilledAtStep,
+    assert_components_unchanged,
     killed_during_step,
     tiny_run_args,
 )
 from thematrix.config import ConfigError
 from thematrix.controls import DEFAULT_VOCABULARY, ControlError, video_frame_labels
+from thematrix.models import InteractiveCogVideoXTransformer3DModel
 from thematrix.video import read_video_info
 
 
@@ -88,6 +90,15 @@ def test_trained_model_depends_on_controls_and_round_trips(trained):
     live = trainer.accelerator.unwrap_model(trainer.transformer)
     with torch.no_grad():
         torch.testing.assert_close(live(**transformer_inputs(transformer.config, controls=[0] * 5)).sample, straight)
+
+
+def test_saved_model_keeps_the_input_components_and_loads_in_stock_diffusers(trained, tiny_model_dir):
+    """Only the transformer is written; diffusers' own loader builds the interactive one once thematrix is imported."""
+    trainer, _ = trained
+    assert_components_unchanged(tiny_model_dir, trainer.final_model_dir)
+    pipeline = DiffusionPipeline.from_pretrained(str(trainer.final_model_dir))
+    assert type(pipeline.transformer) is InteractiveCogVideoXTransformer3DModel
+    assert pipeline.transformer.control_vocabulary == DEFAULT_VOCABULARY
 
 
 def test_validation_video_and_checkpoint_hold_the_module_only(trained):

@@ -19,6 +19,11 @@ from typing import Any, Iterator, Sequence
 
 import torch
 from diffusers import CogVideoXTransformer3DModel
+
+# A model directory records this class under this module's path. diffusers' DiffusionPipeline.from_pretrained
+# resolves such an entry from the imported module and picks the load method by the base classes it finds in
+# the module's namespace, so ModelMixin must be importable from here.
+from diffusers import ModelMixin  # noqa: F401
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.attention import Attention
 from diffusers.models.attention_processor import AttnProcessor2_0

@@ -131,14 +131,14 @@ class Trainer:
             yield name, video * 2 - 1, None
 
     def save_final(self, transformer: torch.nn.Module) -> None:
-        """Write what the next stage or inference reads: by default the full model, at ``<output_dir>/model``."""
-        for param in transformer.parameters():  # trained weights were float32; the directory holds one dtype
+        """Write what the next stage or inference reads: by default the full model, at ``<output_dir>/model``.
+
+        Only the transformer is written, in the run's compute dtype (trained weights were float32); the
+        other components are the input model directory's, unchanged.
+        """
+        for param in transformer.parameters():
             param.data = param.data.to(self.weight_dtype)
-        pipeline = self.pipeline_class(
-            tokenizer=self.tokenizer, text_encoder=self.text_encoder, vae=self.vae, transformer=transformer,
-            scheduler=self.scheduler,
-        )
-        save_model_dir(pipeline, self.final_model_dir)
+        save_model_dir(transformer, self.args.pretrained_model_name_or_path, self.final_model_dir)
 
     @property
     def final_model_dir(self) -> Path:
