@@ -160,6 +160,47 @@ def test_per_video_frame_controls_take_every_fourth_token():
     assert video_frame_labels(["D", "DR", "N"], 4) == ["D"] + ["DR"] * 4 + ["N"] * 4
 
 
+class KnownVelocities(torch.nn.Module):
+    """A transformer stub whose output is the input latents plus a known value per (text, controls) branch.
+
+    v(empty, null) = 1, v(text, null) = 2, v(text, controls) = 10 and v(empty, controls) = 4: no two guidance
+    combinations of different branches coincide. Records the batch size of every call.
+    """
+
+    control_vocabulary = DEFAULT_VOCABULARY
+
+    def __init__(self):
+        super().__init__()
+        self.batch_sizes = []
+
+    def forward(self, hidden_states, encoder_hidden_states, timestep, controls, return_dict):
+        self.batch_sizes.append(hidden_states.shape[0])
+        text = encoder_hidden_states.flatten(1).abs().amax(dim=1)  # 0 for the empty prompt's stand-in, 1 for text
+        control = (controls != DEFAULT_VOCABULARY.null_id).all(dim=1).float()
+        value = 1 + text + 3 * control + 5 * text * control
+        return (hidden_states + value[:, None, None, None, None],)
+
+
+@pytest.mark.parametrize(
+    "guidance_scale, control_guidance_scale, forwards",
+    [(1.0, 1.0, 1), (6.0, 1.0, 3), (6.0, 6.0, 2), (1.0, 2.5, 2), (6.0, 2.5, 3), (6.0, 0.0, 2)],
+)
+def test_guidance_is_the_documented_formula_with_one_batched_forward(guidance_scale, control_guidance_scale, forwards):
+    """v_u + w (v_t - v_u) + c (v_tc - v_t), running only the branches whose coefficient is not zero."""
+    stub = KnownVelocities()
+    pipeline = InteractivePipeline(tokenizer=None, text_encoder=None, vae=None, transformer=stub, scheduler=None)
+    latents = torch.randn(2, 3, 4, 2, 2, generator=torch.Generator().manual_seed(0))
+    text, empty = torch.ones(2, 5, 8), torch.zeros(2, 5, 8)
+    controls = torch.tensor([[0, 1, 2], [3, 4, 5]])
+    velocity = pipeline.guided_velocity(
+        latents, torch.tensor([500, 500]), text, empty, controls, guidance_scale, control_guidance_scale
+    )
+    unconditional, text_only, conditional = 1.0, 2.0, 10.0
+    expected = unconditional + guidance_scale * (text_only - unconditional) + control_guidance_scale * (conditional - text_only)
+    torch.testing.assert_close(velocity, latents + expected)
+    assert stub.batch_sizes == [forwards * len(latents)]
+
+
 def test_inference_writes_controlled_mp4(trained, tmp_path):
     trainer, _ = trained
     output = inference.main([
