@@ -136,7 +136,7 @@ class ScmTrainer(SwinTrainer):
         guidance, control_guidance = (
             (args.guidance_scale, args.control_guidance_scale) if args.distill_guidance else (NO_GUIDANCE, NO_GUIDANCE)
         )
-        negative = self.validation_embeds[-1:].expand_as(prompt_embeds)  # the empty prompt, encoded in setup
+        negative = self.empty_prompt_embeds.expand_as(prompt_embeds)
         for now, after in zip(path.unbind(1)[:-1], path.unbind(1)[1:]):
             if torch.equal(now, after):  # every window has reached its boundary
                 break

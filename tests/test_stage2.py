@@ -124,6 +124,48 @@ def test_control_dropout_replaces_whole_clips_with_null(tiny_model_dir, tiny_dat
     assert 0 < sum(dropped_counts) < 80
 
 
+class RecordingTransformer(torch.nn.Module):
+    """Stands in for the transformer in ``compute_loss``: records the text and controls each sample trains with."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.prompt_embeds, self.controls = [], []
+
+    def forward(self, hidden_states, encoder_hidden_states, controls, **kwargs):
+        self.prompt_embeds.append(encoder_hidden_states)
+        self.controls.append(controls)
+        return (torch.zeros_like(hidden_states),)
+
+
+def test_caption_and_control_dropout_are_independent_and_use_the_empty_prompt(tiny_model_dir, tiny_dataset, tmp_path):
+    """(empty text, null controls), the branch guidance subtracts, trains at caption_p_zero * control_p_zero."""
+    trainer = InteractiveTrainer(stage2_args(tiny_model_dir, tiny_dataset, tmp_path))
+    trainer.setup()
+    assert trainer.args.caption_p_zero == trainer.args.control_p_zero == 0.1
+    item = trainer.dataset[0]
+    samples, batch_size = 2000, 500
+    batch = {
+        "latent_parameters": item["latent_parameters"].expand(batch_size, *item["latent_parameters"].shape),
+        "prompt_embeds": item["prompt_embeds"].expand(batch_size, *item["prompt_embeds"].shape),
+        "controls": item["controls"].expand(batch_size, -1),
+        "caption": [item["caption"]] * batch_size,
+    }
+    recorder = RecordingTransformer(trainer.accelerator.unwrap_model(trainer.transformer).config)
+    trainer.transformer = recorder
+    with torch.no_grad():
+        for first in range(0, samples, batch_size):
+            trainer.compute_loss(batch, first)
+    prompt_embeds, controls = torch.cat(recorder.prompt_embeds), torch.cat(recorder.controls)
+    empty = trainer.empty_prompt_embeds[0]
+    caption_dropped = torch.tensor([torch.equal(embeds, empty) for embeds in prompt_embeds])
+    assert all(torch.equal(embeds, item["prompt_embeds"]) for embeds in prompt_embeds[~caption_dropped])
+    control_dropped = (controls == DEFAULT_VOCABULARY.null_id).all(dim=1)
+    assert torch.equal(controls[~control_dropped], item["controls"].expand(int((~control_dropped).sum()), -1))
+    rates = [float(dropped.float().mean()) for dropped in (caption_dropped, control_dropped, caption_dropped & control_dropped)]
+    assert 0.07 < rates[0] < 0.13 and 0.07 < rates[1] < 0.13 and 0.004 < rates[2] < 0.02, rates
+
+
 def test_model_of_another_architecture_is_refused(tiny_model_dir, tiny_dataset, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(tiny_model_dir, other)
