@@ -72,7 +72,9 @@ def timed_trainer(trainer_class):
 def run_ours(trainer_class, args, model_dir: Path, data_root: Path, index_file: Path, output_dir: Path, cli) -> dict:
     args.pretrained_model_name_or_path, args.data_root, args.index_file = str(model_dir), str(data_root), str(index_file)
     args.output_dir = str(output_dir)
-    args.height, args.width, args.fps, args.frame_buckets = cli.height, cli.width, BENCH_FPS, (cli.frames,)
+    args.height, args.width, args.fps = cli.height, cli.width, BENCH_FPS
+    if not isinstance(args, SwinArgs):  # stages 3 and 4 train on their window clip (17 latent frames after the history)
+        args.frame_buckets = (cli.frames,)
     args.max_train_steps = WARMUP_STEPS + cli.steps
     args.validation_steps, args.report_to, args.dataloader_num_workers = 0, "none", 0
     args.cache_latents, args.lr_warmup_steps = True, 0
@@ -203,7 +205,7 @@ def main() -> None:
         print(f"built 2B model in {time.perf_counter() - start:.0f} s")
     data_root = work / "clips"
     data_root.mkdir(parents=True, exist_ok=True)
-    index_file = synthetic_clip(data_root, cli.frames, cli.height, cli.width)
+    index_file = synthetic_clip(data_root, max(cli.frames, *SwinArgs().frame_buckets), cli.height, cli.width)
 
     stages = set(cli.stages.split(","))
     results = {"device": torch.cuda.get_device_name(), "shape": f"{cli.frames} frames {cli.height}x{cli.width}, batch 1"}

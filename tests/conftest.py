@@ -22,7 +22,9 @@ from thematrix.models import (
 from thematrix.video import write_mp4
 
 TINY_HEIGHT, TINY_WIDTH = 48, 64
-CLIP_FRAMES = 17
+# Frames of each test clip: one Swin-DPM training clip of the tiny window, 1 + 4 * (2 history + 2 x 2) latent frames.
+CLIP_FRAMES = 25
+TRAIN_FRAMES = 17  # the clip length stages 1 and 2 train on in tests: 5 latent frames
 CLIP_FPS = 10
 NUM_CLIPS = 4
 
@@ -71,7 +73,7 @@ def tiny_run_args(args, model_dir, dataset, output_dir, **overrides):
     data_root, index_file = dataset
     args.pretrained_model_name_or_path = str(model_dir)
     args.data_root, args.index_file, args.output_dir = str(data_root), str(index_file), str(output_dir)
-    args.height, args.width, args.fps, args.frame_buckets = TINY_HEIGHT, TINY_WIDTH, CLIP_FPS, (CLIP_FRAMES,)
+    args.height, args.width, args.fps, args.frame_buckets = TINY_HEIGHT, TINY_WIDTH, CLIP_FPS, (TRAIN_FRAMES,)
     args.learning_rate, args.lr_warmup_steps, args.lr_scheduler = 1e-2, 0, "constant"
     args.checkpointing_steps, args.validation_steps = 1000, 0
     args.report_to, args.dataloader_num_workers, args.gradient_checkpointing = "none", 0, False

@@ -17,6 +17,8 @@ from stage4.cogvideox.scheduler import ConsistencySchedule, ScmScheduler
 from stage4.train_text_to_video_scm import EmaTarget, ScmTrainer
 from stage4.training.arguments import ScmArgs
 from tests.conftest import (
+    CLIP_FPS,
+    CLIP_FRAMES,
     TINY_HEIGHT,
     TINY_WIDTH,
     KilledAtStep,
@@ -31,7 +33,7 @@ from thematrix.schedules import c_out, c_skip, phase_boundaries, phase_boundary_
 from thematrix.training.trainer import TRAINABLE_WEIGHTS, list_checkpoints
 from thematrix.video import read_video_info
 
-# The tiny window of the stage-3 fixture and the conftest clips: 1 + 2 x 2 latent frames (17 video frames).
+# The tiny window of the stage-3 fixture and the conftest clips: 2 history + 1 + 2 x 2 latent frames (25 video frames).
 NUM_GROUPS, GROUP_SIZE = 2, 2
 TEACHER_STEPS = 8  # 4 teacher steps per phase
 DISTILL_STEPS, DISTILL_LR = 100, 3e-3
@@ -43,7 +45,7 @@ REPOSITORY = Path(__file__).parents[1]
 
 def scm_args(teacher, dataset, output_dir, **overrides) -> ScmArgs:
     settings = dict(
-        num_noise_groups=NUM_GROUPS, group_size=GROUP_SIZE, teacher_num_inference_steps=TEACHER_STEPS,
+        num_noise_groups=NUM_GROUPS, group_size=GROUP_SIZE, frame_buckets=(CLIP_FRAMES,), teacher_num_inference_steps=TEACHER_STEPS,
         validation_num_inference_steps=NUM_GROUPS, validation_groups=STREAM_GROUPS, max_train_steps=4,
     )
     return tiny_run_args(ScmArgs(), teacher, dataset, output_dir, **{**settings, **overrides})
@@ -215,7 +217,7 @@ def test_lora_student_trains_adapters_and_saves_a_fused_model(teacher_dir, tiny_
 # ---------------------------------------------------------------- the few-step stream
 def stream_latents(streamer, num_inference_steps, controls="D,D,DL,DL,DR,DR", max_groups=STREAM_GROUPS):
     """The emitted groups' latents [K * W, C, h, w] of a stream from a conftest clip, noise seeded alike."""
-    clip = torch.from_numpy(moving_square_clip(0, 17, TINY_HEIGHT, TINY_WIDTH)).permute(0, 3, 1, 2) / 127.5 - 1
+    clip = torch.from_numpy(moving_square_clip(0, CLIP_FRAMES, TINY_HEIGHT, TINY_WIDTH)).permute(0, 3, 1, 2) / 127.5 - 1
     chunks = list(streamer.stream(
         "", clip, controls, num_groups=NUM_GROUPS, group_size=GROUP_SIZE, num_inference_steps=num_inference_steps,
         guidance_scale=1.0, generator=torch.Generator().manual_seed(0), max_groups=max_groups,
@@ -242,11 +244,10 @@ def test_few_step_stream_takes_one_forward_per_group_and_emits_every_frame(disti
     student = ScmPipeline.from_model_dir(trainer.final_model_dir)
     forwards = []
     student.transformer.register_forward_pre_hook(lambda module, inputs: forwards.append(1))
-    chunks = list(student.stream("", torch.zeros(5, 3, TINY_HEIGHT, TINY_WIDTH), "D", num_groups=NUM_GROUPS,
+    chunks = list(student.stream("", torch.zeros(CLIP_FRAMES, 3, TINY_HEIGHT, TINY_WIDTH), "D", num_groups=NUM_GROUPS,
                                  group_size=GROUP_SIZE, max_groups=STREAM_GROUPS))
-    frames_per_group = student.temporal_compression * GROUP_SIZE
-    assert [len(chunk.frames) for chunk in chunks] == [1 + frames_per_group] + [frames_per_group] * (STREAM_GROUPS - 1)
-    assert len(forwards) == (NUM_GROUPS - 1) + STREAM_GROUPS  # warm-up, then one forward per emitted group
+    assert [len(chunk.frames) for chunk in chunks] == [student.temporal_compression * GROUP_SIZE] * STREAM_GROUPS
+    assert len(forwards) == STREAM_GROUPS
 
 
 def test_few_step_stream_is_steered_from_the_group_a_control_change_enters(distilled):
@@ -278,10 +279,10 @@ def test_inference_streams_with_one_unguided_forward_per_group(distilled, tiny_d
     output = inference.main([
         "--model_dir", str(trainer.final_model_dir), "--data_root", str(data_root), "--index_file", str(index_file),
         "--groups", str(groups), "--controls", "D,DL", "--num_groups", str(NUM_GROUPS), "--group_size", str(GROUP_SIZE),
-        "--output", str(tmp_path / "drive.mp4"),
+        "--fps", str(CLIP_FPS), "--output", str(tmp_path / "drive.mp4"),
     ])
-    assert read_video_info(output)[0] == 1 + 4 * GROUP_SIZE * groups
-    assert guidance_scales == [1.0] * ((NUM_GROUPS - 1) + groups)  # warm-up, then one forward per group
+    assert read_video_info(output)[0] == 4 * GROUP_SIZE * groups
+    assert guidance_scales == [1.0] * groups
     printed = capsys.readouterr().out
     assert "time to first frame" in printed and "frames per second" in printed
 
@@ -289,7 +290,7 @@ def test_inference_streams_with_one_unguided_forward_per_group(distilled, tiny_d
 def test_validation_writes_the_few_step_stream(distilled):
     trainer, _, _ = distilled
     video = trainer.output_dir / "validation" / f"step-{DISTILL_STEPS}" / "prompt-0.mp4"
-    assert read_video_info(video)[0] == 1 + 4 * GROUP_SIZE * STREAM_GROUPS
+    assert read_video_info(video)[0] == 4 * GROUP_SIZE * STREAM_GROUPS
 
 
 # ---------------------------------------------------------------- settings

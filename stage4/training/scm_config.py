@@ -3,7 +3,7 @@ pretrained_model_name_or_path at stage 3's model, then run `bash train_text_to_v
 Paths are relative to stage4/. Settings and defaults: thematrix/training/arguments.py,
 stage2/training/arguments.py, stage3/training/arguments.py and stage4/training/arguments.py.
 
-Measured at 65 frames 480x720, batch 1, bf16, on one H100 (random 2B weights, teacher N = 40, k = 1):
+Measured on windows of 17 latent frames at 480x720, batch 1, bf16, on one H100 (random 2B weights, teacher N = 40, k = 1):
 - student = "full": 3.5 s a step (4.0 s with distill_guidance when the guided teacher ran two forwards),
   49 GiB peak: stage 3's full fine-tuning plus the bf16 teacher (4 GB) and the float32 EMA target (8 GB);
 - student = "lora" (rank 64) with distill_guidance: 4.0 s, 15.6 GiB; the target shares the frozen weights.
