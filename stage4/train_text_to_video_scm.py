@@ -24,7 +24,7 @@ from stage4.cogvideox.scheduler import ScmScheduler
 from stage4.training.arguments import ScmArgs
 from thematrix.cli import run
 from thematrix.config import ConfigError
-from thematrix.model_dir import transformer_class_name
+from thematrix.model_dir import save_model_dir, transformer_class_name
 from thematrix.models import InteractiveCogVideoXTransformer3DModel
 
 DEFAULT_CONFIG = Path(__file__).parent / "training" / "scm_config.py"
@@ -173,11 +173,21 @@ class ScmTrainer(SwinTrainer):
         return ((frame_error * mask).sum(dim=1) / mask.sum(dim=1)).mean()
 
     def save_final(self, transformer: torch.nn.Module) -> None:
-        """The student as a full model directory (LoRA fused in): the stage-4 pipeline and inference read it."""
-        if self.args.student == "lora":
-            transformer.fuse_lora()
-            transformer.unload_lora()
-        super().save_final(transformer)
+        """The student as a full model directory: the stage-4 pipeline and inference read it.
+
+        A LoRA student is fused with every weight in float32 and saved in float32, so the directory holds the
+        student exactly: fused into a bf16 base, an adapter update smaller than the weight's bf16 rounding
+        step (|delta / W| < 2^-9) is lost, which is most of a small adapter. Inference in bf16 (the default
+        on a GPU) rounds the fused weights to bf16 when it loads them, with the same loss: run a LoRA
+        student in float32 where its adapter is small.
+        """
+        if self.args.student != "lora":
+            super().save_final(transformer)
+            return
+        transformer.to(torch.float32)
+        transformer.fuse_lora()
+        transformer.unload_lora()
+        save_model_dir(transformer, self.args.pretrained_model_name_or_path, self.final_model_dir)
 
 
 def main(argv=None) -> Path:

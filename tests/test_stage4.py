@@ -3,6 +3,7 @@ and exact resume, a LoRA student, and the few-step stream: closer to the many-st
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,7 @@ STREAM_GROUPS = 3
 EMA_CHECKPOINT = "custom_checkpoint_0.pkl"  # accelerate's file for the first object registered for checkpointing
 NUM_TRAIN_TIMESTEPS = TINY["scheduler"]["num_train_timesteps"]
 REPOSITORY = Path(__file__).parents[1]
+SMALL_ADAPTER_STD = 2e-3  # lora_B of a tiny trained adapter: its updates are a few 1e-3 of the base weights
 
 
 def scm_args(teacher, dataset, output_dir, **overrides) -> ScmArgs:
@@ -323,3 +325,40 @@ def test_bad_settings_fail_with_the_setting_named(setting, value, message):
 def test_a_model_without_the_interactive_module_is_refused(tiny_model_dir, tiny_dataset, tmp_path):
     with pytest.raises(ConfigError, match="stage 4 distils a stage-3 model"):
         ScmTrainer(scm_args(tiny_model_dir, tiny_dataset, tmp_path)).setup()
+
+
+def test_lora_student_is_fused_and_saved_in_float32(teacher_dir, tiny_dataset, cache_dir, tmp_path):
+    """A bf16 run's adapters are fused into float32 weights: the saved model is the unfused student, where fusing into
+    the bf16 base would round most of a small adapter away."""
+    args = scm_args(teacher_dir, tiny_dataset, tmp_path, student="lora", lora_rank=4, lora_alpha=4.0, cache_dir=cache_dir)
+    trainer = ScmTrainer(args)
+    trainer.setup()
+    student = trainer.accelerator.unwrap_model(trainer.transformer)
+    # The state of a bf16 run at its end (one accelerate state per process, so set here): frozen weights in bf16,
+    # trained adapters in float32, with updates about 1e-3 of the base weights.
+    trainer.weight_dtype = torch.bfloat16
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in student.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, SMALL_ADAPTER_STD, generator=generator)
+            elif not parameter.requires_grad:
+                parameter.data = parameter.data.to(torch.bfloat16)
+    inputs = dict(
+        hidden_states=torch.randn(1, 1 + NUM_GROUPS * GROUP_SIZE, 4, 6, 8, generator=generator),
+        encoder_hidden_states=torch.randn(1, 226, 32, generator=generator), timestep=torch.tensor([300]),
+        controls=torch.tensor([[0, 1, 2, 3, 4]]),
+    )
+    reference = copy.deepcopy(student).to(torch.float32)  # bf16 base weights, float32 adapters, float32 arithmetic
+    with torch.no_grad():
+        unfused = reference(**inputs).sample
+        reference.disable_adapters()
+        base = reference(**inputs).sample
+    trainer.save_final(student)
+    saved = ScmPipeline.from_model_dir(trainer.final_model_dir, dtype=torch.float32).transformer
+    assert saved.dtype == torch.float32
+    with torch.no_grad():
+        fused = saved(**inputs).sample
+    effect = (unfused - base).abs().max()
+    assert effect > 0
+    torch.testing.assert_close(fused, unfused, rtol=0, atol=1e-2 * float(effect))
