@@ -98,8 +98,10 @@ def dataset_initial_video(args, vocabulary: ControlVocabulary, height: int, widt
 SWIN_DPM_DEFAULTS = {"num_inference_steps": 20, "guidance_scale": 6.0}
 
 
-def parse_args(argv=None, description: str = __doc__, defaults: dict = SWIN_DPM_DEFAULTS) -> argparse.Namespace:
-    """The stream's options; a later stage passes its own description and sampling defaults."""
+def parse_args(argv=None, description: str = __doc__, defaults: dict = SWIN_DPM_DEFAULTS,
+               pipeline_class=SwinDPMPipeline) -> argparse.Namespace:
+    """The stream's options, checked before a model is loaded; a later stage passes its own description,
+    sampling defaults and pipeline."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_dir", required=True, help="the stage's model directory: <output_dir>/model")
 
@@ -142,11 +144,16 @@ def parse_args(argv=None, description: str = __doc__, defaults: dict = SWIN_DPM_
         )
     if args.groups is not None and args.groups < 1:
         parser.error(f"--groups must be at least 1, got {args.groups}")
+    args.num_inference_steps = args.num_inference_steps or args.num_groups
+    try:
+        pipeline_class.check_steps(args.num_inference_steps, args.num_groups)
+    except ValueError as error:
+        parser.error(str(error))
     return args
 
 
 def main(argv=None, pipeline_class=SwinDPMPipeline, description: str = __doc__, defaults: dict = SWIN_DPM_DEFAULTS) -> Path:
-    args = parse_args(argv, description, defaults)
+    args = parse_args(argv, description, defaults, pipeline_class)
     pipeline = pipeline_class.from_model_dir(args.model_dir)
     vocabulary = pipeline.transformer.control_vocabulary
     compression = pipeline.temporal_compression
@@ -168,7 +175,7 @@ def main(argv=None, pipeline_class=SwinDPMPipeline, description: str = __doc__, 
     controls = random_controls(vocabulary, args.group_size, args.seed) if args.random_controls else args.controls
     stream = pipeline.stream(
         prompt, initial_video, controls, num_groups=args.num_groups, group_size=args.group_size,
-        num_inference_steps=args.num_inference_steps or args.num_groups, guidance_scale=args.guidance_scale,
+        num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
         control_guidance_scale=args.control_guidance_scale,
         generator=torch.Generator(device=pipeline.device).manual_seed(args.seed),
         max_groups=num_groups, initial_control=initial_control,

@@ -289,6 +289,23 @@ def test_inference_streams_with_one_unguided_forward_per_group(distilled, tiny_d
     assert "time to first frame" in printed and "frames per second" in printed
 
 
+def test_more_steps_than_groups_are_refused(distilled, tiny_dataset, tmp_path, capsys):
+    """The student is trained to land each group on its phase boundary: it has no defined jump inside a phase."""
+    trainer, _, _ = distilled
+    student = ScmPipeline.from_model_dir(trainer.final_model_dir)
+    with pytest.raises(ValueError, match="num_inference_steps = 4 with num_groups = 2: an SCM student takes one step"):
+        student.stream("", torch.zeros(CLIP_FRAMES, 3, TINY_HEIGHT, TINY_WIDTH), "D", num_groups=NUM_GROUPS,
+                       group_size=GROUP_SIZE, num_inference_steps=2 * NUM_GROUPS)
+    data_root, index_file = tiny_dataset
+    with pytest.raises(SystemExit):
+        inference.main([
+            "--model_dir", str(trainer.final_model_dir), "--data_root", str(data_root), "--index_file", str(index_file),
+            "--controls", "D", "--num_groups", str(NUM_GROUPS), "--group_size", str(GROUP_SIZE),
+            "--num_inference_steps", str(2 * NUM_GROUPS), "--output", str(tmp_path / "drive.mp4"),
+        ])
+    assert "num_inference_steps = 4 with num_groups = 2" in capsys.readouterr().err
+
+
 def test_validation_writes_the_few_step_stream(distilled):
     trainer, _, _ = distilled
     video = trainer.output_dir / "validation" / f"step-{DISTILL_STEPS}" / "prompt-0.mp4"
@@ -314,6 +331,7 @@ def test_configs_load_and_the_demo_matches_stage3s_window():
     ("ema_decay", 1.0, "ema_decay"),
     ("loss_type", "l1", "loss_type"),
     ("student", "half", "args.student"),
+    ("validation_num_inference_steps", 8, "must equal args.num_noise_groups"),
 ])
 def test_bad_settings_fail_with_the_setting_named(setting, value, message):
     args = ScmArgs()

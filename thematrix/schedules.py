@@ -139,12 +139,7 @@ class GroupedInferenceSchedule:
     """
 
     def __init__(self, scheduler: CogVideoXDPMScheduler, num_inference_steps: int, num_groups: int):
-        if num_inference_steps % num_groups:
-            raise ValueError(
-                f"num_inference_steps ({num_inference_steps}) must be divisible by num_groups ({num_groups}): each "
-                f"group moves one band of N / G steps per outer iteration; use e.g. "
-                f"{num_groups * max(1, round(num_inference_steps / num_groups))}."
-            )
+        self.check_steps(num_inference_steps, num_groups)
         band_width(num_groups, scheduler.config.num_train_timesteps)  # raises unless T % G == 0
         self.scheduler = type(scheduler).from_config(scheduler.config)
         self.scheduler.set_timesteps(num_inference_steps)
@@ -153,6 +148,16 @@ class GroupedInferenceSchedule:
         self.timesteps = torch.cat([self.scheduler.timesteps.long(), torch.tensor([CLEAN_TIMESTEP])])
         # Index of each group's band top, group 0 first.
         self._band_starts = (num_groups - 1 - torch.arange(num_groups)) * self.steps_per_band
+
+    @staticmethod
+    def check_steps(num_inference_steps: int, num_groups: int) -> None:
+        """Refuse N that does not split into G bands of N / G steps."""
+        if num_inference_steps % num_groups:
+            raise ValueError(
+                f"num_inference_steps ({num_inference_steps}) must be divisible by num_groups ({num_groups}): each "
+                f"group moves one band of N / G steps per outer iteration; use e.g. "
+                f"{num_groups * max(1, round(num_inference_steps / num_groups))}."
+            )
 
     def window_timesteps(self, inner_step: int) -> torch.Tensor:
         """LongTensor [G]: each group's timestep at ``inner_step`` k of an outer iteration (0 <= k <= N/G)."""

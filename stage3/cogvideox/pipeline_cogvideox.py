@@ -156,6 +156,11 @@ class SwinDPMPipeline(InteractivePipeline):
             max_groups=max_groups, prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
         )
 
+    @staticmethod
+    def check_steps(num_inference_steps: int, num_groups: int) -> None:
+        """Refuse a step count this stream cannot take (before any work; the inference CLI checks its options)."""
+        GroupedInferenceSchedule.check_steps(num_inference_steps, num_groups)
+
     def generate(
         self, prompt: str, initial_video: torch.Tensor, controls: Controls, max_groups: int, **stream_options
     ) -> tuple[torch.Tensor, list[str]]:

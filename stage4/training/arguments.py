@@ -58,6 +58,11 @@ class ScmArgs(SwinArgs):
                 f"args.teacher_num_inference_steps = {self.teacher_num_inference_steps} must be divisible by "
                 f"args.num_noise_groups = {self.num_noise_groups}: each phase holds N / G teacher steps"
             )
+        if self.validation_num_inference_steps != self.num_noise_groups:
+            raise ConfigError(
+                f"args.validation_num_inference_steps = {self.validation_num_inference_steps} must equal "
+                f"args.num_noise_groups = {self.num_noise_groups}: the student takes one step per group"
+            )
         if self.skipping_interval < 1:
             raise ConfigError(f"args.skipping_interval must be at least 1 teacher step, is {self.skipping_interval}")
         if not 0 <= self.ema_decay < 1:
