@@ -224,7 +224,7 @@ def main() -> None:
     for student in ("full", "lora"):
         if f"4-{student}" in stages:
             scm = ScmArgs()
-            scm.student, scm.distill_guidance = student, True  # as stage4/training/scm_config.py
+            scm.student = student  # with distill_guidance, the default
             results[f"ours_stage4_scm_{student}"] = run_ours(
                 ScmTrainer, scm, interactive_model_dir(model_dir, work), data_root, index_file, work / f"run4{student}", cli
             )

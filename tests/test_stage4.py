@@ -4,6 +4,7 @@ and exact resume, a LoRA student, and the few-step stream: closer to the many-st
 from __future__ import annotations
 
 import copy
+import inspect
 from pathlib import Path
 
 import pytest
@@ -69,7 +70,8 @@ def cache_dir(tmp_path_factory):
 def distilled(teacher_dir, tiny_dataset, cache_dir, tmp_path_factory):
     """A full student distilled for DISTILL_STEPS steps, with its loss on held-out noise before and after."""
     output_dir = tmp_path_factory.mktemp("stage4") / "run"
-    trainer = ScmTrainer(scm_args(teacher_dir, tiny_dataset, output_dir, max_train_steps=DISTILL_STEPS,
+    # Unguided, so that the student is compared with unguided teacher streams below.
+    trainer = ScmTrainer(scm_args(teacher_dir, tiny_dataset, output_dir, max_train_steps=DISTILL_STEPS, distill_guidance=False,
                                   learning_rate=DISTILL_LR, cache_dir=cache_dir, validation_steps=DISTILL_STEPS))
     trainer.setup()
     batch = collate_batch([trainer.dataset[index] for index in range(len(trainer.dataset))])
@@ -157,6 +159,27 @@ def test_distillation_lowers_the_held_out_loss(distilled):
     _, before, after = distilled
     # Measured: 0.049 -> 0.023 after 100 steps.
     assert after < 0.7 * before, (before, after)
+
+
+def test_the_teacher_is_guided_by_default_as_stage_3_streams_are(teacher_dir, tiny_dataset, cache_dir, tmp_path, monkeypatch):
+    args = scm_args(teacher_dir, tiny_dataset, tmp_path, cache_dir=cache_dir)
+    assert args.distill_guidance and load_config(REPOSITORY / "stage4" / "training" / "scm_config.py", ScmArgs).distill_guidance
+    stream_defaults = inspect.signature(SwinDPMPipeline.stream).parameters
+    assert (args.guidance_scale, args.control_guidance_scale) == (
+        stream_defaults["guidance_scale"].default, stream_defaults["control_guidance_scale"].default)
+    trainer = ScmTrainer(args)
+    trainer.setup()
+    scales = []
+    velocity = SwinDPMPipeline.guided_velocity
+
+    def recorded(self, *velocity_args):
+        scales.append(velocity_args[5:7])
+        return velocity(self, *velocity_args)
+
+    monkeypatch.setattr(SwinDPMPipeline, "guided_velocity", recorded)
+    with torch.no_grad():
+        trainer.compute_loss(collate_batch([trainer.dataset[0]]), 0)
+    assert scales and set(scales) == {(args.guidance_scale, args.control_guidance_scale)}
 
 
 def test_ema_target_moves_toward_the_student_and_shares_frozen_weights():

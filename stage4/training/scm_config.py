@@ -19,8 +19,6 @@ args.data_root = "path/to/data_root"
 args.index_file = "path/to/index_file"
 args.output_dir = "../outputs/stage4"
 
-# The student then streams with one forward per group and no CFG pass; the teacher pays for the guidance.
-args.distill_guidance = True
 args.gradient_checkpointing = True  # as stage 3: the full student's activations do not fit otherwise
 args.cache_latents = True  # frees the T5 encoder's memory for the teacher and the target
 args.max_train_steps = 10_000
