@@ -60,9 +60,12 @@ class InteractiveTrainer(Trainer):
         else:
             table = compute_control_embeddings(vocabulary, self.tokenizer, self.text_encoder)
         base = CogVideoXTransformer3DModel.from_pretrained(path, subfolder="transformer")
-        return InteractiveCogVideoXTransformer3DModel.from_base(
-            base, vocabulary, table, control_start_layer=self.args.control_start_layer
-        )
+        try:
+            return InteractiveCogVideoXTransformer3DModel.from_base(
+                base, vocabulary, table, control_start_layer=self.args.control_start_layer
+            )
+        except ValueError as error:  # an architecture the Interactive Module does not support
+            raise ConfigError(f"args.pretrained_model_name_or_path = {path!r}: {error}") from None
 
     def build_transformer(self) -> torch.nn.Module:
         transformer = self.load_interactive_transformer()

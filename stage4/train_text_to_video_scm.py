@@ -103,11 +103,6 @@ class ScmTrainer(SwinTrainer):
         teacher = InteractiveCogVideoXTransformer3DModel.from_pretrained(
             args.pretrained_model_name_or_path, subfolder="transformer", dtype=self.weight_dtype
         ).requires_grad_(False).eval()
-        if teacher.config.use_rotary_positional_embeddings:
-            raise ConfigError(
-                f"{args.pretrained_model_name_or_path}: the transformer uses rotary positional embeddings, which "
-                "the guided velocity of the streaming pipelines does not pass; distil a CogVideoX-2B-style model"
-            )
         # The teacher is called through the pipeline's guided velocity, as the stage-3 stream calls it.
         self.teacher_pipeline = self.pipeline_class(
             tokenizer=None, text_encoder=None, vae=None, transformer=teacher.to(device), scheduler=None

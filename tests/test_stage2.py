@@ -177,6 +177,16 @@ def test_model_of_another_architecture_is_refused(tiny_model_dir, tiny_dataset, 
         InteractiveTrainer(stage2_args(other, tiny_dataset, tmp_path / "out")).train()
 
 
+def test_rotary_embedding_model_is_refused_at_start(tiny_model_dir, tiny_dataset, tmp_path):
+    """A 5B-style transformer trains in stage 1, but the interactive pipelines do not pass rotary embeddings."""
+    rotary = tmp_path / "rotary"
+    shutil.copytree(tiny_model_dir, rotary)
+    config_file = rotary / "transformer" / "config.json"
+    config_file.write_text(json.dumps(dict(json.loads(config_file.read_text()), use_rotary_positional_embeddings=True)))
+    with pytest.raises(ConfigError, match="rotary.*stages 2-4 need a 2B-style one"):
+        InteractiveTrainer(stage2_args(rotary, tiny_dataset, tmp_path / "out")).setup()
+
+
 def test_stage1_directory_is_refused_by_stage2_inference(tiny_model_dir, tmp_path):
     with pytest.raises(ValueError, match="needs a InteractiveCogVideoXTransformer3DModel"):
         inference.main(["--model_dir", str(tiny_model_dir), "--controls", "D"])
