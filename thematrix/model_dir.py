@@ -75,7 +75,9 @@ def save_model_dir(transformer, source_dir: str | Path, output_dir: str | Path) 
     Only the transformer is written (in its own dtype). Every other entry of ``source_dir`` (tokenizer,
     text encoder, VAE, scheduler, licence files) is hard-linked, or copied where links are impossible,
     byte for byte: their classes, dtypes and configs stay as they were, and a T5-XXL is never re-saved.
-    model_index.json is the source's with the transformer entry updated.
+    A hard link is the same file in both directories, so a model directory is never rewritten in place:
+    this function writes a new one aside and renames it. model_index.json is the source's with the
+    transformer entry updated.
     """
     source_dir, output_dir = Path(source_dir), Path(output_dir)
     index = json.loads((source_dir / MODEL_INDEX).read_text())
