@@ -29,15 +29,13 @@ from stage1.train_text_to_video_lora import LoraTrainer
 from stage1.training.arguments import LoraArgs
 from stage2.train_text_to_video_sft import InteractiveTrainer
 from stage2.training.arguments import SftArgs
-from stage3.cogvideox.pipeline_cogvideox import SwinDPMPipeline
-from stage3.cogvideox.scheduler import SwinScheduler
 from stage3.train_text_to_video_sft import SwinTrainer
 from stage3.training.arguments import SwinArgs
 from stage4.train_text_to_video_scm import ScmTrainer
 from stage4.training.arguments import ScmArgs
 from thematrix.base_model import build_base_model
 from thematrix.controls import DEFAULT_VOCABULARY
-from thematrix.model_dir import load_components, save_model_dir
+from thematrix.model_dir import save_model_dir
 from thematrix.models import InteractiveCogVideoXTransformer3DModel
 from thematrix.video import write_mp4
 
@@ -74,7 +72,9 @@ def timed_trainer(trainer_class):
 def run_ours(trainer_class, args, model_dir: Path, data_root: Path, index_file: Path, output_dir: Path, cli) -> dict:
     args.pretrained_model_name_or_path, args.data_root, args.index_file = str(model_dir), str(data_root), str(index_file)
     args.output_dir = str(output_dir)
-    args.height, args.width, args.fps, args.frame_buckets = cli.height, cli.width, BENCH_FPS, (cli.frames,)
+    args.height, args.width, args.fps = cli.height, cli.width, BENCH_FPS
+    if not isinstance(args, SwinArgs):  # stages 3 and 4 train on their window clip (17 latent frames after the history)
+        args.frame_buckets = (cli.frames,)
     args.max_train_steps = WARMUP_STEPS + cli.steps
     args.validation_steps, args.report_to, args.dataloader_num_workers = 0, "none", 0
     args.cache_latents, args.lr_warmup_steps = True, 0
@@ -96,10 +96,9 @@ def interactive_model_dir(model_dir: Path, work: Path) -> Path:
     output = work / "interactive-2b"
     if (output / "model_index.json").is_file():
         return output
-    components = load_components(model_dir, torch.bfloat16, SwinScheduler, CogVideoXTransformer3DModel)
-    table = torch.randn(len(DEFAULT_VOCABULARY) + 1, components["transformer"].config.text_embed_dim)
-    components["transformer"] = InteractiveCogVideoXTransformer3DModel.from_base(components["transformer"], DEFAULT_VOCABULARY, table)
-    return save_model_dir(SwinDPMPipeline(**components), output)
+    base = CogVideoXTransformer3DModel.from_pretrained(model_dir, subfolder="transformer", dtype=torch.bfloat16)
+    table = torch.randn(len(DEFAULT_VOCABULARY) + 1, base.config.text_embed_dim)
+    return save_model_dir(InteractiveCogVideoXTransformer3DModel.from_base(base, DEFAULT_VOCABULARY, table), model_dir, output)
 
 
 def time_forward(transformer, cli, **extra) -> float:
@@ -206,7 +205,7 @@ def main() -> None:
         print(f"built 2B model in {time.perf_counter() - start:.0f} s")
     data_root = work / "clips"
     data_root.mkdir(parents=True, exist_ok=True)
-    index_file = synthetic_clip(data_root, cli.frames, cli.height, cli.width)
+    index_file = synthetic_clip(data_root, max(cli.frames, *SwinArgs().frame_buckets), cli.height, cli.width)
 
     stages = set(cli.stages.split(","))
     results = {"device": torch.cuda.get_device_name(), "shape": f"{cli.frames} frames {cli.height}x{cli.width}, batch 1"}
@@ -225,7 +224,7 @@ def main() -> None:
     for student in ("full", "lora"):
         if f"4-{student}" in stages:
             scm = ScmArgs()
-            scm.student, scm.distill_guidance = student, True  # as stage4/training/scm_config.py
+            scm.student = student  # with distill_guidance, the default
             results[f"ours_stage4_scm_{student}"] = run_ours(
                 ScmTrainer, scm, interactive_model_dir(model_dir, work), data_root, index_file, work / f"run4{student}", cli
             )

@@ -17,16 +17,23 @@ from thematrix.model_dir import LORA_WEIGHT_NAME, save_model_dir
 
 
 def fuse_lora(base_model: str | Path, lora_dir: str | Path, output_dir: str | Path, lora_scale: float = 1.0) -> Path:
-    """Load base + LoRA, fold the LoRA into the weights, and save a plain diffusers directory atomically."""
+    """Fold the LoRA into the base transformer in float32 and save the model directory atomically.
+
+    Only the transformer is loaded and written (float32); the T5 encoder, VAE, tokenizer and scheduler
+    are the base model's files, unchanged.
+    """
     lora_file = Path(lora_dir) / LORA_WEIGHT_NAME
     if not lora_file.is_file():
         raise FileNotFoundError(f"--lora_dir {lora_dir}: no {LORA_WEIGHT_NAME}; pass the output_dir of stage 1 training")
-    pipeline = GameVideoPipeline.from_model_dir(
-        base_model, lora_dir=lora_dir, device=torch.device("cpu"), dtype=torch.float32, setting="--base_model"
+    GameVideoPipeline.check_stage_model(base_model, "--base_model")
+    transformer = GameVideoPipeline.transformer_class.from_pretrained(
+        base_model, subfolder="transformer", dtype=torch.float32
     )
+    pipeline = GameVideoPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=transformer, scheduler=None)
+    pipeline.load_lora_weights(str(lora_dir))
     pipeline.fuse_lora(lora_scale=lora_scale)
     pipeline.unload_lora_weights()
-    return save_model_dir(pipeline, output_dir)
+    return save_model_dir(pipeline.transformer, base_model, output_dir)
 
 
 def main(argv=None) -> None:

@@ -16,6 +16,7 @@ from thematrix.cli import run
 from thematrix.training.trainer import Trainer
 
 DEFAULT_CONFIG = Path(__file__).parent / "training" / "lora_config.py"
+ADAPTER_NAME = "default"  # the name peft gives the one adapter that add_adapter adds
 
 
 class LoraTrainer(Trainer):
@@ -43,9 +44,14 @@ class LoraTrainer(Trainer):
         return self.output_dir
 
     def save_final(self, transformer: torch.nn.Module) -> None:
-        """LoRA weights in diffusers' format, loadable by CogVideoXPipeline.load_lora_weights."""
+        """LoRA weights in diffusers' format, loadable by CogVideoXPipeline.load_lora_weights.
+
+        The adapter's peft config goes in as metadata: without it diffusers loads the LoRA with
+        lora_alpha = rank, a scale of 1 instead of the trained alpha / rank.
+        """
         self.pipeline_class.save_lora_weights(
-            str(self.output_dir), transformer_lora_layers=get_peft_model_state_dict(transformer), safe_serialization=True
+            str(self.output_dir), transformer_lora_layers=get_peft_model_state_dict(transformer),
+            transformer_lora_adapter_metadata=transformer.peft_config[ADAPTER_NAME].to_dict(), safe_serialization=True,
         )
 
 

@@ -20,7 +20,7 @@ from thematrix.models import (
     compute_clip_control_embeddings,
     compute_control_embeddings,
 )
-from thematrix.training.trainer import Trainer
+from thematrix.training.trainer import Trainer, draw_dropout
 
 DEFAULT_CONFIG = Path(__file__).parent / "training" / "sft_config.py"
 BASE_CLASS = CogVideoXTransformer3DModel.__name__
@@ -60,9 +60,12 @@ class InteractiveTrainer(Trainer):
         else:
             table = compute_control_embeddings(vocabulary, self.tokenizer, self.text_encoder)
         base = CogVideoXTransformer3DModel.from_pretrained(path, subfolder="transformer")
-        return InteractiveCogVideoXTransformer3DModel.from_base(
-            base, vocabulary, table, control_start_layer=self.args.control_start_layer
-        )
+        try:
+            return InteractiveCogVideoXTransformer3DModel.from_base(
+                base, vocabulary, table, control_start_layer=self.args.control_start_layer
+            )
+        except ValueError as error:  # an architecture the Interactive Module does not support
+            raise ConfigError(f"args.pretrained_model_name_or_path = {path!r}: {error}") from None
 
     def build_transformer(self) -> torch.nn.Module:
         transformer = self.load_interactive_transformer()
@@ -74,9 +77,7 @@ class InteractiveTrainer(Trainer):
     def model_kwargs(self, batch: dict[str, Any], generators: list[torch.Generator]) -> dict[str, Any]:
         """Controls, each clip's replaced by the null control with probability ``control_p_zero``."""
         controls = batch["controls"].to(self.accelerator.device)
-        dropped = torch.stack([
-            torch.rand((), generator=generator, device=generator.device) < self.args.control_p_zero for generator in generators
-        ])
+        dropped = draw_dropout(generators, self.args.control_p_zero)
         null_id = self.control_vocabulary().null_id
         return {"controls": torch.where(dropped[:, None], torch.full_like(controls, null_id), controls)}
 

@@ -4,9 +4,10 @@
         --index_file ../data/footage/index.json --seconds 60 --controls "D,D,DL,DL,D,D,DR,DR" --output drive.mp4
 
 The stream continues a clip: --initial_video FILE (its last frames), or sample --sample_index of a dataset
-(--data_root, --index_file). Controls are a comma-separated pattern cycled per latent frame, or
---random_controls (a random key held for a random number of groups). The mp4 grows at OUTPUT.partial while
-the stream runs (a player can open it) and moves to OUTPUT when done; each frame shows its control.
+(--data_root, --index_file); either must hold one training clip (73 frames at --fps for the default
+window). Controls are a comma-separated pattern cycled per latent frame, or --random_controls (a random
+key held for a random number of groups). The mp4 grows at OUTPUT.partial while the stream runs (a player
+can open it) and moves to OUTPUT when done; each frame shows its control.
 """
 
 from __future__ import annotations
@@ -23,8 +24,7 @@ import numpy as np
 import torch
 
 from stage1.inference import DEFAULT_PROMPT
-from stage3.cogvideox.pipeline_cogvideox import SwinDPMPipeline
-from stage3.cogvideox.scheduler import CONDITION_FRAMES
+from stage3.cogvideox.pipeline_cogvideox import SwinDPMPipeline, history_latent_frames, window_clip_frames
 from thematrix.cli import run
 from thematrix.controls import ControlVocabulary
 from thematrix.data.dataset import (
@@ -51,16 +51,9 @@ def random_controls(vocabulary: ControlVocabulary, group_size: int, seed: int) -
             yield [token] * group_size
 
 
-def initial_clip_frames(temporal_compression: int, max_frames: int, available: int) -> int:
-    """The longest clip of ``temporal_compression * k + 1`` frames within both limits."""
-    usable = min(max_frames, available)
-    return usable - (usable - 1) % temporal_compression
-
-
-def read_initial_video(path: Path, fps: float, height: int, width: int, temporal_compression: int,
-                       max_frames: int) -> torch.Tensor:
-    """The last frames of a video file at ``fps`` (c*k+1 of them, at most ``max_frames``), resized and
-    center-cropped as the dataset does: ``[F0, 3, H, W]`` in [-1, 1]."""
+def read_initial_video(path: Path, fps: float, height: int, width: int, frames: int) -> torch.Tensor:
+    """The last ``frames`` frames of a video file at ``fps``, resized and center-cropped as the dataset does:
+    ``[frames, 3, H, W]`` in [-1, 1]."""
     if not path.is_file():
         raise FileNotFoundError(f"--initial_video {path}: no such file")
     reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
@@ -70,8 +63,12 @@ def read_initial_video(path: Path, fps: float, height: int, width: int, temporal
     # Frames counted back from the last one, one per 1/fps seconds.
     steps_back = time_indices(np.arange(int(len(reader) * fps / source_fps) + 1), source_fps, fps)
     steps_back = steps_back[steps_back < len(reader)]
-    count = initial_clip_frames(temporal_compression, max_frames, len(steps_back))
-    indices = (len(reader) - 1 - steps_back[:count])[::-1]
+    if len(steps_back) < frames:
+        raise DatasetError(
+            f"--initial_video {path} gives {len(steps_back)} frames at {fps:g} fps; the stream starts from the last "
+            f"{frames} ({frames / fps:.1f} s): pass a longer video"
+        )
+    indices = (len(reader) - 1 - steps_back[:frames])[::-1]
     frames = torch.from_numpy(reader.get_batch(indices.tolist()).asnumpy()).permute(0, 3, 1, 2).float()
     # The dataset's own resize and crop, which reads only the target size from the dataset.
     video = resize_center_crop(frames, height, width)
@@ -79,8 +76,9 @@ def read_initial_video(path: Path, fps: float, height: int, width: int, temporal
 
 
 def dataset_initial_video(args, vocabulary: ControlVocabulary, height: int, width: int, temporal_compression: int,
-                          max_frames: int) -> dict:
-    """Item ``--sample_index`` of the usable samples of the index, as ``VideoDataset`` gives it."""
+                          frames: int) -> dict:
+    """The first ``frames`` frames of item ``--sample_index`` of the usable samples of the index, as
+    ``VideoDataset`` gives them."""
     samples, problems = load_index(args.index_file, args.data_root, vocabulary)
     for problem in problems:
         print(f"skipped: {problem}")
@@ -89,17 +87,21 @@ def dataset_initial_video(args, vocabulary: ControlVocabulary, height: int, widt
             f"--sample_index {args.sample_index}: {args.index_file} has {len(samples)} usable samples; pass 0.."
             f"{len(samples) - 1}"
         )
-    buckets = [temporal_compression * k + 1 for k in range((max_frames - 1) // temporal_compression + 1)]
-    dataset = VideoDataset([samples[args.sample_index]], fps=args.fps, height=height, width=width,
-                           frame_buckets=buckets, temporal_compression=temporal_compression, vocabulary=vocabulary)
+    try:
+        dataset = VideoDataset([samples[args.sample_index]], fps=args.fps, height=height, width=width,
+                               frame_buckets=(frames,), temporal_compression=temporal_compression, vocabulary=vocabulary)
+    except DatasetError as error:
+        raise DatasetError(f"--sample_index {args.sample_index}: the stream starts from {frames} frames; {error}") from None
     return dataset[0]
 
 
 SWIN_DPM_DEFAULTS = {"num_inference_steps": 20, "guidance_scale": 6.0}
 
 
-def parse_args(argv=None, description: str = __doc__, defaults: dict = SWIN_DPM_DEFAULTS) -> argparse.Namespace:
-    """The stream's options; a later stage passes its own description and sampling defaults."""
+def parse_args(argv=None, description: str = __doc__, defaults: dict = SWIN_DPM_DEFAULTS,
+               pipeline_class=SwinDPMPipeline) -> argparse.Namespace:
+    """The stream's options, checked before a model is loaded; a later stage passes its own description,
+    sampling defaults and pipeline."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_dir", required=True, help="the stage's model directory: <output_dir>/model")
 
@@ -142,32 +144,38 @@ def parse_args(argv=None, description: str = __doc__, defaults: dict = SWIN_DPM_
         )
     if args.groups is not None and args.groups < 1:
         parser.error(f"--groups must be at least 1, got {args.groups}")
+    args.num_inference_steps = args.num_inference_steps or args.num_groups
+    try:
+        pipeline_class.check_steps(args.num_inference_steps, args.num_groups)
+    except ValueError as error:
+        parser.error(str(error))
     return args
 
 
 def main(argv=None, pipeline_class=SwinDPMPipeline, description: str = __doc__, defaults: dict = SWIN_DPM_DEFAULTS) -> Path:
-    args = parse_args(argv, description, defaults)
+    args = parse_args(argv, description, defaults, pipeline_class)
     pipeline = pipeline_class.from_model_dir(args.model_dir)
     vocabulary = pipeline.transformer.control_vocabulary
     compression = pipeline.temporal_compression
     _, height, width = pipeline.native_size
-    # The initial clip is at most one training window long: 1 + c * G * W frames.
-    max_frames = 1 + compression * args.num_groups * args.group_size
+    # The stream starts from one training clip's worth of frames (see SwinDPMPipeline).
+    frames = window_clip_frames(pipeline.vae, args.num_groups, args.group_size)
     prompt, initial_control = args.prompt or DEFAULT_PROMPT, None
     if args.initial_video is not None:
-        initial_video = read_initial_video(args.initial_video, args.fps, height, width, compression, max_frames)
+        initial_video = read_initial_video(args.initial_video, args.fps, height, width, frames)
     else:
-        item = dataset_initial_video(args, vocabulary, height, width, compression, max_frames)
-        initial_video, initial_control = item["video"], item["control_tokens"][-1]
+        item = dataset_initial_video(args, vocabulary, height, width, compression, frames)
+        initial_video = item["video"]
+        initial_control = item["control_tokens"][history_latent_frames(pipeline.vae)]  # the condition latent's
         prompt = args.prompt or item["caption"]
         print(f"initial clip: {item['path']} ({len(initial_video)} frames)")
 
     frames_per_group = compression * args.group_size
-    num_groups = args.groups or max(1, math.ceil((args.seconds * args.fps - CONDITION_FRAMES) / frames_per_group))
+    num_groups = args.groups or max(1, math.ceil(args.seconds * args.fps / frames_per_group))
     controls = random_controls(vocabulary, args.group_size, args.seed) if args.random_controls else args.controls
     stream = pipeline.stream(
         prompt, initial_video, controls, num_groups=args.num_groups, group_size=args.group_size,
-        num_inference_steps=args.num_inference_steps or args.num_groups, guidance_scale=args.guidance_scale,
+        num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
         control_guidance_scale=args.control_guidance_scale,
         generator=torch.Generator(device=pipeline.device).manual_seed(args.seed),
         max_groups=num_groups, initial_control=initial_control,

@@ -1,8 +1,9 @@
 """Stage 3: Swin-DPM, full-parameter fine-tuning on windows of staggered noise groups.
 
-Run through train_text_to_video_sft.sh. Each clip is one window: a clean condition latent frame,
-then G groups of W latent frames, group g noised to a timestep in band g; the loss covers the
-noisy frames only.
+Run through train_text_to_video_sft.sh. Each clip of ``1 + c * (H + G * W)`` frames is encoded whole and
+its first H latent frames dropped (``history_latent_frames``; they give the condition causal context, as
+the stream's history does): what remains is one window, a clean condition latent frame, then G groups of
+W latent frames, group g noised to a timestep in band g. The loss covers the noisy frames only.
 """
 
 from __future__ import annotations
@@ -12,15 +13,14 @@ from pathlib import Path
 import torch
 
 from stage2.train_text_to_video_sft import InteractiveTrainer
-from stage3.cogvideox.pipeline_cogvideox import SwinDPMPipeline
+from stage3.cogvideox.pipeline_cogvideox import SwinDPMPipeline, history_latent_frames, window_clip_frames
 from stage3.cogvideox.scheduler import CONDITION_FRAMES, SwinScheduler
 from stage3.training.arguments import SwinArgs
 from thematrix.cli import run
 from thematrix.config import ConfigError
-from thematrix.controls import cycle_controls, video_frame_labels
+from thematrix.controls import cycle_controls
 
 DEFAULT_CONFIG = Path(__file__).parent / "training" / "sft_config.py"
-
 
 
 class SwinTrainer(InteractiveTrainer):
@@ -42,19 +42,30 @@ class SwinTrainer(InteractiveTrainer):
     def _check_shapes(self, transformer: torch.nn.Module) -> None:
         super()._check_shapes(transformer)
         args = self.args
-        window = CONDITION_FRAMES + args.num_noise_groups * args.group_size
-        window_frames = (window - 1) * self.vae.config.temporal_compression_ratio + 1
+        window_frames = window_clip_frames(self.vae, args.num_noise_groups, args.group_size)
         if tuple(args.frame_buckets) != (window_frames,):
             raise ConfigError(
                 f"args.frame_buckets is {tuple(args.frame_buckets)}, but a window of 1 + {args.num_noise_groups} x "
-                f"{args.group_size} latent frames needs clips of exactly {window_frames} frames: set "
-                f"args.frame_buckets = ({window_frames},)"
+                f"{args.group_size} latent frames after {history_latent_frames(self.vae)} history latent frames needs "
+                f"clips of exactly {window_frames} frames: set args.frame_buckets = ({window_frames},)"
             )
         if args.validation_num_inference_steps % args.num_noise_groups:
             raise ConfigError(
                 f"args.validation_num_inference_steps = {args.validation_num_inference_steps} must be divisible by "
                 f"args.num_noise_groups = {args.num_noise_groups}"
             )
+
+    def encode_videos(self, videos: torch.Tensor) -> torch.Tensor:
+        """The window's latent distribution: the clip's, without its first H (history) latent frames."""
+        return super().encode_videos(videos)[:, :, history_latent_frames(self.vae):]
+
+    def _encoder_fingerprint(self) -> dict:
+        return dict(super()._encoder_fingerprint(), history_latent_frames=history_latent_frames(self.vae))
+
+    def model_kwargs(self, batch, generators):
+        """Stage 2's controls, without the history latent frames' (the latents have none)."""
+        kwargs = super().model_kwargs(batch, generators)
+        return dict(kwargs, controls=kwargs["controls"][:, history_latent_frames(self.vae):])
 
     def noisy_latents(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         noisy = super().noisy_latents(latents, noise, timesteps)
@@ -78,11 +89,12 @@ class SwinTrainer(InteractiveTrainer):
             return cycle_controls(args.validation_controls, start + args.group_size)[start:]
 
         for name, sampling in self.validation_requests():
-            video, tokens = pipeline.generate(
-                "", first["video"], next_controls, args.validation_groups,
-                num_groups=args.num_noise_groups, group_size=args.group_size, **sampling,
+            video, labels = pipeline.generate(
+                "", first["video"], next_controls, args.validation_groups, num_groups=args.num_noise_groups,
+                group_size=args.group_size, initial_control=first["control_tokens"][history_latent_frames(self.vae)],
+                **sampling,
             )
-            yield name, video, video_frame_labels(tokens, self.vae.config.temporal_compression_ratio)
+            yield name, video, labels
 
 
 def main(argv=None) -> Path:

@@ -24,7 +24,7 @@ from stage4.cogvideox.scheduler import ScmScheduler
 from stage4.training.arguments import ScmArgs
 from thematrix.cli import run
 from thematrix.config import ConfigError
-from thematrix.model_dir import transformer_class_name
+from thematrix.model_dir import save_model_dir, transformer_class_name
 from thematrix.models import InteractiveCogVideoXTransformer3DModel
 
 DEFAULT_CONFIG = Path(__file__).parent / "training" / "scm_config.py"
@@ -103,11 +103,6 @@ class ScmTrainer(SwinTrainer):
         teacher = InteractiveCogVideoXTransformer3DModel.from_pretrained(
             args.pretrained_model_name_or_path, subfolder="transformer", dtype=self.weight_dtype
         ).requires_grad_(False).eval()
-        if teacher.config.use_rotary_positional_embeddings:
-            raise ConfigError(
-                f"{args.pretrained_model_name_or_path}: the transformer uses rotary positional embeddings, which "
-                "the guided velocity of the streaming pipelines does not pass; distil a CogVideoX-2B-style model"
-            )
         # The teacher is called through the pipeline's guided velocity, as the stage-3 stream calls it.
         self.teacher_pipeline = self.pipeline_class(
             tokenizer=None, text_encoder=None, vae=None, transformer=teacher.to(device), scheduler=None
@@ -136,7 +131,7 @@ class ScmTrainer(SwinTrainer):
         guidance, control_guidance = (
             (args.guidance_scale, args.control_guidance_scale) if args.distill_guidance else (NO_GUIDANCE, NO_GUIDANCE)
         )
-        negative = self.validation_embeds[-1:].expand_as(prompt_embeds)  # the empty prompt, encoded in setup
+        negative = self.empty_prompt_embeds.expand_as(prompt_embeds)
         for now, after in zip(path.unbind(1)[:-1], path.unbind(1)[1:]):
             if torch.equal(now, after):  # every window has reached its boundary
                 break
@@ -173,11 +168,21 @@ class ScmTrainer(SwinTrainer):
         return ((frame_error * mask).sum(dim=1) / mask.sum(dim=1)).mean()
 
     def save_final(self, transformer: torch.nn.Module) -> None:
-        """The student as a full model directory (LoRA fused in): the stage-4 pipeline and inference read it."""
-        if self.args.student == "lora":
-            transformer.fuse_lora()
-            transformer.unload_lora()
-        super().save_final(transformer)
+        """The student as a full model directory: the stage-4 pipeline and inference read it.
+
+        A LoRA student is fused with every weight in float32 and saved in float32, so the directory holds the
+        student exactly: fused into a bf16 base, an adapter update smaller than the weight's bf16 rounding
+        step (|delta / W| < 2^-9) is lost, which is most of a small adapter. Inference in bf16 (the default
+        on a GPU) rounds the fused weights to bf16 when it loads them, with the same loss: run a LoRA
+        student in float32 where its adapter is small.
+        """
+        if self.args.student != "lora":
+            super().save_final(transformer)
+            return
+        transformer.to(torch.float32)
+        transformer.fuse_lora()
+        transformer.unload_lora()
+        save_model_dir(transformer, self.args.pretrained_model_name_or_path, self.final_model_dir)
 
 
 def main(argv=None) -> Path:

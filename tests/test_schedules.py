@@ -151,13 +151,17 @@ def test_each_group_moves_exactly_one_band_per_outer_iteration(scheduler):
         grouped.window_timesteps(steps + 1)
 
 
-def test_warmup_staggers_the_window_from_pure_noise(scheduler):
+def test_a_window_starts_with_each_group_at_the_top_of_its_band(scheduler):
+    """The condition frame clean; group g noised to window_timesteps(0)[g], where an outer iteration starts it."""
     grouped = GroupedInferenceSchedule(scheduler, NUM_STEPS, NUM_GROUPS)
-    assert grouped.num_warmup_steps == (NUM_GROUPS - 1) * grouped.steps_per_band
-    assert (grouped.warmup_timesteps(0) == grouped.timesteps[0]).all()
-    assert torch.equal(grouped.warmup_timesteps(grouped.num_warmup_steps), grouped.window_timesteps(0))
-    path = torch.stack([grouped.warmup_timesteps(j) for j in range(grouped.num_warmup_steps + 1)])
-    assert (path.diff(dim=0) <= 0).all() and (path.diff(dim=1) >= 0).all()  # never noisier; older groups cleaner
+    clean, noise = randn(BATCH, FRAMES, *SHAPE, seed=3), randn(BATCH, FRAMES, *SHAPE, seed=4)
+    started = grouped.start_window(clean, noise, GROUP_SIZE)
+    assert torch.equal(started[:, 0], clean[:, 0])
+    tops = expand_group_timesteps(grouped.window_timesteps(0), GROUP_SIZE).expand(BATCH, -1)
+    expected = CogVideoXTrainingSchedule(scheduler).add_noise(clean, noise, tops)
+    torch.testing.assert_close(started[:, 1:], expected[:, 1:], rtol=0, atol=0)
+    width = num_train_timesteps(scheduler) // NUM_GROUPS
+    assert torch.equal(tops[0, 1 :: GROUP_SIZE], (width - 1) + width * torch.arange(NUM_GROUPS))
 
 
 def true_velocity(scheduler, clean, noise, timesteps):
@@ -181,13 +185,16 @@ def test_step_matches_diffusers_ddim_frame_by_frame(scheduler):
 
 
 def test_stream_with_exact_velocity_recovers_every_group(scheduler):
-    """Warm-up then outer iterations with a perfect model: each emitted group equals its clean latents."""
+    """From a started window, outer iterations with a perfect model: each emitted group equals its clean latents."""
     grouped = GroupedInferenceSchedule(scheduler, NUM_STEPS, NUM_GROUPS)
     num_emitted = NUM_GROUPS + 2
     clean_groups = [randn(BATCH, GROUP_SIZE, *SHAPE, seed=10 + g) for g in range(num_emitted + NUM_GROUPS)]
     noise_groups = [randn(BATCH, GROUP_SIZE, *SHAPE, seed=100 + g) for g in range(num_emitted + NUM_GROUPS)]
     condition = randn(BATCH, 1, *SHAPE, seed=99)
-    window = torch.cat([condition, *noise_groups[:NUM_GROUPS]], dim=1)  # pure noise: alpha_bar_999 = 0
+    window = grouped.start_window(
+        torch.cat([condition, *clean_groups[:NUM_GROUPS]], dim=1),
+        torch.cat([torch.zeros_like(condition), *noise_groups[:NUM_GROUPS]], dim=1), GROUP_SIZE,
+    )
 
     def denoise(window, first_group, now_groups, next_groups):
         clean = torch.cat([window[:, :1], *clean_groups[first_group:first_group + NUM_GROUPS]], dim=1)
@@ -200,8 +207,6 @@ def test_stream_with_exact_velocity_recovers_every_group(scheduler):
         torch.testing.assert_close(moved[:, 1:][noisy[:, 1:]], on_path[:, 1:][noisy[:, 1:]], rtol=0, atol=1e-4)
         return moved
 
-    for j in range(grouped.num_warmup_steps):
-        window = denoise(window, 0, grouped.warmup_timesteps(j), grouped.warmup_timesteps(j + 1))
     for emitted in range(num_emitted):
         for k in range(grouped.steps_per_band):
             window = denoise(window, emitted, grouped.window_timesteps(k), grouped.window_timesteps(k + 1))

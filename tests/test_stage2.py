@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from diffusers import CogVideoXTransformer3DModel
+from diffusers import CogVideoXTransformer3DModel, DiffusionPipeline
 from safetensors.torch import load_file
 
 from stage2 import inference
@@ -18,11 +18,13 @@ from tests.conftest import (
     TINY_HEIGHT,
     TINY_WIDTH,
     KilledAtStep,
+    assert_components_unchanged,
     killed_during_step,
     tiny_run_args,
 )
 from thematrix.config import ConfigError
 from thematrix.controls import DEFAULT_VOCABULARY, ControlError, video_frame_labels
+from thematrix.models import InteractiveCogVideoXTransformer3DModel
 from thematrix.video import read_video_info
 
 
@@ -90,6 +92,15 @@ def test_trained_model_depends_on_controls_and_round_trips(trained):
         torch.testing.assert_close(live(**transformer_inputs(transformer.config, controls=[0] * 5)).sample, straight)
 
 
+def test_saved_model_keeps_the_input_components_and_loads_in_stock_diffusers(trained, tiny_model_dir):
+    """Only the transformer is written; diffusers' own loader builds the interactive one once thematrix is imported."""
+    trainer, _ = trained
+    assert_components_unchanged(tiny_model_dir, trainer.final_model_dir)
+    pipeline = DiffusionPipeline.from_pretrained(str(trainer.final_model_dir))
+    assert type(pipeline.transformer) is InteractiveCogVideoXTransformer3DModel
+    assert pipeline.transformer.control_vocabulary == DEFAULT_VOCABULARY
+
+
 def test_validation_video_and_checkpoint_hold_the_module_only(trained):
     trainer, _ = trained
     frames, _, height, width = read_video_info(trainer.output_dir / "validation" / "step-20" / "prompt-0.mp4")
@@ -113,6 +124,48 @@ def test_control_dropout_replaces_whole_clips_with_null(tiny_model_dir, tiny_dat
     assert 0 < sum(dropped_counts) < 80
 
 
+class RecordingTransformer(torch.nn.Module):
+    """Stands in for the transformer in ``compute_loss``: records the text and controls each sample trains with."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.prompt_embeds, self.controls = [], []
+
+    def forward(self, hidden_states, encoder_hidden_states, controls, **kwargs):
+        self.prompt_embeds.append(encoder_hidden_states)
+        self.controls.append(controls)
+        return (torch.zeros_like(hidden_states),)
+
+
+def test_caption_and_control_dropout_are_independent_and_use_the_empty_prompt(tiny_model_dir, tiny_dataset, tmp_path):
+    """(empty text, null controls), the branch guidance subtracts, trains at caption_p_zero * control_p_zero."""
+    trainer = InteractiveTrainer(stage2_args(tiny_model_dir, tiny_dataset, tmp_path))
+    trainer.setup()
+    assert trainer.args.caption_p_zero == trainer.args.control_p_zero == 0.1
+    item = trainer.dataset[0]
+    samples, batch_size = 2000, 500
+    batch = {
+        "latent_parameters": item["latent_parameters"].expand(batch_size, *item["latent_parameters"].shape),
+        "prompt_embeds": item["prompt_embeds"].expand(batch_size, *item["prompt_embeds"].shape),
+        "controls": item["controls"].expand(batch_size, -1),
+        "caption": [item["caption"]] * batch_size,
+    }
+    recorder = RecordingTransformer(trainer.accelerator.unwrap_model(trainer.transformer).config)
+    trainer.transformer = recorder
+    with torch.no_grad():
+        for first in range(0, samples, batch_size):
+            trainer.compute_loss(batch, first)
+    prompt_embeds, controls = torch.cat(recorder.prompt_embeds), torch.cat(recorder.controls)
+    empty = trainer.empty_prompt_embeds[0]
+    caption_dropped = torch.tensor([torch.equal(embeds, empty) for embeds in prompt_embeds])
+    assert all(torch.equal(embeds, item["prompt_embeds"]) for embeds in prompt_embeds[~caption_dropped])
+    control_dropped = (controls == DEFAULT_VOCABULARY.null_id).all(dim=1)
+    assert torch.equal(controls[~control_dropped], item["controls"].expand(int((~control_dropped).sum()), -1))
+    rates = [float(dropped.float().mean()) for dropped in (caption_dropped, control_dropped, caption_dropped & control_dropped)]
+    assert 0.07 < rates[0] < 0.13 and 0.07 < rates[1] < 0.13 and 0.004 < rates[2] < 0.02, rates
+
+
 def test_model_of_another_architecture_is_refused(tiny_model_dir, tiny_dataset, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(tiny_model_dir, other)
@@ -122,6 +175,16 @@ def test_model_of_another_architecture_is_refused(tiny_model_dir, tiny_dataset, 
     config_file.write_text(json.dumps(config))
     with pytest.raises(ConfigError, match="pass the output_dir of stage1/fuse_lora_weights.py"):
         InteractiveTrainer(stage2_args(other, tiny_dataset, tmp_path / "out")).train()
+
+
+def test_rotary_embedding_model_is_refused_at_start(tiny_model_dir, tiny_dataset, tmp_path):
+    """A 5B-style transformer trains in stage 1, but the interactive pipelines do not pass rotary embeddings."""
+    rotary = tmp_path / "rotary"
+    shutil.copytree(tiny_model_dir, rotary)
+    config_file = rotary / "transformer" / "config.json"
+    config_file.write_text(json.dumps(dict(json.loads(config_file.read_text()), use_rotary_positional_embeddings=True)))
+    with pytest.raises(ConfigError, match="rotary.*stages 2-4 need a 2B-style one"):
+        InteractiveTrainer(stage2_args(rotary, tiny_dataset, tmp_path / "out")).setup()
 
 
 def test_stage1_directory_is_refused_by_stage2_inference(tiny_model_dir, tmp_path):
@@ -147,6 +210,47 @@ def test_per_video_frame_controls_take_every_fourth_token():
     tokens = ["D", "DL", "DL", "DL", "DR", "B", "B", "B", "N"]
     assert parse_controls(tokens, DEFAULT_VOCABULARY, 3, 4, per_video_frame=True) == ["D", "DR", "N"]
     assert video_frame_labels(["D", "DR", "N"], 4) == ["D"] + ["DR"] * 4 + ["N"] * 4
+
+
+class KnownVelocities(torch.nn.Module):
+    """A transformer stub whose output is the input latents plus a known value per (text, controls) branch.
+
+    v(empty, null) = 1, v(text, null) = 2, v(text, controls) = 10 and v(empty, controls) = 4: no two guidance
+    combinations of different branches coincide. Records the batch size of every call.
+    """
+
+    control_vocabulary = DEFAULT_VOCABULARY
+
+    def __init__(self):
+        super().__init__()
+        self.batch_sizes = []
+
+    def forward(self, hidden_states, encoder_hidden_states, timestep, controls, return_dict):
+        self.batch_sizes.append(hidden_states.shape[0])
+        text = encoder_hidden_states.flatten(1).abs().amax(dim=1)  # 0 for the empty prompt's stand-in, 1 for text
+        control = (controls != DEFAULT_VOCABULARY.null_id).all(dim=1).float()
+        value = 1 + text + 3 * control + 5 * text * control
+        return (hidden_states + value[:, None, None, None, None],)
+
+
+@pytest.mark.parametrize(
+    "guidance_scale, control_guidance_scale, forwards",
+    [(1.0, 1.0, 1), (6.0, 1.0, 3), (6.0, 6.0, 2), (1.0, 2.5, 2), (6.0, 2.5, 3), (6.0, 0.0, 2)],
+)
+def test_guidance_is_the_documented_formula_with_one_batched_forward(guidance_scale, control_guidance_scale, forwards):
+    """v_u + w (v_t - v_u) + c (v_tc - v_t), running only the branches whose coefficient is not zero."""
+    stub = KnownVelocities()
+    pipeline = InteractivePipeline(tokenizer=None, text_encoder=None, vae=None, transformer=stub, scheduler=None)
+    latents = torch.randn(2, 3, 4, 2, 2, generator=torch.Generator().manual_seed(0))
+    text, empty = torch.ones(2, 5, 8), torch.zeros(2, 5, 8)
+    controls = torch.tensor([[0, 1, 2], [3, 4, 5]])
+    velocity = pipeline.guided_velocity(
+        latents, torch.tensor([500, 500]), text, empty, controls, guidance_scale, control_guidance_scale
+    )
+    unconditional, text_only, conditional = 1.0, 2.0, 10.0
+    expected = unconditional + guidance_scale * (text_only - unconditional) + control_guidance_scale * (conditional - text_only)
+    torch.testing.assert_close(velocity, latents + expected)
+    assert stub.batch_sizes == [forwards * len(latents)]
 
 
 def test_inference_writes_controlled_mp4(trained, tmp_path):

@@ -1,5 +1,5 @@
 """Stage 3's Swin-DPM stream on the tiny model: frame accounting, determinism, exact streaming decode, flat
-memory, live controls, the schedule every group goes through, input errors, the scheduler and the CLI."""
+memory, live controls, windows training draws from the first one on, input errors, the scheduler and the CLI."""
 
 from __future__ import annotations
 
@@ -10,32 +10,51 @@ import pytest
 import torch
 
 from stage3 import inference
-from stage3.cogvideox.pipeline_cogvideox import StreamChunk
+from stage3.cogvideox.pipeline_cogvideox import StreamChunk, history_latent_frames, window_clip_frames
 from stage3.cogvideox.scheduler import SwinScheduler
-from tests.conftest import CLIP_FPS, TINY_HEIGHT, TINY_WIDTH, moving_square_clip
+from stage4.cogvideox.pipeline_cogvideox import ScmPipeline
+from stage4.cogvideox.scheduler import ScmScheduler
+from tests.conftest import CLIP_FPS, CLIP_FRAMES, TINY_HEIGHT, TINY_WIDTH, moving_square_clip
 from thematrix.controls import DEFAULT_VOCABULARY, ControlError
+from thematrix.data.dataset import DatasetError
 from thematrix.schedules import CONDITION_TIMESTEP, grouped_training_timesteps
+from thematrix.streaming_vae import StreamingDecoder
 from thematrix.video import read_video_info, write_mp4
 from thematrix.video_stream import Mp4StreamWriter
 
-# A small window for speed: 1 + 2 x 2 latent frames, one inner step per band.
+# A small window for speed: 1 + 2 x 2 latent frames, two inner steps per band.
 NUM_GROUPS, GROUP_SIZE, NUM_STEPS = 2, 2, 4
-INITIAL_FRAMES = 5
 PROMPT = "A red car drives along a grey track."
 # Smallest frame the tiny model takes: 2x2 latents (8x VAE) = one 2x2 transformer patch.
 MIN_SIZE = 16
 
 
-def initial_clip(frames: int = INITIAL_FRAMES, height: int = TINY_HEIGHT, width: int = TINY_WIDTH) -> torch.Tensor:
+def initial_clip(frames: int = CLIP_FRAMES, height: int = TINY_HEIGHT, width: int = TINY_WIDTH) -> torch.Tensor:
     return torch.rand(frames, 3, height, width, generator=torch.Generator().manual_seed(2)) * 2 - 1
 
 
 def stream(pipeline, controls="D,DL", max_groups=3, seed=0, video=None, **options):
+    """A stream from a random initial clip one window long (or ``video``)."""
     options = dict(dict(num_groups=NUM_GROUPS, group_size=GROUP_SIZE, num_inference_steps=NUM_STEPS), **options)
+    if video is None:
+        video = initial_clip(window_clip_frames(pipeline.vae, options["num_groups"], options["group_size"]))
     return pipeline.stream(
-        PROMPT, initial_clip() if video is None else video, controls, max_groups=max_groups,
-        generator=torch.Generator().manual_seed(seed), **options,
+        PROMPT, video, controls, max_groups=max_groups, generator=torch.Generator().manual_seed(seed), **options
     )
+
+
+@pytest.fixture
+def decoder_inputs(monkeypatch) -> list[torch.Tensor]:
+    """Every latent chunk the stream's StreamingDecoder is fed, in order."""
+    fed = []
+    decode = StreamingDecoder.decode
+
+    def recorded(self, latents):
+        fed.append(latents.clone())
+        return decode(self, latents)
+
+    monkeypatch.setattr(StreamingDecoder, "decode", recorded)
+    return fed
 
 
 def frames_of(chunks: list[StreamChunk]) -> torch.Tensor:
@@ -43,34 +62,39 @@ def frames_of(chunks: list[StreamChunk]) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("num_groups, group_size, num_steps", [(NUM_GROUPS, GROUP_SIZE, NUM_STEPS), (4, 4, 20)])
-def test_k_groups_give_one_plus_c_w_k_frames(pipeline, num_groups, group_size, num_steps):
-    """First chunk: the condition frame (1 video frame) + group 0 (c * W); every later chunk: c * W."""
+def test_k_groups_give_c_w_k_frames(pipeline, num_groups, group_size, num_steps):
+    """Every chunk is one group: c * W frames, no special first chunk."""
     groups, c = 3, pipeline.temporal_compression
     chunks = list(stream(pipeline, max_groups=groups, num_groups=num_groups, group_size=group_size,
                          num_inference_steps=num_steps))
-    assert [len(chunk.frames) for chunk in chunks] == [1 + c * group_size] + [c * group_size] * (groups - 1)
-    assert [len(chunk.latents) for chunk in chunks] == [1 + group_size] + [group_size] * (groups - 1)
+    assert [len(chunk.frames) for chunk in chunks] == [c * group_size] * groups
+    assert [len(chunk.latents) for chunk in chunks] == [group_size] * groups
     assert [chunk.group_index for chunk in chunks] == list(range(groups))
     pattern = itertools.cycle(["D", "DL"])
     for chunk in chunks:
         assert chunk.controls == [next(pattern) for _ in range(group_size)]
-        assert len(chunk.frame_controls) == len(chunk.frames)
+        assert chunk.frame_controls == [token for token in chunk.controls for _ in range(c)]
         assert chunk.frames.device.type == "cpu" and chunk.frames.dtype == torch.float32
         assert chunk.frames.shape[1:] == (3, TINY_HEIGHT, TINY_WIDTH) and chunk.frames.abs().max() <= 1
-    # The condition frame shows the first group's first control (no initial_control given).
-    assert chunks[0].frame_controls == ["D"] + [token for token in chunks[0].controls for _ in range(c)]
     assert all(a.elapsed_s < b.elapsed_s for a, b in itertools.pairwise(chunks))
 
 
 def test_generate_collects_the_stream(pipeline):
     chunks = list(stream(pipeline, max_groups=2, initial_control="N"))
-    video, tokens = pipeline.generate(
+    video, labels = pipeline.generate(
         PROMPT, initial_clip(), "D,DL", max_groups=2, num_groups=NUM_GROUPS, group_size=GROUP_SIZE,
         num_inference_steps=NUM_STEPS, generator=torch.Generator().manual_seed(0), initial_control="N",
     )
     assert torch.equal(video, frames_of(chunks))
-    assert tokens == ["N", "D", "DL", "D", "DL"]
-    assert len(video) == 1 + pipeline.temporal_compression * (len(tokens) - 1)
+    assert labels == [token for token in ["D", "DL", "D", "DL"] for _ in range(pipeline.temporal_compression)]
+    assert len(video) == len(labels)
+
+
+def test_a_longer_initial_clip_starts_from_its_last_window(pipeline):
+    """Only the last window-clip's frames matter: earlier frames change nothing."""
+    clip = initial_clip()
+    longer = torch.cat([initial_clip(frames=9) * 0.5, clip])
+    assert torch.equal(frames_of(list(stream(pipeline, video=longer))), frames_of(list(stream(pipeline, video=clip))))
 
 
 def test_same_seed_same_video(pipeline):
@@ -79,11 +103,17 @@ def test_same_seed_same_video(pipeline):
     assert not torch.allclose(first, other)
 
 
-def test_streamed_frames_equal_decoding_all_emitted_latents_at_once(pipeline):
+def test_streamed_frames_equal_decoding_history_condition_and_groups_at_once(pipeline, decoder_inputs):
+    """The decoder is primed with [history, condition] (its output is the clip's, not shown); the stream is then
+    exactly vae.decode of all those latents without the frames of the primed ones."""
     chunks = list(stream(pipeline, max_groups=4))
-    latents = torch.cat([chunk.latents for chunk in chunks])[None]  # [1, 1 + W * K, C, h, w]
+    history = history_latent_frames(pipeline.vae)
+    primed = decoder_inputs[0]
+    assert primed.shape[1] == history + 1 and len(decoder_inputs) == 1 + len(chunks)
+    latents = torch.cat([primed[0].cpu(), *(chunk.latents for chunk in chunks)])[None]
     whole = pipeline.decode_latents(latents)[0].permute(1, 0, 2, 3).clamp(-1, 1)  # [F, 3, H, W]
-    torch.testing.assert_close(frames_of(chunks), whole, rtol=0, atol=1e-5)
+    shown = whole[1 + pipeline.temporal_compression * history :]
+    torch.testing.assert_close(frames_of(chunks), shown, rtol=0, atol=1e-5)
 
 
 def test_memory_stays_flat_over_fifty_groups(pipeline):
@@ -138,39 +168,50 @@ def test_controls_as_string_callable_or_iterator_are_equivalent(pipeline):
         assert torch.equal(frames_of(list(stream(pipeline, controls=controls))), expected)
 
 
-@pytest.mark.parametrize("num_groups, group_size, num_steps", [(NUM_GROUPS, GROUP_SIZE, NUM_STEPS), (4, 2, 8)])
-def test_every_group_goes_through_the_whole_schedule(pipeline, num_groups, group_size, num_steps):
-    """From pure noise down all N timesteps in order; the condition frame always at timestep 0."""
+@pytest.mark.parametrize(
+    "kind, num_groups, group_size, num_steps",
+    [("swin-dpm", NUM_GROUPS, GROUP_SIZE, NUM_STEPS), ("swin-dpm", 4, 2, 8), ("scm", NUM_GROUPS, GROUP_SIZE, NUM_GROUPS),
+     ("scm", 4, 2, 4)],
+)
+def test_every_window_the_transformer_sees_is_one_training_draws(pipeline, kind, num_groups, group_size, num_steps):
+    """Stage 3's and stage 4's streams, first windows included: the condition frame at 0, every frame of group g at
+    u + g * T/G with one u in [0, T/G) (what grouped_training_timesteps draws). The initial clip's groups start at
+    their band tops, every later group at pure noise, and each goes down the N timesteps in order."""
+    streamer = pipeline if kind == "swin-dpm" else ScmPipeline(
+        **dict(pipeline.components, scheduler=ScmScheduler.from_config(pipeline.scheduler.config))
+    )
     seen = []
-
-    def record(module, args, kwargs):
-        seen.append(kwargs["timestep"][0].clone())
-
-    handle = pipeline.transformer.register_forward_pre_hook(record, with_kwargs=True)
+    handle = streamer.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["timestep"].clone()), with_kwargs=True
+    )
     groups = 3
     try:
-        list(stream(pipeline, max_groups=groups, num_groups=num_groups, group_size=group_size,
-                    num_inference_steps=num_steps))
+        list(stream(streamer, max_groups=groups, num_groups=num_groups, group_size=group_size, num_inference_steps=num_steps))
     finally:
         handle.remove()
-    schedule = pipeline.scheduler.grouped_schedule(num_steps, num_groups)
-    assert len(seen) == schedule.num_warmup_steps + groups * schedule.steps_per_band
+    band = streamer.scheduler.config.num_train_timesteps // num_groups
+    for row in torch.cat(seen):  # every row of every (guidance-batched) forward
+        assert row[0] == CONDITION_TIMESTEP
+        group_timesteps = row[1:].view(num_groups, group_size)
+        assert (group_timesteps == group_timesteps[:, :1]).all()
+        offset = group_timesteps[0, 0]
+        assert 0 <= offset < band and torch.equal(group_timesteps[:, 0], offset + band * torch.arange(num_groups)), row
+
+    schedule = streamer.scheduler.grouped_schedule(num_steps, num_groups)
+    assert len(seen) == groups * schedule.steps_per_band  # no warm-up forwards
     history = {}
     for call, timesteps in enumerate(seen):
-        assert timesteps[0] == CONDITION_TIMESTEP
-        # Warm-up holds groups 0..G-1; outer iteration i holds groups i..i+G-1.
-        first_group = max(0, call - schedule.num_warmup_steps) // schedule.steps_per_band
-        for position, group_timesteps in enumerate(timesteps[1:].split(group_size)):
-            assert len(set(group_timesteps.tolist())) == 1
+        first_group = call // schedule.steps_per_band  # outer iteration i holds groups i..i+G-1
+        for position, group_timesteps in enumerate(timesteps[0, 1:].split(group_size)):
             history.setdefault(first_group + position, []).append(int(group_timesteps[0]))
     for group in range(groups):
-        moving = [t for k, t in enumerate(history[group]) if k == 0 or t != history[group][k - 1]]
-        assert moving == schedule.timesteps[:num_steps].tolist(), f"group {group}"
+        first_index = max(0, num_groups - 1 - group) * schedule.steps_per_band
+        assert history[group] == schedule.timesteps[first_index:num_steps].tolist(), f"group {group}"
 
 
-def test_each_window_is_conditioned_on_the_last_frame_emitted_before_it(pipeline):
-    """The first condition frame is the initial clip's last latent frame; later ones the previous group's last,
-    with its control."""
+def test_each_window_is_conditioned_on_the_last_frame_emitted_before_it(pipeline, decoder_inputs):
+    """The first condition frame is the clip's latent after the history (the last latent the decoder is primed
+    with); later ones the previous group's last, with its control."""
     inputs = []
 
     def record(module, args, kwargs):
@@ -183,11 +224,9 @@ def test_each_window_is_conditioned_on_the_last_frame_emitted_before_it(pipeline
     finally:
         handle.remove()
     schedule = pipeline.scheduler.grouped_schedule(NUM_STEPS, NUM_GROUPS)
-    initial = pipeline.encode_condition_frame(initial_clip(), torch.Generator().manual_seed(0))[0, 0]
-    expected = [(initial, "N")] + [(chunk.latents[-1], chunk.controls[-1]) for chunk in chunks[:-1]]
+    expected = [(decoder_inputs[0][0, -1], "N")] + [(chunk.latents[-1], chunk.controls[-1]) for chunk in chunks[:-1]]
     for call, (condition, control_id) in enumerate(inputs):
-        iteration = max(0, call - schedule.num_warmup_steps) // schedule.steps_per_band
-        latent, token = expected[iteration]
+        latent, token = expected[call // schedule.steps_per_band]
         assert torch.equal(condition, latent) and control_id == DEFAULT_VOCABULARY.token_id(token), f"call {call}"
 
 
@@ -195,7 +234,8 @@ def test_each_window_is_conditioned_on_the_last_frame_emitted_before_it(pipeline
     "options, message",
     [
         (dict(num_inference_steps=5), "num_inference_steps \\(5\\) must be divisible by num_groups \\(2\\)"),
-        (dict(video=initial_clip(frames=6)), "initial_video has 6 frames; it needs 4k\\+1"),
+        (dict(video=initial_clip(frames=24)), "initial_video has 24 frames; a stream of 2 groups of 2 latent frames "
+                                              "starts from the last 25 frames"),
         (dict(video=initial_clip(height=40)), "multiples of 16"),
         (dict(group_size=3), "group_size must be a positive multiple of 2"),
         (dict(max_groups=0), "max_groups must be at least 1"),
@@ -279,24 +319,34 @@ def test_inference_streams_a_dataset_sample_to_mp4(model_dir, tiny_dataset, tmp_
     inference.main([
         "--model_dir", str(model_dir), "--data_root", str(data_root), "--index_file", str(index_file),
         "--sample_index", "1", "--groups", str(groups), "--controls", "D,DL", "--num_groups", str(NUM_GROUPS),
-        "--group_size", str(GROUP_SIZE), "--num_inference_steps", str(NUM_STEPS), "--output", str(output),
+        "--group_size", str(GROUP_SIZE), "--num_inference_steps", str(NUM_STEPS), "--fps", str(CLIP_FPS),
+        "--output", str(output),
     ])
     frames, _, height, width = read_video_info(output)
-    assert (frames, height, width) == (1 + 4 * GROUP_SIZE * groups, TINY_HEIGHT, TINY_WIDTH)
+    assert (frames, height, width) == (4 * GROUP_SIZE * groups, TINY_HEIGHT, TINY_WIDTH)
     printed = capsys.readouterr().out
     assert "time to first frame" in printed and "frames per second" in printed and f"group {groups}/{groups}" in printed
     assert not output.with_name(output.name + ".partial").exists()
 
 
 def test_inference_continues_a_video_file_with_random_controls(model_dir, tmp_path):
-    clip = write_mp4(moving_square_clip(1, 30, TINY_HEIGHT, TINY_WIDTH), tmp_path / "clip.mp4", fps=CLIP_FPS)
+    clip = write_mp4(moving_square_clip(1, 40, TINY_HEIGHT, TINY_WIDTH), tmp_path / "clip.mp4", fps=CLIP_FPS)
     output = inference.main([
         "--model_dir", str(model_dir), "--initial_video", str(clip), "--random_controls", "--seed", "3",
         "--seconds", "3", "--fps", "8", "--num_groups", str(NUM_GROUPS), "--group_size", str(GROUP_SIZE),
         "--num_inference_steps", str(NUM_GROUPS), "--output", str(tmp_path / "random.mp4"),
     ])
-    # 3 s at 8 fps = 24 frames: ceil((24 - 1) / 8) = 3 groups of 8 frames after the condition frame.
-    assert read_video_info(output)[0] == 25
+    # 3 s at 8 fps = 24 frames: 3 groups of 8 frames.
+    assert read_video_info(output)[0] == 24
+
+
+def test_inference_says_how_long_the_initial_video_must_be(model_dir, tmp_path, capsys):
+    clip = write_mp4(moving_square_clip(1, 24, TINY_HEIGHT, TINY_WIDTH), tmp_path / "clip.mp4", fps=CLIP_FPS)
+    with pytest.raises(DatasetError, match="gives 24 frames at 10 fps; the stream starts from the last 25 \\(2.5 s\\)"):
+        inference.main([
+            "--model_dir", str(model_dir), "--initial_video", str(clip), "--controls", "D", "--fps", "10",
+            "--num_groups", str(NUM_GROUPS), "--group_size", str(GROUP_SIZE), "--output", str(tmp_path / "short.mp4"),
+        ])
 
 
 def test_inference_without_an_initial_clip_says_what_to_pass(model_dir, capsys):

@@ -5,16 +5,20 @@ from __future__ import annotations
 import pytest
 import torch
 
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+from stage3.cogvideox.pipeline_cogvideox import history_latent_frames
 from stage3.train_text_to_video_sft import SwinTrainer
 from stage3.training.arguments import SwinArgs
-from tests.conftest import tiny_run_args
+from tests.conftest import CLIP_FRAMES, TINY_HEIGHT, TINY_WIDTH, moving_square_clip, tiny_run_args
 from thematrix.config import ConfigError
 
-NUM_GROUPS, GROUP_SIZE = 2, 2  # 1 + 2 * 2 latent frames = the 17-frame test clips
+# 2 history + 1 + 2 * 2 latent frames = the 25-frame test clips
+NUM_GROUPS, GROUP_SIZE = 2, 2
 
 
 def stage3_args(model_dir, dataset, output_dir, **overrides) -> SwinArgs:
-    settings = {"num_noise_groups": NUM_GROUPS, "group_size": GROUP_SIZE, "max_train_steps": 4,
+    settings = {"num_noise_groups": NUM_GROUPS, "group_size": GROUP_SIZE, "max_train_steps": 4, "frame_buckets": (CLIP_FRAMES,),
                 "learning_rate": 1e-3, "validation_num_inference_steps": 2, **overrides}
     return tiny_run_args(SwinArgs(), model_dir, dataset, output_dir, **settings)
 
@@ -36,6 +40,35 @@ def test_window_timesteps_are_grouped_and_condition_frame_stays_clean(trainer):
     noisy = trainer.noisy_latents(latents, noise, timesteps)
     assert torch.equal(noisy[:, 0], latents[:, 0]) and not torch.equal(noisy[:, 1:], latents[:, 1:])
     assert trainer.loss_mask(latents).tolist() == [[0, 1, 1, 1, 1]]
+
+
+def test_training_condition_latent_is_the_one_the_stream_conditions_on(trainer, pipeline, monkeypatch):
+    """Same frames, same latent: the window's condition is a 4-frame latent with causal context, in training and in
+    the stream (with the VAE's distribution collapsed to its mean, the latent each samples from)."""
+    monkeypatch.setattr(DiagonalGaussianDistribution, "sample", lambda self, generator=None: self.mean)
+    video = torch.from_numpy(moving_square_clip(1, CLIP_FRAMES + 8, TINY_HEIGHT, TINY_WIDTH)).permute(0, 3, 1, 2) / 127.5 - 1
+    conditions = []
+    handle = pipeline.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: conditions.append(kwargs["hidden_states"][0, 0].clone()), with_kwargs=True
+    )
+    try:
+        next(pipeline.stream("", video, "D", num_groups=NUM_GROUPS, group_size=GROUP_SIZE, num_inference_steps=NUM_GROUPS))
+    finally:
+        handle.remove()
+    # Training sees the stream's last clip-length frames as one clip.
+    mean = trainer.encode_videos(video[-CLIP_FRAMES:][None]).chunk(2, dim=1)[0]  # [1, C, 1 + G * W, h, w]
+    assert mean.shape[2] == 1 + NUM_GROUPS * GROUP_SIZE
+    torch.testing.assert_close(conditions[0], mean[0, :, 0] * trainer.vae.config.scaling_factor, rtol=0, atol=1e-5)
+    assert history_latent_frames(trainer.vae) == 2  # latent 2 of the clip's encode: not the causal first frame
+
+
+def test_training_drops_the_history_latents_and_their_controls(trainer):
+    item = trainer.dataset[0]
+    history = history_latent_frames(trainer.vae)
+    assert item["latent_parameters"].shape[1] == 1 + NUM_GROUPS * GROUP_SIZE and len(item["controls"]) == history + 5
+    batch = {"controls": item["controls"][None]}
+    controls = trainer.model_kwargs(batch, [torch.Generator().manual_seed(5)])["controls"]  # not dropped with this seed
+    assert torch.equal(controls, item["controls"][None, history:])
 
 
 def test_loss_ignores_the_condition_frame(trainer):
@@ -70,5 +103,5 @@ def test_full_fine_tuning_moves_base_and_control_weights(trainer):
 
 def test_clip_length_must_fill_the_window(tiny_model_dir, tiny_dataset, tmp_path):
     args = stage3_args(tiny_model_dir, tiny_dataset, tmp_path, num_noise_groups=4, group_size=4)
-    with pytest.raises(ConfigError, match=r"needs clips of exactly 65 frames: set args.frame_buckets = \(65,\)"):
+    with pytest.raises(ConfigError, match=r"needs clips of exactly 73 frames: set args.frame_buckets = \(73,\)"):
         SwinTrainer(args).train()

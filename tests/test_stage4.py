@@ -3,6 +3,8 @@ and exact resume, a LoRA student, and the few-step stream: closer to the many-st
 
 from __future__ import annotations
 
+import copy
+import inspect
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,8 @@ from stage4.cogvideox.scheduler import ConsistencySchedule, ScmScheduler
 from stage4.train_text_to_video_scm import EmaTarget, ScmTrainer
 from stage4.training.arguments import ScmArgs
 from tests.conftest import (
+    CLIP_FPS,
+    CLIP_FRAMES,
     TINY_HEIGHT,
     TINY_WIDTH,
     KilledAtStep,
@@ -31,7 +35,7 @@ from thematrix.schedules import c_out, c_skip, phase_boundaries, phase_boundary_
 from thematrix.training.trainer import TRAINABLE_WEIGHTS, list_checkpoints
 from thematrix.video import read_video_info
 
-# The tiny window of the stage-3 fixture and the conftest clips: 1 + 2 x 2 latent frames (17 video frames).
+# The tiny window of the stage-3 fixture and the conftest clips: 2 history + 1 + 2 x 2 latent frames (25 video frames).
 NUM_GROUPS, GROUP_SIZE = 2, 2
 TEACHER_STEPS = 8  # 4 teacher steps per phase
 DISTILL_STEPS, DISTILL_LR = 100, 3e-3
@@ -39,11 +43,12 @@ STREAM_GROUPS = 3
 EMA_CHECKPOINT = "custom_checkpoint_0.pkl"  # accelerate's file for the first object registered for checkpointing
 NUM_TRAIN_TIMESTEPS = TINY["scheduler"]["num_train_timesteps"]
 REPOSITORY = Path(__file__).parents[1]
+SMALL_ADAPTER_STD = 2e-3  # lora_B of a tiny trained adapter: its updates are a few 1e-3 of the base weights
 
 
 def scm_args(teacher, dataset, output_dir, **overrides) -> ScmArgs:
     settings = dict(
-        num_noise_groups=NUM_GROUPS, group_size=GROUP_SIZE, teacher_num_inference_steps=TEACHER_STEPS,
+        num_noise_groups=NUM_GROUPS, group_size=GROUP_SIZE, frame_buckets=(CLIP_FRAMES,), teacher_num_inference_steps=TEACHER_STEPS,
         validation_num_inference_steps=NUM_GROUPS, validation_groups=STREAM_GROUPS, max_train_steps=4,
     )
     return tiny_run_args(ScmArgs(), teacher, dataset, output_dir, **{**settings, **overrides})
@@ -65,7 +70,8 @@ def cache_dir(tmp_path_factory):
 def distilled(teacher_dir, tiny_dataset, cache_dir, tmp_path_factory):
     """A full student distilled for DISTILL_STEPS steps, with its loss on held-out noise before and after."""
     output_dir = tmp_path_factory.mktemp("stage4") / "run"
-    trainer = ScmTrainer(scm_args(teacher_dir, tiny_dataset, output_dir, max_train_steps=DISTILL_STEPS,
+    # Unguided, so that the student is compared with unguided teacher streams below.
+    trainer = ScmTrainer(scm_args(teacher_dir, tiny_dataset, output_dir, max_train_steps=DISTILL_STEPS, distill_guidance=False,
                                   learning_rate=DISTILL_LR, cache_dir=cache_dir, validation_steps=DISTILL_STEPS))
     trainer.setup()
     batch = collate_batch([trainer.dataset[index] for index in range(len(trainer.dataset))])
@@ -155,6 +161,27 @@ def test_distillation_lowers_the_held_out_loss(distilled):
     assert after < 0.7 * before, (before, after)
 
 
+def test_the_teacher_is_guided_by_default_as_stage_3_streams_are(teacher_dir, tiny_dataset, cache_dir, tmp_path, monkeypatch):
+    args = scm_args(teacher_dir, tiny_dataset, tmp_path, cache_dir=cache_dir)
+    assert args.distill_guidance and load_config(REPOSITORY / "stage4" / "training" / "scm_config.py", ScmArgs).distill_guidance
+    stream_defaults = inspect.signature(SwinDPMPipeline.stream).parameters
+    assert (args.guidance_scale, args.control_guidance_scale) == (
+        stream_defaults["guidance_scale"].default, stream_defaults["control_guidance_scale"].default)
+    trainer = ScmTrainer(args)
+    trainer.setup()
+    scales = []
+    velocity = SwinDPMPipeline.guided_velocity
+
+    def recorded(self, *velocity_args):
+        scales.append(velocity_args[5:7])
+        return velocity(self, *velocity_args)
+
+    monkeypatch.setattr(SwinDPMPipeline, "guided_velocity", recorded)
+    with torch.no_grad():
+        trainer.compute_loss(collate_batch([trainer.dataset[0]]), 0)
+    assert scales and set(scales) == {(args.guidance_scale, args.control_guidance_scale)}
+
+
 def test_ema_target_moves_toward_the_student_and_shares_frozen_weights():
     student = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 3))
     student[0].requires_grad_(False)
@@ -215,7 +242,7 @@ def test_lora_student_trains_adapters_and_saves_a_fused_model(teacher_dir, tiny_
 # ---------------------------------------------------------------- the few-step stream
 def stream_latents(streamer, num_inference_steps, controls="D,D,DL,DL,DR,DR", max_groups=STREAM_GROUPS):
     """The emitted groups' latents [K * W, C, h, w] of a stream from a conftest clip, noise seeded alike."""
-    clip = torch.from_numpy(moving_square_clip(0, 17, TINY_HEIGHT, TINY_WIDTH)).permute(0, 3, 1, 2) / 127.5 - 1
+    clip = torch.from_numpy(moving_square_clip(0, CLIP_FRAMES, TINY_HEIGHT, TINY_WIDTH)).permute(0, 3, 1, 2) / 127.5 - 1
     chunks = list(streamer.stream(
         "", clip, controls, num_groups=NUM_GROUPS, group_size=GROUP_SIZE, num_inference_steps=num_inference_steps,
         guidance_scale=1.0, generator=torch.Generator().manual_seed(0), max_groups=max_groups,
@@ -242,11 +269,10 @@ def test_few_step_stream_takes_one_forward_per_group_and_emits_every_frame(disti
     student = ScmPipeline.from_model_dir(trainer.final_model_dir)
     forwards = []
     student.transformer.register_forward_pre_hook(lambda module, inputs: forwards.append(1))
-    chunks = list(student.stream("", torch.zeros(5, 3, TINY_HEIGHT, TINY_WIDTH), "D", num_groups=NUM_GROUPS,
+    chunks = list(student.stream("", torch.zeros(CLIP_FRAMES, 3, TINY_HEIGHT, TINY_WIDTH), "D", num_groups=NUM_GROUPS,
                                  group_size=GROUP_SIZE, max_groups=STREAM_GROUPS))
-    frames_per_group = student.temporal_compression * GROUP_SIZE
-    assert [len(chunk.frames) for chunk in chunks] == [1 + frames_per_group] + [frames_per_group] * (STREAM_GROUPS - 1)
-    assert len(forwards) == (NUM_GROUPS - 1) + STREAM_GROUPS  # warm-up, then one forward per emitted group
+    assert [len(chunk.frames) for chunk in chunks] == [student.temporal_compression * GROUP_SIZE] * STREAM_GROUPS
+    assert len(forwards) == STREAM_GROUPS
 
 
 def test_few_step_stream_is_steered_from_the_group_a_control_change_enters(distilled):
@@ -278,18 +304,35 @@ def test_inference_streams_with_one_unguided_forward_per_group(distilled, tiny_d
     output = inference.main([
         "--model_dir", str(trainer.final_model_dir), "--data_root", str(data_root), "--index_file", str(index_file),
         "--groups", str(groups), "--controls", "D,DL", "--num_groups", str(NUM_GROUPS), "--group_size", str(GROUP_SIZE),
-        "--output", str(tmp_path / "drive.mp4"),
+        "--fps", str(CLIP_FPS), "--output", str(tmp_path / "drive.mp4"),
     ])
-    assert read_video_info(output)[0] == 1 + 4 * GROUP_SIZE * groups
-    assert guidance_scales == [1.0] * ((NUM_GROUPS - 1) + groups)  # warm-up, then one forward per group
+    assert read_video_info(output)[0] == 4 * GROUP_SIZE * groups
+    assert guidance_scales == [1.0] * groups
     printed = capsys.readouterr().out
     assert "time to first frame" in printed and "frames per second" in printed
+
+
+def test_more_steps_than_groups_are_refused(distilled, tiny_dataset, tmp_path, capsys):
+    """The student is trained to land each group on its phase boundary: it has no defined jump inside a phase."""
+    trainer, _, _ = distilled
+    student = ScmPipeline.from_model_dir(trainer.final_model_dir)
+    with pytest.raises(ValueError, match="num_inference_steps = 4 with num_groups = 2: an SCM student takes one step"):
+        student.stream("", torch.zeros(CLIP_FRAMES, 3, TINY_HEIGHT, TINY_WIDTH), "D", num_groups=NUM_GROUPS,
+                       group_size=GROUP_SIZE, num_inference_steps=2 * NUM_GROUPS)
+    data_root, index_file = tiny_dataset
+    with pytest.raises(SystemExit):
+        inference.main([
+            "--model_dir", str(trainer.final_model_dir), "--data_root", str(data_root), "--index_file", str(index_file),
+            "--controls", "D", "--num_groups", str(NUM_GROUPS), "--group_size", str(GROUP_SIZE),
+            "--num_inference_steps", str(2 * NUM_GROUPS), "--output", str(tmp_path / "drive.mp4"),
+        ])
+    assert "num_inference_steps = 4 with num_groups = 2" in capsys.readouterr().err
 
 
 def test_validation_writes_the_few_step_stream(distilled):
     trainer, _, _ = distilled
     video = trainer.output_dir / "validation" / f"step-{DISTILL_STEPS}" / "prompt-0.mp4"
-    assert read_video_info(video)[0] == 1 + 4 * GROUP_SIZE * STREAM_GROUPS
+    assert read_video_info(video)[0] == 4 * GROUP_SIZE * STREAM_GROUPS
 
 
 # ---------------------------------------------------------------- settings
@@ -311,6 +354,7 @@ def test_configs_load_and_the_demo_matches_stage3s_window():
     ("ema_decay", 1.0, "ema_decay"),
     ("loss_type", "l1", "loss_type"),
     ("student", "half", "args.student"),
+    ("validation_num_inference_steps", 8, "must equal args.num_noise_groups"),
 ])
 def test_bad_settings_fail_with_the_setting_named(setting, value, message):
     args = ScmArgs()
@@ -322,3 +366,40 @@ def test_bad_settings_fail_with_the_setting_named(setting, value, message):
 def test_a_model_without_the_interactive_module_is_refused(tiny_model_dir, tiny_dataset, tmp_path):
     with pytest.raises(ConfigError, match="stage 4 distils a stage-3 model"):
         ScmTrainer(scm_args(tiny_model_dir, tiny_dataset, tmp_path)).setup()
+
+
+def test_lora_student_is_fused_and_saved_in_float32(teacher_dir, tiny_dataset, cache_dir, tmp_path):
+    """A bf16 run's adapters are fused into float32 weights: the saved model is the unfused student, where fusing into
+    the bf16 base would round most of a small adapter away."""
+    args = scm_args(teacher_dir, tiny_dataset, tmp_path, student="lora", lora_rank=4, lora_alpha=4.0, cache_dir=cache_dir)
+    trainer = ScmTrainer(args)
+    trainer.setup()
+    student = trainer.accelerator.unwrap_model(trainer.transformer)
+    # The state of a bf16 run at its end (one accelerate state per process, so set here): frozen weights in bf16,
+    # trained adapters in float32, with updates about 1e-3 of the base weights.
+    trainer.weight_dtype = torch.bfloat16
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in student.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, SMALL_ADAPTER_STD, generator=generator)
+            elif not parameter.requires_grad:
+                parameter.data = parameter.data.to(torch.bfloat16)
+    inputs = dict(
+        hidden_states=torch.randn(1, 1 + NUM_GROUPS * GROUP_SIZE, 4, 6, 8, generator=generator),
+        encoder_hidden_states=torch.randn(1, 226, 32, generator=generator), timestep=torch.tensor([300]),
+        controls=torch.tensor([[0, 1, 2, 3, 4]]),
+    )
+    reference = copy.deepcopy(student).to(torch.float32)  # bf16 base weights, float32 adapters, float32 arithmetic
+    with torch.no_grad():
+        unfused = reference(**inputs).sample
+        reference.disable_adapters()
+        base = reference(**inputs).sample
+    trainer.save_final(student)
+    saved = ScmPipeline.from_model_dir(trainer.final_model_dir, dtype=torch.float32).transformer
+    assert saved.dtype == torch.float32
+    with torch.no_grad():
+        fused = saved(**inputs).sample
+    effect = (unfused - base).abs().max()
+    assert effect > 0
+    torch.testing.assert_close(fused, unfused, rtol=0, atol=1e-2 * float(effect))

@@ -7,7 +7,7 @@ import torch
 from diffusers import AutoencoderKLCogVideoX
 
 from thematrix.presets import TINY
-from thematrix.streaming_vae import StreamingDecoder
+from thematrix.streaming_vae import StreamingDecoder, first_batch_size
 
 LATENT_FRAMES, LATENT_HEIGHT, LATENT_WIDTH = 9, 4, 6
 
@@ -52,11 +52,13 @@ def test_frames_come_out_as_soon_as_a_batch_is_complete(vae):
     pair = vae.num_latent_frames_batch_size * temporal
     assert [piece.shape[1] for piece in pieces] == [0, 0, 1 + pair, 0, pair, 0, pair, 0, pair]
     assert all(piece.shape[2:] == pieces[2].shape[2:] for piece in pieces)
-    # The Swin-DPM stream: condition frame, then groups of 4 latent frames, each shown whole at once.
+    # The Swin-DPM stream: the first batch (history and condition latents) primes the decoder, then each group
+    # of 4 latent frames comes out whole at once.
     decoder, group = StreamingDecoder(vae), 4
-    full = latents(1 + 2 * group)
-    sizes = [decoder.decode(chunk).shape[1] for chunk in (full[:, :1], full[:, 1:1 + group], full[:, 1 + group:])]
-    assert sizes == [0, 1 + temporal * group, temporal * group]
+    first = first_batch_size(vae)
+    full = latents(first + 2 * group)
+    chunks = (full[:, :first], full[:, first:first + group], full[:, first + group:])
+    assert [decoder.decode(chunk).shape[1] for chunk in chunks] == [1 + pair, temporal * group, temporal * group]
 
 
 def test_two_streams_in_a_row_after_reset(vae):

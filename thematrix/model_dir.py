@@ -1,4 +1,4 @@
-"""Checks on model directories, so a wrong path fails at start with a message saying what to pass."""
+"""Model directories: checks, so a wrong path fails at start with a message saying what to pass; writing one."""
 
 from __future__ import annotations
 
@@ -7,8 +7,12 @@ import os
 import shutil
 from pathlib import Path
 
-PIPELINE_COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
+TRANSFORMER = "transformer"
+PIPELINE_COMPONENTS = (TRANSFORMER, "vae", "text_encoder", "tokenizer", "scheduler")
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+MODEL_INDEX = "model_index.json"
+# Libraries whose classes model_index.json names by library alone (diffusers' LOADABLE_CLASSES).
+LOADER_LIBRARIES = ("diffusers", "transformers")
 
 
 class ModelDirError(ValueError):
@@ -23,15 +27,15 @@ def check_model_dir(path: str | Path, setting: str = "args.pretrained_model_name
             f"{setting} = {str(path)!r} is not a directory. Pass a local diffusers CogVideoX model directory "
             "(e.g. one written by `python -m thematrix.base_model` or by the previous stage)."
         )
-    if (path / LORA_WEIGHT_NAME).is_file() and not (path / "model_index.json").is_file():
+    if (path / LORA_WEIGHT_NAME).is_file() and not (path / MODEL_INDEX).is_file():
         raise ModelDirError(
             f"{setting} = {str(path)!r} holds LoRA weights only. Fuse them first: "
             "`python stage1/fuse_lora_weights.py --base_model BASE --lora_dir LORA --output_dir FUSED`, "
             "then pass FUSED."
         )
-    index_file = path / "model_index.json"
+    index_file = path / MODEL_INDEX
     if not index_file.is_file():
-        raise ModelDirError(f"{setting} = {str(path)!r} has no model_index.json; it is not a diffusers model directory.")
+        raise ModelDirError(f"{setting} = {str(path)!r} has no {MODEL_INDEX}; it is not a diffusers model directory.")
     index = json.loads(index_file.read_text())
     missing = [name for name in PIPELINE_COMPONENTS if name not in index or not (path / name).is_dir()]
     if missing:
@@ -41,33 +45,55 @@ def check_model_dir(path: str | Path, setting: str = "args.pretrained_model_name
 
 def transformer_class_name(path: str | Path) -> str:
     """The ``_class_name`` recorded in a model directory's transformer config."""
-    config = json.loads((Path(path) / "transformer" / "config.json").read_text())
+    config = json.loads((Path(path) / TRANSFORMER / "config.json").read_text())
     return config["_class_name"]
 
 
-def nearest_library_class(cls: type, library: str = "diffusers") -> type:
-    """The first class in ``cls``'s ancestry that ``library`` defines (``cls`` itself if it does)."""
-    for ancestor in cls.__mro__:
-        if ancestor.__module__.split(".")[0] == library:
-            return ancestor
-    raise TypeError(f"{cls.__name__} derives from no {library} class")
+def library_and_class(cls: type) -> tuple[str, str]:
+    """A component's entry in model_index.json, as diffusers' ``save_pretrained`` records it.
 
-
-def save_model_dir(pipeline, output_dir: str | Path) -> Path:
-    """Save a pipeline as a directory stock diffusers loads, atomically (written aside, then renamed).
-
-    Project subclasses of the pipeline and scheduler add behaviour, not weights or config, so
-    they are recorded as their diffusers ancestors; the transformer keeps its own class.
+    Classes of diffusers and transformers are recorded by library name; any other class by its module
+    path, which ``DiffusionPipeline.from_pretrained`` resolves once that module has been imported (it
+    never imports a module because a model directory names it).
     """
-    output_dir = Path(output_dir)
-    scheduler = nearest_library_class(type(pipeline.scheduler)).from_config(pipeline.scheduler.config)
-    stock = nearest_library_class(type(pipeline))(
-        tokenizer=pipeline.tokenizer, text_encoder=pipeline.text_encoder, vae=pipeline.vae,
-        transformer=pipeline.transformer, scheduler=scheduler,
-    )
+    library = cls.__module__.split(".")[0]
+    return (library if library in LOADER_LIBRARIES else cls.__module__), cls.__name__
+
+
+def _link_or_copy(source: str, destination: str) -> str:
+    """Hard-link ``source`` to ``destination`` (no copy, same bytes); copy where the filesystem cannot link."""
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)
+    return destination
+
+
+def save_model_dir(transformer, source_dir: str | Path, output_dir: str | Path) -> Path:
+    """Write ``source_dir`` with its transformer replaced by ``transformer``, atomically (aside, then renamed).
+
+    Only the transformer is written (in its own dtype). Every other entry of ``source_dir`` (tokenizer,
+    text encoder, VAE, scheduler, licence files) is hard-linked, or copied where links are impossible,
+    byte for byte: their classes, dtypes and configs stay as they were, and a T5-XXL is never re-saved.
+    A hard link is the same file in both directories, so a model directory is never rewritten in place:
+    this function writes a new one aside and renames it. model_index.json is the source's with the
+    transformer entry updated.
+    """
+    source_dir, output_dir = Path(source_dir), Path(output_dir)
+    index = json.loads((source_dir / MODEL_INDEX).read_text())
     partial = output_dir.with_name(output_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    stock.save_pretrained(str(partial), safe_serialization=True)
+    partial.mkdir(parents=True)
+    for entry in source_dir.iterdir():
+        if entry.name in (TRANSFORMER, MODEL_INDEX):
+            continue
+        if entry.is_dir():
+            shutil.copytree(entry, partial / entry.name, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(str(entry), str(partial / entry.name))
+    transformer.save_pretrained(str(partial / TRANSFORMER), safe_serialization=True)
+    index[TRANSFORMER] = list(library_and_class(type(transformer)))
+    (partial / MODEL_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     shutil.rmtree(output_dir, ignore_errors=True)
     os.replace(partial, output_dir)
     return output_dir

@@ -129,42 +129,48 @@ class GroupedInferenceSchedule:
     clean: emit it, shift the window (group g + 1 becomes group g, already at the top of band g) and append
     pure noise as group G - 1. Band edges are ``phase_boundaries`` (the SCM phases).
 
-    Warm-up (our choice; the stream starts from one clean condition frame and no history): every group
-    starts at pure noise, index 0, and the window is denoised together while each group stops at the top
-    of its own band: at warm-up step j group g sits at index ``min(j, (G - 1 - g) * S)``. After
-    ``(G - 1) * S`` steps the window is staggered like an outer iteration's start, and group 0 gets the full
-    N steps before it is emitted. Parked groups keep their timestep, which ``step`` leaves untouched.
+    Every window the transformer sees is one training draws (``grouped_training_timesteps``): with trailing
+    spacing group g's timestep at inner step k is u + g * T/G with u = ``timesteps[(G - 1) * S + k]`` < T/G.
+    A stream starts the same way: ``start_window`` noises the clean latents of an initial clip to the band
+    tops, the window of inner step 0.
 
     Per-frame timesteps for the transformer and ``step``: ``expand_group_timesteps(window_timesteps(k), W)``
     (k < S for a forward; k = S only as the target of the last inner step).
     """
 
     def __init__(self, scheduler: CogVideoXDPMScheduler, num_inference_steps: int, num_groups: int):
+        self.check_steps(num_inference_steps, num_groups)
+        band_width(num_groups, scheduler.config.num_train_timesteps)  # raises unless T % G == 0
+        self.scheduler = type(scheduler).from_config(scheduler.config)
+        self.scheduler.set_timesteps(num_inference_steps)
+        self.num_groups = num_groups
+        self.steps_per_band = num_inference_steps // num_groups
+        self.timesteps = torch.cat([self.scheduler.timesteps.long(), torch.tensor([CLEAN_TIMESTEP])])
+        # Index of each group's band top, group 0 first.
+        self._band_starts = (num_groups - 1 - torch.arange(num_groups)) * self.steps_per_band
+
+    @staticmethod
+    def check_steps(num_inference_steps: int, num_groups: int) -> None:
+        """Refuse N that does not split into G bands of N / G steps."""
         if num_inference_steps % num_groups:
             raise ValueError(
                 f"num_inference_steps ({num_inference_steps}) must be divisible by num_groups ({num_groups}): each "
                 f"group moves one band of N / G steps per outer iteration; use e.g. "
                 f"{num_groups * max(1, round(num_inference_steps / num_groups))}."
             )
-        band_width(num_groups, scheduler.config.num_train_timesteps)  # raises unless T % G == 0
-        self.scheduler = type(scheduler).from_config(scheduler.config)
-        self.scheduler.set_timesteps(num_inference_steps)
-        self.num_groups = num_groups
-        self.steps_per_band = num_inference_steps // num_groups
-        self.num_warmup_steps = (num_groups - 1) * self.steps_per_band
-        self.timesteps = torch.cat([self.scheduler.timesteps.long(), torch.tensor([CLEAN_TIMESTEP])])
-        # Index of each group's band top, group 0 first.
-        self._band_starts = (num_groups - 1 - torch.arange(num_groups)) * self.steps_per_band
 
     def window_timesteps(self, inner_step: int) -> torch.Tensor:
         """LongTensor [G]: each group's timestep at ``inner_step`` k of an outer iteration (0 <= k <= N/G)."""
         _check_step("inner_step", inner_step, self.steps_per_band)
         return self.timesteps[self._band_starts + inner_step]
 
-    def warmup_timesteps(self, warmup_step: int) -> torch.Tensor:
-        """LongTensor [G]: each group's timestep at warm-up step j (0 <= j <= num_warmup_steps)."""
-        _check_step("warmup_step", warmup_step, self.num_warmup_steps)
-        return self.timesteps[self._band_starts.clamp(max=warmup_step)]
+    def start_window(self, clean: torch.Tensor, noise: torch.Tensor, group_size: int) -> torch.Tensor:
+        """The window of clean latents ``[B, 1 + G * W, C, H, W]`` as an outer iteration starts it: the condition
+        frame clean, every frame of group g noised with ``noise`` to the top of band g (``window_timesteps(0)``)."""
+        timesteps = expand_group_timesteps(self.window_timesteps(0), group_size).to(clean.device)
+        noisy = CogVideoXTrainingSchedule(self.scheduler).add_noise(clean, noise, timesteps.expand(clean.shape[0], -1))
+        condition = (timesteps == CONDITION_TIMESTEP).reshape(1, -1, *(1,) * (clean.ndim - 2))
+        return torch.where(condition, clean, noisy)
 
     def step(
         self,
@@ -177,7 +183,7 @@ class GroupedInferenceSchedule:
 
         With a = alpha_bar(t_now), a' = alpha_bar(t_next) per frame (timesteps [B] or [B, F]):
         x_0 = sqrt(a) x - sqrt(1 - a) v, eps = sqrt(1 - a) x + sqrt(a) v, x_next = sqrt(a') x_0 + sqrt(1 - a') eps.
-        Frames with t_next == t_now (the condition frame, groups parked in warm-up) are returned unchanged.
+        Frames with t_next == t_now (the condition frame) are returned unchanged.
 
         First order on purpose: CogVideoX's scheduler step is a stochastic DPM-Solver++(2M) that needs each
         frame's x_0 from its previous timestep, which a group entering the window does not have, and adds

@@ -11,8 +11,9 @@ upsamplers treat an odd-length batch's first frame as the causal first frame (1 
 ``fbs + F % fbs`` frames and then batches of ``fbs`` (``fbs = vae.num_latent_frames_batch_size``, 2).
 CogVideoX videos have 4k+1 frames, so F is odd and the first batch is 3 latent frames -> 9 video
 frames, each later pair -> 8: 4*(F-1)+1 frames in all. The decoder therefore buffers latent frames
-until a whole batch is there: feed the condition frame first, then every generated group, and each
-group of an even number of frames comes out whole as soon as it is fed.
+until a whole batch is there: feed a first batch (``first_batch_size`` latent frames; the Swin-DPM
+stream primes the decoder with the latents before its first group), then every generated group, and
+each group of an even number of frames comes out whole as soon as it is fed.
 
 Tiling and slicing come from diffusers too: each batch goes through ``vae.decode``, so
 ``vae.enable_tiling()`` decodes each batch in overlapping spatial tiles, each tile with its own cache.
@@ -25,6 +26,12 @@ from diffusers import AutoencoderKLCogVideoX
 
 # The first latent frame of a stream is decoded as the causal first frame; see the module docstring.
 CAUSAL_FIRST_FRAMES = 1
+
+
+def first_batch_size(vae: AutoencoderKLCogVideoX) -> int:
+    """Latent frames of diffusers' first decode batch of a stream: ``fbs + 1 % fbs`` (3 for CogVideoX)."""
+    frame_batch_size = vae.num_latent_frames_batch_size
+    return frame_batch_size + CAUSAL_FIRST_FRAMES % frame_batch_size
 
 
 class StreamingDecoder:
@@ -40,7 +47,7 @@ class StreamingDecoder:
     def __init__(self, vae: AutoencoderKLCogVideoX):
         self.vae = vae
         self.frame_batch_size = vae.num_latent_frames_batch_size
-        self.first_batch_size = self.frame_batch_size + CAUSAL_FIRST_FRAMES % self.frame_batch_size
+        self.first_batch_size = first_batch_size(vae)
         self.spatial_scale = 2 ** (len(vae.config.block_out_channels) - 1)
         self.reset()
 
@@ -80,8 +87,7 @@ class StreamingDecoder:
     def flush(self) -> torch.Tensor:
         """Decode the pending latent frames as a last, short batch and end the stream (``reset``).
 
-        Matches ``vae.decode`` when the whole stream is shorter than the first batch (e.g. the condition
-        frame alone). A stream of F % fbs == 1 % fbs frames has nothing pending; any other length shares
+        Matches ``vae.decode`` when the whole stream is shorter than the first batch (e.g. one latent frame). A stream of F % fbs == 1 % fbs frames has nothing pending; any other length shares
         no batching with ``vae.decode``, so its last frames cannot match it.
         """
         videos = [self._decode_batch(self._pending)] if self._pending is not None else []

@@ -42,6 +42,15 @@ class GameVideoPipeline(CogVideoXPipeline):
         """Load a local model directory (and optionally a LoRA) onto ``device``; nothing is downloaded."""
         default_device, default_dtype = default_device_and_dtype()
         device, dtype = device or default_device, dtype or default_dtype
+        cls.check_stage_model(model_dir, setting)
+        pipeline = cls(**load_components(model_dir, dtype, cls.scheduler_class, cls.transformer_class))
+        if lora_dir is not None:
+            pipeline.load_lora_weights(str(lora_dir))
+        return pipeline.to(device)
+
+    @classmethod
+    def check_stage_model(cls, model_dir: str | Path, setting: str = "--model_dir") -> None:
+        """Refuse an incomplete model directory, or one whose transformer is not ``transformer_class``."""
         check_model_dir(model_dir, setting)
         found = transformer_class_name(model_dir)
         if found != cls.transformer_class.__name__:
@@ -49,10 +58,6 @@ class GameVideoPipeline(CogVideoXPipeline):
                 f"{setting} {model_dir}: its transformer is a {found}, but {cls.__name__} needs a "
                 f"{cls.transformer_class.__name__}; pass the model directory written by this stage's training"
             )
-        pipeline = cls(**load_components(model_dir, dtype, cls.scheduler_class, cls.transformer_class))
-        if lora_dir is not None:
-            pipeline.load_lora_weights(str(lora_dir))
-        return pipeline.to(device)
 
     @property
     def native_size(self) -> tuple[int, int, int]:

@@ -1,13 +1,14 @@
 """Stage 2's pipeline: text plus one control token per latent frame to video, with control guidance.
 
-Guidance combines three predictions when ``control_guidance_scale != 1``::
+Guidance combines three predictions, with w = ``guidance_scale`` and c = ``control_guidance_scale``::
 
     v = v(empty text, null controls)
-        + guidance_scale         * (v(text, null controls) - v(empty text, null controls))
-        + control_guidance_scale * (v(text, controls)      - v(text, null controls))
+        + w * (v(text, null controls) - v(empty text, null controls))
+        + c * (v(text, controls)      - v(text, null controls))
 
-With ``control_guidance_scale == 1`` the middle prediction cancels and two forwards suffice:
-``v(empty, null) + guidance_scale * (v(text, controls) - v(empty, null))``.
+that is ``(1 - w) v(empty, null) + (w - c) v(text, null) + c v(text, controls)``. Only the predictions
+with a non-zero coefficient are computed, in one batched forward: w = c = 1 needs one (no guidance),
+w = c (text and controls guided together) or w = 1 two, anything else three (the default w = 6, c = 1).
 Later stages reuse ``guided_velocity`` inside their own sampling loops.
 """
 
@@ -77,30 +78,26 @@ class InteractivePipeline(GameVideoPipeline):
         guidance_scale: float,
         control_guidance_scale: float,
     ) -> torch.Tensor:
-        """Guided transformer output for latents ``[B, F, C, h, w]``, timesteps ``[B]`` or ``[B, F]``, controls ``[B, F]``."""
+        """Guided transformer output for latents ``[B, F, C, h, w]``, timesteps ``[B]`` or ``[B, F]``, controls ``[B, F]``.
+
+        The module docstring's formula, one forward over the branches whose coefficient is not zero.
+        """
         null = torch.full_like(controls, self.transformer.control_vocabulary.null_id)
-        batches = [(negative_prompt_embeds, null)]
-        if guidance_scale == 1 and control_guidance_scale == 1:
-            batches = []
-        elif control_guidance_scale != 1:
-            batches.append((prompt_embeds, null))
-        batches.append((prompt_embeds, controls))
-        count = len(batches)
+        branches = [
+            (1 - guidance_scale, negative_prompt_embeds, null),
+            (guidance_scale - control_guidance_scale, prompt_embeds, null),
+            (control_guidance_scale, prompt_embeds, controls),
+        ]
+        branches = [branch for branch in branches if branch[0] != 0]  # the coefficients sum to 1: never empty
+        count = len(branches)
         output = self.transformer(
             hidden_states=latents.repeat(count, 1, 1, 1, 1),
-            encoder_hidden_states=torch.cat([embeds for embeds, _ in batches]),
+            encoder_hidden_states=torch.cat([embeds for _, embeds, _ in branches]),
             timestep=timesteps.repeat(count, *([1] * (timesteps.ndim - 1))),
-            controls=torch.cat([ids for _, ids in batches]),
+            controls=torch.cat([ids for _, _, ids in branches]),
             return_dict=False,
         )[0].float()
-        predictions = output.chunk(count)
-        if count == 1:
-            return predictions[0]
-        if count == 2:
-            unconditional, conditional = predictions
-            return unconditional + guidance_scale * (conditional - unconditional)
-        unconditional, text_only, conditional = predictions
-        return unconditional + guidance_scale * (text_only - unconditional) + control_guidance_scale * (conditional - text_only)
+        return sum(coefficient * prediction for (coefficient, _, _), prediction in zip(branches, output.chunk(count)))
 
     def encode_text(self, prompt: str, negative_prompt: str = "") -> tuple[torch.Tensor, torch.Tensor]:
         prompt_embeds, negative_embeds = self.encode_prompt(

@@ -7,13 +7,18 @@ condition frame, the window shifts by one group, and pure noise enters as the no
 controls the player gives for it. Only the window and the VAE decoder's caches persist, so memory is
 flat however long the stream runs.
 
-Frame accounting (c = ``vae.config.temporal_compression_ratio``, 4 for CogVideoX): the stream's latent
-frames are the first condition frame followed by every emitted group, decoded incrementally as one
-causal sequence (``StreamingDecoder``). The first chunk holds ``1 + c * W`` video frames: the condition
-frame decoded as the causal first frame (1 frame, the start of the stream) and group 0 (``c * W``);
-every later chunk holds ``c * W``. K groups give ``1 + c * W * K`` frames, exactly ``vae.decode`` of the
-``1 + W * K`` latent frames. W must be a multiple of the decoder's frame batch (2) for a group to decode
-whole as soon as it is emitted.
+Start (in distribution, as training sees a window): the last ``1 + c * (H + G * W)`` frames of the initial
+clip are encoded as a training clip is (c = ``vae.config.temporal_compression_ratio``, 4 for CogVideoX;
+H = ``history_latent_frames``, 2): H history latents, the condition latent (c video frames with causal
+context, as every later condition frame), then G groups of W. The condition stays clean and group g is
+noised with fresh noise to the top of its band, so every per-frame timestep vector the transformer sees,
+the first windows included, is one training draws; the stream regenerates the clip's last G * W latent
+frames from there and continues.
+
+Frame accounting: the decoder is primed with ``[history, condition]``, its first batch (output discarded),
+so each emitted group of W latent frames decodes whole into ``c * W`` video frames (W must be a multiple
+of the decoder's frame batch, 2). K groups give ``c * W * K`` frames, exactly ``vae.decode`` of
+``[history, condition, group_0, ..., group_K-1]`` without its first ``1 + c * H`` frames.
 """
 
 from __future__ import annotations
@@ -23,13 +28,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.utils.torch_utils import randn_tensor
 
 from stage2.cogvideox.pipeline_cogvideox import InteractivePipeline
 from stage3.cogvideox.scheduler import CONDITION_FRAMES, SwinScheduler
 from thematrix.controls import ControlError, ControlVocabulary
 from thematrix.schedules import GroupedInferenceSchedule, expand_group_timesteps
-from thematrix.streaming_vae import StreamingDecoder
+from thematrix.streaming_vae import StreamingDecoder, first_batch_size
 
 # One list of W tokens per group: a callable of the group's index, an iterable of lists (or of "D,DL"
 # strings), or one "D,D,DL" string cycled per latent frame.
@@ -37,16 +43,27 @@ Controls = str | Callable[[int], Sequence[str]] | Iterable[str | Sequence[str]]
 VIDEO_CHANNELS = 3
 
 
+def history_latent_frames(vae) -> int:
+    """H: latent frames encoded before the condition latent, so that ``[history, condition]`` is exactly the
+    streaming decoder's first batch (2 for CogVideoX: the causal first frame and one more). Training drops
+    them from every clip; the stream decodes them only to prime the decoder's caches."""
+    return first_batch_size(vae) - CONDITION_FRAMES
+
+
+def window_clip_frames(vae, num_groups: int, group_size: int) -> int:
+    """Video frames of a clip that encodes to one window and its history: 1 + c * (H + G * W) (73 for G = W = 4)."""
+    return 1 + vae.config.temporal_compression_ratio * (history_latent_frames(vae) + num_groups * group_size)
+
+
 @dataclass
 class StreamChunk:
     """One emitted group, decoded.
 
-    ``frames`` ``[n, 3, H, W]`` float32 in [-1, 1] on the CPU (n = 1 + c * W for the first chunk, c * W after);
-    ``controls`` the W tokens of the group; ``frame_controls`` the control active in each of the n frames (the
-    first chunk's first frame shows the condition frame's); ``latents`` ``[f, C, h, w]`` on the CPU, the
-    clean latent frames the chunk's frames decode from (the condition frame and the group for the first
-    chunk); ``group_index`` counts from 0; ``elapsed_s`` is the time from the start of the stream until the
-    chunk was ready; ``state_nbytes`` the bytes the stream holds between chunks (window and decoder caches).
+    ``frames`` ``[c * W, 3, H, W]`` float32 in [-1, 1] on the CPU; ``controls`` the W tokens of the group;
+    ``frame_controls`` the control active in each frame; ``latents`` ``[W, C, h, w]`` on the CPU, the clean
+    latent frames the chunk's frames decode from; ``group_index`` counts from 0; ``elapsed_s`` is the time
+    from the start of the stream until the chunk was ready; ``state_nbytes`` the bytes the stream holds
+    between chunks (window and decoder caches).
     """
 
     frames: torch.Tensor
@@ -109,13 +126,12 @@ class SwinDPMPipeline(InteractivePipeline):
     ) -> Iterator[StreamChunk]:
         """Start a stream; returns an iterator of ``StreamChunk``, one per emitted group (endless if ``max_groups`` is None).
 
-        ``initial_video`` ``[F0, 3, H, W]`` in [-1, 1], F0 = c*k+1: it is VAE-encoded whole and its last latent
-        frame becomes the first condition frame, so the condition carries the clip's motion context as every
-        later (mid-stream) condition frame does. ``controls`` gives each group's W tokens when the group enters
-        the window (at start for the first ``num_groups`` groups, then after each emitted chunk), so a player
-        steers the groups still to come. ``initial_control`` is the first condition frame's control (default:
-        the first group's first token); later condition frames keep the control of the frame they were.
-        Arguments are checked here; the work runs as the iterator is consumed.
+        ``initial_video`` ``[F0, 3, H, W]`` in [-1, 1] with at least ``window_clip_frames`` frames: its last ones
+        start the stream (see the module docstring). ``controls`` gives each group's W tokens when the group
+        enters the window (at start for the first ``num_groups`` groups, then after each emitted chunk), so a
+        player steers the groups still to come. ``initial_control`` is the first condition frame's control
+        (default: the first group's first token); later condition frames keep the control of the frame they
+        were. Arguments are checked here; the work runs as the iterator is consumed.
         """
         schedule = self.scheduler.grouped_schedule(num_inference_steps, num_groups)
         decoder = StreamingDecoder(self.vae)
@@ -126,7 +142,7 @@ class SwinDPMPipeline(InteractivePipeline):
             )
         if max_groups is not None and max_groups < 1:
             raise ValueError(f"max_groups must be at least 1 (or None for an endless stream), got {max_groups}")
-        self._check_initial_video(initial_video)
+        clip = self.window_clip(initial_video, num_groups, group_size)
         vocabulary = self.transformer.control_vocabulary
         if initial_control is not None:
             vocabulary.token_id(initial_control)
@@ -134,48 +150,53 @@ class SwinDPMPipeline(InteractivePipeline):
         if (prompt_embeds is None) != (negative_prompt_embeds is None):
             raise ValueError("pass prompt_embeds and negative_prompt_embeds together, or neither (then prompt is encoded)")
         return self._stream(
-            prompt=prompt, negative_prompt=negative_prompt, initial_video=initial_video, source=source,
+            prompt=prompt, negative_prompt=negative_prompt, clip=clip, source=source,
             initial_control=initial_control, schedule=schedule, decoder=decoder, group_size=group_size,
             guidance_scale=guidance_scale, control_guidance_scale=control_guidance_scale, generator=generator,
             max_groups=max_groups, prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
         )
 
+    @staticmethod
+    def check_steps(num_inference_steps: int, num_groups: int) -> None:
+        """Refuse a step count this stream cannot take (before any work; the inference CLI checks its options)."""
+        GroupedInferenceSchedule.check_steps(num_inference_steps, num_groups)
+
     def generate(
         self, prompt: str, initial_video: torch.Tensor, controls: Controls, max_groups: int, **stream_options
     ) -> tuple[torch.Tensor, list[str]]:
-        """The first ``max_groups`` groups of ``stream`` as one video ``[1 + c * W * K, 3, H, W]`` (CPU) and the
-        control of each latent frame, condition frame first (``video_frame_labels`` turns them into frame labels)."""
+        """The first ``max_groups`` groups of ``stream`` as one video ``[c * W * K, 3, H, W]`` (CPU) and the
+        control active in each of its frames."""
         chunks = list(self.stream(prompt, initial_video, controls, max_groups=max_groups, **stream_options))
         video = torch.cat([chunk.frames for chunk in chunks])
-        tokens = chunks[0].frame_controls[:CONDITION_FRAMES] + [token for chunk in chunks for token in chunk.controls]
-        return video, tokens
+        return video, [label for chunk in chunks for label in chunk.frame_controls]
 
-    def _check_initial_video(self, video: torch.Tensor) -> None:
-        compression = self.temporal_compression
+    def window_clip(self, video: torch.Tensor, num_groups: int, group_size: int) -> torch.Tensor:
+        """The last ``window_clip_frames`` frames of ``video`` ``[F0, 3, H, W]``, after checking its shape."""
+        frames = window_clip_frames(self.vae, num_groups, group_size)
         alignment = self.vae_scale_factor_spatial * self.transformer.config.patch_size
         if video.ndim != 4 or video.shape[1] != VIDEO_CHANNELS:
             raise ValueError(
                 f"initial_video must be [frames, {VIDEO_CHANNELS}, height, width] in [-1, 1], got shape {list(video.shape)}"
             )
-        frames, _, height, width = video.shape
-        if (frames - 1) % compression:
+        if len(video) < frames:
             raise ValueError(
-                f"initial_video has {frames} frames; it needs {compression}k+1 (the VAE compresses time by "
-                f"{compression}): use its last {frames - 1 - (frames - 1) % compression + 1} frames"
+                f"initial_video has {len(video)} frames; a stream of {num_groups} groups of {group_size} latent frames "
+                f"starts from the last {frames} frames of a clip (1 + {self.temporal_compression} x "
+                f"({history_latent_frames(self.vae)} + {num_groups} x {group_size})): pass a longer clip"
             )
+        height, width = video.shape[-2:]
         if height % alignment or width % alignment:
             raise ValueError(
                 f"initial_video is {height}x{width}; height and width must be multiples of {alignment} (VAE "
                 f"downsampling x transformer patch size); resize it to the model's size {self.native_size[1:]}"
             )
+        return video[-frames:]
 
     @torch.no_grad()
-    def encode_condition_frame(self, video: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """Scaled latent ``[1, 1, C, h, w]`` (float32) of the last latent frame of ``video`` ``[F0, 3, H, W]``,
-        drawn from the VAE's distribution as the training latents are."""
-        clip = video.to(self.vae.device, self.vae.dtype).permute(1, 0, 2, 3)[None]  # [1, 3, F0, H, W]
-        latents = self.vae.encode(clip).latent_dist.sample(generator) * self.vae.config.scaling_factor
-        return latents[:, :, -CONDITION_FRAMES:].permute(0, 2, 1, 3, 4).float()
+    def encode_window(self, clip: torch.Tensor) -> DiagonalGaussianDistribution:
+        """The VAE's latent distribution ``[1, C, H + 1 + G * W, h, w]`` of a window clip ``[F, 3, H, W]``: history,
+        condition, groups. Stage 3's training encodes its clips alike and drops the first H latent frames."""
+        return self.vae.encode(clip.to(self.vae.device, self.vae.dtype).permute(1, 0, 2, 3)[None]).latent_dist
 
     @torch.no_grad()
     def _stream(
@@ -183,7 +204,7 @@ class SwinDPMPipeline(InteractivePipeline):
         *,
         prompt: str,
         negative_prompt: str,
-        initial_video: torch.Tensor,
+        clip: torch.Tensor,
         source: Callable[[int], Sequence],
         initial_control: str | None,
         schedule: GroupedInferenceSchedule,
@@ -218,18 +239,21 @@ class SwinDPMPipeline(InteractivePipeline):
             tokens = [condition_token] + [token for tokens in group_tokens for token in tokens]
             return torch.tensor([vocabulary.encode(tokens)], device=device)
 
-        # 1. Window: the clean condition frame, then G groups of pure noise (float32 [1, 1 + G * W, C, h, w]).
-        condition = self.encode_condition_frame(initial_video, generator).to(device)
-        group_shape = (1, group_size, *condition.shape[2:])
+        # 1. The clip's latents, drawn from the VAE's distribution as training draws them (float32
+        # [1, H + 1 + G * W, C, h, w]); [history, condition] primes the decoder, its frames are not shown.
+        latents = self.encode_window(clip).sample(generator).permute(0, 2, 1, 3, 4).float().to(device)
+        latents = latents * self.vae.config.scaling_factor
+        history = history_latent_frames(self.vae)
+        decoder.decode(latents[:, : history + CONDITION_FRAMES])
+
+        # 2. The first window, in distribution: the condition clean, group g noised to the top of band g.
         group_tokens = [self._group_controls(source, group, group_size, vocabulary) for group in range(schedule.num_groups)]
         condition_token = initial_control or group_tokens[0][0]
-        noise = [randn_tensor(group_shape, generator=generator, device=device, dtype=torch.float32) for _ in group_tokens]
-        latents = torch.cat([condition, *noise], dim=1)
+        window = latents[:, history:]
+        noise = randn_tensor(window.shape, generator=generator, device=device, dtype=torch.float32)
+        latents = schedule.start_window(window, noise, group_size)
+        group_shape = (1, group_size, *latents.shape[2:])
         control_ids = window_control_ids(condition_token, group_tokens)
-
-        # 2. Warm-up: denoise together until the groups sit at the tops of their bands.
-        for step in range(schedule.num_warmup_steps):
-            latents = denoise(latents, control_ids, schedule.warmup_timesteps(step), schedule.warmup_timesteps(step + 1))
 
         group_index = 0
         while True:
@@ -237,14 +261,12 @@ class SwinDPMPipeline(InteractivePipeline):
             for step in range(schedule.steps_per_band):
                 latents = denoise(latents, control_ids, schedule.window_timesteps(step), schedule.window_timesteps(step + 1))
 
-            # 4. Emit group 0; the first chunk decodes the condition frame before it.
+            # 4. Emit group 0.
             emitted = latents[:, CONDITION_FRAMES : CONDITION_FRAMES + group_size]
-            labels = [token for token in group_tokens[0] for _ in range(compression)]
-            if group_index == 0:
-                emitted, labels = torch.cat([condition, emitted], dim=1), [condition_token] + labels
             frames = decoder.decode(emitted)[0].to("cpu", torch.float32)
             yield StreamChunk(
-                frames=frames.clamp(-1, 1), controls=list(group_tokens[0]), frame_controls=labels,
+                frames=frames.clamp(-1, 1), controls=list(group_tokens[0]),
+                frame_controls=[token for token in group_tokens[0] for _ in range(compression)],
                 latents=emitted[0].to("cpu", copy=True), group_index=group_index,
                 elapsed_s=time.perf_counter() - start,
                 state_nbytes=latents.numel() * latents.element_size() + decoder.state_nbytes(),

@@ -3,7 +3,7 @@ pretrained_model_name_or_path at stage 2's model, then run `bash train_text_to_v
 Paths are relative to stage3/. Settings and defaults: thematrix/training/arguments.py,
 stage2/training/arguments.py and stage3/training/arguments.py.
 
-Memory at 65 frames 480x720, batch 1, on one 80 GB GPU (see bench/RESULTS.md for measurements):
+Memory for a window of 17 latent frames (73-frame clips) at 480x720, batch 1, on one 80 GB GPU (see bench/RESULTS.md for measurements):
 - full fine-tuning keeps float32 weights, gradients and two Adam moments: 16 bytes per parameter,
   about 31 GB for the 1.97B parameters of the interactive transformer;
 - gradient_checkpointing = True recomputes activations in backward: without it the activations of

@@ -9,13 +9,13 @@ args.output_dir = "../outputs/demo/stage3"
 
 args.height, args.width, args.fps = 48, 64, 10  # as the earlier tiny stages
 args.num_noise_groups, args.group_size = 2, 2  # window of 1 + 2*2 latent frames
-args.frame_buckets = (17,)  # 1 + 4 * (2 * 2) video frames
+args.frame_buckets = (25,)  # 1 + 4 * (2 + 2 * 2) video frames: 2 history latent frames, then the window
 args.learning_rate = 1e-3
 args.lr_warmup_steps = 0
 args.max_train_steps = 40
 args.checkpointing_steps = 20
 args.validation_steps = 40
-args.validation_groups = 6  # a stream longer than the 17-frame training window
+args.validation_groups = 6  # 48 frames: a stream longer than the 25-frame training clip
 args.validation_num_inference_steps = 4
 args.dataloader_num_workers = 0
 args.gradient_checkpointing = False

@@ -28,10 +28,11 @@ class ScmArgs(SwinArgs):
     # the boundary information then reaches the top of a phase through N / G = 10 bootstrapped targets.
     # k >= N / G makes every target the teacher's own solution at the boundary (no bootstrapping, k forwards).
     skipping_interval: int = 1
-    # Guidance distillation: the teacher's velocity is classifier-free guided with these scales, so the
-    # student learns the guided ODE and needs one forward per group at inference, with no CFG pass.
-    distill_guidance: bool = False
-    guidance_scale: float = 6.0  # CogVideoX's default text guidance
+    # Guidance distillation (the recipe's setting): the teacher's velocity is classifier-free guided with these
+    # scales, as stage 3's streams are by default, so the student learns the guided ODE and needs one forward
+    # per group at inference, with no CFG pass; the teacher pays for the guidance's extra forwards.
+    distill_guidance: bool = True
+    guidance_scale: float = 6.0  # CogVideoX's default text guidance, stage 3's stream default
     control_guidance_scale: float = 1.0  # > 1 also distils stronger control following
 
     # --- student and target -------------------------------------------------------------------------
@@ -57,6 +58,11 @@ class ScmArgs(SwinArgs):
             raise ConfigError(
                 f"args.teacher_num_inference_steps = {self.teacher_num_inference_steps} must be divisible by "
                 f"args.num_noise_groups = {self.num_noise_groups}: each phase holds N / G teacher steps"
+            )
+        if self.validation_num_inference_steps != self.num_noise_groups:
+            raise ConfigError(
+                f"args.validation_num_inference_steps = {self.validation_num_inference_steps} must equal "
+                f"args.num_noise_groups = {self.num_noise_groups}: the student takes one step per group"
             )
         if self.skipping_interval < 1:
             raise ConfigError(f"args.skipping_interval must be at least 1 teacher step, is {self.skipping_interval}")

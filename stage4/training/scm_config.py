@@ -3,10 +3,12 @@ pretrained_model_name_or_path at stage 3's model, then run `bash train_text_to_v
 Paths are relative to stage4/. Settings and defaults: thematrix/training/arguments.py,
 stage2/training/arguments.py, stage3/training/arguments.py and stage4/training/arguments.py.
 
-Measured at 65 frames 480x720, batch 1, bf16, on one H100 (random 2B weights, teacher N = 40, k = 1):
-- student = "full": 3.5 s a step (4.0 s with distill_guidance, the teacher's two CFG forwards), 49 GiB
-  peak: stage 3's full fine-tuning plus the bf16 teacher (4 GB) and the float32 EMA target (8 GB);
+Measured on windows of 17 latent frames at 480x720, batch 1, bf16, on one H100 (random 2B weights, teacher N = 40, k = 1):
+- student = "full": 3.5 s a step (4.0 s with distill_guidance when the guided teacher ran two forwards),
+  49 GiB peak: stage 3's full fine-tuning plus the bf16 teacher (4 GB) and the float32 EMA target (8 GB);
 - student = "lora" (rank 64) with distill_guidance: 4.0 s, 15.6 GiB; the target shares the frozen weights.
+The guided teacher now runs the three predictions of stage 2's guidance formula at control_guidance_scale
+= 1 (two at control_guidance_scale = guidance_scale), so distill_guidance steps take longer than measured.
 """
 
 from stage4.training.arguments import ScmArgs
@@ -17,8 +19,6 @@ args.data_root = "path/to/data_root"
 args.index_file = "path/to/index_file"
 args.output_dir = "../outputs/stage4"
 
-# The student then streams with one forward per group and no CFG pass; the teacher pays 2 forwards a step.
-args.distill_guidance = True
 args.gradient_checkpointing = True  # as stage 3: the full student's activations do not fit otherwise
 args.cache_latents = True  # frees the T5 encoder's memory for the teacher and the target
 args.max_train_steps = 10_000

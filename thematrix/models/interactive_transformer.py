@@ -19,6 +19,11 @@ from typing import Any, Iterator, Sequence
 
 import torch
 from diffusers import CogVideoXTransformer3DModel
+
+# A model directory records this class under this module's path. diffusers' DiffusionPipeline.from_pretrained
+# resolves such an entry from the imported module and picks the load method by the base classes it finds in
+# the module's namespace, so ModelMixin must be importable from here.
+from diffusers import ModelMixin  # noqa: F401
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.attention import Attention
 from diffusers.models.attention_processor import AttnProcessor2_0
@@ -162,8 +167,8 @@ class ControlBlock(nn.Module):
 class InteractiveCogVideoXTransformer3DModel(CogVideoXTransformer3DModel):
     """CogVideoX transformer conditioned on one control token per latent frame, with per-frame timesteps.
 
-    Parameters: every argument of [`CogVideoXTransformer3DModel`] (CogVideoX 1.0 only: ``patch_size_t`` must
-    be ``None``), plus
+    Parameters: every argument of [`CogVideoXTransformer3DModel`] (CogVideoX 1.0 with sin-cos positions only:
+    ``patch_size_t`` must be ``None`` and ``use_rotary_positional_embeddings`` False), plus
         control_dim (`int`, *optional*):
             Width of the control embedding table's rows. Defaults to ``text_embed_dim``, the width of the base
             model's own T5 encoder, which computes the default table (4096 for CogVideoX-2B); 768 for a CLIP
@@ -219,6 +224,12 @@ class InteractiveCogVideoXTransformer3DModel(CogVideoXTransformer3DModel):
             raise ValueError(
                 f"{type(self).__name__} conditions on one control per latent frame and needs one token frame per "
                 f"latent frame: use a CogVideoX 1.0 transformer (patch_size_t=None, got {patch_size_t})"
+            )
+        if use_rotary_positional_embeddings:
+            raise ValueError(
+                f"{type(self).__name__} supports CogVideoX-2B-style transformers, with sin-cos positional embeddings "
+                "(use_rotary_positional_embeddings=False); this one uses rotary embeddings (CogVideoX-5B style), which "
+                "the interactive pipelines do not pass. Stage 1 trains such a model; stages 2-4 need a 2B-style one"
             )
         super().__init__(
             num_attention_heads=num_attention_heads,

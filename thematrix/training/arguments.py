@@ -27,6 +27,9 @@ class TrainingArgs(StrictArgs):
     fps: int = 8  # clips are resampled to this frame rate
     frame_buckets: tuple[int, ...] = (17, 33, 65)  # frames per clip, each 4k+1 (the VAE compresses time 4x); a clip takes the largest that fits
     max_text_seq_length: int = 226  # T5 tokens per caption (CogVideoX's length)
+    # Chance a clip trains with the empty caption, so the unconditional prediction that guidance subtracts
+    # is trained on game clips; drawn per clip, independently of stage 2's control dropout.
+    caption_p_zero: float = 0.1
     dataloader_num_workers: int = 2
     shuffle: bool = True  # a new clip order each epoch, a function of (seed, epoch)
 
@@ -76,6 +79,8 @@ class TrainingArgs(StrictArgs):
         for name in ("train_batch_size", "gradient_accumulation_steps", "max_train_steps", "checkpointing_steps", "fps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"args.{name} must be at least 1, is {getattr(self, name)}")
+        if not 0 <= self.caption_p_zero <= 1:
+            raise ConfigError(f"args.caption_p_zero is a probability, in [0, 1]; got {self.caption_p_zero}")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise ConfigError(f"args.mixed_precision is {self.mixed_precision!r}; use auto, no, bf16 or fp16")
         if self.report_to not in ("tensorboard", "none"):

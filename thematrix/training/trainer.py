@@ -47,6 +47,7 @@ TRAINABLE_WEIGHTS = "trainable.safetensors"
 TRAINER_STATE = "trainer_state.json"
 RESOLVED_CONFIG = "config.json"
 FINAL_MODEL = "model"
+EMPTY_CAPTION = ""
 # Spreads per-sample seeds so that (seed, n) pairs of nearby runs never collide.
 SEED_STRIDE = 1_000_003
 
@@ -54,6 +55,11 @@ SEED_STRIDE = 1_000_003
 def sample_generator(seed: int, sample_position: int, device: torch.device) -> torch.Generator:
     """The generator of the ``sample_position``-th training sample of a run: resume- and batch-invariant."""
     return torch.Generator(device=device).manual_seed(seed * SEED_STRIDE + sample_position)
+
+
+def draw_dropout(generators: list[torch.Generator], probability: float) -> torch.Tensor:
+    """BoolTensor [B]: whether each sample drops a condition, one draw from each sample's own generator."""
+    return torch.stack([torch.rand((), generator=generator, device=generator.device) < probability for generator in generators])
 
 
 def list_checkpoints(checkpoint_root: Path) -> list[Path]:
@@ -110,11 +116,10 @@ class Trainer:
 
     def validation_requests(self) -> Iterator[tuple[str, dict[str, Any]]]:
         """(name, sampling arguments) per validation prompt: its embeddings, a seeded generator, steps, guidance."""
-        negative = self.validation_embeds[-1:]
-        for index, prompt_embeds in enumerate(self.validation_embeds[:-1]):
+        for index, prompt_embeds in enumerate(self.validation_embeds):
             yield f"prompt-{index}", dict(
                 prompt_embeds=prompt_embeds[None],
-                negative_prompt_embeds=negative,
+                negative_prompt_embeds=self.empty_prompt_embeds,
                 generator=torch.Generator(device=self.accelerator.device).manual_seed(self.args.seed + index),
                 num_inference_steps=self.args.validation_num_inference_steps,
                 guidance_scale=self.args.validation_guidance_scale,
@@ -131,14 +136,14 @@ class Trainer:
             yield name, video * 2 - 1, None
 
     def save_final(self, transformer: torch.nn.Module) -> None:
-        """Write what the next stage or inference reads: by default the full model, at ``<output_dir>/model``."""
-        for param in transformer.parameters():  # trained weights were float32; the directory holds one dtype
+        """Write what the next stage or inference reads: by default the full model, at ``<output_dir>/model``.
+
+        Only the transformer is written, in the run's compute dtype (trained weights were float32); the
+        other components are the input model directory's, unchanged.
+        """
+        for param in transformer.parameters():
             param.data = param.data.to(self.weight_dtype)
-        pipeline = self.pipeline_class(
-            tokenizer=self.tokenizer, text_encoder=self.text_encoder, vae=self.vae, transformer=transformer,
-            scheduler=self.scheduler,
-        )
-        save_model_dir(pipeline, self.final_model_dir)
+        save_model_dir(transformer, self.args.pretrained_model_name_or_path, self.final_model_dir)
 
     @property
     def final_model_dir(self) -> Path:
@@ -209,8 +214,9 @@ class Trainer:
             transformer.enable_gradient_checkpointing()
         self.num_trainable_parameters = sum(param.numel() for param in trainable)
 
-        # Validation prompts (and the empty prompt, for guidance) are encoded once, here.
-        self.validation_embeds = self.encode_prompts([*args.validation_prompts, ""])
+        # The empty caption (caption dropout, guidance's negative prompt) and the validation prompts, encoded once.
+        self.empty_prompt_embeds = self.encode_prompts([EMPTY_CAPTION])  # [1, T, D]
+        self.validation_embeds = self.encode_prompts(list(args.validation_prompts))
         self.dataset = self._build_dataset()
         if args.cache_latents:
             # Every caption is encoded now: the text encoder's memory goes back to the CPU.
@@ -345,7 +351,8 @@ class Trainer:
     def prepare_batch(
         self, batch: dict[str, Any], first_sample_position: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Generator]]:
-        """Clean latents [B, F, C, h, w], noise like them, prompt embeddings and each sample's generator.
+        """Clean latents [B, F, C, h, w], noise like them, prompt embeddings (the empty caption's for a sample
+        whose caption is dropped) and each sample's generator.
 
         Every random draw of the n-th sample of the run comes from its own generator, so a batch of two
         equals two accumulated batches of one, and a resumed run draws what the uninterrupted one did.
@@ -362,7 +369,10 @@ class Trainer:
         noise = torch.stack([
             torch.randn(latents.shape[1:], generator=generator, device=device, dtype=latents.dtype) for generator in generators
         ])
-        return latents, noise, prompt_embeds.to(self.weight_dtype), generators
+        # Caption dropout: the empty caption trains the unconditional prediction that guidance subtracts.
+        dropped = draw_dropout(generators, self.args.caption_p_zero)
+        prompt_embeds = torch.where(dropped[:, None, None], self.empty_prompt_embeds, prompt_embeds.to(self.weight_dtype))
+        return latents, noise, prompt_embeds, generators
 
     def compute_loss(self, batch: dict[str, Any], first_sample_position: int) -> torch.Tensor:
         """CogVideoX's v-prediction loss on x0, weighted by 1 / (1 - alpha_bar_t)."""
