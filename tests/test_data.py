@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import thematrix.video as video_module
-from thematrix.controls import DEFAULT_VOCABULARY, VOCABULARY_FILE, ControlError, ControlVocabulary, load_vocabulary
+from thematrix.controls import VOCABULARY_FILE, ControlError, ControlVocabulary, load_vocabulary
 from thematrix.data.dataset import (
     BucketBatchSampler,
     DatasetError,
@@ -471,23 +471,3 @@ def test_bucket_batches_without_drop_last_or_shuffle_cover_everything():
     assert _epoch(ordered, 0) == _epoch(ordered, 5) == [[0, 1, 2], [3, 4, 5], [7, 8, 9], [12, 13, 14]]
     with pytest.raises(ValueError, match="no frame bucket has batch_size=8"):
         BucketBatchSampler(BUCKETS, batch_size=8, seed=0)
-
-
-# ---------------------------------------------------------------- recorder
-
-
-def test_recorder_writes_a_valid_dataset(tmp_path):
-    command = [sys.executable, "data/record_carracing.py", "--output_dir", str(tmp_path), "--episodes", "1",
-               "--clips_per_episode", "2", "--frames_per_clip", "9", "--resolution", "48x72", "--seed", "3"]
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
-    entries = json.loads((tmp_path / "index.json").read_text())["list"]
-    assert [item["path"] for item in entries] == ["videos/episode_0000_clip_00.mp4", "videos/episode_0000_clip_01.mp4"]
-    assert all(set(item) == {"path", "caption", "control_signal_seq", "valid_frame_idx"} for item in entries)
-    samples, problems = load_index(tmp_path / "index.json", tmp_path, DEFAULT_VOCABULARY)
-    assert problems == [] and len(samples) == 2
-    for sample in samples:
-        assert (sample.num_frames, sample.fps, sample.height, sample.width) == (9, 10.0, 48, 72)
-        assert len(sample.frame_controls) == sample.num_frames
-        assert sample.caption.startswith("A top-down view of a red race car")
-    assert validate_main(["--data_root", str(tmp_path), "--index_file", str(tmp_path / "index.json")]) == 0
