@@ -58,11 +58,11 @@ def test_overrides_are_typed():
     args = apply_overrides(
         LoraArgs(),
         ["--rank", "16", "--learning_rate=3e-4", "--gradient_checkpointing", "false",
-         "--frame_buckets", "9", "17", "--cache_dir", "none", "--validation_prompts", "a car, on a track", "a track"],
+         "--frame_buckets", "9", "17", "--cache_dir", "none", "--validation_prompts", "a corridor, then stairs", "a door"],
     )
     assert args.rank == 16 and args.learning_rate == 3e-4 and args.gradient_checkpointing is False
     assert args.frame_buckets == (9, 17) and args.cache_dir is None
-    assert args.validation_prompts == ("a car, on a track", "a track")
+    assert args.validation_prompts == ("a corridor, then stairs", "a door")
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@
 
 Index format (JSON)::
 
-    {"list": [{"path": "clip.mp4", "caption": "...", "control_signal_seq": "D,D,DL,...",
+    {"list": [{"path": "clip.mp4", "caption": "...", "control_signal_seq": "W,W,JUMP,...",
                "valid_frame_idx": 0}, ...]}
 
 ``path`` is relative to ``data_root`` and must stay inside it (unless allowed);
