@@ -18,8 +18,10 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import pygame  # noqa: F401 - before decord loads: see thematrix/data/gym_recorder.py
 
-# First: it loads pygame before thematrix.cli loads decord (see thematrix/data/gym_recorder.py).
+from thematrix.cli import run
+from thematrix.controls import CAR_RACING_GAME_FILE
 from thematrix.data.gym_recorder import (
     MOTION_SEPARATOR,
     MOTIONS_FIELD,
@@ -29,8 +31,6 @@ from thematrix.data.gym_recorder import (
     load_game,
     main_motions,
 )
-from thematrix.cli import run
-from thematrix.controls import CAR_RACING_GAME_FILE
 
 DEFAULT_FPS = 10
 # Action = (steer in [-1, 1] with -1 full left, gas in [0, 1], brake in [0, 1]).

@@ -17,7 +17,9 @@ import argparse
 import json
 from pathlib import Path
 
-# First: it loads pygame before thematrix.cli loads decord (see thematrix/data/gym_recorder.py).
+import pygame  # noqa: F401 - before decord loads: see thematrix/data/gym_recorder.py
+
+from thematrix.cli import run
 from thematrix.data.gym_recorder import (
     GymRecorder,
     add_recording_arguments,
@@ -25,7 +27,6 @@ from thematrix.data.gym_recorder import (
     game_from_flags,
     load_game,
 )
-from thematrix.cli import run
 
 DEFAULT_FPS = 10
 

@@ -42,9 +42,9 @@ from thematrix.data.dataset import resize_center_crop
 from thematrix.data.index import INDEX_LIST_KEY, load_index
 from thematrix.video import write_mp4
 
-# decord bundles an old zlib; once it is loaded, pygame's PNG reader binds to it and fails ("Error reading the
-# PNG file"), so environments that draw PNG sprites (Pendulum) cannot render. pygame imported first keeps its
-# own: recorder scripts import this module before anything that imports decord.
+# decord loads its libraries into the global symbol scope, an old zlib among them; pygame's PNG reader loaded
+# after that binds to it and fails ("Error reading the PNG file"), so envs that draw PNG sprites (Pendulum) cannot
+# render. A recorder script imports pygame among its third-party imports, before any thematrix module loads decord.
 
 ENV_ID_KEY, ENV_KWARGS_KEY, ACTIONS_KEY, WARMUP_KEY, CAPTION_KEY, MOTIONS_KEY = (
     "env_id", "env_kwargs", "actions", "warmup", "caption", "motions",
