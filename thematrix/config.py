@@ -410,7 +410,8 @@ def parse_command_line(
         add_help=False,
     )
     parser.add_argument("-h", "--help", action="store_true", help="list every setting, its default and what it does")
-    parser.add_argument("--config", default=str(default_config), help="config file (default: %(default)s)")
+    parser.add_argument("--config", default=str(default_config),
+                        help=f"config file (default: {os.path.relpath(default_config, stage_dir)} in {stage_dir.name}/)")
     known, overrides = parser.parse_known_args(argv)
     if known.help:
         try:
