@@ -31,6 +31,16 @@ from thematrix.data.gym_recorder import (
 DEFAULT_FPS = 10
 
 
+def json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"{text!r} is not JSON ({error})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a JSON object; write {{\"option\": value}}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
@@ -39,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--control", nargs=3, action="append", default=[], metavar=("TOKEN", "ACTION", "PHRASE"),
                         help="with --env: a token, its env action as JSON (2, or [0.5, -1.0]) and its phrase; repeat")
     parser.add_argument("--caption", help="with --env: caption template, {motions} = the clip's main controls")
-    parser.add_argument("--env_kwargs", type=json.loads, default={}, help="JSON object of gym.make options, e.g. "
+    parser.add_argument("--env_kwargs", type=json_object, default={}, help="JSON object of gym.make options, e.g. "
                         '\'{"continuous": true}\' (added to the game file\'s)')
     add_recording_arguments(parser, fps=DEFAULT_FPS)
     options = parser.parse_args(argv)

@@ -81,12 +81,13 @@ class Game:
 
     def __post_init__(self):
         where = self.source
-        if set(self.actions) != set(self.vocabulary.tokens):
-            raise ControlError(
-                f"{where}: {ACTIONS_KEY}: tokens {sorted(set(self.vocabulary.tokens) - set(self.actions))} have no "
-                f"action and {sorted(set(self.actions) - set(self.vocabulary.tokens))} no phrase. Fix: give every "
-                "token of the vocabulary exactly one action"
-            )
+        without_action = sorted(set(self.vocabulary.tokens) - set(self.actions))
+        not_tokens = sorted(set(self.actions) - set(self.vocabulary.tokens))
+        if without_action or not_tokens:
+            found = [f"tokens {without_action} have no action"] * bool(without_action)
+            found += [f"{not_tokens} are not tokens of the vocabulary"] * bool(not_tokens)
+            raise ControlError(f"{where}: {ACTIONS_KEY}: {' and '.join(found)}. Fix: give every token of the "
+                               "vocabulary exactly one action")
         unknown = sorted(set(self.motions) - set(self.vocabulary.tokens))
         if unknown:
             raise ControlError(f"{where}: {MOTIONS_KEY}: {unknown} are not tokens of the vocabulary. Fix: remove them")
