@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from thematrix.data.dataset import (
     VideoDataset,
     collate_batch,
 )
+from thematrix.data.decoder import STDERR_FD, VideoDecodeError, decode_quietly
 from thematrix.data.index import IndexFormatError, load_index
 from thematrix.data.validate import main as validate_main
 from thematrix.video import (
@@ -247,6 +249,19 @@ def test_load_index_keeps_decoder_noise_off_the_terminal(broken_index, capfd):
     # decord's own reason, without its time stamp and source location
     assert corrupt.startswith("entry 2 (corrupt.mp4): path: cannot be decoded as a video (ERROR opening: ")
     assert ".cc:" not in corrupt and "\n" not in corrupt
+
+
+def test_decoder_log_is_held_back_but_other_output_passes(capfd):
+    def read():
+        os.write(STDERR_FD, b"[07:33:08] /src/video/video_reader.cc:83: ERROR opening: x.mp4, Invalid data\n")
+        os.write(STDERR_FD, b"[mov,mp4,m4a @ 0x55e8e7f41240] moov atom not found\n")
+        os.write(STDERR_FD, b"a line of another thread\n")
+        raise RuntimeError("Error reading x.mp4...")
+
+    with pytest.raises(VideoDecodeError, match=r"^ERROR opening: x\.mp4, Invalid data$"):
+        decode_quietly(read)
+    assert capfd.readouterr().err == "a line of another thread\n"
+    assert decode_quietly(lambda: 7) == 7 and capfd.readouterr().err == ""
 
 
 @pytest.mark.parametrize(

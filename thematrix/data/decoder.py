@@ -4,7 +4,8 @@ decord prints from C++ to the process's stderr: FFmpeg's messages ("moov atom no
 log lines ("[12:00:00] /src/video/video_reader.cc:83: ERROR opening: clip.mp4, Invalid data found when
 processing input"). FFmpeg's are switched off with decord's log level; decord's own go through a logger
 without a switch, so they are captured at the file-descriptor level while decord runs, and the last
-one, without its time and source location, becomes the reason of the error that follows.
+one, without its time and source location, becomes the reason of the error that follows. Anything
+else written to stderr meanwhile (another thread's output) is passed on.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import decord
 STDERR_FD = 2
 # "[12:00:00] /path/to/source.cc:83: " before each of decord's messages.
 _LOG_LOCATION_PREFIX = re.compile(r"^\[[^\]]*\]\s*\S+:\d+:\s*")
+# "[mov,mp4,m4a @ 0x55e8e7f41240] " before each of FFmpeg's, should any come through.
+_FFMPEG_PREFIX = re.compile(r"^\[[^\]]* @ 0x[0-9a-f]+\]")
 
 T = TypeVar("T")
 
@@ -61,9 +64,15 @@ def decode_quietly(read: Callable[[], T]) -> T:
     (DECORDError, RuntimeError, AssertionError) for unreadable files.
     """
     decord.logging.set_level(decord.logging.QUIET)
+    failure = None
     with _captured_native_stderr() as log:
         try:
-            return read()
+            result = read()
         except Exception as error:  # noqa: BLE001 - every decord failure becomes one message
             failure = error
-    raise VideoDecodeError(_reason(failure, log)) from None
+    others = [line for line in log if not (_LOG_LOCATION_PREFIX.match(line) or _FFMPEG_PREFIX.match(line))]
+    if others:
+        print("\n".join(others), file=sys.stderr)
+    if failure is not None:
+        raise VideoDecodeError(_reason(failure, log)) from None
+    return result
