@@ -33,7 +33,7 @@ class CountingEncoders:
 def dataset(tiny_dataset):
     samples, _ = load_index(tiny_dataset[1], tiny_dataset[0], DEFAULT_VOCABULARY)
     return VideoDataset(samples, fps=CLIP_FPS, height=TINY_HEIGHT, width=TINY_WIDTH,
-                        frame_buckets=(CLIP_FRAMES,), temporal_compression=4)
+                        frame_buckets=(CLIP_FRAMES,), temporal_compression=4, vocabulary=DEFAULT_VOCABULARY)
 
 
 def test_cache_is_reused_until_an_input_changes(dataset, tmp_path):

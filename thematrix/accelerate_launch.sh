@@ -2,7 +2,7 @@
 # Shared by the stage launchers: run a training script through `accelerate launch` on the GPUs in
 # GPU_IDS (NUM_PROCESSES processes over all machines, one per GPU), or as NUM_PROCESSES CPU processes
 # on a machine without a GPU. ACCELERATE_CONFIG and multi-node settings: accelerate_configs/README.md.
-# Usage: accelerate_launch.sh SCRIPT [ARGS...]
+# Usage: accelerate_launch.sh SCRIPT [ARGS...]; exits with the training script's exit code (2: bad input).
 set -euo pipefail
 : "${GPU_IDS:=0}" "${NUM_PROCESSES:=1}" "${ACCELERATE_CONFIG:=}"
 : "${NUM_MACHINES:=1}" "${MACHINE_RANK:=0}" "${MAIN_PROCESS_IP:=127.0.0.1}" "${MAIN_PROCESS_PORT:=29500}"
@@ -19,7 +19,8 @@ if python -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)
   fi
   DEVICE_FLAGS=(--gpu_ids "$GPU_IDS" "${MODE_FLAGS[@]}")
 elif [[ -n $ACCELERATE_CONFIG ]]; then
-  echo "ACCELERATE_CONFIG=$ACCELERATE_CONFIG needs GPUs: accelerate runs FSDP and DeepSpeed only on them" >&2
+  echo "error: ACCELERATE_CONFIG=$ACCELERATE_CONFIG needs GPUs: accelerate runs FSDP and DeepSpeed only on them." \
+    "Fix: unset ACCELERATE_CONFIG on a machine without GPUs" >&2
   exit 2
 elif (( NUM_PROCESSES > 1 )); then
   # `--cpu` starts several processes only through mpirun; torchrun's (--multi_gpu) become CPU ranks
@@ -31,5 +32,6 @@ else
   DEVICE_FLAGS=(--cpu "${PLAIN_FLAGS[@]}" --num_cpu_threads_per_process "$(nproc)")
 fi
 
-exec accelerate launch "${DEVICE_FLAGS[@]}" --num_processes "$NUM_PROCESSES" --num_machines "$NUM_MACHINES" \
+# `accelerate launch`, but a failed run ends with the training script's own last line and exit code.
+exec python -m thematrix.launch "${DEVICE_FLAGS[@]}" --num_processes "$NUM_PROCESSES" --num_machines "$NUM_MACHINES" \
   --machine_rank "$MACHINE_RANK" --main_process_ip "$MAIN_PROCESS_IP" --main_process_port "$MAIN_PROCESS_PORT" "$@"

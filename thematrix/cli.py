@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 from typing import Callable
 
 from thematrix.config import ConfigError
 from thematrix.controls import ControlError
 from thematrix.data.dataset import DatasetError
 from thematrix.data.index import IndexFormatError
+from thematrix.hub import ModelIdError
 from thematrix.model_dir import ModelDirError
 
-USER_ERRORS = (ConfigError, ControlError, DatasetError, IndexFormatError, ModelDirError, FileNotFoundError, FileExistsError)
+USER_ERRORS = (
+    ConfigError, ControlError, DatasetError, IndexFormatError, ModelDirError, ModelIdError, FileNotFoundError,
+    FileExistsError,
+)
 USAGE_EXIT_CODE = 2
+# Bad input fails every rank of a multi-process run alike. Ranks other than 0 wait this long before
+# printing: once rank 0 has failed the launcher stops them, so a common error prints once, while an
+# error that only one rank meets is still printed.
+OTHER_RANKS_ERROR_DELAY_S = 10.0
 
 
 def run(main: Callable[[], object]) -> None:
@@ -20,5 +30,7 @@ def run(main: Callable[[], object]) -> None:
     try:
         main()
     except USER_ERRORS as error:
+        if int(os.environ.get("RANK", "0")) != 0:
+            time.sleep(OTHER_RANKS_ERROR_DELAY_S)
         print(f"error: {error}", file=sys.stderr)
         sys.exit(USAGE_EXIT_CODE)

@@ -8,24 +8,69 @@ A stage's config file is plain data::
 
 Assigning a name that is not a setting raises at once, naming the file, the line and the
 closest valid name, so a misspelt setting never silently keeps its default.
+
+On the command line every setting is ``--name value``. A list setting takes several values after
+its flag (``--frame_buckets 17 33 65``) or one JSON list (``--validation_prompts '["A, b", "C"]'``);
+a single value is one item, and a comma inside a value is never a separator.
+
+Settings that are paths are marked ``Annotated[str, PathSetting()]`` (``LocalPath``, ``ModelPath``).
+Relative paths from a config file (and the defaults) are relative to the stage folder, the folder of
+the training script where the launcher runs; relative paths on the command line are relative to the
+current directory. Both become absolute when read, so the saved config says exactly what was used.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import difflib
+import inspect
+import io
 import json
+import os
+import re
 import runpy
 import sys
+import textwrap
+import tokenize
 import types
 import typing
 from pathlib import Path
-from typing import Any, Optional, Sequence, TypeVar
+from typing import Annotated, Any, Optional, Sequence, TypeVar
+
+from thematrix.hub import looks_like_hub_id
 
 
 class ConfigError(ValueError):
     """A setting that is unknown, mistyped or inconsistent; the message says where and how to fix it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PathSetting:
+    """Marks a string setting as a path, resolved as the module docstring says.
+
+    keywords: values that are not paths (e.g. ``"latest"``).
+    hub_id: the value may be a Hugging Face model id (``namespace/name``), kept as it is when no such
+        path exists.
+    """
+
+    keywords: tuple[str, ...] = ()
+    hub_id: bool = False
+
+
+LocalPath = Annotated[str, PathSetting()]
+ModelPath = Annotated[str, PathSetting(hub_id=True)]
+
+NONE_WORDS = ("none", "null")
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+JSON_LIST_START = "["
+_TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+# "# --- model and data ----" heads a group of settings in an arguments.py file.
+_SECTION_COMMENT = re.compile(r"^#\s*-{3,}\s*(?P<title>.*?)\s*-*$")
+HELP_WIDTH = 100
+HELP_INDENT = "      "
 
 
 def _caller_location(depth: int = 2) -> str:
@@ -57,8 +102,80 @@ class StrictArgs:
 ArgsT = TypeVar("ArgsT", bound=StrictArgs)
 
 
-def load_config(path: str | Path, expected: type[ArgsT]) -> ArgsT:
-    """Run a config file and return its ``args``, checking it is the settings class the script needs."""
+# ---------------------------------------------------------------- types and paths
+
+
+def _setting_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls, include_extras=True)
+
+
+def _without_none(annotation: Any) -> tuple[Any, bool]:
+    """(the annotation without ``Optional``, whether None is allowed)."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        members = typing.get_args(annotation)
+        if type(None) in members:
+            (inner,) = [member for member in members if member is not type(None)]
+            return inner, True
+    return annotation, False
+
+
+def _path_setting(annotation: Any) -> Optional[PathSetting]:
+    annotation, _ = _without_none(annotation)
+    if typing.get_origin(annotation) is Annotated:
+        return next((mark for mark in annotation.__metadata__ if isinstance(mark, PathSetting)), None)
+    return None
+
+
+def path_settings(cls: type) -> dict[str, PathSetting]:
+    """The path settings of ``cls``: marked in any of its classes, so a subclass that redeclares a default
+    (``output_dir: str = ...``) keeps the mark."""
+    marks: dict[str, PathSetting] = {}
+    for ancestor in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(ancestor):
+            for name, annotation in _setting_types(ancestor).items():
+                mark = _path_setting(annotation)
+                if mark is not None:
+                    marks.setdefault(name, mark)
+    return marks
+
+
+def _base_type(annotation: Any) -> Any:
+    annotation, _ = _without_none(annotation)
+    return typing.get_args(annotation)[0] if typing.get_origin(annotation) is Annotated else annotation
+
+
+def resolve_path(value: str, setting: PathSetting, base_dir: Path) -> str:
+    """``value`` as an absolute path, relative ones taken from ``base_dir``; keywords and hub ids stay as they are."""
+    if value in setting.keywords:
+        return value
+    path = Path(value).expanduser()
+    resolved = Path(os.path.abspath(base_dir / path))
+    if setting.hub_id and not path.is_absolute() and not resolved.exists() and looks_like_hub_id(value):
+        return value
+    return str(resolved)
+
+
+def resolve_paths(args: StrictArgs, base_dir: Path, names: Optional[Sequence[str]] = None) -> None:
+    """Make the path settings ``names`` (default: all) of ``args`` absolute, relative ones taken from ``base_dir``."""
+    for name, setting in path_settings(type(args)).items():
+        value = getattr(args, name)
+        if isinstance(value, str) and (names is None or name in names):
+            object.__setattr__(args, name, resolve_path(value, setting, base_dir))
+
+
+# ---------------------------------------------------------------- config files
+
+
+def stage_folder(default_config: str | Path) -> Path:
+    """The folder of a stage's training script, from its default config (``<stage>/training/*_config.py``)."""
+    return Path(default_config).resolve().parent.parent
+
+
+def load_config(path: str | Path, expected: type[ArgsT], base_dir: Optional[Path] = None) -> ArgsT:
+    """Run a config file and return its ``args``, checking it is the settings class the script needs.
+
+    With ``base_dir``, relative path settings (assigned or default) become absolute paths under it.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; pass --config with the path of a *_config.py")
@@ -71,61 +188,238 @@ def load_config(path: str | Path, expected: type[ArgsT]) -> ArgsT:
             f"{path}: `args` is a {type(args).__name__}, but this script trains with {expected.__name__}; "
             f"use `args = {expected.__name__}()`"
         )
+    if base_dir is not None:
+        resolve_paths(args, base_dir)
     return args
 
 
-def _parse_value(text: str, annotation: Any, name: str) -> Any:
-    origin = typing.get_origin(annotation)
-    type_args = typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType) and type(None) in type_args:
-        if text.lower() in ("none", "null", ""):
-            return None
-        (inner,) = [arg for arg in type_args if arg is not type(None)]
-        return _parse_value(text, inner, name)
-    if origin in (tuple, list):
-        item_type = type_args[0] if type_args else str
-        items = [_parse_value(item.strip(), item_type, name) for item in text.split(",") if item.strip()]
-        return tuple(items) if origin is tuple else items
+# ---------------------------------------------------------------- command line
+
+
+def _parse_scalar(text: str, annotation: Any, name: str) -> Any:
     if annotation is bool:
-        if text.lower() in ("1", "true", "yes", "on"):
+        if text.lower() in TRUE_WORDS:
             return True
-        if text.lower() in ("0", "false", "no", "off"):
+        if text.lower() in FALSE_WORDS:
             return False
         raise ConfigError(f"--{name} takes true or false, not {text!r}")
     try:
         return annotation(text)
     except (TypeError, ValueError):
-        raise ConfigError(f"--{name} takes a {getattr(annotation, '__name__', annotation)}, not {text!r}") from None
+        kind = _TYPE_WORDS.get(annotation, getattr(annotation, "__name__", str(annotation)))
+        raise ConfigError(f"--{name} takes {kind}, not {text!r}") from None
 
 
-def apply_overrides(args: ArgsT, overrides: Sequence[str]) -> ArgsT:
-    """Apply ``--name value`` pairs to ``args``, typed by the dataclass annotations."""
-    hints = typing.get_type_hints(type(args))
+def _json_item(item: Any, annotation: Any, name: str) -> Any:
+    """One item of a JSON list as the setting's item type (JSON 1 is a float where floats are expected)."""
+    if annotation is float and isinstance(item, (int, float)) and not isinstance(item, bool):
+        return float(item)
+    if isinstance(item, annotation) and (annotation is bool or not isinstance(item, bool)):
+        return item
+    raise ConfigError(f"--{name}: the JSON list holds {json.dumps(item)}, but each item must be {_TYPE_WORDS[annotation]}")
+
+
+def _parse_list(values: list[str], item_type: Any, name: str) -> list:
+    if len(values) == 1 and values[0].lstrip().startswith(JSON_LIST_START):
+        try:
+            items = json.loads(values[0])
+        except json.JSONDecodeError as error:
+            raise ConfigError(
+                f"--{name} {values[0]!r} starts with {JSON_LIST_START!r} but is not a JSON list ({error}); write a "
+                f"JSON list, e.g. '[\"first\", \"second\"]', which also passes an item that starts with {JSON_LIST_START!r}"
+            ) from None
+        if not isinstance(items, list):
+            raise ConfigError(f"--{name} {values[0]!r} is JSON but not a list")
+        return [_json_item(item, item_type, name) for item in items]
+    try:
+        return [_parse_scalar(value, item_type, name) for value in values]
+    except ConfigError as error:
+        raise ConfigError(
+            f"{error}; a list setting takes its items as several values after the flag "
+            f"(--{name} A B C) or as one JSON list (--{name} '[...]')"
+        ) from None
+
+
+def parse_setting(values: list[str], annotation: Any, name: str) -> Any:
+    """The values after ``--name`` as the setting's type (paths are not resolved here)."""
+    inner, nullable = _without_none(annotation)
+    inner = _base_type(inner)
+    if nullable and len(values) == 1 and values[0].lower() in (*NONE_WORDS, ""):
+        return None
+    origin = typing.get_origin(inner)
+    if origin in (tuple, list):
+        item_args = typing.get_args(inner)
+        items = _parse_list(values, item_args[0] if item_args else str, name)
+        return tuple(items) if origin is tuple else items
+    if len(values) != 1:
+        raise ConfigError(
+            f"--{name} takes one value, got {len(values)}: {values}; quote a value that has spaces"
+        )
+    return _parse_scalar(values[0], inner, name)
+
+
+def apply_overrides(args: ArgsT, overrides: Sequence[str], base_dir: Optional[Path] = None) -> ArgsT:
+    """Apply ``--name value [value ...]`` to ``args``, typed by the dataclass annotations.
+
+    Relative paths become absolute under ``base_dir`` (default: the current directory).
+    """
+    hints = _setting_types(type(args))
     remaining = list(overrides)
     while remaining:
         flag = remaining.pop(0)
         if not flag.startswith("--"):
             raise ConfigError(f"expected --name value, got {flag!r}")
-        name, _, value = flag[2:].partition("=")
-        if not value:
-            if not remaining:
-                raise ConfigError(f"--{name} needs a value")
-            value = remaining.pop(0)
+        name, equals, value = flag[2:].partition("=")
         if name not in hints:
             close = difflib.get_close_matches(name, hints, n=1)
             hint = f" Did you mean --{close[0]}?" if close else ""
             raise ConfigError(f"--{name} is not a setting of {type(args).__name__}.{hint}")
-        setattr(args, name, _parse_value(value, hints[name], name))
+        values = [value] if equals else []
+        while remaining and not remaining[0].startswith("--"):
+            values.append(remaining.pop(0))
+        if not values:
+            raise ConfigError(f"--{name} needs a value")
+        setattr(args, name, parse_setting(values, hints[name], name))
+        resolve_paths(args, Path.cwd() if base_dir is None else base_dir, names=[name])
     return args
 
 
-def parse_command_line(default_config: str | Path, expected: type[ArgsT], argv: Optional[Sequence[str]] = None) -> ArgsT:
-    """``script.py [--config FILE] [--name value ...]``: the config file, then overrides on top."""
+# ---------------------------------------------------------------- --help from the settings' comments
+
+
+@dataclasses.dataclass
+class SettingDoc:
+    section: Optional[str]  # the "# --- title ---" above the setting, if any
+    doc: str  # the comment lines right above the setting and its inline comment
+    defined_in: type  # the class whose body first declares the setting
+
+
+def _comments_by_row(source: str) -> tuple[dict[int, str], set[int]]:
+    """Comment text per source row, and the rows that hold nothing but a comment."""
+    comments, whole_line = {}, set()
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            row = token.start[0]
+            comments[row] = token.string.lstrip("#").strip()
+            if not token.line[: token.start[1]].strip():
+                whole_line.add(row)
+    return comments, whole_line
+
+
+def _class_setting_docs(cls: type) -> dict[str, tuple[Optional[str], str]]:
+    """name -> (section, doc) for each setting that ``cls``'s own body declares, read from its comments."""
+    try:
+        lines, _ = inspect.getsourcelines(cls)
+    except (OSError, TypeError):
+        return {}
+    source = textwrap.dedent("".join(lines))
+    comments, whole_line = _comments_by_row(source)
+    sections = {row: match["title"] for row, text in comments.items()
+                if row in whole_line and (match := _SECTION_COMMENT.match(f"# {text}"))}
+    docs = {}
+    for statement in ast.parse(source).body[0].body:
+        if not (isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name)):
+            continue
+        above, row = [], statement.lineno - 1
+        while row in whole_line and row not in sections:
+            above.insert(0, comments[row])
+            row -= 1
+        inline = [comments[row] for row in range(statement.lineno, statement.end_lineno + 1)
+                  if row in comments and row not in whole_line]
+        heading = max((row for row in sections if row < statement.lineno), default=None)
+        docs[statement.target.id] = (sections.get(heading), " ".join(above + inline))
+    return docs
+
+
+def setting_docs(cls: type) -> dict[str, SettingDoc]:
+    """Section, doc and defining class of every setting of ``cls``, from the comments in its classes' source.
+
+    A subclass that redeclares a setting keeps its parent's section, and its parent's doc unless it has its own.
+    """
+    result: dict[str, SettingDoc] = {}
+    for ancestor in reversed(cls.__mro__):
+        if not (dataclasses.is_dataclass(ancestor) and issubclass(ancestor, StrictArgs)):
+            continue
+        for name, (section, doc) in _class_setting_docs(ancestor).items():
+            if name in result:
+                result[name].doc = doc or result[name].doc
+            else:
+                result[name] = SettingDoc(section, doc, ancestor)
+    return result
+
+
+def _type_label(annotation: Any, path: Optional[PathSetting]) -> str:
+    inner, nullable = _without_none(annotation)
+    if path is not None:
+        label = "|".join(["PATH_OR_HUB_ID" if path.hub_id else "PATH", *path.keywords])
+    elif typing.get_origin(inner) in (tuple, list):
+        item = typing.get_args(inner)[0].__name__.upper()
+        label = f"{item} [{item} ...]"
+    elif inner is bool:
+        label = "true|false"
+    else:
+        label = inner.__name__.upper()
+    return label + ("|none" if nullable else "")
+
+
+def _source_file(cls: type) -> str:
+    path = Path(inspect.getfile(cls)).resolve()
+    root = Path(__file__).resolve().parents[1]
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
+def settings_help(cls: type, configured: Optional[StrictArgs] = None, config_name: str = "the config file") -> str:
+    """Every setting of ``cls`` with its type, default (and ``configured``'s value where it differs) and doc."""
+    docs = setting_docs(cls)
+    types_ = _setting_types(cls)
+    paths = path_settings(cls)
+    groups: dict[str, list[str]] = {}
+    for field in dataclasses.fields(cls):
+        doc = docs.get(field.name, SettingDoc(None, "", cls))
+        group = f"{doc.section or doc.defined_in.__name__} ({_source_file(doc.defined_in)})"
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        value = f"default: {default!r}"
+        if configured is not None and getattr(configured, field.name) != default:
+            value += f"; {config_name}: {getattr(configured, field.name)!r}"
+        entry = [f"  --{field.name} {_type_label(types_[field.name], paths.get(field.name))}"]
+        entry += textwrap.wrap(f"{doc.doc} [{value}]" if doc.doc else f"[{value}]", HELP_WIDTH,
+                               initial_indent=HELP_INDENT, subsequent_indent=HELP_INDENT,
+                               break_long_words=False, break_on_hyphens=False)
+        groups.setdefault(group, []).extend(entry)
+    return "\n\n".join(f"{group}:\n" + "\n".join(entries) for group, entries in groups.items())
+
+
+def parse_command_line(
+    default_config: str | Path, expected: type[ArgsT], argv: Optional[Sequence[str]] = None,
+    stage_dir: Optional[Path] = None,
+) -> ArgsT:
+    """``script.py [--config FILE] [--name value ...]``: the config file, then overrides on top.
+
+    Relative paths in the config file are relative to ``stage_dir`` (default: the stage folder of
+    ``default_config``); those on the command line to the current directory.
+    """
+    stage_dir = stage_folder(default_config) if stage_dir is None else stage_dir
     parser = argparse.ArgumentParser(
-        description=f"Train with the settings of a config file ({expected.__name__}); "
-        "any setting can be overridden as --name value.",
+        description=textwrap.fill(
+            f"Train with the settings of a config file ({expected.__name__}); any setting can be overridden as "
+            "--name value. A list setting takes several values (--frame_buckets 17 33 65) or a JSON list. Relative "
+            f"paths in the config file are relative to {stage_dir}; here, to the current directory.",
+            HELP_WIDTH, break_long_words=False, break_on_hyphens=False,
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        add_help=False,
     )
-    parser.add_argument("--config", default=str(default_config), help="config file (default: %(default)s)")
+    parser.add_argument("-h", "--help", action="store_true", help="list every setting, its default and what it does")
+    parser.add_argument("--config", default=str(default_config),
+                        help=f"config file (default: {os.path.relpath(default_config, stage_dir)} in {stage_dir.name}/)")
     known, overrides = parser.parse_known_args(argv)
-    args = load_config(known.config, expected)
+    if known.help:
+        try:
+            configured = load_config(known.config, expected, stage_dir)
+        except ConfigError:
+            configured = None
+        parser.epilog = "settings:\n\n" + settings_help(expected, configured, Path(known.config).name)
+        parser.print_help()
+        parser.exit()
+    args = load_config(known.config, expected, stage_dir)
     return apply_overrides(args, overrides)

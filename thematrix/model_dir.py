@@ -7,6 +7,8 @@ import os
 import shutil
 from pathlib import Path
 
+from thematrix.hub import HUB_ID_EXAMPLE, resolve_model_path
+
 TRANSFORMER = "transformer"
 PIPELINE_COMPONENTS = (TRANSFORMER, "vae", "text_encoder", "tokenizer", "scheduler")
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
@@ -20,12 +22,14 @@ class ModelDirError(ValueError):
 
 
 def check_model_dir(path: str | Path, setting: str = "args.pretrained_model_name_or_path") -> Path:
-    """Return ``path`` if it is a complete diffusers CogVideoX directory; otherwise say what is wrong."""
-    path = Path(path)
+    """Return the local directory of ``path`` (a hub id's cached snapshot, see thematrix.hub) if it is a complete
+    diffusers CogVideoX directory; otherwise say what is wrong."""
+    path = resolve_model_path(path, setting)
     if not path.is_dir():
         raise ModelDirError(
             f"{setting} = {str(path)!r} is not a directory. Pass a local diffusers CogVideoX model directory "
-            "(e.g. one written by `python -m thematrix.base_model` or by the previous stage)."
+            "(e.g. one written by `python -m thematrix.base_model` or by the previous stage), or a Hugging Face "
+            f"model id such as {HUB_ID_EXAMPLE!r}."
         )
     if (path / LORA_WEIGHT_NAME).is_file() and not (path / MODEL_INDEX).is_file():
         raise ModelDirError(

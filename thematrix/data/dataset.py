@@ -2,15 +2,15 @@
 
 Each clip is assigned the largest frame bucket (``temporal_compression * k + 1`` frames) that
 its usable frames fill at the training fps; a batch holds clips of one bucket only
-(``BucketBatchSampler``). A clip gets one control token per latent frame: the tokens of the
-sampled frames ``[::temporal_compression]``.
+(``BucketBatchSampler``). With a vocabulary, a clip gets one control token per latent frame: the
+tokens of the sampled frames ``[::temporal_compression]``.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import decord
 import numpy as np
@@ -18,12 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
-from thematrix.controls import (
-    DEFAULT_VOCABULARY,
-    ControlError,
-    ControlVocabulary,
-    latent_frame_controls,
-)
+from thematrix.controls import ControlError, ControlVocabulary, latent_frame_controls
+from thematrix.data.decoder import VideoDecodeError, decode_quietly
 from thematrix.data.index import Problem, Sample
 
 logger = logging.getLogger(__name__)
@@ -82,13 +78,14 @@ class VideoDataset(Dataset):
         height, width: output size; frames are resized keeping their aspect, then center-cropped.
         frame_buckets: allowed clip lengths in frames, each ``temporal_compression * k + 1``.
         temporal_compression: the VAE's compression of time (``vae.config.temporal_compression_ratio``).
-        vocabulary: the control tokens that the samples use.
+        vocabulary: the control tokens that the samples use; None for a stage without controls (items
+            then carry no controls, and samples need none).
         random_start: start each clip at a random usable frame (drawn from torch's global RNG, which
             DataLoader seeds per worker) instead of the first usable frame.
 
     ``dataset[i]`` is a dict: ``video`` float32 ``[F, C, H, W]`` in ``[-1, 1]``; ``caption``;
-    ``controls`` LongTensor ``[(F - 1) / temporal_compression + 1]`` of token ids;
-    ``control_tokens`` the same as strings; ``path``; ``bucket`` (= F).
+    ``path``; ``bucket`` (= F); ``start_frame``; with a vocabulary also ``controls``, a LongTensor
+    ``[(F - 1) / temporal_compression + 1]`` of token ids, and ``control_tokens``, the same as strings.
     ``dataset.skipped`` lists the samples too short for the smallest bucket.
     """
 
@@ -101,7 +98,7 @@ class VideoDataset(Dataset):
         width: int,
         frame_buckets: Sequence[int],
         temporal_compression: int,
-        vocabulary: ControlVocabulary = DEFAULT_VOCABULARY,
+        vocabulary: Optional[ControlVocabulary] = None,
         random_start: bool = False,
     ):
         if fps <= 0 or height <= 0 or width <= 0 or temporal_compression <= 0:
@@ -126,7 +123,7 @@ class VideoDataset(Dataset):
 
         too_slow = [sample for sample in samples if sample.fps < fps * (1 - FPS_TOLERANCE)]
         if too_slow:
-            listed = "; ".join(f"{sample.path} is {sample.fps:g} fps" for sample in too_slow[:MAX_SKIPPED_LISTED])
+            listed = "; ".join(f"{sample.entry} is {sample.fps:g} fps" for sample in too_slow[:MAX_SKIPPED_LISTED])
             raise DatasetError(
                 f"{len(too_slow)} clips have a lower frame rate than the training fps {fps:g}: {listed}. "
                 "Fix: lower fps to at most the slowest clip's rate, or re-record these clips"
@@ -142,7 +139,7 @@ class VideoDataset(Dataset):
                 self._check_no_repeats(self._clips[-1])
             else:
                 self.skipped.append(Problem(
-                    sample.relative_path, "frames",
+                    sample.position, sample.relative_path, "frames",
                     f"has {available} frames at {fps:g} fps from frame {sample.valid_frame_idx} "
                     f"({sample.num_frames} frames at {sample.fps:g} fps in the file) but the smallest bucket "
                     f"needs {self.frame_buckets[0]}",
@@ -161,20 +158,27 @@ class VideoDataset(Dataset):
             )
 
     def _check_controls(self, sample: Sample) -> None:
+        if self.vocabulary is None:
+            return
+        if sample.frame_controls is None:
+            raise DatasetError(
+                f"{sample.entry}: has no control_signal_seq, but this dataset gives controls. Fix: add one "
+                "control token per video frame to the entry"
+            )
         if len(sample.frame_controls) != sample.num_frames:
             raise DatasetError(
-                f"{sample.path}: {len(sample.frame_controls)} control tokens for {sample.num_frames} frames; "
+                f"{sample.entry}: {len(sample.frame_controls)} control tokens for {sample.num_frames} frames; "
                 "build samples with load_index, which checks this"
             )
         try:
             self.vocabulary.encode(sample.frame_controls)
         except ControlError as error:
-            raise DatasetError(f"{sample.path}: {error}") from None
+            raise DatasetError(f"{sample.entry}: {error}") from None
 
     def _check_no_repeats(self, clip: _Clip) -> None:
         if np.any(np.diff(time_indices(np.arange(clip.available), clip.sample.fps, self.fps)) <= 0):
             raise DatasetError(
-                f"{clip.sample.path}: at {clip.sample.fps:g} fps it cannot give {clip.available} distinct frames at "
+                f"{clip.sample.entry}: at {clip.sample.fps:g} fps it cannot give {clip.available} distinct frames at "
                 f"{self.fps:g} fps. Fix: lower fps"
             )
 
@@ -198,15 +202,11 @@ class VideoDataset(Dataset):
         """Item ``index`` without its pixels: what caches and samplers need, read without decoding."""
         clip = self._clips[index]
         indices = self.frame_indices(index, offset)
-        tokens = latent_frame_controls([clip.sample.frame_controls[k] for k in indices], self.temporal_compression)
-        return dict(
-            caption=clip.sample.caption,
-            controls=torch.tensor(self.vocabulary.encode(tokens), dtype=torch.long),
-            control_tokens=tokens,
-            path=clip.sample.path,
-            bucket=clip.bucket,
-            start_frame=indices[0],
-        )
+        item = dict(caption=clip.sample.caption, path=clip.sample.path, bucket=clip.bucket, start_frame=indices[0])
+        if self.vocabulary is not None:
+            tokens = latent_frame_controls([clip.sample.frame_controls[k] for k in indices], self.temporal_compression)
+            item.update(controls=torch.tensor(self.vocabulary.encode(tokens), dtype=torch.long), control_tokens=tokens)
+        return item
 
     def __getitem__(self, index: int) -> dict:
         clip = self._clips[index]
@@ -214,8 +214,13 @@ class VideoDataset(Dataset):
         if self.random_start:
             offset = int(torch.randint(clip.available - clip.bucket + 1, ()).item())
         indices = self.frame_indices(index, offset)
-        reader = decord.VideoReader(clip.sample.path, ctx=decord.cpu(0))
-        frames = torch.from_numpy(reader.get_batch(indices).asnumpy())  # [F, H, W, C] uint8
+        try:
+            frames = torch.from_numpy(decode_quietly(  # [F, H, W, C] uint8
+                lambda: decord.VideoReader(clip.sample.path, ctx=decord.cpu(0)).get_batch(indices).asnumpy()
+            ))
+        except VideoDecodeError as error:
+            raise DatasetError(f"{clip.sample.entry}: cannot be decoded ({error}); the file changed after it "
+                               "was checked. Fix: re-encode or remove it, then run thematrix.data.validate") from None
         video = resize_center_crop(frames.permute(0, 3, 1, 2).float(), self.height, self.width)
         video = (video / UINT8_HALF_RANGE - 1.0).clamp(-1.0, 1.0)
         return dict(self.describe(index, offset), video=video.contiguous())

@@ -1,32 +1,21 @@
 """Check an index file and its videos before training: ``python -m thematrix.data.validate``.
 
-Prints every problem (path, field, reason, fix) and a summary; exits 1 if there is any, so it
-can gate a training launch or CI.
+Prints every problem (entry position and path, field, reason, fix) and a summary; exits 1 if there
+is any, so it can gate a training launch or CI. Controls are checked against ``--vocabulary``, else
+the data root's ``vocabulary.json``; without either, only their form is checked.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from thematrix.controls import (
-    CONTROL_SEPARATOR,
-    DEFAULT_VOCABULARY,
-    ControlError,
-    ControlVocabulary,
-)
+from thematrix.controls import VOCABULARY_FILE, ControlError, data_root_vocabulary, load_vocabulary
 from thematrix.data.index import IndexFormatError, Problem, load_index
 
 EXIT_OK = 0
 EXIT_PROBLEMS = 1
-
-
-def _vocabulary(control_tokens: str | None) -> ControlVocabulary:
-    if control_tokens is None:
-        return DEFAULT_VOCABULARY
-    tokens = tuple(token.strip() for token in control_tokens.split(CONTROL_SEPARATOR))
-    # Validation only compares tokens; the phrases matter for embedding, not here.
-    return ControlVocabulary(tokens, tokens)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,14 +31,21 @@ def main(argv: list[str] | None = None) -> int:
         "e.g. the smallest frame bucket times the file fps / training fps",
     )
     parser.add_argument(
-        "--control_tokens", default=None,
-        help=f"comma-separated tokens of the game's vocabulary (default: {','.join(DEFAULT_VOCABULARY.tokens)})",
+        "--vocabulary", type=Path, default=None,
+        help=f"the game's vocabulary file (default: DATA_ROOT/{VOCABULARY_FILE} if there is one; "
+        "format: data/README.md)",
+    )
+    parser.add_argument(
+        "--allow_paths_outside_data_root", action="store_true",
+        help="accept entries whose path leads outside data_root (../ or absolute paths elsewhere)",
     )
     args = parser.parse_args(argv)
 
     try:
-        vocabulary = _vocabulary(args.control_tokens)
-        samples, problems = load_index(args.index_file, args.data_root, vocabulary)
+        vocabulary = load_vocabulary(args.vocabulary) if args.vocabulary else data_root_vocabulary(args.data_root)
+        samples, problems = load_index(
+            args.index_file, args.data_root, vocabulary, allow_outside_data_root=args.allow_paths_outside_data_root
+        )
     except (IndexFormatError, ControlError) as error:
         print(f"error: {error}")
         return EXIT_PROBLEMS
@@ -59,16 +55,18 @@ def main(argv: list[str] | None = None) -> int:
         frames = sample.num_frames - sample.valid_frame_idx
         if frames < args.min_frames:
             problems.append(Problem(
-                sample.relative_path, "valid_frame_idx",
+                sample.position, sample.relative_path, "valid_frame_idx",
                 f"leaves {frames} usable frames (of {sample.num_frames}) but --min_frames is {args.min_frames}",
                 "record a longer clip, lower valid_frame_idx, or remove the entry",
             ))
         else:
             usable.append(sample)
-    for problem in problems:
+    for problem in sorted(problems, key=lambda problem: problem.position):
         print(problem)
     status = "FAILED" if problems else "OK"
-    print(f"{status}: {args.index_file}: {len(usable)} usable clips, {len(problems)} problems")
+    checked = (f"controls checked against {vocabulary.source}" if vocabulary is not None else
+               f"no {VOCABULARY_FILE} in data_root: controls checked for one token per frame only")
+    print(f"{status}: {args.index_file}: {len(usable)} usable clips, {len(problems)} problems; {checked}")
     return EXIT_PROBLEMS if problems else EXIT_OK
 
 

@@ -8,18 +8,20 @@ its config file assigns only what differs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Annotated, Optional
 
-from thematrix.config import ConfigError, StrictArgs
+from thematrix.config import ConfigError, LocalPath, ModelPath, PathSetting, StrictArgs
+
+LATEST_CHECKPOINT = "latest"
 
 
 @dataclass
 class TrainingArgs(StrictArgs):
     # --- model and data -------------------------------------------------------------------------
-    pretrained_model_name_or_path: str = "path/to/model"  # local diffusers CogVideoX directory
-    data_root: str = "path/to/data_root"  # folder the index's clip paths are relative to
-    index_file: str = "path/to/index_file"  # JSON index (see data/README.md)
-    output_dir: str = "outputs/run"  # checkpoints, logs, validation videos and the final model
+    pretrained_model_name_or_path: ModelPath = "path/to/model"  # local diffusers CogVideoX directory
+    data_root: LocalPath = "path/to/data_root"  # folder the index's clip paths are relative to
+    index_file: LocalPath = "path/to/index_file"  # JSON index (see data/README.md)
+    output_dir: LocalPath = "outputs/run"  # checkpoints, logs, validation videos and the final model
 
     # --- clips ----------------------------------------------------------------------------------
     height: int = 480
@@ -54,12 +56,12 @@ class TrainingArgs(StrictArgs):
     enable_slicing: bool = True  # encode/decode one video of a batch at a time
     enable_tiling: bool = False  # encode/decode in spatial tiles: less memory, slower
     cache_latents: bool = False  # encode every clip and caption once, before training
-    cache_dir: Optional[str] = None  # default: <output_dir>/cache
+    cache_dir: Optional[LocalPath] = None  # default: <output_dir>/cache
 
     # --- checkpoints ----------------------------------------------------------------------------
     checkpointing_steps: int = 500
     checkpoints_total_limit: Optional[int] = 3  # oldest checkpoints beyond this are deleted
-    resume_from_checkpoint: Optional[str] = "latest"  # "latest", a checkpoint path, or None to start fresh
+    resume_from_checkpoint: Optional[Annotated[str, PathSetting(keywords=(LATEST_CHECKPOINT,))]] = LATEST_CHECKPOINT  # "latest", a checkpoint path, or None to start fresh
 
     # --- validation -----------------------------------------------------------------------------
     validation_prompts: tuple[str, ...] = ("A red race car drives along a grey track through green grass.",)
