@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -293,6 +294,8 @@ async def post_all(url: str, requests: list) -> list[tuple[int, dict]]:
                 form = aiohttp.FormData()
                 form.add_field("video", payload.read_bytes(), filename=payload.name)
                 response = await session.post(url + path, data=form)
+            elif isinstance(payload, bytes):
+                response = await session.post(url + path, data=payload)
             else:
                 response = await session.post(url + path, json=payload)
             answers.append((response.status, await response.json()))
@@ -307,14 +310,15 @@ def test_bad_requests_say_what_to_send(world, tmp_path):
     with server.running() as url:
         answers = asyncio.run(post_all(url, [
             ("api/start", {"sample": 3}), ("api/upload", not_a_video), ("api/restart", {}),
-            ("api/upload", clip), ("api/prompt", {"prompt": ""}),
+            ("api/upload", clip), ("api/prompt", {"prompt": ""}), ("api/pause", b"yes"),
         ]))
-    (start, upload_bad, restart, upload, prompt) = answers
+    (start, upload_bad, restart, upload, prompt, pause) = answers
     assert start == (400, {"error": "sample must be one of 0..0 (the dataset's usable clips), got 3"})
     assert upload_bad[0] == 400 and upload_bad[1]["error"].startswith("the upload notes.mp4 cannot start the world: ")
     assert restart == (400, {"error": "nothing to restart: start from a clip first"})
     assert upload[0] == 200 and upload[1]["source"] == "mine.mp4" and upload[1]["running"]
     assert prompt == (400, {"error": "the prompt is empty; describe the world to continue"})
+    assert pause[0] == 400 and pause[1]["error"].startswith("the body is not JSON")
 
 
 # The command line.
@@ -350,3 +354,103 @@ def test_stage4_play_serves_the_page_and_stops_cleanly_on_ctrl_c(model_dir, play
 async def get_json(url: str) -> dict:
     async with aiohttp.ClientSession() as session:
         return await (await session.get(url)).json()
+
+
+# The page, end to end in headless Chromium.
+
+@pytest.fixture(scope="module")
+def chromium():
+    if CHROMIUM is None:
+        reason = "no Chromium on this machine: `apt-get install chromium` (Debian) runs the browser test; .ci/run does"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}, so CI must not skip it")
+        pytest.skip(reason)
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install -r requirements.txt")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+FRAMES_DRAWN = "Number(document.getElementById('view').dataset.frames || 0)"
+CONTROL_ON_SCREEN = "document.getElementById('view').dataset.control"
+
+
+def canvas_after(page, frames: int) -> str:
+    page.wait_for_function(f"{FRAMES_DRAWN} >= {frames}")
+    return page.evaluate("document.getElementById('view').toDataURL()")
+
+
+def test_the_page_streams_takes_keys_and_downloads_a_recording_that_replays(
+    chromium, world, world_model, tmp_path, monkeypatch
+):
+    calls = []  # (start, end, held codes) of each key message the server passed to the world
+    set_held_keys = world.set_held_keys
+
+    def logged(codes):
+        start = time.monotonic()
+        token = set_held_keys(codes)
+        calls.append((start, time.monotonic(), list(codes)))
+        return token
+
+    monkeypatch.setattr(world, "set_held_keys", logged)
+    world.start(world_model.clip_from_sample(0))
+    with PlayServer(world, max_viewers=2).running() as url:
+        page = chromium.new_page()
+        page.goto(url)
+        # The model's vocabulary, each token with its keys; the control the generator receives highlighted.
+        page.wait_for_selector("#controls li.active")
+        assert page.locator("#controls li").count() == len(world_model.vocabulary)
+        assert page.inner_text("#controls li.active").split() == ["N", "no", "key"]
+        assert page.inner_text("#controls li[data-token=DL] .keys") == "↑/W + ←/A"
+
+        # Frames arrive and change; a second tab watches the same stream.
+        first = canvas_after(page, 3)
+        assert canvas_after(page, page.evaluate(FRAMES_DRAWN) + 4) != first
+        other = chromium.new_page()
+        other.goto(url)
+        other.wait_for_function(f"{FRAMES_DRAWN} >= 2")
+        other.close()
+
+        # Record; hold left: the generator receives NL for the next group it asks for.
+        page.click("#record")
+        wait_until(lambda: world.state()["recording"] == "on")
+        page.keyboard.down("ArrowLeft")
+        start, end, _ = wait_until(lambda: [call for call in calls if call[2] == ["ArrowLeft"]])[0]
+        page.wait_for_function(f"{CONTROL_ON_SCREEN} === 'NL'")
+        asked = list(world_model.asked)
+        assert all(tokens == ["N", "N"] for _, tokens, at in asked if at < start)
+        assert [tokens for _, tokens, at in asked if at > end][0] == ["NL", "NL"]
+        assert page.inner_text("#controls li.active").startswith("NL")
+        assert page.inner_text("#latency").endswith(" ms") and float(page.inner_text("#fps")) > 0
+        page.keyboard.up("ArrowLeft")
+        page.wait_for_function(f"{CONTROL_ON_SCREEN} === 'N'")
+
+        # Stop: the recording downloads and plays in the page.
+        page.click("#record")
+        page.wait_for_selector("#recording:not([hidden])")
+        with page.expect_download() as download:
+            page.click("#download")
+        archive = tmp_path / "download.zip"
+        download.value.save_as(archive)
+        page.wait_for_function("document.getElementById('playback').readyState >= 2")
+        duration = page.evaluate("document.getElementById('playback').duration")
+
+        # Upload a video: the world starts from it.
+        clip = write_mp4(moving_square_clip(3, 30, TINY_HEIGHT, TINY_WIDTH), tmp_path / "mine.mp4", fps=PLAY_FPS)
+        page.set_input_files("#upload", str(clip))
+        page.click("#upload-form button")
+        page.wait_for_function("document.getElementById('status').textContent === 'playing: mine.mp4'")
+
+    # The recording replays with inference.py, frame for frame, the pressed control drawn as it was played.
+    folder = tmp_path / "recording"
+    with zipfile.ZipFile(archive) as opened:
+        opened.extractall(folder)
+    (segment,) = json.loads((folder / "replay.json").read_text())["segments"]
+    controls = segment["arguments"][segment["arguments"].index("--controls") + 1].split(",")
+    assert "NL" in controls
+    monkeypatch.chdir(folder)
+    inference.main(segment["arguments"])
+    recording, replayed = read_frames(folder / "recording.mp4"), read_frames(folder / "replay-1.mp4")
+    assert len(recording) == segment["frames"] and duration == pytest.approx(len(recording) / PLAY_FPS, abs=0.1)
+    np.testing.assert_array_equal(recording, replayed[: len(recording)])

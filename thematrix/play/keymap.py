@@ -108,7 +108,10 @@ class KeyMap:
         """The file form, for the page (which shows each token's keys)."""
         return {
             "buttons": {name: list(codes) for name, codes in self.buttons.items()},
-            "controls": {COMBINATION_SEPARATOR.join(sorted(held)): token for held, token in self.controls.items()},
+            "controls": {
+                COMBINATION_SEPARATOR.join(name for name in self.buttons if name in held): token
+                for held, token in self.controls.items()
+            },
         }
 
 

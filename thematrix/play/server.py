@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from thematrix.cli import USER_ERRORS
 from thematrix.play.keymap import default_keymap, load_keymap
@@ -56,6 +56,18 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
 def encode_frame(frame: ShownFrame, dropped: int) -> bytes:
     header = json.dumps(dict(frame.header, dropped=dropped)).encode()
     return FRAME_HEADER_LENGTH.pack(len(header)) + header + frame.jpeg
+
+
+async def json_body(request: web.Request) -> dict:
+    """The request's JSON object; anything else answers 400."""
+    try:
+        body = await request.json()
+    except json.JSONDecodeError as error:
+        raise web.HTTPBadRequest(text=json.dumps({"error": f"the body is not JSON: {error}"}),
+                                 content_type="application/json") from None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text=json.dumps({"error": "send a JSON object"}), content_type="application/json")
+    return body
 
 
 class Viewer:
@@ -100,7 +112,7 @@ class PlayServer:
         self.world = world
         self.samples = world.model.sample_names()
         self.max_viewers = max_viewers
-        self.viewers: set[Viewer] = set()
+        self.viewers: dict[Viewer, web.WebSocketResponse] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self.app = web.Application()
         self.app.router.add_get("/", self._page)
@@ -115,7 +127,7 @@ class PlayServer:
         self.app.router.add_post("/api/record", self._record)
         self.app.router.add_get("/ws", self._websocket)
         self.app.on_startup.append(self._on_startup)
-        self.app.on_cleanup.append(self._on_cleanup)
+        self.app.on_shutdown.append(self._on_shutdown)
 
     # Between the world's threads and the event loop.
 
@@ -124,8 +136,11 @@ class PlayServer:
         self.world.on_frame = lambda frame: self._call_in_loop(self._fan_out_frame, frame)
         self.world.on_state = lambda state: self._call_in_loop(self._fan_out_state, state)
 
-    async def _on_cleanup(self, app: web.Application) -> None:
+    async def _on_shutdown(self, app: web.Application) -> None:
+        """Stop sending and close the tabs' sockets, which would otherwise hold the shutdown until they time out."""
         self.world.on_frame = self.world.on_state = lambda _: None
+        for ws in list(self.viewers.values()):
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"the server is stopping")
 
     def _call_in_loop(self, callback, argument) -> None:
         with contextlib.suppress(RuntimeError):  # the loop closed: the server is shutting down
@@ -165,7 +180,7 @@ class PlayServer:
         return web.json_response(self.world.state())
 
     async def _start(self, request: web.Request) -> web.Response:
-        body = await request.json()
+        body = await json_body(request)
         index = body.get("sample")
         if not self.samples:
             return web.json_response(
@@ -210,18 +225,18 @@ class PlayServer:
         return await self._command(start)
 
     async def _prompt(self, request: web.Request) -> web.Response:
-        body = await request.json()
+        body = await json_body(request)
         return await self._command(self.world.set_prompt, str(body.get("prompt", "")))
 
     async def _pause(self, request: web.Request) -> web.Response:
-        body = await request.json()
+        body = await json_body(request)
         return await self._command(self.world.set_paused, bool(body.get("paused")))
 
     async def _restart(self, request: web.Request) -> web.Response:
         return await self._command(self.world.restart)
 
     async def _record(self, request: web.Request) -> web.Response:
-        body = await request.json()
+        body = await json_body(request)
         return await self._command(self.world.set_recording, bool(body.get("on")))
 
     async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
@@ -235,21 +250,25 @@ class PlayServer:
             return ws
         viewer = Viewer()
         viewer.push_state(json.dumps({"type": "state", **self.world.state()}))
-        self.viewers.add(viewer)
+        self.viewers[viewer] = ws
         sender = asyncio.create_task(viewer.send(ws))
         try:
             async for message in ws:
                 if message.type == WSMsgType.TEXT:
                     self._receive(message.data)
         finally:
-            self.viewers.discard(viewer)
+            self.viewers.pop(viewer, None)
             sender.cancel()
         return ws
 
     def _receive(self, text: str) -> None:
-        message = json.loads(text)
-        if message.get("type") == "keys":
-            self.world.set_held_keys([str(code) for code in message.get("held", [])])
+        """A tab's message: ``{"type": "keys", "held": [KeyboardEvent.code, ...]}``; anything else is ignored."""
+        try:
+            message = json.loads(text)
+        except json.JSONDecodeError:
+            return
+        if isinstance(message, dict) and message.get("type") == "keys" and isinstance(message.get("held"), list):
+            self.world.set_held_keys([str(code) for code in message["held"]])
 
     # Serving.
 

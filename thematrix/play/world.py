@@ -41,7 +41,7 @@ from thematrix.play.keymap import KeyMap
 from thematrix.play.recording import Recording
 from thematrix.video import tensor_to_uint8_frames, write_mp4
 
-GENERATION_HEADROOM = 1.5
+GENERATION_HEADROOM = 1.5  # margin over the last chunk's generation time for the next one (its time varies)
 JPEG_QUALITY = 90
 FPS_WINDOW_S = 1.0  # frame rates are measured over the last second
 
@@ -152,7 +152,8 @@ class World:
         self._token = keymap.rest_token or model.vocabulary.tokens[0]
         self._change = ControlChange(0, time.monotonic())
         self._segments = 0
-        self._error: str | None = None
+        self._stopped = False  # generation ended by an error, until the next start
+        self._error: str | None = None  # the last problem, for the page
         # Recording: "off", "armed" (waiting for its segment to reach the screen), "on".
         self._record_state = "off"
         self._recording: Recording | None = None
@@ -184,7 +185,7 @@ class World:
             self._chunks.clear()
             self._paused = False
             self._request = _SegmentRequest(clip, self._prompt)
-            self._error = None
+            self._stopped, self._error = False, None
             recording = self._stop_recording()
             self._changed.notify_all()
         self._finish(recording)
@@ -236,7 +237,7 @@ class World:
     def state(self) -> dict:
         with self._changed:
             return {
-                "running": self._source is not None and self._error is None,
+                "running": self._source is not None and not self._stopped,
                 "source": self._source.name if self._source else None,
                 "paused": self._paused,
                 "prompt": self._prompt,
@@ -293,7 +294,7 @@ class World:
                 self._ring = deque(tensor_to_uint8_frames(clip.video), maxlen=self.model.max_initial_frames)
                 self._run(segment)
             except Exception as error:  # shown on the page; the server keeps serving
-                self._fail(error)
+                self._fail(error, stopped=True)
 
     def _continuation_clip(self, number: int) -> Clip:
         path = write_mp4(np.stack(self._ring), self.work_dir / f"segment-{number}.mp4", fps=self.model.fps)
@@ -435,16 +436,17 @@ class World:
                 with self._changed:
                     self._last_recording = archive.name
             except Exception as error:
-                traceback.print_exc()
-                with self._changed:
-                    self._error = f"the recording failed: {error}"
+                self._fail(error)
+                return
         self._publish_state()
 
-    def _fail(self, error: Exception) -> None:
+    def _fail(self, error: Exception, stopped: bool = False) -> None:
+        """Report ``error`` on the page (and the console); ``stopped``: generation ended with it."""
         traceback.print_exc()
         with self._changed:
             self._error = f"{type(error).__name__}: {error}"
-            if self._record_state == "armed":
+            self._stopped = self._stopped or stopped
+            if stopped and self._record_state == "armed":
                 self._record_state = "off"
         self._publish_state()
 

@@ -10,7 +10,7 @@ const KEY_LABELS = { ArrowUp: "↑", ArrowDown: "↓", ArrowLeft: "←", ArrowRi
 const TYPING = "input, textarea, select";
 
 const $ = (id) => document.getElementById(id);
-const canvas = $("screen");
+const canvas = $("view");
 const context = canvas.getContext("2d");
 const held = new Set();
 const drawTimes = [];
@@ -55,8 +55,8 @@ function renderControls(vocabulary, keymap) {
 }
 
 function showState(state) {
-  $("status").textContent = state.error ? "stopped"
-    : !state.running ? "choose a clip to start from"
+  $("status").textContent = !state.source ? "choose a clip to start from"
+    : !state.running ? `stopped: ${state.source}`
     : state.paused ? `paused: ${state.source}` : `playing: ${state.source}`;
   showError(state.error);
   for (const item of $("controls").children) {
