@@ -22,7 +22,7 @@ from stage3 import inference
 from stage3.cogvideox.pipeline_cogvideox import StreamChunk, SwinDPMPipeline
 from thematrix.cli import run
 from thematrix.data.index import load_index
-from thematrix.play.server import add_server_arguments, play
+from thematrix.play.server import add_server_arguments, check_server_arguments, play
 from thematrix.play.world import Clip
 
 
@@ -98,6 +98,7 @@ def parse_args(argv=None, description: str = __doc__, defaults: dict = inference
         parser.error("give --initial_video or --data_root/--index_file, not both")
     if (args.data_root is None) != (args.index_file is None):
         parser.error("give --data_root and --index_file together (or neither, and upload a video on the page)")
+    check_server_arguments(parser, args)
     return args
 
 

@@ -326,8 +326,17 @@ def test_bad_requests_say_what_to_send(world, tmp_path):
 def test_the_page_is_served_on_this_machine_only_unless_told(model_dir):
     args = swin_play.parse_args(["--model_dir", str(model_dir)])
     assert args.host == "127.0.0.1" and args.port == 8000
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["--data_root", "clips"], "give --data_root and --index_file together"),
+    (["--max_viewers", "0"], "--max_viewers must be at least 1, got 0"),
+    (["--keymap", "missing.json"], "--keymap missing.json: no such file"),
+])
+def test_bad_options_fail_before_the_model_loads(bad, message, capsys):
     with pytest.raises(SystemExit):
-        swin_play.parse_args(["--model_dir", str(model_dir), "--data_root", "clips"])
+        swin_play.parse_args(["--model_dir", "no/such/model", *bad])
+    assert message in capsys.readouterr().err
 
 
 def test_stage4_play_serves_the_page_and_stops_cleanly_on_ctrl_c(model_dir, play_dataset, tmp_path):

@@ -15,8 +15,10 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import json
 import struct
+import sys
 import threading
 import uuid
 from collections import deque
@@ -51,6 +53,14 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     page.add_argument("--output_dir", type=Path, default=Path("outputs/play"), help="recordings go to OUTPUT_DIR/recordings")
     page.add_argument("--max_viewers", type=int, default=DEFAULT_MAX_VIEWERS,
                       help="tabs that may watch the stream at once; more are refused (default %(default)s)")
+
+
+def check_server_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse, before the model loads, what can be checked without it."""
+    if args.max_viewers < 1:
+        parser.error(f"--max_viewers must be at least 1, got {args.max_viewers}")
+    if args.keymap is not None and not args.keymap.is_file():
+        parser.error(f"--keymap {args.keymap}: no such file")
 
 
 def encode_frame(frame: ShownFrame, dropped: int) -> bytes:
@@ -92,23 +102,22 @@ class Viewer:
         self._wake.set()
 
     async def send(self, ws: web.WebSocketResponse) -> None:
-        """Send what arrives, as fast as the tab takes it."""
-        while not ws.closed:
-            await self._wake.wait()
-            self._wake.clear()
-            if self.state is not None:
-                state, self.state = self.state, None
-                await ws.send_str(state)
-            while self.frames:
-                await ws.send_bytes(encode_frame(self.frames.popleft(), self.dropped))
+        """Send what arrives, as fast as the tab takes it, until the tab goes."""
+        with contextlib.suppress(ConnectionResetError):
+            while not ws.closed:
+                await self._wake.wait()
+                self._wake.clear()
+                if self.state is not None:
+                    state, self.state = self.state, None
+                    await ws.send_str(state)
+                while self.frames:
+                    await ws.send_bytes(encode_frame(self.frames.popleft(), self.dropped))
 
 
 class PlayServer:
     """The aiohttp application around a ``World`` (which its creator closes)."""
 
     def __init__(self, world: World, max_viewers: int = DEFAULT_MAX_VIEWERS):
-        if max_viewers < 1:
-            raise ValueError(f"--max_viewers must be at least 1, got {max_viewers}")
         self.world = world
         self.samples = world.model.sample_names()
         self.max_viewers = max_viewers
@@ -315,5 +324,9 @@ def play(model: WorldModel, args: argparse.Namespace, first_clip: Clip | None) -
             world.start(first_clip, args.prompt)
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(server.serve_forever(args.host, args.port))
+    except OSError as error:
+        if error.errno != errno.EADDRINUSE:
+            raise
+        sys.exit(f"error: {args.host}:{args.port} is in use; pass another --port (0: any free port)")
     finally:
         world.close()

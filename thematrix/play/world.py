@@ -176,11 +176,11 @@ class World:
     # Commands.
 
     def start(self, clip: Clip, prompt: str | None = None) -> None:
-        """A new world from ``clip`` (prompt: given, else the clip's caption, else the default); drops the buffered
-        frames and ends a recording (which takes a moment: call it from a worker thread)."""
+        """A new world from ``clip`` (prompt: given, else the clip's caption, else the current one); drops the
+        buffered frames and ends a recording (which takes a moment: call it from a worker thread)."""
         with self._changed:
             self._source = clip
-            self._prompt = prompt or clip.caption or self.model.default_prompt
+            self._prompt = prompt or clip.caption or self._prompt
             self._epoch += 1
             self._chunks.clear()
             self._paused = False

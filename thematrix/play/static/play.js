@@ -203,6 +203,8 @@ $("prompt-form").addEventListener("submit", (event) => {
 $("pause").addEventListener("click", () => post("/api/pause", { paused: $("pause").textContent === "Pause" }));
 $("restart").addEventListener("click", () => post("/api/restart"));
 $("record").addEventListener("click", () => post("/api/record", { on: $("record").dataset.state === "off" }));
+// A clicked button lets go of the focus, so that the keys steer the world instead of pressing it again.
+document.addEventListener("click", (event) => event.target.closest("button")?.blur());
 
 async function init() {
   const info = await (await fetch("/api/info")).json();
