@@ -67,7 +67,7 @@ class KeyMap:
                 raise KeyMapError(f'{source}: buttons: name {name!r} must be non-empty and without "{COMBINATION_SEPARATOR}"')
             if not isinstance(codes, list) or not codes or not all(isinstance(code, str) and code for code in codes):
                 raise KeyMapError(
-                    f"{source}: buttons.{name}: give a list of KeyboardEvent.code values, e.g. [\"ArrowUp\", \"KeyW\"]"
+                    f'{source}: buttons["{name}"]: give a list of KeyboardEvent.code values, e.g. ["ArrowUp", "KeyW"]'
                 )
         if not isinstance(controls, dict) or not controls:
             raise KeyMapError(f'{source}: "controls" must map button combinations ("up+left") to control tokens')
@@ -76,13 +76,13 @@ class KeyMap:
             held = frozenset(combination.split(COMBINATION_SEPARATOR)) if combination else frozenset()
             unknown = sorted(held - set(buttons))
             if unknown:
-                raise KeyMapError(f"{source}: controls.{combination}: unknown buttons {unknown}; define them under \"buttons\"")
+                raise KeyMapError(f'{source}: controls["{combination}"]: unknown buttons {unknown}; define them under "buttons"')
             if held in combinations:
-                raise KeyMapError(f"{source}: controls.{combination}: the same buttons as another combination")
+                raise KeyMapError(f'{source}: controls["{combination}"]: the same buttons as another combination')
             try:
                 vocabulary.token_id(token)
             except ControlError as error:
-                raise KeyMapError(f"{source}: controls.{combination}: {error}") from None
+                raise KeyMapError(f'{source}: controls["{combination}"]: {error}') from None
             combinations[held] = token
         missing = [token for token in vocabulary.tokens if token not in combinations.values()]
         if missing:

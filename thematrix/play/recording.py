@@ -1,7 +1,9 @@
 """A recording of the live world: the frames as shown, with their controls drawn, and what replays them offline.
 
 A recording starts with a segment of its own (the world continues from its last frames, written to an mp4), so
-each recorded segment is one inference.py run from that file with the controls the stream asked for. Its folder:
+each recorded segment is one inference.py run from that file with the controls the stream asked for. Each segment
+is encoded on its own, as inference.py encodes its video, and the parts are joined without re-encoding, so the
+replay's frames equal the recording's exactly. Its folder:
 
     recording.mp4         every frame shown while recording, its control drawn as inference.py draws it
     segment-<n>.mp4       the initial clip of each recorded segment
@@ -17,11 +19,13 @@ from __future__ import annotations
 import json
 import shlex
 import shutil
+import subprocess
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import imageio_ffmpeg
 import numpy as np
 
 from thematrix.controls import CONTROL_SEPARATOR
@@ -40,8 +44,21 @@ ARCHIVE_FORMAT = "zip"
 @dataclass
 class _RecordedSegment:
     segment: Segment
+    video: Mp4StreamWriter
     frames: int = 0
     groups: int = 0  # groups 0 .. groups - 1 of the segment reached the recording (the last maybe in part)
+
+
+def join_videos(parts: list[Path], output: Path) -> None:
+    """Concatenate mp4s of one encoding without re-encoding them (each starts with a key frame)."""
+    listing = output.with_suffix(".txt")
+    listing.write_text("".join(f"file '{part.name}'\n" for part in parts))
+    subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-f", "concat", "-safe", "0", "-i", str(listing),
+         "-c", "copy", "-movflags", "+faststart", str(output)],
+        check=True, capture_output=True,
+    )
+    listing.unlink()
 
 
 class Recording:
@@ -51,7 +68,6 @@ class Recording:
         self.directory = directory
         self.model = model
         directory.mkdir(parents=True)
-        self._writer = Mp4StreamWriter(directory / VIDEO_NAME, fps=model.fps)
         self._segments: list[_RecordedSegment] = []
         self._lock = threading.Lock()
         self._finished = False
@@ -65,9 +81,10 @@ class Recording:
                 if segment.clip.path is None:
                     raise ValueError(f"segment {segment.number} has no initial clip file to replay it from")
                 shutil.copyfile(segment.clip.path, self.directory / self._clip_name(segment))
-                self._segments.append(_RecordedSegment(segment))
-            self._writer.write(draw_control_overlay(frame[None], [control]))
+                part = self.directory / f"part-{len(self._segments) + 1}.mp4"
+                self._segments.append(_RecordedSegment(segment, Mp4StreamWriter(part, fps=self.model.fps)))
             recorded = self._segments[-1]
+            recorded.video.write(draw_control_overlay(frame[None], [control]))
             recorded.frames += 1
             recorded.groups = max(recorded.groups, group + 1)
 
@@ -78,7 +95,10 @@ class Recording:
             if not self._segments:
                 shutil.rmtree(self.directory)
                 raise ValueError("the recording stopped before its first frame was shown; nothing was recorded")
-            self._writer.close()
+            parts = [recorded.video.close() for recorded in self._segments]
+            join_videos(parts, self.directory / VIDEO_NAME)
+            for part in parts:
+                part.unlink()
             replays = [self._replay(recorded, index) for index, recorded in enumerate(self._segments, start=1)]
         (self.directory / REPLAY_FILE).write_text(json.dumps({"fps": self.model.fps, "segments": replays}, indent=2))
         commands = [shlex.join(["python", "-m", replay["module"], *replay["arguments"]]) for replay in replays]
