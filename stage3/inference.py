@@ -98,11 +98,8 @@ def dataset_initial_video(args, vocabulary: ControlVocabulary, height: int, widt
 SWIN_DPM_DEFAULTS = {"num_inference_steps": 20, "guidance_scale": 6.0}
 
 
-def parse_args(argv=None, description: str = __doc__, defaults: dict = SWIN_DPM_DEFAULTS,
-               pipeline_class=SwinDPMPipeline) -> argparse.Namespace:
-    """The stream's options, checked before a model is loaded; a later stage passes its own description,
-    sampling defaults and pipeline."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every front end of the stream shares (this script and play.py): model, initial clip, sampling."""
     parser.add_argument("--model_dir", required=True, help="the stage's model directory: <output_dir>/model")
 
     start = parser.add_argument_group("initial clip: --initial_video, or a dataset sample")
@@ -110,14 +107,6 @@ def parse_args(argv=None, description: str = __doc__, defaults: dict = SWIN_DPM_
     start.add_argument("--data_root", default=None, help="folder the index's paths are relative to")
     start.add_argument("--index_file", default=None, help="index JSON of the dataset")
     start.add_argument("--sample_index", type=int, default=0, help="which usable sample of the index (default 0)")
-
-    length = parser.add_mutually_exclusive_group()
-    length.add_argument("--seconds", type=float, default=60.0, help="video length at --fps (default 60)")
-    length.add_argument("--groups", type=int, default=None, help="number of groups to emit instead of --seconds")
-
-    controls = parser.add_mutually_exclusive_group(required=True)
-    controls.add_argument("--controls", help='control tokens cycled per latent frame, e.g. "D,D,DL,DL"')
-    controls.add_argument("--random_controls", action="store_true", help="random keys, each held for some groups")
 
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--prompt", default=None, help="default: the sample's caption, else a driving prompt")
@@ -127,10 +116,25 @@ def parse_args(argv=None, description: str = __doc__, defaults: dict = SWIN_DPM_
     sampling.add_argument("--group_size", type=int, default=4, help="W: latent frames per group")
     sampling.add_argument("--guidance_scale", type=float, help="text guidance (default: %(default)s)")
     sampling.add_argument("--control_guidance_scale", type=float, default=1.0, help="> 1 strengthens the controls")
+    sampling.add_argument("--fps", type=float, default=8.0, help="frame rate of the model's videos and of the mp4")
 
-    output = parser.add_argument_group("output")
-    output.add_argument("--fps", type=float, default=8.0, help="frame rate of the model's videos and of the mp4")
-    output.add_argument("--output", type=Path, default=Path("output.mp4"))
+
+def parse_args(argv=None, description: str = __doc__, defaults: dict = SWIN_DPM_DEFAULTS,
+               pipeline_class=SwinDPMPipeline) -> argparse.Namespace:
+    """The stream's options, checked before a model is loaded; a later stage passes its own description,
+    sampling defaults and pipeline."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_stream_arguments(parser)
+
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--seconds", type=float, default=60.0, help="video length at --fps (default 60)")
+    length.add_argument("--groups", type=int, default=None, help="number of groups to emit instead of --seconds")
+
+    controls = parser.add_mutually_exclusive_group(required=True)
+    controls.add_argument("--controls", help='control tokens cycled per latent frame, e.g. "D,D,DL,DL"')
+    controls.add_argument("--random_controls", action="store_true", help="random keys, each held for some groups")
+
+    parser.add_argument("--output", type=Path, default=Path("output.mp4"))
     parser.set_defaults(**defaults)
     args = parser.parse_args(argv)
 

@@ -1,0 +1,124 @@
+"""Play a stage 3 model live: a local web page streams the world and takes the player's keys.
+
+    python play.py --model_dir ../outputs/stage3/model --data_root ../data/footage \\
+        --index_file ../data/footage/index.json
+
+then open the address it prints (http://127.0.0.1:8000/). The world starts from --initial_video, or sample
+--sample_index of the dataset; the page can start from any dataset clip or an uploaded video, change the prompt,
+pause, restart and record. A recording downloads as a zip whose replay.sh generates it again with inference.py.
+Sampling options are inference.py's; the page plays at --fps.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+
+from stage1.inference import DEFAULT_PROMPT
+from stage3 import inference
+from stage3.cogvideox.pipeline_cogvideox import StreamChunk, SwinDPMPipeline, history_latent_frames, window_clip_frames
+from thematrix.cli import run
+from thematrix.data.index import load_index
+from thematrix.play.server import add_server_arguments, check_server_arguments, play
+from thematrix.play.world import Clip
+
+
+class StreamWorldModel:
+    """Everything play needs from the pipeline and inference.py, in one place: the initial clips as inference.py
+    reads them, the stream as inference.py runs it, and inference.py's arguments that replay a recorded segment."""
+
+    def __init__(self, args: argparse.Namespace, pipeline_class: type[SwinDPMPipeline], inference_module: str):
+        self.args = args
+        self.inference_module = inference_module
+        self.pipeline = pipeline_class.from_model_dir(args.model_dir)
+        self.vocabulary = self.pipeline.transformer.control_vocabulary
+        self.compression = self.pipeline.temporal_compression
+        _, self.height, self.width = self.pipeline.native_size
+        self.fps, self.num_groups, self.group_size = args.fps, args.num_groups, args.group_size
+        # As inference.py: the stream starts from one training clip's worth of frames.
+        self.initial_frames = window_clip_frames(self.pipeline.vae, self.num_groups, self.group_size)
+        self.condition_latent = history_latent_frames(self.pipeline.vae)
+        self.default_prompt = DEFAULT_PROMPT
+        self._samples = []
+        if args.index_file is not None:
+            self._samples, problems = load_index(args.index_file, args.data_root, self.vocabulary)
+            for problem in problems:
+                print(f"skipped: {problem}")
+
+    def sample_names(self) -> list[str]:
+        return [f"{sample.relative_path}: {sample.caption}" for sample in self._samples]
+
+    def clip_from_sample(self, index: int) -> Clip:
+        args = argparse.Namespace(**{**vars(self.args), "sample_index": index})
+        item = inference.dataset_initial_video(
+            args, self.vocabulary, self.height, self.width, self.compression, self.initial_frames
+        )
+        initial_control = item["control_tokens"][self.condition_latent]
+        return Clip(item["video"], Path(item["path"]).name, item["caption"], initial_control)
+
+    def clip_from_file(self, path: Path) -> Clip:
+        video = inference.read_initial_video(Path(path), self.fps, self.height, self.width, self.initial_frames)
+        return Clip(video, Path(path).name, path=Path(path))
+
+    def stream(self, clip: Clip, prompt: str, controls: Callable[[int], list[str]]) -> Iterator[StreamChunk]:
+        args = self.args
+        return self.pipeline.stream(
+            prompt, clip.video, controls, num_groups=self.num_groups, group_size=self.group_size,
+            num_inference_steps=self.num_inference_steps, guidance_scale=args.guidance_scale,
+            control_guidance_scale=args.control_guidance_scale,
+            generator=torch.Generator(device=self.pipeline.device).manual_seed(args.seed),
+            initial_control=clip.initial_control,
+        )
+
+    @property
+    def num_inference_steps(self) -> int:
+        return self.args.num_inference_steps
+
+    def replay_arguments(self, initial_video: str, prompt: str, controls: str, groups: int, output: str) -> list[str]:
+        args = self.args
+        return [
+            "--model_dir", str(Path(args.model_dir).resolve()), "--initial_video", initial_video, "--prompt", prompt,
+            "--controls", controls, "--groups", str(groups), "--seed", str(args.seed),
+            "--num_groups", str(self.num_groups), "--group_size", str(self.group_size),
+            "--num_inference_steps", str(self.num_inference_steps), "--guidance_scale", str(args.guidance_scale),
+            "--control_guidance_scale", str(args.control_guidance_scale), "--fps", str(self.fps), "--output", output,
+        ]
+
+
+def parse_args(argv=None, description: str = __doc__, defaults: dict = inference.SWIN_DPM_DEFAULTS,
+               pipeline_class: type[SwinDPMPipeline] = SwinDPMPipeline) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    inference.add_stream_arguments(parser)
+    add_server_arguments(parser)
+    parser.set_defaults(**defaults)
+    args = parser.parse_args(argv)
+    if args.initial_video is not None and args.index_file is not None:
+        parser.error("give --initial_video or --data_root/--index_file, not both")
+    if (args.data_root is None) != (args.index_file is None):
+        parser.error("give --data_root and --index_file together (or neither, and upload a video on the page)")
+    check_server_arguments(parser, args)
+    args.num_inference_steps = args.num_inference_steps or args.num_groups
+    try:
+        pipeline_class.check_steps(args.num_inference_steps, args.num_groups)
+    except ValueError as error:
+        parser.error(str(error))
+    return args
+
+
+def main(argv=None, pipeline_class: type[SwinDPMPipeline] = SwinDPMPipeline, description: str = __doc__,
+         defaults: dict = inference.SWIN_DPM_DEFAULTS, inference_module: str = "stage3.inference") -> None:
+    args = parse_args(argv, description, defaults, pipeline_class)
+    model = StreamWorldModel(args, pipeline_class, inference_module)
+    first_clip = None
+    if args.initial_video is not None:
+        first_clip = model.clip_from_file(args.initial_video)
+    elif args.index_file is not None:
+        first_clip = model.clip_from_sample(args.sample_index)
+    play(model, args, first_clip)
+
+
+if __name__ == "__main__":
+    run(main)
