@@ -515,7 +515,7 @@ class Trainer:
                 loss_nonfinite |= nonfinite_now
                 if not loss_nonfinite:  # every process skips the same backward passes
                     accelerator.backward(loss)
-        logs = {"loss": sum(losses) / len(losses), "skipped_steps": self.skipped_steps}
+        logs = {"loss": sum(losses) / len(losses)}
         # The last micro-batch synchronised the gradients (accumulate() counts them in windows of this size).
         if not loss_nonfinite:
             grad_norm = accelerator.clip_grad_norm_(self.transformer.parameters(), args.max_grad_norm)
@@ -526,10 +526,11 @@ class Trainer:
         (grad_nonfinite,) = any_process(accelerator, grad_nonfinite)
         if loss_nonfinite or grad_nonfinite:
             self._skip_or_stop("loss" if loss_nonfinite else "gradient norm", logs)
-            logs["skipped_steps"] = self.skipped_steps
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.skipped_steps:  # healthy runs log no such series
+            logs["skipped_steps"] = self.skipped_steps
         return logs
 
     def _skip_or_stop(self, what: str, logs: dict[str, float]) -> None:
