@@ -525,7 +525,8 @@ class Trainer:
         grad_nonfinite = accelerator.scaler is None and not math.isfinite(logs.get("grad_norm", 0.0))
         (grad_nonfinite,) = any_process(accelerator, grad_nonfinite)
         if loss_nonfinite or grad_nonfinite:
-            self._skip_or_stop("loss" if loss_nonfinite else "gradient norm", logs)
+            seen_here = not all(map(math.isfinite, (*losses, logs.get("grad_norm", 0.0))))
+            self._skip_or_stop("loss" if loss_nonfinite else "gradient norm", logs, seen_here)
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -533,9 +534,10 @@ class Trainer:
             logs["skipped_steps"] = self.skipped_steps
         return logs
 
-    def _skip_or_stop(self, what: str, logs: dict[str, float]) -> None:
+    def _skip_or_stop(self, what: str, logs: dict[str, float], seen_here: bool) -> None:
         measured = ", ".join(f"{name} {logs[name]:.4g}" for name in ("loss", "grad_norm") if name in logs)
-        cause = f"step {self.global_step + 1}: non-finite {what} ({measured} on this process)"
+        where = f"({measured})" if seen_here else f"on another process (here {measured})"
+        cause = f"step {self.global_step + 1}: non-finite {what} {where}"
         if self.skipped_steps >= self.args.max_nonfinite_steps:
             raise RunFailed(
                 f"{cause}. The run stopped without applying this step and wrote nothing non-finite; "
@@ -561,17 +563,16 @@ class Trainer:
             return
         if not self.checkpoints.has(self.global_step):
             self.save_checkpoint()
+        cause = f"{type(failure).__name__}: {failure}" if failure else "on another process"
         settings = {name: value for name, value in args.to_dict().items() if name.startswith("validation_")}
         message = (
-            f"validation at step {self.global_step} failed ({type(failure).__name__}: {failure}" if failure else
-            f"validation at step {self.global_step} failed on another process ("
-        ) + (
-            f") with height x width {args.height}x{args.width}, {settings}; {self._last_good_checkpoint()}. "
-            "Lower the validation sizes or steps, or set args.validation_steps = 0 to skip validation"
+            f"validation at step {self.global_step} failed ({cause}) at {args.height}x{args.width} with {settings}; "
+            f"{self._last_good_checkpoint()}. Lower the validation sizes or steps, or set args.validation_steps = 0"
         )
         if args.stop_on_validation_failure:
             raise RunFailed(f"{message}, or args.stop_on_validation_failure = False to train on") from failure
         logger.warning("%s; training goes on (args.stop_on_validation_failure = False)", message)
+        del failure  # its traceback holds the failed validation's tensors
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
