@@ -16,7 +16,14 @@ from stage1.training.arguments import LoraArgs
 from tests.conftest import tiny_run_args
 from thematrix.config import ConfigError
 from thematrix.training import metrics
-from thematrix.training.metrics import METRICS_FILE, PLOT_FILE, RunMetrics, plot_metrics, read_records, tracker_names
+from thematrix.training.metrics import (
+    METRICS_FILE,
+    PLOT_FILE,
+    RunMetrics,
+    plot_metrics,
+    read_records,
+    tracker_names,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 STEPS, VALIDATION_STEPS = 4, 2

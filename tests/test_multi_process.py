@@ -21,7 +21,11 @@ from stage1.training.arguments import LoraArgs
 from tests.conftest import ADAM_ROUNDING_STEPS, tiny_run_args
 from tests.launching import REPO_ROOT, finish, launch_stage1, wait_for_steps, write_config
 from thematrix.model_dir import LORA_WEIGHT_NAME
-from thematrix.training.checkpoint import TRAINABLE_WEIGHTS, checkpoint_step, list_checkpoints
+from thematrix.training.checkpoint import (
+    TRAINABLE_WEIGHTS,
+    checkpoint_step,
+    list_checkpoints,
+)
 from thematrix.training.metrics import METRICS_FILE, read_records
 from thematrix.training.run_safety import PREEMPTED_EXIT_CODE
 

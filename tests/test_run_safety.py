@@ -16,34 +16,34 @@ import torch
 from safetensors.torch import load_file
 
 from stage1.train_text_to_video_lora import LoraTrainer, main
-from stage1.training.arguments import LoraArgs
-from tests.conftest import tiny_run_args
-from tests.launching import REPO_ROOT, finish, launch_stage1, wait_for_steps, write_config
+from tests.conftest import TINY_RUN_STEPS
+from tests.launching import (
+    REPO_ROOT,
+    finish,
+    launch_stage1,
+    wait_for_steps,
+    write_config,
+)
 from thematrix.cli import USAGE_EXIT_CODE, run
 from thematrix.config import ConfigError
 from thematrix.model_dir import LORA_WEIGHT_NAME
 from thematrix.training import run_safety
+from thematrix.training.checkpoint import (
+    TRAINABLE_WEIGHTS,
+    checkpoint_step,
+    directory_bytes,
+    list_checkpoints,
+)
 from thematrix.training.clips import cache_entry_bytes
-from thematrix.training.checkpoint import TRAINABLE_WEIGHTS, checkpoint_step, directory_bytes, list_checkpoints
 from thematrix.training.metrics import METRICS_FILE, read_records
-from thematrix.training.run_safety import PREEMPTED_EXIT_CODE, RunFailed, RunPreempted, StopSignals
+from thematrix.training.run_safety import (
+    PREEMPTED_EXIT_CODE,
+    RunFailed,
+    RunPreempted,
+    StopSignals,
+)
 
 DIVERGING_LR = 1e30  # one Adam step moves every LoRA weight by about 10x this: step 2 overflows to inf and nan
-STEPS = 3
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("run-safety-cache"))
-
-
-@pytest.fixture
-def lora_args(tiny_model_dir, tiny_dataset, cache_dir, tmp_path):
-    def make(output="run", **overrides) -> LoraArgs:
-        settings = dict(rank=4, lora_alpha=4.0, max_train_steps=STEPS, checkpointing_steps=1, cache_dir=cache_dir)
-        return tiny_run_args(LoraArgs(), tiny_model_dir, tiny_dataset, tmp_path / output, **{**settings, **overrides})
-
-    return make
 
 
 def nan_loss_at(steps: set[int]) -> type:
@@ -107,7 +107,7 @@ def test_a_run_stopped_by_a_nonfinite_loss_resumes_from_its_last_checkpoint_with
         nan_loss_at({2})(lora_args()).train()
     resumed = LoraTrainer(lora_args(learning_rate=1e-3))  # the learning rate may change on resume
     resumed.train()
-    assert resumed.global_step == STEPS and [entry["lr"] for entry in resumed.history] == [1e-3] * (STEPS - 1)
+    assert resumed.global_step == TINY_RUN_STEPS and [entry["lr"] for entry in resumed.history] == [1e-3] * (TINY_RUN_STEPS - 1)
     assert checkpoint_steps(tmp_path / "run") == [1, 2, 3]
 
 

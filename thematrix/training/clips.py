@@ -15,7 +15,12 @@ from thematrix.controls import ControlVocabulary
 from thematrix.data.dataset import BucketBatchSampler, VideoDataset, collate_batch
 from thematrix.data.index import load_index
 from thematrix.training.arguments import TrainingArgs
-from thematrix.training.encoded_cache import CACHE_DTYPE, EncodedDataset, encode_dataset, missing_entries
+from thematrix.training.encoded_cache import (
+    CACHE_DTYPE,
+    EncodedDataset,
+    encode_dataset,
+    missing_entries,
+)
 from thematrix.training.run_safety import disk_space_problem, main_process_decides
 
 logger = logging.getLogger(__name__)

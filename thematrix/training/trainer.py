@@ -39,7 +39,13 @@ from thematrix.model_dir import check_model_dir, load_components, save_model_dir
 from thematrix.schedules import CogVideoXTrainingSchedule
 from thematrix.training.arguments import TrainingArgs
 from thematrix.training.checkpoint import RESOLVED_CONFIG, Checkpoints
-from thematrix.training.clips import cache_entry_bytes, cached_clips, encoder_fingerprint, load_clips, training_batches
+from thematrix.training.clips import (
+    cache_entry_bytes,
+    cached_clips,
+    encoder_fingerprint,
+    load_clips,
+    training_batches,
+)
 from thematrix.training.metrics import RunMetrics, tracker_names
 from thematrix.training.run_safety import (
     RunFailed,
