@@ -211,6 +211,23 @@ def test_ctrl_c_through_the_launcher_saves_a_checkpoint_and_the_same_command_res
     assert steps == list(range(1, 13))  # what the interrupted run logged after its checkpoint is not counted twice
 
 
+class SignalledDuringValidation(LoraTrainer):
+    def validation_videos(self):
+        for index, video in enumerate(super().validation_videos()):
+            if index == 1:
+                signal.raise_signal(signal.SIGTERM)
+            yield video
+
+
+def test_a_signal_during_validation_cuts_it_short_and_stops_with_a_checkpoint(lora_args, tmp_path):
+    args = lora_args(max_train_steps=4, checkpointing_steps=100, validation_steps=2, validation_num_frames=9,
+                     validation_num_inference_steps=2, validation_prompts=("a", "b", "c"))
+    with pytest.raises(RunPreempted, match="SIGTERM at step 2"):
+        SignalledDuringValidation(args).train()
+    assert checkpoint_steps(tmp_path / "run") == [2]
+    assert sorted(path.name for path in (tmp_path / "run" / "validation" / "step-2").iterdir()) == ["prompt-0.mp4", "prompt-1.mp4"]
+
+
 # ---------------------------------------------------------------- disk space
 def test_a_disk_too_small_for_the_checkpoints_is_an_error_at_start(lora_args, monkeypatch):
     trainer = LoraTrainer(lora_args(checkpoints_total_limit=2, max_train_steps=5))

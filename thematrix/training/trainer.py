@@ -490,19 +490,26 @@ class Trainer:
             progress.update(1)
             progress.set_postfix(loss=f"{logs['loss']:.4f}")
 
-            (stop,) = any_process(accelerator, self.stop_signals.requested)
-            if stop or self.global_step % args.checkpointing_steps == 0 or self.global_step == args.max_train_steps:
+            if self.global_step % args.checkpointing_steps == 0 or self.global_step == args.max_train_steps:
                 self.save_checkpoint()
-            if stop:
-                # Other processes may end first and their launcher signal this one again: nothing is left to save.
-                self.stop_signals.restore()
-                raise RunPreempted(
-                    f"{self.stop_signals.received or 'a signal to another process'} at step {self.global_step}: "
-                    f"saved {self.checkpoints.latest()}; rerun the same command to resume"
-                )
             if args.validation_steps and self.global_step % args.validation_steps == 0:
                 self._validate_or_stop()
+            self._stop_if_signalled()
         progress.close()
+
+    def _stop_if_signalled(self) -> None:
+        """At a step boundary: after SIGTERM or SIGINT to any process, save a checkpoint and stop."""
+        (stop,) = any_process(self.accelerator, self.stop_signals.requested)
+        if not stop:
+            return
+        if not self.checkpoints.has(self.global_step):
+            self.save_checkpoint()
+        # Other processes may end first and their launcher signal this one again: nothing is left to save.
+        self.stop_signals.restore()
+        raise RunPreempted(
+            f"{self.stop_signals.received or 'a signal to another process'} at step {self.global_step}: "
+            f"saved {self.checkpoints.latest()}; rerun the same command to resume"
+        )
 
     def _optimizer_step(self, batches: Iterator[tuple[dict[str, Any], int]]) -> dict[str, float]:
         """One optimizer step over ``gradient_accumulation_steps`` micro-batches; returns its loss and gradient norm.
@@ -614,6 +621,8 @@ class Trainer:
                 write_mp4(frames, path, fps=self.args.fps)
                 written.append(path)
                 self.metrics.log_frames(f"validation/{name}", frames, self.global_step)
+                if self.stop_signals.requested:  # the checkpoint of a stopping run comes before more videos
+                    break
             logger.info("validation videos: %s", ", ".join(map(str, written)))
             return written
         finally:
