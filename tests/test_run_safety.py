@@ -197,7 +197,8 @@ def test_ctrl_c_through_the_launcher_saves_a_checkpoint_and_the_same_command_res
     os.killpg(process.pid, signal.SIGINT)
     code, output = finish(process, log)
     assert code == PREEMPTED_EXIT_CODE, output[-4000:]
-    assert "rerun the same command to resume" in output
+    last_line = output.strip().splitlines()[-1]
+    assert last_line.startswith("stopped: SIGINT at step") and last_line.endswith("rerun the same command to resume"), output[-4000:]
     (stopped_at,) = checkpoint_steps(output_dir)
     assert 1 <= stopped_at < 12
 

@@ -471,31 +471,30 @@ class Trainer:
 
     def _run_steps(self) -> None:
         args, accelerator = self.args, self.accelerator
-        progress = tqdm(
-            total=args.max_train_steps, initial=self.global_step, desc="steps", disable=not accelerator.is_local_main_process
-        )
         batches = self._micro_batches()
         self.transformer.train()
-        while self.global_step < args.max_train_steps:
-            step_start = time.perf_counter()
-            logs = {"lr": self.lr_scheduler.get_last_lr()[0]}
-            logs.update(self._optimizer_step(batches))
-            self.global_step += 1
-            self.lr_scheduler.step()
-            logs["step_time_s"] = time.perf_counter() - step_start
-            if torch.cuda.is_available():
-                logs["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
-            self.history.append(logs)
-            self.metrics.log(logs, self.global_step)
-            progress.update(1)
-            progress.set_postfix(loss=f"{logs['loss']:.4f}")
+        # Closed on the way out of a stop too, so the run's last line is its own.
+        with tqdm(total=args.max_train_steps, initial=self.global_step, desc="steps",
+                  disable=not accelerator.is_local_main_process) as progress:
+            while self.global_step < args.max_train_steps:
+                step_start = time.perf_counter()
+                logs = {"lr": self.lr_scheduler.get_last_lr()[0]}
+                logs.update(self._optimizer_step(batches))
+                self.global_step += 1
+                self.lr_scheduler.step()
+                logs["step_time_s"] = time.perf_counter() - step_start
+                if torch.cuda.is_available():
+                    logs["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+                self.history.append(logs)
+                self.metrics.log(logs, self.global_step)
+                progress.update(1)
+                progress.set_postfix(loss=f"{logs['loss']:.4f}")
 
-            if self.global_step % args.checkpointing_steps == 0 or self.global_step == args.max_train_steps:
-                self.save_checkpoint()
-            if args.validation_steps and self.global_step % args.validation_steps == 0:
-                self._validate_or_stop()
-            self._stop_if_signalled()
-        progress.close()
+                if self.global_step % args.checkpointing_steps == 0 or self.global_step == args.max_train_steps:
+                    self.save_checkpoint()
+                if args.validation_steps and self.global_step % args.validation_steps == 0:
+                    self._validate_or_stop()
+                self._stop_if_signalled()
 
     def _stop_if_signalled(self) -> None:
         """At a step boundary: after SIGTERM or SIGINT to any process, save a checkpoint and stop."""
