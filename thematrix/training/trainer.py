@@ -271,9 +271,13 @@ class Trainer:
             return dataset
         return cached_clips(
             dataset, Path(args.cache_dir or self.output_dir / "cache"), self.encode_videos, self.encode_prompts,
-            encoder_fingerprint(args, self.vae, self.text_encoder, self.weight_dtype),
+            self._encoder_fingerprint(),
             lambda num_frames: cache_entry_bytes(num_frames, args, self.vae, self.text_encoder), self.accelerator,
         )
+
+    def _encoder_fingerprint(self) -> dict[str, Any]:
+        """What shapes cached latents and prompt embeddings besides the clip; a stage that encodes otherwise adds to it."""
+        return encoder_fingerprint(self.args, self.vae, self.text_encoder, self.weight_dtype)
 
     # ---------------------------------------------------------------- encoders
     def make_pipeline(self) -> CogVideoXPipeline:
