@@ -2,7 +2,8 @@
 
 A stage subclasses ``Trainer`` and overrides only what is its own: which transformer it loads and which
 parameters train (``build_transformer``), the settings it checks against the model (``_check_shapes``),
-the controls clips carry (``control_vocabulary``), timesteps and noising (``sample_timesteps``,
+the controls clips carry (``control_vocabulary``), how clips are encoded (``encode_videos``, and
+``_encoder_fingerprint``, which keys the latent cache), timesteps and noising (``sample_timesteps``,
 ``noisy_latents``), the frames the loss covers (``loss_mask``) or the whole loss (``compute_loss``), extra
 model inputs (``model_kwargs``), validation (``validation_requests``, ``validation_videos``), what it
 writes at the end (``save_final``, ``final_output``), and ``setup`` for what it builds besides.
