@@ -7,4 +7,4 @@ cd "$(dirname "$0")"
 export GPU_IDS="${GPU_IDS:-0}"              # GPUs to train on, e.g. 0,1,2,3
 export NUM_PROCESSES="${NUM_PROCESSES:-1}"  # one process per GPU
 
-bash ../thematrix/accelerate_launch.sh train_text_to_video_scm.py --config training/scm_config.py "$@"
+exec bash ../thematrix/accelerate_launch.sh train_text_to_video_scm.py --config training/scm_config.py "$@"

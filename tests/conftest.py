@@ -10,6 +10,7 @@ import pytest
 import torch
 from diffusers import CogVideoXTransformer3DModel
 
+from stage1.training.arguments import LoraArgs
 from stage3.cogvideox.pipeline_cogvideox import SwinDPMPipeline
 from stage3.cogvideox.scheduler import SwinScheduler
 from thematrix.base_model import build_base_model
@@ -87,6 +88,30 @@ def tiny_run_args(args, model_dir, dataset, output_dir, **overrides):
 # agree to rounding, which AdamW's m / sqrt(v) magnifies where an element's gradients nearly cancel. A hundredth of
 # one step (the learning rate) bounds that and is far below what a wrong sample, noise draw or gradient scale moves.
 ADAM_ROUNDING_STEPS = 1e-2
+
+# The stage-1 runs of the trainer's own tests (checkpoints, run safety).
+TINY_LORA_RANK = 4
+TINY_RUN_STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def stage1_cache_dir(tmp_path_factory):
+    """One latent cache for the stage-1 runs of a test module: they share the model and the clips."""
+    return str(tmp_path_factory.mktemp("stage1-cache"))
+
+
+@pytest.fixture
+def lora_args(tiny_model_dir, tiny_dataset, stage1_cache_dir, tmp_path):
+    """``lora_args(output, **settings)``: stage-1 settings of a TINY_RUN_STEPS-step run into ``tmp_path / output``
+    that checkpoints every step."""
+
+    def make(output="run", **overrides):
+        settings = dict(rank=TINY_LORA_RANK, lora_alpha=float(TINY_LORA_RANK), max_train_steps=TINY_RUN_STEPS, checkpointing_steps=1,
+                        cache_dir=stage1_cache_dir)
+        return tiny_run_args(LoraArgs(), tiny_model_dir, tiny_dataset, tmp_path / output, **{**settings, **overrides})
+
+    return make
+
 
 CONTROL_GATE_STD = 0.5  # random adaLN gates for the control blocks, which start at zero, so controls change the output
 

@@ -1,16 +1,14 @@
-"""Stage 1 through `accelerate launch` with two CPU processes (gloo): it trains what one process does.
+"""Stage 1 through `bash stage1/train_text_to_video_lora.sh` with two CPU processes (gloo), stopped by SIGTERM.
 
 Two processes with batches of one see the clips and draw the noise that one process with batches of
-two does, so their LoRA weights agree to float rounding; a checkpoint of the two-process run resumes
-in one process.
+two does, so their LoRA weights agree to float rounding. SIGTERM to the launcher reaches both processes,
+which save a checkpoint at the same step boundary and exit with code 75; that checkpoint resumes in one
+process where the LR schedule (warm-up, then cosine) stood, and ends where the one-process run ends.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
+import signal
 
 import pytest
 import torch
@@ -21,37 +19,32 @@ from safetensors.torch import load_file
 from stage1.train_text_to_video_lora import LoraTrainer
 from stage1.training.arguments import LoraArgs
 from tests.conftest import ADAM_ROUNDING_STEPS, tiny_run_args
+from tests.launching import REPO_ROOT, finish, launch_stage1, wait_for_steps, write_config
 from thematrix.model_dir import LORA_WEIGHT_NAME
-from thematrix.training.trainer import CHECKPOINT_PREFIX
+from thematrix.training.checkpoint import (
+    TRAINABLE_WEIGHTS,
+    checkpoint_step,
+    list_checkpoints,
+)
+from thematrix.training.metrics import METRICS_FILE, read_records
+from thematrix.training.run_safety import PREEMPTED_EXIT_CODE
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-LAUNCHER = REPO_ROOT / "thematrix" / "accelerate_launch.sh"
 CONFIG_DIR = REPO_ROOT / "thematrix" / "accelerate_configs"
-STAGE1_SCRIPT = REPO_ROOT / "stage1" / "train_text_to_video_lora.py"
 NUM_PROCESSES = 2
-STEPS = 2  # 4 clips, unshuffled: step 1 trains on clips 0, 1 and step 2 on clips 2, 3
-RESUMED_STEPS = 4
-LAUNCH_TIMEOUT_S = 180
+STEPS = 12
 LEARNING_RATE = 1e-2
+# Micro-batches per optimizer step: steps long enough for the signal to land long before the last one.
+ACCUMULATION = 8
+# Unshuffled, 4 clips: each step trains on all of them twice; warm-up then cosine decay over the run.
+SCHEDULE = dict(lr_scheduler="cosine", lr_warmup_steps=3, shuffle=False, gradient_accumulation_steps=ACCUMULATION)
 
 
 def run_args(model_dir, dataset, output_dir, cache_dir, **overrides) -> LoraArgs:
     return tiny_run_args(
         LoraArgs(), model_dir, dataset, output_dir,
-        **{"rank": 4, "lora_alpha": 4.0, "learning_rate": LEARNING_RATE, "shuffle": False, "max_train_steps": STEPS, "cache_dir": str(cache_dir), **overrides},
+        **{"rank": 4, "lora_alpha": 4.0, "learning_rate": LEARNING_RATE, "max_train_steps": STEPS, "cache_dir": str(cache_dir),
+           **SCHEDULE, **overrides},
     )
-
-
-def write_config(args: LoraArgs, path: Path) -> Path:
-    """``args`` as a config file like stage1/training/lora_config_tiny.py, for the launched processes."""
-    lines = ["from stage1.training.arguments import LoraArgs", "args = LoraArgs()"]
-    lines += [f"args.{name} = {value!r}" for name, value in args.to_dict().items()]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def lora_weights(output_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(output_dir / LORA_WEIGHT_NAME))
 
 
 def assert_same_weights(expected: dict[str, torch.Tensor], actual: dict[str, torch.Tensor]) -> None:
@@ -62,56 +55,60 @@ def assert_same_weights(expected: dict[str, torch.Tensor], actual: dict[str, tor
 
 @pytest.fixture(scope="module")
 def runs(tiny_model_dir, tiny_dataset, tmp_path_factory):
-    """(two-process output dir, one-process output dir), STEPS steps each, two samples per step."""
+    """(two-process output dir, its exit code and output, one-process output dir with a checkpoint at every step)."""
     root = tmp_path_factory.mktemp("multi_process")
     cache_dir = root / "cache"
     one = root / "one_process"
-    LoraTrainer(run_args(tiny_model_dir, tiny_dataset, one, cache_dir, train_batch_size=2)).train()
+    LoraTrainer(run_args(
+        tiny_model_dir, tiny_dataset, one, cache_dir, train_batch_size=2, checkpointing_steps=1, checkpoints_total_limit=None,
+    )).train()
 
-    two = root / "two_processes"
-    config = write_config(run_args(tiny_model_dir, tiny_dataset, two, cache_dir, train_batch_size=1), root / "config.py")
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "NUM_PROCESSES": str(NUM_PROCESSES),
-        "MAIN_PROCESS_PORT": "0",  # a free port: parallel test runs do not collide
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": str(REPO_ROOT),
-    }
-    result = subprocess.run(
-        ["bash", str(LAUNCHER), str(STAGE1_SCRIPT), "--config", str(config)],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert f"{NUM_PROCESSES} samples per optimizer step" in result.stderr, result.stderr[-4000:]
-    return two, one
+    two, log = root / "two_processes", root / "two_processes.log"
+    config = write_config(run_args(tiny_model_dir, tiny_dataset, two, cache_dir, train_batch_size=1, checkpointing_steps=100), root / "config.py")
+    process = launch_stage1(config, log, NUM_PROCESSES)
+    wait_for_steps(two, 1, process, log)
+    process.send_signal(signal.SIGTERM)  # to the launcher alone, as `kill PID` or a container runtime sends it
+    code, output = finish(process, log)
+    return two, code, output, one
+
+
+def stopped_checkpoint(runs):
+    two, code, output, _ = runs
+    assert code == PREEMPTED_EXIT_CODE, output[-4000:]
+    (checkpoint,) = list_checkpoints(two / "checkpoints")
+    return checkpoint
+
+
+def test_sigterm_stops_both_processes_at_one_step_boundary_with_a_checkpoint(runs):
+    _, _, output, _ = runs
+    checkpoint = stopped_checkpoint(runs)
+    assert 1 <= checkpoint_step(checkpoint) < STEPS
+    assert f"{NUM_PROCESSES * ACCUMULATION} samples per optimizer step" in output
+    assert output.strip().splitlines()[-1].startswith("stopped: SIGTERM at step"), output[-4000:]  # no launcher noise after it
 
 
 def test_two_processes_of_batch_one_equal_one_process_of_batch_two(runs):
-    two, one = runs
-    expected = lora_weights(one)
+    checkpoint = stopped_checkpoint(runs)
+    *_, one = runs
+    expected = load_file(str(one / "checkpoints" / checkpoint.name / TRAINABLE_WEIGHTS))
     assert any(value.abs().max() > 0 for name, value in expected.items() if "lora_B" in name)  # training moved B
-    assert_same_weights(expected, lora_weights(two))
+    assert_same_weights(expected, load_file(str(checkpoint / TRAINABLE_WEIGHTS)))
 
 
-def test_two_process_checkpoint_resumes_in_one_process(runs, tiny_model_dir, tiny_dataset):
-    two, one = runs
-    cache_dir = one.parent / "cache"
-    checkpoint = two / "checkpoints" / f"{CHECKPOINT_PREFIX}{STEPS}"
+def test_two_process_checkpoint_resumes_in_one_process_on_the_same_lr_schedule(runs, tiny_model_dir, tiny_dataset):
+    checkpoint = stopped_checkpoint(runs)
+    *_, one = runs
     resumed = LoraTrainer(run_args(
-        tiny_model_dir, tiny_dataset, two.parent / "resumed", cache_dir,
-        train_batch_size=2, max_train_steps=RESUMED_STEPS, resume_from_checkpoint=str(checkpoint),
+        tiny_model_dir, tiny_dataset, checkpoint.parents[2] / "resumed", one.parent / "cache",
+        train_batch_size=2, resume_from_checkpoint=str(checkpoint),
     ))
     resumed.train()
-    assert resumed.global_step == RESUMED_STEPS and len(resumed.history) == RESUMED_STEPS - STEPS
-
-    # The one-process run, resumed from its own checkpoint, takes the same two steps.
-    continued = LoraTrainer(run_args(
-        tiny_model_dir, tiny_dataset, one, cache_dir,
-        train_batch_size=2, max_train_steps=RESUMED_STEPS, resume_from_checkpoint="latest",
-    ))
-    continued.train()
-    assert_same_weights(lora_weights(one), lora_weights(two.parent / "resumed"))
+    stopped_at = checkpoint_step(checkpoint)
+    assert resumed.global_step == STEPS and len(resumed.history) == STEPS - stopped_at
+    one_process_lrs = [record["lr"] for record in read_records(one / METRICS_FILE) if record["step"] > stopped_at]
+    assert [entry["lr"] for entry in resumed.history] == one_process_lrs
+    assert len(set(one_process_lrs)) > 1  # the schedule moves over the resumed steps
+    assert_same_weights(load_file(str(one / LORA_WEIGHT_NAME)), load_file(str(checkpoint.parents[2] / "resumed" / LORA_WEIGHT_NAME)))
 
 
 @pytest.mark.parametrize("name, distributed_type", [("fsdp", DistributedType.FSDP), ("deepspeed_zero2", DistributedType.DEEPSPEED)])

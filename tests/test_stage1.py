@@ -24,7 +24,7 @@ from tests.conftest import (
 from thematrix.config import ConfigError
 from thematrix.data.dataset import collate_batch
 from thematrix.model_dir import LORA_WEIGHT_NAME, ModelDirError
-from thematrix.training.trainer import TRAINABLE_WEIGHTS, list_checkpoints
+from thematrix.training.checkpoint import TRAINABLE_WEIGHTS, list_checkpoints
 from thematrix.video import read_video_info
 
 

@@ -32,7 +32,7 @@ from thematrix.config import ConfigError, load_config
 from thematrix.data.dataset import collate_batch
 from thematrix.presets import TINY
 from thematrix.schedules import c_out, c_skip, phase_boundaries, phase_boundary_below
-from thematrix.training.trainer import TRAINABLE_WEIGHTS, list_checkpoints
+from thematrix.training.checkpoint import TRAINABLE_WEIGHTS, list_checkpoints
 from thematrix.video import read_video_info
 
 # The tiny window of the stage-3 fixture and the conftest clips: 2 history + 1 + 2 x 2 latent frames (25 video frames).

@@ -60,8 +60,12 @@ class TrainingArgs(StrictArgs):
 
     # --- checkpoints ----------------------------------------------------------------------------
     checkpointing_steps: int = 500
-    checkpoints_total_limit: Optional[int] = 3  # oldest checkpoints beyond this are deleted
+    checkpoints_total_limit: Optional[int] = 3  # the last this many are kept: older ones go once a newer one is complete; None keeps all
     resume_from_checkpoint: Optional[Annotated[str, PathSetting(keywords=(LATEST_CHECKPOINT,))]] = LATEST_CHECKPOINT  # "latest", a checkpoint path, or None to start fresh
+
+    # --- when a run goes wrong (README: "When a run goes wrong") ----------------------------------
+    max_nonfinite_steps: int = 0  # optimizer steps with a non-finite loss or gradient norm to skip (no update; counted, logged); past this many the run stops
+    stop_on_validation_failure: bool = True  # a failing validation (e.g. out of memory) saves a checkpoint and stops the run; False logs it and trains on
 
     # --- validation -----------------------------------------------------------------------------
     validation_prompts: tuple[str, ...] = ("A red race car drives along a grey track through green grass.",)
@@ -69,9 +73,10 @@ class TrainingArgs(StrictArgs):
     validation_num_frames: int = 49
     validation_num_inference_steps: int = 50
     validation_guidance_scale: float = 6.0
+    validation_loss_clips: int = 4  # first clips whose loss at fixed noise and timesteps is measured at each validation: a steadier curve than the training loss; 0 skips it
 
     # --- logging --------------------------------------------------------------------------------
-    report_to: str = "tensorboard"  # "tensorboard" or "none"
+    report_to: str = "tensorboard"  # any tracker accelerate supports (tensorboard, wandb, mlflow, comet_ml, aim, clearml, dvclive, swanlab, trackio), several joined by commas, "all" installed ones, or "none"
     logging_steps: int = 1
 
     def check(self) -> None:
@@ -85,5 +90,8 @@ class TrainingArgs(StrictArgs):
             raise ConfigError(f"args.caption_p_zero is a probability, in [0, 1]; got {self.caption_p_zero}")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise ConfigError(f"args.mixed_precision is {self.mixed_precision!r}; use auto, no, bf16 or fp16")
-        if self.report_to not in ("tensorboard", "none"):
-            raise ConfigError(f"args.report_to is {self.report_to!r}; use tensorboard or none")
+        for name in ("max_nonfinite_steps", "validation_loss_clips"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"args.{name} must be at least 0, is {getattr(self, name)}")
+        if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
+            raise ConfigError(f"args.checkpoints_total_limit must be at least 1 (or None to keep all), is {self.checkpoints_total_limit}")

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 logger = logging.getLogger(__name__)
 
 KEY_METADATA = "cache_key"
+CACHE_DTYPE = torch.float32  # what entries hold, whatever dtype the encoders ran in
 
 
 def entry_key(dataset, index: int, fingerprint: dict[str, Any]) -> tuple[str, str]:
@@ -42,6 +43,17 @@ def entry_key(dataset, index: int, fingerprint: dict[str, Any]) -> tuple[str, st
     return hashlib.sha256(text.encode()).hexdigest(), text
 
 
+def entry_path(dataset, index: int, cache_dir: Path, fingerprint: dict[str, Any]) -> tuple[Path, str]:
+    """(file, canonical JSON of its key) of one clip's cache entry."""
+    key, text = entry_key(dataset, index, fingerprint)
+    return Path(cache_dir) / f"{key}.safetensors", text
+
+
+def missing_entries(dataset, cache_dir: Path, fingerprint: dict[str, Any]) -> list[int]:
+    """Indices of the clips that have no cache entry yet."""
+    return [index for index in range(len(dataset)) if not entry_path(dataset, index, cache_dir, fingerprint)[0].is_file()]
+
+
 def encode_dataset(
     dataset,
     cache_dir: Path,
@@ -53,15 +65,14 @@ def encode_dataset(
     cache_dir.mkdir(parents=True, exist_ok=True)
     reused = 0
     for index in tqdm(range(len(dataset)), desc="caching latents"):
-        key, text = entry_key(dataset, index, fingerprint)
-        path = cache_dir / f"{key}.safetensors"
+        path, text = entry_path(dataset, index, cache_dir, fingerprint)
         if path.is_file():
             reused += 1
             continue
         sample = dataset[index]
         tensors = {
-            "latent_parameters": encode_videos(sample["video"][None])[0].float().cpu().contiguous(),
-            "prompt_embeds": encode_prompts([sample["caption"]])[0].float().cpu().contiguous(),
+            "latent_parameters": encode_videos(sample["video"][None])[0].to(CACHE_DTYPE).cpu().contiguous(),
+            "prompt_embeds": encode_prompts([sample["caption"]])[0].to(CACHE_DTYPE).cpu().contiguous(),
         }
         partial = path.with_suffix(".partial")
         save_file(tensors, str(partial), metadata={KEY_METADATA: text})
@@ -87,8 +98,7 @@ class EncodedDataset(torch.utils.data.Dataset):
         return getattr(self.dataset, name)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        key, text = entry_key(self.dataset, index, self.fingerprint)
-        path = self.cache_dir / f"{key}.safetensors"
+        path, text = entry_path(self.dataset, index, self.cache_dir, self.fingerprint)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no cache entry for {self.dataset.describe(index)['path']}; the clip changed after caching")
         item = self.dataset.describe(index)

@@ -1,22 +1,27 @@
-"""The training loop every stage shares: data, mixed precision, accumulation, checkpoints, resume, logs.
+"""The training loop every stage shares: one optimizer step after another, and the checks that keep it safe.
 
-A stage subclasses ``Trainer`` and overrides only what is its own: which transformer it loads and
-which parameters train (``build_transformer``), how timesteps are drawn and which frames count
-in the loss (``sample_timesteps``, ``loss_mask``), extra model inputs (``model_kwargs``), the
-validation pipeline and what it saves at the end (``save_final``).
+A stage subclasses ``Trainer`` and overrides only what is its own: which transformer it loads and which
+parameters train (``build_transformer``), the settings it checks against the model (``_check_shapes``),
+the controls clips carry (``control_vocabulary``), how clips are encoded (``encode_videos``, and
+``_encoder_fingerprint``, which keys the latent cache), timesteps and noising (``sample_timesteps``,
+``noisy_latents``), the frames the loss covers (``loss_mask``) or the whole loss (``compute_loss``), extra
+model inputs (``model_kwargs``), validation (``validation_requests``, ``validation_videos``), what it
+writes at the end (``save_final``, ``final_output``), and ``setup`` for what it builds besides.
+
+The loop reads on its own: checkpoints live in ``checkpoint``, the clips and their latent cache in
+``clips``, stop signals, non-finite values and disk space in ``run_safety``, trackers, ``metrics.jsonl``
+and ``metrics.png`` in ``metrics``. README's "When a run goes wrong" says what each check does.
 
 Exact resume: noise and timesteps for the n-th sample of the run come from a generator seeded by
 (seed, n), the data order of epoch e is a function of (seed, e), and checkpoints hold the trainable
-weights, optimizer, LR schedule and RNG states. A resumed run therefore takes the same steps as an
-uninterrupted one.
+weights, optimizer, LR schedule (which counts optimizer steps, whatever the number of processes) and RNG
+states. A resumed run therefore takes the same steps as an uninterrupted one.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import shutil
+import math
 import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -26,30 +31,44 @@ from accelerate import Accelerator
 from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration, set_seed
 from diffusers import CogVideoXPipeline
 from diffusers.optimization import get_scheduler
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from thematrix.config import ConfigError, parse_command_line
 from thematrix.controls import DEFAULT_VOCABULARY, ControlVocabulary
-from thematrix.data.dataset import BucketBatchSampler, VideoDataset, collate_batch
-from thematrix.data.index import load_index
+from thematrix.data.dataset import collate_batch
 from thematrix.model_dir import check_model_dir, load_components, save_model_dir
 from thematrix.schedules import CogVideoXTrainingSchedule
 from thematrix.training.arguments import TrainingArgs
-from thematrix.training.encoded_cache import EncodedDataset, encode_dataset
+from thematrix.training.checkpoint import RESOLVED_CONFIG, Checkpoints
+from thematrix.training.clips import (
+    cache_entry_bytes,
+    cached_clips,
+    encoder_fingerprint,
+    load_clips,
+    training_batches,
+)
+from thematrix.training.metrics import RunMetrics, tracker_names
+from thematrix.training.run_safety import (
+    RunFailed,
+    RunPreempted,
+    StopSignals,
+    any_process,
+    disk_space_problem,
+    main_process_decides,
+    nonfinite_parameters,
+    stability_advice,
+)
 from thematrix.video import draw_control_overlay, tensor_to_uint8_frames, write_mp4
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_PREFIX = "checkpoint-"
-PARTIAL_SUFFIX = ".partial"
-TRAINABLE_WEIGHTS = "trainable.safetensors"
-TRAINER_STATE = "trainer_state.json"
-RESOLVED_CONFIG = "config.json"
 FINAL_MODEL = "model"
 EMPTY_CAPTION = ""
+CHECKPOINT_DIR = "checkpoints"
 # Spreads per-sample seeds so that (seed, n) pairs of nearby runs never collide.
 SEED_STRIDE = 1_000_003
+# Sample positions of the validation loss: far beyond any run's samples, so no training step draws their noise.
+VALIDATION_LOSS_POSITION = 2**40
 
 
 def sample_generator(seed: int, sample_position: int, device: torch.device) -> torch.Generator:
@@ -60,17 +79,6 @@ def sample_generator(seed: int, sample_position: int, device: torch.device) -> t
 def draw_dropout(generators: list[torch.Generator], probability: float) -> torch.Tensor:
     """BoolTensor [B]: whether each sample drops a condition, one draw from each sample's own generator."""
     return torch.stack([torch.rand((), generator=generator, device=generator.device) < probability for generator in generators])
-
-
-def list_checkpoints(checkpoint_root: Path) -> list[Path]:
-    """Complete checkpoints, oldest first; ``.partial`` directories of killed saves are ignored."""
-    if not checkpoint_root.is_dir():
-        return []
-    found = [
-        path for path in checkpoint_root.iterdir()
-        if path.is_dir() and path.name.startswith(CHECKPOINT_PREFIX) and not path.name.endswith(PARTIAL_SUFFIX)
-    ]
-    return sorted(found, key=lambda path: int(path.name[len(CHECKPOINT_PREFIX):]))
 
 
 class Trainer:
@@ -85,9 +93,10 @@ class Trainer:
         args.check()
         self.args = args
         self.output_dir = Path(args.output_dir)
-        self.checkpoint_root = self.output_dir / "checkpoints"
         self.global_step = 0
-        self.history: list[dict[str, float]] = []  # per optimizer step: loss, lr, step time, ...
+        self.skipped_steps = 0  # optimizer steps skipped for a non-finite loss or gradient (args.max_nonfinite_steps)
+        self.history: list[dict[str, float]] = []  # this process's optimizer steps: loss, lr, step time, ...
+        self.stop_signals = StopSignals()
 
     # ---------------------------------------------------------------- stage hooks
     def build_transformer(self) -> torch.nn.Module:
@@ -107,7 +116,7 @@ class Trainer:
         return self.schedule.add_noise(latents, noise, timesteps)
 
     def loss_mask(self, latents: torch.Tensor) -> Optional[torch.Tensor]:
-        """Which latent frames count in the loss ([B, F] bool), or None for all."""
+        """Weight of each latent frame in the loss ([B, F]: 1 counts, 0 does not), or None for all."""
         return None
 
     def model_kwargs(self, batch: dict[str, Any], generator_per_sample: list[torch.Generator]) -> dict[str, Any]:
@@ -176,8 +185,11 @@ class Trainer:
                 num_steps=args.gradient_accumulation_steps, sync_with_dataloader=False
             ),
             mixed_precision=mixed_precision,
-            log_with=None if args.report_to == "none" else args.report_to,
+            log_with=tracker_names(args.report_to) or None,
             project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs")),
+            # The loop steps the LR schedule once per optimizer step (accelerate would step it once per process),
+            # so a run resumed on another number of processes continues its schedule where it was.
+            step_scheduler_with_optimizer=False,
         )
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
         logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file otherwise
@@ -221,32 +233,20 @@ class Trainer:
         if args.cache_latents:
             # Every caption is encoded now: the text encoder's memory goes back to the CPU.
             self.text_encoder.to("cpu")
-        batch_sampler = BucketBatchSampler(self.dataset, batch_size=args.train_batch_size, seed=args.seed, shuffle=args.shuffle, drop_last=True)
-        if len(batch_sampler) == 0:
-            raise ConfigError(
-                f"{args.index_file}: no bucket has {args.train_batch_size} clips for one batch; "
-                "lower args.train_batch_size or add clips"
-            )
-        self.batch_sampler = batch_sampler
-        dataloader = torch.utils.data.DataLoader(
-            self.dataset, batch_sampler=batch_sampler, collate_fn=collate_batch, num_workers=args.dataloader_num_workers
-        )
+        self.batch_sampler, dataloader = training_batches(self.dataset, args)
 
         optimizer = torch.optim.AdamW(
             trainable, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
             weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
         )
-        num_processes = self.accelerator.num_processes
         lr_scheduler = get_scheduler(
             args.lr_scheduler, optimizer=optimizer,
-            num_warmup_steps=args.lr_warmup_steps * num_processes,
-            num_training_steps=args.max_train_steps * num_processes,
+            num_warmup_steps=args.lr_warmup_steps, num_training_steps=args.max_train_steps,
         )
         self.transformer, self.optimizer, self.dataloader, self.lr_scheduler = self.accelerator.prepare(
             transformer, optimizer, dataloader, lr_scheduler
         )
-        self.accelerator.register_save_state_pre_hook(self._save_trainable_hook)
-        self.accelerator.register_load_state_pre_hook(self._load_trainable_hook)
+        self.checkpoints = Checkpoints(self.accelerator, self.output_dir / CHECKPOINT_DIR, args)
         self.rotary_cache: dict[int, Any] = {}
 
     def _check_shapes(self, transformer: torch.nn.Module) -> None:
@@ -267,36 +267,18 @@ class Trainer:
 
     def _build_dataset(self) -> torch.utils.data.Dataset:
         args = self.args
-        samples, problems = load_index(args.index_file, args.data_root, self.control_vocabulary())
-        for problem in problems:
-            logger.warning("skipping sample: %s", problem)
-        if not samples:
-            raise ConfigError(f"{args.index_file}: no usable sample ({len(problems)} problems listed above)")
-        dataset = VideoDataset(
-            samples, fps=args.fps, height=args.height, width=args.width, frame_buckets=args.frame_buckets,
-            temporal_compression=self.vae.config.temporal_compression_ratio, vocabulary=self.control_vocabulary(),
-        )
+        dataset = load_clips(args, self.control_vocabulary(), self.vae.config.temporal_compression_ratio)
         if not args.cache_latents:
             return dataset
-        cache_dir = Path(args.cache_dir or self.output_dir / "cache")
-        with self.accelerator.main_process_first():
-            encode_dataset(dataset, cache_dir, self.encode_videos, self.encode_prompts, self._encoder_fingerprint())
-        return EncodedDataset(dataset, cache_dir, self._encoder_fingerprint())
+        return cached_clips(
+            dataset, Path(args.cache_dir or self.output_dir / "cache"), self.encode_videos, self.encode_prompts,
+            self._encoder_fingerprint(),
+            lambda num_frames: cache_entry_bytes(num_frames, args, self.vae, self.text_encoder), self.accelerator,
+        )
 
     def _encoder_fingerprint(self) -> dict[str, Any]:
-        """What shapes cached latents and prompt embeddings besides the clip itself."""
-        args = self.args
-        return {
-            "model": str(Path(args.pretrained_model_name_or_path).resolve()),
-            "vae": self.vae.config,
-            "text_encoder": self.text_encoder.config.to_dict(),
-            "max_text_seq_length": args.max_text_seq_length,
-            "height": args.height,
-            "width": args.width,
-            "fps": args.fps,
-            "frame_buckets": list(args.frame_buckets),
-            "dtype": str(self.weight_dtype),
-        }
+        """What shapes cached latents and prompt embeddings besides the clip; a stage that encodes otherwise adds to it."""
+        return encoder_fingerprint(self.args, self.vae, self.text_encoder, self.weight_dtype)
 
     # ---------------------------------------------------------------- encoders
     def make_pipeline(self) -> CogVideoXPipeline:
@@ -399,162 +381,253 @@ class Trainer:
         return per_sample.mean()
 
     # ---------------------------------------------------------------- checkpoints
-    def _trainable_state(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
-        return {name: param.detach().contiguous() for name, param in model.named_parameters() if param.requires_grad}
-
-    def _save_trainable_hook(self, models, weights, output_dir) -> None:
-        if self.accelerator.is_main_process:
-            for model in models:
-                save_file(self._trainable_state(self.accelerator.unwrap_model(model)), os.path.join(output_dir, TRAINABLE_WEIGHTS))
-        weights.clear()
-
-    def _load_trainable_hook(self, models, input_dir) -> None:
-        model = self.accelerator.unwrap_model(models.pop())
-        state = load_file(os.path.join(input_dir, TRAINABLE_WEIGHTS))
-        expected = set(self._trainable_state(model))
-        if set(state) != expected:
-            raise ConfigError(
-                f"{input_dir}: checkpoint weights do not match the trainable parameters of this run "
-                f"(missing {sorted(expected - set(state))[:5]}, unexpected {sorted(set(state) - expected)[:5]}); "
-                "it was written by a run with other settings. Set args.resume_from_checkpoint = None to start fresh."
-            )
-        parameters = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, value in state.items():
-                parameters[name].copy_(value)
+    def _trainer_state(self) -> dict[str, int]:
+        return {
+            "global_step": self.global_step,
+            "skipped_steps": self.skipped_steps,
+            "samples_per_step": self.samples_per_step,
+        }
 
     def save_checkpoint(self) -> Path:
-        """Write checkpoint-<step> atomically: into a .partial directory, renamed when complete."""
-        final = self.checkpoint_root / f"{CHECKPOINT_PREFIX}{self.global_step}"
-        partial = final.with_name(final.name + PARTIAL_SUFFIX)
-        if self.accelerator.is_main_process:
-            shutil.rmtree(partial, ignore_errors=True)
-            partial.mkdir(parents=True)
-        self.accelerator.wait_for_everyone()
-        self.accelerator.save_state(str(partial))
-        if self.accelerator.is_main_process:
-            (partial / TRAINER_STATE).write_text(json.dumps({"global_step": self.global_step}))
-            self.args.save(partial / RESOLVED_CONFIG)
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(partial, final)
-            limit = self.args.checkpoints_total_limit
-            if limit is not None:
-                for old in list_checkpoints(self.checkpoint_root)[:-limit]:
-                    shutil.rmtree(old)
-        self.accelerator.wait_for_everyone()
-        return final
+        """Write checkpoint-<global_step>, unless a trainable weight is not finite."""
+        self._check_weights_finite("checkpoint")
+        path = self.checkpoints.save(self.global_step, self._trainer_state())
+        self.metrics.plot()
+        return path
 
-    def _resume(self) -> None:
-        choice = self.args.resume_from_checkpoint
-        if choice is None:
-            return
-        if choice == "latest":
-            found = list_checkpoints(self.checkpoint_root)
-            if not found:
-                return
-            path = found[-1]
-        else:
-            path = Path(choice)
-            if not (path / TRAINER_STATE).is_file():
-                raise ConfigError(f"args.resume_from_checkpoint = {choice!r} is not a complete checkpoint directory")
-        self.accelerator.load_state(str(path))
-        self.global_step = json.loads((path / TRAINER_STATE).read_text())["global_step"]
-        saved_args = json.loads((path / RESOLVED_CONFIG).read_text())
-        changed = {key: value for key, value in self.args.to_dict().items() if json.loads(json.dumps(value, default=str)) != saved_args.get(key)}
-        logger.info("resumed from %s at step %d", path, self.global_step)
-        if changed:
-            logger.warning("settings changed since that checkpoint: %s", sorted(changed))
+    def _check_weights_finite(self, what: str) -> None:
+        bad = nonfinite_parameters(self.accelerator.unwrap_model(self.transformer))
+        (any_bad,) = any_process(self.accelerator, bool(bad))
+        if any_bad:
+            raise RunFailed(
+                f"step {self.global_step}: trainable weights are not finite ({', '.join(bad[:3]) or 'on another process'}"
+                f"{', ...' if len(bad) > 3 else ''}), so the {what} was not written; {self._last_good_checkpoint()}; "
+                f"{stability_advice(self.args)}"
+            )
+
+    def _last_good_checkpoint(self) -> str:
+        latest = self.checkpoints.latest()
+        if latest is None:
+            return "no checkpoint was saved yet"
+        return f"the last good checkpoint is {latest} (rerunning resumes from it)"
 
     # ---------------------------------------------------------------- loop
     def train(self) -> Path:
-        """Run (or resume) training; returns the output directory."""
-        if not hasattr(self, "accelerator"):
-            self.setup()
+        """Run (or resume) training; returns the output directory.
+
+        Raises ``RunPreempted`` after saving a checkpoint when SIGTERM or SIGINT arrives, and ``RunFailed``
+        when a check stops the run (non-finite values, a failing validation); see README, "When a run goes wrong".
+        """
+        with self.stop_signals:
+            if not hasattr(self, "accelerator"):
+                self.setup()
+            self._begin()
+            try:
+                self._run_steps()
+                self._check_weights_finite("final model")
+                self.accelerator.wait_for_everyone()
+                if self.accelerator.is_main_process:
+                    self.save_final(self.accelerator.unwrap_model(self.transformer))
+            finally:
+                self.metrics.plot()
+                self.accelerator.end_training()
+        return self.output_dir
+
+    def _begin(self) -> None:
+        """Resume (or start) after checking the output directory and its disk; from here on signals wait for a step boundary."""
         args, accelerator = self.args, self.accelerator
+        self.samples_per_step = args.train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes
+        resume_from = self.checkpoints.resume_point(self.samples_per_step)
+        if resume_from is not None:
+            state = self.checkpoints.load(resume_from, self.lr_scheduler)
+            self.global_step, self.skipped_steps = state["global_step"], state.get("skipped_steps", 0)
+        problem = main_process_decides(accelerator, lambda: disk_space_problem(
+            self.output_dir, [self.checkpoints.disk_needs(self.global_step, self.num_trainable_parameters)],
+            "free space there, point args.output_dir at a larger disk, or lower args.checkpoints_total_limit",
+        ))
+        if problem:
+            raise ConfigError(problem)
         if accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             args.save(self.output_dir / RESOLVED_CONFIG)
-        if args.report_to != "none":
-            accelerator.init_trackers("train", config={k: str(v) for k, v in args.to_dict().items()})
-        self._resume()
-
-        batches_per_epoch = len(self.dataloader)
-        samples_per_step = args.train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes
+        accelerator.wait_for_everyone()
+        if accelerator.log_with:
+            accelerator.init_trackers("train", config={key: str(value) for key, value in args.to_dict().items()})
+        self.metrics = RunMetrics(accelerator, self.output_dir, args.logging_steps, self.global_step)
         logger.info(
             "%d clips, %d batches per epoch, %d samples per optimizer step, %s trainable parameters",
-            len(self.dataset), batches_per_epoch, samples_per_step, f"{self.num_trainable_parameters:,}",
+            len(self.dataset), len(self.dataloader), self.samples_per_step, f"{self.num_trainable_parameters:,}",
         )
-        progress = tqdm(
-            total=args.max_train_steps, initial=self.global_step, desc="steps", disable=not accelerator.is_local_main_process
-        )
+        self.stop_signals.training = True
+
+    def _micro_batches(self) -> Iterator[tuple[dict[str, Any], int]]:
+        """This process's (batch, position of its first sample in the run) from the current step on, epoch after epoch."""
+        args, accelerator = self.args, self.accelerator
         micro_step = self.global_step * args.gradient_accumulation_steps
-        self.transformer.train()
-        while self.global_step < args.max_train_steps:
-            epoch, skip = divmod(micro_step, batches_per_epoch)
+        while True:
+            epoch, skip = divmod(micro_step, len(self.dataloader))
             loader = accelerator.skip_first_batches(self.dataloader, skip) if skip else self.dataloader
             # accelerate's loaders re-set their sampler's epoch from their own counter when iterated.
             loader.set_epoch(epoch)
             self.batch_sampler.set_epoch(epoch)
-            step_start, step_loss = time.perf_counter(), 0.0
             for batch in loader:
-                # Position of this process's first sample in the run's stream of samples.
-                position = (micro_step * accelerator.num_processes + accelerator.process_index) * args.train_batch_size
-                with accelerator.accumulate(self.transformer):
-                    loss = self.compute_loss(batch, position)
-                    accelerator.backward(loss)
-                    step_loss += loss.detach().item() / args.gradient_accumulation_steps
-                    grad_norm = None
-                    if accelerator.sync_gradients:
-                        grad_norm = accelerator.clip_grad_norm_(self.transformer.parameters(), args.max_grad_norm)
-                    self.optimizer.step()
-                    self.lr_scheduler.step()
-                    self.optimizer.zero_grad(set_to_none=True)
+                yield batch, (micro_step * accelerator.num_processes + accelerator.process_index) * args.train_batch_size
                 micro_step += 1
-                if not accelerator.sync_gradients:
-                    continue
+
+    def _run_steps(self) -> None:
+        args, accelerator = self.args, self.accelerator
+        batches = self._micro_batches()
+        self.transformer.train()
+        # Closed on the way out of a stop too, so the run's last line is its own.
+        with tqdm(total=args.max_train_steps, initial=self.global_step, desc="steps",
+                  disable=not accelerator.is_local_main_process) as progress:
+            while self.global_step < args.max_train_steps:
+                step_start = time.perf_counter()
+                logs = {"lr": self.lr_scheduler.get_last_lr()[0]}
+                logs.update(self._optimizer_step(batches))
                 self.global_step += 1
-                progress.update(1)
-                logs = {"loss": step_loss, "lr": self.lr_scheduler.get_last_lr()[0], "step_time_s": time.perf_counter() - step_start}
-                if grad_norm is not None:
-                    logs["grad_norm"] = float(grad_norm)
+                self.lr_scheduler.step()
+                logs["step_time_s"] = time.perf_counter() - step_start
                 if torch.cuda.is_available():
                     logs["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
                 self.history.append(logs)
-                step_start, step_loss = time.perf_counter(), 0.0
+                self.metrics.log(logs, self.global_step)
+                progress.update(1)
                 progress.set_postfix(loss=f"{logs['loss']:.4f}")
-                if args.report_to != "none" and self.global_step % args.logging_steps == 0:
-                    accelerator.log(logs, step=self.global_step)
+
                 if self.global_step % args.checkpointing_steps == 0 or self.global_step == args.max_train_steps:
                     self.save_checkpoint()
                 if args.validation_steps and self.global_step % args.validation_steps == 0:
-                    self.validate()
-                if self.global_step >= args.max_train_steps:
-                    break
-        progress.close()
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            self.save_final(accelerator.unwrap_model(self.transformer))
-        accelerator.end_training()
-        return self.output_dir
+                    self._validate_or_stop()
+                self._stop_if_signalled()
+
+    def _stop_if_signalled(self) -> None:
+        """At a step boundary: after SIGTERM or SIGINT to any process, save a checkpoint and stop."""
+        (stop,) = any_process(self.accelerator, self.stop_signals.requested)
+        if not stop:
+            return
+        if not self.checkpoints.has(self.global_step):
+            self.save_checkpoint()
+        # Other processes may end first and their launcher signal this one again: nothing is left to save.
+        self.stop_signals.restore()
+        raise RunPreempted(
+            f"{self.stop_signals.received or 'a signal to another process'} at step {self.global_step}: "
+            f"saved {self.checkpoints.latest()}; rerun the same command to resume"
+        )
+
+    def _optimizer_step(self, batches: Iterator[tuple[dict[str, Any], int]]) -> dict[str, float]:
+        """One optimizer step over ``gradient_accumulation_steps`` micro-batches; returns its loss and gradient norm.
+
+        A non-finite loss (checked before backward) or gradient norm, on any process, skips the update
+        (zeroed gradients, no optimizer step) while ``args.max_nonfinite_steps`` allows, else stops the run.
+        """
+        args, accelerator = self.args, self.accelerator
+        losses, loss_nonfinite = [], False
+        for _ in range(args.gradient_accumulation_steps):
+            batch, position = next(batches)
+            with accelerator.accumulate(self.transformer):
+                loss = self.compute_loss(batch, position)
+                losses.append(loss.item())
+                (nonfinite_now,) = any_process(accelerator, not math.isfinite(losses[-1]))
+                loss_nonfinite |= nonfinite_now
+                if not loss_nonfinite:  # every process skips the same backward passes
+                    accelerator.backward(loss)
+        logs = {"loss": sum(losses) / len(losses)}
+        # The last micro-batch synchronised the gradients (accumulate() counts them in windows of this size).
+        if not loss_nonfinite:
+            grad_norm = accelerator.clip_grad_norm_(self.transformer.parameters(), args.max_grad_norm)
+            if grad_norm is not None:  # DeepSpeed clips inside its own step
+                logs["grad_norm"] = float(grad_norm)
+        # With fp16 an overflowing gradient is the loss scaler's to handle: it skips the step and lowers the scale.
+        grad_nonfinite = accelerator.scaler is None and not math.isfinite(logs.get("grad_norm", 0.0))
+        (grad_nonfinite,) = any_process(accelerator, grad_nonfinite)
+        if loss_nonfinite or grad_nonfinite:
+            seen_here = not all(map(math.isfinite, (*losses, logs.get("grad_norm", 0.0))))
+            self._skip_or_stop("loss" if loss_nonfinite else "gradient norm", logs, seen_here)
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.skipped_steps:  # healthy runs log no such series
+            logs["skipped_steps"] = self.skipped_steps
+        return logs
+
+    def _skip_or_stop(self, what: str, logs: dict[str, float], seen_here: bool) -> None:
+        measured = ", ".join(f"{name} {logs[name]:.4g}" for name in ("loss", "grad_norm") if name in logs)
+        where = f"({measured})" if seen_here else f"on another process (here {measured})"
+        cause = f"step {self.global_step + 1}: non-finite {what} {where}"
+        if self.skipped_steps >= self.args.max_nonfinite_steps:
+            raise RunFailed(
+                f"{cause}. The run stopped without applying this step and wrote nothing non-finite; "
+                f"{self._last_good_checkpoint()}; {stability_advice(self.args)}"
+            )
+        self.skipped_steps += 1
+        logger.warning(
+            "%s: update skipped (%d of args.max_nonfinite_steps = %d)", cause, self.skipped_steps, self.args.max_nonfinite_steps
+        )
+
+    # ---------------------------------------------------------------- validation
+    def _validate_or_stop(self) -> None:
+        """Validate; a failure on any process saves a checkpoint, then stops the run or (setting) is logged."""
+        args, accelerator = self.args, self.accelerator
+        failure = None
+        try:
+            self.validate()
+        except Exception as error:  # out of memory at a validation size, a broken pipeline: the run is kept either way
+            failure = error
+            logger.exception("validation at step %d failed", self.global_step)
+        (failed,) = any_process(accelerator, failure is not None)
+        if not failed:
+            return
+        if not self.checkpoints.has(self.global_step):
+            self.save_checkpoint()
+        cause = f"{type(failure).__name__}: {failure}" if failure else "on another process"
+        settings = {name: value for name, value in args.to_dict().items() if name.startswith("validation_")}
+        message = (
+            f"validation at step {self.global_step} failed ({cause}) at {args.height}x{args.width} with {settings}; "
+            f"{self._last_good_checkpoint()}. Lower the validation sizes or steps, or set args.validation_steps = 0"
+        )
+        if args.stop_on_validation_failure:
+            raise RunFailed(f"{message}, or args.stop_on_validation_failure = False to train on") from failure
+        logger.warning("%s; training goes on (args.stop_on_validation_failure = False)", message)
+        del failure  # its traceback holds the failed validation's tensors
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    @torch.no_grad()
+    def validation_loss(self) -> float:
+        """The loss of the first ``args.validation_loss_clips`` clips at noise and timesteps no training step draws.
+
+        The same draws at every validation make it a steadier curve than the training loss. Every process
+        computes it (the forward of a distributed model is collective).
+        """
+        clips = range(min(self.args.validation_loss_clips, len(self.dataset)))
+        losses = [
+            self.compute_loss(collate_batch([self.dataset[index]]), VALIDATION_LOSS_POSITION + index).item() for index in clips
+        ]
+        return sum(losses) / len(losses)
 
     @torch.no_grad()
     def validate(self) -> list[Path]:
-        """Generate the validation videos, write them as mp4 and log their frames."""
-        if not self.accelerator.is_main_process:
-            return []
+        """Measure the validation loss; generate the validation videos, write them as mp4 and log their frames."""
         self.transformer.eval()
-        written = []
-        folder = self.output_dir / "validation" / f"step-{self.global_step}"
-        for name, video, labels in self.validation_videos():
-            frames = tensor_to_uint8_frames(video.cpu())
-            if labels is not None:
-                frames = draw_control_overlay(frames, labels)
-            path = folder / f"{name}.mp4"
-            write_mp4(frames, path, fps=self.args.fps)
-            written.append(path)
-            if self.args.report_to == "tensorboard":
-                tracker = self.accelerator.get_tracker("tensorboard", unwrap=True)
-                tracker.add_images(f"validation/{name}", frames[:: max(1, len(frames) // 4)], self.global_step, dataformats="NHWC")
-        logger.info("validation videos: %s", ", ".join(map(str, written)))
-        self.transformer.train()
-        return written
+        try:
+            if self.args.validation_loss_clips:
+                self.metrics.log({"validation_loss": self.validation_loss()}, self.global_step, always=True)
+            if not self.accelerator.is_main_process:
+                return []
+            written = []
+            folder = self.output_dir / "validation" / f"step-{self.global_step}"
+            for name, video, labels in self.validation_videos():
+                frames = tensor_to_uint8_frames(video.cpu())
+                if labels is not None:
+                    frames = draw_control_overlay(frames, labels)
+                path = folder / f"{name}.mp4"
+                write_mp4(frames, path, fps=self.args.fps)
+                written.append(path)
+                self.metrics.log_frames(f"validation/{name}", frames, self.global_step)
+                if self.stop_signals.requested:  # the checkpoint of a stopping run comes before more videos
+                    break
+            logger.info("validation videos: %s", ", ".join(map(str, written)))
+            return written
+        finally:
+            self.transformer.train()

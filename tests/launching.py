@@ -1,0 +1,65 @@
+"""Running stage 1 as users do, through `bash stage1/train_text_to_video_lora.sh`, from the tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from stage1.training.arguments import LoraArgs
+from thematrix.training.metrics import METRICS_FILE
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+STAGE1_LAUNCHER = REPO_ROOT / "stage1" / "train_text_to_video_lora.sh"
+LAUNCH_TIMEOUT_S = 180
+POLL_INTERVAL_S = 0.05
+
+
+def write_config(args: LoraArgs, path: Path) -> Path:
+    """``args`` as a config file like stage1/training/lora_config_tiny.py, for the launched processes."""
+    lines = ["from stage1.training.arguments import LoraArgs", "args = LoraArgs()"]
+    lines += [f"args.{name} = {value!r}" for name, value in args.to_dict().items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def launch_stage1(config: Path, log: Path, num_processes: int = 1) -> subprocess.Popen:
+    """Start the stage-1 launcher on ``config`` in a session of its own; its output goes to ``log``."""
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "NUM_PROCESSES": str(num_processes),
+        "MAIN_PROCESS_PORT": "0",  # a free port: parallel test runs do not collide
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO_ROOT),
+    }
+    with log.open("w") as output:
+        return subprocess.Popen(
+            ["bash", str(STAGE1_LAUNCHER), "--config", str(config)],
+            env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+
+def finish(process: subprocess.Popen, log: Path) -> tuple[int, str]:
+    """(exit code, output) of a launched run, once it ends."""
+    process.wait(timeout=LAUNCH_TIMEOUT_S)
+    return process.returncode, log.read_text()
+
+
+def wait_for_steps(output_dir: Path, steps: int, process: subprocess.Popen, log: Path) -> None:
+    """Return once the run has logged ``steps`` optimizer steps; fail if it ends first."""
+    deadline = time.monotonic() + LAUNCH_TIMEOUT_S
+    metrics = output_dir / METRICS_FILE
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"the run ended (code {process.returncode}) before step {steps}:\n{log.read_text()[-4000:]}")
+        if metrics.is_file():
+            complete_lines = metrics.read_text().split("\n")[:-1]  # the last may be half written
+            logged = [json.loads(line) for line in complete_lines if line]
+            if sum("loss" in record for record in logged) >= steps:
+                return
+        time.sleep(POLL_INTERVAL_S)
+    raise AssertionError(f"no step {steps} within {LAUNCH_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")

@@ -1,0 +1,224 @@
+"""Checkpoints of a run: written atomically, the last few kept, resumed exactly, refused when another run wrote them.
+
+A checkpoint is accelerate's state (optimizer, LR schedule, RNG states, objects registered for
+checkpointing) with the trainable weights alone in ``trainable.safetensors``, the trainer's counters in
+``trainer_state.json`` and the run's settings in ``config.json``. It is written into
+``checkpoint-N.partial`` and renamed when complete; older checkpoints are deleted only after that.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
+
+from thematrix.config import ConfigError, StrictArgs
+from thematrix.training.arguments import LATEST_CHECKPOINT
+from thematrix.training.run_safety import gib
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_PREFIX = "checkpoint-"
+PARTIAL_SUFFIX = ".partial"
+TRAINABLE_WEIGHTS = "trainable.safetensors"
+TRAINER_STATE = "trainer_state.json"
+RESOLVED_CONFIG = "config.json"
+# AdamW keeps two moments (exp_avg, exp_avg_sq) per trainable weight, each of the weight's size.
+OPTIMIZER_STATES_PER_WEIGHT = 2
+# Settings that may differ between a run and the checkpoints it resumes: when and how it checkpoints,
+# validates and logs, where files go, memory/speed switches that leave the result alone, and the knobs
+# that rescue a diverging run. Every other setting defines the run: a difference is an error.
+RESUMABLE_SETTINGS = frozenset({
+    "output_dir", "resume_from_checkpoint", "max_train_steps", "checkpointing_steps", "checkpoints_total_limit",
+    "logging_steps", "report_to", "dataloader_num_workers", "cache_latents", "cache_dir", "enable_slicing",
+    "enable_tiling", "gradient_checkpointing", "allow_tf32", "learning_rate", "max_grad_norm", "mixed_precision",
+    "max_nonfinite_steps", "stop_on_validation_failure",
+})
+RESUMABLE_PREFIX = "validation_"  # every stage's validation settings
+# These may change together with the number of processes, as long as the samples per optimizer step do not.
+BATCH_SETTINGS = frozenset({"train_batch_size", "gradient_accumulation_steps"})
+
+
+def list_checkpoints(checkpoint_root: Path) -> list[Path]:
+    """Complete checkpoints, oldest first; ``.partial`` directories of killed saves are ignored."""
+    if not checkpoint_root.is_dir():
+        return []
+    found = [
+        path for path in checkpoint_root.iterdir()
+        if path.is_dir() and path.name.startswith(CHECKPOINT_PREFIX) and not path.name.endswith(PARTIAL_SUFFIX)
+    ]
+    return sorted(found, key=checkpoint_step)
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(path.name[len(CHECKPOINT_PREFIX):])
+
+
+def directory_bytes(path: Path) -> int:
+    return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
+
+
+def changed_settings(args: StrictArgs, saved: dict[str, Any], saved_state: dict[str, Any], samples_per_step: int) -> dict[str, tuple]:
+    """Settings that define the run and differ from the checkpoint's: name -> (checkpoint's value, this run's)."""
+    current = json.loads(json.dumps(args.to_dict(), default=str))
+    changed = {
+        name: (saved[name], value) for name, value in current.items()
+        if name in saved and saved[name] != value and name not in RESUMABLE_SETTINGS and not name.startswith(RESUMABLE_PREFIX)
+    }
+    if saved_state.get("samples_per_step") == samples_per_step:
+        changed = {name: values for name, values in changed.items() if name not in BATCH_SETTINGS}
+    return changed
+
+
+def describe_changes(changed: dict[str, tuple]) -> str:
+    return "; ".join(f"{name} = {old!r} there, {new!r} here" for name, (old, new) in sorted(changed.items()))
+
+
+class Checkpoints:
+    """Saves and resumes the checkpoints of one run under ``root`` (``<output_dir>/checkpoints``)."""
+
+    def __init__(self, accelerator: Accelerator, root: Path, args: StrictArgs):
+        self.accelerator = accelerator
+        self.root = root
+        self.args = args
+        accelerator.register_save_state_pre_hook(self._save_trainable_hook)
+        accelerator.register_load_state_pre_hook(self._load_trainable_hook)
+
+    # ---------------------------------------------------------------- trainable weights only
+    @staticmethod
+    def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        return {name: param.detach().contiguous() for name, param in model.named_parameters() if param.requires_grad}
+
+    def _save_trainable_hook(self, models, weights, output_dir) -> None:
+        if self.accelerator.is_main_process:
+            for model in models:
+                save_file(self.trainable_state(self.accelerator.unwrap_model(model)), os.path.join(output_dir, TRAINABLE_WEIGHTS))
+        weights.clear()
+
+    def _load_trainable_hook(self, models, input_dir) -> None:
+        model = self.accelerator.unwrap_model(models.pop())
+        state = load_file(os.path.join(input_dir, TRAINABLE_WEIGHTS))
+        expected = set(self.trainable_state(model))
+        if set(state) != expected:
+            raise ConfigError(
+                f"{input_dir}: checkpoint weights do not match the trainable parameters of this run "
+                f"(missing {sorted(expected - set(state))[:5]}, unexpected {sorted(set(state) - expected)[:5]}); "
+                "it was written by a run with other settings. Set args.resume_from_checkpoint = None to start fresh."
+            )
+        parameters = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in state.items():
+                parameters[name].copy_(value)
+
+    # ---------------------------------------------------------------- save
+    def latest(self) -> Optional[Path]:
+        found = list_checkpoints(self.root)
+        return found[-1] if found else None
+
+    def has(self, step: int) -> bool:
+        return (self.root / f"{CHECKPOINT_PREFIX}{step}").is_dir()
+
+    def save(self, step: int, trainer_state: dict[str, Any]) -> Path:
+        """Write checkpoint-<step> atomically, then delete the oldest beyond ``args.checkpoints_total_limit``."""
+        final = self.root / f"{CHECKPOINT_PREFIX}{step}"
+        partial = final.with_name(final.name + PARTIAL_SUFFIX)
+        if self.accelerator.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+        self.accelerator.wait_for_everyone()
+        self.accelerator.save_state(str(partial))
+        if self.accelerator.is_main_process:
+            (partial / TRAINER_STATE).write_text(json.dumps(trainer_state))
+            self.args.save(partial / RESOLVED_CONFIG)
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(partial, final)
+            limit = self.args.checkpoints_total_limit
+            if limit is not None:
+                for old in list_checkpoints(self.root)[:-limit]:
+                    shutil.rmtree(old)
+        self.accelerator.wait_for_everyone()
+        return final
+
+    def estimated_bytes(self, num_trainable_weights: int) -> int:
+        """Size of one checkpoint: float32 trainable weights, their optimizer moments, the objects registered
+        for checkpointing (e.g. stage 4's EMA target)."""
+        weights = num_trainable_weights * torch.float32.itemsize * (1 + OPTIMIZER_STATES_PER_WEIGHT)
+        registered = sum(
+            value.numel() * value.element_size()
+            for obj in self.accelerator._custom_objects  # accelerate keeps no public list of them
+            for value in obj.state_dict().values() if isinstance(value, torch.Tensor)
+        )
+        return weights + registered
+
+    def disk_needs(self, first_step: int, num_trainable_weights: int) -> tuple[str, int]:
+        """(what, bytes) the rest of the run's checkpoints add to the disk at their peak: the kept ones plus the
+        one being written, measured on the latest checkpoint when there is one, else estimated."""
+        args = self.args
+        remaining_steps = range(first_step + 1, args.max_train_steps + 1)
+        to_write = sum(1 for step in remaining_steps if step % args.checkpointing_steps == 0 or step == args.max_train_steps)
+        present = len(list_checkpoints(self.root))
+        limit = args.checkpoints_total_limit
+        count = to_write if limit is None else min(to_write, max(limit + 1 - present, 1))
+        latest = self.latest()
+        size = directory_bytes(latest) if latest is not None else self.estimated_bytes(num_trainable_weights)
+        return f"{count} checkpoint(s) of {gib(size)}", count * size
+
+    # ---------------------------------------------------------------- resume
+    def resume_point(self, samples_per_step: int) -> Optional[Path]:
+        """The checkpoint this run continues from (``args.resume_from_checkpoint``), or None to start fresh.
+
+        Checkpoints already in ``root`` must come from a run with this run's settings (RESUMABLE_SETTINGS
+        aside): resuming or overwriting another run's checkpoints is an error naming what differs. A
+        checkpoint given by path from elsewhere is a deliberate choice: differences are only logged.
+        """
+        args = self.args
+        own = self.latest()
+        if own is not None:
+            changed = self._changes_from(own, samples_per_step)
+            if changed:
+                raise ConfigError(
+                    f"{self.root} holds checkpoints of a run with other settings ({own.name}): {describe_changes(changed)}. "
+                    "Restore these settings to continue that run, or set args.output_dir to another directory "
+                    f"(or delete {self.root}) to start a new one"
+                )
+        choice = args.resume_from_checkpoint
+        if choice is None:
+            return None
+        if choice == LATEST_CHECKPOINT:
+            return own
+        path = Path(choice)
+        if not (path / TRAINER_STATE).is_file():
+            raise ConfigError(f"args.resume_from_checkpoint = {choice!r} is not a complete checkpoint directory")
+        changed = self._changes_from(path, samples_per_step)
+        if changed:
+            logger.warning("resuming %s with other settings: %s", path, describe_changes(changed))
+        return path
+
+    def _changes_from(self, path: Path, samples_per_step: int) -> dict[str, tuple]:
+        saved = json.loads((path / RESOLVED_CONFIG).read_text())
+        return changed_settings(self.args, saved, self.trainer_state(path), samples_per_step)
+
+    @staticmethod
+    def trainer_state(path: Path) -> dict[str, Any]:
+        return json.loads((path / TRAINER_STATE).read_text())
+
+    def load(self, path: Path, lr_scheduler) -> dict[str, Any]:
+        """Restore the state saved in ``path``; returns its trainer state. A changed ``args.learning_rate``
+        takes effect at the step the schedule stands at."""
+        self.accelerator.load_state(str(path))
+        scheduler = lr_scheduler.scheduler
+        if any(base != self.args.learning_rate for base in scheduler.base_lrs):
+            logger.warning("learning rate %g -> %g from step %d on", scheduler.base_lrs[0], self.args.learning_rate, scheduler.last_epoch)
+            scheduler.base_lrs = [self.args.learning_rate] * len(scheduler.base_lrs)
+            scheduler.last_epoch -= 1  # take the current step again, with the new base rate
+            scheduler.step()
+        state = self.trainer_state(path)
+        logger.info("resumed from %s at step %d", path, state["global_step"])
+        return state

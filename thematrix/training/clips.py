@@ -1,0 +1,105 @@
+"""The clips a run trains on: the index checked, clips bucketed, optionally encoded once into the latent
+cache (after checking the disk has room for it), and batched in an order that is a function of (seed, epoch)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from accelerate import Accelerator
+
+from thematrix.config import ConfigError
+from thematrix.controls import ControlVocabulary
+from thematrix.data.dataset import BucketBatchSampler, VideoDataset, collate_batch
+from thematrix.data.index import load_index
+from thematrix.training.arguments import TrainingArgs
+from thematrix.training.encoded_cache import (
+    CACHE_DTYPE,
+    EncodedDataset,
+    encode_dataset,
+    missing_entries,
+)
+from thematrix.training.run_safety import disk_space_problem, main_process_decides
+
+logger = logging.getLogger(__name__)
+
+
+def load_clips(args: TrainingArgs, vocabulary: ControlVocabulary, temporal_compression: int) -> VideoDataset:
+    """The usable clips of ``args.index_file``; each unusable one is logged with its reason."""
+    samples, problems = load_index(args.index_file, args.data_root, vocabulary)
+    for problem in problems:
+        logger.warning("skipping sample: %s", problem)
+    if not samples:
+        raise ConfigError(f"{args.index_file}: no usable sample ({len(problems)} problems listed above)")
+    return VideoDataset(
+        samples, fps=args.fps, height=args.height, width=args.width, frame_buckets=args.frame_buckets,
+        temporal_compression=temporal_compression, vocabulary=vocabulary,
+    )
+
+
+def encoder_fingerprint(args: TrainingArgs, vae, text_encoder, weight_dtype: torch.dtype) -> dict[str, Any]:
+    """What shapes cached latents and prompt embeddings besides the clip itself."""
+    return {
+        "model": str(Path(args.pretrained_model_name_or_path).resolve()),
+        "vae": vae.config,
+        "text_encoder": text_encoder.config.to_dict(),
+        "max_text_seq_length": args.max_text_seq_length,
+        "height": args.height,
+        "width": args.width,
+        "fps": args.fps,
+        "frame_buckets": list(args.frame_buckets),
+        "dtype": str(weight_dtype),
+    }
+
+
+def cache_entry_bytes(num_frames: int, args: TrainingArgs, vae, text_encoder) -> int:
+    """Size of one clip's cache entry: the VAE's latent mean and log-variance, and the caption's embeddings."""
+    spatial = 2 ** (len(vae.config.block_out_channels) - 1)
+    latent_frames = (num_frames - 1) // vae.config.temporal_compression_ratio + 1
+    latent = 2 * vae.config.latent_channels * latent_frames * (args.height // spatial) * (args.width // spatial)
+    embeds = args.max_text_seq_length * text_encoder.config.d_model
+    return (latent + embeds) * CACHE_DTYPE.itemsize
+
+
+def cached_clips(
+    dataset: VideoDataset,
+    cache_dir: Path,
+    encode_videos: Callable[[torch.Tensor], torch.Tensor],
+    encode_prompts: Callable[[list[str]], torch.Tensor],
+    fingerprint: dict[str, Any],
+    entry_bytes: Callable[[int], int],
+    accelerator: Accelerator,
+) -> EncodedDataset:
+    """``dataset`` as latents and prompt embeddings, encoding (main process first) the clips not yet cached.
+
+    ``entry_bytes(num_frames)`` estimates one entry, for the free-space check made before encoding.
+    """
+
+    def space_problem():
+        missing = missing_entries(dataset, cache_dir, fingerprint)
+        needed = sum(entry_bytes(dataset.buckets[index]) for index in missing)
+        fix = "free space there, set args.cache_dir to a larger disk, or args.cache_latents = False"
+        return disk_space_problem(cache_dir, [(f"{len(missing)} latent cache entries", needed)], fix)
+
+    problem = main_process_decides(accelerator, space_problem)
+    if problem:
+        raise ConfigError(problem)
+    with accelerator.main_process_first():
+        encode_dataset(dataset, cache_dir, encode_videos, encode_prompts, fingerprint)
+    return EncodedDataset(dataset, cache_dir, fingerprint)
+
+
+def training_batches(dataset, args: TrainingArgs) -> tuple[BucketBatchSampler, torch.utils.data.DataLoader]:
+    """(sampler, loader) of batches of ``args.train_batch_size`` clips of one bucket."""
+    sampler = BucketBatchSampler(dataset, batch_size=args.train_batch_size, seed=args.seed, shuffle=args.shuffle, drop_last=True)
+    if len(sampler) == 0:
+        raise ConfigError(
+            f"{args.index_file}: no bucket has {args.train_batch_size} clips for one batch; "
+            "lower args.train_batch_size or add clips"
+        )
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, collate_fn=collate_batch, num_workers=args.dataloader_num_workers
+    )
+    return sampler, loader
