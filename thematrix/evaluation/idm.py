@@ -82,7 +82,7 @@ class InverseDynamicsModel(ModelMixin, ConfigMixin):
         height: int = 96,
         width: int = 144,
         fps: float = 10.0,
-        channels: Sequence[int] = (32, 64, 128, 128),
+        channels: Sequence[int] = (32, 64, 64, 64),
         feature_dim: int = 128,
         dropout: float = 0.1,
         vae_fingerprint: str = "",

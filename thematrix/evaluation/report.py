@@ -16,6 +16,7 @@ from thematrix.evaluation.generation import ScoredVideo
 from thematrix.video import draw_control_overlay
 
 SHEET_COLUMNS = 8  # frames shown per video, evenly spaced from its first to its last
+PALETTE_COLOURS = 256
 
 
 def environment() -> dict:
@@ -56,5 +57,6 @@ def contact_sheet(videos: list[ScoredVideo], path: str | Path, frames_per_latent
         rows.append(np.concatenate(list(labelled), axis=1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.concatenate(rows, axis=0)).save(path, optimize=True)
+    # A 256-colour palette: a third of the bytes of full colour, and game frames hold few colours.
+    Image.fromarray(np.concatenate(rows, axis=0)).quantize(PALETTE_COLOURS).save(path, optimize=True)
     return path
