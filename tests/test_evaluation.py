@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -229,3 +232,63 @@ def test_stream_edges_must_fit_in_the_stream(idm_dir, model_dir, footage, tmp_pa
         main(["stream", "--model_dir", str(model_dir), "--sampler", "scm", "--idm", str(idm_dir), "--data_root",
               str(heldout_root), "--index_file", str(heldout_index), "--output", str(tmp_path / "x.json"),
               "--num_frames", "24", "--edge_frames", "16"])
+
+
+def load_results_page():
+    """learning/results_page.py, a script of the learning proof's folder (not a package)."""
+    spec = importlib.util.spec_from_file_location("results_page", Path(__file__).parents[1] / "learning" / "results_page.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses resolve their annotations through it
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_record(path, measures: dict, **settings) -> None:
+    environment = {"device": "test", "commit": "0" * 40, "date": "2026-01-01T00:00:00+00:00"}
+    path.write_text(json.dumps({"measures": measures, "settings": settings, "environment": environment}))
+
+
+def following(accuracy: float, ceiling: float = 0.6, count: int = 400) -> dict:
+    return {"accuracy": accuracy, "count": count, "chance": {"uniform": 1 / 9, "majority": 0.2}, "real_ceiling": ceiling,
+            "share_of_ceiling": accuracy / ceiling}
+
+
+def stream_measures(accuracy: float, first: float, last: float, distance: float, fps: float, bins: list[float]) -> dict:
+    edge = {"frames": [0, 500], "total_variation": distance, "frechet": 1.0}
+    return {"control_following": following(accuracy), "domain_fit": {"total_variation": distance, "frechet": 1.0},
+            "edges": {"first": dict(edge, control_following=first), "last": dict(edge, control_following=last)},
+            "bins": [{"start_frame": 100 * index, "total_variation": value, "control_following": accuracy}
+                     for index, value in enumerate(bins)],
+            "real_bins_total_variation": {"count": 32, "mean": 0.1, "min": 0.05, "p95": 0.15, "max": 0.2},
+            "speed": {"frames_per_second": fps, "time_to_first_frame_s": 1.0}, "frames_per_stream": 2000}
+
+
+def test_results_page_judges_each_target_from_the_measures(tmp_path):
+    page = load_results_page()
+    results = tmp_path / "results"
+    results.mkdir()
+    fit = {"frechet": 1.0}
+    write_record(results / "clips_base.json", {"domain_fit": dict(fit, total_variation=0.6), "control_following": following(0.1)})
+    write_record(results / "clips_stage1.json", {"domain_fit": dict(fit, total_variation=0.2), "control_following": following(0.12)})
+    write_record(results / "clips_stage2.json", {"domain_fit": dict(fit, total_variation=0.2), "control_following": following(0.5)})
+    write_record(results / "stream_stage3.json", stream_measures(0.5, 0.5, 0.44, 0.12, 8.0, [0.1, 0.12]))
+    write_record(results / "stream_teacher.json", stream_measures(0.5, 0.5, 0.5, 0.12, 8.0, [0.1]), num_inference_steps=20)
+    write_record(results / "stream_stage4.json", stream_measures(0.46, 0.46, 0.46, 0.13, 40.0, [0.1]))
+    (results / "timings_01.tsv").write_text("01\trecord\t100\n01\ttotal\t300\n")
+    (results / "timings_02.tsv").write_text("02\ttotal\t650\n")
+
+    rows = page.target_rows(page.Results.load(tmp_path))
+    verdicts = [verdict for _, _, verdict in rows]
+    # stage 1 halves the distance; stage 2 reaches 83% of the ceiling; stage 1 sits within 2 standard errors of
+    # chance; no stage-3 bin passes the real p95; but its control following falls 12% from first to last; the
+    # student is within 10% of the teacher on both and 5x faster; one command took 650 s.
+    assert verdicts == ["met", "met", "met", "met", "**missed**", "met", "met", "met", "**missed**", "met"]
+    assert "0.333x" not in rows[0][1] and "0.33x" in rows[0][1]
+    summary = page.summary(page.Results.load(tmp_path), "01")
+    assert "| 01 | record | 100 |" in summary and "| 02 |" not in summary
+
+
+def test_results_page_marks_unmeasured_targets_pending(tmp_path):
+    page = load_results_page()
+    verdicts = {verdict for _, _, verdict in page.target_rows(page.Results.load(tmp_path))}
+    assert verdicts == {"pending"}

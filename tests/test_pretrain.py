@@ -10,8 +10,13 @@ import torch
 from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
 from safetensors.torch import load_file
 
+from stage1.training.arguments import LoraArgs
+from stage2.training.arguments import SftArgs
+from stage3.training.arguments import SwinArgs
+from stage4.training.arguments import ScmArgs
 from tests.conftest import CLIP_FPS, NUM_CLIPS, TINY_HEIGHT, TINY_WIDTH, moving_square_clip, tiny_run_args
 from thematrix.config import ConfigError, load_config
+from thematrix.evaluation.generation import HISTORY_LATENT_FRAMES
 from thematrix.pretrain.arguments import PretrainArgs, VaeArgs
 from thematrix.pretrain.transformer import TextToVideoPretrainer
 from thematrix.pretrain.vae import VaePretrainer, kl_per_element
@@ -146,3 +151,20 @@ def test_transformer_pretraining_continues_the_directory_weights_when_asked(tiny
 def test_mini_pretraining_configs_load(path, expected):
     args = load_config(path, expected)
     args.check()
+
+
+@pytest.mark.parametrize("path, expected", [
+    ("stage1/training/lora_config_mini.py", LoraArgs),
+    ("stage2/training/sft_config_mini.py", SftArgs),
+    ("stage3/training/sft_config_mini.py", SwinArgs),
+    ("stage4/training/scm_config_mini.py", ScmArgs),
+])
+def test_mini_stage_configs_load_and_fit_the_mini_model(path, expected):
+    args = load_config(path, expected)
+    args.check()
+    vae = PRESETS["mini"]["vae"]
+    assert (args.height, args.width) == (vae["sample_height"], vae["sample_width"])
+    if isinstance(args, SwinArgs):  # a window clip: 1 + c * (H + G * W) frames, H = 2 history latent frames
+        window = 1 + vae["temporal_compression_ratio"] * (HISTORY_LATENT_FRAMES + args.num_noise_groups * args.group_size)
+        assert args.frame_buckets == (window,)
+        assert args.validation_num_inference_steps % args.num_noise_groups == 0

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Step 2 (about 6 minutes on one H100): pretrain the mini base model's transformer, text-to-video from scratch,
+# Step 2 (about 3.5 minutes on one H100): pretrain the mini base model's transformer, text-to-video from scratch,
 # on the random-colour footage. Carry in: outputs/learning/footage/broad, outputs/learning/models/pretrain-vae.
 # Returns models/pretrain (the base model at models/pretrain/model, its loss log), results/.
 source "$(dirname "$0")/common.sh"

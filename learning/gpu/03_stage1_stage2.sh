@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Step 3 (about 7 minutes on one H100): stage 1 (LoRA on the standard game), fuse, stage 2 (the Interactive
+# Step 3 (about 4 minutes on one H100): stage 1 (LoRA on the standard game), fuse, stage 2 (the Interactive
 # Module), each with the users' launcher and its mini config; then clips of the base, stage-1 and stage-2 models.
 # Carry in: outputs/learning/footage/game, outputs/learning/models/pretrain/model, outputs/learning/idm.
 # Returns models/stage2 (model and log), models/stage1-lora (weights and log), results/.

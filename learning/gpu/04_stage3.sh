@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Step 4 (about 5 minutes on one H100): stage 3 (Swin-DPM) with the users' launcher and its mini config, then
+# Step 4 (about 3 minutes on one H100): stage 3 (Swin-DPM) with the users' launcher and its mini config, then
 # 2,000-frame streams: control following and drift.
 # Carry in: outputs/learning/footage/game, outputs/learning/footage/heldout, outputs/learning/models/stage2/model,
 # outputs/learning/idm. Returns models/stage3 (model and log), results/.

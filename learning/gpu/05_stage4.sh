@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Step 5 (about 6 minutes on one H100): stage 4 (SCM) with the users' launcher and its mini config, then the
+# Step 5 (about 4 minutes on one H100): stage 4 (SCM) with the users' launcher and its mini config, then the
 # 4-step student's streams beside its 20-step teacher's and the teacher's at 4 steps, all in this one run so
 # that their speeds compare on one machine.
 # Carry in: outputs/learning/footage/game, outputs/learning/footage/heldout, outputs/learning/models/stage3/model,

@@ -34,6 +34,7 @@ if [[ ${DRY_RUN:-0} == 1 ]]; then
                --dataloader_num_workers 0)
   VAE_SCALE=(--max_train_steps 2 --train_batch_size 1 --scaling_clips 1 --dataloader_num_workers 0)
   IDM_SCALE=(--steps 2 --batch_size 8)
+  BENCHMARK_SCALE=(--batch_size 1)
   CLIPS_SCALE=(--num_clips 1 --num_inference_steps 2)
   STREAM_SCALE=(--num_streams 1 --num_frames 32 --edge_frames 16)
   TEACHER_STEPS=8  # two steps per band: the teacher and its 4-step run differ
@@ -43,7 +44,7 @@ else
   BROAD_EPISODES=240 GAME_EPISODES=100 HELDOUT_EPISODES=32 RECORDERS="$(nproc)"
   HELDOUT_FRAMES=101
   BIN_FRAMES=100
-  TRAIN_SCALE=() VAE_SCALE=() IDM_SCALE=() CLIPS_SCALE=() STREAM_SCALE=()
+  TRAIN_SCALE=() VAE_SCALE=() IDM_SCALE=() CLIPS_SCALE=() STREAM_SCALE=() BENCHMARK_SCALE=()
   TEACHER_STEPS=20  # stage 3's stream default, which stage 4 distils
 fi
 STEP_OUT=""

@@ -9,13 +9,13 @@ args.index_file = "../outputs/learning/footage/game/index.json"
 args.output_dir = "../outputs/learning/models/stage2"
 
 args.height, args.width, args.fps, args.frame_buckets = 96, 144, 10, (41,)  # as stage 1
-# 32 clips a step; 2,000 steps take about 2 minutes on one H100 (learning/README.md).
+# 32 clips a step, 1.1 TFLOP; 2,500 steps take about 1.5 minutes on one H100 (learning/README.md).
 args.train_batch_size = 32
-args.max_train_steps = 2_000
+args.max_train_steps = 2_500
 args.learning_rate = 1e-3  # the control blocks start at zero and are the only weights that train
 args.lr_warmup_steps = 100
 args.checkpointing_steps = 1_000
-args.validation_steps = 2_000  # one video at the end
+args.validation_steps = 2_500  # one video at the end
 args.validation_num_frames = 41
 args.dataloader_num_workers = 8
 args.gradient_checkpointing = False
