@@ -26,8 +26,8 @@ from stage2.training.arguments import SftArgs
 from stage3.training.arguments import SwinArgs
 from stage4.training.arguments import ScmArgs
 from thematrix.config import load_config
-from thematrix.pretrain.arguments import PretrainArgs, VaeArgs
 from thematrix.presets import PRESETS
+from thematrix.pretrain.arguments import PretrainArgs, VaeArgs
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {
@@ -132,10 +132,12 @@ def main(argv=None) -> dict:
                        student[1] + scm.skipping_interval * teacher[1] + FORWARD_SHARE * student[1])
 
     table = {}
-    print(f"{'run':<26}{'steps':>7}{'GFLOP/step':>12}{'s/step':>10}{'projected s':>13}   ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'})")
+    device_name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
+    print(f"{'run':<26}{'steps':>7}{'GFLOP/step':>12}{'s/step':>10}{'projected s':>13}   ({device_name})")
     for name, (seconds, flops) in rows.items():
         steps = configs[name].max_train_steps
-        table[name] = {"steps": steps, "gflop_per_step": flops / 1e9, "seconds_per_step": seconds, "projected_s": steps * seconds}
+        table[name] = {"steps": steps, "gflop_per_step": flops / 1e9, "seconds_per_step": seconds,
+                       "projected_s": steps * seconds}
         print(f"{name:<26}{steps:>7}{flops / 1e9:>12.1f}{seconds:>10.3f}{steps * seconds:>13.0f}")
 
     # Streams: per group of W latent frames, N / G guided window forwards (or one unguided) and a decode of W latents.

@@ -98,7 +98,8 @@ def target_rows(results: Results) -> list[tuple[str, str, str]]:
         share, chance = following["share_of_ceiling"], following["chance"]["uniform"]
         rows.append((f"Stage 2: control following >= {STAGE2_SHARE_OF_CEILING:.0%} of the IDM's real-footage accuracy, "
                      f"far above chance (>= {FAR_ABOVE_CHANCE:g}x)",
-                     f"{fmt(following['accuracy'])} = {fmt(share, 2)} of {fmt(following['real_ceiling'])}; chance {fmt(chance)}",
+                     f"{fmt(following['accuracy'])} = {fmt(share, 2)} of {fmt(following['real_ceiling'])}; "
+                     f"chance {fmt(chance)}",
                      verdict(share is not None and share >= STAGE2_SHARE_OF_CEILING
                              and following["accuracy"] >= FAR_ABOVE_CHANCE * chance)))
     else:
@@ -134,7 +135,8 @@ def target_rows(results: Results) -> list[tuple[str, str, str]]:
         speedup = s["speed"]["frames_per_second"] / t["speed"]["frames_per_second"]
         steps = teacher["settings"]["num_inference_steps"]
         rows.append((f"Stage 4: 4 steps within 10% of the {steps}-step teacher on control following",
-                     f"{fmt(s_follow)} student, {fmt(t_follow)} teacher", verdict(s_follow >= (1 - STAGE4_TOLERANCE) * t_follow)))
+                     f"{fmt(s_follow)} student, {fmt(t_follow)} teacher",
+                     verdict(s_follow >= (1 - STAGE4_TOLERANCE) * t_follow)))
         rows.append((f"Stage 4: 4 steps within 10% of the {steps}-step teacher on domain fit (colour distance)",
                      f"{fmt(s_fit)} student, {fmt(t_fit)} teacher", verdict(s_fit <= (1 + STAGE4_TOLERANCE) * t_fit)))
         rows.append((f"Stage 4: >= {STAGE4_SPEEDUP:g}x faster", f"{fmt(speedup, 2)}x "
@@ -287,11 +289,13 @@ def write_page(results: Results, output: Path, images: Path) -> None:
                   f"the base model's VAE. Accuracy {fmt(idm['accuracy'])}; chance {fmt(measures['chance']['uniform'])} "
                   f"(uniform), {fmt(measures['chance']['majority'])} (majority class).", "",
                   markdown_table(["class", "held-out accuracy", "windows"],
-                                 [[token, fmt(accuracy), idm["counts"][token]] for token, accuracy in idm["per_class"].items()]),
+                                 [[token, fmt(accuracy), idm["counts"][token]]
+                                  for token, accuracy in idm["per_class"].items()]),
                   ""]
         floor = measures["train_vs_heldout"]
         lines += [f"Two sets of real footage (training vs held-out clips) lie {fmt(floor['total_variation'])} apart in "
-                  f"colour distance and {fmt(floor['frechet'], 2)} in IDM-feature Frechet distance: the floor of domain fit.", ""]
+                  f"colour distance and {fmt(floor['frechet'], 2)} in IDM-feature Frechet distance: the floor of domain "
+                  "fit.", ""]
 
     if clips:
         rows = []
@@ -355,7 +359,8 @@ def write_page(results: Results, output: Path, images: Path) -> None:
                   "labelled with its commanded key.", ""]
         for sheet in sheets:
             shutil.copyfile(sheet, images / sheet.name)
-            lines += [f"{sheet.stem.removeprefix('sheet_').replace('_', ' ')}:", "", f"![{sheet.stem}]({relative / sheet.name})", ""]
+            title = sheet.stem.removeprefix("sheet_").replace("_", " ")
+            lines += [f"{title}:", "", f"![{sheet.stem}]({relative / sheet.name})", ""]
     output.write_text("\n".join(lines))
 
 

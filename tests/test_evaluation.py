@@ -267,10 +267,9 @@ def test_results_page_judges_each_target_from_the_measures(tmp_path):
     page = load_results_page()
     results = tmp_path / "results"
     results.mkdir()
-    fit = {"frechet": 1.0}
-    write_record(results / "clips_base.json", {"domain_fit": dict(fit, total_variation=0.6), "control_following": following(0.1)})
-    write_record(results / "clips_stage1.json", {"domain_fit": dict(fit, total_variation=0.2), "control_following": following(0.12)})
-    write_record(results / "clips_stage2.json", {"domain_fit": dict(fit, total_variation=0.2), "control_following": following(0.5)})
+    for name, distance, accuracy in [("base", 0.6, 0.1), ("stage1", 0.2, 0.12), ("stage2", 0.2, 0.5)]:
+        write_record(results / f"clips_{name}.json", {"domain_fit": {"frechet": 1.0, "total_variation": distance},
+                                                      "control_following": following(accuracy)})
     write_record(results / "stream_stage3.json", stream_measures(0.5, 0.5, 0.44, 0.12, 8.0, [0.1, 0.12]))
     write_record(results / "stream_teacher.json", stream_measures(0.5, 0.5, 0.5, 0.12, 8.0, [0.1]), num_inference_steps=20)
     write_record(results / "stream_stage4.json", stream_measures(0.46, 0.46, 0.46, 0.13, 40.0, [0.1]))

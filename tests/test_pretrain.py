@@ -14,13 +14,20 @@ from stage1.training.arguments import LoraArgs
 from stage2.training.arguments import SftArgs
 from stage3.training.arguments import SwinArgs
 from stage4.training.arguments import ScmArgs
-from tests.conftest import CLIP_FPS, NUM_CLIPS, TINY_HEIGHT, TINY_WIDTH, moving_square_clip, tiny_run_args
+from tests.conftest import (
+    CLIP_FPS,
+    NUM_CLIPS,
+    TINY_HEIGHT,
+    TINY_WIDTH,
+    moving_square_clip,
+    tiny_run_args,
+)
 from thematrix.config import ConfigError, load_config
 from thematrix.evaluation.generation import HISTORY_LATENT_FRAMES
+from thematrix.presets import PRESETS
 from thematrix.pretrain.arguments import PretrainArgs, VaeArgs
 from thematrix.pretrain.transformer import TextToVideoPretrainer
 from thematrix.pretrain.vae import VaePretrainer, kl_per_element
-from thematrix.presets import PRESETS
 
 UNCHANGED_COMPONENTS = ("tokenizer", "text_encoder", "transformer", "scheduler")
 HELD_POSITIONS = range(0, 64, 4)  # sample positions whose draws cover the timesteps
@@ -83,12 +90,14 @@ def test_vae_pretraining_learns_and_writes_a_model_with_its_latent_scale(tiny_mo
     with torch.no_grad():
         latents = vae.encode(clips).latent_dist.sample(torch.Generator().manual_seed(0)) * scaling
     assert 0.8 < latents.std().item() < 1.25
-    assert all(tensor.dtype == torch.bfloat16 for tensor in load_file(output / "vae" / "diffusion_pytorch_model.safetensors").values())
+    weights = load_file(output / "vae" / "diffusion_pytorch_model.safetensors")
+    assert all(tensor.dtype == torch.bfloat16 for tensor in weights.values())
     # Everything but the VAE is the input directory's, file for file.
     for name in UNCHANGED_COMPONENTS:
         comparison = filecmp.dircmp(tiny_model_dir / name, output / name)
         assert not (comparison.diff_files or comparison.left_only or comparison.right_only), name
-    assert json.loads((output / "model_index.json").read_text()) == json.loads((tiny_model_dir / "model_index.json").read_text())
+    index = json.loads((output / "model_index.json").read_text())
+    assert index == json.loads((tiny_model_dir / "model_index.json").read_text())
 
 
 def test_kl_per_element_is_zero_for_the_prior_and_positive_otherwise():

@@ -90,7 +90,8 @@ def build_idm(model_dir: str | Path, vocabulary: ControlVocabulary, data: IdmDat
     idm.save_pretrained(output_dir)
     save_file({name: tensor.contiguous() for name, tensor in tensors.items()}, str(output_dir / REFERENCE_TENSORS))
     (output_dir / REAL_FOOTAGE_MEASURES).write_text(json.dumps(measures, indent=1) + "\n")
-    (output_dir / IDM_TRAINING).write_text(json.dumps({"settings": asdict(training), "data": asdict(data), "loss": losses}) + "\n")
+    record = {"settings": asdict(training), "data": asdict(data), "loss": losses}
+    (output_dir / IDM_TRAINING).write_text(json.dumps(record) + "\n")
     return measures
 
 
@@ -107,7 +108,9 @@ class Reference:
     def load(cls, idm_dir: str | Path, device: torch.device | None = None) -> "Reference":
         idm_dir = Path(idm_dir)
         if not (idm_dir / REFERENCE_TENSORS).is_file():
-            raise FileNotFoundError(f"--idm {idm_dir}: no {REFERENCE_TENSORS}; pass the output_dir of `python -m thematrix.evaluation idm`")
+            raise FileNotFoundError(
+                f"--idm {idm_dir}: no {REFERENCE_TENSORS}; pass the output_dir of `python -m thematrix.evaluation idm`"
+            )
         idm = InverseDynamicsModel.from_pretrained(idm_dir).to(device or default_device()).eval()
         tensors = load_file(str(idm_dir / REFERENCE_TENSORS))
         measures = json.loads((idm_dir / REAL_FOOTAGE_MEASURES).read_text())

@@ -59,7 +59,8 @@ class VaePretrainer:
         self.history: list[dict[str, float]] = []  # per step: loss, reconstruction L1, KL, lr, step time
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         precision = args.mixed_precision
-        self.autocast_dtype = torch.bfloat16 if precision == "bf16" or (precision == "auto" and self.device.type == "cuda") else None
+        bf16 = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
+        self.autocast_dtype = torch.bfloat16 if bf16 else None
 
     @property
     def final_model_dir(self) -> Path:
@@ -90,7 +91,9 @@ class VaePretrainer:
             persistent_workers=args.dataloader_num_workers > 0,
         )
         if len(loader) == 0:
-            raise ConfigError(f"{args.index_file}: {len(dataset)} clips, fewer than args.train_batch_size = {args.train_batch_size}")
+            raise ConfigError(
+                f"{args.index_file}: {len(dataset)} clips, fewer than args.train_batch_size = {args.train_batch_size}"
+            )
         while True:
             for batch in loader:
                 yield batch["video"].to(self.device, non_blocking=True).permute(0, 2, 1, 3, 4)
@@ -103,7 +106,9 @@ class VaePretrainer:
         check_model_dir(args.pretrained_model_name_or_path)
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
         torch.manual_seed(args.seed)
-        vae = AutoencoderKLCogVideoX.from_pretrained(args.pretrained_model_name_or_path, subfolder=VAE_FOLDER, dtype=torch.float32)
+        vae = AutoencoderKLCogVideoX.from_pretrained(
+            args.pretrained_model_name_or_path, subfolder=VAE_FOLDER, dtype=torch.float32
+        )
         vae.to(self.device).train()
         dataset = self.build_dataset(vae)
         batches = self.batches(dataset)
