@@ -46,7 +46,8 @@ VAE_FOLDER = "vae"
 
 def kl_per_element(posterior) -> torch.Tensor:
     """KL(N(mean, var) || N(0, 1)) averaged over every latent element (diffusers' ``kl()`` sums some axes)."""
-    return 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).mean()
+    mean, var, logvar = posterior.mean.float(), posterior.var.float(), posterior.logvar.float()  # bf16 under autocast
+    return 0.5 * (mean.pow(2) + var - 1.0 - logvar).mean()
 
 
 class VaePretrainer:
