@@ -13,5 +13,5 @@ from a broader distribution than stage 1's, then runs the four stages on it unch
 The T5 text encoder keeps its random weights. CogVideoX's T5 is frozen in every stage: what the transformer
 needs from it is a fixed, deterministic embedding that tells captions (and control phrases) apart, and a
 random encoder gives exactly that (the mini model's control phrases embed to vectors with cosine
-similarities of 0.1 to 0.9, none equal). Training it would cost a loop that nothing downstream measures.
+similarities from -0.02 to 0.89, none equal). Training it would cost a loop that nothing downstream measures.
 """
