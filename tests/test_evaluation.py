@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import CLIP_FPS, TINY_HEIGHT, TINY_WIDTH
-from thematrix.controls import DEFAULT_VOCABULARY
+from thematrix.controls import DEFAULT_VOCABULARY, VOCABULARY_FILE
 from thematrix.evaluation.__main__ import main
 from thematrix.evaluation.evaluate import Reference
 from thematrix.evaluation.footage import vae_fingerprint
@@ -149,6 +149,7 @@ def write_footage(root, seed: int, clips: int):
         entries.append({"path": f"{clip}.mp4", "caption": "A red square.", "control_signal_seq": ",".join(tokens),
                         "valid_frame_idx": 0})
     (root / "index.json").write_text(json.dumps({"list": entries}))
+    (root / VOCABULARY_FILE).write_text(json.dumps(DEFAULT_VOCABULARY.to_json()))
     return root, root / "index.json"
 
 

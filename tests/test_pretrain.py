@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from stage1.training.arguments import LoraArgs
 from stage2.training.arguments import SftArgs
 from stage3.training.arguments import SwinArgs
+from stage3.cogvideox.pipeline_cogvideox import window_clip_frames
 from stage4.training.arguments import ScmArgs
 from tests.conftest import (
     CLIP_FPS,
@@ -23,7 +24,6 @@ from tests.conftest import (
     tiny_run_args,
 )
 from thematrix.config import ConfigError, load_config
-from thematrix.evaluation.generation import HISTORY_LATENT_FRAMES
 from thematrix.presets import PRESETS
 from thematrix.pretrain.arguments import PretrainArgs, VaeArgs
 from thematrix.pretrain.transformer import TextToVideoPretrainer
@@ -73,7 +73,7 @@ def reconstruction_l1(vae: AutoencoderKLCogVideoX, video: torch.Tensor) -> float
 
 
 def test_vae_pretraining_learns_and_writes_a_model_with_its_latent_scale(tiny_model_dir, tiny_dataset, tmp_path):
-    args = vae_args(tiny_model_dir, tiny_dataset, tmp_path / "vae", max_train_steps=25)
+    args = vae_args(tiny_model_dir, tiny_dataset, tmp_path / "vae", max_train_steps=40)
     video = clip_video(0, args.clip_frames)[None]
     before = reconstruction_l1(AutoencoderKLCogVideoX.from_pretrained(tiny_model_dir, subfolder="vae"), video)
 
@@ -173,7 +173,7 @@ def test_mini_stage_configs_load_and_fit_the_mini_model(path, expected):
     args.check()
     vae = PRESETS["mini"]["vae"]
     assert (args.height, args.width) == (vae["sample_height"], vae["sample_width"])
-    if isinstance(args, SwinArgs):  # a window clip: 1 + c * (H + G * W) frames, H = 2 history latent frames
-        window = 1 + vae["temporal_compression_ratio"] * (HISTORY_LATENT_FRAMES + args.num_noise_groups * args.group_size)
+    if isinstance(args, SwinArgs):  # a window clip with its history
+        window = window_clip_frames(AutoencoderKLCogVideoX(**vae), args.num_noise_groups, args.group_size)
         assert args.frame_buckets == (window,)
         assert args.validation_num_inference_steps % args.num_noise_groups == 0

@@ -21,13 +21,12 @@ from pathlib import Path
 
 from stage1.inference import DEFAULT_PROMPT
 from thematrix.cli import run
-from thematrix.controls import DEFAULT_VOCABULARY, ControlVocabulary
+from thematrix.controls import VOCABULARY_FILE, ControlVocabulary, data_root_vocabulary
 from thematrix.evaluation.evaluate import IdmData, Reference, build_idm, evaluate_clips, evaluate_streams
 from thematrix.evaluation.generation import STREAM_DEFAULTS, STREAM_PIPELINES
 from thematrix.evaluation.idm import IdmTraining
 from thematrix.evaluation.report import contact_sheet, write_json
 
-VOCABULARY_FILE = "vocabulary.json"
 DEFAULT_BIN_FRAMES = 100
 DEFAULT_EDGE_FRAMES = 500
 DEFAULT_MAX_FRAMES = 101  # 25 latent frames + 1: a 100-frame bin of real footage per clip
@@ -35,13 +34,14 @@ SHEET_VIDEOS = 4  # rows of a contact sheet
 
 
 def footage_vocabulary(data_root: str | Path) -> ControlVocabulary:
-    """The footage's vocabulary: its ``vocabulary.json`` ({"tokens": {token: phrase}, "null_phrase": ""}),
-    else the project's default (the car's)."""
-    path = Path(data_root) / VOCABULARY_FILE
-    if not path.is_file():
-        return DEFAULT_VOCABULARY
-    content = json.loads(path.read_text())
-    return ControlVocabulary.from_mapping(content["tokens"], content.get("null_phrase", ""))
+    """The footage's vocabulary, from its ``vocabulary.json``: the IDM learns these tokens."""
+    vocabulary = data_root_vocabulary(data_root)
+    if vocabulary is None:
+        raise FileNotFoundError(
+            f"--data_root {data_root}: no {VOCABULARY_FILE}; the IDM needs the footage's control vocabulary "
+            "(the recorders write it; see data/README.md)"
+        )
+    return vocabulary
 
 
 def add_sampling(parser: argparse.ArgumentParser) -> None:

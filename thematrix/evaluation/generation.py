@@ -21,7 +21,7 @@ import torch
 
 from stage1.cogvideox.pipeline_cogvideox import GameVideoPipeline
 from stage2.cogvideox.pipeline_cogvideox import InteractivePipeline
-from stage3.cogvideox.pipeline_cogvideox import SwinDPMPipeline
+from stage3.cogvideox.pipeline_cogvideox import SwinDPMPipeline, window_clip_frames
 from stage3.inference import SWIN_DPM_DEFAULTS, random_controls
 from stage4.cogvideox.pipeline_cogvideox import ScmPipeline
 from stage4.inference import FEW_STEP_DEFAULTS
@@ -33,9 +33,6 @@ from thematrix.models import InteractiveCogVideoXTransformer3DModel
 STREAM_PIPELINES = {"swin-dpm": SwinDPMPipeline, "scm": ScmPipeline}
 # Each sampler's inference defaults (stage3/inference.py, stage4/inference.py); None steps = one per group.
 STREAM_DEFAULTS = {"swin-dpm": SWIN_DPM_DEFAULTS, "scm": FEW_STEP_DEFAULTS}
-# Latent frames encoded before a stream's condition frame (stage 3's causal history): a stream starts from a
-# real clip of 1 + c * (HISTORY_LATENT_FRAMES + G * W) frames, a training window's length.
-HISTORY_LATENT_FRAMES = 2
 PIPELINE_OUTPUT_SCALE = 2  # stage 1's pipeline returns frames in [0, 1]; the others in [-1, 1]
 
 
@@ -140,7 +137,7 @@ def native_latent_frames(pipeline: GameVideoPipeline) -> int:
 
 def stream_initial_frames(pipeline: SwinDPMPipeline, num_groups: int, group_size: int) -> int:
     """Frames of the real clip a stream starts from: a stage-3 training window with its history."""
-    return 1 + temporal_compression(pipeline) * (HISTORY_LATENT_FRAMES + num_groups * group_size)
+    return window_clip_frames(pipeline.vae, num_groups, group_size)
 
 
 def generate_stream(
@@ -157,15 +154,20 @@ def generate_stream(
     control_guidance_scale: float,
     seed: int,
 ) -> tuple[ScoredVideo, StreamTiming]:
-    """At least ``num_frames`` frames of a stream started from ``initial_video`` ``[F0, 3, H, W]`` in [-1, 1],
-    steered by random keys of ``commands`` (a vocabulary whose tokens the model takes)."""
+    """At least ``num_frames`` generated frames of a stream started from ``initial_video`` ``[F0, 3, H, W]`` in
+    [-1, 1], steered by random keys of ``commands`` (a vocabulary whose tokens the model takes).
+
+    The stream's first ``num_groups`` groups re-create the initial clip's last groups from partial noise (that is
+    how it starts in distribution), so their frames show the clip, not the commands: they are left out of the
+    returned video; the timing counts every chunk.
+    """
     frames_per_group = temporal_compression(pipeline) * group_size
     chunks = pipeline.stream(
         prompt, initial_video, random_controls(commands, group_size, seed),
         num_groups=num_groups, group_size=group_size, num_inference_steps=num_inference_steps,
         guidance_scale=guidance_scale, control_guidance_scale=control_guidance_scale,
         generator=torch.Generator(device=pipeline.device).manual_seed(seed),
-        max_groups=math.ceil(num_frames / frames_per_group),
+        max_groups=num_groups + math.ceil(num_frames / frames_per_group),
     )
     frames, tokens, timing = [], [], StreamTiming()
     start = time.perf_counter()
@@ -173,6 +175,7 @@ def generate_stream(
         # The chunk's frames are on the CPU, so the GPU's work for them is done: the clock is honest.
         timing.chunk_ready_s.append(time.perf_counter() - start)
         timing.chunk_frames.append(len(chunk.frames))
-        frames.append(to_uint8(chunk.frames))
-        tokens.extend(chunk.controls)
+        if chunk.group_index >= num_groups:
+            frames.append(to_uint8(chunk.frames))
+            tokens.extend(chunk.controls)
     return ScoredVideo(torch.cat(frames), tokens), timing

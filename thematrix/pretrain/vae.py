@@ -30,7 +30,6 @@ from diffusers.optimization import get_scheduler
 
 from thematrix.cli import run
 from thematrix.config import ConfigError, parse_command_line
-from thematrix.controls import DEFAULT_VOCABULARY
 from thematrix.data.dataset import VideoDataset, collate_batch
 from thematrix.data.index import load_index
 from thematrix.model_dir import check_model_dir
@@ -72,7 +71,7 @@ class VaePretrainer:
         temporal = vae.config.temporal_compression_ratio
         if (args.clip_frames - 1) % temporal:
             raise ConfigError(f"args.clip_frames = {args.clip_frames}: crops must have {temporal}k+1 frames for this VAE")
-        samples, problems = load_index(args.index_file, args.data_root, DEFAULT_VOCABULARY)
+        samples, problems = load_index(args.index_file, args.data_root)
         for problem in problems:
             logger.warning("skipping sample: %s", problem)
         if not samples:
