@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from diffusers import AutoencoderKLCogVideoX
 from PIL import Image
 
 from tests.conftest import CLIP_FPS, TINY_HEIGHT, TINY_WIDTH
 from thematrix.controls import DEFAULT_VOCABULARY, VOCABULARY_FILE
 from thematrix.evaluation.__main__ import main
 from thematrix.evaluation.evaluate import Reference
-from thematrix.evaluation.footage import vae_fingerprint
+from thematrix.evaluation.footage import reconstruct, round_trip_lengths, vae_fingerprint
 from thematrix.evaluation.generation import ScoredVideo
 from thematrix.evaluation.idm import IdmTraining, InverseDynamicsModel, gather_windows, predict, train_idm, window_ends
 from thematrix.evaluation.metrics import (
@@ -172,7 +173,7 @@ def idm_dir(tiny_model_dir, footage, tmp_path_factory):
 
 
 def test_idm_command_writes_the_model_and_the_real_footage_reference(idm_dir, tiny_model_dir):
-    from diffusers import AutoencoderKLCogVideoX
+
 
     reference = Reference.load(idm_dir, torch.device("cpu"))
     config = reference.idm.config
@@ -292,3 +293,16 @@ def test_results_page_marks_unmeasured_targets_pending(tmp_path):
     page = load_results_page()
     verdicts = {verdict for _, _, verdict in page.target_rows(page.Results.load(tmp_path))}
     assert verdicts == {"pending"}
+
+
+def test_real_clips_are_cut_to_lengths_the_vae_decodes_back(tiny_model_dir):
+    vae = AutoencoderKLCogVideoX.from_pretrained(tiny_model_dir, subfolder="vae")
+    lengths = round_trip_lengths(vae, 30)
+    assert lengths == [9, 17, 25]
+    for frames in (lengths[0], lengths[0] + C):  # 3 latent frames, then 4: the even count gains frames
+        video = torch.rand(frames, 3, TINY_HEIGHT, TINY_WIDTH) * 2 - 1
+        if frames in lengths:
+            assert reconstruct(vae, video).shape == video.shape
+        else:
+            with pytest.raises(ValueError, match="round_trip_lengths"):
+                reconstruct(vae, video)

@@ -40,9 +40,10 @@ if [[ ${DRY_RUN:-0} == 1 ]]; then
   TEACHER_STEPS=8  # two steps per band: the teacher and its 4-step run differ
 else
   # 240 random-colour episodes x 3 clips (720 clips, 29,520 frames) for pretraining; 100 standard episodes x 3
-  # (300 clips) for the stages and the IDM; 32 held-out standard episodes of 101 frames (one 100-frame bin each).
+  # (300 clips) for the stages and the IDM; 32 held-out standard episodes of 105 frames (one 100-frame bin each;
+  # 105 = 1 + 4 * 26: an odd number of latent frames, which the VAE decodes back to the same length).
   BROAD_EPISODES=240 GAME_EPISODES=100 HELDOUT_EPISODES=32 RECORDERS="$(nproc)"
-  HELDOUT_FRAMES=101
+  HELDOUT_FRAMES=105
   BIN_FRAMES=100
   TRAIN_SCALE=() VAE_SCALE=() IDM_SCALE=() CLIPS_SCALE=() STREAM_SCALE=() BENCHMARK_SCALE=()
   TEACHER_STEPS=20  # stage 3's stream default, which stage 4 distils

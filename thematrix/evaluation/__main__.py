@@ -29,7 +29,7 @@ from thematrix.evaluation.report import contact_sheet, write_json
 
 DEFAULT_BIN_FRAMES = 100
 DEFAULT_EDGE_FRAMES = 500
-DEFAULT_MAX_FRAMES = 101  # 25 latent frames + 1: a 100-frame bin of real footage per clip
+DEFAULT_MAX_FRAMES = 105  # 27 latent frames (an odd count decodes back to its length): a 100-frame bin per clip
 SHEET_VIDEOS = 4  # rows of a contact sheet
 
 
@@ -68,7 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in ("data_root", "index_file", "heldout_data_root", "heldout_index_file"):
         idm.add_argument(f"--{name}", required=True)
     idm.add_argument("--fps", type=float, required=True, help="frame rate the stages train at")
-    idm.add_argument("--max_frames", type=int, default=DEFAULT_MAX_FRAMES, help="frames read per clip, 4k+1")
+    idm.add_argument("--max_frames", type=int, default=DEFAULT_MAX_FRAMES, help="frames read per clip at most (clips are cut to 4k+1 frames with an odd number of latent frames)")
     idm.add_argument("--bin_frames", type=int, default=DEFAULT_BIN_FRAMES, help="frames per bin of real footage")
     idm.add_argument("--output_dir", type=Path, required=True)
     training = idm.add_argument_group("training")

@@ -41,12 +41,24 @@ def vae_fingerprint(vae: AutoencoderKLCogVideoX) -> str:
     return digest.hexdigest()
 
 
+def round_trip_lengths(vae: AutoencoderKLCogVideoX, max_frames: int) -> list[int]:
+    """Clip lengths (frames) up to ``max_frames`` that ``vae`` decodes back to the same length: 1 + c * k with
+    an odd number ``k + 1`` of latent frames. The decoder treats the first frame of its first batch as the
+    causal first frame only when that batch is odd (see thematrix.streaming_vae), so an even number of latent
+    frames decodes to c more frames than were encoded."""
+    c, batch = vae.config.temporal_compression_ratio, vae.num_latent_frames_batch_size
+    return [1 + c * k for k in range(batch, (max_frames - 1) // c + 1, batch)]
+
+
 @torch.no_grad()
 def reconstruct(vae: AutoencoderKLCogVideoX, video: torch.Tensor) -> torch.Tensor:
-    """``video`` ``[F, 3, H, W]`` in [-1, 1] (F = 4k+1) encoded and decoded by ``vae``: the same shape, float32, CPU."""
+    """``video`` ``[F, 3, H, W]`` in [-1, 1] (F one of ``round_trip_lengths``) encoded and decoded by ``vae``: the
+    same shape, float32, CPU."""
     clip = video.to(vae.device, vae.dtype).permute(1, 0, 2, 3)[None]
-    decoded = vae.decode(vae.encode(clip).latent_dist.mode()).sample
-    return decoded[0].permute(1, 0, 2, 3).float().clamp(-1, 1).cpu()
+    decoded = vae.decode(vae.encode(clip).latent_dist.mode()).sample[0].permute(1, 0, 2, 3)
+    if len(decoded) != len(video):
+        raise ValueError(f"a clip of {len(video)} frames decodes to {len(decoded)}; use one of round_trip_lengths")
+    return decoded.float().clamp(-1, 1).cpu()
 
 
 @dataclass
@@ -89,7 +101,8 @@ def load_real_clips(
     if not samples:
         listed = "; ".join(str(problem) for problem in problems[:5])
         raise ValueError(f"{index_file}: no usable clip for evaluation ({listed})")
-    buckets = [temporal_compression * k + 1 for k in range(1, (max_frames - 1) // temporal_compression + 1)]
+    buckets = (round_trip_lengths(vae, max_frames) if vae is not None else
+               [temporal_compression * k + 1 for k in range(1, (max_frames - 1) // temporal_compression + 1)])
     dataset = VideoDataset(samples, fps=fps, height=height, width=width, frame_buckets=buckets,
                            temporal_compression=temporal_compression, vocabulary=vocabulary)
     frame_controls = {sample.path: sample.frame_controls for sample in samples}
