@@ -173,8 +173,6 @@ def idm_dir(tiny_model_dir, footage, tmp_path_factory):
 
 
 def test_idm_command_writes_the_model_and_the_real_footage_reference(idm_dir, tiny_model_dir):
-
-
     reference = Reference.load(idm_dir, torch.device("cpu"))
     config = reference.idm.config
     assert reference.vocabulary == DEFAULT_VOCABULARY
