@@ -29,7 +29,7 @@ from thematrix.evaluation.metrics import (
     frechet_distance,
     total_variation,
 )
-from thematrix.evaluation.report import frame_labels
+from thematrix.evaluation.report import COMMIT_VARIABLE, environment, frame_labels
 
 C = 4  # the VAE's temporal compression
 STEERING = {"D": 0, "DL": -2, "DR": 2}  # pixels the square moves per frame under each token
@@ -304,3 +304,8 @@ def test_real_clips_are_cut_to_lengths_the_vae_decodes_back(tiny_model_dir):
         else:
             with pytest.raises(ValueError, match="round_trip_lengths"):
                 reconstruct(vae, video)
+
+
+def test_measures_name_the_commit_a_copied_tree_says_it_is(monkeypatch):
+    monkeypatch.setenv(COMMIT_VARIABLE, "0123abc")
+    assert environment()["commit"] == "0123abc"

@@ -13,6 +13,10 @@ args.height, args.width, args.fps, args.frame_buckets = 96, 144, 10, (41,)  # as
 args.train_batch_size = 32
 args.max_train_steps = 2_500
 args.learning_rate = 1e-3  # the control blocks start at zero and are the only weights that train
+# The recorder's captions name the motions ("driving and turning left"), so with them the text already tells what
+# the controls should; at 0.1 (the default) the module learnt little (its loss fell 6%; generated clips followed
+# 18% of commands). Every clip trains with the empty caption, so the controls alone carry the motion.
+args.caption_p_zero = 1.0
 args.lr_warmup_steps = 100
 args.checkpointing_steps = 1_000
 args.validation_steps = 2_500  # one video at the end

@@ -26,3 +26,5 @@ args.validation_steps = 3_000  # one stream at the end
 args.validation_groups = 16  # 128 frames, three times the training window
 args.dataloader_num_workers = 8
 args.gradient_checkpointing = False  # 9.7M parameters: activations fit
+# As stage 2: the recorder's captions name the motions; without them the controls alone carry the motion.
+args.caption_p_zero = 1.0

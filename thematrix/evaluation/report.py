@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -19,6 +20,11 @@ SHEET_COLUMNS = 8  # frames shown per video, evenly spaced from its first to its
 PALETTE_COLOURS = 256
 
 
+# A copied tree's git history can lag its files (a GPU host that receives a snapshot): the run's launcher then
+# names the commit its files come from.
+COMMIT_VARIABLE = "THEMATRIX_COMMIT"
+
+
 def environment() -> dict:
     """Where and when the numbers were measured."""
     try:
@@ -26,6 +32,7 @@ def environment() -> dict:
                                 cwd=Path(__file__).parent).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = None
+    commit = os.environ.get(COMMIT_VARIABLE, commit)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()})"
     return {"device": device, "torch": torch.__version__, "commit": commit,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
