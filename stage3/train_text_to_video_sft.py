@@ -13,7 +13,13 @@ from pathlib import Path
 import torch
 
 from stage2.train_text_to_video_sft import InteractiveTrainer
-from stage3.cogvideox.pipeline_cogvideox import SwinDPMPipeline, history_latent_frames, window_clip_frames
+from stage3.cogvideox.pipeline_cogvideox import (
+    RECIPE_GROUP_SIZE,
+    RECIPE_NUM_GROUPS,
+    SwinDPMPipeline,
+    history_latent_frames,
+    window_clip_frames,
+)
 from stage3.cogvideox.scheduler import CONDITION_FRAMES, SwinScheduler
 from stage3.training.arguments import SwinArgs
 from thematrix.cli import run
@@ -39,21 +45,23 @@ class SwinTrainer(InteractiveTrainer):
         transformer.requires_grad_(True)
         return transformer
 
-    def _check_shapes(self, transformer: torch.nn.Module) -> None:
-        super()._check_shapes(transformer)
+    def check_settings(self) -> None:
+        """The window first (the input model's, else the settings', else the recipe's) and the one clip length it
+        needs, so that the clips are checked against it; then stage 2's checks."""
         args = self.args
-        window_frames = window_clip_frames(self.vae, args.num_noise_groups, args.group_size)
+        args.num_noise_groups = self.setting_from_model("num_noise_groups", "num_groups") or RECIPE_NUM_GROUPS
+        args.group_size = self.setting_from_model("group_size", "group_size") or RECIPE_GROUP_SIZE
+        window_frames = window_clip_frames(self.vae_layout, args.num_noise_groups, args.group_size)
+        args.frame_buckets = args.frame_buckets or (window_frames,)
         if tuple(args.frame_buckets) != (window_frames,):
             raise ConfigError(
                 f"args.frame_buckets is {tuple(args.frame_buckets)}, but a window of 1 + {args.num_noise_groups} x "
-                f"{args.group_size} latent frames after {history_latent_frames(self.vae)} history latent frames needs "
-                f"clips of exactly {window_frames} frames: set args.frame_buckets = ({window_frames},)"
+                f"{args.group_size} latent frames after {history_latent_frames(self.vae_layout)} history latent frames "
+                f"needs clips of exactly {window_frames} frames: set args.frame_buckets = ({window_frames},), or leave "
+                "it unset"
             )
-        if args.validation_num_inference_steps % args.num_noise_groups:
-            raise ConfigError(
-                f"args.validation_num_inference_steps = {args.validation_num_inference_steps} must be divisible by "
-                f"args.num_noise_groups = {args.num_noise_groups}"
-            )
+        args.check()  # what depends on the window
+        super().check_settings()
 
     def encode_videos(self, videos: torch.Tensor) -> torch.Tensor:
         """The window's latent distribution: the clip's, without its first H (history) latent frames."""
@@ -81,7 +89,7 @@ class SwinTrainer(InteractiveTrainer):
         """A stream longer than the training window, started from the first training clip."""
         pipeline = self.make_pipeline()
         args = self.args
-        first = self.dataset.dataset[0] if args.cache_latents else self.dataset[0]
+        first = self.clips[0]
 
         def next_controls(group: int) -> list[str]:
             """The validation pattern, continued group after group."""

@@ -73,15 +73,21 @@ class ScmTrainer(SwinTrainer):
     pipeline_class = ScmPipeline
     scheduler_class = ScmScheduler
 
-    def build_transformer(self) -> torch.nn.Module:
-        """The student starts as the teacher: all of it trains, or LoRA adapters (zero at start) on attention."""
-        path = self.args.pretrained_model_name_or_path
-        found = transformer_class_name(path)
+    def check_settings(self) -> None:
+        """A stage-3 model to distil, then stage 3's checks (window, vocabulary, clips), then one validation step
+        per group."""
+        args = self.args
+        found = transformer_class_name(self.model_dir)
         if found != InteractiveCogVideoXTransformer3DModel.__name__:
             raise ConfigError(
-                f"args.pretrained_model_name_or_path = {path!r} holds a {found}; stage 4 "
+                f"args.pretrained_model_name_or_path = {args.pretrained_model_name_or_path!r} holds a {found}; stage 4 "
                 "distils a stage-3 model: pass stage 3's <output_dir>/model"
             )
+        super().check_settings()
+        args.validation_num_inference_steps = args.validation_num_inference_steps or args.num_noise_groups
+
+    def build_transformer(self) -> torch.nn.Module:
+        """The student starts as the teacher: all of it trains, or LoRA adapters (zero at start) on attention."""
         if self.args.student == "full":
             return super().build_transformer()
         transformer = self.load_interactive_transformer()
@@ -101,7 +107,7 @@ class ScmTrainer(SwinTrainer):
         self.consistency = self.scheduler.grouped_schedule(args.teacher_num_inference_steps, args.num_noise_groups)
 
         teacher = InteractiveCogVideoXTransformer3DModel.from_pretrained(
-            args.pretrained_model_name_or_path, subfolder="transformer", dtype=self.weight_dtype
+            self.model_dir, subfolder="transformer", dtype=self.weight_dtype
         ).requires_grad_(False).eval()
         # The teacher is called through the pipeline's guided velocity, as the stage-3 stream calls it.
         self.teacher_pipeline = self.pipeline_class(
@@ -182,7 +188,7 @@ class ScmTrainer(SwinTrainer):
         transformer.to(torch.float32)
         transformer.fuse_lora()
         transformer.unload_lora()
-        save_model_dir(transformer, self.args.pretrained_model_name_or_path, self.final_model_dir)
+        save_model_dir(transformer, self.model_dir, self.final_model_dir, self.args.generation_defaults())
 
 
 def main(argv=None) -> Path:

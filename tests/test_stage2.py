@@ -15,6 +15,7 @@ from stage2.cogvideox.pipeline_cogvideox import InteractivePipeline, parse_contr
 from stage2.train_text_to_video_sft import InteractiveTrainer
 from stage2.training.arguments import SftArgs
 from tests.conftest import (
+    TEST_VOCABULARY,
     TINY_HEIGHT,
     TINY_WIDTH,
     KilledAtStep,
@@ -23,7 +24,7 @@ from tests.conftest import (
     tiny_run_args,
 )
 from thematrix.config import ConfigError
-from thematrix.controls import DEFAULT_VOCABULARY, ControlError, video_frame_labels
+from thematrix.controls import ControlError, video_frame_labels
 from thematrix.models import InteractiveCogVideoXTransformer3DModel
 from thematrix.video import read_video_info
 
@@ -82,7 +83,7 @@ def test_trained_model_depends_on_controls_and_round_trips(trained):
     trainer, _ = trained
     pipeline = InteractivePipeline.from_model_dir(trainer.final_model_dir)
     transformer = pipeline.transformer
-    assert transformer.control_vocabulary == DEFAULT_VOCABULARY
+    assert transformer.control_vocabulary == TEST_VOCABULARY
     with torch.no_grad():
         straight = transformer(**transformer_inputs(transformer.config, controls=[0] * 5)).sample
         left = transformer(**transformer_inputs(transformer.config, controls=[1] * 5)).sample
@@ -98,7 +99,7 @@ def test_saved_model_keeps_the_input_components_and_loads_in_stock_diffusers(tra
     assert_components_unchanged(tiny_model_dir, trainer.final_model_dir)
     pipeline = DiffusionPipeline.from_pretrained(str(trainer.final_model_dir))
     assert type(pipeline.transformer) is InteractiveCogVideoXTransformer3DModel
-    assert pipeline.transformer.control_vocabulary == DEFAULT_VOCABULARY
+    assert pipeline.transformer.control_vocabulary == TEST_VOCABULARY
 
 
 def test_validation_video_and_checkpoint_hold_the_module_only(trained):
@@ -113,7 +114,7 @@ def test_control_dropout_replaces_whole_clips_with_null(tiny_model_dir, tiny_dat
     trainer = InteractiveTrainer(stage2_args(tiny_model_dir, tiny_dataset, tmp_path, control_p_zero=0.5))
     trainer.setup()
     batch = {"controls": torch.arange(4 * 5).remainder(9).view(4, 5)}
-    null_id = DEFAULT_VOCABULARY.null_id
+    null_id = TEST_VOCABULARY.null_id
     dropped_counts = []
     for seed in range(20):
         generators = [torch.Generator().manual_seed(seed * 10 + index) for index in range(4)]
@@ -160,7 +161,7 @@ def test_caption_and_control_dropout_are_independent_and_use_the_empty_prompt(ti
     empty = trainer.empty_prompt_embeds[0]
     caption_dropped = torch.tensor([torch.equal(embeds, empty) for embeds in prompt_embeds])
     assert all(torch.equal(embeds, item["prompt_embeds"]) for embeds in prompt_embeds[~caption_dropped])
-    control_dropped = (controls == DEFAULT_VOCABULARY.null_id).all(dim=1)
+    control_dropped = (controls == TEST_VOCABULARY.null_id).all(dim=1)
     assert torch.equal(controls[~control_dropped], item["controls"].expand(int((~control_dropped).sum()), -1))
     rates = [float(dropped.float().mean()) for dropped in (caption_dropped, control_dropped, caption_dropped & control_dropped)]
     assert 0.07 < rates[0] < 0.13 and 0.07 < rates[1] < 0.13 and 0.004 < rates[2] < 0.02, rates
@@ -189,27 +190,27 @@ def test_rotary_embedding_model_is_refused_at_start(tiny_model_dir, tiny_dataset
 
 def test_stage1_directory_is_refused_by_stage2_inference(tiny_model_dir, tmp_path):
     with pytest.raises(ValueError, match="needs a InteractiveCogVideoXTransformer3DModel"):
-        inference.main(["--model_dir", str(tiny_model_dir), "--controls", "D"])
+        inference.main(["--model_dir", str(tiny_model_dir), "--controls", "RIGHT"])
 
 
 @pytest.mark.parametrize(
     "controls, per_video_frame, message",
     [
-        ("D,D,X", False, "unknown control token 'X'"),
-        ("D,D", False, "2 controls for 3 latent frames; give exactly 3"),
-        ("D,D,D", True, "3 per-video-frame controls for 9 video frames; give exactly 9"),
-        ("D,,D", False, "empty control token"),
+        ("RIGHT,RIGHT,X", False, "unknown control token 'X'"),
+        ("RIGHT,RIGHT", False, "2 controls for 3 latent frames; give exactly 3"),
+        ("RIGHT,RIGHT,RIGHT", True, "3 per-video-frame controls for 9 video frames; give exactly 9"),
+        ("RIGHT,,RIGHT", False, "empty control token"),
     ],
 )
 def test_bad_control_strings_say_what_is_expected(controls, per_video_frame, message):
     with pytest.raises(ControlError, match=message):
-        parse_controls(controls, DEFAULT_VOCABULARY, 3, 4, per_video_frame)
+        parse_controls(controls, TEST_VOCABULARY, 3, 4, per_video_frame)
 
 
 def test_per_video_frame_controls_take_every_fourth_token():
-    tokens = ["D", "DL", "DL", "DL", "DR", "B", "B", "B", "N"]
-    assert parse_controls(tokens, DEFAULT_VOCABULARY, 3, 4, per_video_frame=True) == ["D", "DR", "N"]
-    assert video_frame_labels(["D", "DR", "N"], 4) == ["D"] + ["DR"] * 4 + ["N"] * 4
+    tokens = ["RIGHT", "LEFT", "LEFT", "LEFT", "UP", "DOWN", "DOWN", "DOWN", "STAY"]
+    assert parse_controls(tokens, TEST_VOCABULARY, 3, 4, per_video_frame=True) == ["RIGHT", "UP", "STAY"]
+    assert video_frame_labels(["RIGHT", "UP", "STAY"], 4) == ["RIGHT"] + ["UP"] * 4 + ["STAY"] * 4
 
 
 class KnownVelocities(torch.nn.Module):
@@ -219,7 +220,7 @@ class KnownVelocities(torch.nn.Module):
     combinations of different branches coincide. Records the batch size of every call.
     """
 
-    control_vocabulary = DEFAULT_VOCABULARY
+    control_vocabulary = TEST_VOCABULARY
 
     def __init__(self):
         super().__init__()
@@ -228,7 +229,7 @@ class KnownVelocities(torch.nn.Module):
     def forward(self, hidden_states, encoder_hidden_states, timestep, controls, return_dict):
         self.batch_sizes.append(hidden_states.shape[0])
         text = encoder_hidden_states.flatten(1).abs().amax(dim=1)  # 0 for the empty prompt's stand-in, 1 for text
-        control = (controls != DEFAULT_VOCABULARY.null_id).all(dim=1).float()
+        control = (controls != TEST_VOCABULARY.null_id).all(dim=1).float()
         value = 1 + text + 3 * control + 5 * text * control
         return (hidden_states + value[:, None, None, None, None],)
 
@@ -256,7 +257,7 @@ def test_guidance_is_the_documented_formula_with_one_batched_forward(guidance_sc
 def test_inference_writes_controlled_mp4(trained, tmp_path):
     trainer, _ = trained
     output = inference.main([
-        "--model_dir", str(trainer.final_model_dir), "--controls", "D,DL,DR", "--num_frames", "9",
+        "--model_dir", str(trainer.final_model_dir), "--controls", "RIGHT,LEFT,UP", "--num_frames", "9",
         "--num_inference_steps", "2", "--control_guidance_scale", "2", "--output", str(tmp_path / "v.mp4"),
     ])
     assert read_video_info(output)[0] == 9

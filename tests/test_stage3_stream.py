@@ -14,8 +14,8 @@ from stage3.cogvideox.pipeline_cogvideox import StreamChunk, history_latent_fram
 from stage3.cogvideox.scheduler import SwinScheduler
 from stage4.cogvideox.pipeline_cogvideox import ScmPipeline
 from stage4.cogvideox.scheduler import ScmScheduler
-from tests.conftest import CLIP_FPS, CLIP_FRAMES, TINY_HEIGHT, TINY_WIDTH, moving_square_clip
-from thematrix.controls import DEFAULT_VOCABULARY, ControlError
+from tests.conftest import CLIP_FPS, CLIP_FRAMES, TEST_VOCABULARY, TINY_HEIGHT, TINY_WIDTH, moving_square_clip
+from thematrix.controls import ControlError
 from thematrix.data.dataset import DatasetError
 from thematrix.schedules import CONDITION_TIMESTEP, grouped_training_timesteps
 from thematrix.streaming_vae import StreamingDecoder
@@ -33,7 +33,7 @@ def initial_clip(frames: int = CLIP_FRAMES, height: int = TINY_HEIGHT, width: in
     return torch.rand(frames, 3, height, width, generator=torch.Generator().manual_seed(2)) * 2 - 1
 
 
-def stream(pipeline, controls="D,DL", max_groups=3, seed=0, video=None, **options):
+def stream(pipeline, controls="RIGHT,LEFT", max_groups=3, seed=0, video=None, **options):
     """A stream from a random initial clip one window long (or ``video``)."""
     options = dict(dict(num_groups=NUM_GROUPS, group_size=GROUP_SIZE, num_inference_steps=NUM_STEPS), **options)
     if video is None:
@@ -70,7 +70,7 @@ def test_k_groups_give_c_w_k_frames(pipeline, num_groups, group_size, num_steps)
     assert [len(chunk.frames) for chunk in chunks] == [c * group_size] * groups
     assert [len(chunk.latents) for chunk in chunks] == [group_size] * groups
     assert [chunk.group_index for chunk in chunks] == list(range(groups))
-    pattern = itertools.cycle(["D", "DL"])
+    pattern = itertools.cycle(["RIGHT", "LEFT"])
     for chunk in chunks:
         assert chunk.controls == [next(pattern) for _ in range(group_size)]
         assert chunk.frame_controls == [token for token in chunk.controls for _ in range(c)]
@@ -80,13 +80,13 @@ def test_k_groups_give_c_w_k_frames(pipeline, num_groups, group_size, num_steps)
 
 
 def test_generate_collects_the_stream(pipeline):
-    chunks = list(stream(pipeline, max_groups=2, initial_control="N"))
+    chunks = list(stream(pipeline, max_groups=2, initial_control="STAY"))
     video, labels = pipeline.generate(
-        PROMPT, initial_clip(), "D,DL", max_groups=2, num_groups=NUM_GROUPS, group_size=GROUP_SIZE,
-        num_inference_steps=NUM_STEPS, generator=torch.Generator().manual_seed(0), initial_control="N",
+        PROMPT, initial_clip(), "RIGHT,LEFT", max_groups=2, num_groups=NUM_GROUPS, group_size=GROUP_SIZE,
+        num_inference_steps=NUM_STEPS, generator=torch.Generator().manual_seed(0), initial_control="STAY",
     )
     assert torch.equal(video, frames_of(chunks))
-    assert labels == [token for token in ["D", "DL", "D", "DL"] for _ in range(pipeline.temporal_compression)]
+    assert labels == [token for token in ["RIGHT", "LEFT", "RIGHT", "LEFT"] for _ in range(pipeline.temporal_compression)]
     assert len(video) == len(labels)
 
 
@@ -133,10 +133,10 @@ def test_a_control_change_changes_only_the_groups_denoised_with_it(pipeline):
     changed_group, groups = NUM_GROUPS + 1, 5
 
     def steady(group: int) -> list[str]:
-        return ["D"] * GROUP_SIZE
+        return ["RIGHT"] * GROUP_SIZE
 
     def turn(group: int) -> list[str]:
-        return ["BL"] * GROUP_SIZE if group >= changed_group else steady(group)
+        return ["JUMP"] * GROUP_SIZE if group >= changed_group else steady(group)
 
     before, after = (list(stream(pipeline, controls=controls, max_groups=groups)) for controls in (steady, turn))
     first_affected = changed_group - NUM_GROUPS + 1
@@ -150,7 +150,7 @@ def test_controls_are_asked_once_per_group_entering_the_window_after_the_previou
 
     def controls(group: int) -> list[str]:
         asked.append(group)
-        return ["D"] * GROUP_SIZE
+        return ["RIGHT"] * GROUP_SIZE
 
     chunks = stream(pipeline, controls=controls, max_groups=4)
     assert asked == []  # nothing runs before the first chunk is asked for
@@ -163,8 +163,8 @@ def test_controls_are_asked_once_per_group_entering_the_window_after_the_previou
 
 
 def test_controls_as_string_callable_or_iterator_are_equivalent(pipeline):
-    expected = frames_of(list(stream(pipeline, controls="D,DL")))
-    for controls in (lambda group: ["D", "DL"], iter([["D", "DL"]] * 4), itertools.repeat("D,DL")):
+    expected = frames_of(list(stream(pipeline, controls="RIGHT,LEFT")))
+    for controls in (lambda group: ["RIGHT", "LEFT"], iter([["RIGHT", "LEFT"]] * 4), itertools.repeat("RIGHT,LEFT")):
         assert torch.equal(frames_of(list(stream(pipeline, controls=controls))), expected)
 
 
@@ -219,15 +219,15 @@ def test_each_window_is_conditioned_on_the_last_frame_emitted_before_it(pipeline
 
     handle = pipeline.transformer.register_forward_pre_hook(record, with_kwargs=True)
     try:
-        controls = lambda group: [DEFAULT_VOCABULARY.tokens[group], DEFAULT_VOCABULARY.tokens[group + 1]]
-        chunks = list(stream(pipeline, controls=controls, guidance_scale=1.0, initial_control="N"))
+        controls = lambda group: [TEST_VOCABULARY.tokens[group], TEST_VOCABULARY.tokens[group + 1]]
+        chunks = list(stream(pipeline, controls=controls, guidance_scale=1.0, initial_control="STAY"))
     finally:
         handle.remove()
     schedule = pipeline.scheduler.grouped_schedule(NUM_STEPS, NUM_GROUPS)
-    expected = [(decoder_inputs[0][0, -1], "N")] + [(chunk.latents[-1], chunk.controls[-1]) for chunk in chunks[:-1]]
+    expected = [(decoder_inputs[0][0, -1], "STAY")] + [(chunk.latents[-1], chunk.controls[-1]) for chunk in chunks[:-1]]
     for call, (condition, control_id) in enumerate(inputs):
         latent, token = expected[call // schedule.steps_per_band]
-        assert torch.equal(condition, latent) and control_id == DEFAULT_VOCABULARY.token_id(token), f"call {call}"
+        assert torch.equal(condition, latent) and control_id == TEST_VOCABULARY.token_id(token), f"call {call}"
 
 
 @pytest.mark.parametrize(
@@ -249,11 +249,11 @@ def test_bad_settings_fail_at_the_call(pipeline, options, message):
 @pytest.mark.parametrize(
     "controls, options, message",
     [
-        ("D,X", {}, "unknown control token 'X'"),
-        ("D", dict(initial_control="Q"), "unknown control token 'Q'"),
-        (lambda group: ["D", "Q"], {}, "controls for group 0: unknown control token 'Q'"),
-        (lambda group: ["D"] * 3, {}, "controls for group 0: got 3 tokens .* need group_size=2"),
-        (iter([["D", "D"]] * 2), dict(max_groups=2), "controls iterator ended.* K \\+ num_groups - 1"),
+        ("RIGHT,X", {}, "unknown control token 'X'"),
+        ("RIGHT", dict(initial_control="Q"), "unknown control token 'Q'"),
+        (lambda group: ["RIGHT", "Q"], {}, "controls for group 0: unknown control token 'Q'"),
+        (lambda group: ["RIGHT"] * 3, {}, "controls for group 0: got 3 tokens .* need group_size=2"),
+        (iter([["RIGHT", "RIGHT"]] * 2), dict(max_groups=2), "controls iterator ended.* K \\+ num_groups - 1"),
     ],
 )
 def test_bad_controls_say_what_is_wrong(pipeline, controls, options, message):
@@ -281,9 +281,9 @@ def test_swin_scheduler_draws_grouped_window_timesteps(pipeline, tmp_path):
 
 
 def test_random_controls_hold_keys_and_repeat_with_the_seed():
-    groups = list(itertools.islice(inference.random_controls(DEFAULT_VOCABULARY, 2, seed=5), 40))
-    assert groups == list(itertools.islice(inference.random_controls(DEFAULT_VOCABULARY, 2, seed=5), 40))
-    assert all(len(set(group)) == 1 and group[0] in DEFAULT_VOCABULARY.tokens for group in groups)
+    groups = list(itertools.islice(inference.random_controls(TEST_VOCABULARY, 2, seed=5), 40))
+    assert groups == list(itertools.islice(inference.random_controls(TEST_VOCABULARY, 2, seed=5), 40))
+    assert all(len(set(group)) == 1 and group[0] in TEST_VOCABULARY.tokens for group in groups)
     changes = sum(a != b for a, b in itertools.pairwise(groups))
     assert 0 < changes < len(groups) - 1
 
@@ -318,7 +318,7 @@ def test_inference_streams_a_dataset_sample_to_mp4(model_dir, tiny_dataset, tmp_
     groups, output = 3, tmp_path / "drive.mp4"
     inference.main([
         "--model_dir", str(model_dir), "--data_root", str(data_root), "--index_file", str(index_file),
-        "--sample_index", "1", "--groups", str(groups), "--controls", "D,DL", "--num_groups", str(NUM_GROUPS),
+        "--sample_index", "1", "--groups", str(groups), "--controls", "RIGHT,LEFT", "--num_groups", str(NUM_GROUPS),
         "--group_size", str(GROUP_SIZE), "--num_inference_steps", str(NUM_STEPS), "--fps", str(CLIP_FPS),
         "--output", str(output),
     ])
@@ -344,12 +344,12 @@ def test_inference_says_how_long_the_initial_video_must_be(model_dir, tmp_path, 
     clip = write_mp4(moving_square_clip(1, 24, TINY_HEIGHT, TINY_WIDTH), tmp_path / "clip.mp4", fps=CLIP_FPS)
     with pytest.raises(DatasetError, match="gives 24 frames at 10 fps; the stream starts from the last 25 \\(2.5 s\\)"):
         inference.main([
-            "--model_dir", str(model_dir), "--initial_video", str(clip), "--controls", "D", "--fps", "10",
+            "--model_dir", str(model_dir), "--initial_video", str(clip), "--controls", "RIGHT", "--fps", "10",
             "--num_groups", str(NUM_GROUPS), "--group_size", str(GROUP_SIZE), "--output", str(tmp_path / "short.mp4"),
         ])
 
 
 def test_inference_without_an_initial_clip_says_what_to_pass(model_dir, capsys):
     with pytest.raises(SystemExit):
-        inference.main(["--model_dir", str(model_dir), "--controls", "D"])
+        inference.main(["--model_dir", str(model_dir), "--controls", "RIGHT"])
     assert "needs an initial clip: pass --initial_video FILE, or --data_root" in capsys.readouterr().err

@@ -52,7 +52,7 @@ def test_training_condition_latent_is_the_one_the_stream_conditions_on(trainer, 
         lambda module, args, kwargs: conditions.append(kwargs["hidden_states"][0, 0].clone()), with_kwargs=True
     )
     try:
-        next(pipeline.stream("", video, "D", num_groups=NUM_GROUPS, group_size=GROUP_SIZE, num_inference_steps=NUM_GROUPS))
+        next(pipeline.stream("", video, "RIGHT", num_groups=NUM_GROUPS, group_size=GROUP_SIZE, num_inference_steps=NUM_GROUPS))
     finally:
         handle.remove()
     # Training sees the stream's last clip-length frames as one clip.
@@ -102,6 +102,6 @@ def test_full_fine_tuning_moves_base_and_control_weights(trainer):
 
 
 def test_clip_length_must_fill_the_window(tiny_model_dir, tiny_dataset, tmp_path):
-    args = stage3_args(tiny_model_dir, tiny_dataset, tmp_path, num_noise_groups=4, group_size=4)
+    args = stage3_args(tiny_model_dir, tiny_dataset, tmp_path, num_noise_groups=4, group_size=4, validation_num_inference_steps=4)
     with pytest.raises(ConfigError, match=r"needs clips of exactly 73 frames: set args.frame_buckets = \(73,\)"):
         SwinTrainer(args).train()

@@ -41,6 +41,9 @@ from thematrix.streaming_vae import StreamingDecoder, first_batch_size
 # strings), or one "D,D,DL" string cycled per latent frame.
 Controls = str | Callable[[int], Sequence[str]] | Iterable[str | Sequence[str]]
 VIDEO_CHANNELS = 3
+# The reference recipe's window, 4 groups of 4 latent frames: what a stream uses when neither the caller nor the
+# model directory says otherwise.
+RECIPE_NUM_GROUPS, RECIPE_GROUP_SIZE = 4, 4
 
 
 def history_latent_frames(vae) -> int:
@@ -113,8 +116,8 @@ class SwinDPMPipeline(InteractivePipeline):
         initial_video: torch.Tensor,
         controls: Controls,
         negative_prompt: str = "",
-        num_groups: int = 4,
-        group_size: int = 4,
+        num_groups: int = RECIPE_NUM_GROUPS,
+        group_size: int = RECIPE_GROUP_SIZE,
         num_inference_steps: int = 20,
         guidance_scale: float = 6.0,
         control_guidance_scale: float = 1.0,

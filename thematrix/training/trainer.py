@@ -32,19 +32,29 @@ from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration, s
 from diffusers import CogVideoXPipeline
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
+from transformers import T5Config
 
-from thematrix.config import ConfigError, parse_command_line
-from thematrix.controls import DEFAULT_VOCABULARY, ControlVocabulary
-from thematrix.data.dataset import collate_batch
-from thematrix.model_dir import check_model_dir, load_components, save_model_dir
+from thematrix.config import ConfigError, parse_command_line, setting_from_model
+from thematrix.controls import ControlVocabulary
+from thematrix.data.dataset import collate_batch, footage_fps
+from thematrix.model_dir import (
+    TEXT_ENCODER,
+    GenerationDefaults,
+    check_model_dir,
+    load_components,
+    save_model_dir,
+    transformer_config,
+    vae_architecture,
+)
 from thematrix.schedules import CogVideoXTrainingSchedule
 from thematrix.training.arguments import TrainingArgs
 from thematrix.training.checkpoint import RESOLVED_CONFIG, Checkpoints
 from thematrix.training.clips import (
     cache_entry_bytes,
     cached_clips,
+    clip_dataset,
     encoder_fingerprint,
-    load_clips,
+    load_samples,
     training_batches,
 )
 from thematrix.training.metrics import RunMetrics, tracker_names
@@ -97,15 +107,12 @@ class Trainer:
         self.skipped_steps = 0  # optimizer steps skipped for a non-finite loss or gradient (args.max_nonfinite_steps)
         self.history: list[dict[str, float]] = []  # this process's optimizer steps: loss, lr, step time, ...
         self.stop_signals = StopSignals()
+        self.vocabulary: Optional[ControlVocabulary] = None  # the controls clips carry: set by a stage that has them
 
     # ---------------------------------------------------------------- stage hooks
     def build_transformer(self) -> torch.nn.Module:
         """Load the transformer and mark which parameters train. Stages must override."""
         raise NotImplementedError
-
-    def control_vocabulary(self) -> ControlVocabulary:
-        """The vocabulary clips' controls are checked against; stages with controls override."""
-        return DEFAULT_VOCABULARY
 
     def sample_timesteps(self, num_latent_frames: int, generator: torch.Generator) -> torch.Tensor:
         """One sample's training timesteps, [1] or [1, F]: the stage's scheduler decides."""
@@ -152,7 +159,7 @@ class Trainer:
         """
         for param in transformer.parameters():
             param.data = param.data.to(self.weight_dtype)
-        save_model_dir(transformer, self.args.pretrained_model_name_or_path, self.final_model_dir)
+        save_model_dir(transformer, self.model_dir, self.final_model_dir, self.args.generation_defaults())
 
     @property
     def final_model_dir(self) -> Path:
@@ -174,8 +181,14 @@ class Trainer:
 
     # ---------------------------------------------------------------- set-up
     def setup(self) -> None:
+        """Check everything that can be checked, then load and prepare the run.
+
+        In this order, so that a mistake is reported before any weight loads: the model directory (a hub id
+        resolves to its cached snapshot, ``self.model_dir``), then ``check_settings`` (the index and its
+        problems, the settings taken from the model or the footage, the validation settings), then the
+        components, the transformer (``build_transformer``), the optimizer and the clips' cache.
+        """
         args = self.args
-        check_model_dir(args.pretrained_model_name_or_path)
         mixed_precision = args.mixed_precision
         if mixed_precision == "auto":
             mixed_precision = "bf16" if torch.cuda.is_available() else "no"
@@ -193,14 +206,17 @@ class Trainer:
         )
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
         logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file otherwise
+        self.model_dir = check_model_dir(args.pretrained_model_name_or_path)
+        self.model_record = GenerationDefaults.load(self.model_dir)  # how the input model was trained, if recorded
+        self.vae_layout = vae_architecture(self.model_dir)  # the VAE's factors, without its weights
+        self.check_settings()
+
         set_seed(args.seed)
         if args.allow_tf32 and torch.cuda.is_available():
             torch.backends.cuda.matmul.allow_tf32 = True
         self.weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision, torch.float32)
         device = self.accelerator.device
-        model_path = args.pretrained_model_name_or_path
-
-        components = load_components(model_path, self.weight_dtype, self.scheduler_class)
+        components = load_components(self.model_dir, self.weight_dtype, self.scheduler_class)
         self.scheduler, self.tokenizer = components["scheduler"], components["tokenizer"]
         self.text_encoder, self.vae = components["text_encoder"], components["vae"]
         self.schedule = CogVideoXTrainingSchedule(self.scheduler)
@@ -214,7 +230,6 @@ class Trainer:
             self.vae.enable_tiling()
 
         transformer = self.build_transformer()
-        self._check_shapes(transformer)
         trainable = [param for param in transformer.parameters() if param.requires_grad]
         if not trainable:
             raise ConfigError("the stage marked no transformer parameter as trainable")
@@ -229,7 +244,7 @@ class Trainer:
         # The empty caption (caption dropout, guidance's negative prompt) and the validation prompts, encoded once.
         self.empty_prompt_embeds = self.encode_prompts([EMPTY_CAPTION])  # [1, T, D]
         self.validation_embeds = self.encode_prompts(list(args.validation_prompts))
-        self.dataset = self._build_dataset()
+        self.dataset = self._cached(self.clips)
         if args.cache_latents:
             # Every caption is encoded now: the text encoder's memory goes back to the CPU.
             self.text_encoder.to("cpu")
@@ -249,36 +264,59 @@ class Trainer:
         self.checkpoints = Checkpoints(self.accelerator, self.output_dir / CHECKPOINT_DIR, args)
         self.rotary_cache: dict[int, Any] = {}
 
-    def _check_shapes(self, transformer: torch.nn.Module) -> None:
-        """Catch settings the model cannot take now, not hours into a run."""
+    def check_settings(self) -> None:
+        """Complete and check the settings against the model directory and the footage, before any weight loads.
+
+        Unset settings take what the input model records (``self.model_record``, see ``GenerationDefaults``),
+        else the footage's: ``fps`` its slowest clip's rate, ``validation_prompts`` its first caption; a setting
+        that contradicts the model is an error. Reads the index (each unusable entry logged, none usable an
+        error) into ``self.clips``, whose controls are checked against ``self.vocabulary`` (None: a model
+        without controls). A stage extends this with its own settings.
+        """
         args = self.args
-        temporal = self.vae.config.temporal_compression_ratio
-        spatial = 2 ** (len(self.vae.config.block_out_channels) - 1) * transformer.config.patch_size
+        transformer = transformer_config(self.model_dir)
+        samples = load_samples(args, self.vocabulary)
+        args.fps = self.setting_from_model("fps", "fps") or footage_fps(samples)
+        if not args.validation_prompts:
+            args.validation_prompts = (self.model_record.prompt if self.model_record else samples[0].caption,)
+
+        temporal = self.vae_layout.config.temporal_compression_ratio
+        spatial = 2 ** (len(self.vae_layout.config.block_out_channels) - 1) * transformer["patch_size"]
         for frames in (*args.frame_buckets, args.validation_num_frames):
             if (frames - 1) % temporal:
                 raise ConfigError(f"{frames} frames: clips must have {temporal}k+1 frames for this VAE (args.frame_buckets, args.validation_num_frames)")
         if args.height % spatial or args.width % spatial:
             raise ConfigError(f"args.height and args.width must be multiples of {spatial} for this model; got {args.height}x{args.width}")
-        if self.text_encoder.config.d_model != transformer.config.text_embed_dim:
+        text_width = T5Config.from_pretrained(self.model_dir, subfolder=TEXT_ENCODER).d_model
+        if text_width != transformer["text_embed_dim"]:
             raise ConfigError(
-                f"{args.pretrained_model_name_or_path}: text encoder width {self.text_encoder.config.d_model} "
-                f"!= transformer text_embed_dim {transformer.config.text_embed_dim}"
+                f"the model at {self.model_dir}: text encoder width {text_width} != transformer text_embed_dim "
+                f"{transformer['text_embed_dim']}"
             )
+        self.clips = clip_dataset(samples, args, self.vocabulary, temporal)
 
-    def _build_dataset(self) -> torch.utils.data.Dataset:
+    def setting_from_model(self, setting: str, recorded: str) -> Any:
+        """``args.<setting>`` against the input model's record of it (``GenerationDefaults.<recorded>``): unset, the
+        model's value (None if it records none); set, the same value, or an error naming both."""
+        return setting_from_model(
+            f"args.{setting}", getattr(self.args, setting), getattr(self.model_record, recorded, None),
+            f"the model at {self.model_dir}",
+        )
+
+    def _cached(self, clips: torch.utils.data.Dataset) -> torch.utils.data.Dataset:
+        """``clips``, or with ``args.cache_latents`` their latents and caption embeddings, encoded once."""
         args = self.args
-        dataset = load_clips(args, self.control_vocabulary(), self.vae.config.temporal_compression_ratio)
         if not args.cache_latents:
-            return dataset
+            return clips
         return cached_clips(
-            dataset, Path(args.cache_dir or self.output_dir / "cache"), self.encode_videos, self.encode_prompts,
+            clips, Path(args.cache_dir or self.output_dir / "cache"), self.encode_videos, self.encode_prompts,
             self._encoder_fingerprint(),
             lambda num_frames: cache_entry_bytes(num_frames, args, self.vae, self.text_encoder), self.accelerator,
         )
 
     def _encoder_fingerprint(self) -> dict[str, Any]:
         """What shapes cached latents and prompt embeddings besides the clip; a stage that encodes otherwise adds to it."""
-        return encoder_fingerprint(self.args, self.vae, self.text_encoder, self.weight_dtype)
+        return encoder_fingerprint(self.model_dir, self.args, self.vae, self.text_encoder, self.weight_dtype)
 
     # ---------------------------------------------------------------- encoders
     def make_pipeline(self) -> CogVideoXPipeline:
