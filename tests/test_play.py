@@ -30,7 +30,8 @@ from tests.conftest import TEST_VOCABULARY, TINY_HEIGHT, TINY_WIDTH, moving_squa
 from thematrix.controls import GAME_KEYMAP_KEY, ControlVocabulary, game_files, vocabulary_from_json
 from thematrix.play.keymap import KeyMap, KeyMapError, default_keymap, load_keymap
 from thematrix.play.server import FRAME_HEADER_LENGTH, PlayServer, Viewer, encode_frame
-from thematrix.play.world import Clip, ShownFrame, World
+from thematrix.data.initial_clip import InitialClip
+from thematrix.play.world import ShownFrame, World
 from thematrix.video import read_video_info, write_mp4
 
 # The model plays at the clip's rate; a fast one keeps the tests short (a group of 2 x 4 frames lasts 1/3 s).
@@ -82,7 +83,7 @@ class LoggedModel(swin_play.StreamWorldModel):
 
     def __init__(self, *args):
         super().__init__(*args)
-        self.streams: list[tuple[Clip, str]] = []
+        self.streams: list[tuple[InitialClip, str]] = []
         self.asked: list[tuple[int, list[str], float]] = []
 
     def stream(self, clip, prompt, controls):

@@ -333,7 +333,7 @@ def test_inference_continues_a_video_file_with_random_controls(model_dir, tmp_pa
     clip = write_mp4(moving_square_clip(1, 40, TINY_HEIGHT, TINY_WIDTH), tmp_path / "clip.mp4", fps=CLIP_FPS)
     output = inference.main([
         "--model_dir", str(model_dir), "--initial_video", str(clip), "--random_controls", "--seed", "3",
-        "--seconds", "3", "--fps", "8", "--num_groups", str(NUM_GROUPS), "--group_size", str(GROUP_SIZE),
+        "--prompt", "A red square slides right.", "--seconds", "3", "--fps", "8", "--num_groups", str(NUM_GROUPS), "--group_size", str(GROUP_SIZE),
         "--num_inference_steps", str(NUM_GROUPS), "--output", str(tmp_path / "random.mp4"),
     ])
     # 3 s at 8 fps = 24 frames: 3 groups of 8 frames.

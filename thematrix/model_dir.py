@@ -23,6 +23,8 @@ LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 MODEL_INDEX = "model_index.json"
 # Beside model_index.json (and beside stage 1's LoRA weights): how the model was trained, see GenerationDefaults.
 GENERATION_DEFAULTS_FILE = "generation_defaults.json"
+# CogVideoX's own frame rate: what a model directory that records none (a base model) generates at.
+COGVIDEOX_FPS = 8
 # Libraries whose classes model_index.json names by library alone (diffusers' LOADABLE_CLASSES).
 LOADER_LIBRARIES = ("diffusers", "transformers")
 
@@ -38,16 +40,17 @@ class GenerationDefaults:
 
     ``fps``, ``height``, ``width``: the frame rate and size of its training clips; ``num_frames``: its longest
     training clip (the window's clip in stages 3-4); ``prompt``: a prompt of its footage (the run's first
-    validation prompt, by default a caption of the footage); ``num_groups``, ``group_size``: the Swin-DPM window
-    of G groups of W latent frames (stages 3-4; None before). The model's control vocabulary is part of its
+    validation prompt, by default a caption of the footage); ``num_groups``, ``group_size``: the Swin-DPM window of
+    G groups of W latent frames (stages 3-4; None before). For a model that records nothing, ``fps`` and
+    ``prompt`` are None too (see ``generation_defaults``). The model's control vocabulary is part of its
     transformer's config, not of this file.
     """
 
-    fps: int
+    fps: Optional[int]
     height: int
     width: int
     num_frames: int
-    prompt: str
+    prompt: Optional[str]
     num_groups: Optional[int] = None
     group_size: Optional[int] = None
 
@@ -70,6 +73,19 @@ class GenerationDefaults:
                 f"{path}: not a record of how the model was trained ({error}). Fix: write a JSON object with the "
                 f"fields {fields}, or delete the file (settings then need to be given)"
             ) from None
+
+
+def generation_defaults(model_dir: str | Path) -> GenerationDefaults:
+    """What ``model_dir`` records of its training; for a model that records nothing (a base model), its configs'
+    native size and clip length, with no frame rate (generate at ``COGVIDEOX_FPS``), prompt or window."""
+    recorded = GenerationDefaults.load(model_dir)
+    if recorded is not None:
+        return recorded
+    vae = json.loads((Path(model_dir) / VAE / "config.json").read_text())
+    return GenerationDefaults(
+        fps=None, height=vae["sample_height"], width=vae["sample_width"],
+        num_frames=transformer_config(model_dir)["sample_frames"], prompt=None,
+    )
 
 
 def check_model_dir(path: str | Path, setting: str = "args.pretrained_model_name_or_path") -> Path:
