@@ -139,7 +139,7 @@ def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
     sampling.add_argument("--group_size", type=int, default=None, help="W: latent frames per group (default: the model's)")
     sampling.add_argument("--guidance_scale", type=float, help="text guidance (default: %(default)s)")
     sampling.add_argument("--control_guidance_scale", type=float, default=1.0, help="> 1 strengthens the controls")
-    sampling.add_argument("--fps", type=float, default=None,
+    sampling.add_argument("--fps", type=int, default=None,
                           help="frame rate of the initial clip and of the mp4 (default: the model's)")
 
 

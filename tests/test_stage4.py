@@ -336,18 +336,6 @@ def test_validation_writes_the_few_step_stream(distilled):
 
 
 # ---------------------------------------------------------------- settings
-def test_configs_load_and_the_demo_matches_stage3s_window():
-    real = load_config(REPOSITORY / "stage4" / "training" / "scm_config.py", ScmArgs)
-    tiny = load_config(REPOSITORY / "stage4" / "training" / "scm_config_tiny.py", ScmArgs)
-    stage3 = load_config(REPOSITORY / "stage3" / "training" / "sft_config_tiny.py", SwinArgs)
-    for args in (real, tiny):
-        args.check()
-        assert args.validation_num_inference_steps == args.num_noise_groups
-    assert real.pretrained_model_name_or_path == "../outputs/stage3/model"
-    assert (tiny.num_noise_groups, tiny.group_size, tiny.frame_buckets) == (
-        stage3.num_noise_groups, stage3.group_size, stage3.frame_buckets)
-
-
 @pytest.mark.parametrize("setting, value, message", [
     ("teacher_num_inference_steps", 30, "divisible by args.num_noise_groups"),
     ("skipping_interval", 0, "at least 1"),
