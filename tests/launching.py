@@ -26,9 +26,9 @@ def write_config(args: LoraArgs, path: Path) -> Path:
     return path
 
 
-def launch(launcher: Path, arguments: list[str], log: Path, num_processes: int = 1) -> subprocess.Popen:
+def launch(launcher: Path, arguments: list[str], log: Path, num_processes: int = 1, **environment: str) -> subprocess.Popen:
     """Start a stage launcher (``bash stageN/train_*.sh ARGUMENTS``) in a session of its own, one CPU thread per
-    process; its output goes to ``log``."""
+    process, with ``environment`` added; its output goes to ``log``."""
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
@@ -36,6 +36,7 @@ def launch(launcher: Path, arguments: list[str], log: Path, num_processes: int =
         "MAIN_PROCESS_PORT": "0",  # a free port: parallel test runs do not collide
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": str(REPO_ROOT),
+        **environment,
     }
     with log.open("w") as output:
         return subprocess.Popen(
