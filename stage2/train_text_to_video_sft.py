@@ -103,19 +103,17 @@ class InteractiveTrainer(Trainer):
         null_id = self.vocabulary.null_id
         return {"controls": torch.where(dropped[:, None], torch.full_like(controls, null_id), controls)}
 
-    def validation_requests(self):
-        for name, sampling in super().validation_requests():
-            yield name, dict(sampling, control_guidance_scale=self.args.validation_control_guidance_scale)
-
     def validation_videos(self):
+        """A clip per validation prompt, steered by the validation controls (cycled over its latent frames)."""
+        args = self.args
         pipeline = self.make_pipeline()
         compression = self.vae.config.temporal_compression_ratio
-        num_latent_frames = (self.args.validation_num_frames - 1) // compression + 1
-        tokens = cycle_controls(self.args.validation_controls, num_latent_frames)
+        num_latent_frames = (args.validation_num_frames - 1) // compression + 1
+        tokens = cycle_controls(args.validation_controls, num_latent_frames)
         for name, sampling in self.validation_requests():
             video, tokens = pipeline(
-                controls=tokens, num_frames=self.args.validation_num_frames, height=self.args.height,
-                width=self.args.width, **sampling,
+                controls=tokens, num_frames=args.validation_num_frames, height=args.height, width=args.width,
+                control_guidance_scale=args.validation_control_guidance_scale, **sampling,
             )
             yield name, video, video_frame_labels(tokens, compression)
 

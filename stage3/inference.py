@@ -23,12 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from diffusers import AutoencoderKLCogVideoX
 
 from stage3.cogvideox.pipeline_cogvideox import (
     RECIPE_GROUP_SIZE,
     RECIPE_NUM_GROUPS,
     SwinDPMPipeline,
-    history_latent_frames,
+    condition_control,
     window_clip_frames,
 )
 from thematrix.cli import run
@@ -62,10 +63,13 @@ class StreamStart:
     model_dir: Path
     vocabulary: ControlVocabulary
     defaults: GenerationDefaults
+    vae_layout: AutoencoderKLCogVideoX  # without weights: its factors
     initial_frames: int  # window_clip_frames: 1 + c * (H + G * W)
-    condition_latent: int  # history_latent_frames: the latent frame whose control the first condition frame has
-    temporal_compression: int
     samples: list[Sample]
+
+    @property
+    def temporal_compression(self) -> int:
+        return self.vae_layout.config.temporal_compression_ratio
 
     def from_sample(self, index: int, fps: float) -> InitialClip:
         """The first frames of usable sample ``index``, with its caption and its condition latent frame's control."""
@@ -73,7 +77,8 @@ class StreamStart:
             self.samples, index, fps=fps, height=self.defaults.height, width=self.defaults.width,
             frames=self.initial_frames, temporal_compression=self.temporal_compression, vocabulary=self.vocabulary,
         )
-        return InitialClip(item["video"], Path(item["path"]).name, item["caption"], item["control_tokens"][self.condition_latent])
+        initial_control = condition_control(item["control_tokens"], self.vae_layout)
+        return InitialClip(item["video"], Path(item["path"]).name, item["caption"], initial_control)
 
     def from_file(self, path: Path, fps: float) -> InitialClip:
         """The last frames of a video file."""
@@ -109,10 +114,8 @@ def check_stream_options(args: argparse.Namespace, pipeline_class=SwinDPMPipelin
             print(f"skipped: {problem}")
     vae = vae_architecture(model_dir)
     return StreamStart(
-        model_dir=model_dir, vocabulary=vocabulary, defaults=defaults,
-        initial_frames=window_clip_frames(vae, args.num_groups, args.group_size),
-        condition_latent=history_latent_frames(vae), temporal_compression=vae.config.temporal_compression_ratio,
-        samples=samples,
+        model_dir=model_dir, vocabulary=vocabulary, defaults=defaults, vae_layout=vae,
+        initial_frames=window_clip_frames(vae, args.num_groups, args.group_size), samples=samples,
     )
 
 

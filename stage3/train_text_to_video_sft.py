@@ -17,6 +17,7 @@ from stage3.cogvideox.pipeline_cogvideox import (
     RECIPE_GROUP_SIZE,
     RECIPE_NUM_GROUPS,
     SwinDPMPipeline,
+    condition_control,
     history_latent_frames,
     window_clip_frames,
 )
@@ -25,6 +26,7 @@ from stage3.training.arguments import SwinArgs
 from thematrix.cli import run
 from thematrix.config import ConfigError
 from thematrix.controls import cycle_controls
+from thematrix.schedules import grouped_training_timesteps
 
 DEFAULT_CONFIG = Path(__file__).parent / "training" / "sft_config.py"
 
@@ -35,15 +37,6 @@ class SwinTrainer(InteractiveTrainer):
     args_class = SwinArgs
     pipeline_class = SwinDPMPipeline
     scheduler_class = SwinScheduler
-
-    def setup(self) -> None:
-        super().setup()
-        self.scheduler.configure_window(self.args.num_noise_groups, self.args.group_size)
-
-    def build_transformer(self) -> torch.nn.Module:
-        transformer = self.load_interactive_transformer()
-        transformer.requires_grad_(True)
-        return transformer
 
     def check_settings(self) -> None:
         """The window first (the input model's, else the settings', else the recipe's) and the one clip length it
@@ -63,24 +56,39 @@ class SwinTrainer(InteractiveTrainer):
         args.check()  # what depends on the window
         super().check_settings()
 
+    def build_transformer(self) -> torch.nn.Module:
+        transformer = self.load_interactive_transformer()
+        transformer.requires_grad_(True)
+        return transformer
+
     def encode_videos(self, videos: torch.Tensor) -> torch.Tensor:
         """The window's latent distribution: the clip's, without its first H (history) latent frames."""
         return super().encode_videos(videos)[:, :, history_latent_frames(self.vae):]
 
-    def _encoder_fingerprint(self) -> dict:
-        return dict(super()._encoder_fingerprint(), history_latent_frames=history_latent_frames(self.vae))
+    def cache_fingerprint(self) -> dict:
+        return dict(super().cache_fingerprint(), history_latent_frames=history_latent_frames(self.vae))
+
+    def sample_timesteps(self, num_latent_frames: int, generator: torch.Generator) -> torch.Tensor:
+        """One window's timesteps, LongTensor [1, 1 + G * W]: 0 for the condition frame, then u + g * T/G for every
+        frame of group g, one u ~ U{0, ..., T/G - 1} per window (every clip is one window: check_settings)."""
+        args = self.args
+        return grouped_training_timesteps(
+            1, args.num_noise_groups, args.group_size, self.scheduler.config.num_train_timesteps, generator
+        )
+
+    def noisy_latents(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """Every group noised to its timestep; the condition frame stays clean."""
+        noisy = super().noisy_latents(latents, noise, timesteps)
+        noisy[:, :CONDITION_FRAMES] = latents[:, :CONDITION_FRAMES]
+        return noisy
 
     def model_kwargs(self, batch, generators):
         """Stage 2's controls, without the history latent frames' (the latents have none)."""
         kwargs = super().model_kwargs(batch, generators)
         return dict(kwargs, controls=kwargs["controls"][:, history_latent_frames(self.vae):])
 
-    def noisy_latents(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        noisy = super().noisy_latents(latents, noise, timesteps)
-        noisy[:, :CONDITION_FRAMES] = latents[:, :CONDITION_FRAMES]
-        return noisy
-
     def loss_mask(self, latents: torch.Tensor) -> torch.Tensor:
+        """The noisy frames count; the clean condition frame does not."""
         mask = torch.ones(latents.shape[:2], device=latents.device)
         mask[:, :CONDITION_FRAMES] = 0
         return mask
@@ -99,8 +107,8 @@ class SwinTrainer(InteractiveTrainer):
         for name, sampling in self.validation_requests():
             video, labels = pipeline.generate(
                 "", first["video"], next_controls, args.validation_groups, num_groups=args.num_noise_groups,
-                group_size=args.group_size, initial_control=first["control_tokens"][history_latent_frames(self.vae)],
-                **sampling,
+                group_size=args.group_size, initial_control=condition_control(first["control_tokens"], self.vae),
+                control_guidance_scale=args.validation_control_guidance_scale, **sampling,
             )
             yield name, video, labels
 

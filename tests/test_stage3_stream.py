@@ -11,13 +11,12 @@ import torch
 
 from stage3 import inference
 from stage3.cogvideox.pipeline_cogvideox import StreamChunk, history_latent_frames, window_clip_frames
-from stage3.cogvideox.scheduler import SwinScheduler
 from stage4.cogvideox.pipeline_cogvideox import ScmPipeline
 from stage4.cogvideox.scheduler import ScmScheduler
 from tests.conftest import CLIP_FPS, CLIP_FRAMES, TEST_VOCABULARY, TINY_HEIGHT, TINY_WIDTH, moving_square_clip
 from thematrix.controls import ControlError
 from thematrix.data.dataset import DatasetError
-from thematrix.schedules import CONDITION_TIMESTEP, grouped_training_timesteps
+from thematrix.schedules import CONDITION_TIMESTEP
 from thematrix.streaming_vae import StreamingDecoder
 from thematrix.video import read_video_info, write_mp4
 from thematrix.video_stream import Mp4StreamWriter
@@ -259,25 +258,6 @@ def test_bad_settings_fail_at_the_call(pipeline, options, message):
 def test_bad_controls_say_what_is_wrong(pipeline, controls, options, message):
     with pytest.raises(ControlError, match=message):
         list(stream(pipeline, controls=controls, **options))
-
-
-def test_swin_scheduler_draws_grouped_window_timesteps(pipeline, tmp_path):
-    scheduler = SwinScheduler.from_config(pipeline.scheduler.config)
-    with pytest.raises(RuntimeError, match="configure_window"):
-        scheduler.sample_training_timesteps(9, torch.Generator())
-    scheduler.configure_window(4, 2)
-    generator = torch.Generator().manual_seed(3)
-    timesteps = scheduler.sample_training_timesteps(9, generator)
-    assert timesteps.shape == (1, 9) and timesteps.dtype == torch.long and timesteps.device == generator.device
-    expected = grouped_training_timesteps(1, 4, 2, scheduler.config.num_train_timesteps, torch.Generator().manual_seed(3))
-    assert torch.equal(timesteps, expected)
-    with pytest.raises(ValueError, match="1 \\+ 4 x 2 = 9 latent frames"):
-        scheduler.sample_training_timesteps(13, generator)
-    # The window is not config: a saved scheduler folder is a stock one and loads unconfigured.
-    scheduler.save_pretrained(tmp_path)
-    loaded = SwinScheduler.from_pretrained(tmp_path)
-    assert "num_noise_groups" not in loaded.config and loaded.num_noise_groups is None
-    assert loaded.grouped_schedule(20, 4).steps_per_band == 5
 
 
 def test_random_controls_hold_keys_and_repeat_with_the_seed():

@@ -15,7 +15,7 @@ from stage3.cogvideox.pipeline_cogvideox import SwinDPMPipeline
 from stage3.training.arguments import SwinArgs
 from stage4 import inference
 from stage4.cogvideox.pipeline_cogvideox import ScmPipeline
-from stage4.cogvideox.scheduler import ConsistencySchedule, ScmScheduler
+from stage4.cogvideox.scheduler import ConsistencySchedule, ScmScheduler, distillation_timesteps, teacher_schedule
 from stage4.train_text_to_video_scm import EmaTarget, ScmTrainer
 from stage4.training.arguments import ScmArgs
 from tests.conftest import (
@@ -31,7 +31,7 @@ from tests.conftest import (
 from thematrix.config import ConfigError, load_config
 from thematrix.data.dataset import collate_batch
 from thematrix.presets import TINY
-from thematrix.schedules import c_out, c_skip, phase_boundaries, phase_boundary_below
+from thematrix.schedules import GroupedInferenceSchedule, c_out, c_skip, phase_boundaries, phase_boundary_below
 from thematrix.training.checkpoint import TRAINABLE_WEIGHTS, list_checkpoints
 from thematrix.video import read_video_info
 
@@ -86,11 +86,9 @@ def distilled(teacher_dir, tiny_dataset, cache_dir, tmp_path_factory):
     return trainer, before, held_out_loss()
 
 
-def scm_scheduler(num_groups=4, group_size=2, teacher_steps=40, skipping_interval=1, **config) -> ScmScheduler:
-    scheduler = ScmScheduler(**{**TINY["scheduler"], **config})
-    scheduler.configure_window(num_groups, group_size)
-    scheduler.configure_distillation(teacher_steps, skipping_interval)
-    return scheduler
+def teacher_grid(num_groups=4, teacher_steps=40, **config) -> GroupedInferenceSchedule:
+    """The teacher's grouped schedule of the tiny model's scheduler (with ``config`` changed)."""
+    return teacher_schedule(ScmScheduler(**{**TINY["scheduler"], **config}), teacher_steps, num_groups)
 
 
 # ---------------------------------------------------------------- the consistency function
@@ -98,7 +96,7 @@ def test_scalings_make_the_consistency_function_the_identity_at_a_boundary():
     boundaries = phase_boundaries(4, NUM_TRAIN_TIMESTEPS)
     assert torch.equal(c_skip(boundaries, boundaries), torch.ones(5))
     assert torch.equal(c_out(boundaries, boundaries), torch.zeros(5))
-    schedule = scm_scheduler().grouped_schedule(4, 4)
+    schedule = ScmScheduler(**TINY["scheduler"]).grouped_schedule(4, 4)
     generator = torch.Generator().manual_seed(0)
     sample, velocity = (torch.randn(2, 3, 4, 6, 8, generator=generator) * 5 for _ in range(2))
     at_boundary = boundaries[[0, 2, 4]].expand(2, 3)
@@ -114,7 +112,7 @@ def test_student_consistency_output_equals_its_input_at_the_boundary(distilled):
     trainer, _, _ = distilled
     generator = torch.Generator().manual_seed(1)
     latents = torch.randn(1, 1 + NUM_GROUPS * GROUP_SIZE, 4, 6, 8, generator=generator)
-    _, boundary = trainer.scheduler.sample_distillation_timesteps(generator)
+    _, boundary = distillation_timesteps(trainer.teacher_schedule, GROUP_SIZE, trainer.args.skipping_interval, generator)
     embeds = trainer.validation_embeds[:1]
     with torch.no_grad():
         velocity = trainer.velocity(trainer.transformer, latents, boundary, embeds, None)
@@ -125,14 +123,14 @@ def test_student_consistency_output_equals_its_input_at_the_boundary(distilled):
 # ---------------------------------------------------------------- the distillation schedule
 @pytest.mark.parametrize("skipping_interval", [1, 3, 10])
 def test_distillation_timesteps_walk_the_teacher_grid_inside_each_phase(skipping_interval):
-    scheduler = scm_scheduler(skipping_interval=skipping_interval)
-    grid = set(scheduler.teacher_schedule.timesteps.tolist())
+    teacher = teacher_grid()
+    grid = set(teacher.timesteps.tolist())
     boundaries = phase_boundaries(4, NUM_TRAIN_TIMESTEPS)
     band = NUM_TRAIN_TIMESTEPS // 4
     generator = torch.Generator().manual_seed(0)
     starts = set()
     for _ in range(60):
-        path, boundary = scheduler.sample_distillation_timesteps(generator)
+        path, boundary = distillation_timesteps(teacher, 2, skipping_interval, generator)
         assert path.shape == (1, skipping_interval + 1, 9) and boundary.shape == (1, 9)
         t, s = path[0, 0], path[0, -1]
         assert t[0] == s[0] == boundary[0, 0] == 0  # the condition frame: clean, its own boundary
@@ -151,7 +149,7 @@ def test_distillation_timesteps_walk_the_teacher_grid_inside_each_phase(skipping
 
 def test_a_teacher_grid_without_the_phase_boundaries_is_refused():
     with pytest.raises(ValueError, match="misses phase boundaries"):
-        scm_scheduler(timestep_spacing="leading")
+        teacher_grid(timestep_spacing="leading")
 
 
 # ---------------------------------------------------------------- training

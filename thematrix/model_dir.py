@@ -18,7 +18,8 @@ from thematrix.hub import HUB_ID_EXAMPLE, resolve_model_path
 TRANSFORMER = "transformer"
 VAE = "vae"
 TEXT_ENCODER = "text_encoder"
-PIPELINE_COMPONENTS = (TRANSFORMER, VAE, TEXT_ENCODER, "tokenizer", "scheduler")
+SCHEDULER = "scheduler"
+PIPELINE_COMPONENTS = (TRANSFORMER, VAE, TEXT_ENCODER, "tokenizer", SCHEDULER)
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 MODEL_INDEX = "model_index.json"
 # Beside model_index.json (and beside stage 1's LoRA weights): how the model was trained, see GenerationDefaults.
@@ -188,8 +189,9 @@ def save_model_dir(
     return output_dir
 
 
-def load_components(model_dir: str | Path, dtype, scheduler_class, transformer_class=None) -> dict:
-    """Tokenizer, text encoder, VAE, scheduler (and transformer) of a model directory, loaded part by part.
+def load_components(model_dir: str | Path, dtype, scheduler_class=None, transformer_class=None) -> dict:
+    """Tokenizer, text encoder and VAE of a model directory, and its scheduler and transformer as the given classes
+    (each left out when its class is None), loaded part by part.
 
     diffusers' pipeline loader resolves classes only from diffusers and transformers by name, so the
     project's transformer classes are loaded here by the stage that knows them.
@@ -201,8 +203,9 @@ def load_components(model_dir: str | Path, dtype, scheduler_class, transformer_c
         "tokenizer": AutoTokenizer.from_pretrained(model_dir, subfolder="tokenizer"),
         "text_encoder": T5EncoderModel.from_pretrained(model_dir, subfolder=TEXT_ENCODER, dtype=dtype),
         "vae": AutoencoderKLCogVideoX.from_pretrained(model_dir, subfolder=VAE, dtype=dtype),
-        "scheduler": scheduler_class.from_pretrained(model_dir, subfolder="scheduler"),
     }
+    if scheduler_class is not None:
+        components["scheduler"] = scheduler_class.from_pretrained(model_dir, subfolder=SCHEDULER)
     if transformer_class is not None:
-        components["transformer"] = transformer_class.from_pretrained(model_dir, subfolder="transformer", dtype=dtype)
+        components["transformer"] = transformer_class.from_pretrained(model_dir, subfolder=TRANSFORMER, dtype=dtype)
     return components

@@ -53,6 +53,11 @@ def history_latent_frames(vae) -> int:
     return first_batch_size(vae) - CONDITION_FRAMES
 
 
+def condition_control(control_tokens: Sequence[str], vae) -> str:
+    """The control of a window clip's condition latent frame (latent frame H, after the history)."""
+    return control_tokens[history_latent_frames(vae)]
+
+
 def window_clip_frames(vae, num_groups: int, group_size: int) -> int:
     """Video frames of a clip that encodes to one window and its history: 1 + c * (H + G * W) (73 for G = W = 4)."""
     return 1 + vae.config.temporal_compression_ratio * (history_latent_frames(vae) + num_groups * group_size)

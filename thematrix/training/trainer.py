@@ -1,12 +1,20 @@
 """The training loop every stage shares: one optimizer step after another, and the checks that keep it safe.
 
-A stage subclasses ``Trainer`` and overrides only what is its own: which transformer it loads and which
-parameters train (``build_transformer``), the settings it checks against the model (``_check_shapes``),
-the controls clips carry (``control_vocabulary``), how clips are encoded (``encode_videos``, and
-``_encoder_fingerprint``, which keys the latent cache), timesteps and noising (``sample_timesteps``,
-``noisy_latents``), the frames the loss covers (``loss_mask``) or the whole loss (``compute_loss``), extra
-model inputs (``model_kwargs``), validation (``validation_requests``, ``validation_videos``), what it
-writes at the end (``save_final``, ``final_output``), and ``setup`` for what it builds besides.
+A stage subclasses ``Trainer`` and overrides hooks, each called at one place of ``setup`` or of the loop:
+
+- ``check_settings()``: complete and check the settings against the model directory and the footage, before
+  any weight loads (stage 2: the vocabulary; stage 3: the window);
+- ``build_transformer()``: load the transformer and mark which parameters train;
+- ``after_setup()``: build what the stage needs besides, once the transformer is prepared (stage 4: the
+  teacher and the EMA target);
+- ``encode_videos(videos)`` and ``cache_fingerprint()``: how clips become latents, and what keys the cache;
+- ``sample_timesteps(num_latent_frames, generator)`` and ``noisy_latents(latents, noise, timesteps)``: the
+  noising, drawn in the stage's own code (stage 3: one timestep per noise group, the condition frame clean);
+- ``model_kwargs(batch, generators)``: extra transformer inputs (stage 2: the controls, with dropout);
+- ``loss_mask(latents)``, or the whole ``compute_loss(batch, first_sample_position)`` (stage 4);
+- ``after_optimizer_step()``: after each applied optimizer step, before its checkpoint (stage 4: the EMA);
+- ``validation_videos()``: what a validation generates;
+- ``save_final(transformer)`` and ``final_output``: what the run leaves for the next stage.
 
 The loop reads on its own: checkpoints live in ``checkpoint``, the clips and their latent cache in
 ``clips``, stop signals, non-finite values and disk space in ``run_safety``, trackers, ``metrics.jsonl``
@@ -14,8 +22,9 @@ and ``metrics.png`` in ``metrics``. README's "When a run goes wrong" says what e
 
 Exact resume: noise and timesteps for the n-th sample of the run come from a generator seeded by
 (seed, n), the data order of epoch e is a function of (seed, e), and checkpoints hold the trainable
-weights, optimizer, LR schedule (which counts optimizer steps, whatever the number of processes) and RNG
-states. A resumed run therefore takes the same steps as an uninterrupted one.
+weights, optimizer, LR schedule (which counts optimizer steps, whatever the number of processes), RNG
+states and what a stage registers (stage 4's EMA target). A resumed run therefore takes the same steps as
+an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from thematrix.config import ConfigError, parse_command_line, setting_from_model
 from thematrix.controls import ControlVocabulary
 from thematrix.data.dataset import collate_batch, footage_fps
 from thematrix.model_dir import (
+    SCHEDULER,
     TEXT_ENCODER,
     GenerationDefaults,
     check_model_dir,
@@ -96,8 +106,7 @@ class Trainer:
 
     args_class = TrainingArgs
     pipeline_class = CogVideoXPipeline
-    # A scheduler with ``sample_training_timesteps`` (stage1.cogvideox.scheduler.GameScheduler and its subclasses).
-    scheduler_class: type
+    scheduler_class: type  # the stage's diffusers scheduler (stage1.cogvideox.scheduler.GameScheduler and its subclasses)
 
     def __init__(self, args: TrainingArgs):
         args.check()
@@ -111,12 +120,15 @@ class Trainer:
 
     # ---------------------------------------------------------------- stage hooks
     def build_transformer(self) -> torch.nn.Module:
-        """Load the transformer and mark which parameters train. Stages must override."""
+        """Load the transformer (from ``self.model_dir``) and mark which parameters train. Stages must override."""
         raise NotImplementedError
 
+    def after_setup(self) -> None:
+        """Build what the stage needs besides the trained transformer, once everything is loaded and prepared."""
+
     def sample_timesteps(self, num_latent_frames: int, generator: torch.Generator) -> torch.Tensor:
-        """One sample's training timesteps, [1] or [1, F]: the stage's scheduler decides."""
-        return self.scheduler.sample_training_timesteps(num_latent_frames, generator)
+        """One sample's training timesteps, [1] (shared by its frames) or [1, F]: uniform over the schedule."""
+        return torch.randint(0, self.scheduler.config.num_train_timesteps, (1,), generator=generator, device=generator.device)
 
     def noisy_latents(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """The model's input: latents noised to their timesteps."""
@@ -130,8 +142,12 @@ class Trainer:
         """Extra transformer inputs of a stage (e.g. controls)."""
         return {}
 
+    def after_optimizer_step(self) -> None:
+        """Called once per applied optimizer step (not for a skipped one), before that step's checkpoint."""
+
     def validation_requests(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        """(name, sampling arguments) per validation prompt: its embeddings, a seeded generator, steps, guidance."""
+        """(name, sampling arguments) per validation prompt, for ``validation_videos``: its embeddings, the empty
+        prompt's as the negative, a seeded generator, steps and guidance."""
         for index, prompt_embeds in enumerate(self.validation_embeds):
             yield f"prompt-{index}", dict(
                 prompt_embeds=prompt_embeds[None],
@@ -142,7 +158,8 @@ class Trainer:
             )
 
     def validation_videos(self) -> Iterator[tuple[str, torch.Tensor, Optional[list[str]]]]:
-        """(name, video [F, C, H, W] in [-1, 1], control label per frame or None), with the current weights."""
+        """(name, video [F, C, H, W] in [-1, 1], control label per frame or None), with the current weights: here a
+        clip per validation prompt, as the stage's pipeline generates it."""
         pipeline = self.make_pipeline()
         for name, sampling in self.validation_requests():
             video = pipeline(
@@ -209,6 +226,7 @@ class Trainer:
         self.model_dir = check_model_dir(args.pretrained_model_name_or_path)
         self.model_record = GenerationDefaults.load(self.model_dir)  # how the input model was trained, if recorded
         self.vae_layout = vae_architecture(self.model_dir)  # the VAE's factors, without its weights
+        self.scheduler = self.scheduler_class.from_pretrained(self.model_dir, subfolder=SCHEDULER)  # config only
         self.check_settings()
 
         set_seed(args.seed)
@@ -216,9 +234,8 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
         self.weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision, torch.float32)
         device = self.accelerator.device
-        components = load_components(self.model_dir, self.weight_dtype, self.scheduler_class)
-        self.scheduler, self.tokenizer = components["scheduler"], components["tokenizer"]
-        self.text_encoder, self.vae = components["text_encoder"], components["vae"]
+        components = load_components(self.model_dir, self.weight_dtype)
+        self.tokenizer, self.text_encoder, self.vae = components["tokenizer"], components["text_encoder"], components["vae"]
         self.schedule = CogVideoXTrainingSchedule(self.scheduler)
         for frozen in (self.text_encoder, self.vae):
             frozen.requires_grad_(False)
@@ -263,6 +280,7 @@ class Trainer:
         )
         self.checkpoints = Checkpoints(self.accelerator, self.output_dir / CHECKPOINT_DIR, args)
         self.rotary_cache: dict[int, Any] = {}
+        self.after_setup()
 
     def check_settings(self) -> None:
         """Complete and check the settings against the model directory and the footage, before any weight loads.
@@ -310,11 +328,11 @@ class Trainer:
             return clips
         return cached_clips(
             clips, Path(args.cache_dir or self.output_dir / "cache"), self.encode_videos, self.encode_prompts,
-            self._encoder_fingerprint(),
+            self.cache_fingerprint(),
             lambda num_frames: cache_entry_bytes(num_frames, args, self.vae, self.text_encoder), self.accelerator,
         )
 
-    def _encoder_fingerprint(self) -> dict[str, Any]:
+    def cache_fingerprint(self) -> dict[str, Any]:
         """What shapes cached latents and prompt embeddings besides the clip; a stage that encodes otherwise adds to it."""
         return encoder_fingerprint(self.model_dir, self.args, self.vae, self.text_encoder, self.weight_dtype)
 
@@ -584,6 +602,8 @@ class Trainer:
             self._skip_or_stop("loss" if loss_nonfinite else "gradient norm", logs, seen_here)
         else:
             self.optimizer.step()
+            if not self.optimizer.step_was_skipped:  # fp16's loss scaler skips steps whose gradients overflowed
+                self.after_optimizer_step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.skipped_steps:  # healthy runs log no such series
             logs["skipped_steps"] = self.skipped_steps
