@@ -19,7 +19,7 @@ from stage1.cogvideox.pipeline_cogvideox import GameVideoPipeline
 from thematrix.cli import run
 from thematrix.config import ConfigError, setting_from_model
 from thematrix.model_dir import COGVIDEOX_FPS, GenerationDefaults, generation_defaults, vae_architecture
-from thematrix.video import tensor_to_uint8_frames, write_mp4
+from thematrix.video import pipeline_video_to_signed, tensor_to_uint8_frames, write_mp4
 
 
 def add_clip_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,7 +75,7 @@ def main(argv=None) -> Path:
         output_type="pt",
     ).frames[0]
     output = Path(args.output)
-    write_mp4(tensor_to_uint8_frames(video * 2 - 1), output, fps=args.fps)
+    write_mp4(tensor_to_uint8_frames(pipeline_video_to_signed(video)), output, fps=args.fps)
     print(f"video: {output.resolve()}")
     return output
 

@@ -20,7 +20,7 @@ from thematrix.cli import run
 from thematrix.controls import cycle_controls, default_control_pattern, video_frame_labels
 from thematrix.model_dir import vae_architecture
 from thematrix.models.interactive_transformer import model_vocabulary
-from thematrix.video import draw_control_overlay, tensor_to_uint8_frames, write_mp4
+from thematrix.video import draw_control_overlay, pipeline_video_to_signed, tensor_to_uint8_frames, write_mp4
 
 
 def main(argv=None) -> Path:
@@ -42,7 +42,7 @@ def main(argv=None) -> Path:
         tokens = parse_controls(args.controls, vocabulary, num_latent_frames, compression, args.per_video_frame)
 
     pipeline = InteractivePipeline.from_model_dir(model_dir)
-    video, tokens = pipeline(
+    output = pipeline(
         prompt=args.prompt,
         controls=tokens,
         num_frames=args.num_frames,
@@ -52,12 +52,14 @@ def main(argv=None) -> Path:
         guidance_scale=args.guidance_scale,
         control_guidance_scale=args.control_guidance_scale,
         generator=torch.Generator(device=pipeline.device).manual_seed(args.seed),
+        output_type="pt",
     )
-    frames = draw_control_overlay(tensor_to_uint8_frames(video.cpu()), video_frame_labels(tokens, compression))
-    output = Path(args.output)
-    write_mp4(frames, output, fps=args.fps)
-    print(f"video: {output.resolve()}")
-    return output
+    video = pipeline_video_to_signed(output.frames[0])
+    frames = draw_control_overlay(tensor_to_uint8_frames(video.cpu()), video_frame_labels(output.controls[0], compression))
+    path = Path(args.output)
+    write_mp4(frames, path, fps=args.fps)
+    print(f"video: {path.resolve()}")
+    return path
 
 
 if __name__ == "__main__":

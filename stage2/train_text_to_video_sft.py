@@ -30,6 +30,7 @@ from thematrix.models import (
 )
 from thematrix.models.interactive_transformer import model_vocabulary
 from thematrix.training.trainer import Trainer, draw_dropout
+from thematrix.video import pipeline_video_to_signed
 
 DEFAULT_CONFIG = Path(__file__).parent / "training" / "sft_config.py"
 BASE_CLASS = CogVideoXTransformer3DModel.__name__
@@ -111,11 +112,11 @@ class InteractiveTrainer(Trainer):
         num_latent_frames = (args.validation_num_frames - 1) // compression + 1
         tokens = cycle_controls(args.validation_controls, num_latent_frames)
         for name, sampling in self.validation_requests():
-            video, tokens = pipeline(
+            output = pipeline(
                 controls=tokens, num_frames=args.validation_num_frames, height=args.height, width=args.width,
-                control_guidance_scale=args.validation_control_guidance_scale, **sampling,
+                control_guidance_scale=args.validation_control_guidance_scale, output_type="pt", **sampling,
             )
-            yield name, video, video_frame_labels(tokens, compression)
+            yield name, pipeline_video_to_signed(output.frames[0]), video_frame_labels(output.controls[0], compression)
 
 
 def main(argv=None) -> Path:

@@ -27,6 +27,7 @@ from thematrix.cli import run
 from thematrix.config import ConfigError
 from thematrix.controls import cycle_controls
 from thematrix.schedules import grouped_training_timesteps
+from thematrix.video import pipeline_video_to_signed
 
 DEFAULT_CONFIG = Path(__file__).parent / "training" / "sft_config.py"
 
@@ -105,12 +106,12 @@ class SwinTrainer(InteractiveTrainer):
             return cycle_controls(args.validation_controls, start + args.group_size)[start:]
 
         for name, sampling in self.validation_requests():
-            video, labels = pipeline.generate(
+            output = pipeline.generate(
                 "", first["video"], next_controls, args.validation_groups, num_groups=args.num_noise_groups,
                 group_size=args.group_size, initial_control=condition_control(first["control_tokens"], self.vae),
-                control_guidance_scale=args.validation_control_guidance_scale, **sampling,
+                control_guidance_scale=args.validation_control_guidance_scale, output_type="pt", **sampling,
             )
-            yield name, video, labels
+            yield name, pipeline_video_to_signed(output.frames[0]), output.frame_controls[0]
 
 
 def main(argv=None) -> Path:

@@ -11,7 +11,7 @@ from diffusers import CogVideoXTransformer3DModel, DiffusionPipeline
 from safetensors.torch import load_file
 
 from stage2 import inference
-from stage2.cogvideox.pipeline_cogvideox import InteractivePipeline, parse_controls
+from stage2.cogvideox.pipeline_cogvideox import InteractivePipeline, InteractivePipelineOutput, parse_controls
 from stage2.train_text_to_video_sft import InteractiveTrainer
 from stage2.training.arguments import SftArgs
 from tests.conftest import (
@@ -252,6 +252,17 @@ def test_guidance_is_the_documented_formula_with_one_batched_forward(guidance_sc
     expected = unconditional + guidance_scale * (text_only - unconditional) + control_guidance_scale * (conditional - text_only)
     torch.testing.assert_close(velocity, latents + expected)
     assert stub.batch_sizes == [forwards * len(latents)]
+
+
+def test_the_pipeline_returns_an_output_like_cogvideox_pipelines(trained):
+    trainer, _ = trained
+    pipeline = InteractivePipeline.from_model_dir(trainer.final_model_dir)
+    sampling = dict(prompt="A square.", controls="RIGHT,LEFT,UP", num_frames=9, num_inference_steps=2)
+    output = pipeline(**sampling, output_type="pt", generator=torch.Generator().manual_seed(0))
+    assert isinstance(output, InteractivePipelineOutput) and output.controls == [["RIGHT", "LEFT", "UP"]]
+    assert output.frames.shape == (1, 9, 3, TINY_HEIGHT, TINY_WIDTH) and 0 <= output.frames.min() <= output.frames.max() <= 1
+    frames, controls = pipeline(**sampling, output_type="pt", return_dict=False, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(frames, output.frames) and controls == output.controls
 
 
 def test_inference_writes_controlled_mp4(trained, tmp_path):

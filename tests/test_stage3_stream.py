@@ -10,7 +10,12 @@ import pytest
 import torch
 
 from stage3 import inference
-from stage3.cogvideox.pipeline_cogvideox import StreamChunk, history_latent_frames, window_clip_frames
+from stage3.cogvideox.pipeline_cogvideox import (
+    StreamChunk,
+    StreamPipelineOutput,
+    history_latent_frames,
+    window_clip_frames,
+)
 from stage4.cogvideox.pipeline_cogvideox import ScmPipeline
 from stage4.cogvideox.scheduler import ScmScheduler
 from tests.conftest import CLIP_FPS, CLIP_FRAMES, TEST_VOCABULARY, TINY_HEIGHT, TINY_WIDTH, moving_square_clip
@@ -80,11 +85,13 @@ def test_k_groups_give_c_w_k_frames(pipeline, num_groups, group_size, num_steps)
 
 def test_generate_collects_the_stream(pipeline):
     chunks = list(stream(pipeline, max_groups=2, initial_control="STAY"))
-    video, labels = pipeline.generate(
+    output = pipeline.generate(
         PROMPT, initial_clip(), "RIGHT,LEFT", max_groups=2, num_groups=NUM_GROUPS, group_size=GROUP_SIZE,
-        num_inference_steps=NUM_STEPS, generator=torch.Generator().manual_seed(0), initial_control="STAY",
+        num_inference_steps=NUM_STEPS, generator=torch.Generator().manual_seed(0), initial_control="STAY", output_type="pt",
     )
-    assert torch.equal(video, frames_of(chunks))
+    assert isinstance(output, StreamPipelineOutput)
+    (video,), (labels,) = output.frames, output.frame_controls
+    torch.testing.assert_close(video * 2 - 1, frames_of(chunks), rtol=0, atol=1e-6)  # the same frames, in [0, 1]
     assert labels == [token for token in ["RIGHT", "LEFT", "RIGHT", "LEFT"] for _ in range(pipeline.temporal_compression)]
     assert len(video) == len(labels)
 

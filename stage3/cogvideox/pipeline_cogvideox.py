@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+from diffusers.pipelines.cogvideo.pipeline_output import CogVideoXPipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from stage2.cogvideox.pipeline_cogvideox import InteractivePipeline
@@ -81,6 +82,14 @@ class StreamChunk:
     group_index: int
     elapsed_s: float
     state_nbytes: int
+
+
+@dataclass
+class StreamPipelineOutput(CogVideoXPipelineOutput):
+    """``generate``'s result: ``CogVideoXPipelineOutput`` plus ``frame_controls``, per video the control active in
+    each of its frames."""
+
+    frame_controls: list[list[str]]
 
 
 def control_source(controls: Controls, vocabulary: ControlVocabulary, group_size: int) -> Callable[[int], Sequence]:
@@ -170,13 +179,19 @@ class SwinDPMPipeline(InteractivePipeline):
         GroupedInferenceSchedule.check_steps(num_inference_steps, num_groups)
 
     def generate(
-        self, prompt: str, initial_video: torch.Tensor, controls: Controls, max_groups: int, **stream_options
-    ) -> tuple[torch.Tensor, list[str]]:
-        """The first ``max_groups`` groups of ``stream`` as one video ``[c * W * K, 3, H, W]`` (CPU) and the
-        control active in each of its frames."""
+        self, prompt: str, initial_video: torch.Tensor, controls: Controls, max_groups: int, output_type: str = "pil",
+        return_dict: bool = True, **stream_options
+    ) -> StreamPipelineOutput | tuple:
+        """The first ``max_groups`` groups of ``stream`` as one video of ``c * W * K`` frames, post-processed as
+        ``CogVideoXPipeline`` does to ``output_type`` ("pil", "np", or "pt": ``[1, F, 3, H, W]`` in [0, 1], on the
+        CPU), with the control active in each frame; with ``return_dict=False``, (frames, frame_controls)."""
         chunks = list(self.stream(prompt, initial_video, controls, max_groups=max_groups, **stream_options))
-        video = torch.cat([chunk.frames for chunk in chunks])
-        return video, [label for chunk in chunks for label in chunk.frame_controls]
+        video = torch.cat([chunk.frames for chunk in chunks])  # [F, 3, H, W] in [-1, 1]
+        frames = self.video_processor.postprocess_video(video=video.permute(1, 0, 2, 3)[None], output_type=output_type)
+        frame_controls = [[label for chunk in chunks for label in chunk.frame_controls]]
+        if not return_dict:
+            return frames, frame_controls
+        return StreamPipelineOutput(frames=frames, frame_controls=frame_controls)
 
     def window_clip(self, video: torch.Tensor, num_groups: int, group_size: int) -> torch.Tensor:
         """The last ``window_clip_frames`` frames of ``video`` ``[F0, 3, H, W]``, after checking its shape."""

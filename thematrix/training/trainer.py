@@ -78,7 +78,7 @@ from thematrix.training.run_safety import (
     nonfinite_parameters,
     stability_advice,
 )
-from thematrix.video import draw_control_overlay, tensor_to_uint8_frames, write_mp4
+from thematrix.video import draw_control_overlay, pipeline_video_to_signed, tensor_to_uint8_frames, write_mp4
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ class Trainer:
                 height=self.args.height, width=self.args.width, num_frames=self.args.validation_num_frames,
                 output_type="pt", **sampling,
             ).frames[0]
-            yield name, video * 2 - 1, None
+            yield name, pipeline_video_to_signed(video), None
 
     def save_final(self, transformer: torch.nn.Module) -> None:
         """Write what the next stage or inference reads: by default the full model, at ``<output_dir>/model``.
