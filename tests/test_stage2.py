@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -15,17 +16,20 @@ from stage2.cogvideox.pipeline_cogvideox import InteractivePipeline, Interactive
 from stage2.train_text_to_video_sft import InteractiveTrainer
 from stage2.training.arguments import SftArgs
 from tests.conftest import (
+    CLIP_FPS,
     TEST_VOCABULARY,
     TINY_HEIGHT,
     TINY_WIDTH,
+    TRAIN_FRAMES,
     KilledAtStep,
     assert_components_unchanged,
     killed_during_step,
     tiny_run_args,
 )
 from thematrix.config import ConfigError
-from thematrix.controls import ControlError, video_frame_labels
-from thematrix.models import InteractiveCogVideoXTransformer3DModel
+from thematrix.controls import VOCABULARY_FILE, ControlError, load_vocabulary, video_frame_labels
+from thematrix.model_dir import GENERATION_DEFAULTS_FILE, GenerationDefaults, save_model_dir
+from thematrix.models import InteractiveCogVideoXTransformer3DModel, compute_control_embeddings
 from thematrix.video import read_video_info
 
 
@@ -54,16 +58,18 @@ def trained(tiny_model_dir, tiny_dataset, tmp_path_factory):
     return trainer, start
 
 
-def test_stage2_starts_exactly_at_the_stage1_model(tiny_model_dir, tiny_dataset, tmp_path):
+def test_stage2_builds_its_module_on_the_stage1_weights_for_the_footages_vocabulary(tiny_model_dir, tiny_dataset, tmp_path):
+    """Every base weight is the stage-1 model's, and the control table embeds the footage's phrases with the model's
+    own T5. (Its zero-initialised gates make step 0 exactly the stage-1 model: test_interactive_transformer.py.)"""
     trainer = InteractiveTrainer(stage2_args(tiny_model_dir, tiny_dataset, tmp_path))
     trainer.setup()
-    interactive = trainer.accelerator.unwrap_model(trainer.transformer).eval()
-    base = CogVideoXTransformer3DModel.from_pretrained(str(tiny_model_dir), subfolder="transformer").eval()
-    with torch.no_grad():
-        expected = base(**transformer_inputs(base.config)).sample
-        actual = interactive(**transformer_inputs(base.config, controls=[0, 1, 2, 3, 4])).sample
-    # Zero-initialised gates add exactly nothing; the reordered float32 arithmetic differs by rounding only.
-    torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-6)
+    interactive = trainer.accelerator.unwrap_model(trainer.transformer)
+    assert interactive.control_vocabulary == load_vocabulary(tiny_dataset[0] / VOCABULARY_FILE) == TEST_VOCABULARY
+    weights = interactive.state_dict()
+    for name, value in CogVideoXTransformer3DModel.from_pretrained(str(tiny_model_dir), subfolder="transformer").state_dict().items():
+        assert torch.equal(weights[name], value), name
+    table = compute_control_embeddings(TEST_VOCABULARY, trainer.tokenizer, trainer.text_encoder)
+    assert torch.equal(interactive.control_embedding_table, table)
 
 
 def test_only_the_interactive_module_moves(trained):
@@ -100,6 +106,20 @@ def test_saved_model_keeps_the_input_components_and_loads_in_stock_diffusers(tra
     pipeline = DiffusionPipeline.from_pretrained(str(trainer.final_model_dir))
     assert type(pipeline.transformer) is InteractiveCogVideoXTransformer3DModel
     assert pipeline.transformer.control_vocabulary == TEST_VOCABULARY
+
+
+def test_the_model_directory_records_its_run_in_a_file_of_its_own(trained, tmp_path):
+    """The next stage and inference read the record; saving from this directory writes a new one and leaves this
+    one (which a hard link would share) as it was."""
+    trainer, _ = trained
+    recorded = GenerationDefaults.load(trainer.final_model_dir)
+    assert recorded == trainer.args.generation_defaults() and (recorded.fps, recorded.num_frames) == (CLIP_FPS, TRAIN_FRAMES)
+    record = trainer.final_model_dir / GENERATION_DEFAULTS_FILE
+    before = record.read_bytes()
+    changed = dataclasses.replace(recorded, prompt="Another prompt.")
+    transformer = InteractiveCogVideoXTransformer3DModel.from_pretrained(trainer.final_model_dir, subfolder="transformer")
+    save_model_dir(transformer, trainer.final_model_dir, tmp_path / "next", changed)
+    assert GenerationDefaults.load(tmp_path / "next") == changed and record.read_bytes() == before
 
 
 def test_validation_video_and_checkpoint_hold_the_module_only(trained):

@@ -1,4 +1,4 @@
-"""Stage 1's pipeline: stock CogVideoX text-to-video, loaded offline from a model directory."""
+"""Stage 1's pipeline: stock CogVideoX text-to-video, loaded from a model directory or a Hugging Face id's snapshot."""
 
 from __future__ import annotations
 
