@@ -90,8 +90,8 @@ def check_stream_options(args: argparse.Namespace, pipeline_class=SwinDPMPipelin
     """Complete and check the stream's options against the model directory, before any weight loads.
 
     Unset, ``--num_groups``, ``--group_size`` and ``--fps`` take what the model records (else the recipe's window
-    at CogVideoX's frame rate); set, they must agree with it. Then the step count, the controls against the
-    model's vocabulary and the dataset's index (each unusable entry printed).
+    at CogVideoX's frame rate); set, they must agree with it. Then the step count and the dataset's index, checked
+    against the model's vocabulary (each unusable entry printed).
     """
     model_dir = pipeline_class.check_stage_model(args.model_dir)
     defaults = generation_defaults(model_dir)

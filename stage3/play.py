@@ -28,7 +28,8 @@ from thematrix.play.server import add_server_arguments, check_server_arguments, 
 class StreamWorldModel:
     """Everything play needs from the pipeline and inference.py, in one place: the initial clips as inference.py
     reads them, the stream as inference.py runs it, and inference.py's arguments that replay a recorded segment.
-    The options are checked against the model directory (inference.check_stream_options) before it loads."""
+    The options and the first clip are checked against the model directory (inference.check_stream_options)
+    before it loads."""
 
     def __init__(self, args: argparse.Namespace, pipeline_class: type[SwinDPMPipeline], inference_module: str):
         self.args = args
@@ -38,6 +39,11 @@ class StreamWorldModel:
         self.fps, self.num_groups, self.group_size = args.fps, args.num_groups, args.group_size
         self.initial_frames = self.start.initial_frames
         self.default_prompt = args.prompt or self.start.defaults.prompt or self._first_caption()
+        self.first_clip = None  # the world waits for a clip from the page
+        if args.initial_video is not None:
+            self.first_clip = self.clip_from_file(args.initial_video)
+        elif args.index_file is not None:
+            self.first_clip = self.clip_from_sample(args.sample_index)
         self.pipeline = pipeline_class.from_model_dir(self.start.model_dir)
 
     def _first_caption(self) -> str:
@@ -103,12 +109,7 @@ def main(argv=None, pipeline_class: type[SwinDPMPipeline] = SwinDPMPipeline, des
          defaults: dict = inference.SWIN_DPM_DEFAULTS, inference_module: str = "stage3.inference") -> None:
     args = parse_args(argv, description, defaults, pipeline_class)
     model = StreamWorldModel(args, pipeline_class, inference_module)
-    first_clip = None
-    if args.initial_video is not None:
-        first_clip = model.clip_from_file(args.initial_video)
-    elif args.index_file is not None:
-        first_clip = model.clip_from_sample(args.sample_index)
-    play(model, args, first_clip)
+    play(model, args, model.first_clip)
 
 
 if __name__ == "__main__":
