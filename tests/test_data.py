@@ -414,6 +414,19 @@ def test_dataset_resamples_fps_by_time(tmp_path, source_fps, valid_frame_idx, ex
     assert item["control_tokens"] == [frame_tokens(40)[k] for k in expected[::TEMPORAL_COMPRESSION]]
 
 
+def test_dataset_random_start_keeps_frames_and_controls_aligned(tmp_path):
+    dataset = build_dataset(tmp_path, {"clip.mp4": (40, 10)}, random_start=True)
+    torch.manual_seed(0)
+    starts = set()
+    for _ in range(8):
+        item = dataset[0]
+        numbers = decoded_frame_numbers(item["video"])
+        assert numbers == list(range(numbers[0], numbers[0] + 33)) and 0 <= numbers[0] <= 40 - 33
+        assert item["control_tokens"] == [frame_tokens(40)[k] for k in numbers[::TEMPORAL_COMPRESSION]]
+        starts.add(numbers[0])
+    assert len(starts) > 1
+
+
 def test_dataset_refuses_source_slower_than_fps_and_bad_buckets(tmp_path):
     samples, _ = load_index(make_dataset_dir(tmp_path, {"slow.mp4": (40, 10)}), tmp_path, VOCABULARY)
     with pytest.raises(DatasetError, match=r"entry 0 \(slow\.mp4\) is 10 fps"):

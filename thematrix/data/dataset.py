@@ -41,7 +41,9 @@ class DatasetError(ValueError):
 @dataclass
 class _Clip:
     sample: Sample
-    bucket: int  # the clip's length in frames at the training fps, from its first usable frame
+    bucket: int
+    # How many frames at the training fps the usable part of the file holds.
+    available: int
 
 
 def time_indices(positions: np.ndarray, source_fps: float, target_fps: float) -> np.ndarray:
@@ -85,6 +87,8 @@ class VideoDataset(Dataset):
         temporal_compression: the VAE's compression of time (``vae.config.temporal_compression_ratio``).
         vocabulary: the control tokens that the samples use; None for a stage without controls (items
             then carry no controls, and samples need none).
+        random_start: start each clip at a random usable frame (drawn from torch's global RNG, which
+            DataLoader seeds per worker) instead of the first usable frame.
 
     ``dataset[i]`` is a dict: ``video`` float32 ``[F, C, H, W]`` in ``[-1, 1]``; ``caption``;
     ``path``; ``bucket`` (= F); ``start_frame``; with a vocabulary also ``controls``, a LongTensor
@@ -102,6 +106,7 @@ class VideoDataset(Dataset):
         frame_buckets: Sequence[int],
         temporal_compression: int,
         vocabulary: Optional[ControlVocabulary] = None,
+        random_start: bool = False,
     ):
         if fps <= 0 or height <= 0 or width <= 0 or temporal_compression <= 0:
             raise DatasetError(
@@ -121,6 +126,7 @@ class VideoDataset(Dataset):
         self.frame_buckets = sorted(set(frame_buckets))
         self.temporal_compression = temporal_compression
         self.vocabulary = vocabulary
+        self.random_start = random_start
 
         too_slow = [sample for sample in samples if sample.fps < fps * (1 - FPS_TOLERANCE)]
         if too_slow:
@@ -136,7 +142,7 @@ class VideoDataset(Dataset):
             available = _available_frames(sample.num_frames - sample.valid_frame_idx, sample.fps, fps)
             fitting = [bucket for bucket in self.frame_buckets if bucket <= available]
             if fitting:
-                self._clips.append(_Clip(sample, fitting[-1]))
+                self._clips.append(_Clip(sample, fitting[-1], available))
                 self._check_no_repeats(self._clips[-1])
             else:
                 self.skipped.append(Problem(
@@ -177,9 +183,9 @@ class VideoDataset(Dataset):
             raise DatasetError(f"{sample.entry}: {error}") from None
 
     def _check_no_repeats(self, clip: _Clip) -> None:
-        if np.any(np.diff(time_indices(np.arange(clip.bucket), clip.sample.fps, self.fps)) <= 0):
+        if np.any(np.diff(time_indices(np.arange(clip.available), clip.sample.fps, self.fps)) <= 0):
             raise DatasetError(
-                f"{clip.sample.entry}: at {clip.sample.fps:g} fps it cannot give {clip.bucket} distinct frames at "
+                f"{clip.sample.entry}: at {clip.sample.fps:g} fps it cannot give {clip.available} distinct frames at "
                 f"{self.fps:g} fps. Fix: lower fps"
             )
 
@@ -191,16 +197,18 @@ class VideoDataset(Dataset):
     def __len__(self) -> int:
         return len(self._clips)
 
-    def frame_indices(self, index: int) -> list[int]:
-        """Source frame numbers of item ``index``: its bucket's length at the training fps from the first usable one."""
+    def frame_indices(self, index: int, offset: int = 0) -> list[int]:
+        """Source frame numbers of item ``index``, starting ``offset`` training frames after the first usable one."""
         clip = self._clips[index]
-        positions = np.arange(clip.bucket)
+        if not 0 <= offset <= clip.available - clip.bucket:
+            raise IndexError(f"offset {offset} out of 0..{clip.available - clip.bucket} for {clip.sample.path}")
+        positions = np.arange(offset, offset + clip.bucket)
         return (clip.sample.valid_frame_idx + time_indices(positions, clip.sample.fps, self.fps)).tolist()
 
-    def describe(self, index: int) -> dict:
+    def describe(self, index: int, offset: int = 0) -> dict:
         """Item ``index`` without its pixels: what caches and samplers need, read without decoding."""
         clip = self._clips[index]
-        indices = self.frame_indices(index)
+        indices = self.frame_indices(index, offset)
         item = dict(caption=clip.sample.caption, path=clip.sample.path, bucket=clip.bucket, start_frame=indices[0])
         if self.vocabulary is not None:
             tokens = latent_frame_controls([clip.sample.frame_controls[k] for k in indices], self.temporal_compression)
@@ -209,7 +217,10 @@ class VideoDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         clip = self._clips[index]
-        indices = self.frame_indices(index)
+        offset = 0
+        if self.random_start:
+            offset = int(torch.randint(clip.available - clip.bucket + 1, ()).item())
+        indices = self.frame_indices(index, offset)
         try:
             frames = torch.from_numpy(decode_quietly(  # [F, H, W, C] uint8
                 lambda: decord.VideoReader(clip.sample.path, ctx=decord.cpu(0)).get_batch(indices).asnumpy()
@@ -219,7 +230,7 @@ class VideoDataset(Dataset):
                                "was checked. Fix: re-encode or remove it, then run thematrix.data.validate") from None
         video = resize_center_crop(frames.permute(0, 3, 1, 2).float(), self.height, self.width)
         video = (video / UINT8_HALF_RANGE - 1.0).clamp(-1.0, 1.0)
-        return dict(self.describe(index), video=video.contiguous())
+        return dict(self.describe(index, offset), video=video.contiguous())
 
 
 def collate_batch(items: list[dict]) -> dict:
