@@ -1,8 +1,9 @@
 """Build a random-weight CogVideoX base model from a preset, as a complete diffusers model directory.
 
 Stage 1 reads a diffusers CogVideoX directory. The real CogVideoX-2B weights cannot be downloaded
-here, so this writes one with the same layout: ``tiny`` for CPU tests and the demo, ``cogvideox-2b``
-for GPU benchmarks at full size. Both go through the same code; the tokenizer is trained locally.
+here, so this writes one with the same layout: ``tiny`` for CPU tests and the demo, ``mini`` for the
+pretraining that stands in for the real weights (thematrix/pretrain/), ``cogvideox-2b`` for GPU
+benchmarks at full size. All go through the same code; the tokenizer is trained locally.
 
     python -m thematrix.base_model --preset tiny --output_dir outputs/base-tiny
 """
@@ -135,7 +136,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "with a tokenizer trained locally. Stage 1 trains from it.",
     )
     parser.add_argument("--preset", required=True, choices=sorted(PRESETS),
-                        help="architecture: 'tiny' for CPU tests and the demo, 'cogvideox-2b' for full size")
+                        help="architecture: 'tiny' for CPU tests and the demo, 'mini' to pretrain from scratch "
+                        "(thematrix/pretrain/), 'cogvideox-2b' for full size")
     parser.add_argument("--output_dir", required=True, type=Path,
                         help="directory to write; must not exist or be empty unless --overwrite is given")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0)")

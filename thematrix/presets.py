@@ -1,7 +1,8 @@
-"""Architecture presets of the base model: the real CogVideoX-2B and a tiny twin for CPU tests.
+"""Architecture presets of the base model: the real CogVideoX-2B, a tiny twin for CPU tests, and a
+mini one that trains from scratch in minutes on one GPU.
 
-Both presets use the same diffusers classes; only sizes differ, so every code path that runs on
-``tiny`` on a laptop runs unchanged on ``cogvideox-2b`` on a GPU.
+Every preset uses the same diffusers classes; only sizes differ, so every code path that runs on
+``tiny`` on a laptop runs unchanged on ``mini`` and ``cogvideox-2b`` on a GPU.
 """
 
 from __future__ import annotations
@@ -60,4 +61,28 @@ TINY = {
     "scheduler": dict(COGVIDEOX_2B["scheduler"]),
 }
 
-PRESETS = {"tiny": TINY, "cogvideox-2b": COGVIDEOX_2B}
+# Same classes, sized to be pretrained from scratch (thematrix/pretrain/) and put through all four stages
+# within about an hour of one GPU (learning/README.md): 96x144 frames (CarRacing's 2:3, the car's steering and
+# the track's motion still visible), VAE factors of CogVideoX (8x space, 4x time, 16 channels) -> 12x18
+# latents, 6x9 patches per latent frame; a 256-wide, 8-block transformer (9.7M parameters); a 2-block T5
+# (its weights stay random, as CogVideoX's T5 stays frozen: thematrix/pretrain/__init__.py says why).
+# The VAE's scaling_factor is measured on the footage by its pretraining, which overwrites this one.
+MINI = {
+    "transformer": dict(
+        COGVIDEOX_2B["transformer"], num_attention_heads=4, attention_head_dim=64, in_channels=16,
+        out_channels=16, time_embed_dim=128, text_embed_dim=128, num_layers=8, sample_width=18,
+        sample_height=12, sample_frames=41,
+    ),
+    "vae": dict(
+        COGVIDEOX_2B["vae"], block_out_channels=(32, 64, 128, 128), layers_per_block=1, norm_num_groups=8,
+        sample_height=96, sample_width=144,
+    ),
+    "text_encoder": dict(
+        COGVIDEOX_2B["text_encoder"], d_model=128, d_kv=32, d_ff=256, num_layers=2, num_heads=4,
+        dropout_rate=0.0,
+    ),
+    "tokenizer": dict(vocab_size=1000, model_max_length=226),
+    "scheduler": dict(COGVIDEOX_2B["scheduler"]),
+}
+
+PRESETS = {"tiny": TINY, "mini": MINI, "cogvideox-2b": COGVIDEOX_2B}

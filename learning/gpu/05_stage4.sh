@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Step 5 (about 4 minutes on one H100): stage 4 (SCM) with the users' launcher and its mini config, then the
+# 4-step student's streams beside its 20-step teacher's and the teacher's at 4 steps, all in this one run so
+# that their speeds compare on one machine.
+# Carry in: outputs/learning/footage/game, outputs/learning/footage/heldout, outputs/learning/models/stage3/model,
+# outputs/learning/idm. Returns models/stage4 (model and log), results/.
+source "$(dirname "$0")/common.sh"
+step 05
+STREAMS=(--idm "$IDM" --data_root "$FOOTAGE/heldout" --index_file "$FOOTAGE/heldout/index.json" --num_groups 4
+         --group_size 2 --bin_frames "$BIN_FRAMES" --prompt "$PROMPT" "${STREAM_SCALE[@]}")
+
+# shellcheck disable=SC2086
+phase "stage 4: SCM distillation" done_or "$MODELS/stage4/model" \
+  bash stage4/train_text_to_video_scm.sh --config training/scm_config_mini.py \
+  --pretrained_model_name_or_path "$MODELS/stage3/model" --data_root "$FOOTAGE/game" \
+  --index_file "$FOOTAGE/game/index.json" --output_dir "$MODELS/stage4" "${TRAIN_SCALE[@]}" ${STAGE4_ARGS:-}
+phase "evaluate streams: stage 4 student, 4 steps" done_or "$RESULTS/stream_stage4.json" \
+  "${EVALUATE[@]}" stream --model_dir "$MODELS/stage4/model" --sampler scm --num_inference_steps 4 \
+  --output "$RESULTS/stream_stage4.json" --contact_sheet "$RESULTS/sheet_stream_stage4.png" "${STREAMS[@]}"
+phase "evaluate streams: stage 3 teacher, $TEACHER_STEPS steps" done_or "$RESULTS/stream_teacher.json" \
+  "${EVALUATE[@]}" stream --model_dir "$MODELS/stage3/model" --sampler swin-dpm --num_inference_steps "$TEACHER_STEPS" \
+  --output "$RESULTS/stream_teacher.json" "${STREAMS[@]}"
+phase "evaluate streams: stage 3 teacher, 4 steps" done_or "$RESULTS/stream_teacher_4_steps.json" \
+  "${EVALUATE[@]}" stream --model_dir "$MODELS/stage3/model" --sampler swin-dpm --num_inference_steps 4 \
+  --output "$RESULTS/stream_teacher_4_steps.json" "${STREAMS[@]}"
+
+pack models/stage4 results
+summary

@@ -1,0 +1,99 @@
+# Sourced by learning/gpu/0N_*.sh: folders, the scale of a run, timed phases, packing what goes back.
+#
+#   LEARNING_WORK  the chain's folder (default: outputs/learning): footage/, models/, idm/, results/
+#   OUT            where a step leaves its parts to carry back (default: $LEARNING_WORK/out/<step>)
+#   DRY_RUN=1      the same commands at toy sizes (a few clips, 2 steps, short videos): checks a step on the
+#                  CPU before GPU time is spent on it; its numbers mean nothing
+#   PYTHON         the interpreter (default: python)
+#   <STEP>_ARGS    extra settings for one run, e.g. STAGE2_ARGS="--max_train_steps 3000" (PRETRAIN_VAE_ARGS,
+#                  PRETRAIN_ARGS, STAGE1_ARGS, STAGE2_ARGS, STAGE3_ARGS, STAGE4_ARGS, IDM_ARGS)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT"
+PYTHON="${PYTHON:-python}"
+mkdir -p "${LEARNING_WORK:=outputs/learning}"
+WORK="$(cd "$LEARNING_WORK" && pwd)"
+FOOTAGE="$WORK/footage"
+MODELS="$WORK/models"
+IDM="$WORK/idm"
+RESULTS="$WORK/results"
+mkdir -p "$FOOTAGE" "$MODELS" "$RESULTS"
+# The prompt of every evaluated video: the standard game's scene, without the motions captions append, so the
+# text does not steer where the controls should.
+PROMPT="A top-down view of a red race car on a grey track surrounded by green grass."
+# Part size of what goes back: the device returns files of at most 16 MiB.
+PART_SIZE=15m
+EVALUATE=("$PYTHON" -m thematrix.evaluation)
+
+if [[ ${DRY_RUN:-0} == 1 ]]; then
+  BROAD_EPISODES=2 GAME_EPISODES=2 HELDOUT_EPISODES=2 RECORDERS=2
+  HELDOUT_FRAMES=41  # streams start from 41 frames; no 100-frame bins at this size
+  BIN_FRAMES=16
+  TRAIN_SCALE=(--max_train_steps 2 --train_batch_size 1 --checkpointing_steps 1 --validation_steps 0
+               --dataloader_num_workers 0)
+  VAE_SCALE=(--max_train_steps 2 --train_batch_size 1 --scaling_clips 1 --dataloader_num_workers 0)
+  IDM_SCALE=(--steps 2 --batch_size 8)
+  BENCHMARK_SCALE=(--batch_size 1)
+  CLIPS_SCALE=(--num_clips 1 --num_inference_steps 2)
+  STREAM_SCALE=(--num_streams 1 --num_frames 32 --edge_frames 16)
+  TEACHER_STEPS=8  # two steps per band: the teacher and its 4-step run differ
+else
+  # 240 random-colour episodes x 3 clips (720 clips, 29,520 frames) for pretraining; 100 standard episodes x 3
+  # (300 clips) for the stages and the IDM; 32 held-out standard episodes of 105 frames (one 100-frame bin each;
+  # 105 = 1 + 4 * 26: an odd number of latent frames, which the VAE decodes back to the same length).
+  BROAD_EPISODES=240 GAME_EPISODES=100 HELDOUT_EPISODES=32 RECORDERS="$(nproc)"
+  HELDOUT_FRAMES=105
+  BIN_FRAMES=100
+  TRAIN_SCALE=() VAE_SCALE=() IDM_SCALE=() CLIPS_SCALE=() STREAM_SCALE=() BENCHMARK_SCALE=()
+  TEACHER_STEPS=20  # stage 3's stream default, which stage 4 distils
+fi
+STEP_OUT=""
+
+# step NAME: name this step; its parts go to $OUT (or $WORK/out/NAME), its timings to results/timings_NAME.tsv.
+step() {
+  STEP_NAME="$1"
+  STEP_OUT="${OUT:-$WORK/out/$STEP_NAME}"
+  mkdir -p "$STEP_OUT"
+  TIMINGS="$RESULTS/timings_$STEP_NAME.tsv"
+  : > "$TIMINGS"
+  STEP_START=$SECONDS
+}
+
+# phase NAME COMMAND...: run COMMAND, print and record its wall time.
+phase() {
+  local name="$1" start=$SECONDS
+  shift
+  printf '\n=== %s: %s\n' "$STEP_NAME" "$name"
+  "$@"
+  printf '%s\t%s\t%d\n' "$STEP_NAME" "$name" "$((SECONDS - start))" >> "$TIMINGS"
+}
+
+# done_or PATH COMMAND...: run COMMAND unless PATH exists (a rerun on a warm machine skips finished work).
+done_or() {
+  local path="$1"
+  shift
+  if [[ -e $path ]]; then echo "$path exists: skipped"; else "$@"; fi
+}
+
+# record NAME EPISODES SEED FRAMES CLIPS [RECORDER FLAGS...]: CarRacing footage into $FOOTAGE/NAME.
+record() {
+  local name="$1" episodes="$2" seed="$3" frames="$4" clips="$5"
+  shift 5
+  "$PYTHON" learning/record_footage.py --output_dir "$FOOTAGE/$name" --episodes "$episodes" --processes "$RECORDERS" \
+    --seed "$seed" -- --clips_per_episode "$clips" --frames_per_clip "$frames" --fps 10 --resolution 96x144 "$@"
+}
+
+# pack PATH...: paths relative to $WORK, as tar parts of at most $PART_SIZE in the step's output folder, with
+# what they hold listed beside them. learning/unpack.sh puts them back.
+pack() {
+  local archive="$STEP_OUT/$STEP_NAME.tar"
+  printf '%s\t%s\t%d\n' "$STEP_NAME" "total" "$((SECONDS - STEP_START))" >> "$TIMINGS"
+  tar -C "$WORK" --exclude='checkpoints' --exclude='cache' --exclude='*.partial' -cf - "$@" | split -b "$PART_SIZE" -d - "$archive.part-"
+  tar -tvf <(cat "$archive".part-*) > "$STEP_OUT/$STEP_NAME.contents.txt"
+  du -h "$STEP_OUT"/*
+}
+
+summary() {
+  "$PYTHON" learning/results_page.py summary --work "$WORK" --step "$STEP_NAME"
+}

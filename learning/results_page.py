@@ -1,0 +1,384 @@
+"""The learning proof's results page, written from the measures of a run so that no number in it is typed by hand.
+
+    python learning/results_page.py summary --step 03   # the step's timings and the targets measured so far
+    python learning/results_page.py page                # learning/RESULTS.md and its PNGs in learning/results/
+
+Reads ``outputs/learning`` (``--work``): ``results/`` (the evaluation's JSON, contact sheets, timings),
+``idm/idm.json`` and the training logs under ``models/*/logs``. ``page`` needs matplotlib
+(``pip install -r learning/requirements.txt``); ``summary`` does not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).parent
+DEFAULT_WORK = HERE.parent / "outputs" / "learning"
+PAGE = HERE / "RESULTS.md"
+IMAGES = HERE / "results"
+
+# The issue's targets.
+STAGE1_DISTANCE_DROP = 0.5  # stage 1's colour distance to the game at most half the base model's
+STAGE2_SHARE_OF_CEILING = 0.8  # stage 2's control following at least 80% of the IDM's real-footage accuracy
+FAR_ABOVE_CHANCE = 2.0  # ... and at least twice chance
+CHANCE_STANDARD_ERRORS = 2  # stage 1 "at chance": within two binomial standard errors of it
+STAGE3_FOLLOWING_DRIFT = 0.1  # the last frames' control following within 10% of the first frames'
+STAGE4_TOLERANCE = 0.1  # the student within 10% of the teacher on control following and domain fit
+STAGE4_SPEEDUP = 4.0
+COMMAND_LIMIT_S = 600
+CHAIN_TARGET_S = 3600
+
+CLIP_MODELS = {"base": "mini base model", "stage1": "stage 1 (fused LoRA)", "stage2": "stage 2"}
+STREAMS = {"stage3": "stage 3 stream", "teacher": "stage 3 teacher", "teacher_4_steps": "stage 3 teacher, 4 steps",
+           "stage4": "stage 4 student"}
+# Training runs and the scalar of each plotted as its loss.
+RUNS = {"VAE pretraining": ("pretrain-vae", "reconstruction_l1"), "transformer pretraining": ("pretrain", "loss"),
+        "stage 1": ("stage1-lora", "loss"), "stage 2": ("stage2", "loss"), "stage 3": ("stage3", "loss"),
+        "stage 4": ("stage4", "loss")}
+SMOOTHING = 50  # steps in the moving average of a plotted loss
+
+
+@dataclass
+class Results:
+    """Whatever measures the run has produced so far (missing ones are None)."""
+
+    work: Path
+    idm: dict | None
+    clips: dict
+    streams: dict
+    timings: list[tuple[str, str, int]]
+
+    @classmethod
+    def load(cls, work: Path) -> "Results":
+        results = work / "results"
+
+        def read(path: Path) -> dict | None:
+            return json.loads(path.read_text()) if path.is_file() else None
+
+        timings = []
+        for path in sorted(results.glob("timings_*.tsv")):
+            for line in path.read_text().splitlines():
+                step, phase, seconds = line.split("\t")
+                timings.append((step, phase, int(seconds)))
+        return cls(
+            work=work, idm=read(work / "idm" / "idm.json"),
+            clips={name: read(results / f"clips_{name}.json") for name in CLIP_MODELS},
+            streams={name: read(results / f"stream_{name}.json") for name in STREAMS},
+            timings=timings,
+        )
+
+
+def fmt(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def verdict(met: bool | None) -> str:
+    return "pending" if met is None else ("met" if met else "**missed**")
+
+
+def target_rows(results: Results) -> list[tuple[str, str, str]]:
+    """(target, measured, met / missed / pending) for each of the issue's targets."""
+    rows = []
+    base, stage1, stage2 = (results.clips[name] for name in CLIP_MODELS)
+    if base and stage1:
+        before, after = (record["measures"]["domain_fit"]["total_variation"] for record in (base, stage1))
+        rows.append(("Stage 1: colour distance to the standard game at most half the base model's",
+                     f"{fmt(after)} after, {fmt(before)} before ({fmt(after / before, 2)}x)",
+                     verdict(after <= STAGE1_DISTANCE_DROP * before)))
+    else:
+        rows.append(("Stage 1: colour distance to the standard game at most half the base model's", "", verdict(None)))
+    if stage2:
+        following = stage2["measures"]["control_following"]
+        share, chance = following["share_of_ceiling"], following["chance"]["uniform"]
+        rows.append((f"Stage 2: control following >= {STAGE2_SHARE_OF_CEILING:.0%} of the IDM's real-footage accuracy, "
+                     f"far above chance (>= {FAR_ABOVE_CHANCE:g}x)",
+                     f"{fmt(following['accuracy'])} = {fmt(share, 2)} of {fmt(following['real_ceiling'])}; "
+                     f"chance {fmt(chance)}",
+                     verdict(share is not None and share >= STAGE2_SHARE_OF_CEILING
+                             and following["accuracy"] >= FAR_ABOVE_CHANCE * chance)))
+    else:
+        rows.append(("Stage 2: control following >= 80% of the IDM's real-footage accuracy", "", verdict(None)))
+    if stage1:
+        following = stage1["measures"]["control_following"]
+        chance, count = following["chance"]["uniform"], following["count"]
+        margin = CHANCE_STANDARD_ERRORS * math.sqrt(chance * (1 - chance) / count)
+        rows.append(("Stage 1 (no controls) at chance under the same protocol",
+                     f"{fmt(following['accuracy'])}; chance {fmt(chance)} +- {fmt(margin)} ({count} latent frames)",
+                     verdict(abs(following["accuracy"] - chance) <= margin)))
+    stream = results.streams["stage3"]
+    if stream:
+        measures = stream["measures"]
+        worst = max(bin["total_variation"] for bin in measures["bins"])
+        real = measures["real_bins_total_variation"]
+        rows.append((f"Stage 3: over {measures['frames_per_stream']} streamed frames, no bin further from the game than "
+                     "real footage's bins (95th percentile)",
+                     f"worst bin {fmt(worst)}; real bins {fmt(real.get('mean'))} mean, {fmt(real.get('p95'))} p95",
+                     verdict(real.get("p95") is not None and worst <= real["p95"])))
+        first, last = (measures["edges"][edge]["control_following"] for edge in ("first", "last"))
+        frames = measures["edges"]["first"]["frames"][1]
+        rows.append((f"Stage 3: control following of the last {frames} frames within 10% of the first {frames}",
+                     f"{fmt(last)} last, {fmt(first)} first",
+                     verdict(abs(last - first) <= STAGE3_FOLLOWING_DRIFT * first)))
+    else:
+        rows.append(("Stage 3: no drift beyond real footage's spread; control following holds", "", verdict(None)))
+    student, teacher = results.streams["stage4"], results.streams["teacher"]
+    if student and teacher:
+        s, t = student["measures"], teacher["measures"]
+        s_follow, t_follow = s["control_following"]["accuracy"], t["control_following"]["accuracy"]
+        s_fit, t_fit = s["domain_fit"]["total_variation"], t["domain_fit"]["total_variation"]
+        speedup = s["speed"]["frames_per_second"] / t["speed"]["frames_per_second"]
+        steps = teacher["settings"]["num_inference_steps"]
+        rows.append((f"Stage 4: 4 steps within 10% of the {steps}-step teacher on control following",
+                     f"{fmt(s_follow)} student, {fmt(t_follow)} teacher",
+                     verdict(s_follow >= (1 - STAGE4_TOLERANCE) * t_follow)))
+        rows.append((f"Stage 4: 4 steps within 10% of the {steps}-step teacher on domain fit (colour distance)",
+                     f"{fmt(s_fit)} student, {fmt(t_fit)} teacher", verdict(s_fit <= (1 + STAGE4_TOLERANCE) * t_fit)))
+        rows.append((f"Stage 4: >= {STAGE4_SPEEDUP:g}x faster", f"{fmt(speedup, 2)}x "
+                     f"({fmt(s['speed']['frames_per_second'], 1)} vs {fmt(t['speed']['frames_per_second'], 1)} frames/s)",
+                     verdict(speedup >= STAGE4_SPEEDUP)))
+    else:
+        rows.append(("Stage 4: within 10% of the teacher, >= 4x faster", "", verdict(None)))
+    totals = {step: seconds for step, phase, seconds in results.timings if phase == "total"}
+    if totals:
+        longest = max(totals.values())
+        rows.append((f"Each GPU command under {COMMAND_LIMIT_S // 60} minutes", f"longest {longest} s ({len(totals)} commands)",
+                     verdict(longest < COMMAND_LIMIT_S)))
+        rows.append(("The whole chain in about an hour", f"{sum(totals.values())} s of commands",
+                     verdict(sum(totals.values()) <= CHAIN_TARGET_S)))
+    return rows
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def summary(results: Results, step: str | None) -> str:
+    timings = [row for row in results.timings if step is None or row[0] == step]
+    parts = [markdown_table(["step", "phase", "seconds"], [list(row) for row in timings]),
+             markdown_table(["target", "measured", ""], [list(row) for row in target_rows(results)])]
+    return "\n\n".join(parts)
+
+
+def training_curves(work: Path) -> dict[str, list[tuple[int, float]]]:
+    """(step, value) of each training run's loss scalar, read from its tensorboard logs."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    curves = {}
+    for name, (run, tag) in RUNS.items():
+        points = []
+        for folder in sorted({path.parent for path in (work / "models" / run / "logs").rglob("events.out.tfevents.*")}):
+            accumulator = EventAccumulator(str(folder), size_guidance={"scalars": 0}).Reload()
+            if tag in accumulator.Tags()["scalars"]:
+                points += [(event.step, event.value) for event in accumulator.Scalars(tag)]
+        if points:
+            curves[name] = sorted(points)
+    return curves
+
+
+def plot_losses(curves: dict, path: Path) -> None:
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    figure, axes = plt.subplots(2, math.ceil(len(curves) / 2), figsize=(12, 5.5), squeeze=False)
+    for axis, (name, points) in zip(axes.flat, curves.items()):
+        steps, values = np.array(points).T
+        axis.plot(steps, values, color="0.8", linewidth=0.5)
+        window = min(SMOOTHING, len(values))
+        axis.plot(steps[window - 1 :], np.convolve(values, np.ones(window) / window, mode="valid"), color="C0")
+        axis.set_title(f"{name} ({RUNS[name][1]})", fontsize=9)
+        axis.set_xlabel("step", fontsize=8)
+        axis.set_yscale("log")
+    for axis in list(axes.flat)[len(curves):]:
+        axis.axis("off")
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+
+
+def plot_bars(names: list[str], values: list[float], path: Path, ylabel: str, lines: dict[str, float]) -> None:
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 3.2))
+    axis.bar(names, values, color="C0")
+    for index, (label, value) in enumerate(lines.items()):
+        axis.axhline(value, color=f"C{index + 1}", linestyle="--", label=label)
+    axis.set_ylabel(ylabel)
+    axis.tick_params(axis="x", labelsize=8)
+    if lines:
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+
+
+def plot_drift(streams: dict, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    figure, (distance, following) = plt.subplots(1, 2, figsize=(12, 3.5))
+    real = None
+    for name, record in streams.items():
+        bins = record["measures"]["bins"]
+        starts = [bin["start_frame"] for bin in bins]
+        distance.plot(starts, [bin["total_variation"] for bin in bins], marker=".", label=STREAMS[name])
+        following.plot(starts, [bin["control_following"] for bin in bins], marker=".", label=STREAMS[name])
+        real = record["measures"]["real_bins_total_variation"]
+        chance = record["measures"]["control_following"]["chance"]["uniform"]
+    if real and real.get("count"):
+        distance.axhspan(real["min"], real["p95"], color="0.85", label="real footage's bins (min to p95)")
+    following.axhline(chance, color="0.5", linestyle="--", label="chance")
+    distance.set(xlabel="frame", ylabel="colour distance to the game")
+    following.set(xlabel="frame", ylabel="control following")
+    for axis in (distance, following):
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+
+
+def plot_speed(streams: dict, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(5, 3.5))
+    for name, record in streams.items():
+        measures = record["measures"]
+        axis.scatter(measures["speed"]["frames_per_second"], measures["control_following"]["accuracy"], label=STREAMS[name])
+    axis.set(xlabel="frames per second", ylabel="control following", xscale="log")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+
+
+def write_page(results: Results, output: Path, images: Path) -> None:
+    """The markdown page and its PNGs: tables of every measure, the targets, plots, the contact sheets."""
+    images.mkdir(parents=True, exist_ok=True)
+    relative = Path(os.path.relpath(images.resolve(), output.parent.resolve()))
+    clips = {name: record for name, record in results.clips.items() if record}
+    streams = {name: record for name, record in results.streams.items() if record}
+    records = [*clips.values(), *streams.values(), *([results.idm] if results.idm else [])]
+    environments = sorted({(record["environment"]["device"], record["environment"]["commit"] or "") for record in records})
+    dates = sorted(record["environment"]["date"] for record in records)
+    lines = ["# The learning proof: results", "",
+             f"Written by `python learning/results_page.py page` from `{results.work}`; every number comes from the run's "
+             "measures (`results/*.json`), none is typed by hand. The protocol and the commands: `learning/README.md`.", "",
+             "Measured on: " + "; ".join(f"{device} (commit {commit[:10]})" for device, commit in environments)
+             + (f", {dates[0]} to {dates[-1]}." if dates else "."), "",
+             "## Targets", "", markdown_table(["target", "measured", ""], [list(row) for row in target_rows(results)]), ""]
+
+    lines += ["## Time per GPU command", "",
+              markdown_table(["step", "phase", "seconds"], [list(row) for row in results.timings]), ""]
+    curves = training_curves(results.work)
+    if curves:
+        plot_losses(curves, images / "losses.png")
+        lines += ["## Training losses", "", f"![losses]({relative / 'losses.png'})", ""]
+
+    if results.idm:
+        measures, settings = results.idm["measures"], results.idm["settings"]
+        idm = measures["idm"]
+        lines += ["## The inverse-dynamics model on held-out real footage", "",
+                  f"Trained {settings['steps']} steps on {measures['training_clips']} clips, tested on "
+                  f"{measures['heldout_clips']} held-out clips of other episodes ({idm['count']} windows), all through "
+                  f"the base model's VAE. Accuracy {fmt(idm['accuracy'])}; chance {fmt(measures['chance']['uniform'])} "
+                  f"(uniform), {fmt(measures['chance']['majority'])} (majority class).", "",
+                  markdown_table(["class", "held-out accuracy", "windows"],
+                                 [[token, fmt(accuracy), idm["counts"][token]]
+                                  for token, accuracy in idm["per_class"].items()]),
+                  ""]
+        floor = measures["train_vs_heldout"]
+        lines += [f"Two sets of real footage (training vs held-out clips) lie {fmt(floor['total_variation'])} apart in "
+                  f"colour distance and {fmt(floor['frechet'], 2)} in IDM-feature Frechet distance: the floor of domain "
+                  "fit.", ""]
+
+    if clips:
+        rows = []
+        for name, record in clips.items():
+            measures = record["measures"]
+            following = measures["control_following"]
+            rows.append([CLIP_MODELS[name], "yes" if measures["model_takes_controls"] else "no", fmt(following["accuracy"]),
+                         fmt(following["chance"]["uniform"]), fmt(following["real_ceiling"]),
+                         fmt(measures["domain_fit"]["total_variation"]), fmt(measures["domain_fit"]["frechet"], 2)])
+        settings = next(iter(clips.values()))["settings"]
+        lines += ["## Stages 1 and 2: clips", "",
+                  f"{settings['num_clips']} clips per model, {settings['num_inference_steps']} steps, guidance "
+                  f"{settings['guidance_scale']}, seeds {settings['seed']}.., the same random commands (keys held for 1 to 4 "
+                  f"latent frames) for every model; prompt: \"{settings['prompt']}\".", "",
+                  markdown_table(["model", "takes controls", "control following", "chance", "IDM ceiling",
+                                  "colour distance", "IDM-feature Frechet"], rows), ""]
+        plot_bars([CLIP_MODELS[name] for name in clips], [record["measures"]["domain_fit"]["total_variation"]
+                  for record in clips.values()], images / "domain_fit.png", "colour distance to the game",
+                  {"two sets of real footage": results.idm["measures"]["train_vs_heldout"]["total_variation"]}
+                  if results.idm else {})
+        lines += [f"![domain fit]({relative / 'domain_fit.png'})", ""]
+
+    following = {**{CLIP_MODELS[name]: record for name, record in clips.items()},
+                 **{STREAMS[name]: record for name, record in streams.items()}}
+    if following:
+        reference = next(iter(following.values()))["measures"]["control_following"]
+        plot_bars(list(following), [record["measures"]["control_following"]["accuracy"] for record in following.values()],
+                  images / "control_following.png", "IDM agreement with the commands",
+                  {"chance": reference["chance"]["uniform"], "IDM on real footage": reference["real_ceiling"]})
+        lines += [f"![control following]({relative / 'control_following.png'})", ""]
+
+    if streams:
+        rows = []
+        for name, record in streams.items():
+            measures, settings = record["measures"], record["settings"]
+            edges = measures["edges"]
+            rows.append([STREAMS[name], settings["num_inference_steps"], settings["guidance_scale"],
+                         fmt(measures["speed"]["frames_per_second"], 1), fmt(measures["speed"]["time_to_first_frame_s"], 2),
+                         fmt(measures["control_following"]["accuracy"]), fmt(edges["first"]["control_following"]),
+                         fmt(edges["last"]["control_following"]), fmt(measures["domain_fit"]["total_variation"]),
+                         fmt(edges["first"]["total_variation"]), fmt(edges["last"]["total_variation"]),
+                         fmt(measures["domain_fit"]["frechet"], 2)])
+        settings = next(iter(streams.values()))["settings"]
+        edge = next(iter(streams.values()))["measures"]["edges"]["first"]["frames"][1]
+        lines += ["## Stages 3 and 4: streams", "",
+                  f"{settings['num_streams']} streams of {next(iter(streams.values()))['measures']['frames_per_stream']} "
+                  f"frames per model, each from a held-out real clip, under random keys held for 1 to 4 groups; G = "
+                  f"{settings['num_groups']}, W = {settings['group_size']}.", "",
+                  markdown_table(["stream", "steps", "guidance", "frames/s", "first frame (s)", "control following",
+                                  f"first {edge}", f"last {edge}", "colour distance", f"first {edge}", f"last {edge}",
+                                  "IDM-feature Frechet"], rows), ""]
+        # The teacher at its default steps is stage 3's stream measured again (for the speeds of one run): drawn once.
+        plot_drift({name: record for name, record in streams.items() if not (name == "teacher" and "stage3" in streams)},
+                   images / "drift.png")
+        plot_speed(streams, images / "speed_quality.png")
+        lines += [f"![drift]({relative / 'drift.png'})", "", f"![speed and quality]({relative / 'speed_quality.png'})", ""]
+
+    sheets = sorted((results.work / "results").glob("sheet_*.png"))
+    if sheets:
+        lines += ["## Contact sheets", "", "Each row is one video, frames evenly spaced from its start to its end, each "
+                  "labelled with its commanded key.", ""]
+        for sheet in sheets:
+            shutil.copyfile(sheet, images / sheet.name)
+            title = sheet.stem.removeprefix("sheet_").replace("_", " ")
+            lines += [f"{title}:", "", f"![{sheet.stem}]({relative / sheet.name})", ""]
+    output.write_text("\n".join(lines))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=("summary", "page"))
+    parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="the chain's folder (default: %(default)s)")
+    parser.add_argument("--step", default=None, help="summary: only this step's timings")
+    parser.add_argument("--output", type=Path, default=PAGE, help="page: the markdown file (default: %(default)s)")
+    parser.add_argument("--images", type=Path, default=IMAGES, help="page: its PNG folder (default: %(default)s)")
+    args = parser.parse_args(argv)
+    results = Results.load(args.work)
+    if args.command == "summary":
+        print(summary(results, args.step))
+        return
+    write_page(results, args.output, args.images)
+    print(f"results page: {args.output.resolve()}")
+
+
+if __name__ == "__main__":
+    main()

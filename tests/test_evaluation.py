@@ -1,0 +1,306 @@
+"""The evaluation: measures that are right on known inputs, an IDM that learns, and every command on tiny models."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKLCogVideoX
+from PIL import Image
+
+from tests.conftest import CLIP_FPS, TINY_HEIGHT, TINY_WIDTH
+from thematrix.controls import DEFAULT_VOCABULARY, VOCABULARY_FILE
+from thematrix.evaluation.__main__ import main
+from thematrix.evaluation.evaluate import Reference
+from thematrix.evaluation.footage import reconstruct, round_trip_lengths, vae_fingerprint
+from thematrix.evaluation.generation import ScoredVideo
+from thematrix.evaluation.idm import IdmTraining, InverseDynamicsModel, gather_windows, predict, train_idm, window_ends
+from thematrix.evaluation.metrics import (
+    FeatureStats,
+    agreement,
+    ceiling_for_mix,
+    chance_levels,
+    colour_histogram,
+    frechet_distance,
+    total_variation,
+)
+from thematrix.evaluation.report import frame_labels
+
+C = 4  # the VAE's temporal compression
+STEERING = {"D": 0, "DL": -2, "DR": 2}  # pixels the square moves per frame under each token
+FOOTAGE_FRAMES = 33  # long enough to start a G = W = 2 stream (1 + 4 * (2 + 2 * 2) = 25 frames)
+
+
+def steered_square(tokens: list[str], height: int, width: int, start: int) -> np.ndarray:
+    """uint8 frames [F, H, W, 3]: a square whose move into frame i is set by tokens[i] (the footage's convention)."""
+    frames = np.full((len(tokens), height, width, 3), (30, 90, 40), dtype=np.uint8)
+    size, left = height // 4, start
+    for index, token in enumerate(tokens):
+        left = (left + STEERING[token]) % (width - size)
+        frames[index, height // 2 : height // 2 + size, left : left + size] = (220, 40, 40)
+    return frames
+
+
+def held_tokens(count: int, rng: np.random.Generator) -> list[str]:
+    """Tokens held for 3 to 8 frames each, as a player holds keys."""
+    tokens: list[str] = []
+    while len(tokens) < count:
+        tokens += [str(rng.choice(list(STEERING)))] * int(rng.integers(3, 9))
+    return tokens[:count]
+
+
+def test_colour_histogram_and_total_variation():
+    red = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
+    red[:, 0] = 255
+    half = red.clone()
+    half[:, 0, :2] = 0  # half the pixels black
+    assert colour_histogram(red).sum().item() == pytest.approx(1.0)
+    assert total_variation(colour_histogram(red), colour_histogram(red)) == 0.0
+    assert total_variation(colour_histogram(red), colour_histogram(half)) == pytest.approx(0.5)
+    # float frames in [-1, 1] are the same colours as their uint8 form
+    assert torch.equal(colour_histogram(red.float() / 127.5 - 1), colour_histogram(red))
+
+
+def test_frechet_distance_is_zero_for_equal_fits_and_the_mean_shift_for_shifted_ones():
+    features = torch.randn(400, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    features = features - features.mean(dim=0)
+    stats = FeatureStats.of(features)
+    assert frechet_distance(stats, stats) == pytest.approx(0.0, abs=1e-8)
+    shifted = FeatureStats.of(features + torch.tensor([3.0, 0, 0, 4.0, 0, 0], dtype=torch.float64))
+    assert frechet_distance(stats, shifted) == pytest.approx(25.0)
+    scaled = FeatureStats.of(features * 2)
+    # same mean, covariance 4x: tr(S + 4S - 2 * 2S) = tr(S)
+    assert frechet_distance(stats, scaled) == pytest.approx(stats.covariance.trace().item(), rel=1e-6)
+
+
+def test_agreement_chance_and_ceiling():
+    tokens = ("A", "B", "C")
+    commanded = torch.tensor([0, 0, 0, 1, 1, 2])
+    predicted = torch.tensor([0, 0, 1, 1, 0, 0])
+    measured = agreement(predicted, commanded, tokens)
+    assert measured["accuracy"] == pytest.approx(3 / 6)
+    assert measured["per_class"] == {"A": pytest.approx(2 / 3), "B": 0.5, "C": 0.0}
+    assert measured["counts"] == {"A": 3, "B": 2, "C": 1}
+    assert measured["confusion"] == [[2, 1, 0], [1, 1, 0], [1, 0, 0]]
+    assert chance_levels(commanded, 3) == {"uniform": pytest.approx(1 / 3), "majority": 0.5}
+    assert ceiling_for_mix({"A": 1.0, "B": 0.5, "C": None}, {"A": 1, "B": 3, "C": 0}) == pytest.approx(0.625)
+    with pytest.raises(ValueError, match="no real-footage accuracy"):
+        ceiling_for_mix({"A": 1.0, "B": None}, {"A": 1, "B": 1})
+    assert agreement(predicted[:4], commanded[:4], tokens)["per_class"]["C"] is None
+
+
+def test_windows_end_at_the_last_frame_of_each_latent_frame():
+    # A clip of 1 + c * 3 frames: latent frames 1..3 end at frames 4, 8, 12 and all have a frame before them.
+    assert window_ends(13, 3, C) == [4, 8, 12]
+    # A stream whose chunks hold c * W frames and nothing before its first latent frame: that one is not scored.
+    assert window_ends(16, 4, C) == [None, 7, 11, 15]
+    # A stream whose first chunk starts with its condition frame: every latent frame is scored.
+    assert window_ends(17, 4, C) == [4, 8, 12, 16]
+    frames = torch.arange(20).reshape(20, 1, 1, 1).expand(20, 3, 2, 2)
+    windows = gather_windows(frames, torch.tensor([4, 19]), C)
+    assert windows.shape == (2, C + 1, 3, 2, 2)
+    assert windows[1, :, 0, 0, 0].tolist() == [15, 16, 17, 18, 19]
+    video = ScoredVideo(torch.zeros(13, 3, 2, 2, dtype=torch.uint8), ["D", "DL", "DR"])
+    assert frame_labels(video, C) == ["", *["D"] * 4, *["DL"] * 4, *["DR"] * 4]
+
+
+def synthetic_footage(seed: int, clips: int, frames: int, height: int = 24, width: int = 32):
+    """Steered-square clips end to end: uint8 frames [N, 3, H, W], window ends and their token ids."""
+    rng = np.random.default_rng(seed)
+    videos, ends, labels = [], [], []
+    for clip in range(clips):
+        tokens = held_tokens(frames, rng)
+        videos.append(torch.from_numpy(steered_square(tokens, height, width, int(rng.integers(width)))).permute(0, 3, 1, 2))
+        start = clip * frames
+        ends += range(start + C, start + frames)
+        labels += [list(STEERING).index(token) for token in tokens[C:]]
+    return torch.cat(videos), torch.tensor(ends), torch.tensor(labels)
+
+
+def test_idm_learns_which_way_the_square_was_steered():
+    torch.manual_seed(0)
+    idm = InverseDynamicsModel(control_tokens=tuple(STEERING), control_phrases=tuple(STEERING), height=24, width=32,
+                               channels=(16, 32), feature_dim=32)
+    frames, ends, labels = synthetic_footage(seed=0, clips=12, frames=33)
+    losses = train_idm(idm, frames, ends, labels, IdmTraining(steps=150, batch_size=64, learning_rate=3e-3))
+    heldout_frames, heldout_ends, heldout_labels = synthetic_footage(seed=1, clips=4, frames=33)
+    predicted, features = predict(idm, heldout_frames, heldout_ends)
+    accuracy = (predicted == heldout_labels).float().mean().item()
+    assert accuracy > 0.9, accuracy  # chance is 1/3
+    assert features.shape == (len(heldout_ends), 32)
+    assert np.mean(losses[-10:]) < 0.3 * np.mean(losses[:10])
+
+
+def write_footage(root, seed: int, clips: int):
+    """(data_root, index_file) of steered-square clips at the tiny model's size, controls that drive them."""
+    from thematrix.video import write_mp4
+
+    rng = np.random.default_rng(seed)
+    entries = []
+    root.mkdir(parents=True)
+    for clip in range(clips):
+        tokens = held_tokens(FOOTAGE_FRAMES, rng)
+        write_mp4(steered_square(tokens, TINY_HEIGHT, TINY_WIDTH, int(rng.integers(TINY_WIDTH))), root / f"{clip}.mp4",
+                  fps=CLIP_FPS)
+        entries.append({"path": f"{clip}.mp4", "caption": "A red square.", "control_signal_seq": ",".join(tokens),
+                        "valid_frame_idx": 0})
+    (root / "index.json").write_text(json.dumps({"list": entries}))
+    (root / VOCABULARY_FILE).write_text(json.dumps(DEFAULT_VOCABULARY.to_json()))
+    return root, root / "index.json"
+
+
+@pytest.fixture(scope="module")
+def footage(tmp_path_factory):
+    root = tmp_path_factory.mktemp("footage")
+    return write_footage(root / "train", seed=0, clips=3), write_footage(root / "heldout", seed=1, clips=2)
+
+
+@pytest.fixture(scope="module")
+def idm_dir(tiny_model_dir, footage, tmp_path_factory):
+    """An IDM of the tiny model, trained and measured through the command line."""
+    (data_root, index_file), (heldout_root, heldout_index) = footage
+    output = tmp_path_factory.mktemp("idm")
+    main(["idm", "--model_dir", str(tiny_model_dir), "--data_root", str(data_root), "--index_file", str(index_file),
+          "--heldout_data_root", str(heldout_root), "--heldout_index_file", str(heldout_index), "--fps", str(CLIP_FPS),
+          "--max_frames", str(FOOTAGE_FRAMES), "--bin_frames", "16", "--output_dir", str(output), "--steps", "3",
+          "--batch_size", "8"])
+    return output
+
+
+def test_idm_command_writes_the_model_and_the_real_footage_reference(idm_dir, tiny_model_dir):
+    reference = Reference.load(idm_dir, torch.device("cpu"))
+    config = reference.idm.config
+    assert reference.vocabulary == DEFAULT_VOCABULARY
+    assert (config.height, config.width, config.frames_per_latent, config.fps) == (TINY_HEIGHT, TINY_WIDTH, C, CLIP_FPS)
+    assert config.vae_fingerprint == vae_fingerprint(AutoencoderKLCogVideoX.from_pretrained(tiny_model_dir, subfolder="vae"))
+    measures = reference.measures
+    assert measures["idm"]["count"] == 2 * (FOOTAGE_FRAMES - C)  # every frame from the c-th on ends a window
+    assert measures["real_bins_total_variation"]["count"] == 2 * (FOOTAGE_FRAMES // 16)
+    assert reference.histogram.sum().item() == pytest.approx(1.0)
+    assert set(measures["train_vs_heldout"]) == {"total_variation", "frechet"}
+    record = json.loads((idm_dir / "idm.json").read_text())
+    assert record["settings"]["steps"] == 3 and record["environment"]["device"]
+
+
+def test_clips_with_and_without_controls_are_scored_against_the_same_commands(idm_dir, tiny_model_dir, model_dir, tmp_path):
+    records = {}
+    for name, directory in {"text": tiny_model_dir, "interactive": model_dir}.items():
+        output = tmp_path / f"{name}.json"
+        main(["clips", "--model_dir", str(directory), "--idm", str(idm_dir), "--output", str(output), "--num_clips", "2",
+              "--num_latent_frames", "3", "--num_inference_steps", "2", "--contact_sheet", str(tmp_path / f"{name}.png")])
+        records[name] = json.loads(output.read_text())["measures"]
+    assert not records["text"]["model_takes_controls"] and records["interactive"]["model_takes_controls"]
+    for measures in records.values():
+        following = measures["control_following"]
+        assert following["count"] == 2 * 2  # latent frames 1 and 2 of each clip
+        assert measures["frames_per_clip"] == 1 + C * 2
+        # Only the tokens the held-out footage holds are commanded: the IDM's accuracy is known only for them.
+        assert measures["commanded_tokens"] == list(STEERING)
+        assert 0 <= following["accuracy"] <= 1 and following["chance"]["uniform"] == pytest.approx(1 / 3)
+        assert set(measures["domain_fit"]) == {"total_variation", "frechet"}
+    assert records["text"]["control_following"]["counts"] == records["interactive"]["control_following"]["counts"]
+    sheet = Image.open(tmp_path / "text.png")
+    assert sheet.size == (8 * TINY_WIDTH, 2 * TINY_HEIGHT)
+
+
+@pytest.mark.parametrize("sampler, steps", [("swin-dpm", "2"), ("scm", "2")])
+def test_streams_are_scored_per_bin_with_their_speed(idm_dir, model_dir, footage, tmp_path, sampler, steps):
+    heldout_root, heldout_index = footage[1]
+    output = tmp_path / "stream.json"
+    main(["stream", "--model_dir", str(model_dir), "--sampler", sampler, "--idm", str(idm_dir), "--data_root",
+          str(heldout_root), "--index_file", str(heldout_index), "--output", str(output), "--num_streams", "2",
+          "--num_frames", "24", "--num_groups", "2", "--group_size", "2", "--num_inference_steps", steps,
+          "--bin_frames", "8", "--edge_frames", "8", "--contact_sheet", str(tmp_path / "stream.png")])
+    measures = json.loads(output.read_text())["measures"]
+    length = measures["frames_per_stream"]
+    assert length >= 24 and len(measures["bins"]) == length // 8
+    assert [bin["start_frame"] for bin in measures["bins"]] == list(range(0, 8 * (length // 8), 8))
+    assert measures["control_following"]["count"] == 2 * (length // C) - 2 * (length % C == 0)
+    assert measures["edges"]["last"]["frames"] == [length - 8, length]
+    assert measures["speed"]["frames_per_second"] > 0 and measures["speed"]["time_to_first_frame_s"] > 0
+    assert Image.open(tmp_path / "stream.png").size == (8 * TINY_WIDTH, 2 * TINY_HEIGHT)
+
+
+def test_stream_edges_must_fit_in_the_stream(idm_dir, model_dir, footage, tmp_path):
+    heldout_root, heldout_index = footage[1]
+    with pytest.raises(ValueError, match="first and last 16 frames"):
+        main(["stream", "--model_dir", str(model_dir), "--sampler", "scm", "--idm", str(idm_dir), "--data_root",
+              str(heldout_root), "--index_file", str(heldout_index), "--output", str(tmp_path / "x.json"),
+              "--num_frames", "24", "--edge_frames", "16"])
+
+
+def load_results_page():
+    """learning/results_page.py, a script of the learning proof's folder (not a package)."""
+    spec = importlib.util.spec_from_file_location("results_page", Path(__file__).parents[1] / "learning" / "results_page.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses resolve their annotations through it
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_record(path, measures: dict, **settings) -> None:
+    environment = {"device": "test", "commit": "0" * 40, "date": "2026-01-01T00:00:00+00:00"}
+    path.write_text(json.dumps({"measures": measures, "settings": settings, "environment": environment}))
+
+
+def following(accuracy: float, ceiling: float = 0.6, count: int = 400) -> dict:
+    return {"accuracy": accuracy, "count": count, "chance": {"uniform": 1 / 9, "majority": 0.2}, "real_ceiling": ceiling,
+            "share_of_ceiling": accuracy / ceiling}
+
+
+def stream_measures(accuracy: float, first: float, last: float, distance: float, fps: float, bins: list[float]) -> dict:
+    edge = {"frames": [0, 500], "total_variation": distance, "frechet": 1.0}
+    return {"control_following": following(accuracy), "domain_fit": {"total_variation": distance, "frechet": 1.0},
+            "edges": {"first": dict(edge, control_following=first), "last": dict(edge, control_following=last)},
+            "bins": [{"start_frame": 100 * index, "total_variation": value, "control_following": accuracy}
+                     for index, value in enumerate(bins)],
+            "real_bins_total_variation": {"count": 32, "mean": 0.1, "min": 0.05, "p95": 0.15, "max": 0.2},
+            "speed": {"frames_per_second": fps, "time_to_first_frame_s": 1.0}, "frames_per_stream": 2000}
+
+
+def test_results_page_judges_each_target_from_the_measures(tmp_path):
+    page = load_results_page()
+    results = tmp_path / "results"
+    results.mkdir()
+    for name, distance, accuracy in [("base", 0.6, 0.1), ("stage1", 0.2, 0.12), ("stage2", 0.2, 0.5)]:
+        write_record(results / f"clips_{name}.json", {"domain_fit": {"frechet": 1.0, "total_variation": distance},
+                                                      "control_following": following(accuracy)})
+    write_record(results / "stream_stage3.json", stream_measures(0.5, 0.5, 0.44, 0.12, 8.0, [0.1, 0.12]))
+    write_record(results / "stream_teacher.json", stream_measures(0.5, 0.5, 0.5, 0.12, 8.0, [0.1]), num_inference_steps=20)
+    write_record(results / "stream_stage4.json", stream_measures(0.46, 0.46, 0.46, 0.13, 40.0, [0.1]))
+    (results / "timings_01.tsv").write_text("01\trecord\t100\n01\ttotal\t300\n")
+    (results / "timings_02.tsv").write_text("02\ttotal\t650\n")
+
+    rows = page.target_rows(page.Results.load(tmp_path))
+    verdicts = [verdict for _, _, verdict in rows]
+    # stage 1 halves the distance; stage 2 reaches 83% of the ceiling; stage 1 sits within 2 standard errors of
+    # chance; no stage-3 bin passes the real p95; but its control following falls 12% from first to last; the
+    # student is within 10% of the teacher on both and 5x faster; one command took 650 s.
+    assert verdicts == ["met", "met", "met", "met", "**missed**", "met", "met", "met", "**missed**", "met"]
+    assert "0.333x" not in rows[0][1] and "0.33x" in rows[0][1]
+    summary = page.summary(page.Results.load(tmp_path), "01")
+    assert "| 01 | record | 100 |" in summary and "| 02 |" not in summary
+
+
+def test_results_page_marks_unmeasured_targets_pending(tmp_path):
+    page = load_results_page()
+    verdicts = {verdict for _, _, verdict in page.target_rows(page.Results.load(tmp_path))}
+    assert verdicts == {"pending"}
+
+
+def test_real_clips_are_cut_to_lengths_the_vae_decodes_back(tiny_model_dir):
+    vae = AutoencoderKLCogVideoX.from_pretrained(tiny_model_dir, subfolder="vae")
+    lengths = round_trip_lengths(vae, 30)
+    assert lengths == [9, 17, 25]
+    for frames in (lengths[0], lengths[0] + C):  # 3 latent frames, then 4: the even count gains frames
+        video = torch.rand(frames, 3, TINY_HEIGHT, TINY_WIDTH) * 2 - 1
+        if frames in lengths:
+            assert reconstruct(vae, video).shape == video.shape
+        else:
+            with pytest.raises(ValueError, match="round_trip_lengths"):
+                reconstruct(vae, video)

@@ -1,0 +1,151 @@
+"""Command line of the evaluation: ``python -m thematrix.evaluation {idm,clips,stream} --help``.
+
+    # 1. an inverse-dynamics model trained on real footage, and the held-out footage's reference statistics
+    python -m thematrix.evaluation idm --model_dir BASE --data_root GAME --index_file GAME/index.json \\
+        --heldout_data_root HELDOUT --heldout_index_file HELDOUT/index.json --fps 10 --output_dir IDM
+    # 2. clips under random commands (stage 1 and 2 models): control following, domain fit
+    python -m thematrix.evaluation clips --model_dir MODEL --idm IDM --output clips.json
+    # 3. long streams from real clips (stage 3 and 4 models): control following, domain fit, drift, speed
+    python -m thematrix.evaluation stream --model_dir MODEL --sampler swin-dpm --idm IDM \\
+        --data_root HELDOUT --index_file HELDOUT/index.json --output stream.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import fields
+from pathlib import Path
+
+from stage1.inference import DEFAULT_PROMPT
+from thematrix.cli import run
+from thematrix.controls import VOCABULARY_FILE, ControlVocabulary, data_root_vocabulary
+from thematrix.evaluation.evaluate import IdmData, Reference, build_idm, evaluate_clips, evaluate_streams
+from thematrix.evaluation.generation import STREAM_DEFAULTS, STREAM_PIPELINES
+from thematrix.evaluation.idm import IdmTraining
+from thematrix.evaluation.report import contact_sheet, write_json
+
+DEFAULT_BIN_FRAMES = 100
+DEFAULT_EDGE_FRAMES = 500
+DEFAULT_MAX_FRAMES = 105  # 27 latent frames (an odd count decodes back to its length): a 100-frame bin per clip
+SHEET_VIDEOS = 4  # rows of a contact sheet
+
+
+def footage_vocabulary(data_root: str | Path) -> ControlVocabulary:
+    """The footage's vocabulary, from its ``vocabulary.json``: the IDM learns these tokens."""
+    vocabulary = data_root_vocabulary(data_root)
+    if vocabulary is None:
+        raise FileNotFoundError(
+            f"--data_root {data_root}: no {VOCABULARY_FILE}; the IDM needs the footage's control vocabulary "
+            "(the recorders write it; see data/README.md)"
+        )
+    return vocabulary
+
+
+def add_sampling(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("sampling")
+    group.add_argument("--prompt", default=DEFAULT_PROMPT, help="text prompt of every video (default: %(default)r)")
+    group.add_argument("--control_guidance_scale", type=float, default=1.0)
+    group.add_argument("--seed", type=int, default=0, help="video i uses seed + i (noise and commands)")
+
+
+def add_outputs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model_dir", required=True, help="a model directory of any stage")
+    parser.add_argument("--idm", required=True, help="output_dir of `python -m thematrix.evaluation idm`")
+    parser.add_argument("--output", type=Path, required=True, help="JSON file of the measures")
+    parser.add_argument("--contact_sheet", type=Path, default=None, help="PNG of frames of the first videos")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m thematrix.evaluation", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    idm = commands.add_parser("idm", help="train the inverse-dynamics model; measure it and the real footage")
+    idm.add_argument("--model_dir", required=True, help="a model directory: its VAE reconstructs the real clips")
+    for name in ("data_root", "index_file", "heldout_data_root", "heldout_index_file"):
+        idm.add_argument(f"--{name}", required=True)
+    idm.add_argument("--fps", type=float, required=True, help="frame rate the stages train at")
+    idm.add_argument("--max_frames", type=int, default=DEFAULT_MAX_FRAMES, help="frames read per clip at most (clips are cut to 4k+1 frames with an odd number of latent frames)")
+    idm.add_argument("--bin_frames", type=int, default=DEFAULT_BIN_FRAMES, help="frames per bin of real footage")
+    idm.add_argument("--output_dir", type=Path, required=True)
+    training = idm.add_argument_group("training")
+    for setting in fields(IdmTraining):
+        if isinstance(setting.default, bool):
+            training.add_argument(f"--{setting.name}", action=argparse.BooleanOptionalAction, default=setting.default)
+        else:
+            training.add_argument(f"--{setting.name}", type=type(setting.default), default=setting.default)
+
+    clips = commands.add_parser("clips", help="clips under random commands: control following, domain fit")
+    add_outputs(clips)
+    clips.add_argument("--num_clips", type=int, default=32)
+    clips.add_argument("--num_latent_frames", type=int, default=None, help="default: the model's native clip")
+    clips.add_argument("--num_inference_steps", type=int, default=50)
+    clips.add_argument("--guidance_scale", type=float, default=6.0)
+    add_sampling(clips)
+
+    stream = commands.add_parser("stream", help="streams from real clips: control following, drift, speed")
+    add_outputs(stream)
+    stream.add_argument("--sampler", required=True, choices=sorted(STREAM_PIPELINES),
+                        help="swin-dpm: stage 3's stream; scm: stage 4's few-step stream")
+    stream.add_argument("--data_root", required=True, help="real clips the streams start from")
+    stream.add_argument("--index_file", required=True)
+    stream.add_argument("--num_streams", type=int, default=4)
+    stream.add_argument("--num_frames", type=int, default=2000, help="frames per stream (at least)")
+    stream.add_argument("--num_groups", type=int, default=4, help="G, as the model was trained")
+    stream.add_argument("--group_size", type=int, default=4, help="W, as the model was trained")
+    stream.add_argument("--num_inference_steps", type=int, default=None, help="default: the sampler's (20; G for scm)")
+    stream.add_argument("--guidance_scale", type=float, default=None, help="default: the sampler's (6; 1 for scm)")
+    stream.add_argument("--bin_frames", type=int, default=DEFAULT_BIN_FRAMES, help="frames per drift bin")
+    stream.add_argument("--edge_frames", type=int, default=DEFAULT_EDGE_FRAMES,
+                        help="the first and the last this many frames are compared (control following over time)")
+    add_sampling(stream)
+    args = parser.parse_args(argv)
+    if args.command == "stream":
+        defaults = STREAM_DEFAULTS[args.sampler]
+        args.num_inference_steps = args.num_inference_steps or defaults["num_inference_steps"] or args.num_groups
+        args.guidance_scale = defaults["guidance_scale"] if args.guidance_scale is None else args.guidance_scale
+    return args
+
+
+def main(argv=None) -> Path:
+    args = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    start = time.perf_counter()
+    settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
+    if args.command == "idm":
+        data = IdmData(args.data_root, args.index_file, args.heldout_data_root, args.heldout_index_file, args.fps,
+                       args.max_frames)
+        training = IdmTraining(**{setting.name: getattr(args, setting.name) for setting in fields(IdmTraining)})
+        measures = build_idm(args.model_dir, footage_vocabulary(args.data_root), data, training, args.output_dir,
+                             args.bin_frames)
+        output = write_json(args.output_dir / "idm.json", measures, settings, time.perf_counter() - start)
+        print(f"IDM held-out accuracy {measures['idm']['accuracy']:.3f} (chance: uniform {measures['chance']['uniform']:.3f}, "
+              f"majority {measures['chance']['majority']:.3f}); IDM and reference: {args.output_dir.resolve()}")
+        return output
+    reference = Reference.load(args.idm)
+    sampling = dict(prompt=args.prompt, num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
+                    control_guidance_scale=args.control_guidance_scale, seed=args.seed)
+    if args.command == "clips":
+        measures, videos = evaluate_clips(args.model_dir, reference, num_clips=args.num_clips,
+                                          num_latent_frames=args.num_latent_frames, **sampling)
+    else:
+        measures, videos = evaluate_streams(
+            args.model_dir, args.sampler, reference, data_root=args.data_root, index_file=args.index_file,
+            num_streams=args.num_streams, num_frames=args.num_frames, num_groups=args.num_groups,
+            group_size=args.group_size, bin_frames=args.bin_frames, edge_frames=args.edge_frames, **sampling,
+        )
+    output = write_json(args.output, measures, settings, time.perf_counter() - start)
+    if args.contact_sheet is not None:
+        contact_sheet(videos[:SHEET_VIDEOS], args.contact_sheet, reference.idm.config.frames_per_latent)
+    following = measures["control_following"]
+    print(f"control following {following['accuracy']:.3f} (the IDM's real-footage ceiling {following['real_ceiling']:.3f}, "
+          f"chance {following['chance']['uniform']:.3f}), colour distance {measures['domain_fit']['total_variation']:.3f}; "
+          f"measures: {output.resolve()}")
+    return output
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,109 @@
+"""The measures, as pure functions of frames, features and token ids: nothing here knows a model or a game.
+
+- colour histograms of frames and the total variation distance between two of them (domain fit, drift);
+- the Frechet distance between two Gaussian fits of features (FID's formula on the IDM's features);
+- agreement between predicted and commanded control ids: overall, per class, confusion; chance levels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+# 8 levels per channel: 512 colours, enough to tell grass, track, kerbs, car and HUD apart, few enough that
+# a few thousand frames fill the bins they use.
+HISTOGRAM_LEVELS = 8
+UINT8_LEVELS = 256
+
+
+def to_uint8(frames: torch.Tensor) -> torch.Tensor:
+    """Frames ``[n, 3, H, W]`` in [-1, 1] (float) or uint8 -> uint8, as a video file would hold them."""
+    if frames.dtype == torch.uint8:
+        return frames
+    return ((frames.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def colour_histogram(frames: torch.Tensor, levels: int = HISTOGRAM_LEVELS) -> torch.Tensor:
+    """Share of pixels per quantised RGB colour over all ``frames`` ``[n, 3, H, W]``: float64 ``[levels**3]``, sum 1."""
+    quantised = to_uint8(frames).long() * levels // UINT8_LEVELS  # [n, 3, H, W] in 0..levels-1
+    codes = (quantised[:, 0] * levels + quantised[:, 1]) * levels + quantised[:, 2]
+    counts = torch.bincount(codes.flatten().cpu(), minlength=levels**3).double()
+    return counts / counts.sum()
+
+
+def total_variation(first: torch.Tensor, second: torch.Tensor) -> float:
+    """Total variation distance of two histograms: the share of mass that sits in the wrong bins, in [0, 1]."""
+    return 0.5 * (first - second).abs().sum().item()
+
+
+@dataclass
+class FeatureStats:
+    """Mean and covariance of feature vectors, float64."""
+
+    mean: torch.Tensor
+    covariance: torch.Tensor
+    count: int
+
+    @classmethod
+    def of(cls, features: torch.Tensor) -> "FeatureStats":
+        features = features.double()
+        if len(features) < 2:
+            raise ValueError(f"a covariance needs at least 2 feature vectors, got {len(features)}")
+        return cls(features.mean(dim=0), torch.cov(features.T), len(features))
+
+
+def _sqrt_psd(matrix: torch.Tensor) -> torch.Tensor:
+    values, vectors = torch.linalg.eigh(matrix)
+    return (vectors * values.clamp(min=0).sqrt()) @ vectors.T
+
+
+def frechet_distance(first: FeatureStats, second: FeatureStats) -> float:
+    """||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1^1/2 S2 S1^1/2)^1/2): FID's distance between the two Gaussian fits."""
+    root = _sqrt_psd(first.covariance)
+    cross = _sqrt_psd(root @ second.covariance @ root)
+    difference = first.mean - second.mean
+    return (difference @ difference + first.covariance.trace() + second.covariance.trace() - 2 * cross.trace()).item()
+
+
+def agreement(predicted: torch.Tensor, commanded: torch.Tensor, tokens: tuple[str, ...]) -> dict:
+    """How often ``predicted`` ids equal ``commanded`` ids (both ``[n]``, ids into ``tokens``).
+
+    Returns ``accuracy`` (overall), ``per_class`` (accuracy per commanded token; None where it never
+    occurs), ``counts`` (commands per token), ``confusion`` (rows commanded, columns predicted) and ``count``.
+    """
+    num_classes = len(tokens)
+    predicted, commanded = predicted.long().cpu(), commanded.long().cpu()
+    if predicted.shape != commanded.shape:
+        raise ValueError(f"{len(predicted)} predictions for {len(commanded)} commands")
+    if len(commanded) == 0:
+        raise ValueError("no commanded control to compare with: the videos have no scored latent frame")
+    confusion = torch.bincount(commanded * num_classes + predicted, minlength=num_classes**2).reshape(num_classes, num_classes)
+    counts = confusion.sum(dim=1)
+    per_class = {
+        token: (confusion[index, index].item() / counts[index].item() if counts[index] else None)
+        for index, token in enumerate(tokens)
+    }
+    return {
+        "accuracy": confusion.diagonal().sum().item() / len(commanded),
+        "per_class": per_class,
+        "counts": dict(zip(tokens, counts.tolist())),
+        "confusion": confusion.tolist(),
+        "count": len(commanded),
+    }
+
+
+def chance_levels(commanded: torch.Tensor, num_classes: int) -> dict:
+    """Accuracy of guessing without looking: uniformly at random among ``num_classes`` tokens, and always the most
+    frequent command."""
+    counts = torch.bincount(commanded.long().cpu())
+    return {"uniform": 1.0 / num_classes, "majority": counts.max().item() / counts.sum().item()}
+
+
+def ceiling_for_mix(per_class_accuracy: dict, counts: dict) -> float:
+    """The IDM's real-footage accuracy weighted by a set of commands' class mix: what perfect generation scores."""
+    scored = {token: count for token, count in counts.items() if count}
+    missing = [token for token in scored if per_class_accuracy.get(token) is None]
+    if missing:
+        raise ValueError(f"the IDM has no real-footage accuracy for the commanded tokens {missing}")
+    return sum(per_class_accuracy[token] * count for token, count in scored.items()) / sum(scored.values())
