@@ -41,7 +41,7 @@ def parse_controls(
     temporal_compression: int,
     per_video_frame: bool = False,
 ) -> list[str]:
-    """Tokens per latent frame from ``"D,D,DL"`` or a token list; per video frame with ``per_video_frame``."""
+    """Tokens per latent frame from ``"W,W,JUMP"`` or a token list; per video frame with ``per_video_frame``."""
     tokens = vocabulary.parse(controls) if isinstance(controls, str) else list(controls)
     vocabulary.encode(tokens)
     if per_video_frame:

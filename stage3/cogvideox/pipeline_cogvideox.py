@@ -38,8 +38,8 @@ from thematrix.controls import ControlError, ControlVocabulary
 from thematrix.schedules import GroupedInferenceSchedule, expand_group_timesteps
 from thematrix.streaming_vae import StreamingDecoder, first_batch_size
 
-# One list of W tokens per group: a callable of the group's index, an iterable of lists (or of "D,DL"
-# strings), or one "D,D,DL" string cycled per latent frame.
+# One list of W tokens per group: a callable of the group's index, an iterable of lists (or of "W,JUMP"
+# strings), or one "W,W,JUMP" string cycled per latent frame.
 Controls = str | Callable[[int], Sequence[str]] | Iterable[str | Sequence[str]]
 VIDEO_CHANNELS = 3
 # The reference recipe's window, 4 groups of 4 latent frames: what a stream uses when neither the caller nor the
@@ -103,7 +103,7 @@ def control_source(controls: Controls, vocabulary: ControlVocabulary, group_size
         iterator = iter(controls)
     except TypeError:
         raise ControlError(
-            f"controls must be a 'D,DL' string, a callable(group_index) -> {group_size} tokens, or an iterator of "
+            f"controls must be a 'W,JUMP' string, a callable(group_index) -> {group_size} tokens, or an iterator of "
             f"token lists; got a {type(controls).__name__}"
         ) from None
 

@@ -6,7 +6,8 @@ wins (ties go to the one listed first); the empty combination ``""`` is the cont
 held. A map without it latches: the last token stays until another combination is held. As a file (JSON)::
 
     {"buttons": {"up": ["ArrowUp", "KeyW"], "left": ["ArrowLeft", "KeyA"], "right": ["ArrowRight", "KeyD"]},
-     "controls": {"": "N", "up": "D", "up+left": "DL", "up+right": "DR", "left": "NL", "right": "NR"}}
+     "controls": {"": "STAND", "up": "WALK", "up+left": "WALK_LEFT", "up+right": "WALK_RIGHT", "left": "TURN_LEFT",
+                  "right": "TURN_RIGHT"}}
 
 Default maps: a game file (data/games/*.json) whose tokens are the model's may give its own key map under
 ``"keys"`` (the car's: arrows and WASD); any other vocabulary gets one latching key per token, 1..9 and 0, then
