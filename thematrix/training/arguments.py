@@ -70,7 +70,7 @@ class TrainingArgs(StrictArgs):
     stop_on_validation_failure: bool = True  # a failing validation (e.g. out of memory) saves a checkpoint and stops the run; False logs it and trains on
 
     # --- validation -----------------------------------------------------------------------------
-    validation_prompts: Optional[tuple[str, ...]] = None  # default: the input model's prompt, else the index's first caption
+    validation_prompts: Optional[tuple[str, ...]] = None  # one video each; default: the input model's prompt, else the index's first caption
     validation_steps: int = 500  # every this many optimizer steps; 0 disables
     validation_num_frames: int = 49
     validation_num_inference_steps: int = 50
