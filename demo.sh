@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The whole recipe on the tiny model and freshly recorded CarRacing footage, on the CPU in minutes.
-# Each step is the command a user runs; outputs go to outputs/demo/. Re-running resumes.
+# Each step is the command a user runs; outputs go to outputs/demo/. Re-running resumes. The tiny
+# model starts from random weights: the videos show that everything runs, not what it learns.
+# Inference takes the frame rate, window and size from each model directory.
 set -euo pipefail
 cd "$(dirname "$0")"
 DEMO=outputs/demo
@@ -27,7 +29,7 @@ step "Stage 1: fuse the LoRA into the base model (stage1/fuse_lora_weights.py)"
   --output_dir ../$DEMO/stage1-fused)
 
 step "Stage 1: generate a video (stage1/inference.py)"
-(cd stage1 && python inference.py --model_dir ../$DEMO/stage1-fused --num_inference_steps 10 --fps 10 \
+(cd stage1 && python inference.py --model_dir ../$DEMO/stage1-fused --num_inference_steps 10 \
   --output ../$DEMO/stage1.mp4)
 
 step "Stage 2: the Interactive Module (stage2/train_text_to_video_sft.sh)"
@@ -35,23 +37,22 @@ step "Stage 2: the Interactive Module (stage2/train_text_to_video_sft.sh)"
 
 step "Stage 2: a video steered by controls (stage2/inference.py)"
 (cd stage2 && python inference.py --model_dir ../$DEMO/stage2/model --controls "D,D,DL,DL,DR" \
-  --num_frames 17 --num_inference_steps 10 --fps 10 --output ../$DEMO/stage2.mp4)
+  --num_frames 17 --num_inference_steps 10 --output ../$DEMO/stage2.mp4)
 
 step "Stage 3: Swin-DPM fine-tuning (stage3/train_text_to_video_sft.sh)"
 (cd stage3 && bash train_text_to_video_sft.sh --config training/sft_config_tiny.py)
 
 step "Stage 3: an unbounded stream, longer than the training window (stage3/inference.py)"
 (cd stage3 && python inference.py --model_dir ../$DEMO/stage3/model --data_root ../$DEMO/footage \
-  --index_file ../$DEMO/footage/index.json --groups 8 --num_groups 2 --group_size 2 --num_inference_steps 4 \
-  --random_controls --fps 10 --output ../$DEMO/stage3.mp4)
+  --index_file ../$DEMO/footage/index.json --groups 8 --num_inference_steps 4 --random_controls \
+  --output ../$DEMO/stage3.mp4)
 
 step "Stage 4: SCM distillation of the stream (stage4/train_text_to_video_scm.sh)"
 (cd stage4 && bash train_text_to_video_scm.sh --config training/scm_config_tiny.py)
 
 step "Stage 4: a few-step stream, one forward per group (stage4/inference.py)"
 (cd stage4 && python inference.py --model_dir ../$DEMO/stage4/model --data_root ../$DEMO/footage \
-  --index_file ../$DEMO/footage/index.json --groups 8 --num_groups 2 --group_size 2 \
-  --random_controls --fps 10 --output ../$DEMO/stage4.mp4)
+  --index_file ../$DEMO/footage/index.json --groups 8 --random_controls --output ../$DEMO/stage4.mp4)
 
 printf '\nDemo videos:\n'
 for video in stage1 stage2 stage3 stage4; do printf '  %s\n' "$(realpath "$DEMO/$video.mp4")"; done

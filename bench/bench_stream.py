@@ -24,14 +24,17 @@ from stage3.cogvideox.pipeline_cogvideox import SwinDPMPipeline, window_clip_fra
 from stage4.cogvideox.pipeline_cogvideox import ScmPipeline
 from stage4.cogvideox.scheduler import ScmScheduler
 from thematrix.base_model import build_base_model
-from thematrix.controls import DEFAULT_VOCABULARY
+from thematrix.controls import ControlVocabulary, default_control_pattern
 from thematrix.model_dir import load_components
 from thematrix.models import InteractiveCogVideoXTransformer3DModel
 
 STOCK_FRAMES = 49
 NUM_GROUPS = 4
 GROUP_SIZE = 4
-CONTROL_PATTERN = ("D", "D", "DL", "DL", "DR", "DR")
+# A game of nine keys, as many as the reference's car: the number of rows of the control table.
+BENCH_VOCABULARY = ControlVocabulary.from_mapping({f"KEY{key}": f"The player holds key {key}." for key in range(9)})
+CONTROL_PATTERN = default_control_pattern(BENCH_VOCABULARY)
+PROMPT = "A game world seen from above, the player moving through it."
 
 
 def stream_speed(pipeline: SwinDPMPipeline, initial_video: torch.Tensor, steps: int, guidance: float, cli) -> dict:
@@ -42,7 +45,7 @@ def stream_speed(pipeline: SwinDPMPipeline, initial_video: torch.Tensor, steps: 
     arrivals = []
     frames_per_group = []
     for chunk in pipeline.stream(
-        prompt="A red race car drives along a grey track.", initial_video=initial_video,
+        prompt=PROMPT, initial_video=initial_video,
         controls=lambda group: [CONTROL_PATTERN[(group * GROUP_SIZE + k) % len(CONTROL_PATTERN)] for k in range(GROUP_SIZE)],
         num_groups=NUM_GROUPS, group_size=GROUP_SIZE, num_inference_steps=steps, guidance_scale=guidance,
         generator=generator, max_groups=cli.groups,
@@ -67,7 +70,7 @@ def stock_speed(model_dir: Path, steps: int, guidance: float, cli) -> dict:
     generator = torch.Generator(device="cuda").manual_seed(0)
     torch.cuda.synchronize()
     start = time.perf_counter()
-    pipeline(prompt="A red race car drives along a grey track.", num_frames=STOCK_FRAMES, height=cli.height, width=cli.width,
+    pipeline(prompt=PROMPT, num_frames=STOCK_FRAMES, height=cli.height, width=cli.width,
              num_inference_steps=steps, guidance_scale=guidance, generator=generator, output_type="pt")
     torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
@@ -91,8 +94,8 @@ def main() -> None:
 
     components = load_components(model_dir, torch.bfloat16, SwinDPMPipeline.scheduler_class)
     base = CogVideoXTransformer3DModel.from_pretrained(model_dir, subfolder="transformer", dtype=torch.bfloat16)
-    table = torch.randn(len(DEFAULT_VOCABULARY) + 1, base.config.text_embed_dim)
-    transformer = InteractiveCogVideoXTransformer3DModel.from_base(base, DEFAULT_VOCABULARY, table).to(torch.bfloat16)
+    table = torch.randn(len(BENCH_VOCABULARY) + 1, base.config.text_embed_dim)
+    transformer = InteractiveCogVideoXTransformer3DModel.from_base(base, BENCH_VOCABULARY, table).to(torch.bfloat16)
     del base
     swin = SwinDPMPipeline(transformer=transformer, **components).to("cuda")
     # Stage 4's pipeline on the same weights: speed does not depend on what the weights learned.

@@ -29,31 +29,35 @@ from stage1.train_text_to_video_lora import LoraTrainer
 from stage1.training.arguments import LoraArgs
 from stage2.train_text_to_video_sft import InteractiveTrainer
 from stage2.training.arguments import SftArgs
+from stage3.cogvideox.pipeline_cogvideox import RECIPE_GROUP_SIZE, RECIPE_NUM_GROUPS, window_clip_frames
 from stage3.train_text_to_video_sft import SwinTrainer
 from stage3.training.arguments import SwinArgs
 from stage4.train_text_to_video_scm import ScmTrainer
 from stage4.training.arguments import ScmArgs
 from thematrix.base_model import build_base_model
-from thematrix.controls import DEFAULT_VOCABULARY
-from thematrix.model_dir import save_model_dir
+from thematrix.controls import VOCABULARY_FILE, ControlVocabulary
+from thematrix.model_dir import save_model_dir, vae_architecture
 from thematrix.models import InteractiveCogVideoXTransformer3DModel
 from thematrix.video import write_mp4
 
 BENCH_FPS = 8
+# A game of nine keys, as many as the reference's car: the number of rows of the control table.
+BENCH_VOCABULARY = ControlVocabulary.from_mapping({f"KEY{key}": f"The player holds key {key}." for key in range(9)})
 WARMUP_STEPS = 2
 FORWARD_REPEATS = 5
 GIB = 2**30
 
 
 def synthetic_clip(root: Path, frames: int, height: int, width: int) -> Path:
-    """One clip of moving noise blocks with one control token per frame, and its index file."""
+    """One clip of moving noise blocks with one control token per frame, its index file and its vocabulary."""
     rng = np.random.default_rng(0)
     base = rng.integers(0, 255, (height // 16, width // 16, 3), dtype=np.uint8).repeat(16, 0).repeat(16, 1)
     video = np.stack([np.roll(base, shift=4 * index, axis=1) for index in range(frames)])
     write_mp4(video, root / "clip.mp4", fps=BENCH_FPS)
-    index = {"list": [{"path": "clip.mp4", "caption": "A red race car on a grey track.",
-                       "control_signal_seq": ",".join(["D"] * frames), "valid_frame_idx": 0}]}
+    index = {"list": [{"path": "clip.mp4", "caption": "Coloured blocks slide to the right.",
+                       "control_signal_seq": ",".join(BENCH_VOCABULARY.tokens[:1] * frames), "valid_frame_idx": 0}]}
     (root / "index.json").write_text(json.dumps(index))
+    BENCH_VOCABULARY.save(root / VOCABULARY_FILE)
     return root / "index.json"
 
 
@@ -97,8 +101,8 @@ def interactive_model_dir(model_dir: Path, work: Path) -> Path:
     if (output / "model_index.json").is_file():
         return output
     base = CogVideoXTransformer3DModel.from_pretrained(model_dir, subfolder="transformer", dtype=torch.bfloat16)
-    table = torch.randn(len(DEFAULT_VOCABULARY) + 1, base.config.text_embed_dim)
-    return save_model_dir(InteractiveCogVideoXTransformer3DModel.from_base(base, DEFAULT_VOCABULARY, table), model_dir, output)
+    table = torch.randn(len(BENCH_VOCABULARY) + 1, base.config.text_embed_dim)
+    return save_model_dir(InteractiveCogVideoXTransformer3DModel.from_base(base, BENCH_VOCABULARY, table), model_dir, output)
 
 
 def time_forward(transformer, cli, **extra) -> float:
@@ -127,9 +131,9 @@ def time_forward(transformer, cli, **extra) -> float:
 def run_forwards(model_dir: Path, cli) -> dict:
     base = CogVideoXTransformer3DModel.from_pretrained(model_dir, subfolder="transformer", dtype=torch.bfloat16).cuda().eval()
     stock = time_forward(base, cli)
-    vocabulary_size = len(DEFAULT_VOCABULARY)
+    vocabulary_size = len(BENCH_VOCABULARY)
     table = torch.randn(vocabulary_size + 1, base.config.text_embed_dim)
-    interactive = InteractiveCogVideoXTransformer3DModel.from_base(base, DEFAULT_VOCABULARY, table).to("cuda", torch.bfloat16).eval()
+    interactive = InteractiveCogVideoXTransformer3DModel.from_base(base, BENCH_VOCABULARY, table).to("cuda", torch.bfloat16).eval()
     del base
     latent_frames = (cli.frames - 1) // interactive.config.temporal_compression_ratio + 1
     controls = torch.randint(0, vocabulary_size, (1, latent_frames), device="cuda")
@@ -205,7 +209,9 @@ def main() -> None:
         print(f"built 2B model in {time.perf_counter() - start:.0f} s")
     data_root = work / "clips"
     data_root.mkdir(parents=True, exist_ok=True)
-    index_file = synthetic_clip(data_root, max(cli.frames, *SwinArgs().frame_buckets), cli.height, cli.width)
+    # Stages 3 and 4 train on the recipe window's clip.
+    window_frames = window_clip_frames(vae_architecture(model_dir), RECIPE_NUM_GROUPS, RECIPE_GROUP_SIZE)
+    index_file = synthetic_clip(data_root, max(cli.frames, window_frames), cli.height, cli.width)
 
     stages = set(cli.stages.split(","))
     results = {"device": torch.cuda.get_device_name(), "shape": f"{cli.frames} frames {cli.height}x{cli.width}, batch 1"}

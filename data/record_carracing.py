@@ -21,7 +21,7 @@ import numpy as np
 import pygame  # noqa: F401 - before decord loads: see thematrix/data/gym_recorder.py
 
 from thematrix.cli import run
-from thematrix.controls import CAR_RACING_GAME_FILE
+from thematrix.controls import GAMES_DIR
 from thematrix.data.gym_recorder import (
     MOTION_SEPARATOR,
     MOTIONS_FIELD,
@@ -32,6 +32,7 @@ from thematrix.data.gym_recorder import (
     main_motions,
 )
 
+CAR_RACING_GAME_FILE = GAMES_DIR / "car_racing.json"
 DEFAULT_FPS = 10
 # Action = (steer in [-1, 1] with -1 full left, gas in [0, 1], brake in [0, 1]).
 STEER, GAS, BRAKE = 0, 1, 2

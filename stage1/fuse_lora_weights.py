@@ -1,6 +1,6 @@
 """Merge stage 1's LoRA into the base model: writes the full model directory stage 2 trains from.
 
-    python fuse_lora_weights.py --base_model path/to/CogVideoX-2b --lora_dir ../outputs/stage1-lora \
+    python fuse_lora_weights.py --base_model path/to/CogVideoX-2b --lora_dir ../outputs/stage1-lora \\
         --output_dir ../outputs/stage1-fused
 """
 
@@ -13,19 +13,20 @@ import torch
 
 from stage1.cogvideox.pipeline_cogvideox import GameVideoPipeline
 from thematrix.cli import run
-from thematrix.model_dir import LORA_WEIGHT_NAME, save_model_dir
+from thematrix.model_dir import LORA_WEIGHT_NAME, GenerationDefaults, save_model_dir
 
 
 def fuse_lora(base_model: str | Path, lora_dir: str | Path, output_dir: str | Path, lora_scale: float = 1.0) -> Path:
     """Fold the LoRA into the base transformer in float32 and save the model directory atomically.
 
-    Only the transformer is loaded and written (float32); the T5 encoder, VAE, tokenizer and scheduler
-    are the base model's files, unchanged.
+    Only the transformer is loaded and written (float32), with how stage 1 trained (its
+    ``GenerationDefaults``, beside the LoRA weights); the T5 encoder, VAE, tokenizer and scheduler are
+    the base model's files, unchanged. ``base_model`` may be a Hugging Face id.
     """
     lora_file = Path(lora_dir) / LORA_WEIGHT_NAME
     if not lora_file.is_file():
         raise FileNotFoundError(f"--lora_dir {lora_dir}: no {LORA_WEIGHT_NAME}; pass the output_dir of stage 1 training")
-    GameVideoPipeline.check_stage_model(base_model, "--base_model")
+    base_model = GameVideoPipeline.check_stage_model(base_model, "--base_model")
     transformer = GameVideoPipeline.transformer_class.from_pretrained(
         base_model, subfolder="transformer", dtype=torch.float32
     )
@@ -33,7 +34,7 @@ def fuse_lora(base_model: str | Path, lora_dir: str | Path, output_dir: str | Pa
     pipeline.load_lora_weights(str(lora_dir))
     pipeline.fuse_lora(lora_scale=lora_scale)
     pipeline.unload_lora_weights()
-    return save_model_dir(pipeline.transformer, base_model, output_dir)
+    return save_model_dir(pipeline.transformer, base_model, output_dir, GenerationDefaults.load(lora_dir))
 
 
 def main(argv=None) -> None:

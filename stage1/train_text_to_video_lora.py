@@ -27,7 +27,7 @@ class LoraTrainer(Trainer):
     scheduler_class = GameScheduler
 
     def build_transformer(self) -> torch.nn.Module:
-        transformer = CogVideoXTransformer3DModel.from_pretrained(self.args.pretrained_model_name_or_path, subfolder="transformer")
+        transformer = CogVideoXTransformer3DModel.from_pretrained(self.model_dir, subfolder="transformer")
         transformer.requires_grad_(False)
         transformer.add_adapter(
             LoraConfig(
@@ -44,7 +44,8 @@ class LoraTrainer(Trainer):
         return self.output_dir
 
     def save_final(self, transformer: torch.nn.Module) -> None:
-        """LoRA weights in diffusers' format, loadable by CogVideoXPipeline.load_lora_weights.
+        """LoRA weights in diffusers' format, loadable by CogVideoXPipeline.load_lora_weights, and the run's
+        ``GenerationDefaults``, which fuse_lora_weights.py puts in the fused model directory.
 
         The adapter's peft config goes in as metadata: without it diffusers loads the LoRA with
         lora_alpha = rank, a scale of 1 instead of the trained alpha / rank.
@@ -53,6 +54,7 @@ class LoraTrainer(Trainer):
             str(self.output_dir), transformer_lora_layers=get_peft_model_state_dict(transformer),
             transformer_lora_adapter_metadata=transformer.peft_config[ADAPTER_NAME].to_dict(), safe_serialization=True,
         )
+        self.args.generation_defaults().save(self.output_dir)
 
 
 def main(argv=None) -> Path:

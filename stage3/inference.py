@@ -1,13 +1,15 @@
 """Stream a video of any length with a stage 3 model, steered by controls, written to an mp4 as it is made.
 
-    python inference.py --model_dir ../outputs/stage3/model --data_root ../data/footage \\
-        --index_file ../data/footage/index.json --seconds 60 --controls "D,D,DL,DL,D,D,DR,DR" --output drive.mp4
+    python inference.py --model_dir ../outputs/stage3/model --data_root ../footage \\
+        --index_file ../footage/index.json --seconds 60 --random_controls --output stream.mp4
 
-The stream continues a clip: --initial_video FILE (its last frames), or sample --sample_index of a dataset
-(--data_root, --index_file); either must hold one training clip (73 frames at --fps for the default
-window). Controls are a comma-separated pattern cycled per latent frame, or --random_controls (a random
-key held for a random number of groups). The mp4 grows at OUTPUT.partial while the stream runs (a player
-can open it) and moves to OUTPUT when done; each frame shows its control.
+The model directory gives the window, frame rate, frame size and control vocabulary it was trained with; an
+option that contradicts it is an error. The stream continues a clip: --initial_video FILE (its last frames),
+or sample --sample_index of a dataset (--data_root, --index_file); either must hold one training clip at the
+model's frame rate (1 + 4 * (2 + G * W) frames: 73 for the recipe's window of 4 groups of 4). Controls are a
+comma-separated pattern of the model's tokens cycled per latent frame (default: every token in turn), or
+--random_controls (a random key held for a random number of groups). The mp4 grows at OUTPUT.partial while
+the stream runs (a player can open it) and moves to OUTPUT when done; each frame shows its control.
 """
 
 from __future__ import annotations
@@ -17,25 +19,26 @@ import math
 import random
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-import decord
-import numpy as np
 import torch
+from diffusers import AutoencoderKLCogVideoX
 
-from stage1.inference import DEFAULT_PROMPT
-from stage3.cogvideox.pipeline_cogvideox import SwinDPMPipeline, history_latent_frames, window_clip_frames
-from thematrix.cli import run
-from thematrix.controls import ControlVocabulary
-from thematrix.data.dataset import (
-    FPS_TOLERANCE,
-    UINT8_HALF_RANGE,
-    DatasetError,
-    VideoDataset,
-    resize_center_crop,
-    time_indices,
+from stage3.cogvideox.pipeline_cogvideox import (
+    RECIPE_GROUP_SIZE,
+    RECIPE_NUM_GROUPS,
+    SwinDPMPipeline,
+    condition_control,
+    window_clip_frames,
 )
-from thematrix.data.index import load_index
+from thematrix.cli import run
+from thematrix.config import ConfigError, setting_from_model
+from thematrix.controls import CONTROL_SEPARATOR, ControlVocabulary, default_control_pattern
+from thematrix.data.index import Sample, load_index
+from thematrix.data.initial_clip import InitialClip, sample_start, video_end
+from thematrix.model_dir import COGVIDEOX_FPS, GenerationDefaults, generation_defaults, vae_architecture
+from thematrix.models.interactive_transformer import model_vocabulary
 from thematrix.video import draw_control_overlay, tensor_to_uint8_frames
 from thematrix.video_stream import Mp4StreamWriter
 
@@ -51,48 +54,69 @@ def random_controls(vocabulary: ControlVocabulary, group_size: int, seed: int) -
             yield [token] * group_size
 
 
-def read_initial_video(path: Path, fps: float, height: int, width: int, frames: int) -> torch.Tensor:
-    """The last ``frames`` frames of a video file at ``fps``, resized and center-cropped as the dataset does:
-    ``[frames, 3, H, W]`` in [-1, 1]."""
-    if not path.is_file():
-        raise FileNotFoundError(f"--initial_video {path}: no such file")
-    reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
-    source_fps = float(reader.get_avg_fps())
-    if source_fps < fps * (1 - FPS_TOLERANCE):
-        raise DatasetError(f"--initial_video {path} is {source_fps:g} fps, below --fps {fps:g}; lower --fps")
-    # Frames counted back from the last one, one per 1/fps seconds.
-    steps_back = time_indices(np.arange(int(len(reader) * fps / source_fps) + 1), source_fps, fps)
-    steps_back = steps_back[steps_back < len(reader)]
-    if len(steps_back) < frames:
-        raise DatasetError(
-            f"--initial_video {path} gives {len(steps_back)} frames at {fps:g} fps; the stream starts from the last "
-            f"{frames} ({frames / fps:.1f} s): pass a longer video"
+@dataclass
+class StreamStart:
+    """What a stream front end (this script, play.py) knows before its model loads, all of it checked: the model
+    directory, its vocabulary and what it records (``defaults``), the length and size of the clip a stream
+    starts from, and the dataset's usable samples (none without ``--index_file``)."""
+
+    model_dir: Path
+    vocabulary: ControlVocabulary
+    defaults: GenerationDefaults
+    vae_layout: AutoencoderKLCogVideoX  # without weights: its factors
+    initial_frames: int  # window_clip_frames: 1 + c * (H + G * W)
+    samples: list[Sample]
+
+    @property
+    def temporal_compression(self) -> int:
+        return self.vae_layout.config.temporal_compression_ratio
+
+    def from_sample(self, index: int, fps: float) -> InitialClip:
+        """The first frames of usable sample ``index``, with its caption and its condition latent frame's control."""
+        item = sample_start(
+            self.samples, index, fps=fps, height=self.defaults.height, width=self.defaults.width,
+            frames=self.initial_frames, temporal_compression=self.temporal_compression, vocabulary=self.vocabulary,
         )
-    indices = (len(reader) - 1 - steps_back[:frames])[::-1]
-    frames = torch.from_numpy(reader.get_batch(indices.tolist()).asnumpy()).permute(0, 3, 1, 2).float()
-    # The dataset's own resize and crop, which reads only the target size from the dataset.
-    video = resize_center_crop(frames, height, width)
-    return (video / UINT8_HALF_RANGE - 1.0).clamp(-1.0, 1.0)
+        initial_control = condition_control(item["control_tokens"], self.vae_layout)
+        return InitialClip(item["video"], Path(item["path"]).name, item["caption"], initial_control)
+
+    def from_file(self, path: Path, fps: float) -> InitialClip:
+        """The last frames of a video file."""
+        video = video_end(path, fps, self.defaults.height, self.defaults.width, self.initial_frames)
+        return InitialClip(video, Path(path).name, path=Path(path))
 
 
-def dataset_initial_video(args, vocabulary: ControlVocabulary, height: int, width: int, temporal_compression: int,
-                          frames: int) -> dict:
-    """The first ``frames`` frames of item ``--sample_index`` of the usable samples of the index, as
-    ``VideoDataset`` gives them."""
-    samples, problems = load_index(args.index_file, args.data_root, vocabulary)
-    for problem in problems:
-        print(f"skipped: {problem}")
-    if not 0 <= args.sample_index < len(samples):
-        raise DatasetError(
-            f"--sample_index {args.sample_index}: {args.index_file} has {len(samples)} usable samples; pass 0.."
-            f"{len(samples) - 1}"
-        )
+def check_stream_options(args: argparse.Namespace, pipeline_class=SwinDPMPipeline) -> StreamStart:
+    """Complete and check the stream's options against the model directory, before any weight loads.
+
+    Unset, ``--num_groups``, ``--group_size`` and ``--fps`` take what the model records (else the recipe's window
+    at CogVideoX's frame rate); set, they must agree with it. Then the step count and the dataset's index, checked
+    against the model's vocabulary (each unusable entry printed).
+    """
+    model_dir = pipeline_class.check_stage_model(args.model_dir)
+    defaults = generation_defaults(model_dir)
+    vocabulary = model_vocabulary(model_dir)
+    model = f"the model at {model_dir}"
+    args.num_groups = setting_from_model("--num_groups", args.num_groups, defaults.num_groups, model) or RECIPE_NUM_GROUPS
+    args.group_size = setting_from_model("--group_size", args.group_size, defaults.group_size, model) or RECIPE_GROUP_SIZE
+    args.fps = setting_from_model("--fps", args.fps, defaults.fps, model) or COGVIDEOX_FPS
+    args.num_inference_steps = args.num_inference_steps or args.num_groups
     try:
-        dataset = VideoDataset([samples[args.sample_index]], fps=args.fps, height=height, width=width,
-                               frame_buckets=(frames,), temporal_compression=temporal_compression, vocabulary=vocabulary)
-    except DatasetError as error:
-        raise DatasetError(f"--sample_index {args.sample_index}: the stream starts from {frames} frames; {error}") from None
-    return dataset[0]
+        pipeline_class.check_steps(args.num_inference_steps, args.num_groups)
+    except ValueError as error:
+        raise ConfigError(f"--num_inference_steps: {error}") from None
+    samples = []
+    if args.index_file is not None:
+        samples, problems = load_index(
+            args.index_file, args.data_root, vocabulary, allow_outside_data_root=args.allow_paths_outside_data_root
+        )
+        for problem in problems:
+            print(f"skipped: {problem}")
+    vae = vae_architecture(model_dir)
+    return StreamStart(
+        model_dir=model_dir, vocabulary=vocabulary, defaults=defaults, vae_layout=vae,
+        initial_frames=window_clip_frames(vae, args.num_groups, args.group_size), samples=samples,
+    )
 
 
 SWIN_DPM_DEFAULTS = {"num_inference_steps": 20, "guidance_scale": 6.0}
@@ -107,16 +131,19 @@ def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
     start.add_argument("--data_root", default=None, help="folder the index's paths are relative to")
     start.add_argument("--index_file", default=None, help="index JSON of the dataset")
     start.add_argument("--sample_index", type=int, default=0, help="which usable sample of the index (default 0)")
+    start.add_argument("--allow_paths_outside_data_root", action="store_true",
+                       help="accept index entries whose path leads outside --data_root")
 
     sampling = parser.add_argument_group("sampling")
-    sampling.add_argument("--prompt", default=None, help="default: the sample's caption, else a driving prompt")
+    sampling.add_argument("--prompt", default=None, help="default: the sample's caption, else the model's prompt")
     sampling.add_argument("--seed", type=int, default=0, help="seeds the noise and --random_controls")
     sampling.add_argument("--num_inference_steps", type=int, help="N, a multiple of --num_groups (default: %(default)s; None = one step per group)")
-    sampling.add_argument("--num_groups", type=int, default=4, help="G: noise groups in the window")
-    sampling.add_argument("--group_size", type=int, default=4, help="W: latent frames per group")
+    sampling.add_argument("--num_groups", type=int, default=None, help="G: noise groups in the window (default: the model's)")
+    sampling.add_argument("--group_size", type=int, default=None, help="W: latent frames per group (default: the model's)")
     sampling.add_argument("--guidance_scale", type=float, help="text guidance (default: %(default)s)")
     sampling.add_argument("--control_guidance_scale", type=float, default=1.0, help="> 1 strengthens the controls")
-    sampling.add_argument("--fps", type=float, default=8.0, help="frame rate of the model's videos and of the mp4")
+    sampling.add_argument("--fps", type=int, default=None,
+                          help="frame rate of the initial clip and of the mp4 (default: the model's)")
 
 
 def parse_args(argv=None, description: str = __doc__, defaults: dict = SWIN_DPM_DEFAULTS,
@@ -130,8 +157,9 @@ def parse_args(argv=None, description: str = __doc__, defaults: dict = SWIN_DPM_
     length.add_argument("--seconds", type=float, default=60.0, help="video length at --fps (default 60)")
     length.add_argument("--groups", type=int, default=None, help="number of groups to emit instead of --seconds")
 
-    controls = parser.add_mutually_exclusive_group(required=True)
-    controls.add_argument("--controls", help='control tokens cycled per latent frame, e.g. "D,D,DL,DL"')
+    controls = parser.add_mutually_exclusive_group()
+    controls.add_argument("--controls", help="control tokens cycled per latent frame, comma-separated "
+                                              "(default: every token of the model's vocabulary in turn)")
     controls.add_argument("--random_controls", action="store_true", help="random keys, each held for some groups")
 
     parser.add_argument("--output", type=Path, default=Path("output.mp4"))
@@ -148,43 +176,49 @@ def parse_args(argv=None, description: str = __doc__, defaults: dict = SWIN_DPM_
         )
     if args.groups is not None and args.groups < 1:
         parser.error(f"--groups must be at least 1, got {args.groups}")
-    args.num_inference_steps = args.num_inference_steps or args.num_groups
-    try:
-        pipeline_class.check_steps(args.num_inference_steps, args.num_groups)
-    except ValueError as error:
-        parser.error(str(error))
+    check_step_options(parser, args, pipeline_class)
     return args
+
+
+def check_step_options(parser: argparse.ArgumentParser, args: argparse.Namespace, pipeline_class) -> None:
+    """With --num_groups given, a step count the stream cannot take is refused at once (else once the model's
+    window is known)."""
+    if args.num_groups is not None:
+        try:
+            pipeline_class.check_steps(args.num_inference_steps or args.num_groups, args.num_groups)
+        except ValueError as error:
+            parser.error(str(error))
 
 
 def main(argv=None, pipeline_class=SwinDPMPipeline, description: str = __doc__, defaults: dict = SWIN_DPM_DEFAULTS) -> Path:
     args = parse_args(argv, description, defaults, pipeline_class)
-    pipeline = pipeline_class.from_model_dir(args.model_dir)
-    vocabulary = pipeline.transformer.control_vocabulary
-    compression = pipeline.temporal_compression
-    _, height, width = pipeline.native_size
-    # The stream starts from one training clip's worth of frames (see SwinDPMPipeline).
-    frames = window_clip_frames(pipeline.vae, args.num_groups, args.group_size)
-    prompt, initial_control = args.prompt or DEFAULT_PROMPT, None
-    if args.initial_video is not None:
-        initial_video = read_initial_video(args.initial_video, args.fps, height, width, frames)
+    start = check_stream_options(args, pipeline_class)
+    vocabulary = start.vocabulary
+    if args.random_controls:
+        controls = random_controls(vocabulary, args.group_size, args.seed)
     else:
-        item = dataset_initial_video(args, vocabulary, height, width, compression, frames)
-        initial_video = item["video"]
-        initial_control = item["control_tokens"][history_latent_frames(pipeline.vae)]  # the condition latent's
-        prompt = args.prompt or item["caption"]
-        print(f"initial clip: {item['path']} ({len(initial_video)} frames)")
+        controls = args.controls or CONTROL_SEPARATOR.join(default_control_pattern(vocabulary))
+        vocabulary.parse(controls)
+    if args.initial_video is not None:
+        clip = start.from_file(args.initial_video, args.fps)
+    else:
+        clip = start.from_sample(args.sample_index, args.fps)
+        print(f"initial clip: {clip.name} ({len(clip.video)} frames)")
+    prompt = args.prompt or clip.caption or start.defaults.prompt
+    if prompt is None:
+        raise ConfigError(f"--prompt: {start.model_dir} records no prompt and --initial_video has no caption; pass --prompt")
 
-    frames_per_group = compression * args.group_size
+    pipeline = pipeline_class.from_model_dir(start.model_dir)
+    frames_per_group = start.temporal_compression * args.group_size
     num_groups = args.groups or max(1, math.ceil(args.seconds * args.fps / frames_per_group))
-    controls = random_controls(vocabulary, args.group_size, args.seed) if args.random_controls else args.controls
     stream = pipeline.stream(
-        prompt, initial_video, controls, num_groups=args.num_groups, group_size=args.group_size,
+        prompt, clip.video, controls, num_groups=args.num_groups, group_size=args.group_size,
         num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
         control_guidance_scale=args.control_guidance_scale,
         generator=torch.Generator(device=pipeline.device).manual_seed(args.seed),
-        max_groups=num_groups, initial_control=initial_control,
+        max_groups=num_groups, initial_control=clip.initial_control,
     )
-    start = previous = time.perf_counter()
+    start_time = previous = time.perf_counter()
     with Mp4StreamWriter(args.output, fps=args.fps) as writer:
         print(f"writing {writer.partial_path}, renamed to {args.output} when done")
         for chunk in stream:
@@ -195,7 +229,7 @@ def main(argv=None, pipeline_class=SwinDPMPipeline, description: str = __doc__, 
             print(f"group {chunk.group_index + 1}/{num_groups}: {len(chunk.frames)} frames in {now - previous:.2f} s "
                   f"({len(chunk.frames) / (now - previous):.1f} FPS), controls {','.join(chunk.controls)}", flush=True)
             previous = now
-    total = time.perf_counter() - start
+    total = time.perf_counter() - start_time
     print(f"{writer.frames_written} frames in {total:.2f} s: {writer.frames_written / total:.2f} frames per second")
     print(f"video: {args.output.resolve()}")
     return args.output

@@ -1,12 +1,12 @@
 """Play a stage 3 model live: a local web page streams the world and takes the player's keys.
 
-    python play.py --model_dir ../outputs/stage3/model --data_root ../data/footage \\
-        --index_file ../data/footage/index.json
+    python play.py --model_dir ../outputs/stage3/model --data_root ../footage --index_file ../footage/index.json
 
 then open the address it prints (http://127.0.0.1:8000/). The world starts from --initial_video, or sample
 --sample_index of the dataset; the page can start from any dataset clip or an uploaded video, change the prompt,
 pause, restart and record. A recording downloads as a zip whose replay.sh generates it again with inference.py.
-Sampling options are inference.py's; the page plays at --fps.
+Sampling options are inference.py's, checked against the model before it loads; the page plays at the model's
+frame rate.
 """
 
 from __future__ import annotations
@@ -17,51 +17,52 @@ from pathlib import Path
 
 import torch
 
-from stage1.inference import DEFAULT_PROMPT
 from stage3 import inference
-from stage3.cogvideox.pipeline_cogvideox import StreamChunk, SwinDPMPipeline, history_latent_frames, window_clip_frames
+from stage3.cogvideox.pipeline_cogvideox import StreamChunk, SwinDPMPipeline
 from thematrix.cli import run
-from thematrix.data.index import load_index
+from thematrix.config import ConfigError
+from thematrix.data.initial_clip import InitialClip
 from thematrix.play.server import add_server_arguments, check_server_arguments, play
-from thematrix.play.world import Clip
 
 
 class StreamWorldModel:
     """Everything play needs from the pipeline and inference.py, in one place: the initial clips as inference.py
-    reads them, the stream as inference.py runs it, and inference.py's arguments that replay a recorded segment."""
+    reads them, the stream as inference.py runs it, and inference.py's arguments that replay a recorded segment.
+    The options and the first clip are checked against the model directory (inference.check_stream_options)
+    before it loads."""
 
     def __init__(self, args: argparse.Namespace, pipeline_class: type[SwinDPMPipeline], inference_module: str):
         self.args = args
         self.inference_module = inference_module
-        self.pipeline = pipeline_class.from_model_dir(args.model_dir)
-        self.vocabulary = self.pipeline.transformer.control_vocabulary
-        self.compression = self.pipeline.temporal_compression
-        _, self.height, self.width = self.pipeline.native_size
+        self.start = inference.check_stream_options(args, pipeline_class)
+        self.vocabulary = self.start.vocabulary
         self.fps, self.num_groups, self.group_size = args.fps, args.num_groups, args.group_size
-        # As inference.py: the stream starts from one training clip's worth of frames.
-        self.initial_frames = window_clip_frames(self.pipeline.vae, self.num_groups, self.group_size)
-        self.condition_latent = history_latent_frames(self.pipeline.vae)
-        self.default_prompt = DEFAULT_PROMPT
-        self._samples = []
-        if args.index_file is not None:
-            self._samples, problems = load_index(args.index_file, args.data_root, self.vocabulary)
-            for problem in problems:
-                print(f"skipped: {problem}")
+        self.initial_frames = self.start.initial_frames
+        self.default_prompt = args.prompt or self.start.defaults.prompt or self._first_caption()
+        self.first_clip = None  # the world waits for a clip from the page
+        if args.initial_video is not None:
+            self.first_clip = self.clip_from_file(args.initial_video)
+        elif args.index_file is not None:
+            self.first_clip = self.clip_from_sample(args.sample_index)
+        self.pipeline = pipeline_class.from_model_dir(self.start.model_dir)
+
+    def _first_caption(self) -> str:
+        """The prompt of a model that records none: the dataset's first caption."""
+        if not self.start.samples:
+            raise ConfigError(
+                f"--prompt: the model at {self.start.model_dir} records no prompt and there is no dataset to take a "
+                "caption from; pass --prompt"
+            )
+        return self.start.samples[0].caption
 
     def sample_names(self) -> list[str]:
-        return [f"{sample.relative_path}: {sample.caption}" for sample in self._samples]
+        return [f"{sample.relative_path}: {sample.caption}" for sample in self.start.samples]
 
-    def clip_from_sample(self, index: int) -> Clip:
-        args = argparse.Namespace(**{**vars(self.args), "sample_index": index})
-        item = inference.dataset_initial_video(
-            args, self.vocabulary, self.height, self.width, self.compression, self.initial_frames
-        )
-        initial_control = item["control_tokens"][self.condition_latent]
-        return Clip(item["video"], Path(item["path"]).name, item["caption"], initial_control)
+    def clip_from_sample(self, index: int) -> InitialClip:
+        return self.start.from_sample(index, self.fps)
 
-    def clip_from_file(self, path: Path) -> Clip:
-        video = inference.read_initial_video(Path(path), self.fps, self.height, self.width, self.initial_frames)
-        return Clip(video, Path(path).name, path=Path(path))
+    def clip_from_file(self, path: Path) -> InitialClip:
+        return self.start.from_file(path, self.fps)
 
     def stream(self, clip: Clip, prompt: str, controls: Callable[[int], list[str]]) -> Iterator[StreamChunk]:
         args = self.args
@@ -100,11 +101,7 @@ def parse_args(argv=None, description: str = __doc__, defaults: dict = inference
     if (args.data_root is None) != (args.index_file is None):
         parser.error("give --data_root and --index_file together (or neither, and upload a video on the page)")
     check_server_arguments(parser, args)
-    args.num_inference_steps = args.num_inference_steps or args.num_groups
-    try:
-        pipeline_class.check_steps(args.num_inference_steps, args.num_groups)
-    except ValueError as error:
-        parser.error(str(error))
+    inference.check_step_options(parser, args, pipeline_class)
     return args
 
 
@@ -112,12 +109,7 @@ def main(argv=None, pipeline_class: type[SwinDPMPipeline] = SwinDPMPipeline, des
          defaults: dict = inference.SWIN_DPM_DEFAULTS, inference_module: str = "stage3.inference") -> None:
     args = parse_args(argv, description, defaults, pipeline_class)
     model = StreamWorldModel(args, pipeline_class, inference_module)
-    first_clip = None
-    if args.initial_video is not None:
-        first_clip = model.clip_from_file(args.initial_video)
-    elif args.index_file is not None:
-        first_clip = model.clip_from_sample(args.sample_index)
-    play(model, args, first_clip)
+    play(model, args, model.first_clip)
 
 
 if __name__ == "__main__":

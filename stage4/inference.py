@@ -1,11 +1,12 @@
 """Stream a video of any length with a stage 4 (SCM) model, one step per group, written to an mp4 as it is made.
 
-    python inference.py --model_dir ../outputs/stage4/model --data_root ../data/footage \\
-        --index_file ../data/footage/index.json --seconds 60 --controls "D,D,DL,DL,D,D,DR,DR" --output drive.mp4
+    python inference.py --model_dir ../outputs/stage4/model --data_root ../footage \\
+        --index_file ../footage/index.json --seconds 60 --random_controls --output stream.mp4
 
-Every option is stage 3's; --num_inference_steps is --num_groups (one forward per emitted group, the only step
-count a student is trained for: another is refused) and --guidance_scale defaults to 1 (the student needs no
-CFG pass). It prints the time to the first frame and the frames per second.
+Every option is stage 3's (the window, frame rate and vocabulary come from the model directory);
+--num_inference_steps is --num_groups (one forward per emitted group, the only step count a student is trained
+for: another is refused) and --guidance_scale defaults to 1 (the student needs no CFG pass). It prints the time
+to the first frame and the frames per second.
 """
 
 from __future__ import annotations

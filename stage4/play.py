@@ -1,7 +1,6 @@
 """Play a stage 4 (SCM) model live: a local web page streams the world and takes the player's keys.
 
-    python play.py --model_dir ../outputs/stage4/model --data_root ../data/footage \\
-        --index_file ../data/footage/index.json
+    python play.py --model_dir ../outputs/stage4/model --data_root ../footage --index_file ../footage/index.json
 
 then open the address it prints (http://127.0.0.1:8000/). Everything is stage 3's play.py; only the sampling
 defaults differ, as in inference.py: --num_inference_steps defaults to --num_groups and --guidance_scale to 1.

@@ -20,7 +20,7 @@ from peft import LoraConfig
 
 from stage3.train_text_to_video_sft import SwinTrainer
 from stage4.cogvideox.pipeline_cogvideox import ScmPipeline
-from stage4.cogvideox.scheduler import ScmScheduler
+from stage4.cogvideox.scheduler import ScmScheduler, distillation_timesteps, teacher_schedule
 from stage4.training.arguments import ScmArgs
 from thematrix.cli import run
 from thematrix.config import ConfigError
@@ -73,15 +73,27 @@ class ScmTrainer(SwinTrainer):
     pipeline_class = ScmPipeline
     scheduler_class = ScmScheduler
 
-    def build_transformer(self) -> torch.nn.Module:
-        """The student starts as the teacher: all of it trains, or LoRA adapters (zero at start) on attention."""
-        path = self.args.pretrained_model_name_or_path
-        found = transformer_class_name(path)
+    def check_settings(self) -> None:
+        """A stage-3 model to distil, then stage 3's checks (window, vocabulary, clips), then one validation step
+        per group."""
+        args = self.args
+        found = transformer_class_name(self.model_dir)
         if found != InteractiveCogVideoXTransformer3DModel.__name__:
             raise ConfigError(
-                f"args.pretrained_model_name_or_path = {path!r} holds a {found}; stage 4 "
+                f"args.pretrained_model_name_or_path = {args.pretrained_model_name_or_path!r} holds a {found}; stage 4 "
                 "distils a stage-3 model: pass stage 3's <output_dir>/model"
             )
+        super().check_settings()
+        args.validation_num_inference_steps = args.validation_num_inference_steps or args.num_noise_groups
+        try:
+            self.teacher_schedule = teacher_schedule(self.scheduler, args.teacher_num_inference_steps, args.num_noise_groups)
+        except ValueError as error:
+            raise ConfigError(f"args.teacher_num_inference_steps = {args.teacher_num_inference_steps}: {error}") from None
+        # The student's consistency function, on the same grid: from t to the phase boundary b of its band.
+        self.consistency = self.scheduler.grouped_schedule(args.teacher_num_inference_steps, args.num_noise_groups)
+
+    def build_transformer(self) -> torch.nn.Module:
+        """The student starts as the teacher: all of it trains, or LoRA adapters (zero at start) on attention."""
         if self.args.student == "full":
             return super().build_transformer()
         transformer = self.load_interactive_transformer()
@@ -94,14 +106,11 @@ class ScmTrainer(SwinTrainer):
         )
         return transformer
 
-    def setup(self) -> None:
-        super().setup()
+    def after_setup(self) -> None:
+        """The frozen teacher (the stage-3 model), and the EMA target, which checkpoints hold with the student."""
         args, device = self.args, self.accelerator.device
-        self.scheduler.configure_distillation(args.teacher_num_inference_steps, args.skipping_interval)
-        self.consistency = self.scheduler.grouped_schedule(args.teacher_num_inference_steps, args.num_noise_groups)
-
         teacher = InteractiveCogVideoXTransformer3DModel.from_pretrained(
-            args.pretrained_model_name_or_path, subfolder="transformer", dtype=self.weight_dtype
+            self.model_dir, subfolder="transformer", dtype=self.weight_dtype
         ).requires_grad_(False).eval()
         # The teacher is called through the pipeline's guided velocity, as the stage-3 stream calls it.
         self.teacher_pipeline = self.pipeline_class(
@@ -110,11 +119,10 @@ class ScmTrainer(SwinTrainer):
 
         self.ema = EmaTarget(self.accelerator.unwrap_model(self.transformer), args.ema_decay)
         self.accelerator.register_for_checkpointing(self.ema)
-        # The wrapped optimizer steps only when gradients sync, so this runs once per optimizer step,
-        # before the step's checkpoint: a checkpoint's target matches its student.
-        self.optimizer.optimizer.register_step_post_hook(self._update_target)
 
-    def _update_target(self, optimizer, args, kwargs) -> None:
+    def after_optimizer_step(self) -> None:
+        """The target follows the student: theta^- <- mu theta^- + (1 - mu) theta, before the step's checkpoint, so a
+        checkpoint's target matches its student."""
         self.ema.update(self.accelerator.unwrap_model(self.transformer))
 
     def velocity(self, model: torch.nn.Module, latents, timesteps, prompt_embeds, controls) -> torch.Tensor:
@@ -138,14 +146,17 @@ class ScmTrainer(SwinTrainer):
             velocity = self.teacher_pipeline.guided_velocity(
                 latents.to(self.weight_dtype), now, prompt_embeds, negative, controls, guidance, control_guidance
             )
-            latents = self.scheduler.teacher_schedule.step(velocity, latents, now, after)[0]
+            latents = self.teacher_schedule.step(velocity, latents, now, after)[0]
         return latents
 
     def compute_loss(self, batch: dict[str, Any], first_sample_position: int) -> torch.Tensor:
         """Consistency loss d(f_theta(x_t, t), f_ema(x_s, s)) over the noisy frames, both mapped to boundary b."""
         args = self.args
         latents, noise, prompt_embeds, generators = self.prepare_batch(batch, first_sample_position)
-        draws = [self.scheduler.sample_distillation_timesteps(generator) for generator in generators]
+        draws = [
+            distillation_timesteps(self.teacher_schedule, args.group_size, args.skipping_interval, generator)
+            for generator in generators
+        ]
         path, boundary = (torch.cat(parts) for parts in zip(*draws))  # [B, k + 1, F], [B, F]
         timesteps, targets = path[:, 0], path[:, -1]
         noisy = self.noisy_latents(latents, noise, timesteps)
@@ -182,7 +193,7 @@ class ScmTrainer(SwinTrainer):
         transformer.to(torch.float32)
         transformer.fuse_lora()
         transformer.unload_lora()
-        save_model_dir(transformer, self.args.pretrained_model_name_or_path, self.final_model_dir)
+        save_model_dir(transformer, self.model_dir, self.final_model_dir, self.args.generation_defaults())
 
 
 def main(argv=None) -> Path:

@@ -14,7 +14,7 @@ from stage1.training.arguments import LoraArgs
 from stage3.cogvideox.pipeline_cogvideox import SwinDPMPipeline
 from stage3.cogvideox.scheduler import SwinScheduler
 from thematrix.base_model import build_base_model
-from thematrix.controls import DEFAULT_VOCABULARY
+from thematrix.controls import VOCABULARY_FILE, ControlVocabulary
 from thematrix.model_dir import load_components, save_model_dir
 from thematrix.models import (
     InteractiveCogVideoXTransformer3DModel,
@@ -28,6 +28,13 @@ CLIP_FRAMES = 25
 TRAIN_FRAMES = 17  # the clip length stages 1 and 2 train on in tests: 5 latent frames
 CLIP_FPS = 10
 NUM_CLIPS = 4
+# The test clips' game: a square steered by nine keys, a vocabulary of the tests' own.
+TEST_VOCABULARY = ControlVocabulary(
+    ("RIGHT", "LEFT", "UP", "DOWN", "JUMP", "DUCK", "STAY", "FIRE", "RUN"),
+    ("The square moves right.", "The square moves left.", "The square moves up.", "The square moves down.",
+     "The square jumps.", "The square ducks.", "The square stays where it is.", "The square fires.",
+     "The square runs."),
+)
 
 
 @pytest.fixture(scope="session")
@@ -50,10 +57,12 @@ def moving_square_clip(index: int, num_frames: int, height: int, width: int) -> 
 
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> tuple[Path, Path]:
-    """(data_root, index_file) of NUM_CLIPS clips, one control token per frame."""
+    """(data_root, index_file) of NUM_CLIPS clips, one control token per frame, with TEST_VOCABULARY as the data
+    root's vocabulary.json."""
     root = tmp_path_factory.mktemp("clips")
+    TEST_VOCABULARY.save(root / VOCABULARY_FILE)
     entries = []
-    tokens = DEFAULT_VOCABULARY.tokens
+    tokens = TEST_VOCABULARY.tokens
     for index in range(NUM_CLIPS):
         name = f"clip_{index}.mp4"
         write_mp4(moving_square_clip(index, CLIP_FRAMES, TINY_HEIGHT, TINY_WIDTH), root / name, fps=CLIP_FPS)
@@ -113,6 +122,7 @@ def lora_args(tiny_model_dir, tiny_dataset, stage1_cache_dir, tmp_path):
     return make
 
 
+CONTROL_MODULE_SEED = 1
 CONTROL_GATE_STD = 0.5  # random adaLN gates for the control blocks, which start at zero, so controls change the output
 
 
@@ -128,12 +138,15 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def pipeline(tiny_model_dir):
-    """A tiny stage-3 pipeline on the tiny base model, whose control blocks have random (non-zero) gates."""
+    """A tiny stage-3 pipeline on the tiny base model, whose control blocks have random (non-zero) gates.
 
+    The same weights whatever ran before: the new modules draw their initial weights from torch's global generator.
+    """
     components = load_components(tiny_model_dir, torch.float32, SwinScheduler, CogVideoXTransformer3DModel)
-    table = compute_control_embeddings(DEFAULT_VOCABULARY, components["tokenizer"], components["text_encoder"])
-    transformer = InteractiveCogVideoXTransformer3DModel.from_base(components["transformer"], DEFAULT_VOCABULARY, table)
-    generator = torch.Generator().manual_seed(1)
+    table = compute_control_embeddings(TEST_VOCABULARY, components["tokenizer"], components["text_encoder"])
+    torch.manual_seed(CONTROL_MODULE_SEED)
+    transformer = InteractiveCogVideoXTransformer3DModel.from_base(components["transformer"], TEST_VOCABULARY, table)
+    generator = torch.Generator().manual_seed(CONTROL_MODULE_SEED)
     with torch.no_grad():
         for block in transformer.control_blocks:
             for parameter in block.norm.linear.parameters():

@@ -1,4 +1,4 @@
-"""Running stage 1 as users do, through `bash stage1/train_text_to_video_lora.sh`, from the tests."""
+"""Running the stages as users do, through their bash launchers (`bash stage1/train_text_to_video_lora.sh`), from the tests."""
 
 from __future__ import annotations
 
@@ -26,8 +26,9 @@ def write_config(args: LoraArgs, path: Path) -> Path:
     return path
 
 
-def launch_stage1(config: Path, log: Path, num_processes: int = 1) -> subprocess.Popen:
-    """Start the stage-1 launcher on ``config`` in a session of its own; its output goes to ``log``."""
+def launch(launcher: Path, arguments: list[str], log: Path, num_processes: int = 1, **environment: str) -> subprocess.Popen:
+    """Start a stage launcher (``bash stageN/train_*.sh ARGUMENTS``) in a session of its own, one CPU thread per
+    process, with ``environment`` added; its output goes to ``log``."""
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
@@ -35,12 +36,17 @@ def launch_stage1(config: Path, log: Path, num_processes: int = 1) -> subprocess
         "MAIN_PROCESS_PORT": "0",  # a free port: parallel test runs do not collide
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": str(REPO_ROOT),
+        **environment,
     }
     with log.open("w") as output:
         return subprocess.Popen(
-            ["bash", str(STAGE1_LAUNCHER), "--config", str(config)],
-            env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+            ["bash", str(launcher), *arguments], env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
         )
+
+
+def launch_stage1(config: Path, log: Path, num_processes: int = 1) -> subprocess.Popen:
+    """Start the stage-1 launcher on ``config``."""
+    return launch(STAGE1_LAUNCHER, ["--config", str(config)], log, num_processes)
 
 
 def finish(process: subprocess.Popen, log: Path) -> tuple[int, str]:

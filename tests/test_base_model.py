@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer, T5Tokenizer
 
 from thematrix.base_model import build_base_model, build_components, main
-from thematrix.controls import CAR_RACING_CONTROLS
+from thematrix.controls import game_files, read_json_object, vocabulary_from_json
 from thematrix.tokenizer import EOS_ID, PAD_ID, SENTENCEPIECE_FILE, UNK_ID
 
 CAPTIONS = [
@@ -21,7 +21,9 @@ CAPTIONS = [
     "The camera looks down on the car as it brakes before a sharp left turn.",
     "Rain falls on the circuit at night; lap 3/10, speed 120 km/h!",
 ]
-TEXTS = list(CAR_RACING_CONTROLS.values()) + CAPTIONS
+# Every game's control phrases, which the tokenizer is trained on.
+PHRASES = [phrase for path in game_files() for phrase in vocabulary_from_json(read_json_object(path, "game"), str(path)).phrases]
+TEXTS = PHRASES + CAPTIONS
 HEIGHT, WIDTH, NUM_FRAMES = 48, 64, 9
 INFERENCE_STEPS = 2
 WEIGHT_FILES = {

@@ -164,6 +164,27 @@ def test_the_stage_configs_paths_resolve_as_the_readme_runs_them():
     assert args.pretrained_model_name_or_path == str(REPO_ROOT / "outputs" / "demo" / "base-tiny")
 
 
+STAGE_CONFIGS = [  # (stage folder, settings class, config file without "_tiny")
+    ("stage1", LoraArgs, "lora_config"), ("stage2", SftArgs, "sft_config"), ("stage3", SwinArgs, "sft_config"),
+    ("stage4", ScmArgs, "scm_config"),
+]
+
+
+@pytest.mark.parametrize("suffix", ["", "_tiny"], ids=["recipe", "tiny"])
+def test_each_stage_config_trains_on_the_footage_and_the_model_the_stage_before_wrote(suffix):
+    """Read as the launchers read them, the configs of one kind chain: stages 3 and 4 train on the previous stage's
+    <output_dir>/model, every stage on the same footage, and each passes its own checks."""
+    runs = []
+    for folder, args_class, config in STAGE_CONFIGS:
+        default = REPO_ROOT / folder / "training" / f"{config}.py"
+        args = parse_command_line(default, args_class, ["--config", str(default.with_stem(config + suffix))])
+        args.check()
+        runs.append(args)
+    for previous, following in zip(runs[1:], runs[2:]):
+        assert following.pretrained_model_name_or_path == str(Path(previous.output_dir) / "model")
+    assert len({(args.data_root, args.index_file) for args in runs}) == 1
+
+
 # ---------------------------------------------------------------- --help
 
 

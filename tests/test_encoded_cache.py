@@ -7,8 +7,7 @@ import os
 import pytest
 import torch
 
-from tests.conftest import CLIP_FPS, CLIP_FRAMES, TINY_HEIGHT, TINY_WIDTH
-from thematrix.controls import DEFAULT_VOCABULARY
+from tests.conftest import CLIP_FPS, CLIP_FRAMES, TEST_VOCABULARY, TINY_HEIGHT, TINY_WIDTH
 from thematrix.data.dataset import VideoDataset
 from thematrix.data.index import load_index
 from thematrix.training.encoded_cache import EncodedDataset, encode_dataset
@@ -31,9 +30,9 @@ class CountingEncoders:
 
 @pytest.fixture
 def dataset(tiny_dataset):
-    samples, _ = load_index(tiny_dataset[1], tiny_dataset[0], DEFAULT_VOCABULARY)
+    samples, _ = load_index(tiny_dataset[1], tiny_dataset[0], TEST_VOCABULARY)
     return VideoDataset(samples, fps=CLIP_FPS, height=TINY_HEIGHT, width=TINY_WIDTH,
-                        frame_buckets=(CLIP_FRAMES,), temporal_compression=4, vocabulary=DEFAULT_VOCABULARY)
+                        frame_buckets=(CLIP_FRAMES,), temporal_compression=4, vocabulary=TEST_VOCABULARY)
 
 
 def test_cache_is_reused_until_an_input_changes(dataset, tmp_path):

@@ -13,8 +13,8 @@ import torch
 from diffusers import AutoencoderKLCogVideoX
 from PIL import Image
 
-from tests.conftest import CLIP_FPS, TINY_HEIGHT, TINY_WIDTH
-from thematrix.controls import DEFAULT_VOCABULARY, VOCABULARY_FILE
+from tests.conftest import CLIP_FPS, TEST_VOCABULARY, TINY_HEIGHT, TINY_WIDTH
+from thematrix.controls import VOCABULARY_FILE
 from thematrix.evaluation.__main__ import main
 from thematrix.evaluation.evaluate import Reference
 from thematrix.evaluation.footage import reconstruct, round_trip_lengths, vae_fingerprint
@@ -32,7 +32,9 @@ from thematrix.evaluation.metrics import (
 from thematrix.evaluation.report import COMMIT_VARIABLE, environment, frame_labels
 
 C = 4  # the VAE's temporal compression
-STEERING = {"D": 0, "DL": -2, "DR": 2}  # pixels the square moves per frame under each token
+# Pixels the square moves per frame under each token: three of the tests' vocabulary, in its order.
+STEERING = {"RIGHT": 2, "LEFT": -2, "UP": 0}
+PROMPT = "A red square."  # the test models record none
 FOOTAGE_FRAMES = 33  # long enough to start a G = W = 2 stream (1 + 4 * (2 + 2 * 2) = 25 frames)
 
 
@@ -105,8 +107,8 @@ def test_windows_end_at_the_last_frame_of_each_latent_frame():
     windows = gather_windows(frames, torch.tensor([4, 19]), C)
     assert windows.shape == (2, C + 1, 3, 2, 2)
     assert windows[1, :, 0, 0, 0].tolist() == [15, 16, 17, 18, 19]
-    video = ScoredVideo(torch.zeros(13, 3, 2, 2, dtype=torch.uint8), ["D", "DL", "DR"])
-    assert frame_labels(video, C) == ["", *["D"] * 4, *["DL"] * 4, *["DR"] * 4]
+    video = ScoredVideo(torch.zeros(13, 3, 2, 2, dtype=torch.uint8), ["RIGHT", "LEFT", "UP"])
+    assert frame_labels(video, C) == ["", *["RIGHT"] * 4, *["LEFT"] * 4, *["UP"] * 4]
 
 
 def synthetic_footage(seed: int, clips: int, frames: int, height: int = 24, width: int = 32):
@@ -147,10 +149,10 @@ def write_footage(root, seed: int, clips: int):
         tokens = held_tokens(FOOTAGE_FRAMES, rng)
         write_mp4(steered_square(tokens, TINY_HEIGHT, TINY_WIDTH, int(rng.integers(TINY_WIDTH))), root / f"{clip}.mp4",
                   fps=CLIP_FPS)
-        entries.append({"path": f"{clip}.mp4", "caption": "A red square.", "control_signal_seq": ",".join(tokens),
+        entries.append({"path": f"{clip}.mp4", "caption": PROMPT, "control_signal_seq": ",".join(tokens),
                         "valid_frame_idx": 0})
     (root / "index.json").write_text(json.dumps({"list": entries}))
-    (root / VOCABULARY_FILE).write_text(json.dumps(DEFAULT_VOCABULARY.to_json()))
+    TEST_VOCABULARY.save(root / VOCABULARY_FILE)
     return root, root / "index.json"
 
 
@@ -175,7 +177,7 @@ def idm_dir(tiny_model_dir, footage, tmp_path_factory):
 def test_idm_command_writes_the_model_and_the_real_footage_reference(idm_dir, tiny_model_dir):
     reference = Reference.load(idm_dir, torch.device("cpu"))
     config = reference.idm.config
-    assert reference.vocabulary == DEFAULT_VOCABULARY
+    assert reference.vocabulary == TEST_VOCABULARY
     assert (config.height, config.width, config.frames_per_latent, config.fps) == (TINY_HEIGHT, TINY_WIDTH, C, CLIP_FPS)
     assert config.vae_fingerprint == vae_fingerprint(AutoencoderKLCogVideoX.from_pretrained(tiny_model_dir, subfolder="vae"))
     measures = reference.measures
@@ -192,6 +194,7 @@ def test_clips_with_and_without_controls_are_scored_against_the_same_commands(id
     for name, directory in {"text": tiny_model_dir, "interactive": model_dir}.items():
         output = tmp_path / f"{name}.json"
         main(["clips", "--model_dir", str(directory), "--idm", str(idm_dir), "--output", str(output), "--num_clips", "2",
+              "--prompt", PROMPT,
               "--num_latent_frames", "3", "--num_inference_steps", "2", "--contact_sheet", str(tmp_path / f"{name}.png")])
         records[name] = json.loads(output.read_text())["measures"]
     assert not records["text"]["model_takes_controls"] and records["interactive"]["model_takes_controls"]
@@ -212,7 +215,7 @@ def test_clips_with_and_without_controls_are_scored_against_the_same_commands(id
 def test_streams_are_scored_per_bin_with_their_speed(idm_dir, model_dir, footage, tmp_path, sampler, steps):
     heldout_root, heldout_index = footage[1]
     output = tmp_path / "stream.json"
-    main(["stream", "--model_dir", str(model_dir), "--sampler", sampler, "--idm", str(idm_dir), "--data_root",
+    main(["stream", "--model_dir", str(model_dir), "--sampler", sampler, "--idm", str(idm_dir), "--prompt", PROMPT, "--data_root",
           str(heldout_root), "--index_file", str(heldout_index), "--output", str(output), "--num_streams", "2",
           "--num_frames", "24", "--num_groups", "2", "--group_size", "2", "--num_inference_steps", steps,
           "--bin_frames", "8", "--edge_frames", "8", "--contact_sheet", str(tmp_path / "stream.png")])
@@ -229,7 +232,7 @@ def test_streams_are_scored_per_bin_with_their_speed(idm_dir, model_dir, footage
 def test_stream_edges_must_fit_in_the_stream(idm_dir, model_dir, footage, tmp_path):
     heldout_root, heldout_index = footage[1]
     with pytest.raises(ValueError, match="first and last 16 frames"):
-        main(["stream", "--model_dir", str(model_dir), "--sampler", "scm", "--idm", str(idm_dir), "--data_root",
+        main(["stream", "--model_dir", str(model_dir), "--sampler", "scm", "--idm", str(idm_dir), "--prompt", PROMPT, "--data_root",
               str(heldout_root), "--index_file", str(heldout_index), "--output", str(tmp_path / "x.json"),
               "--num_frames", "24", "--edge_frames", "16"])
 

@@ -20,7 +20,8 @@ from transformers import (
     T5EncoderModel,
 )
 
-from thematrix.controls import DEFAULT_VOCABULARY, ControlVocabulary
+from tests.conftest import TEST_VOCABULARY
+from thematrix.controls import ControlVocabulary
 from thematrix.models import (
     InteractiveCogVideoXTransformer3DModel,
     compute_clip_control_embeddings,
@@ -41,6 +42,7 @@ TEXT_SHAPE = (BATCH, CONFIG["max_text_seq_length"], CONFIG["text_embed_dim"])
 TIMESTEPS = torch.tensor([100, 700])
 GAME_VOCABULARY = ControlVocabulary(("UP", "LEFT", "FIRE"), ("Jump.", "Walk left.", "Shoot."), "Stand still.")
 MIN_EFFECT = 1e-3  # an output change this large is an effect, not rounding
+VOCABULARY_CONFIG = dict(control_tokens=TEST_VOCABULARY.tokens, control_phrases=TEST_VOCABULARY.phrases)
 MAX_CONTROL_SHARE = 0.2  # of the base model's parameters: the Interactive Module is an add-on, not a second model
 
 
@@ -65,7 +67,7 @@ def random_table(vocabulary: ControlVocabulary) -> torch.Tensor:
     return torch.randn(len(vocabulary) + 1, CONFIG["text_embed_dim"], generator=generator)
 
 
-def random_controls(vocabulary: ControlVocabulary = DEFAULT_VOCABULARY) -> torch.Tensor:
+def random_controls(vocabulary: ControlVocabulary = TEST_VOCABULARY) -> torch.Tensor:
     generator = torch.Generator().manual_seed(SEED)
     return torch.randint(0, len(vocabulary), (BATCH, FRAMES), generator=generator)
 
@@ -80,7 +82,7 @@ def perturb_control_gates(model: InteractiveCogVideoXTransformer3DModel) -> Inte
     return model
 
 
-def interactive(base, vocabulary=DEFAULT_VOCABULARY, **control_kwargs) -> InteractiveCogVideoXTransformer3DModel:
+def interactive(base, vocabulary=TEST_VOCABULARY, **control_kwargs) -> InteractiveCogVideoXTransformer3DModel:
     return InteractiveCogVideoXTransformer3DModel.from_base(
         base, vocabulary, random_table(vocabulary), **control_kwargs
     ).eval()
@@ -96,12 +98,12 @@ def run(model, inputs, **overrides) -> torch.Tensor:
 
 
 def test_defaults_follow_the_base_config(base):
-    model = InteractiveCogVideoXTransformer3DModel.from_config(base.config)
+    model = InteractiveCogVideoXTransformer3DModel.from_config({**base.config, **VOCABULARY_CONFIG})
     assert model.config.control_start_layer == CONFIG["num_layers"] // 2
     assert model.config.control_dim == CONFIG["text_embed_dim"]
     assert len(model.control_blocks) == CONFIG["num_layers"] - CONFIG["num_layers"] // 2
-    assert model.control_vocabulary == DEFAULT_VOCABULARY
-    assert model.control_embedding_table.shape == (len(DEFAULT_VOCABULARY) + 1, CONFIG["text_embed_dim"])
+    assert model.control_vocabulary == TEST_VOCABULARY
+    assert model.control_embedding_table.shape == (len(TEST_VOCABULARY) + 1, CONFIG["text_embed_dim"])
 
 
 def test_at_init_output_equals_plain_cogvideox(base, inputs):
@@ -121,7 +123,7 @@ def test_control_of_frame_f_changes_frame_f_and_no_earlier_frame(base, inputs):
     before = run(model, inputs, controls=controls)
     for frame in range(FRAMES):
         changed = controls.clone()
-        changed[:, frame] = (controls[:, frame] + 1) % len(DEFAULT_VOCABULARY)
+        changed[:, frame] = (controls[:, frame] + 1) % len(TEST_VOCABULARY)
         after = run(model, inputs, controls=changed)
         assert torch.equal(after[:, :frame], before[:, :frame]), f"control of frame {frame} leaked backwards"
         assert_differs(after[:, frame], before[:, frame], f"control of frame {frame} had no effect")
@@ -139,9 +141,9 @@ def test_controls_matter_with_default_layers_and_none_means_null(base, inputs):
     model = perturb_control_gates(interactive(base))
     controls = random_controls()
     changed = controls.clone()
-    changed[:, -1] = (controls[:, -1] + 1) % len(DEFAULT_VOCABULARY)
+    changed[:, -1] = (controls[:, -1] + 1) % len(TEST_VOCABULARY)
     assert_differs(run(model, inputs, controls=changed), run(model, inputs, controls=controls))
-    null = torch.full((BATCH, FRAMES), DEFAULT_VOCABULARY.null_id)
+    null = torch.full((BATCH, FRAMES), TEST_VOCABULARY.null_id)
     assert torch.equal(run(model, inputs, controls=None), run(model, inputs, controls=null))
     assert_differs(run(model, inputs, controls=None), run(model, inputs, controls=controls))
 
@@ -151,7 +153,7 @@ def test_bad_controls_and_timesteps_are_refused(base, inputs):
     with pytest.raises(ValueError, match="controls must be"):
         run(model, inputs, controls=torch.zeros(BATCH, FRAMES + 1, dtype=torch.long))
     with pytest.raises(ValueError, match="control ids must lie in"):
-        run(model, inputs, controls=torch.full((BATCH, FRAMES), DEFAULT_VOCABULARY.null_id + 1))
+        run(model, inputs, controls=torch.full((BATCH, FRAMES), TEST_VOCABULARY.null_id + 1))
     with pytest.raises(ValueError, match="timestep must be"):
         run(model, inputs, timestep=torch.zeros(BATCH, FRAMES + 1, dtype=torch.long))
 
@@ -220,15 +222,15 @@ def test_framewise_norms_modulate_each_frame_and_text_like_the_last_frame():
 
 
 def test_from_base_refuses_mismatched_weights(base):
-    table = random_table(DEFAULT_VOCABULARY)
+    table = random_table(TEST_VOCABULARY)
     incomplete = copy.deepcopy(base)
     del incomplete.proj_out
     with pytest.raises(ValueError, match=r"missing \['proj_out.weight', 'proj_out.bias'\]"):
-        InteractiveCogVideoXTransformer3DModel.from_base(incomplete, DEFAULT_VOCABULARY, table)
+        InteractiveCogVideoXTransformer3DModel.from_base(incomplete, TEST_VOCABULARY, table)
     extended = copy.deepcopy(base)
     extended.transformer_blocks[0].attn1.to_q.lora_A = nn.Linear(1, 1)
     with pytest.raises(ValueError, match=r"unexpected \['transformer_blocks.0.attn1.to_q.lora_A.weight'"):
-        InteractiveCogVideoXTransformer3DModel.from_base(extended, DEFAULT_VOCABULARY, table)
+        InteractiveCogVideoXTransformer3DModel.from_base(extended, TEST_VOCABULARY, table)
     with pytest.raises(ValueError, match="control embedding table has shape"):
         InteractiveCogVideoXTransformer3DModel.from_base(base, GAME_VOCABULARY, table)
 
@@ -282,7 +284,7 @@ def test_only_control_parameters_train_and_checkpointing_matches(base, inputs):
 
 def test_control_module_is_small_at_cogvideox_2b_size():
     with torch.device("meta"):
-        model = InteractiveCogVideoXTransformer3DModel(**COGVIDEOX_2B["transformer"])
+        model = InteractiveCogVideoXTransformer3DModel(**COGVIDEOX_2B["transformer"], **VOCABULARY_CONFIG)
     control = sum(p.numel() for p in model.trainable_control_parameters())
     total = sum(p.numel() for p in model.parameters())
     base_count = total - control
@@ -305,18 +307,18 @@ def word_tokenizer(phrases) -> PreTrainedTokenizerFast:
 def test_t5_control_embeddings_pool_phrases_independently_of_padding():
     torch.manual_seed(SEED)
     encoder = T5EncoderModel(T5Config(**TINY["text_encoder"])).eval()
-    tokenizer = word_tokenizer(DEFAULT_VOCABULARY.phrases + GAME_VOCABULARY.phrases + (GAME_VOCABULARY.null_phrase,))
-    table = compute_control_embeddings(DEFAULT_VOCABULARY, tokenizer, encoder)
-    assert table.shape == (len(DEFAULT_VOCABULARY) + 1, TINY["text_encoder"]["d_model"])
+    tokenizer = word_tokenizer(TEST_VOCABULARY.phrases + GAME_VOCABULARY.phrases + (GAME_VOCABULARY.null_phrase,))
+    table = compute_control_embeddings(TEST_VOCABULARY, tokenizer, encoder)
+    assert table.shape == (len(TEST_VOCABULARY) + 1, TINY["text_encoder"]["d_model"])
     assert table.dtype == torch.float32
     assert len(set(map(tuple, table.tolist()))) == len(table)
     # The null row is the empty phrase: its only token is </s>.
     torch.testing.assert_close(table[-1], encoder(input_ids=torch.tensor([[1]])).last_hidden_state[0, 0])
     # A phrase gets the same vector whatever it is padded to in its batch.
-    short = ControlVocabulary(("D",), (DEFAULT_VOCABULARY.phrases[0],))
+    short = ControlVocabulary(("D",), (TEST_VOCABULARY.phrases[0],))
     torch.testing.assert_close(compute_control_embeddings(short, tokenizer, encoder)[0], table[0])
     with pytest.raises(ValueError, match="longer than 3 tokens"):
-        compute_control_embeddings(DEFAULT_VOCABULARY, tokenizer, encoder, max_length=3)
+        compute_control_embeddings(TEST_VOCABULARY, tokenizer, encoder, max_length=3)
 
 
 def test_clip_control_embeddings_from_a_local_directory(tmp_path):

@@ -14,13 +14,17 @@ import pytest
 import torch
 from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.utils import DistributedType
+from diffusers import CogVideoXTransformer3DModel
 from safetensors.torch import load_file
 
 from stage1.train_text_to_video_lora import LoraTrainer
 from stage1.training.arguments import LoraArgs
-from tests.conftest import ADAM_ROUNDING_STEPS, tiny_run_args
+from tests.conftest import ADAM_ROUNDING_STEPS, TEST_VOCABULARY, tiny_run_args
 from tests.launching import REPO_ROOT, finish, launch_stage1, wait_for_steps, write_config
 from thematrix.model_dir import LORA_WEIGHT_NAME
+from thematrix.models import InteractiveCogVideoXTransformer3DModel
+from thematrix.presets import TINY
+from thematrix.training.arguments import TrainingArgs
 from thematrix.training.checkpoint import (
     TRAINABLE_WEIGHTS,
     checkpoint_step,
@@ -111,7 +115,18 @@ def test_two_process_checkpoint_resumes_in_one_process_on_the_same_lr_schedule(r
     assert_same_weights(load_file(str(one / LORA_WEIGHT_NAME)), load_file(str(checkpoint.parents[2] / "resumed" / LORA_WEIGHT_NAME)))
 
 
-@pytest.mark.parametrize("name, distributed_type", [("fsdp", DistributedType.FSDP), ("deepspeed_zero2", DistributedType.DEEPSPEED)])
-def test_accelerate_configs_load(name, distributed_type):
-    config = load_config_from_file(str(CONFIG_DIR / f"{name}.yaml"))
-    assert config.distributed_type == distributed_type and config.mixed_precision == "bf16"
+def test_the_sharded_configs_agree_with_the_trainer_and_with_every_stages_model():
+    """DeepSpeed clips gradients inside its own step, so its clipping must be the trainer's max_grad_norm. FSDP
+    wraps each class of the model's _no_split_modules (the config names none) and accelerate refuses a listed
+    class the model lacks: every stage's transformer has each class it lists."""
+    deepspeed = load_config_from_file(str(CONFIG_DIR / "deepspeed_zero2.yaml"))
+    assert deepspeed.distributed_type == DistributedType.DEEPSPEED and deepspeed.mixed_precision == "bf16"
+    assert deepspeed.deepspeed_config["gradient_clipping"] == TrainingArgs().max_grad_norm
+    fsdp = load_config_from_file(str(CONFIG_DIR / "fsdp.yaml"))
+    assert fsdp.distributed_type == DistributedType.FSDP and fsdp.mixed_precision == "bf16"
+    assert fsdp.fsdp_config["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+    assert "fsdp_transformer_layer_cls_to_wrap" not in fsdp.fsdp_config
+    vocabulary = dict(control_tokens=TEST_VOCABULARY.tokens, control_phrases=TEST_VOCABULARY.phrases)
+    for model in (CogVideoXTransformer3DModel(**TINY["transformer"]),
+                  InteractiveCogVideoXTransformer3DModel(**TINY["transformer"], **vocabulary)):
+        assert set(model._no_split_modules) <= {type(module).__name__ for module in model.modules()}, type(model)

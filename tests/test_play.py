@@ -25,11 +25,13 @@ from PIL import Image
 
 from stage3 import inference
 from stage3 import play as swin_play
-from tests.conftest import TINY_HEIGHT, TINY_WIDTH, moving_square_clip
-from thematrix.controls import DEFAULT_VOCABULARY, ControlVocabulary
-from thematrix.play.keymap import KeyMapError, default_keymap, load_keymap
+import thematrix.controls
+from tests.conftest import TEST_VOCABULARY, TINY_HEIGHT, TINY_WIDTH, moving_square_clip
+from thematrix.controls import GAME_KEYMAP_KEY, ControlVocabulary, game_files, vocabulary_from_json
+from thematrix.play.keymap import KeyMap, KeyMapError, default_keymap, load_keymap
 from thematrix.play.server import FRAME_HEADER_LENGTH, PlayServer, Viewer, encode_frame
-from thematrix.play.world import Clip, ShownFrame, World
+from thematrix.data.initial_clip import InitialClip
+from thematrix.play.world import ShownFrame, World
 from thematrix.video import read_video_info, write_mp4
 
 # The model plays at the clip's rate; a fast one keeps the tests short (a group of 2 x 4 frames lasts 1/3 s).
@@ -38,6 +40,13 @@ CLIP_FRAMES = 40
 WINDOW = ["--num_groups", "2", "--group_size", "2", "--num_inference_steps", "2"]
 TIMEOUT_S = 60.0
 CHROMIUM = shutil.which("chromium")
+# The tests' game steered like a car: arrows move, two arrows together do the rest, no key stays.
+TEST_KEYMAP = {
+    "buttons": {"up": ["ArrowUp", "KeyW"], "down": ["ArrowDown", "KeyS"], "left": ["ArrowLeft", "KeyA"],
+                "right": ["ArrowRight", "KeyD"]},
+    "controls": {"": "STAY", "left": "LEFT", "right": "RIGHT", "up": "UP", "down": "DOWN", "up+left": "JUMP",
+                 "up+right": "RUN", "down+left": "DUCK", "down+right": "FIRE"},
+}
 # As root on a closed network, Chromium needs no sandbox and no background connections.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
@@ -57,7 +66,7 @@ def wait_until(condition, timeout_s: float = TIMEOUT_S, poll_s: float = 0.02):
 def play_dataset(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("play_clips")
     write_mp4(moving_square_clip(2, CLIP_FRAMES, TINY_HEIGHT, TINY_WIDTH), root / "square.mp4", fps=PLAY_FPS)
-    entry = {"path": "square.mp4", "caption": "A red square slides right.", "control_signal_seq": ",".join(["D"] * CLIP_FRAMES),
+    entry = {"path": "square.mp4", "caption": "A red square slides right.", "control_signal_seq": ",".join(["RIGHT"] * CLIP_FRAMES),
              "valid_frame_idx": 0}
     (root / "index.json").write_text(json.dumps({"list": [entry]}))
     return root, root / "index.json"
@@ -74,7 +83,7 @@ class LoggedModel(swin_play.StreamWorldModel):
 
     def __init__(self, *args):
         super().__init__(*args)
-        self.streams: list[tuple[Clip, str]] = []
+        self.streams: list[tuple[InitialClip, str]] = []
         self.asked: list[tuple[int, list[str], float]] = []
 
     def stream(self, clip, prompt, controls):
@@ -98,7 +107,8 @@ def world_model(model_dir, play_dataset, tmp_path_factory):
 def world(world_model, tmp_path):
     world_model.asked.clear()
     world_model.streams.clear()
-    world = World(world_model, default_keymap(world_model.vocabulary), tmp_path / "recordings", tmp_path)
+    keymap = KeyMap.from_json(TEST_KEYMAP, world_model.vocabulary, "the tests' key map")
+    world = World(world_model, keymap, tmp_path / "recordings", tmp_path)
     shown: list[tuple[float, ShownFrame]] = []
     world.on_frame = lambda frame: shown.append((time.monotonic(), frame))
     world.shown = shown
@@ -108,13 +118,26 @@ def world(world_model, tmp_path):
 
 # Key maps.
 
-def test_the_cars_keys_drive_steer_and_roll():
-    keymap = default_keymap(DEFAULT_VOCABULARY)
-    cases = {(): "N", ("ArrowUp",): "D", ("KeyW", "KeyA"): "DL", ("ArrowUp", "ArrowRight"): "DR",
-             ("ArrowDown", "KeyD"): "BR", ("ArrowLeft",): "NL", ("Space",): "N"}
+def test_a_game_files_keys_are_the_default_for_its_vocabulary(tmp_path, monkeypatch):
+    (tmp_path / "square.json").write_text(json.dumps({**TEST_VOCABULARY.to_json(), GAME_KEYMAP_KEY: TEST_KEYMAP}))
+    monkeypatch.setattr(thematrix.controls, "GAMES_DIR", tmp_path)
+    keymap = default_keymap(TEST_VOCABULARY)
+    cases = {(): "STAY", ("ArrowUp",): "UP", ("KeyW", "KeyA"): "JUMP", ("ArrowUp", "ArrowRight"): "RUN",
+             ("ArrowDown", "KeyD"): "FIRE", ("ArrowLeft",): "LEFT", ("Space",): "STAY"}
     for held, token in cases.items():
         assert keymap.resolve(held) == token, held
-    assert keymap.rest_token == "N"
+    assert keymap.rest_token == "STAY"
+
+
+@pytest.mark.parametrize("game_file", game_files(), ids=lambda path: path.stem)
+def test_a_game_files_key_map_drives_every_key_of_its_game(game_file):
+    game = json.loads(game_file.read_text())
+    vocabulary = vocabulary_from_json(game, str(game_file))
+    keymap = default_keymap(vocabulary)
+    if GAME_KEYMAP_KEY in game:
+        assert keymap == KeyMap.from_json(game[GAME_KEYMAP_KEY], vocabulary, str(game_file))
+    else:  # one latching key per token
+        assert keymap.rest_token is None and sorted(keymap.controls.values()) == sorted(vocabulary.tokens)
 
 
 def test_another_vocabulary_gets_one_latching_key_per_token(tmp_path):
@@ -128,14 +151,14 @@ def test_another_vocabulary_gets_one_latching_key_per_token(tmp_path):
 
 
 @pytest.mark.parametrize("data, message", [
-    ({"buttons": {"up": ["ArrowUp"]}, "controls": {"up": "D", "": "X"}}, 'controls[""]: unknown control token \'X\''),
-    ({"buttons": {"up": ["ArrowUp"]}, "controls": {"up+left": "D"}}, 'controls["up+left"]: unknown buttons [\'left\']'),
-    ({"buttons": {"up": ["ArrowUp"]}, "controls": {"up": "D"}}, "no combination gives the tokens ['DL']"),
-    ({"buttons": {"up": "ArrowUp"}, "controls": {"up": "D"}}, 'buttons["up"]: give a list of KeyboardEvent.code'),
+    ({"buttons": {"up": ["ArrowUp"]}, "controls": {"up": "UP", "": "X"}}, 'controls[""]: unknown control token \'X\''),
+    ({"buttons": {"up": ["ArrowUp"]}, "controls": {"up+left": "UP"}}, 'controls["up+left"]: unknown buttons [\'left\']'),
+    ({"buttons": {"up": ["ArrowUp"]}, "controls": {"up": "UP"}}, "no combination gives the tokens ['LEFT']"),
+    ({"buttons": {"up": "ArrowUp"}, "controls": {"up": "UP"}}, 'buttons["up"]: give a list of KeyboardEvent.code'),
     ({"controls": {}}, 'a key map is {"buttons"'),
 ])
 def test_a_bad_key_map_file_names_the_file_and_the_field(tmp_path, data, message):
-    vocabulary = ControlVocabulary(("D", "DL"), ("drive", "drive left"))
+    vocabulary = ControlVocabulary(("UP", "LEFT"), ("go up", "go left"))
     path = tmp_path / "keys.json"
     path.write_text(json.dumps(data))
     with pytest.raises(KeyMapError, match=re.escape(f"--keymap {path}: {message}")):
@@ -183,21 +206,21 @@ def test_a_held_key_reaches_the_generator_with_the_next_group_and_its_latency_is
     world.start(world_model.clip_from_sample(0))
     wait_until(lambda: len(world.shown) >= 10)
     pressed = time.monotonic()
-    assert world.set_held_keys(["ArrowLeft"]) == "NL"
+    assert world.set_held_keys(["ArrowLeft"]) == "LEFT"
     held = time.monotonic()
-    first_nl = wait_until(lambda: frames_with(world, control="NL"))[0]
+    first_left = wait_until(lambda: frames_with(world, control="LEFT"))[0]
     asked = list(world_model.asked)
-    assert all(tokens == ["N", "N"] for _, tokens, at in asked if at < pressed)
+    assert all(tokens == ["STAY", "STAY"] for _, tokens, at in asked if at < pressed)
     after = [tokens for _, tokens, at in asked if at > held]
-    assert after and after[0] == ["NL", "NL"]
+    assert after and after[0] == ["LEFT", "LEFT"]
     # The first frame generated under the new key carries the time from the key to the screen.
-    shown_at, frame = first_nl
+    shown_at, frame = first_left
     assert frame.header["latency_ms"] is not None
     assert (shown_at - held - 1 / PLAY_FPS) * 1000 < frame.header["latency_ms"] <= (shown_at - pressed) * 1000
-    assert all(f.header["control"] != "NL" for at, f in world.shown if at < shown_at)
-    # Releasing the key rolls again (the car's rest control); holding nothing keeps N, with no new change.
-    assert world.set_held_keys([]) == "N"
-    assert world.set_held_keys(["Space"]) == "N"
+    assert all(f.header["control"] != "LEFT" for at, f in world.shown if at < shown_at)
+    # Releasing the key gives the rest control again; an unmapped key keeps it, with no new change.
+    assert world.set_held_keys([]) == "STAY"
+    assert world.set_held_keys(["Space"]) == "STAY"
 
 
 def test_pause_holds_the_screen_and_restart_plays_the_same_world_again(world, world_model):
@@ -240,11 +263,11 @@ def test_a_recording_replays_exactly_with_inference_py_across_a_prompt_change(wo
     wait_until(lambda: world.state()["recording"] == "on")
     wait_until(lambda: len(frames_with(world, segment=2)) >= 8)
     world.set_held_keys(["ArrowRight"])
-    wait_until(lambda: frames_with(world, segment=2, control="NR"))
+    wait_until(lambda: frames_with(world, segment=2, control="RIGHT"))
     world.set_prompt("A blue square slides left.")  # the recording goes on in segment 3
     wait_until(lambda: len(frames_with(world, segment=3)) >= 8)
     world.set_held_keys([])
-    wait_until(lambda: frames_with(world, segment=3, control="N"))
+    wait_until(lambda: frames_with(world, segment=3, control="STAY"))
     world.set_recording(False)
     state = world.state()
     assert state["recording"] == "off" and state["last_recording"].endswith(".zip")
@@ -257,7 +280,7 @@ def test_a_recording_replays_exactly_with_inference_py_across_a_prompt_change(wo
     recording = read_frames(folder / "recording.mp4")
     assert len(recording) == sum(segment["frames"] for segment in segments)
     first = 0
-    for number, (segment, pressed) in enumerate(zip(segments, ("NR", "N")), start=1):
+    for number, (segment, pressed) in enumerate(zip(segments, ("RIGHT", "STAY")), start=1):
         arguments = segment["arguments"]
         assert pressed in arguments[arguments.index("--controls") + 1].split(",")
         inference.main(arguments)
@@ -346,7 +369,10 @@ def test_bad_options_fail_before_the_model_loads(bad, message, capsys):
 
 
 def test_stage4_play_serves_the_page_and_stops_cleanly_on_ctrl_c(model_dir, play_dataset, tmp_path):
-    command = [sys.executable, "stage4/play.py", *play_arguments(model_dir, play_dataset, tmp_path, "--port", "0")]
+    keymap = tmp_path / "keys.json"
+    keymap.write_text(json.dumps(TEST_KEYMAP))
+    command = [sys.executable, "stage4/play.py",
+               *play_arguments(model_dir, play_dataset, tmp_path, "--port", "0", "--keymap", str(keymap))]
     process = subprocess.Popen(command, cwd=Path(__file__).parents[1], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)
     try:
@@ -357,8 +383,8 @@ def test_stage4_play_serves_the_page_and_stops_cleanly_on_ctrl_c(model_dir, play
             lines.append(line)
         url = lines[-1].split()[2]
         info = asyncio.run(get_json(url + "api/info"))
-        assert [entry["token"] for entry in info["vocabulary"]] == ["D", "DL", "DR", "B", "BL", "BR", "N", "NL", "NR"]
-        assert info["keymap"]["controls"][""] == "N" and info["state"]["running"]
+        assert [entry["token"] for entry in info["vocabulary"]] == list(TEST_VOCABULARY.tokens)
+        assert info["keymap"] == TEST_KEYMAP and info["state"]["running"]
         process.send_signal(signal.SIGINT)
         assert process.wait(TIMEOUT_S) == 0
     finally:
@@ -416,8 +442,8 @@ def test_the_page_streams_takes_keys_and_downloads_a_recording_that_replays(
         # The model's vocabulary, each token with its keys; the control the generator receives highlighted.
         page.wait_for_selector("#controls li.active")
         assert page.locator("#controls li").count() == len(world_model.vocabulary)
-        assert page.inner_text("#controls li.active").split() == ["N", "no", "key"]
-        assert page.inner_text("#controls li[data-token=DL] .keys") == "↑/W + ←/A"
+        assert page.inner_text("#controls li.active").split() == ["STAY", "no", "key"]
+        assert page.inner_text("#controls li[data-token=JUMP] .keys") == "↑/W + ←/A"
 
         # Frames arrive and change; a second tab watches the same stream.
         first = canvas_after(page, 3)
@@ -427,19 +453,19 @@ def test_the_page_streams_takes_keys_and_downloads_a_recording_that_replays(
         other.wait_for_function(f"{FRAMES_DRAWN} >= 2")
         other.close()
 
-        # Record; hold left: the generator receives NL for the next group it asks for.
+        # Record; hold left: the generator receives LEFT for the next group it asks for.
         page.click("#record")
         wait_until(lambda: world.state()["recording"] == "on")
         page.keyboard.down("ArrowLeft")
         start, end, _ = wait_until(lambda: [call for call in calls if call[2] == ["ArrowLeft"]])[0]
-        page.wait_for_function(f"{CONTROL_ON_SCREEN} === 'NL'")
+        page.wait_for_function(f"{CONTROL_ON_SCREEN} === 'LEFT'")
         asked = list(world_model.asked)
-        assert all(tokens == ["N", "N"] for _, tokens, at in asked if at < start)
-        assert [tokens for _, tokens, at in asked if at > end][0] == ["NL", "NL"]
-        assert page.inner_text("#controls li.active").startswith("NL")
+        assert all(tokens == ["STAY", "STAY"] for _, tokens, at in asked if at < start)
+        assert [tokens for _, tokens, at in asked if at > end][0] == ["LEFT", "LEFT"]
+        assert page.inner_text("#controls li.active").startswith("LEFT")
         assert page.inner_text("#latency").endswith(" ms") and float(page.inner_text("#fps")) > 0
         page.keyboard.up("ArrowLeft")
-        page.wait_for_function(f"{CONTROL_ON_SCREEN} === 'N'")
+        page.wait_for_function(f"{CONTROL_ON_SCREEN} === 'STAY'")
 
         # Stop: the recording downloads and plays in the page.
         page.click("#record")
@@ -463,7 +489,7 @@ def test_the_page_streams_takes_keys_and_downloads_a_recording_that_replays(
         opened.extractall(folder)
     (segment,) = json.loads((folder / "replay.json").read_text())["segments"]
     controls = segment["arguments"][segment["arguments"].index("--controls") + 1].split(",")
-    assert "NL" in controls
+    assert "LEFT" in controls
     monkeypatch.chdir(folder)
     inference.main(segment["arguments"])
     recording, replayed = read_frames(folder / "recording.mp4"), read_frames(folder / "replay-1.mp4")

@@ -12,13 +12,14 @@ import decord
 import numpy as np
 import pytest
 
-from thematrix.controls import CAR_RACING_GAME_FILE, VOCABULARY_FILE, ControlError, load_vocabulary
+from thematrix.controls import GAMES_DIR, VOCABULARY_FILE, ControlError, load_vocabulary
 from thematrix.data.gym_recorder import INDEX_FILE, load_game
 from thematrix.data.index import load_index
 from thematrix.data.validate import main as validate_main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-LUNAR_LANDER_GAME_FILE = REPO_ROOT / "data" / "games" / "lunar_lander.json"
+CAR_RACING_GAME_FILE = GAMES_DIR / "car_racing.json"
+LUNAR_LANDER_GAME_FILE = GAMES_DIR / "lunar_lander.json"
 RECORD_TIMEOUT_S = 120
 # Box2D's SWIG bindings warn on import under Python 3.11+; nothing to act on here.
 pytestmark = pytest.mark.filterwarnings("ignore:builtin type [Ss]wig:DeprecationWarning")

@@ -189,7 +189,7 @@ def test_lora_only_directory_is_refused_as_base_model(trained, tiny_dataset, tmp
 
 
 def test_index_without_usable_clips_fails_at_start(tiny_model_dir, tmp_path):
-    (tmp_path / "index.json").write_text(json.dumps({"list": [{"path": "missing.mp4", "caption": "x", "control_signal_seq": "D", "valid_frame_idx": 0}]}))
+    (tmp_path / "index.json").write_text(json.dumps({"list": [{"path": "missing.mp4", "caption": "x", "control_signal_seq": "RIGHT", "valid_frame_idx": 0}]}))
     args = tiny_args(tiny_model_dir, (tmp_path, tmp_path / "index.json"), tmp_path / "out", max_train_steps=1)
     with pytest.raises(ConfigError, match="no usable sample"):
         LoraTrainer(args).train()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -11,20 +12,24 @@ from diffusers import CogVideoXTransformer3DModel, DiffusionPipeline
 from safetensors.torch import load_file
 
 from stage2 import inference
-from stage2.cogvideox.pipeline_cogvideox import InteractivePipeline, parse_controls
+from stage2.cogvideox.pipeline_cogvideox import InteractivePipeline, InteractivePipelineOutput, parse_controls
 from stage2.train_text_to_video_sft import InteractiveTrainer
 from stage2.training.arguments import SftArgs
 from tests.conftest import (
+    CLIP_FPS,
+    TEST_VOCABULARY,
     TINY_HEIGHT,
     TINY_WIDTH,
+    TRAIN_FRAMES,
     KilledAtStep,
     assert_components_unchanged,
     killed_during_step,
     tiny_run_args,
 )
 from thematrix.config import ConfigError
-from thematrix.controls import DEFAULT_VOCABULARY, ControlError, video_frame_labels
-from thematrix.models import InteractiveCogVideoXTransformer3DModel
+from thematrix.controls import VOCABULARY_FILE, ControlError, load_vocabulary, video_frame_labels
+from thematrix.model_dir import GENERATION_DEFAULTS_FILE, GenerationDefaults, save_model_dir
+from thematrix.models import InteractiveCogVideoXTransformer3DModel, compute_control_embeddings
 from thematrix.video import read_video_info
 
 
@@ -53,16 +58,18 @@ def trained(tiny_model_dir, tiny_dataset, tmp_path_factory):
     return trainer, start
 
 
-def test_stage2_starts_exactly_at_the_stage1_model(tiny_model_dir, tiny_dataset, tmp_path):
+def test_stage2_builds_its_module_on_the_stage1_weights_for_the_footages_vocabulary(tiny_model_dir, tiny_dataset, tmp_path):
+    """Every base weight is the stage-1 model's, and the control table embeds the footage's phrases with the model's
+    own T5. (Its zero-initialised gates make step 0 exactly the stage-1 model: test_interactive_transformer.py.)"""
     trainer = InteractiveTrainer(stage2_args(tiny_model_dir, tiny_dataset, tmp_path))
     trainer.setup()
-    interactive = trainer.accelerator.unwrap_model(trainer.transformer).eval()
-    base = CogVideoXTransformer3DModel.from_pretrained(str(tiny_model_dir), subfolder="transformer").eval()
-    with torch.no_grad():
-        expected = base(**transformer_inputs(base.config)).sample
-        actual = interactive(**transformer_inputs(base.config, controls=[0, 1, 2, 3, 4])).sample
-    # Zero-initialised gates add exactly nothing; the reordered float32 arithmetic differs by rounding only.
-    torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-6)
+    interactive = trainer.accelerator.unwrap_model(trainer.transformer)
+    assert interactive.control_vocabulary == load_vocabulary(tiny_dataset[0] / VOCABULARY_FILE) == TEST_VOCABULARY
+    weights = interactive.state_dict()
+    for name, value in CogVideoXTransformer3DModel.from_pretrained(str(tiny_model_dir), subfolder="transformer").state_dict().items():
+        assert torch.equal(weights[name], value), name
+    table = compute_control_embeddings(TEST_VOCABULARY, trainer.tokenizer, trainer.text_encoder)
+    assert torch.equal(interactive.control_embedding_table, table)
 
 
 def test_only_the_interactive_module_moves(trained):
@@ -82,7 +89,7 @@ def test_trained_model_depends_on_controls_and_round_trips(trained):
     trainer, _ = trained
     pipeline = InteractivePipeline.from_model_dir(trainer.final_model_dir)
     transformer = pipeline.transformer
-    assert transformer.control_vocabulary == DEFAULT_VOCABULARY
+    assert transformer.control_vocabulary == TEST_VOCABULARY
     with torch.no_grad():
         straight = transformer(**transformer_inputs(transformer.config, controls=[0] * 5)).sample
         left = transformer(**transformer_inputs(transformer.config, controls=[1] * 5)).sample
@@ -98,7 +105,21 @@ def test_saved_model_keeps_the_input_components_and_loads_in_stock_diffusers(tra
     assert_components_unchanged(tiny_model_dir, trainer.final_model_dir)
     pipeline = DiffusionPipeline.from_pretrained(str(trainer.final_model_dir))
     assert type(pipeline.transformer) is InteractiveCogVideoXTransformer3DModel
-    assert pipeline.transformer.control_vocabulary == DEFAULT_VOCABULARY
+    assert pipeline.transformer.control_vocabulary == TEST_VOCABULARY
+
+
+def test_the_model_directory_records_its_run_in_a_file_of_its_own(trained, tmp_path):
+    """The next stage and inference read the record; saving from this directory writes a new one and leaves this
+    one (which a hard link would share) as it was."""
+    trainer, _ = trained
+    recorded = GenerationDefaults.load(trainer.final_model_dir)
+    assert recorded == trainer.args.generation_defaults() and (recorded.fps, recorded.num_frames) == (CLIP_FPS, TRAIN_FRAMES)
+    record = trainer.final_model_dir / GENERATION_DEFAULTS_FILE
+    before = record.read_bytes()
+    changed = dataclasses.replace(recorded, prompt="Another prompt.")
+    transformer = InteractiveCogVideoXTransformer3DModel.from_pretrained(trainer.final_model_dir, subfolder="transformer")
+    save_model_dir(transformer, trainer.final_model_dir, tmp_path / "next", changed)
+    assert GenerationDefaults.load(tmp_path / "next") == changed and record.read_bytes() == before
 
 
 def test_validation_video_and_checkpoint_hold_the_module_only(trained):
@@ -113,7 +134,7 @@ def test_control_dropout_replaces_whole_clips_with_null(tiny_model_dir, tiny_dat
     trainer = InteractiveTrainer(stage2_args(tiny_model_dir, tiny_dataset, tmp_path, control_p_zero=0.5))
     trainer.setup()
     batch = {"controls": torch.arange(4 * 5).remainder(9).view(4, 5)}
-    null_id = DEFAULT_VOCABULARY.null_id
+    null_id = TEST_VOCABULARY.null_id
     dropped_counts = []
     for seed in range(20):
         generators = [torch.Generator().manual_seed(seed * 10 + index) for index in range(4)]
@@ -160,7 +181,7 @@ def test_caption_and_control_dropout_are_independent_and_use_the_empty_prompt(ti
     empty = trainer.empty_prompt_embeds[0]
     caption_dropped = torch.tensor([torch.equal(embeds, empty) for embeds in prompt_embeds])
     assert all(torch.equal(embeds, item["prompt_embeds"]) for embeds in prompt_embeds[~caption_dropped])
-    control_dropped = (controls == DEFAULT_VOCABULARY.null_id).all(dim=1)
+    control_dropped = (controls == TEST_VOCABULARY.null_id).all(dim=1)
     assert torch.equal(controls[~control_dropped], item["controls"].expand(int((~control_dropped).sum()), -1))
     rates = [float(dropped.float().mean()) for dropped in (caption_dropped, control_dropped, caption_dropped & control_dropped)]
     assert 0.07 < rates[0] < 0.13 and 0.07 < rates[1] < 0.13 and 0.004 < rates[2] < 0.02, rates
@@ -189,27 +210,27 @@ def test_rotary_embedding_model_is_refused_at_start(tiny_model_dir, tiny_dataset
 
 def test_stage1_directory_is_refused_by_stage2_inference(tiny_model_dir, tmp_path):
     with pytest.raises(ValueError, match="needs a InteractiveCogVideoXTransformer3DModel"):
-        inference.main(["--model_dir", str(tiny_model_dir), "--controls", "D"])
+        inference.main(["--model_dir", str(tiny_model_dir), "--controls", "RIGHT"])
 
 
 @pytest.mark.parametrize(
     "controls, per_video_frame, message",
     [
-        ("D,D,X", False, "unknown control token 'X'"),
-        ("D,D", False, "2 controls for 3 latent frames; give exactly 3"),
-        ("D,D,D", True, "3 per-video-frame controls for 9 video frames; give exactly 9"),
-        ("D,,D", False, "empty control token"),
+        ("RIGHT,RIGHT,X", False, "unknown control token 'X'"),
+        ("RIGHT,RIGHT", False, "2 controls for 3 latent frames; give exactly 3"),
+        ("RIGHT,RIGHT,RIGHT", True, "3 per-video-frame controls for 9 video frames; give exactly 9"),
+        ("RIGHT,,RIGHT", False, "empty control token"),
     ],
 )
 def test_bad_control_strings_say_what_is_expected(controls, per_video_frame, message):
     with pytest.raises(ControlError, match=message):
-        parse_controls(controls, DEFAULT_VOCABULARY, 3, 4, per_video_frame)
+        parse_controls(controls, TEST_VOCABULARY, 3, 4, per_video_frame)
 
 
 def test_per_video_frame_controls_take_every_fourth_token():
-    tokens = ["D", "DL", "DL", "DL", "DR", "B", "B", "B", "N"]
-    assert parse_controls(tokens, DEFAULT_VOCABULARY, 3, 4, per_video_frame=True) == ["D", "DR", "N"]
-    assert video_frame_labels(["D", "DR", "N"], 4) == ["D"] + ["DR"] * 4 + ["N"] * 4
+    tokens = ["RIGHT", "LEFT", "LEFT", "LEFT", "UP", "DOWN", "DOWN", "DOWN", "STAY"]
+    assert parse_controls(tokens, TEST_VOCABULARY, 3, 4, per_video_frame=True) == ["RIGHT", "UP", "STAY"]
+    assert video_frame_labels(["RIGHT", "UP", "STAY"], 4) == ["RIGHT"] + ["UP"] * 4 + ["STAY"] * 4
 
 
 class KnownVelocities(torch.nn.Module):
@@ -219,7 +240,7 @@ class KnownVelocities(torch.nn.Module):
     combinations of different branches coincide. Records the batch size of every call.
     """
 
-    control_vocabulary = DEFAULT_VOCABULARY
+    control_vocabulary = TEST_VOCABULARY
 
     def __init__(self):
         super().__init__()
@@ -228,7 +249,7 @@ class KnownVelocities(torch.nn.Module):
     def forward(self, hidden_states, encoder_hidden_states, timestep, controls, return_dict):
         self.batch_sizes.append(hidden_states.shape[0])
         text = encoder_hidden_states.flatten(1).abs().amax(dim=1)  # 0 for the empty prompt's stand-in, 1 for text
-        control = (controls != DEFAULT_VOCABULARY.null_id).all(dim=1).float()
+        control = (controls != TEST_VOCABULARY.null_id).all(dim=1).float()
         value = 1 + text + 3 * control + 5 * text * control
         return (hidden_states + value[:, None, None, None, None],)
 
@@ -253,10 +274,21 @@ def test_guidance_is_the_documented_formula_with_one_batched_forward(guidance_sc
     assert stub.batch_sizes == [forwards * len(latents)]
 
 
+def test_the_pipeline_returns_an_output_like_cogvideox_pipelines(trained):
+    trainer, _ = trained
+    pipeline = InteractivePipeline.from_model_dir(trainer.final_model_dir)
+    sampling = dict(prompt="A square.", controls="RIGHT,LEFT,UP", num_frames=9, num_inference_steps=2)
+    output = pipeline(**sampling, output_type="pt", generator=torch.Generator().manual_seed(0))
+    assert isinstance(output, InteractivePipelineOutput) and output.controls == [["RIGHT", "LEFT", "UP"]]
+    assert output.frames.shape == (1, 9, 3, TINY_HEIGHT, TINY_WIDTH) and 0 <= output.frames.min() <= output.frames.max() <= 1
+    frames, controls = pipeline(**sampling, output_type="pt", return_dict=False, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(frames, output.frames) and controls == output.controls
+
+
 def test_inference_writes_controlled_mp4(trained, tmp_path):
     trainer, _ = trained
     output = inference.main([
-        "--model_dir", str(trainer.final_model_dir), "--controls", "D,DL,DR", "--num_frames", "9",
+        "--model_dir", str(trainer.final_model_dir), "--controls", "RIGHT,LEFT,UP", "--num_frames", "9",
         "--num_inference_steps", "2", "--control_guidance_scale", "2", "--output", str(tmp_path / "v.mp4"),
     ])
     assert read_video_info(output)[0] == 9

@@ -10,14 +10,18 @@ import pytest
 import torch
 
 from stage3 import inference
-from stage3.cogvideox.pipeline_cogvideox import StreamChunk, history_latent_frames, window_clip_frames
-from stage3.cogvideox.scheduler import SwinScheduler
+from stage3.cogvideox.pipeline_cogvideox import (
+    StreamChunk,
+    StreamPipelineOutput,
+    history_latent_frames,
+    window_clip_frames,
+)
 from stage4.cogvideox.pipeline_cogvideox import ScmPipeline
 from stage4.cogvideox.scheduler import ScmScheduler
-from tests.conftest import CLIP_FPS, CLIP_FRAMES, TINY_HEIGHT, TINY_WIDTH, moving_square_clip
-from thematrix.controls import DEFAULT_VOCABULARY, ControlError
+from tests.conftest import CLIP_FPS, CLIP_FRAMES, TEST_VOCABULARY, TINY_HEIGHT, TINY_WIDTH, moving_square_clip
+from thematrix.controls import ControlError
 from thematrix.data.dataset import DatasetError
-from thematrix.schedules import CONDITION_TIMESTEP, grouped_training_timesteps
+from thematrix.schedules import CONDITION_TIMESTEP
 from thematrix.streaming_vae import StreamingDecoder
 from thematrix.video import read_video_info, write_mp4
 from thematrix.video_stream import Mp4StreamWriter
@@ -33,7 +37,7 @@ def initial_clip(frames: int = CLIP_FRAMES, height: int = TINY_HEIGHT, width: in
     return torch.rand(frames, 3, height, width, generator=torch.Generator().manual_seed(2)) * 2 - 1
 
 
-def stream(pipeline, controls="D,DL", max_groups=3, seed=0, video=None, **options):
+def stream(pipeline, controls="RIGHT,LEFT", max_groups=3, seed=0, video=None, **options):
     """A stream from a random initial clip one window long (or ``video``)."""
     options = dict(dict(num_groups=NUM_GROUPS, group_size=GROUP_SIZE, num_inference_steps=NUM_STEPS), **options)
     if video is None:
@@ -70,7 +74,7 @@ def test_k_groups_give_c_w_k_frames(pipeline, num_groups, group_size, num_steps)
     assert [len(chunk.frames) for chunk in chunks] == [c * group_size] * groups
     assert [len(chunk.latents) for chunk in chunks] == [group_size] * groups
     assert [chunk.group_index for chunk in chunks] == list(range(groups))
-    pattern = itertools.cycle(["D", "DL"])
+    pattern = itertools.cycle(["RIGHT", "LEFT"])
     for chunk in chunks:
         assert chunk.controls == [next(pattern) for _ in range(group_size)]
         assert chunk.frame_controls == [token for token in chunk.controls for _ in range(c)]
@@ -80,13 +84,15 @@ def test_k_groups_give_c_w_k_frames(pipeline, num_groups, group_size, num_steps)
 
 
 def test_generate_collects_the_stream(pipeline):
-    chunks = list(stream(pipeline, max_groups=2, initial_control="N"))
-    video, labels = pipeline.generate(
-        PROMPT, initial_clip(), "D,DL", max_groups=2, num_groups=NUM_GROUPS, group_size=GROUP_SIZE,
-        num_inference_steps=NUM_STEPS, generator=torch.Generator().manual_seed(0), initial_control="N",
+    chunks = list(stream(pipeline, max_groups=2, initial_control="STAY"))
+    output = pipeline.generate(
+        PROMPT, initial_clip(), "RIGHT,LEFT", max_groups=2, num_groups=NUM_GROUPS, group_size=GROUP_SIZE,
+        num_inference_steps=NUM_STEPS, generator=torch.Generator().manual_seed(0), initial_control="STAY", output_type="pt",
     )
-    assert torch.equal(video, frames_of(chunks))
-    assert labels == [token for token in ["D", "DL", "D", "DL"] for _ in range(pipeline.temporal_compression)]
+    assert isinstance(output, StreamPipelineOutput)
+    (video,), (labels,) = output.frames, output.frame_controls
+    torch.testing.assert_close(video * 2 - 1, frames_of(chunks), rtol=0, atol=1e-6)  # the same frames, in [0, 1]
+    assert labels == [token for token in ["RIGHT", "LEFT", "RIGHT", "LEFT"] for _ in range(pipeline.temporal_compression)]
     assert len(video) == len(labels)
 
 
@@ -133,10 +139,10 @@ def test_a_control_change_changes_only_the_groups_denoised_with_it(pipeline):
     changed_group, groups = NUM_GROUPS + 1, 5
 
     def steady(group: int) -> list[str]:
-        return ["D"] * GROUP_SIZE
+        return ["RIGHT"] * GROUP_SIZE
 
     def turn(group: int) -> list[str]:
-        return ["BL"] * GROUP_SIZE if group >= changed_group else steady(group)
+        return ["JUMP"] * GROUP_SIZE if group >= changed_group else steady(group)
 
     before, after = (list(stream(pipeline, controls=controls, max_groups=groups)) for controls in (steady, turn))
     first_affected = changed_group - NUM_GROUPS + 1
@@ -150,7 +156,7 @@ def test_controls_are_asked_once_per_group_entering_the_window_after_the_previou
 
     def controls(group: int) -> list[str]:
         asked.append(group)
-        return ["D"] * GROUP_SIZE
+        return ["RIGHT"] * GROUP_SIZE
 
     chunks = stream(pipeline, controls=controls, max_groups=4)
     assert asked == []  # nothing runs before the first chunk is asked for
@@ -163,8 +169,8 @@ def test_controls_are_asked_once_per_group_entering_the_window_after_the_previou
 
 
 def test_controls_as_string_callable_or_iterator_are_equivalent(pipeline):
-    expected = frames_of(list(stream(pipeline, controls="D,DL")))
-    for controls in (lambda group: ["D", "DL"], iter([["D", "DL"]] * 4), itertools.repeat("D,DL")):
+    expected = frames_of(list(stream(pipeline, controls="RIGHT,LEFT")))
+    for controls in (lambda group: ["RIGHT", "LEFT"], iter([["RIGHT", "LEFT"]] * 4), itertools.repeat("RIGHT,LEFT")):
         assert torch.equal(frames_of(list(stream(pipeline, controls=controls))), expected)
 
 
@@ -219,15 +225,15 @@ def test_each_window_is_conditioned_on_the_last_frame_emitted_before_it(pipeline
 
     handle = pipeline.transformer.register_forward_pre_hook(record, with_kwargs=True)
     try:
-        controls = lambda group: [DEFAULT_VOCABULARY.tokens[group], DEFAULT_VOCABULARY.tokens[group + 1]]
-        chunks = list(stream(pipeline, controls=controls, guidance_scale=1.0, initial_control="N"))
+        controls = lambda group: [TEST_VOCABULARY.tokens[group], TEST_VOCABULARY.tokens[group + 1]]
+        chunks = list(stream(pipeline, controls=controls, guidance_scale=1.0, initial_control="STAY"))
     finally:
         handle.remove()
     schedule = pipeline.scheduler.grouped_schedule(NUM_STEPS, NUM_GROUPS)
-    expected = [(decoder_inputs[0][0, -1], "N")] + [(chunk.latents[-1], chunk.controls[-1]) for chunk in chunks[:-1]]
+    expected = [(decoder_inputs[0][0, -1], "STAY")] + [(chunk.latents[-1], chunk.controls[-1]) for chunk in chunks[:-1]]
     for call, (condition, control_id) in enumerate(inputs):
         latent, token = expected[call // schedule.steps_per_band]
-        assert torch.equal(condition, latent) and control_id == DEFAULT_VOCABULARY.token_id(token), f"call {call}"
+        assert torch.equal(condition, latent) and control_id == TEST_VOCABULARY.token_id(token), f"call {call}"
 
 
 @pytest.mark.parametrize(
@@ -249,11 +255,11 @@ def test_bad_settings_fail_at_the_call(pipeline, options, message):
 @pytest.mark.parametrize(
     "controls, options, message",
     [
-        ("D,X", {}, "unknown control token 'X'"),
-        ("D", dict(initial_control="Q"), "unknown control token 'Q'"),
-        (lambda group: ["D", "Q"], {}, "controls for group 0: unknown control token 'Q'"),
-        (lambda group: ["D"] * 3, {}, "controls for group 0: got 3 tokens .* need group_size=2"),
-        (iter([["D", "D"]] * 2), dict(max_groups=2), "controls iterator ended.* K \\+ num_groups - 1"),
+        ("RIGHT,X", {}, "unknown control token 'X'"),
+        ("RIGHT", dict(initial_control="Q"), "unknown control token 'Q'"),
+        (lambda group: ["RIGHT", "Q"], {}, "controls for group 0: unknown control token 'Q'"),
+        (lambda group: ["RIGHT"] * 3, {}, "controls for group 0: got 3 tokens .* need group_size=2"),
+        (iter([["RIGHT", "RIGHT"]] * 2), dict(max_groups=2), "controls iterator ended.* K \\+ num_groups - 1"),
     ],
 )
 def test_bad_controls_say_what_is_wrong(pipeline, controls, options, message):
@@ -261,29 +267,10 @@ def test_bad_controls_say_what_is_wrong(pipeline, controls, options, message):
         list(stream(pipeline, controls=controls, **options))
 
 
-def test_swin_scheduler_draws_grouped_window_timesteps(pipeline, tmp_path):
-    scheduler = SwinScheduler.from_config(pipeline.scheduler.config)
-    with pytest.raises(RuntimeError, match="configure_window"):
-        scheduler.sample_training_timesteps(9, torch.Generator())
-    scheduler.configure_window(4, 2)
-    generator = torch.Generator().manual_seed(3)
-    timesteps = scheduler.sample_training_timesteps(9, generator)
-    assert timesteps.shape == (1, 9) and timesteps.dtype == torch.long and timesteps.device == generator.device
-    expected = grouped_training_timesteps(1, 4, 2, scheduler.config.num_train_timesteps, torch.Generator().manual_seed(3))
-    assert torch.equal(timesteps, expected)
-    with pytest.raises(ValueError, match="1 \\+ 4 x 2 = 9 latent frames"):
-        scheduler.sample_training_timesteps(13, generator)
-    # The window is not config: a saved scheduler folder is a stock one and loads unconfigured.
-    scheduler.save_pretrained(tmp_path)
-    loaded = SwinScheduler.from_pretrained(tmp_path)
-    assert "num_noise_groups" not in loaded.config and loaded.num_noise_groups is None
-    assert loaded.grouped_schedule(20, 4).steps_per_band == 5
-
-
 def test_random_controls_hold_keys_and_repeat_with_the_seed():
-    groups = list(itertools.islice(inference.random_controls(DEFAULT_VOCABULARY, 2, seed=5), 40))
-    assert groups == list(itertools.islice(inference.random_controls(DEFAULT_VOCABULARY, 2, seed=5), 40))
-    assert all(len(set(group)) == 1 and group[0] in DEFAULT_VOCABULARY.tokens for group in groups)
+    groups = list(itertools.islice(inference.random_controls(TEST_VOCABULARY, 2, seed=5), 40))
+    assert groups == list(itertools.islice(inference.random_controls(TEST_VOCABULARY, 2, seed=5), 40))
+    assert all(len(set(group)) == 1 and group[0] in TEST_VOCABULARY.tokens for group in groups)
     changes = sum(a != b for a, b in itertools.pairwise(groups))
     assert 0 < changes < len(groups) - 1
 
@@ -318,7 +305,7 @@ def test_inference_streams_a_dataset_sample_to_mp4(model_dir, tiny_dataset, tmp_
     groups, output = 3, tmp_path / "drive.mp4"
     inference.main([
         "--model_dir", str(model_dir), "--data_root", str(data_root), "--index_file", str(index_file),
-        "--sample_index", "1", "--groups", str(groups), "--controls", "D,DL", "--num_groups", str(NUM_GROUPS),
+        "--sample_index", "1", "--groups", str(groups), "--controls", "RIGHT,LEFT", "--num_groups", str(NUM_GROUPS),
         "--group_size", str(GROUP_SIZE), "--num_inference_steps", str(NUM_STEPS), "--fps", str(CLIP_FPS),
         "--output", str(output),
     ])
@@ -333,7 +320,7 @@ def test_inference_continues_a_video_file_with_random_controls(model_dir, tmp_pa
     clip = write_mp4(moving_square_clip(1, 40, TINY_HEIGHT, TINY_WIDTH), tmp_path / "clip.mp4", fps=CLIP_FPS)
     output = inference.main([
         "--model_dir", str(model_dir), "--initial_video", str(clip), "--random_controls", "--seed", "3",
-        "--seconds", "3", "--fps", "8", "--num_groups", str(NUM_GROUPS), "--group_size", str(GROUP_SIZE),
+        "--prompt", "A red square slides right.", "--seconds", "3", "--fps", "8", "--num_groups", str(NUM_GROUPS), "--group_size", str(GROUP_SIZE),
         "--num_inference_steps", str(NUM_GROUPS), "--output", str(tmp_path / "random.mp4"),
     ])
     # 3 s at 8 fps = 24 frames: 3 groups of 8 frames.
@@ -344,12 +331,12 @@ def test_inference_says_how_long_the_initial_video_must_be(model_dir, tmp_path, 
     clip = write_mp4(moving_square_clip(1, 24, TINY_HEIGHT, TINY_WIDTH), tmp_path / "clip.mp4", fps=CLIP_FPS)
     with pytest.raises(DatasetError, match="gives 24 frames at 10 fps; the stream starts from the last 25 \\(2.5 s\\)"):
         inference.main([
-            "--model_dir", str(model_dir), "--initial_video", str(clip), "--controls", "D", "--fps", "10",
+            "--model_dir", str(model_dir), "--initial_video", str(clip), "--controls", "RIGHT", "--fps", "10",
             "--num_groups", str(NUM_GROUPS), "--group_size", str(GROUP_SIZE), "--output", str(tmp_path / "short.mp4"),
         ])
 
 
 def test_inference_without_an_initial_clip_says_what_to_pass(model_dir, capsys):
     with pytest.raises(SystemExit):
-        inference.main(["--model_dir", str(model_dir), "--controls", "D"])
+        inference.main(["--model_dir", str(model_dir), "--controls", "RIGHT"])
     assert "needs an initial clip: pass --initial_video FILE, or --data_root" in capsys.readouterr().err

@@ -10,8 +10,16 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from stage3.cogvideox.pipeline_cogvideox import history_latent_frames
 from stage3.train_text_to_video_sft import SwinTrainer
 from stage3.training.arguments import SwinArgs
-from tests.conftest import CLIP_FRAMES, TINY_HEIGHT, TINY_WIDTH, moving_square_clip, tiny_run_args
+from tests.conftest import (
+    CLIP_FRAMES,
+    TINY_HEIGHT,
+    TINY_WIDTH,
+    assert_components_unchanged,
+    moving_square_clip,
+    tiny_run_args,
+)
 from thematrix.config import ConfigError
+from thematrix.schedules import grouped_training_timesteps
 
 # 2 history + 1 + 2 * 2 latent frames = the 25-frame test clips
 NUM_GROUPS, GROUP_SIZE = 2, 2
@@ -33,6 +41,9 @@ def trainer(tiny_model_dir, tiny_dataset, tmp_path_factory):
 def test_window_timesteps_are_grouped_and_condition_frame_stays_clean(trainer):
     generator = torch.Generator().manual_seed(0)
     timesteps = trainer.sample_timesteps(1 + NUM_GROUPS * GROUP_SIZE, generator)
+    num_train_timesteps = trainer.scheduler.config.num_train_timesteps
+    expected = grouped_training_timesteps(1, NUM_GROUPS, GROUP_SIZE, num_train_timesteps, torch.Generator().manual_seed(0))
+    assert torch.equal(timesteps, expected) and timesteps.dtype == torch.long
     band = trainer.scheduler.config.num_train_timesteps // NUM_GROUPS
     assert timesteps.shape == (1, 5) and timesteps[0, 0] == 0
     assert torch.equal(timesteps[0, 3:] - timesteps[0, 1:3], torch.full((2,), band))
@@ -52,7 +63,7 @@ def test_training_condition_latent_is_the_one_the_stream_conditions_on(trainer, 
         lambda module, args, kwargs: conditions.append(kwargs["hidden_states"][0, 0].clone()), with_kwargs=True
     )
     try:
-        next(pipeline.stream("", video, "D", num_groups=NUM_GROUPS, group_size=GROUP_SIZE, num_inference_steps=NUM_GROUPS))
+        next(pipeline.stream("", video, "RIGHT", num_groups=NUM_GROUPS, group_size=GROUP_SIZE, num_inference_steps=NUM_GROUPS))
     finally:
         handle.remove()
     # Training sees the stream's last clip-length frames as one clip.
@@ -90,7 +101,7 @@ def test_loss_ignores_the_condition_frame(trainer):
             trainer.schedule.velocity_to_sample = original_predict
 
 
-def test_full_fine_tuning_moves_base_and_control_weights(trainer):
+def test_full_fine_tuning_moves_base_and_control_weights(trainer, tiny_model_dir):
     model = trainer.accelerator.unwrap_model(trainer.transformer)
     before = {name: param.detach().clone() for name, param in model.named_parameters()}
     assert all(param.requires_grad for param in model.parameters())
@@ -99,9 +110,11 @@ def test_full_fine_tuning_moves_base_and_control_weights(trainer):
     assert any(name.startswith("transformer_blocks.") for name in moved)
     assert any(name.startswith("control_blocks.") for name in moved)
     assert (trainer.final_model_dir / "transformer" / "config.json").is_file()
+    # The window is neither config nor state of the scheduler: the saved scheduler/ is the input model's, unchanged.
+    assert_components_unchanged(tiny_model_dir, trainer.final_model_dir)
 
 
 def test_clip_length_must_fill_the_window(tiny_model_dir, tiny_dataset, tmp_path):
-    args = stage3_args(tiny_model_dir, tiny_dataset, tmp_path, num_noise_groups=4, group_size=4)
+    args = stage3_args(tiny_model_dir, tiny_dataset, tmp_path, num_noise_groups=4, group_size=4, validation_num_inference_steps=4)
     with pytest.raises(ConfigError, match=r"needs clips of exactly 73 frames: set args.frame_buckets = \(73,\)"):
         SwinTrainer(args).train()

@@ -9,8 +9,8 @@ from stage1.train_text_to_video_lora import LoraTrainer
 class OtherEncoding(LoraTrainer):
     """A stage that encodes clips its own way (stage 3 drops history latent frames) and says so in its fingerprint."""
 
-    def _encoder_fingerprint(self):
-        return dict(super()._encoder_fingerprint(), encoding="other")
+    def cache_fingerprint(self):
+        return dict(super().cache_fingerprint(), encoding="other")
 
 
 def test_a_stages_fingerprint_keys_its_cache_entries(lora_args, tmp_path):

@@ -28,8 +28,8 @@ elif (( NUM_PROCESSES > 1 )); then
   export ACCELERATE_USE_CPU=true
   THREADS=$(( $(nproc) / NUM_PROCESSES ))
   DEVICE_FLAGS=(--multi_gpu "${PLAIN_FLAGS[@]}" --num_cpu_threads_per_process "$(( THREADS > 1 ? THREADS : 1 ))")
-else
-  DEVICE_FLAGS=(--cpu "${PLAIN_FLAGS[@]}" --num_cpu_threads_per_process "$(nproc)")
+else  # every core, or OMP_NUM_THREADS where it is set
+  DEVICE_FLAGS=(--cpu "${PLAIN_FLAGS[@]}" --num_cpu_threads_per_process "${OMP_NUM_THREADS:-$(nproc)}")
 fi
 
 # `accelerate launch`, but a failed run ends with the training script's own last line and exit code.

@@ -102,6 +102,22 @@ class StrictArgs:
 ArgsT = TypeVar("ArgsT", bound=StrictArgs)
 
 
+def setting_from_model(name: str, value: Any, model_value: Any, model: str) -> Any:
+    """A setting that the input model records: unset (None) it takes the model's value; set, it must agree.
+
+    ``name`` is how the user writes the setting (``args.fps``, ``--fps``), ``model`` names the model (``the
+    model at DIR``); a disagreement is an error naming both values. Returns None when neither says anything.
+    """
+    if value is None:
+        return model_value
+    if model_value is not None and value != model_value:
+        raise ConfigError(
+            f"{name} is {value!r}, but {model} was trained with {model_value!r}. Fix: leave {name} unset to take "
+            f"the model's value, or set it to {model_value!r}"
+        )
+    return value
+
+
 # ---------------------------------------------------------------- types and paths
 
 

@@ -16,7 +16,6 @@ A game's vocabulary travels with its footage as ``vocabulary.json`` in the data 
 from __future__ import annotations
 
 import difflib
-import functools
 import json
 import os
 from collections import Counter
@@ -25,13 +24,17 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 CONTROL_SEPARATOR = ","
+# Latent frames each token is held in the default control pattern (validation, inference without controls).
+DEFAULT_HOLD_LATENT_FRAMES = 2
 # The vocabulary of a game's footage, in its data root (format: the module docstring).
 VOCABULARY_FILE = "vocabulary.json"
 TOKENS_KEY = "tokens"
 NULL_PHRASE_KEY = "null_phrase"
 VOCABULARY_KEYS = (TOKENS_KEY, NULL_PHRASE_KEY)
-# The car's game file (data/README.md): its vocabulary is what the stages default to (``__getattr__`` below).
-CAR_RACING_GAME_FILE = Path(__file__).resolve().parents[1] / "data" / "games" / "car_racing.json"
+# Game files (data/README.md): a game's vocabulary plus what its recorder needs and, optionally, the key map that
+# play gives a model of that game (under GAME_KEYMAP_KEY).
+GAMES_DIR = Path(__file__).resolve().parents[1] / "data" / "games"
+GAME_KEYMAP_KEY = "keys"
 
 
 class ControlError(ValueError):
@@ -193,6 +196,30 @@ def data_root_vocabulary(data_root: str | os.PathLike) -> Optional[ControlVocabu
     return load_vocabulary(path) if path.exists() else None
 
 
+def agreed_vocabulary(*vocabularies: Optional[ControlVocabulary]) -> Optional[ControlVocabulary]:
+    """The first of ``vocabularies`` that is given (not None), once every other given one has its tokens and
+    phrases; a disagreement is an error naming both sources and both vocabularies. None if none is given."""
+    given = [vocabulary for vocabulary in vocabularies if vocabulary is not None]
+    for other in given[1:]:
+        if (other.tokens, other.phrases) != (given[0].tokens, given[0].phrases):
+            raise ControlError(
+                f"{given[0].source} has the controls {given[0].to_mapping()}, but {other.source} has "
+                f"{other.to_mapping()}. Fix: make them the same vocabulary, or leave out the one that is wrong"
+            )
+    return given[0] if given else None
+
+
+def default_control_pattern(vocabulary: ControlVocabulary) -> list[str]:
+    """Every token of ``vocabulary`` in turn, each held ``DEFAULT_HOLD_LATENT_FRAMES`` latent frames: the controls a
+    validation or a generation without given controls cycles through, so that every key is shown."""
+    return [token for token in vocabulary.tokens for _ in range(DEFAULT_HOLD_LATENT_FRAMES)]
+
+
+def game_files() -> list[Path]:
+    """The game files of this checkout (none where the package is installed without its data folder)."""
+    return sorted(GAMES_DIR.glob("*.json"))
+
+
 def latent_frame_controls(frame_tokens: Sequence[str], temporal_compression: int) -> list[str]:
     """One token per latent frame: the tokens of sampled frames ``0, c, 2c, ...`` of a ``c*k+1`` clip."""
     if (len(frame_tokens) - 1) % temporal_compression:
@@ -212,18 +239,3 @@ def video_frame_labels(latent_tokens: Sequence[str], temporal_compression: int) 
 def cycle_controls(tokens: Sequence[str], count: int) -> list[str]:
     """``count`` tokens repeating ``tokens``: a short pattern drives a clip of any length."""
     return [tokens[index % len(tokens)] for index in range(count)]
-
-
-@functools.cache
-def _car_racing_vocabulary() -> ControlVocabulary:
-    return vocabulary_from_json(read_json_object(CAR_RACING_GAME_FILE, "game file"), str(CAR_RACING_GAME_FILE))
-
-
-def __getattr__(name: str):
-    """``DEFAULT_VOCABULARY`` and ``CAR_RACING_CONTROLS`` (token -> phrase): the car's vocabulary, which the stage
-    code still takes as its default; read from the car's game file when first imported."""
-    if name == "DEFAULT_VOCABULARY":
-        return _car_racing_vocabulary()
-    if name == "CAR_RACING_CONTROLS":
-        return _car_racing_vocabulary().to_mapping()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

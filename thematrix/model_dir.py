@@ -1,24 +1,92 @@
-"""Model directories: checks, so a wrong path fails at start with a message saying what to pass; writing one."""
+"""Model directories: checks, so a wrong path fails at start with a message saying what to pass; writing one;
+and what a stage records in it about how its model was trained (``GenerationDefaults``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Optional
+
+import torch
 
 from thematrix.hub import HUB_ID_EXAMPLE, resolve_model_path
 
 TRANSFORMER = "transformer"
-PIPELINE_COMPONENTS = (TRANSFORMER, "vae", "text_encoder", "tokenizer", "scheduler")
+VAE = "vae"
+TEXT_ENCODER = "text_encoder"
+SCHEDULER = "scheduler"
+PIPELINE_COMPONENTS = (TRANSFORMER, VAE, TEXT_ENCODER, "tokenizer", SCHEDULER)
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 MODEL_INDEX = "model_index.json"
+# Beside model_index.json (and beside stage 1's LoRA weights): how the model was trained, see GenerationDefaults.
+GENERATION_DEFAULTS_FILE = "generation_defaults.json"
+# CogVideoX's own frame rate: what a model directory that records none (a base model) generates at.
+COGVIDEOX_FPS = 8
 # Libraries whose classes model_index.json names by library alone (diffusers' LOADABLE_CLASSES).
 LOADER_LIBRARIES = ("diffusers", "transformers")
 
 
 class ModelDirError(ValueError):
     """A model directory that is missing, incomplete or of the wrong kind."""
+
+
+@dataclass(frozen=True)
+class GenerationDefaults:
+    """How a model was trained, recorded in its directory so that inference, play and the next stage need not be
+    told again: a setting left unset takes these values, and one that contradicts them is an error.
+
+    ``fps``, ``height``, ``width``: the frame rate and size of its training clips; ``num_frames``: its longest
+    training clip (the window's clip in stages 3-4); ``prompt``: a prompt of its footage (the run's first
+    validation prompt, by default a caption of the footage); ``num_groups``, ``group_size``: the Swin-DPM window of
+    G groups of W latent frames (stages 3-4; None before). For a model that records nothing, ``fps`` and
+    ``prompt`` are None too (see ``generation_defaults``). The model's control vocabulary is part of its
+    transformer's config, not of this file.
+    """
+
+    fps: Optional[int]
+    height: int
+    width: int
+    num_frames: int
+    prompt: Optional[str]
+    num_groups: Optional[int] = None
+    group_size: Optional[int] = None
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / GENERATION_DEFAULTS_FILE
+        path.write_text(json.dumps(dataclasses.asdict(self), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Optional["GenerationDefaults"]:
+        """The record in ``directory``, or None for a directory without one (a base model, an older stage's)."""
+        path = Path(directory) / GENERATION_DEFAULTS_FILE
+        if not path.is_file():
+            return None
+        try:
+            return cls(**json.loads(path.read_text(encoding="utf-8")))
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as error:
+            fields = [field.name for field in dataclasses.fields(cls)]
+            raise ModelDirError(
+                f"{path}: not a record of how the model was trained ({error}). Fix: write a JSON object with the "
+                f"fields {fields}, or delete the file (settings then need to be given)"
+            ) from None
+
+
+def generation_defaults(model_dir: str | Path) -> GenerationDefaults:
+    """What ``model_dir`` records of its training; for a model that records nothing (a base model), its configs'
+    native size and clip length, with no frame rate (generate at ``COGVIDEOX_FPS``), prompt or window."""
+    recorded = GenerationDefaults.load(model_dir)
+    if recorded is not None:
+        return recorded
+    vae = json.loads((Path(model_dir) / VAE / "config.json").read_text())
+    return GenerationDefaults(
+        fps=None, height=vae["sample_height"], width=vae["sample_width"],
+        num_frames=transformer_config(model_dir)["sample_frames"], prompt=None,
+    )
 
 
 def check_model_dir(path: str | Path, setting: str = "args.pretrained_model_name_or_path") -> Path:
@@ -47,10 +115,23 @@ def check_model_dir(path: str | Path, setting: str = "args.pretrained_model_name
     return path
 
 
+def transformer_config(path: str | Path) -> dict[str, Any]:
+    """A model directory's transformer config, read without loading a weight."""
+    return json.loads((Path(path) / TRANSFORMER / "config.json").read_text())
+
+
 def transformer_class_name(path: str | Path) -> str:
     """The ``_class_name`` recorded in a model directory's transformer config."""
-    config = json.loads((Path(path) / TRANSFORMER / "config.json").read_text())
-    return config["_class_name"]
+    return transformer_config(path)["_class_name"]
+
+
+def vae_architecture(path: str | Path):
+    """A model directory's VAE without its weights (on the meta device): its compression factors and decoder
+    batches, for checks made before anything loads."""
+    from diffusers import AutoencoderKLCogVideoX
+
+    with torch.device("meta"):
+        return AutoencoderKLCogVideoX.from_config(AutoencoderKLCogVideoX.load_config(path, subfolder=VAE))
 
 
 def library_and_class(cls: type) -> tuple[str, str]:
@@ -73,14 +154,16 @@ def _link_or_copy(source: str, destination: str) -> str:
     return destination
 
 
-def save_model_dir(transformer, source_dir: str | Path, output_dir: str | Path) -> Path:
+def save_model_dir(
+    transformer, source_dir: str | Path, output_dir: str | Path, defaults: Optional[GenerationDefaults] = None
+) -> Path:
     """Write ``source_dir`` with its transformer replaced by ``transformer``, atomically (aside, then renamed).
 
-    Only the transformer is written (in its own dtype). Every other entry of ``source_dir`` (tokenizer,
-    text encoder, VAE, scheduler, licence files) is hard-linked, or copied where links are impossible,
-    byte for byte: their classes, dtypes and configs stay as they were, and a T5-XXL is never re-saved.
-    A hard link is the same file in both directories, so a model directory is never rewritten in place:
-    this function writes a new one aside and renames it. model_index.json is the source's with the
+    Only the transformer (in its own dtype) and ``defaults`` (when given) are written. Every other entry of
+    ``source_dir`` (tokenizer, text encoder, VAE, scheduler, licence files) is hard-linked, or copied where
+    links are impossible, byte for byte: their classes, dtypes and configs stay as they were, and a T5-XXL is
+    never re-saved. A hard link is the same file in both directories, so a model directory is never rewritten
+    in place: this function writes a new one aside and renames it. model_index.json is the source's with the
     transformer entry updated.
     """
     source_dir, output_dir = Path(source_dir), Path(output_dir)
@@ -88,8 +171,9 @@ def save_model_dir(transformer, source_dir: str | Path, output_dir: str | Path) 
     partial = output_dir.with_name(output_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
+    written = {TRANSFORMER, MODEL_INDEX} | ({GENERATION_DEFAULTS_FILE} if defaults is not None else set())
     for entry in source_dir.iterdir():
-        if entry.name in (TRANSFORMER, MODEL_INDEX):
+        if entry.name in written:
             continue
         if entry.is_dir():
             shutil.copytree(entry, partial / entry.name, copy_function=_link_or_copy)
@@ -98,13 +182,16 @@ def save_model_dir(transformer, source_dir: str | Path, output_dir: str | Path) 
     transformer.save_pretrained(str(partial / TRANSFORMER), safe_serialization=True)
     index[TRANSFORMER] = list(library_and_class(type(transformer)))
     (partial / MODEL_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    if defaults is not None:
+        defaults.save(partial)
     shutil.rmtree(output_dir, ignore_errors=True)
     os.replace(partial, output_dir)
     return output_dir
 
 
-def load_components(model_dir: str | Path, dtype, scheduler_class, transformer_class=None) -> dict:
-    """Tokenizer, text encoder, VAE, scheduler (and transformer) of a model directory, loaded part by part.
+def load_components(model_dir: str | Path, dtype, scheduler_class=None, transformer_class=None) -> dict:
+    """Tokenizer, text encoder and VAE of a model directory, and its scheduler and transformer as the given classes
+    (each left out when its class is None), loaded part by part.
 
     diffusers' pipeline loader resolves classes only from diffusers and transformers by name, so the
     project's transformer classes are loaded here by the stage that knows them.
@@ -114,10 +201,11 @@ def load_components(model_dir: str | Path, dtype, scheduler_class, transformer_c
 
     components = {
         "tokenizer": AutoTokenizer.from_pretrained(model_dir, subfolder="tokenizer"),
-        "text_encoder": T5EncoderModel.from_pretrained(model_dir, subfolder="text_encoder", dtype=dtype),
-        "vae": AutoencoderKLCogVideoX.from_pretrained(model_dir, subfolder="vae", dtype=dtype),
-        "scheduler": scheduler_class.from_pretrained(model_dir, subfolder="scheduler"),
+        "text_encoder": T5EncoderModel.from_pretrained(model_dir, subfolder=TEXT_ENCODER, dtype=dtype),
+        "vae": AutoencoderKLCogVideoX.from_pretrained(model_dir, subfolder=VAE, dtype=dtype),
     }
+    if scheduler_class is not None:
+        components["scheduler"] = scheduler_class.from_pretrained(model_dir, subfolder=SCHEDULER)
     if transformer_class is not None:
-        components["transformer"] = transformer_class.from_pretrained(model_dir, subfolder="transformer", dtype=dtype)
+        components["transformer"] = transformer_class.from_pretrained(model_dir, subfolder=TRANSFORMER, dtype=dtype)
     return components

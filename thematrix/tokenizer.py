@@ -39,7 +39,7 @@ from typing import Iterable, Sequence
 import sentencepiece
 from transformers import AutoTokenizer, T5Tokenizer
 
-from thematrix.controls import CAR_RACING_CONTROLS
+from thematrix.controls import game_files, read_json_object, vocabulary_from_json
 
 logger = logging.getLogger(__name__)
 
@@ -68,9 +68,11 @@ class TokenizerMismatchError(RuntimeError):
 
 
 def corpus_lines(extra_lines: Iterable[str] = ()) -> list[str]:
-    """The training text: the package's corpus, every control phrase, the coverage characters, ``extra_lines``."""
+    """The training text: the package's corpus, the control phrases of every game file (data/games), the coverage
+    characters, ``extra_lines``."""
     lines = [line.strip() for line in CORPUS_FILE.read_text(encoding="utf-8").splitlines()]
-    lines += list(CAR_RACING_CONTROLS.values())
+    for path in game_files():
+        lines += vocabulary_from_json(read_json_object(path, "game file"), str(path)).phrases
     lines.append(" ".join(COVERAGE_CHARACTERS))
     lines += list(extra_lines)
     return [line for line in lines if line]

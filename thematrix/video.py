@@ -196,6 +196,11 @@ def draw_control_overlay(frames, labels: Sequence[str]) -> np.ndarray:
     return frames
 
 
+def pipeline_video_to_signed(video):
+    """A pipeline's ``output_type="pt"`` video (``frames[i]``, ``[F, C, H, W]`` in [0, 1]) in the VAE's [-1, 1]."""
+    return video * 2 - 1
+
+
 def tensor_to_uint8_frames(video) -> np.ndarray:
     """Float video in ``[-1, 1]`` shaped ``[F, C, H, W]`` (C = 3) to uint8 frames ``[F, H, W, 3]``."""
     if video.ndim != 4 or video.shape[1] != RGB_CHANNELS:

@@ -1,4 +1,4 @@
-"""Stage 1's pipeline: stock CogVideoX text-to-video, loaded offline from a model directory."""
+"""Stage 1's pipeline: stock CogVideoX text-to-video, loaded from a model directory or a Hugging Face id's snapshot."""
 
 from __future__ import annotations
 
@@ -39,25 +39,27 @@ class GameVideoPipeline(CogVideoXPipeline):
         dtype: Optional[torch.dtype] = None,
         setting: str = "--model_dir",
     ) -> "GameVideoPipeline":
-        """Load a local model directory (and optionally a LoRA) onto ``device``; nothing is downloaded."""
+        """Load a model directory, or a Hugging Face id's cached snapshot (and optionally a LoRA), onto ``device``."""
         default_device, default_dtype = default_device_and_dtype()
         device, dtype = device or default_device, dtype or default_dtype
-        cls.check_stage_model(model_dir, setting)
+        model_dir = cls.check_stage_model(model_dir, setting)
         pipeline = cls(**load_components(model_dir, dtype, cls.scheduler_class, cls.transformer_class))
         if lora_dir is not None:
             pipeline.load_lora_weights(str(lora_dir))
         return pipeline.to(device)
 
     @classmethod
-    def check_stage_model(cls, model_dir: str | Path, setting: str = "--model_dir") -> None:
-        """Refuse an incomplete model directory, or one whose transformer is not ``transformer_class``."""
-        check_model_dir(model_dir, setting)
+    def check_stage_model(cls, model_dir: str | Path, setting: str = "--model_dir") -> Path:
+        """The local directory of ``model_dir`` (a hub id's snapshot), refused if incomplete or if its transformer is
+        not ``transformer_class``."""
+        model_dir = check_model_dir(model_dir, setting)
         found = transformer_class_name(model_dir)
         if found != cls.transformer_class.__name__:
             raise ModelDirError(
                 f"{setting} {model_dir}: its transformer is a {found}, but {cls.__name__} needs a "
                 f"{cls.transformer_class.__name__}; pass the model directory written by this stage's training"
             )
+        return model_dir
 
     @property
     def native_size(self) -> tuple[int, int, int]:

@@ -1,18 +1,13 @@
-"""Stage 1's scheduler: CogVideoX's own noise schedule, with uniform training timesteps.
+"""Stage 1's scheduler: CogVideoX's own noise schedule.
 
-Later stages subclass ``GameScheduler`` and override ``sample_training_timesteps`` (Swin-DPM
-draws one timestep per latent frame) and the sampling step.
+It holds no training state: the trainer draws training timesteps in the stage's own code
+(``Trainer.sample_timesteps``). Later stages subclass ``GameScheduler`` for their sampling schedules.
 """
 
 from __future__ import annotations
 
-import torch
 from diffusers import CogVideoXDPMScheduler
 
 
 class GameScheduler(CogVideoXDPMScheduler):
-    """CogVideoX's DPM scheduler, loadable from any CogVideoX ``scheduler/`` folder."""
-
-    def sample_training_timesteps(self, num_latent_frames: int, generator: torch.Generator) -> torch.Tensor:
-        """One sample's timestep, uniform over the training schedule: shape [1], shared by all frames."""
-        return torch.randint(0, self.config.num_train_timesteps, (1,), generator=generator, device=generator.device)
+    """CogVideoX's DPM scheduler under the name later stages build on, loadable from any CogVideoX ``scheduler/``."""

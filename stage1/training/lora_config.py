@@ -1,4 +1,4 @@
-"""Stage 1: LoRA fine-tuning of CogVideoX-2B on game footage. Edit the three paths, then run
+"""Stage 1: LoRA fine-tuning of CogVideoX-2B on game footage. Check the paths, then run
 `bash train_text_to_video_lora.sh`. Paths are relative to stage1/. Every setting and its default is
 listed in thematrix/training/arguments.py and stage1/training/arguments.py.
 """
@@ -6,9 +6,10 @@ listed in thematrix/training/arguments.py and stage1/training/arguments.py.
 from stage1.training.arguments import LoraArgs
 
 args = LoraArgs()
-args.pretrained_model_name_or_path = "path/to/CogVideoX-2b"  # the original model, a local diffusers directory
-args.data_root = "path/to/data_root"  # folder of the clips
-args.index_file = "path/to/index_file"  # JSON index of the clips (data/README.md)
+# The original model: its Hugging Face id (downloaded once into the hub cache) or a local diffusers directory.
+args.pretrained_model_name_or_path = "THUDM/CogVideoX-2b"
+args.data_root = "../footage"  # folder of the clips and their vocabulary.json (README: recorded at the repository root)
+args.index_file = "../footage/index.json"  # JSON index of the clips (data/README.md)
 args.output_dir = "../outputs/stage1-lora"
 
 # The reference recipe: 480x720 clips of 17/33/65 frames, rank 256, lr 1e-5, bf16 (the defaults).

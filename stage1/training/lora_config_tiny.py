@@ -1,4 +1,5 @@
-"""Stage 1 on the tiny model and the recorded CarRacing clips: the README's demo, CPU-sized."""
+"""Stage 1 on the tiny model and the recorded CarRacing clips: the README's demo, CPU-sized. The frame rate is
+the footage's (unset); another game's footage needs only other paths."""
 
 from stage1.training.lora_config import args
 
@@ -8,7 +9,6 @@ args.index_file = "../outputs/demo/footage/index.json"
 args.output_dir = "../outputs/demo/stage1-lora"
 
 args.height, args.width = 48, 64  # the tiny VAE's native size
-args.fps = 10  # the recorder's frame rate
 args.frame_buckets = (9, 17)  # 3 or 5 latent frames
 args.rank, args.lora_alpha = 8, 8.0  # the tiny transformer is 16 wide
 args.learning_rate = 1e-3  # a tiny random model needs large steps to move in 60 of them

@@ -14,9 +14,11 @@ Later stages reuse ``guided_velocity`` inside their own sampling loops.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
+from diffusers.pipelines.cogvideo.pipeline_output import CogVideoXPipelineOutput
 
 from stage1.cogvideox.pipeline_cogvideox import GameVideoPipeline
 from stage2.cogvideox.scheduler import InteractiveScheduler
@@ -39,7 +41,7 @@ def parse_controls(
     temporal_compression: int,
     per_video_frame: bool = False,
 ) -> list[str]:
-    """Tokens per latent frame from ``"D,D,DL"`` or a token list; per video frame with ``per_video_frame``."""
+    """Tokens per latent frame from ``"W,W,JUMP"`` or a token list; per video frame with ``per_video_frame``."""
     tokens = vocabulary.parse(controls) if isinstance(controls, str) else list(controls)
     vocabulary.encode(tokens)
     if per_video_frame:
@@ -56,6 +58,13 @@ def parse_controls(
             f"(one per {temporal_compression} video frames), or one per video frame with the per-video-frame flag"
         )
     return tokens
+
+
+@dataclass
+class InteractivePipelineOutput(CogVideoXPipelineOutput):
+    """``CogVideoXPipelineOutput`` plus ``controls``: per video, the control token of each of its latent frames."""
+
+    controls: list[list[str]]
 
 
 class InteractivePipeline(GameVideoPipeline):
@@ -121,8 +130,12 @@ class InteractivePipeline(GameVideoPipeline):
         generator: Optional[torch.Generator] = None,
         prompt_embeds: Optional[torch.Tensor] = None,
         negative_prompt_embeds: Optional[torch.Tensor] = None,
-    ) -> tuple[torch.Tensor, list[str]]:
-        """Returns (video ``[F, C, H, W]`` in ``[-1, 1]``, the control token of each latent frame)."""
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ) -> InteractivePipelineOutput | tuple:
+        """A video steered by ``controls``; returns, as ``CogVideoXPipeline``, an ``InteractivePipelineOutput`` whose
+        ``frames`` are post-processed to ``output_type`` ("pil", "np", "pt" ``[1, F, C, H, W]`` in [0, 1], or
+        "latent"), and the control token of each latent frame; with ``return_dict=False``, (frames, controls)."""
         native_frames, native_height, native_width = self.native_size
         num_frames, height, width = num_frames or native_frames, height or native_height, width or native_width
         num_latent_frames = latent_frame_count(num_frames, self.temporal_compression)
@@ -149,5 +162,11 @@ class InteractivePipeline(GameVideoPipeline):
                 generator=generator, return_dict=False,
             )
             latents = latents.to(prompt_embeds.dtype)
-        video = self.decode_latents(latents)[0].permute(1, 0, 2, 3)  # [F, C, H, W]
-        return video.float().clamp(-1, 1), tokens
+        if output_type == "latent":
+            video = latents
+        else:
+            video = self.video_processor.postprocess_video(video=self.decode_latents(latents), output_type=output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return video, [tokens]
+        return InteractivePipelineOutput(frames=video, controls=[tokens])

@@ -5,22 +5,41 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from thematrix.controls import DEFAULT_VOCABULARY, ControlVocabulary
+from thematrix.config import ConfigError, LocalPath
+from thematrix.controls import ControlVocabulary
 from thematrix.training.arguments import TrainingArgs
+
+SETTINGS_SOURCE = "the settings args.control_tokens and args.control_phrases"
 
 
 @dataclass
 class SftArgs(TrainingArgs):
     output_dir: str = "outputs/stage2"
     learning_rate: float = 1e-4  # only the new, zero-initialised control blocks train
-    # The game's keys: one token per key combination, each with a phrase the text encoder embeds once.
-    control_tokens: tuple[str, ...] = DEFAULT_VOCABULARY.tokens
-    control_phrases: tuple[str, ...] = DEFAULT_VOCABULARY.phrases
-    clip_text_model_path: Optional[str] = None  # embed phrases with this local CLIP text model instead of T5
+    # The game's keys: one token per key combination, each with a phrase the text encoder embeds once. Default: the
+    # input model's vocabulary, else the footage's (DATA_ROOT/vocabulary.json); all that are given must agree.
+    control_tokens: Optional[tuple[str, ...]] = None
+    control_phrases: Optional[tuple[str, ...]] = None  # one per control token, in the same order
+    clip_text_model_path: Optional[LocalPath] = None  # embed phrases with this local CLIP text model instead of T5
     control_start_layer: Optional[int] = None  # first block followed by a control block; None = num_layers // 2
     control_p_zero: float = 0.1  # chance a clip trains with null controls, for control guidance
-    validation_controls: tuple[str, ...] = ("D", "D", "DL", "DL", "DR", "DR")  # cycled over the latent frames
+    # Tokens cycled over the latent frames of a validation video; default: every token in turn, each held 2 latent frames.
+    validation_controls: Optional[tuple[str, ...]] = None
     validation_control_guidance_scale: float = 1.0
 
-    def vocabulary(self) -> ControlVocabulary:
-        return ControlVocabulary(tuple(self.control_tokens), tuple(self.control_phrases))
+    def vocabulary(self) -> Optional[ControlVocabulary]:
+        """The vocabulary ``control_tokens`` and ``control_phrases`` give, or None when they are unset."""
+        if self.control_tokens is None and self.control_phrases is None:
+            return None
+        if self.control_tokens is None or self.control_phrases is None:
+            raise ConfigError(
+                "args.control_tokens and args.control_phrases are set together (one phrase per token) or not at all "
+                "(the model's or the footage's vocabulary is then used)"
+            )
+        return ControlVocabulary(tuple(self.control_tokens), tuple(self.control_phrases), source=SETTINGS_SOURCE)
+
+    def check(self) -> None:
+        super().check()
+        self.vocabulary()
+        if not 0 <= self.control_p_zero <= 1:
+            raise ConfigError(f"args.control_p_zero is a probability, in [0, 1]; got {self.control_p_zero}")

@@ -7,11 +7,11 @@ from stage2.training.arguments import SftArgs
 
 args = SftArgs()
 args.pretrained_model_name_or_path = "../outputs/stage1-fused"  # output_dir of stage1/fuse_lora_weights.py
-args.data_root = "path/to/data_root"
-args.index_file = "path/to/index_file"
+args.data_root = "../footage"  # as stage 1's
+args.index_file = "../footage/index.json"
 args.output_dir = "../outputs/stage2"  # the trained model is written to <output_dir>/model
 
-# Another game: its own keys and phrases, e.g.
-# args.control_tokens = ("W", "A", "S", "D", "none"); args.control_phrases = ("The player walks forward.", ...)
+# The game's keys and their phrases come with the footage (DATA_ROOT/vocabulary.json, data/README.md); footage
+# without one sets them here: args.control_tokens = ("W", ...); args.control_phrases = ("The player walks forward.", ...)
 args.control_p_zero = 0.1  # the reference's rate of dropped controls
 args.max_train_steps = 10_000

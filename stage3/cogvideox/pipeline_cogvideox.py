@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+from diffusers.pipelines.cogvideo.pipeline_output import CogVideoXPipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from stage2.cogvideox.pipeline_cogvideox import InteractivePipeline
@@ -37,10 +38,13 @@ from thematrix.controls import ControlError, ControlVocabulary
 from thematrix.schedules import GroupedInferenceSchedule, expand_group_timesteps
 from thematrix.streaming_vae import StreamingDecoder, first_batch_size
 
-# One list of W tokens per group: a callable of the group's index, an iterable of lists (or of "D,DL"
-# strings), or one "D,D,DL" string cycled per latent frame.
+# One list of W tokens per group: a callable of the group's index, an iterable of lists (or of "W,JUMP"
+# strings), or one "W,W,JUMP" string cycled per latent frame.
 Controls = str | Callable[[int], Sequence[str]] | Iterable[str | Sequence[str]]
 VIDEO_CHANNELS = 3
+# The reference recipe's window, 4 groups of 4 latent frames: what a stream uses when neither the caller nor the
+# model directory says otherwise.
+RECIPE_NUM_GROUPS, RECIPE_GROUP_SIZE = 4, 4
 
 
 def history_latent_frames(vae) -> int:
@@ -48,6 +52,11 @@ def history_latent_frames(vae) -> int:
     streaming decoder's first batch (2 for CogVideoX: the causal first frame and one more). Training drops
     them from every clip; the stream decodes them only to prime the decoder's caches."""
     return first_batch_size(vae) - CONDITION_FRAMES
+
+
+def condition_control(control_tokens: Sequence[str], vae) -> str:
+    """The control of a window clip's condition latent frame (latent frame H, after the history)."""
+    return control_tokens[history_latent_frames(vae)]
 
 
 def window_clip_frames(vae, num_groups: int, group_size: int) -> int:
@@ -75,6 +84,14 @@ class StreamChunk:
     state_nbytes: int
 
 
+@dataclass
+class StreamPipelineOutput(CogVideoXPipelineOutput):
+    """``generate``'s result: ``CogVideoXPipelineOutput`` plus ``frame_controls``, per video the control active in
+    each of its frames."""
+
+    frame_controls: list[list[str]]
+
+
 def control_source(controls: Controls, vocabulary: ControlVocabulary, group_size: int) -> Callable[[int], Sequence]:
     """``controls`` as a function of the group index; called once per group, in order."""
     if isinstance(controls, str):
@@ -86,7 +103,7 @@ def control_source(controls: Controls, vocabulary: ControlVocabulary, group_size
         iterator = iter(controls)
     except TypeError:
         raise ControlError(
-            f"controls must be a 'D,DL' string, a callable(group_index) -> {group_size} tokens, or an iterator of "
+            f"controls must be a 'W,JUMP' string, a callable(group_index) -> {group_size} tokens, or an iterator of "
             f"token lists; got a {type(controls).__name__}"
         ) from None
 
@@ -113,8 +130,8 @@ class SwinDPMPipeline(InteractivePipeline):
         initial_video: torch.Tensor,
         controls: Controls,
         negative_prompt: str = "",
-        num_groups: int = 4,
-        group_size: int = 4,
+        num_groups: int = RECIPE_NUM_GROUPS,
+        group_size: int = RECIPE_GROUP_SIZE,
         num_inference_steps: int = 20,
         guidance_scale: float = 6.0,
         control_guidance_scale: float = 1.0,
@@ -162,13 +179,19 @@ class SwinDPMPipeline(InteractivePipeline):
         GroupedInferenceSchedule.check_steps(num_inference_steps, num_groups)
 
     def generate(
-        self, prompt: str, initial_video: torch.Tensor, controls: Controls, max_groups: int, **stream_options
-    ) -> tuple[torch.Tensor, list[str]]:
-        """The first ``max_groups`` groups of ``stream`` as one video ``[c * W * K, 3, H, W]`` (CPU) and the
-        control active in each of its frames."""
+        self, prompt: str, initial_video: torch.Tensor, controls: Controls, max_groups: int, output_type: str = "pil",
+        return_dict: bool = True, **stream_options
+    ) -> StreamPipelineOutput | tuple:
+        """The first ``max_groups`` groups of ``stream`` as one video of ``c * W * K`` frames, post-processed as
+        ``CogVideoXPipeline`` does to ``output_type`` ("pil", "np", or "pt": ``[1, F, 3, H, W]`` in [0, 1], on the
+        CPU), with the control active in each frame; with ``return_dict=False``, (frames, frame_controls)."""
         chunks = list(self.stream(prompt, initial_video, controls, max_groups=max_groups, **stream_options))
-        video = torch.cat([chunk.frames for chunk in chunks])
-        return video, [label for chunk in chunks for label in chunk.frame_controls]
+        video = torch.cat([chunk.frames for chunk in chunks])  # [F, 3, H, W] in [-1, 1]
+        frames = self.video_processor.postprocess_video(video=video.permute(1, 0, 2, 3)[None], output_type=output_type)
+        frame_controls = [[label for chunk in chunks for label in chunk.frame_controls]]
+        if not return_dict:
+            return frames, frame_controls
+        return StreamPipelineOutput(frames=frames, frame_controls=frame_controls)
 
     def window_clip(self, video: torch.Tensor, num_groups: int, group_size: int) -> torch.Tensor:
         """The last ``window_clip_frames`` frames of ``video`` ``[F0, 3, H, W]``, after checking its shape."""

@@ -2,19 +2,41 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Optional
 
 from stage2.training.arguments import SftArgs
+from thematrix.config import ConfigError
+from thematrix.model_dir import GenerationDefaults
 
 
 @dataclass
 class SwinArgs(SftArgs):
     output_dir: str = "outputs/stage3"
     learning_rate: float = 1e-5  # full-parameter fine-tuning of the 2B model
-    num_noise_groups: int = 4  # G: groups in the window, each in its own noise band
-    group_size: int = 4  # W: latent frames per group
-    # 2 history latent frames (dropped after encoding), 1 condition latent frame and G*W noisy ones:
-    # 1 + 4 * (2 + 16) = 73 video frames with G = W = 4.
-    frame_buckets: tuple[int, ...] = (73,)
+    # The window: G groups in their own noise bands, of W latent frames each. Default: the input model's window
+    # (a stage-3 model), else the reference recipe's G = W = 4.
+    num_noise_groups: Optional[int] = None
+    group_size: Optional[int] = None
+    # One clip length: 2 history latent frames (dropped after encoding), 1 condition latent frame and G*W noisy
+    # ones. Default: derived from the window, 1 + 4 * (2 + 16) = 73 video frames with G = W = 4.
+    frame_buckets: Optional[tuple[int, ...]] = None
     validation_groups: int = 8  # groups a validation stream emits (W*4 video frames each)
     validation_num_inference_steps: int = 20  # divisible by num_noise_groups
+
+    def check(self) -> None:
+        """With the window unset, what depends on it is checked once the trainer has taken it from the model."""
+        super().check()
+        for name in ("num_noise_groups", "group_size", "validation_groups"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"args.{name} must be at least 1, is {getattr(self, name)}")
+        steps = self.validation_num_inference_steps
+        if self.num_noise_groups is not None and steps is not None and steps % self.num_noise_groups:
+            raise ConfigError(
+                f"args.validation_num_inference_steps = {self.validation_num_inference_steps} must be divisible by "
+                f"args.num_noise_groups = {self.num_noise_groups}"
+            )
+
+    def generation_defaults(self) -> GenerationDefaults:
+        return dataclasses.replace(super().generation_defaults(), num_groups=self.num_noise_groups, group_size=self.group_size)

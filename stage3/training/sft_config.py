@@ -15,8 +15,8 @@ from stage3.training.arguments import SwinArgs
 
 args = SwinArgs()
 args.pretrained_model_name_or_path = "../outputs/stage2/model"  # <output_dir>/model of stage 2
-args.data_root = "path/to/data_root"
-args.index_file = "path/to/index_file"
+args.data_root = "../footage"  # as stage 1's
+args.index_file = "../footage/index.json"
 args.output_dir = "../outputs/stage3"
 
 args.gradient_checkpointing = True

@@ -7,9 +7,9 @@ args.data_root = "../outputs/demo/footage"
 args.index_file = "../outputs/demo/footage/index.json"
 args.output_dir = "../outputs/demo/stage3"
 
-args.height, args.width, args.fps = 48, 64, 10  # as the earlier tiny stages
-args.num_noise_groups, args.group_size = 2, 2  # window of 1 + 2*2 latent frames
-args.frame_buckets = (25,)  # 1 + 4 * (2 + 2 * 2) video frames: 2 history latent frames, then the window
+args.height, args.width = 48, 64  # as the earlier tiny stages
+# Window of 1 + 2*2 latent frames: clips of 1 + 4 * (2 + 2 * 2) = 25 video frames (2 history latent frames first).
+args.num_noise_groups, args.group_size = 2, 2
 args.learning_rate = 1e-3
 args.lr_warmup_steps = 0
 args.max_train_steps = 40

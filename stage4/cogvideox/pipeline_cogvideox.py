@@ -13,11 +13,10 @@ from typing import Iterator, Optional
 
 import torch
 
-from stage3.cogvideox.pipeline_cogvideox import Controls, StreamChunk, SwinDPMPipeline
+from stage3.cogvideox.pipeline_cogvideox import RECIPE_NUM_GROUPS, Controls, StreamChunk, SwinDPMPipeline
 from stage4.cogvideox.scheduler import ScmScheduler
 
 STUDENT_GUIDANCE_SCALE = 1.0
-DEFAULT_NUM_GROUPS = 4  # G of the reference recipe, as stage 3's stream
 
 
 class ScmPipeline(SwinDPMPipeline):
@@ -41,7 +40,7 @@ class ScmPipeline(SwinDPMPipeline):
         prompt: str,
         initial_video: torch.Tensor,
         controls: Controls,
-        num_groups: int = DEFAULT_NUM_GROUPS,
+        num_groups: int = RECIPE_NUM_GROUPS,
         num_inference_steps: Optional[int] = None,
         guidance_scale: float = STUDENT_GUIDANCE_SCALE,
         **options,

@@ -10,13 +10,13 @@ with LCM's scalings measured from b (``thematrix.schedules.c_skip``/``c_out``): 
 same formula from t to any t' (``ConsistencySchedule.step``) is the few-step sampler: with N = G steps
 every group sits at a band top and one forward lands it on its boundary.
 
-Like the window shape, the distillation grid is a property of training, not of the noise schedule: the
-trainer sets it with ``configure_distillation`` and the saved ``scheduler/`` folder stays stock diffusers.
+Like the window shape, the distillation grid (the teacher's schedule, the skipping interval) is a property
+of training, not of the noise schedule: the stage-4 trainer builds it with ``teacher_schedule`` and draws
+each window's timesteps with ``distillation_timesteps``; the scheduler holds no state of it, and the saved
+``scheduler/`` folder stays stock diffusers.
 """
 
 from __future__ import annotations
-
-from typing import Optional
 
 import torch
 
@@ -58,52 +58,41 @@ class ConsistencySchedule(GroupedInferenceSchedule):
 
 
 class ScmScheduler(SwinScheduler):
-    """Swin-DPM's scheduler plus SCM's distillation timesteps; its sampling schedule steps by consistency.
-
-    ``configure_window(G, W)`` then ``configure_distillation(N, k)`` before ``sample_distillation_timesteps``.
-    """
-
-    teacher_schedule: Optional[GroupedInferenceSchedule] = None
-    skipping_interval: Optional[int] = None
+    """Swin-DPM's scheduler whose sampling schedule steps by the consistency function."""
 
     def grouped_schedule(self, num_inference_steps: int, num_groups: int) -> ConsistencySchedule:
         return ConsistencySchedule(self, num_inference_steps, num_groups)
 
-    def configure_distillation(self, teacher_num_inference_steps: int, skipping_interval: int) -> None:
-        """The teacher's grouped DDIM schedule of ``teacher_num_inference_steps`` (N) and the skipping interval k."""
-        if skipping_interval < 1:
-            raise ValueError(f"skipping_interval must be at least 1 teacher step, got {skipping_interval}")
-        if self.num_noise_groups is None:
-            raise RuntimeError("call scheduler.configure_window(num_noise_groups, group_size) before configure_distillation")
-        schedule = GroupedInferenceSchedule(self, teacher_num_inference_steps, self.num_noise_groups)
-        boundaries = phase_boundaries(self.num_noise_groups, self.config.num_train_timesteps)
-        if not torch.equal(schedule.window_timesteps(schedule.steps_per_band), boundaries[:-1]):
-            raise ValueError(
-                f"the teacher's {teacher_num_inference_steps}-step grid {schedule.timesteps.tolist()} misses phase "
-                f"boundaries {boundaries.tolist()}; the scheduler needs timestep_spacing='trailing' (CogVideoX's)"
-            )
-        self.teacher_schedule, self.skipping_interval = schedule, skipping_interval
 
-    def sample_distillation_timesteps(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """One window's teacher path and phase boundaries, LongTensors [1, k + 1, 1 + G * W] and [1, 1 + G * W].
+def teacher_schedule(scheduler, teacher_num_inference_steps: int, num_groups: int) -> GroupedInferenceSchedule:
+    """The teacher's grouped DDIM schedule of N = ``teacher_num_inference_steps``, whose grid must hold the phase
+    boundaries (it does with CogVideoX's trailing spacing whenever G divides N and the training timesteps)."""
+    schedule = GroupedInferenceSchedule(scheduler, teacher_num_inference_steps, num_groups)
+    boundaries = phase_boundaries(num_groups, scheduler.config.num_train_timesteps)
+    if not torch.equal(schedule.window_timesteps(schedule.steps_per_band), boundaries[:-1]):
+        raise ValueError(
+            f"the teacher's {teacher_num_inference_steps}-step grid {schedule.timesteps.tolist()} misses phase "
+            f"boundaries {boundaries.tolist()}; the scheduler needs timestep_spacing='trailing' (CogVideoX's)"
+        )
+    return schedule
 
-        Draw i ~ U{0, ..., N/G - 1}: group g starts at the i-th teacher timestep of its band (all groups at the
-        same offset, staggered by one band as in sampling), and the path walks k teacher steps down, stopping at
-        the band's lower phase boundary. path[:, 0] is t, path[:, -1] the target timestep s; the condition frame
-        stays at timestep 0, its own boundary, so its consistency output is itself.
-        """
-        if self.teacher_schedule is None:
-            raise RuntimeError(
-                "ScmScheduler's distillation grid is not set: call scheduler.configure_distillation("
-                "teacher_num_inference_steps, skipping_interval) first (the stage-4 trainer does it)"
-            )
-        schedule, group_size = self.teacher_schedule, self.group_size
-        start = int(torch.randint(0, schedule.steps_per_band, (1,), generator=generator, device=generator.device))
-        path = torch.stack([
-            expand_group_timesteps(schedule.window_timesteps(min(start + step, schedule.steps_per_band)), group_size)
-            for step in range(self.skipping_interval + 1)
-        ])
-        boundaries = phase_boundaries(self.num_noise_groups, self.config.num_train_timesteps)
-        group_boundaries = phase_boundary_below(schedule.window_timesteps(start), boundaries)
-        boundary = expand_group_timesteps(group_boundaries, group_size)
-        return path[None].to(generator.device), boundary[None].to(generator.device)
+
+def distillation_timesteps(
+    teacher: GroupedInferenceSchedule, group_size: int, skipping_interval: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One window's teacher path and phase boundaries, LongTensors [1, k + 1, 1 + G * W] and [1, 1 + G * W].
+
+    Draw i ~ U{0, ..., N/G - 1}: group g starts at the i-th teacher timestep of its band (all groups at the same
+    offset, staggered by one band as in sampling), and the path walks k = ``skipping_interval`` teacher steps
+    down, stopping at the band's lower phase boundary. path[:, 0] is t, path[:, -1] the target timestep s; the
+    condition frame stays at timestep 0, its own boundary, so its consistency output is itself.
+    """
+    start = int(torch.randint(0, teacher.steps_per_band, (1,), generator=generator, device=generator.device))
+    path = torch.stack([
+        expand_group_timesteps(teacher.window_timesteps(min(start + step, teacher.steps_per_band)), group_size)
+        for step in range(skipping_interval + 1)
+    ])
+    boundaries = phase_boundaries(teacher.num_groups, teacher.scheduler.config.num_train_timesteps)
+    group_boundaries = phase_boundary_below(teacher.window_timesteps(start), boundaries)
+    boundary = expand_group_timesteps(group_boundaries, group_size)
+    return path[None].to(generator.device), boundary[None].to(generator.device)

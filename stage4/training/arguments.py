@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from stage3.training.arguments import SwinArgs
 from thematrix.config import ConfigError
@@ -47,22 +48,25 @@ class ScmArgs(SwinArgs):
     huber_c: float = 0.001  # LCM's c (latent units)
 
     # --- validation: the few-step stream ------------------------------------------------------------
-    # One forward per outer iteration (= num_noise_groups): each moves every group to its phase boundary.
-    validation_num_inference_steps: int = 4
+    # One forward per outer iteration: each moves every group to its phase boundary. Default (and the only
+    # value a student takes): num_noise_groups.
+    validation_num_inference_steps: Optional[int] = None
     # The student runs unguided: guidance is distilled in (distill_guidance) or not part of its ODE.
     validation_guidance_scale: float = 1.0
 
     def check(self) -> None:
+        """With the window unset, what depends on it is checked once the trainer has taken it from the model."""
         super().check()
-        if self.teacher_num_inference_steps % self.num_noise_groups:
+        groups, steps = self.num_noise_groups, self.validation_num_inference_steps
+        if groups is not None and self.teacher_num_inference_steps % groups:
             raise ConfigError(
                 f"args.teacher_num_inference_steps = {self.teacher_num_inference_steps} must be divisible by "
-                f"args.num_noise_groups = {self.num_noise_groups}: each phase holds N / G teacher steps"
+                f"args.num_noise_groups = {groups}: each phase holds N / G teacher steps"
             )
-        if self.validation_num_inference_steps != self.num_noise_groups:
+        if groups is not None and steps is not None and steps != groups:
             raise ConfigError(
-                f"args.validation_num_inference_steps = {self.validation_num_inference_steps} must equal "
-                f"args.num_noise_groups = {self.num_noise_groups}: the student takes one step per group"
+                f"args.validation_num_inference_steps = {steps} must equal args.num_noise_groups = {groups}: the "
+                "student takes one step per group; leave it unset"
             )
         if self.skipping_interval < 1:
             raise ConfigError(f"args.skipping_interval must be at least 1 teacher step, is {self.skipping_interval}")

@@ -15,8 +15,8 @@ from stage4.training.arguments import ScmArgs
 
 args = ScmArgs()
 args.pretrained_model_name_or_path = "../outputs/stage3/model"  # <output_dir>/model of stage 3
-args.data_root = "path/to/data_root"
-args.index_file = "path/to/index_file"
+args.data_root = "../footage"  # as stage 1's
+args.index_file = "../footage/index.json"
 args.output_dir = "../outputs/stage4"
 
 args.gradient_checkpointing = True  # as stage 3: the full student's activations do not fit otherwise

@@ -9,6 +9,7 @@ tokens of the sampled frames ``[::temporal_compression]``.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -53,6 +54,12 @@ def time_indices(positions: np.ndarray, source_fps: float, target_fps: float) ->
 def _available_frames(usable: int, source_fps: float, target_fps: float) -> int:
     upper_bound = int(usable * target_fps / source_fps) + 2
     return int(np.sum(time_indices(np.arange(upper_bound), source_fps, target_fps) < usable))
+
+
+def footage_fps(samples: Sequence[Sample]) -> int:
+    """The frame rate footage trains at when none is set: its slowest clip's, rounded down to a whole number, so
+    that no clip repeats a frame (29.97 fps footage trains at 29)."""
+    return math.floor(min(sample.fps for sample in samples))
 
 
 def resize_center_crop(video: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -30,6 +30,7 @@ from gymnasium.spaces import Discrete
 from tqdm import tqdm
 
 from thematrix.controls import (
+    GAME_KEYMAP_KEY,
     VOCABULARY_FILE,
     VOCABULARY_KEYS,
     ControlError,
@@ -49,7 +50,10 @@ from thematrix.video import write_mp4
 ENV_ID_KEY, ENV_KWARGS_KEY, ACTIONS_KEY, WARMUP_KEY, CAPTION_KEY, MOTIONS_KEY = (
     "env_id", "env_kwargs", "actions", "warmup", "caption", "motions",
 )
-GAME_KEYS = (ENV_ID_KEY, ENV_KWARGS_KEY, *VOCABULARY_KEYS, ACTIONS_KEY, WARMUP_KEY, CAPTION_KEY, MOTIONS_KEY)
+# GAME_KEYMAP_KEY is play's (thematrix/play/keymap.py): the recorder accepts it and leaves it alone.
+GAME_KEYS = (
+    ENV_ID_KEY, ENV_KWARGS_KEY, *VOCABULARY_KEYS, ACTIONS_KEY, WARMUP_KEY, CAPTION_KEY, MOTIONS_KEY, GAME_KEYMAP_KEY,
+)
 WARMUP_KEYS = ("seconds", "token")
 MOTIONS_FIELD = "motions"  # the one placeholder of a caption template
 DEFAULT_CAPTION = "Gameplay footage, {motions}."

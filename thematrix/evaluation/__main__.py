@@ -19,13 +19,14 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-from stage1.inference import DEFAULT_PROMPT
 from thematrix.cli import run
+from thematrix.config import ConfigError
 from thematrix.controls import VOCABULARY_FILE, ControlVocabulary, data_root_vocabulary
 from thematrix.evaluation.evaluate import IdmData, Reference, build_idm, evaluate_clips, evaluate_streams
 from thematrix.evaluation.generation import STREAM_DEFAULTS, STREAM_PIPELINES
 from thematrix.evaluation.idm import IdmTraining
 from thematrix.evaluation.report import contact_sheet, write_json
+from thematrix.model_dir import check_model_dir, generation_defaults
 
 DEFAULT_BIN_FRAMES = 100
 DEFAULT_EDGE_FRAMES = 500
@@ -46,7 +47,8 @@ def footage_vocabulary(data_root: str | Path) -> ControlVocabulary:
 
 def add_sampling(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("sampling")
-    group.add_argument("--prompt", default=DEFAULT_PROMPT, help="text prompt of every video (default: %(default)r)")
+    group.add_argument("--prompt", default=None,
+                       help="text prompt of every video (default: the model's, from its generation_defaults.json)")
     group.add_argument("--control_guidance_scale", type=float, default=1.0)
     group.add_argument("--seed", type=int, default=0, help="video i uses seed + i (noise and commands)")
 
@@ -126,7 +128,10 @@ def main(argv=None) -> Path:
               f"majority {measures['chance']['majority']:.3f}); IDM and reference: {args.output_dir.resolve()}")
         return output
     reference = Reference.load(args.idm)
-    sampling = dict(prompt=args.prompt, num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
+    prompt = args.prompt or generation_defaults(check_model_dir(args.model_dir, "--model_dir")).prompt
+    if prompt is None:
+        raise ConfigError(f"--prompt: the model at {args.model_dir} records no prompt; pass --prompt")
+    sampling = dict(prompt=prompt, num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
                     control_guidance_scale=args.control_guidance_scale, seed=args.seed)
     if args.command == "clips":
         measures, videos = evaluate_clips(args.model_dir, reference, num_clips=args.num_clips,

@@ -29,11 +29,11 @@ from thematrix.controls import ControlVocabulary
 from thematrix.evaluation.metrics import to_uint8
 from thematrix.model_dir import check_model_dir, transformer_class_name
 from thematrix.models import InteractiveCogVideoXTransformer3DModel
+from thematrix.video import pipeline_video_to_signed
 
 STREAM_PIPELINES = {"swin-dpm": SwinDPMPipeline, "scm": ScmPipeline}
 # Each sampler's inference defaults (stage3/inference.py, stage4/inference.py); None steps = one per group.
 STREAM_DEFAULTS = {"swin-dpm": SWIN_DPM_DEFAULTS, "scm": FEW_STEP_DEFAULTS}
-PIPELINE_OUTPUT_SCALE = 2  # stage 1's pipeline returns frames in [0, 1]; the others in [-1, 1]
 
 
 @dataclass
@@ -122,10 +122,9 @@ def generate_clip(
     generator = torch.Generator(device=pipeline.device).manual_seed(seed)
     sampling = dict(num_frames=num_frames, height=height, width=width, num_inference_steps=num_inference_steps,
                     guidance_scale=guidance_scale, generator=generator)
-    if model_vocabulary(pipeline) is None:
-        frames = pipeline(prompt=prompt, output_type="pt", **sampling).frames[0] * PIPELINE_OUTPUT_SCALE - 1
-    else:
-        frames, _ = pipeline(prompt=prompt, controls=latent_tokens, control_guidance_scale=control_guidance_scale, **sampling)
+    if model_vocabulary(pipeline) is not None:
+        sampling.update(controls=latent_tokens, control_guidance_scale=control_guidance_scale)
+    frames = pipeline_video_to_signed(pipeline(prompt=prompt, output_type="pt", **sampling).frames[0])
     # Latent frame 0 is the first video frame alone: no earlier frame shows its motion, so it is not scored.
     return ScoredVideo(to_uint8(frames.cpu()), list(latent_tokens[1:]))
 

@@ -15,7 +15,9 @@ and checkpoints. This subclass adds
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+import dataclasses
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import torch
 from diffusers import CogVideoXTransformer3DModel
@@ -36,13 +38,35 @@ from diffusers.models.normalization import AdaLayerNorm, CogVideoXLayerNormZero
 from diffusers.utils import apply_lora_scale
 from torch import nn
 
-from thematrix.controls import DEFAULT_VOCABULARY, ControlVocabulary
+from thematrix.controls import ControlVocabulary
+from thematrix.model_dir import transformer_config
 
 # Prefixes of the Interactive Module's weights in the state dict; everything else is the base model.
 CONTROL_TABLE_NAME = "control_embedding_table"
 CONTROL_MODULE_PREFIXES = ("control_proj.", "control_blocks.", CONTROL_TABLE_NAME)
 
 MISSING_KEYS_SHOWN = 5  # enough to recognise which part of a checkpoint is absent
+PLAIN_CHECKPOINT_HINT = (
+    "it looks like a plain CogVideoX transformer: build the interactive one with "
+    "InteractiveCogVideoXTransformer3DModel.from_base(CogVideoXTransformer3DModel.from_pretrained(...), vocabulary, "
+    "compute_control_embeddings(...))"
+)
+
+
+def config_vocabulary(config: Mapping[str, Any], source: str = "") -> ControlVocabulary:
+    """The control vocabulary an interactive transformer's config records."""
+    return ControlVocabulary(
+        tuple(config["control_tokens"]), tuple(config["control_phrases"]), config["control_null_phrase"], source
+    )
+
+
+def model_vocabulary(model_dir: str | Path) -> Optional[ControlVocabulary]:
+    """The control vocabulary of a model directory, read from its transformer config without loading a weight;
+    None for a model without controls (stage 1's)."""
+    config = transformer_config(model_dir)
+    if config["_class_name"] != InteractiveCogVideoXTransformer3DModel.__name__:
+        return None
+    return config_vocabulary(config, f"the model at {model_dir}")
 
 
 def _frames(tokens: torch.Tensor, modulation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,9 +200,10 @@ class InteractiveCogVideoXTransformer3DModel(CogVideoXTransformer3DModel):
         control_start_layer (`int`, *optional*):
             First transformer block followed by a control block; blocks ``control_start_layer .. num_layers-1``
             each get one. Defaults to ``num_layers // 2`` (15..29 of the 2B model). Saved resolved.
-        control_tokens (`Sequence[str]`), control_phrases (`Sequence[str]`), control_null_phrase (`str`):
-            The control vocabulary (defaults: car driving), kept in the config so the token ids of
-            ``controls`` and the rows of ``control_embedding_table`` mean the same thing after reloading.
+        control_tokens (`Sequence[str]`), control_phrases (`Sequence[str]`), control_null_phrase (`str`, *optional*):
+            The game's control vocabulary (required; the null phrase defaults to the empty one), kept in the
+            config so the token ids of ``controls`` and the rows of ``control_embedding_table`` mean the same
+            thing after reloading.
     """
 
     _no_split_modules = ["CogVideoXBlock", "CogVideoXPatchEmbed", "ControlBlock"]
@@ -216,9 +241,9 @@ class InteractiveCogVideoXTransformer3DModel(CogVideoXTransformer3DModel):
         patch_bias: bool = True,
         control_dim: int | None = None,
         control_start_layer: int | None = None,
-        control_tokens: Sequence[str] = DEFAULT_VOCABULARY.tokens,
-        control_phrases: Sequence[str] = DEFAULT_VOCABULARY.phrases,
-        control_null_phrase: str = DEFAULT_VOCABULARY.null_phrase,
+        control_tokens: Sequence[str] | None = None,
+        control_phrases: Sequence[str] | None = None,
+        control_null_phrase: str = "",
     ):
         if patch_size_t is not None:
             raise ValueError(
@@ -267,9 +292,12 @@ class InteractiveCogVideoXTransformer3DModel(CogVideoXTransformer3DModel):
         if not 0 <= control_start_layer < num_layers:
             raise ValueError(f"control_start_layer must lie in [0, {num_layers}), got {control_start_layer}")
         self.register_to_config(control_dim=control_dim, control_start_layer=control_start_layer)
-        self._control_vocabulary = ControlVocabulary(
-            tuple(control_tokens), tuple(control_phrases), control_null_phrase
-        )
+        if control_tokens is None or control_phrases is None:
+            raise ValueError(
+                f"{type(self).__name__} needs the game's control vocabulary: pass control_tokens and control_phrases, "
+                "or build it from a plain CogVideoX transformer with from_base(transformer, vocabulary, table)"
+            )
+        self._control_vocabulary = ControlVocabulary(tuple(control_tokens), tuple(control_phrases), control_null_phrase)
 
         # 1. Per-frame adaLN: same modules and parameter names as the parent's, so its checkpoints load as is.
         for block in self.transformer_blocks:
@@ -334,22 +362,29 @@ class InteractiveCogVideoXTransformer3DModel(CogVideoXTransformer3DModel):
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         """diffusers' loading, refusing a checkpoint with missing weights instead of leaving them uninitialised."""
         output_loading_info = kwargs.pop("output_loading_info", False)
+        config = cls.load_config(pretrained_model_name_or_path, subfolder=kwargs.get("subfolder"))
+        if "control_tokens" not in config:
+            raise ValueError(
+                f"checkpoint {str(pretrained_model_name_or_path)!r} lacks the Interactive Module (no control vocabulary in "
+                f"its config, no control weights in its files); {PLAIN_CHECKPOINT_HINT}"
+            )
         model, loading_info = super().from_pretrained(
             pretrained_model_name_or_path, output_loading_info=True, **kwargs
         )
         missing = loading_info["missing_keys"]
         if missing:
             hint = (
-                "it looks like a plain CogVideoX transformer: build the interactive one with "
-                "InteractiveCogVideoXTransformer3DModel.from_base(CogVideoXTransformer3DModel.from_pretrained(...), "
-                "vocabulary, compute_control_embeddings(...))"
-                if all(key.startswith(CONTROL_MODULE_PREFIXES) for key in missing)
+                PLAIN_CHECKPOINT_HINT if all(key.startswith(CONTROL_MODULE_PREFIXES) for key in missing)
                 else "it does not match this configuration"
             )
             shown = sorted(missing)[:MISSING_KEYS_SHOWN]
             raise ValueError(
                 f"checkpoint {str(pretrained_model_name_or_path)!r} lacks {len(missing)} weights ({shown}...); {hint}"
             )
+        # Errors about controls say whose vocabulary it is.
+        model._control_vocabulary = dataclasses.replace(
+            model.control_vocabulary, source=f"the model at {pretrained_model_name_or_path}"
+        )
         return (model, loading_info) if output_loading_info else model
 
     @classmethod

@@ -6,10 +6,12 @@ wins (ties go to the one listed first); the empty combination ``""`` is the cont
 held. A map without it latches: the last token stays until another combination is held. As a file (JSON)::
 
     {"buttons": {"up": ["ArrowUp", "KeyW"], "left": ["ArrowLeft", "KeyA"], "right": ["ArrowRight", "KeyD"]},
-     "controls": {"": "N", "up": "D", "up+left": "DL", "up+right": "DR", "left": "NL", "right": "NR"}}
+     "controls": {"": "STAND", "up": "WALK", "up+left": "WALK_LEFT", "up+right": "WALK_RIGHT", "left": "TURN_LEFT",
+                  "right": "TURN_RIGHT"}}
 
-Default maps: the car's vocabulary gets arrows and WASD (up drives, down brakes, left and right steer, no key
-rolls); any other vocabulary gets one latching key per token, 1..9 and 0, then the letter rows.
+Default maps: a game file (data/games/*.json) whose tokens are the model's may give its own key map under
+``"keys"`` (the car's: arrows and WASD); any other vocabulary gets one latching key per token, 1..9 and 0, then
+the letter rows.
 """
 
 from __future__ import annotations
@@ -19,25 +21,19 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from thematrix.controls import CAR_RACING_CONTROLS, ControlError, ControlVocabulary
+from thematrix.controls import (
+    GAME_KEYMAP_KEY,
+    TOKENS_KEY,
+    ControlError,
+    ControlVocabulary,
+    game_files,
+    read_json_object,
+)
 
 COMBINATION_SEPARATOR = "+"
 REST = ""  # the combination of no buttons: the control while nothing is held
 
-CAR_RACING_KEYMAP = {
-    "buttons": {
-        "up": ["ArrowUp", "KeyW"],
-        "down": ["ArrowDown", "KeyS"],
-        "left": ["ArrowLeft", "KeyA"],
-        "right": ["ArrowRight", "KeyD"],
-    },
-    "controls": {
-        REST: "N", "left": "NL", "right": "NR",
-        "up": "D", "up+left": "DL", "up+right": "DR",
-        "down": "B", "down+left": "BL", "down+right": "BR",
-    },
-}
-# Latching keys for any other vocabulary, in token order: the digit row, then the letter rows.
+# Latching keys for a vocabulary without a game key map, in token order: the digit row, then the letter rows.
 SELECTION_KEYS = tuple(f"Digit{digit}" for digit in "1234567890") + tuple(
     f"Key{letter}" for letter in "QWERTYUIOPASDFGHJKLZXCVBNM"
 )
@@ -127,9 +123,12 @@ def selection_keymap(tokens: Sequence[str]) -> dict:
 
 
 def default_keymap(vocabulary: ControlVocabulary) -> KeyMap:
-    """Arrows and WASD for the car's vocabulary; one latching key per token for any other."""
-    if set(vocabulary.tokens) == set(CAR_RACING_CONTROLS):
-        return KeyMap.from_json(CAR_RACING_KEYMAP, vocabulary, "the car's default key map")
+    """The key map of the game file whose tokens are ``vocabulary``'s, if it gives one; else one latching key per
+    token."""
+    for path in game_files():
+        game = read_json_object(path, "game file")
+        if GAME_KEYMAP_KEY in game and set(game.get(TOKENS_KEY, ())) == set(vocabulary.tokens):
+            return KeyMap.from_json(game[GAME_KEYMAP_KEY], vocabulary, f"{path}: {GAME_KEYMAP_KEY}")
     return KeyMap.from_json(selection_keymap(vocabulary.tokens), vocabulary, "the default key map")
 
 

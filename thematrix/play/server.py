@@ -29,7 +29,8 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from thematrix.cli import USER_ERRORS
 from thematrix.play.keymap import default_keymap, load_keymap
-from thematrix.play.world import Clip, ShownFrame, World, WorldModel
+from thematrix.data.initial_clip import InitialClip
+from thematrix.play.world import ShownFrame, World, WorldModel
 
 STATIC_DIR = Path(__file__).parent / "static"
 DEFAULT_HOST = "127.0.0.1"  # this machine only; --host 0.0.0.0 serves every interface
@@ -314,7 +315,7 @@ class PlayServer:
             loop.close()
 
 
-def play(model: WorldModel, args: argparse.Namespace, first_clip: Clip | None) -> None:
+def play(model: WorldModel, args: argparse.Namespace, first_clip: InitialClip | None) -> None:
     """Serve the page until interrupted; the world starts from ``first_clip`` if given, else from the page."""
     keymap = load_keymap(args.keymap, model.vocabulary) if args.keymap else default_keymap(model.vocabulary)
     world = World(model, keymap, args.output_dir / "recordings", args.output_dir)

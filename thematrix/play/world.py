@@ -37,6 +37,7 @@ import torch
 from PIL import Image
 
 from thematrix.controls import ControlVocabulary
+from thematrix.data.initial_clip import InitialClip
 from thematrix.play.keymap import KeyMap
 from thematrix.play.recording import Recording
 from thematrix.video import tensor_to_uint8_frames, write_mp4
@@ -44,17 +45,6 @@ from thematrix.video import tensor_to_uint8_frames, write_mp4
 GENERATION_HEADROOM = 1.5  # margin over the last chunk's generation time for the next one (its time varies)
 JPEG_QUALITY = 90
 FPS_WINDOW_S = 1.0  # frame rates are measured over the last second
-
-
-@dataclass(frozen=True)
-class Clip:
-    """An initial clip: ``video`` ``[F, 3, H, W]`` in [-1, 1], and what the stream takes from where it came from."""
-
-    video: torch.Tensor
-    name: str
-    caption: str | None = None
-    initial_control: str | None = None
-    path: Path | None = None  # the file it was read from
 
 
 class WorldModel(Protocol):
@@ -71,11 +61,11 @@ class WorldModel(Protocol):
     def sample_names(self) -> list[str]:
         """The dataset's usable clips the page may start from (empty without a dataset)."""
 
-    def clip_from_sample(self, index: int) -> Clip: ...
+    def clip_from_sample(self, index: int) -> InitialClip: ...
 
-    def clip_from_file(self, path: Path) -> Clip: ...
+    def clip_from_file(self, path: Path) -> InitialClip: ...
 
-    def stream(self, clip: Clip, prompt: str, controls: Callable[[int], list[str]]) -> Iterator:
+    def stream(self, clip: InitialClip, prompt: str, controls: Callable[[int], list[str]]) -> Iterator:
         """The endless stream of chunks (``frames`` ``[n, 3, H, W]`` in [-1, 1], ``frame_controls``, ``group_index``)."""
 
     def replay_arguments(self, initial_video: str, prompt: str, controls: str, groups: int, output: str) -> list[str]:
@@ -96,7 +86,7 @@ class Segment:
 
     number: int
     epoch: int
-    clip: Clip
+    clip: InitialClip
     prompt: str
     starts_recording: bool  # made for a recording, which starts with its first frame on screen
     groups: list[tuple[list[str], ControlChange]] = field(default_factory=list)
@@ -124,7 +114,7 @@ class ShownFrame:
 
 @dataclass
 class _SegmentRequest:
-    clip: Clip | None  # None: continue from the last generated frames
+    clip: InitialClip | None  # None: continue from the last generated frames
     prompt: str
     record: bool = False
 
@@ -147,7 +137,7 @@ class World:
         self._request: _SegmentRequest | None = None
         self._chunks: deque[PlayChunk] = deque()
         self._paused = False
-        self._source: Clip | None = None
+        self._source: InitialClip | None = None
         self._prompt = model.default_prompt
         self._token = keymap.rest_token or model.vocabulary.tokens[0]
         self._change = ControlChange(0, time.monotonic())
@@ -175,7 +165,7 @@ class World:
 
     # Commands.
 
-    def start(self, clip: Clip, prompt: str | None = None) -> None:
+    def start(self, clip: InitialClip, prompt: str | None = None) -> None:
         """A new world from ``clip`` (prompt: given, else the clip's caption, else the current one); drops the
         buffered frames and ends a recording (which takes a moment: call it from a worker thread)."""
         with self._changed:
@@ -296,7 +286,7 @@ class World:
             except Exception as error:  # shown on the page; the server keeps serving
                 self._fail(error, stopped=True)
 
-    def _continuation_clip(self, number: int) -> Clip:
+    def _continuation_clip(self, number: int) -> InitialClip:
         path = write_mp4(np.stack(self._ring), self.work_dir / f"segment-{number}.mp4", fps=self.model.fps)
         return self.model.clip_from_file(path)
 

@@ -32,7 +32,7 @@ class TextToVideoPretrainer(Trainer):
     scheduler_class = CogVideoXDPMScheduler
 
     def build_transformer(self) -> torch.nn.Module:
-        path = self.args.pretrained_model_name_or_path
+        path = self.model_dir
         if self.args.from_scratch:
             config = CogVideoXTransformer3DModel.load_config(path, subfolder=TRANSFORMER_FOLDER)
             torch.manual_seed(self.args.seed)
@@ -40,11 +40,6 @@ class TextToVideoPretrainer(Trainer):
         else:
             transformer = CogVideoXTransformer3DModel.from_pretrained(path, subfolder=TRANSFORMER_FOLDER)
         return transformer.requires_grad_(True)
-
-    def sample_timesteps(self, num_latent_frames: int, generator: torch.Generator) -> torch.Tensor:
-        """CogVideoX's pretraining draw: one timestep per clip, uniform over the training schedule."""
-        num_train_timesteps = self.scheduler.config.num_train_timesteps
-        return torch.randint(0, num_train_timesteps, (1,), generator=generator, device=generator.device)
 
 
 def main(argv=None) -> Path:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Annotated, Optional
 
 from thematrix.config import ConfigError, LocalPath, ModelPath, PathSetting, StrictArgs
+from thematrix.model_dir import GenerationDefaults
 
 LATEST_CHECKPOINT = "latest"
 
@@ -18,15 +19,16 @@ LATEST_CHECKPOINT = "latest"
 @dataclass
 class TrainingArgs(StrictArgs):
     # --- model and data -------------------------------------------------------------------------
-    pretrained_model_name_or_path: ModelPath = "path/to/model"  # local diffusers CogVideoX directory
+    pretrained_model_name_or_path: ModelPath = "path/to/model"  # a diffusers CogVideoX directory, or a Hugging Face id
     data_root: LocalPath = "path/to/data_root"  # folder the index's clip paths are relative to
     index_file: LocalPath = "path/to/index_file"  # JSON index (see data/README.md)
+    allow_paths_outside_data_root: bool = False  # accept index entries whose path leads outside data_root
     output_dir: LocalPath = "outputs/run"  # checkpoints, logs, validation videos and the final model
 
     # --- clips ----------------------------------------------------------------------------------
     height: int = 480
     width: int = 720
-    fps: int = 8  # clips are resampled to this frame rate
+    fps: Optional[int] = None  # clips are resampled to this frame rate; default: the input model's, else the footage's (its slowest clip's)
     frame_buckets: tuple[int, ...] = (17, 33, 65)  # frames per clip, each 4k+1 (the VAE compresses time 4x); a clip takes the largest that fits
     max_text_seq_length: int = 226  # T5 tokens per caption (CogVideoX's length)
     # Chance a clip trains with the empty caption, so the unconditional prediction that guidance subtracts
@@ -68,7 +70,7 @@ class TrainingArgs(StrictArgs):
     stop_on_validation_failure: bool = True  # a failing validation (e.g. out of memory) saves a checkpoint and stops the run; False logs it and trains on
 
     # --- validation -----------------------------------------------------------------------------
-    validation_prompts: tuple[str, ...] = ("A red race car drives along a grey track through green grass.",)
+    validation_prompts: Optional[tuple[str, ...]] = None  # one video each; default: the input model's prompt, else the index's first caption
     validation_steps: int = 500  # every this many optimizer steps; 0 disables
     validation_num_frames: int = 49
     validation_num_inference_steps: int = 50
@@ -81,10 +83,10 @@ class TrainingArgs(StrictArgs):
 
     def check(self) -> None:
         """Consistency checks that need no files; the trainer checks paths and the model."""
-        if not self.frame_buckets:
+        if self.frame_buckets is not None and not self.frame_buckets:
             raise ConfigError("args.frame_buckets is empty; give at least one clip length, e.g. (17, 33, 65)")
         for name in ("train_batch_size", "gradient_accumulation_steps", "max_train_steps", "checkpointing_steps", "fps"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"args.{name} must be at least 1, is {getattr(self, name)}")
         if not 0 <= self.caption_p_zero <= 1:
             raise ConfigError(f"args.caption_p_zero is a probability, in [0, 1]; got {self.caption_p_zero}")
@@ -95,3 +97,10 @@ class TrainingArgs(StrictArgs):
                 raise ConfigError(f"args.{name} must be at least 0, is {getattr(self, name)}")
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
             raise ConfigError(f"args.checkpoints_total_limit must be at least 1 (or None to keep all), is {self.checkpoints_total_limit}")
+
+    def generation_defaults(self) -> GenerationDefaults:
+        """What the trained model's directory records of this run (settings resolved by the trainer)."""
+        return GenerationDefaults(
+            fps=self.fps, height=self.height, width=self.width, num_frames=max(self.frame_buckets),
+            prompt=self.validation_prompts[0],
+        )

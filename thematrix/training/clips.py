@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 from accelerate import Accelerator
@@ -13,7 +13,7 @@ from accelerate import Accelerator
 from thematrix.config import ConfigError
 from thematrix.controls import ControlVocabulary
 from thematrix.data.dataset import BucketBatchSampler, VideoDataset, collate_batch
-from thematrix.data.index import load_index
+from thematrix.data.index import Sample, load_index
 from thematrix.training.arguments import TrainingArgs
 from thematrix.training.encoded_cache import (
     CACHE_DTYPE,
@@ -26,23 +26,33 @@ from thematrix.training.run_safety import disk_space_problem, main_process_decid
 logger = logging.getLogger(__name__)
 
 
-def load_clips(args: TrainingArgs, vocabulary: ControlVocabulary, temporal_compression: int) -> VideoDataset:
-    """The usable clips of ``args.index_file``; each unusable one is logged with its reason."""
-    samples, problems = load_index(args.index_file, args.data_root, vocabulary)
+def load_samples(args: TrainingArgs, vocabulary: Optional[ControlVocabulary]) -> list[Sample]:
+    """The usable entries of ``args.index_file``, their controls checked against ``vocabulary`` (None: the data
+    root's, if it has one); each unusable entry is logged with its reason, and none usable is an error."""
+    samples, problems = load_index(
+        args.index_file, args.data_root, vocabulary, allow_outside_data_root=args.allow_paths_outside_data_root
+    )
     for problem in problems:
         logger.warning("skipping sample: %s", problem)
     if not samples:
         raise ConfigError(f"{args.index_file}: no usable sample ({len(problems)} problems listed above)")
+    return samples
+
+
+def clip_dataset(
+    samples: list[Sample], args: TrainingArgs, vocabulary: Optional[ControlVocabulary], temporal_compression: int
+) -> VideoDataset:
+    """The training clips of ``samples`` at the run's fps, size and frame buckets (no frame is decoded here)."""
     return VideoDataset(
         samples, fps=args.fps, height=args.height, width=args.width, frame_buckets=args.frame_buckets,
         temporal_compression=temporal_compression, vocabulary=vocabulary,
     )
 
 
-def encoder_fingerprint(args: TrainingArgs, vae, text_encoder, weight_dtype: torch.dtype) -> dict[str, Any]:
+def encoder_fingerprint(model_dir: Path, args: TrainingArgs, vae, text_encoder, weight_dtype: torch.dtype) -> dict[str, Any]:
     """What shapes cached latents and prompt embeddings besides the clip itself."""
     return {
-        "model": str(Path(args.pretrained_model_name_or_path).resolve()),
+        "model": str(Path(model_dir).resolve()),
         "vae": vae.config,
         "text_encoder": text_encoder.config.to_dict(),
         "max_text_seq_length": args.max_text_seq_length,

@@ -1,12 +1,20 @@
 """The training loop every stage shares: one optimizer step after another, and the checks that keep it safe.
 
-A stage subclasses ``Trainer`` and overrides only what is its own: which transformer it loads and which
-parameters train (``build_transformer``), the settings it checks against the model (``_check_shapes``),
-the controls clips carry (``control_vocabulary``), how clips are encoded (``encode_videos``, and
-``_encoder_fingerprint``, which keys the latent cache), timesteps and noising (``sample_timesteps``,
-``noisy_latents``), the frames the loss covers (``loss_mask``) or the whole loss (``compute_loss``), extra
-model inputs (``model_kwargs``), validation (``validation_requests``, ``validation_videos``), what it
-writes at the end (``save_final``, ``final_output``), and ``setup`` for what it builds besides.
+A stage subclasses ``Trainer`` and overrides hooks, each called at one place of ``setup`` or of the loop:
+
+- ``check_settings()``: complete and check the settings against the model directory and the footage, before
+  any weight loads (stage 2: the vocabulary; stage 3: the window);
+- ``build_transformer()``: load the transformer and mark which parameters train;
+- ``after_setup()``: build what the stage needs besides, once the transformer is prepared (stage 4: the
+  teacher and the EMA target);
+- ``encode_videos(videos)`` and ``cache_fingerprint()``: how clips become latents, and what keys the cache;
+- ``sample_timesteps(num_latent_frames, generator)`` and ``noisy_latents(latents, noise, timesteps)``: the
+  noising, drawn in the stage's own code (stage 3: one timestep per noise group, the condition frame clean);
+- ``model_kwargs(batch, generators)``: extra transformer inputs (stage 2: the controls, with dropout);
+- ``loss_mask(latents)``, or the whole ``compute_loss(batch, first_sample_position)`` (stage 4);
+- ``after_optimizer_step()``: after each applied optimizer step, before its checkpoint (stage 4: the EMA);
+- ``validation_videos()``: what a validation generates;
+- ``save_final(transformer)`` and ``final_output``: what the run leaves for the next stage.
 
 The loop reads on its own: checkpoints live in ``checkpoint``, the clips and their latent cache in
 ``clips``, stop signals, non-finite values and disk space in ``run_safety``, trackers, ``metrics.jsonl``
@@ -14,8 +22,9 @@ and ``metrics.png`` in ``metrics``. README's "When a run goes wrong" says what e
 
 Exact resume: noise and timesteps for the n-th sample of the run come from a generator seeded by
 (seed, n), the data order of epoch e is a function of (seed, e), and checkpoints hold the trainable
-weights, optimizer, LR schedule (which counts optimizer steps, whatever the number of processes) and RNG
-states. A resumed run therefore takes the same steps as an uninterrupted one.
+weights, optimizer, LR schedule (which counts optimizer steps, whatever the number of processes), RNG
+states and what a stage registers (stage 4's EMA target). A resumed run therefore takes the same steps as
+an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -32,19 +41,30 @@ from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration, s
 from diffusers import CogVideoXPipeline
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
+from transformers import T5Config
 
-from thematrix.config import ConfigError, parse_command_line
-from thematrix.controls import DEFAULT_VOCABULARY, ControlVocabulary
-from thematrix.data.dataset import collate_batch
-from thematrix.model_dir import check_model_dir, load_components, save_model_dir
+from thematrix.config import ConfigError, parse_command_line, setting_from_model
+from thematrix.controls import ControlVocabulary
+from thematrix.data.dataset import collate_batch, footage_fps
+from thematrix.model_dir import (
+    SCHEDULER,
+    TEXT_ENCODER,
+    GenerationDefaults,
+    check_model_dir,
+    load_components,
+    save_model_dir,
+    transformer_config,
+    vae_architecture,
+)
 from thematrix.schedules import CogVideoXTrainingSchedule
 from thematrix.training.arguments import TrainingArgs
 from thematrix.training.checkpoint import RESOLVED_CONFIG, Checkpoints
 from thematrix.training.clips import (
     cache_entry_bytes,
     cached_clips,
+    clip_dataset,
     encoder_fingerprint,
-    load_clips,
+    load_samples,
     training_batches,
 )
 from thematrix.training.metrics import RunMetrics, tracker_names
@@ -58,7 +78,7 @@ from thematrix.training.run_safety import (
     nonfinite_parameters,
     stability_advice,
 )
-from thematrix.video import draw_control_overlay, tensor_to_uint8_frames, write_mp4
+from thematrix.video import draw_control_overlay, pipeline_video_to_signed, tensor_to_uint8_frames, write_mp4
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +106,7 @@ class Trainer:
 
     args_class = TrainingArgs
     pipeline_class = CogVideoXPipeline
-    # A scheduler with ``sample_training_timesteps`` (stage1.cogvideox.scheduler.GameScheduler and its subclasses).
-    scheduler_class: type
+    scheduler_class: type  # the stage's diffusers scheduler (stage1.cogvideox.scheduler.GameScheduler and its subclasses)
 
     def __init__(self, args: TrainingArgs):
         args.check()
@@ -97,19 +116,19 @@ class Trainer:
         self.skipped_steps = 0  # optimizer steps skipped for a non-finite loss or gradient (args.max_nonfinite_steps)
         self.history: list[dict[str, float]] = []  # this process's optimizer steps: loss, lr, step time, ...
         self.stop_signals = StopSignals()
+        self.vocabulary: Optional[ControlVocabulary] = None  # the controls clips carry: set by a stage that has them
 
     # ---------------------------------------------------------------- stage hooks
     def build_transformer(self) -> torch.nn.Module:
-        """Load the transformer and mark which parameters train. Stages must override."""
+        """Load the transformer (from ``self.model_dir``) and mark which parameters train. Stages must override."""
         raise NotImplementedError
 
-    def control_vocabulary(self) -> ControlVocabulary:
-        """The vocabulary clips' controls are checked against; stages with controls override."""
-        return DEFAULT_VOCABULARY
+    def after_setup(self) -> None:
+        """Build what the stage needs besides the trained transformer, once everything is loaded and prepared."""
 
     def sample_timesteps(self, num_latent_frames: int, generator: torch.Generator) -> torch.Tensor:
-        """One sample's training timesteps, [1] or [1, F]: the stage's scheduler decides."""
-        return self.scheduler.sample_training_timesteps(num_latent_frames, generator)
+        """One sample's training timesteps, [1] (shared by its frames) or [1, F]: uniform over the schedule."""
+        return torch.randint(0, self.scheduler.config.num_train_timesteps, (1,), generator=generator, device=generator.device)
 
     def noisy_latents(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """The model's input: latents noised to their timesteps."""
@@ -123,8 +142,12 @@ class Trainer:
         """Extra transformer inputs of a stage (e.g. controls)."""
         return {}
 
+    def after_optimizer_step(self) -> None:
+        """Called once per applied optimizer step (not for a skipped one), before that step's checkpoint."""
+
     def validation_requests(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        """(name, sampling arguments) per validation prompt: its embeddings, a seeded generator, steps, guidance."""
+        """(name, sampling arguments) per validation prompt, for ``validation_videos``: its embeddings, the empty
+        prompt's as the negative, a seeded generator, steps and guidance."""
         for index, prompt_embeds in enumerate(self.validation_embeds):
             yield f"prompt-{index}", dict(
                 prompt_embeds=prompt_embeds[None],
@@ -135,14 +158,15 @@ class Trainer:
             )
 
     def validation_videos(self) -> Iterator[tuple[str, torch.Tensor, Optional[list[str]]]]:
-        """(name, video [F, C, H, W] in [-1, 1], control label per frame or None), with the current weights."""
+        """(name, video [F, C, H, W] in [-1, 1], control label per frame or None), with the current weights: here a
+        clip per validation prompt, as the stage's pipeline generates it."""
         pipeline = self.make_pipeline()
         for name, sampling in self.validation_requests():
             video = pipeline(
                 height=self.args.height, width=self.args.width, num_frames=self.args.validation_num_frames,
                 output_type="pt", **sampling,
             ).frames[0]
-            yield name, video * 2 - 1, None
+            yield name, pipeline_video_to_signed(video), None
 
     def save_final(self, transformer: torch.nn.Module) -> None:
         """Write what the next stage or inference reads: by default the full model, at ``<output_dir>/model``.
@@ -152,7 +176,7 @@ class Trainer:
         """
         for param in transformer.parameters():
             param.data = param.data.to(self.weight_dtype)
-        save_model_dir(transformer, self.args.pretrained_model_name_or_path, self.final_model_dir)
+        save_model_dir(transformer, self.model_dir, self.final_model_dir, self.args.generation_defaults())
 
     @property
     def final_model_dir(self) -> Path:
@@ -174,8 +198,14 @@ class Trainer:
 
     # ---------------------------------------------------------------- set-up
     def setup(self) -> None:
+        """Check everything that can be checked, then load and prepare the run.
+
+        In this order, so that a mistake is reported before any weight loads: the model directory (a hub id
+        resolves to its cached snapshot, ``self.model_dir``), then ``check_settings`` (the index and its
+        problems, the settings taken from the model or the footage, the validation settings), then the
+        components, the transformer (``build_transformer``), the optimizer and the clips' cache.
+        """
         args = self.args
-        check_model_dir(args.pretrained_model_name_or_path)
         mixed_precision = args.mixed_precision
         if mixed_precision == "auto":
             mixed_precision = "bf16" if torch.cuda.is_available() else "no"
@@ -193,16 +223,19 @@ class Trainer:
         )
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
         logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file otherwise
+        self.model_dir = check_model_dir(args.pretrained_model_name_or_path)
+        self.model_record = GenerationDefaults.load(self.model_dir)  # how the input model was trained, if recorded
+        self.vae_layout = vae_architecture(self.model_dir)  # the VAE's factors, without its weights
+        self.scheduler = self.scheduler_class.from_pretrained(self.model_dir, subfolder=SCHEDULER)  # config only
+        self.check_settings()
+
         set_seed(args.seed)
         if args.allow_tf32 and torch.cuda.is_available():
             torch.backends.cuda.matmul.allow_tf32 = True
         self.weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision, torch.float32)
         device = self.accelerator.device
-        model_path = args.pretrained_model_name_or_path
-
-        components = load_components(model_path, self.weight_dtype, self.scheduler_class)
-        self.scheduler, self.tokenizer = components["scheduler"], components["tokenizer"]
-        self.text_encoder, self.vae = components["text_encoder"], components["vae"]
+        components = load_components(self.model_dir, self.weight_dtype)
+        self.tokenizer, self.text_encoder, self.vae = components["tokenizer"], components["text_encoder"], components["vae"]
         self.schedule = CogVideoXTrainingSchedule(self.scheduler)
         for frozen in (self.text_encoder, self.vae):
             frozen.requires_grad_(False)
@@ -214,7 +247,6 @@ class Trainer:
             self.vae.enable_tiling()
 
         transformer = self.build_transformer()
-        self._check_shapes(transformer)
         trainable = [param for param in transformer.parameters() if param.requires_grad]
         if not trainable:
             raise ConfigError("the stage marked no transformer parameter as trainable")
@@ -229,7 +261,7 @@ class Trainer:
         # The empty caption (caption dropout, guidance's negative prompt) and the validation prompts, encoded once.
         self.empty_prompt_embeds = self.encode_prompts([EMPTY_CAPTION])  # [1, T, D]
         self.validation_embeds = self.encode_prompts(list(args.validation_prompts))
-        self.dataset = self._build_dataset()
+        self.dataset = self._cached(self.clips)
         if args.cache_latents:
             # Every caption is encoded now: the text encoder's memory goes back to the CPU.
             self.text_encoder.to("cpu")
@@ -248,37 +280,61 @@ class Trainer:
         )
         self.checkpoints = Checkpoints(self.accelerator, self.output_dir / CHECKPOINT_DIR, args)
         self.rotary_cache: dict[int, Any] = {}
+        self.after_setup()
 
-    def _check_shapes(self, transformer: torch.nn.Module) -> None:
-        """Catch settings the model cannot take now, not hours into a run."""
+    def check_settings(self) -> None:
+        """Complete and check the settings against the model directory and the footage, before any weight loads.
+
+        Unset settings take what the input model records (``self.model_record``, see ``GenerationDefaults``),
+        else the footage's: ``fps`` its slowest clip's rate, ``validation_prompts`` its first caption; a setting
+        that contradicts the model is an error. Reads the index (each unusable entry logged, none usable an
+        error) into ``self.clips``, whose controls are checked against ``self.vocabulary`` (None: a model
+        without controls). A stage extends this with its own settings.
+        """
         args = self.args
-        temporal = self.vae.config.temporal_compression_ratio
-        spatial = 2 ** (len(self.vae.config.block_out_channels) - 1) * transformer.config.patch_size
+        transformer = transformer_config(self.model_dir)
+        samples = load_samples(args, self.vocabulary)
+        args.fps = self.setting_from_model("fps", "fps") or footage_fps(samples)
+        if not args.validation_prompts:
+            args.validation_prompts = (self.model_record.prompt if self.model_record else samples[0].caption,)
+
+        temporal = self.vae_layout.config.temporal_compression_ratio
+        spatial = 2 ** (len(self.vae_layout.config.block_out_channels) - 1) * transformer["patch_size"]
         for frames in (*args.frame_buckets, args.validation_num_frames):
             if (frames - 1) % temporal:
                 raise ConfigError(f"{frames} frames: clips must have {temporal}k+1 frames for this VAE (args.frame_buckets, args.validation_num_frames)")
         if args.height % spatial or args.width % spatial:
             raise ConfigError(f"args.height and args.width must be multiples of {spatial} for this model; got {args.height}x{args.width}")
-        if self.text_encoder.config.d_model != transformer.config.text_embed_dim:
+        text_width = T5Config.from_pretrained(self.model_dir, subfolder=TEXT_ENCODER).d_model
+        if text_width != transformer["text_embed_dim"]:
             raise ConfigError(
-                f"{args.pretrained_model_name_or_path}: text encoder width {self.text_encoder.config.d_model} "
-                f"!= transformer text_embed_dim {transformer.config.text_embed_dim}"
+                f"the model at {self.model_dir}: text encoder width {text_width} != transformer text_embed_dim "
+                f"{transformer['text_embed_dim']}"
             )
+        self.clips = clip_dataset(samples, args, self.vocabulary, temporal)
 
-    def _build_dataset(self) -> torch.utils.data.Dataset:
+    def setting_from_model(self, setting: str, recorded: str) -> Any:
+        """``args.<setting>`` against the input model's record of it (``GenerationDefaults.<recorded>``): unset, the
+        model's value (None if it records none); set, the same value, or an error naming both."""
+        return setting_from_model(
+            f"args.{setting}", getattr(self.args, setting), getattr(self.model_record, recorded, None),
+            f"the model at {self.model_dir}",
+        )
+
+    def _cached(self, clips: torch.utils.data.Dataset) -> torch.utils.data.Dataset:
+        """``clips``, or with ``args.cache_latents`` their latents and caption embeddings, encoded once."""
         args = self.args
-        dataset = load_clips(args, self.control_vocabulary(), self.vae.config.temporal_compression_ratio)
         if not args.cache_latents:
-            return dataset
+            return clips
         return cached_clips(
-            dataset, Path(args.cache_dir or self.output_dir / "cache"), self.encode_videos, self.encode_prompts,
-            self._encoder_fingerprint(),
+            clips, Path(args.cache_dir or self.output_dir / "cache"), self.encode_videos, self.encode_prompts,
+            self.cache_fingerprint(),
             lambda num_frames: cache_entry_bytes(num_frames, args, self.vae, self.text_encoder), self.accelerator,
         )
 
-    def _encoder_fingerprint(self) -> dict[str, Any]:
+    def cache_fingerprint(self) -> dict[str, Any]:
         """What shapes cached latents and prompt embeddings besides the clip; a stage that encodes otherwise adds to it."""
-        return encoder_fingerprint(self.args, self.vae, self.text_encoder, self.weight_dtype)
+        return encoder_fingerprint(self.model_dir, self.args, self.vae, self.text_encoder, self.weight_dtype)
 
     # ---------------------------------------------------------------- encoders
     def make_pipeline(self) -> CogVideoXPipeline:
@@ -546,6 +602,8 @@ class Trainer:
             self._skip_or_stop("loss" if loss_nonfinite else "gradient norm", logs, seen_here)
         else:
             self.optimizer.step()
+            if not self.optimizer.step_was_skipped:  # fp16's loss scaler skips steps whose gradients overflowed
+                self.after_optimizer_step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.skipped_steps:  # healthy runs log no such series
             logs["skipped_steps"] = self.skipped_steps
