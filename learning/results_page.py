@@ -4,8 +4,7 @@
     python learning/results_page.py page                # learning/RESULTS.md and its PNGs in learning/results/
 
 Reads ``outputs/learning`` (``--work``): ``results/`` (the evaluation's JSON, contact sheets, timings),
-``idm/idm.json`` and the training logs under ``models/*/logs``. ``page`` needs matplotlib
-(``pip install -r learning/requirements.txt``); ``summary`` does not.
+``idm/idm.json`` and the training logs under ``models/*/logs``.
 """
 
 from __future__ import annotations
@@ -35,12 +34,21 @@ COMMAND_LIMIT_S = 600
 CHAIN_TARGET_S = 3600
 
 CLIP_MODELS = {"base": "mini base model", "stage1": "stage 1 (fused LoRA)", "stage2": "stage 2"}
-STREAMS = {"stage3": "stage 3 stream", "teacher": "stage 3 teacher", "teacher_4_steps": "stage 3 teacher, 4 steps",
-           "stage4": "stage 4 student"}
+STREAMS = {
+    "stage3": "stage 3 stream",
+    "teacher": "stage 3 teacher",
+    "teacher_4_steps": "stage 3 teacher, 4 steps",
+    "stage4": "stage 4 student",
+}
 # Training runs and the scalar of each plotted as its loss.
-RUNS = {"VAE pretraining": ("pretrain-vae", "reconstruction_l1"), "transformer pretraining": ("pretrain", "loss"),
-        "stage 1": ("stage1-lora", "loss"), "stage 2": ("stage2", "loss"), "stage 3": ("stage3", "loss"),
-        "stage 4": ("stage4", "loss")}
+RUNS = {
+    "VAE pretraining": ("pretrain-vae", "reconstruction_l1"),
+    "transformer pretraining": ("pretrain", "loss"),
+    "stage 1": ("stage1-lora", "loss"),
+    "stage 2": ("stage2", "loss"),
+    "stage 3": ("stage3", "loss"),
+    "stage 4": ("stage4", "loss"),
+}
 SMOOTHING = 50  # steps in the moving average of a plotted loss
 
 
@@ -55,7 +63,7 @@ class Results:
     timings: list[tuple[str, str, int]]
 
     @classmethod
-    def load(cls, work: Path) -> "Results":
+    def load(cls, work: Path) -> Results:
         results = work / "results"
 
         def read(path: Path) -> dict | None:
@@ -67,7 +75,8 @@ class Results:
                 step, phase, seconds = line.split("\t")
                 timings.append((step, phase, int(seconds)))
         return cls(
-            work=work, idm=read(work / "idm" / "idm.json"),
+            work=work,
+            idm=read(work / "idm" / "idm.json"),
             clips={name: read(results / f"clips_{name}.json") for name in CLIP_MODELS},
             streams={name: read(results / f"stream_{name}.json") for name in STREAMS},
             timings=timings,
@@ -88,43 +97,66 @@ def target_rows(results: Results) -> list[tuple[str, str, str]]:
     base, stage1, stage2 = (results.clips[name] for name in CLIP_MODELS)
     if base and stage1:
         before, after = (record["measures"]["domain_fit"]["total_variation"] for record in (base, stage1))
-        rows.append(("Stage 1: colour distance to the standard game at most half the base model's",
-                     f"{fmt(after)} after, {fmt(before)} before ({fmt(after / before, 2)}x)",
-                     verdict(after <= STAGE1_DISTANCE_DROP * before)))
+        rows.append(
+            (
+                "Stage 1: colour distance to the standard game at most half the base model's",
+                f"{fmt(after)} after, {fmt(before)} before ({fmt(after / before, 2)}x)",
+                verdict(after <= STAGE1_DISTANCE_DROP * before),
+            )
+        )
     else:
         rows.append(("Stage 1: colour distance to the standard game at most half the base model's", "", verdict(None)))
     if stage2:
         following = stage2["measures"]["control_following"]
         share, chance = following["share_of_ceiling"], following["chance"]["uniform"]
-        rows.append((f"Stage 2: control following >= {STAGE2_SHARE_OF_CEILING:.0%} of the IDM's real-footage accuracy, "
-                     f"far above chance (>= {FAR_ABOVE_CHANCE:g}x)",
-                     f"{fmt(following['accuracy'])} = {fmt(share, 2)} of {fmt(following['real_ceiling'])}; "
-                     f"chance {fmt(chance)}",
-                     verdict(share is not None and share >= STAGE2_SHARE_OF_CEILING
-                             and following["accuracy"] >= FAR_ABOVE_CHANCE * chance)))
+        rows.append(
+            (
+                f"Stage 2: control following >= {STAGE2_SHARE_OF_CEILING:.0%} of the IDM's real-footage accuracy, "
+                f"far above chance (>= {FAR_ABOVE_CHANCE:g}x)",
+                f"{fmt(following['accuracy'])} = {fmt(share, 2)} of {fmt(following['real_ceiling'])}; "
+                f"chance {fmt(chance)}",
+                verdict(
+                    share is not None
+                    and share >= STAGE2_SHARE_OF_CEILING
+                    and following["accuracy"] >= FAR_ABOVE_CHANCE * chance
+                ),
+            )
+        )
     else:
         rows.append(("Stage 2: control following >= 80% of the IDM's real-footage accuracy", "", verdict(None)))
     if stage1:
         following = stage1["measures"]["control_following"]
         chance, count = following["chance"]["uniform"], following["count"]
         margin = CHANCE_STANDARD_ERRORS * math.sqrt(chance * (1 - chance) / count)
-        rows.append(("Stage 1 (no controls) at chance under the same protocol",
-                     f"{fmt(following['accuracy'])}; chance {fmt(chance)} +- {fmt(margin)} ({count} latent frames)",
-                     verdict(abs(following["accuracy"] - chance) <= margin)))
+        rows.append(
+            (
+                "Stage 1 (no controls) at chance under the same protocol",
+                f"{fmt(following['accuracy'])}; chance {fmt(chance)} +- {fmt(margin)} ({count} latent frames)",
+                verdict(abs(following["accuracy"] - chance) <= margin),
+            )
+        )
     stream = results.streams["stage3"]
     if stream:
         measures = stream["measures"]
         worst = max(bin["total_variation"] for bin in measures["bins"])
         real = measures["real_bins_total_variation"]
-        rows.append((f"Stage 3: over {measures['frames_per_stream']} streamed frames, no bin further from the game than "
-                     "real footage's bins (95th percentile)",
-                     f"worst bin {fmt(worst)}; real bins {fmt(real.get('mean'))} mean, {fmt(real.get('p95'))} p95",
-                     verdict(real.get("p95") is not None and worst <= real["p95"])))
+        rows.append(
+            (
+                f"Stage 3: over {measures['frames_per_stream']} streamed frames, no bin further from the game than "
+                "real footage's bins (95th percentile)",
+                f"worst bin {fmt(worst)}; real bins {fmt(real.get('mean'))} mean, {fmt(real.get('p95'))} p95",
+                verdict(real.get("p95") is not None and worst <= real["p95"]),
+            )
+        )
         first, last = (measures["edges"][edge]["control_following"] for edge in ("first", "last"))
         frames = measures["edges"]["first"]["frames"][1]
-        rows.append((f"Stage 3: control following of the last {frames} frames within 10% of the first {frames}",
-                     f"{fmt(last)} last, {fmt(first)} first",
-                     verdict(abs(last - first) <= STAGE3_FOLLOWING_DRIFT * first)))
+        rows.append(
+            (
+                f"Stage 3: control following of the last {frames} frames within 10% of the first {frames}",
+                f"{fmt(last)} last, {fmt(first)} first",
+                verdict(abs(last - first) <= STAGE3_FOLLOWING_DRIFT * first),
+            )
+        )
     else:
         rows.append(("Stage 3: no drift beyond real footage's spread; control following holds", "", verdict(None)))
     student, teacher = results.streams["stage4"], results.streams["teacher"]
@@ -134,23 +166,47 @@ def target_rows(results: Results) -> list[tuple[str, str, str]]:
         s_fit, t_fit = s["domain_fit"]["total_variation"], t["domain_fit"]["total_variation"]
         speedup = s["speed"]["frames_per_second"] / t["speed"]["frames_per_second"]
         steps = teacher["settings"]["num_inference_steps"]
-        rows.append((f"Stage 4: 4 steps within 10% of the {steps}-step teacher on control following",
-                     f"{fmt(s_follow)} student, {fmt(t_follow)} teacher",
-                     verdict(s_follow >= (1 - STAGE4_TOLERANCE) * t_follow)))
-        rows.append((f"Stage 4: 4 steps within 10% of the {steps}-step teacher on domain fit (colour distance)",
-                     f"{fmt(s_fit)} student, {fmt(t_fit)} teacher", verdict(s_fit <= (1 + STAGE4_TOLERANCE) * t_fit)))
-        rows.append((f"Stage 4: >= {STAGE4_SPEEDUP:g}x faster", f"{fmt(speedup, 2)}x "
-                     f"({fmt(s['speed']['frames_per_second'], 1)} vs {fmt(t['speed']['frames_per_second'], 1)} frames/s)",
-                     verdict(speedup >= STAGE4_SPEEDUP)))
+        rows.append(
+            (
+                f"Stage 4: 4 steps within 10% of the {steps}-step teacher on control following",
+                f"{fmt(s_follow)} student, {fmt(t_follow)} teacher",
+                verdict(s_follow >= (1 - STAGE4_TOLERANCE) * t_follow),
+            )
+        )
+        rows.append(
+            (
+                f"Stage 4: 4 steps within 10% of the {steps}-step teacher on domain fit (colour distance)",
+                f"{fmt(s_fit)} student, {fmt(t_fit)} teacher",
+                verdict(s_fit <= (1 + STAGE4_TOLERANCE) * t_fit),
+            )
+        )
+        rows.append(
+            (
+                f"Stage 4: >= {STAGE4_SPEEDUP:g}x faster",
+                f"{fmt(speedup, 2)}x "
+                f"({fmt(s['speed']['frames_per_second'], 1)} vs {fmt(t['speed']['frames_per_second'], 1)} frames/s)",
+                verdict(speedup >= STAGE4_SPEEDUP),
+            )
+        )
     else:
         rows.append(("Stage 4: within 10% of the teacher, >= 4x faster", "", verdict(None)))
     totals = {step: seconds for step, phase, seconds in results.timings if phase == "total"}
     if totals:
         longest = max(totals.values())
-        rows.append((f"Each GPU command under {COMMAND_LIMIT_S // 60} minutes", f"longest {longest} s ({len(totals)} commands)",
-                     verdict(longest < COMMAND_LIMIT_S)))
-        rows.append(("The whole chain in about an hour", f"{sum(totals.values())} s of commands",
-                     verdict(sum(totals.values()) <= CHAIN_TARGET_S)))
+        rows.append(
+            (
+                f"Each GPU command under {COMMAND_LIMIT_S // 60} minutes",
+                f"longest {longest} s ({len(totals)} commands)",
+                verdict(longest < COMMAND_LIMIT_S),
+            )
+        )
+        rows.append(
+            (
+                "The whole chain in about an hour",
+                f"{sum(totals.values())} s of commands",
+                verdict(sum(totals.values()) <= CHAIN_TARGET_S),
+            )
+        )
     return rows
 
 
@@ -162,8 +218,10 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 def summary(results: Results, step: str | None) -> str:
     timings = [row for row in results.timings if step is None or row[0] == step]
-    parts = [markdown_table(["step", "phase", "seconds"], [list(row) for row in timings]),
-             markdown_table(["target", "measured", ""], [list(row) for row in target_rows(results)])]
+    parts = [
+        markdown_table(["step", "phase", "seconds"], [list(row) for row in timings]),
+        markdown_table(["target", "measured", ""], [list(row) for row in target_rows(results)]),
+    ]
     return "\n\n".join(parts)
 
 
@@ -196,7 +254,7 @@ def plot_losses(curves: dict, path: Path) -> None:
         axis.set_title(f"{name} ({RUNS[name][1]})", fontsize=9)
         axis.set_xlabel("step", fontsize=8)
         axis.set_yscale("log")
-    for axis in list(axes.flat)[len(curves):]:
+    for axis in list(axes.flat)[len(curves) :]:
         axis.axis("off")
     figure.tight_layout()
     figure.savefig(path, dpi=80)
@@ -249,7 +307,9 @@ def plot_speed(streams: dict, path: Path) -> None:
     figure, axis = plt.subplots(figsize=(5, 3.5))
     for name, record in streams.items():
         measures = record["measures"]
-        axis.scatter(measures["speed"]["frames_per_second"], measures["control_following"]["accuracy"], label=STREAMS[name])
+        axis.scatter(
+            measures["speed"]["frames_per_second"], measures["control_following"]["accuracy"], label=STREAMS[name]
+        )
     axis.set(xlabel="frames per second", ylabel="control following", xscale="log")
     axis.legend(fontsize=8)
     figure.tight_layout()
@@ -264,17 +324,32 @@ def write_page(results: Results, output: Path, images: Path) -> None:
     clips = {name: record for name, record in results.clips.items() if record}
     streams = {name: record for name, record in results.streams.items() if record}
     records = [*clips.values(), *streams.values(), *([results.idm] if results.idm else [])]
-    environments = sorted({(record["environment"]["device"], record["environment"]["commit"] or "") for record in records})
+    environments = sorted(
+        {(record["environment"]["device"], record["environment"]["commit"] or "") for record in records}
+    )
     dates = sorted(record["environment"]["date"] for record in records)
-    lines = ["# The learning proof: results", "",
-             f"Written by `python learning/results_page.py page` from `{results.work}`; every number comes from the run's "
-             "measures (`results/*.json`), none is typed by hand. The protocol and the commands: `learning/README.md`.", "",
-             "Measured on: " + "; ".join(f"{device} (commit {commit[:10]})" for device, commit in environments)
-             + (f", {dates[0]} to {dates[-1]}." if dates else "."), "",
-             "## Targets", "", markdown_table(["target", "measured", ""], [list(row) for row in target_rows(results)]), ""]
+    lines = [
+        "# The learning proof: results",
+        "",
+        f"Written by `python learning/results_page.py page` from `{results.work}`; every number comes from the run's "
+        "measures (`results/*.json`), none is typed by hand. The protocol and the commands: `learning/README.md`.",
+        "",
+        "Measured on: "
+        + "; ".join(f"{device} (commit {commit[:10]})" for device, commit in environments)
+        + (f", {dates[0]} to {dates[-1]}." if dates else "."),
+        "",
+        "## Targets",
+        "",
+        markdown_table(["target", "measured", ""], [list(row) for row in target_rows(results)]),
+        "",
+    ]
 
-    lines += ["## Time per GPU command", "",
-              markdown_table(["step", "phase", "seconds"], [list(row) for row in results.timings]), ""]
+    lines += [
+        "## Time per GPU command",
+        "",
+        markdown_table(["step", "phase", "seconds"], [list(row) for row in results.timings]),
+        "",
+    ]
     curves = training_curves(results.work)
     if curves:
         plot_losses(curves, images / "losses.png")
@@ -283,48 +358,90 @@ def write_page(results: Results, output: Path, images: Path) -> None:
     if results.idm:
         measures, settings = results.idm["measures"], results.idm["settings"]
         idm = measures["idm"]
-        lines += ["## The inverse-dynamics model on held-out real footage", "",
-                  f"Trained {settings['steps']} steps on {measures['training_clips']} clips, tested on "
-                  f"{measures['heldout_clips']} held-out clips of other episodes ({idm['count']} windows), all through "
-                  f"the base model's VAE. Accuracy {fmt(idm['accuracy'])}; chance {fmt(measures['chance']['uniform'])} "
-                  f"(uniform), {fmt(measures['chance']['majority'])} (majority class).", "",
-                  markdown_table(["class", "held-out accuracy", "windows"],
-                                 [[token, fmt(accuracy), idm["counts"][token]]
-                                  for token, accuracy in idm["per_class"].items()]),
-                  ""]
+        lines += [
+            "## The inverse-dynamics model on held-out real footage",
+            "",
+            f"Trained {settings['steps']} steps on {measures['training_clips']} clips, tested on "
+            f"{measures['heldout_clips']} held-out clips of other episodes ({idm['count']} windows), all through "
+            f"the base model's VAE. Accuracy {fmt(idm['accuracy'])}; chance {fmt(measures['chance']['uniform'])} "
+            f"(uniform), {fmt(measures['chance']['majority'])} (majority class).",
+            "",
+            markdown_table(
+                ["class", "held-out accuracy", "windows"],
+                [[token, fmt(accuracy), idm["counts"][token]] for token, accuracy in idm["per_class"].items()],
+            ),
+            "",
+        ]
         floor = measures["train_vs_heldout"]
-        lines += [f"Two sets of real footage (training vs held-out clips) lie {fmt(floor['total_variation'])} apart in "
-                  f"colour distance and {fmt(floor['frechet'], 2)} in IDM-feature Frechet distance: the floor of domain "
-                  "fit.", ""]
+        lines += [
+            f"Two sets of real footage (training vs held-out clips) lie {fmt(floor['total_variation'])} apart in "
+            f"colour distance and {fmt(floor['frechet'], 2)} in IDM-feature Frechet distance: the floor of domain "
+            "fit.",
+            "",
+        ]
 
     if clips:
         rows = []
         for name, record in clips.items():
             measures = record["measures"]
             following = measures["control_following"]
-            rows.append([CLIP_MODELS[name], "yes" if measures["model_takes_controls"] else "no", fmt(following["accuracy"]),
-                         fmt(following["chance"]["uniform"]), fmt(following["real_ceiling"]),
-                         fmt(measures["domain_fit"]["total_variation"]), fmt(measures["domain_fit"]["frechet"], 2)])
+            rows.append(
+                [
+                    CLIP_MODELS[name],
+                    "yes" if measures["model_takes_controls"] else "no",
+                    fmt(following["accuracy"]),
+                    fmt(following["chance"]["uniform"]),
+                    fmt(following["real_ceiling"]),
+                    fmt(measures["domain_fit"]["total_variation"]),
+                    fmt(measures["domain_fit"]["frechet"], 2),
+                ]
+            )
         settings = next(iter(clips.values()))["settings"]
-        lines += ["## Stages 1 and 2: clips", "",
-                  f"{settings['num_clips']} clips per model, {settings['num_inference_steps']} steps, guidance "
-                  f"{settings['guidance_scale']}, seeds {settings['seed']}.., the same random commands (keys held for 1 to 4 "
-                  f"latent frames) for every model; prompt: \"{settings['prompt']}\".", "",
-                  markdown_table(["model", "takes controls", "control following", "chance", "IDM ceiling",
-                                  "colour distance", "IDM-feature Frechet"], rows), ""]
-        plot_bars([CLIP_MODELS[name] for name in clips], [record["measures"]["domain_fit"]["total_variation"]
-                  for record in clips.values()], images / "domain_fit.png", "colour distance to the game",
-                  {"two sets of real footage": results.idm["measures"]["train_vs_heldout"]["total_variation"]}
-                  if results.idm else {})
+        lines += [
+            "## Stages 1 and 2: clips",
+            "",
+            f"{settings['num_clips']} clips per model, {settings['num_inference_steps']} steps, guidance "
+            f"{settings['guidance_scale']}, seeds {settings['seed']}.., the same random commands (keys held for 1 to 4 "
+            f'latent frames) for every model; prompt: "{settings["prompt"]}".',
+            "",
+            markdown_table(
+                [
+                    "model",
+                    "takes controls",
+                    "control following",
+                    "chance",
+                    "IDM ceiling",
+                    "colour distance",
+                    "IDM-feature Frechet",
+                ],
+                rows,
+            ),
+            "",
+        ]
+        plot_bars(
+            [CLIP_MODELS[name] for name in clips],
+            [record["measures"]["domain_fit"]["total_variation"] for record in clips.values()],
+            images / "domain_fit.png",
+            "colour distance to the game",
+            {"two sets of real footage": results.idm["measures"]["train_vs_heldout"]["total_variation"]}
+            if results.idm
+            else {},
+        )
         lines += [f"![domain fit]({relative / 'domain_fit.png'})", ""]
 
-    following = {**{CLIP_MODELS[name]: record for name, record in clips.items()},
-                 **{STREAMS[name]: record for name, record in streams.items()}}
+    following = {
+        **{CLIP_MODELS[name]: record for name, record in clips.items()},
+        **{STREAMS[name]: record for name, record in streams.items()},
+    }
     if following:
         reference = next(iter(following.values()))["measures"]["control_following"]
-        plot_bars(list(following), [record["measures"]["control_following"]["accuracy"] for record in following.values()],
-                  images / "control_following.png", "IDM agreement with the commands",
-                  {"chance": reference["chance"]["uniform"], "IDM on real footage": reference["real_ceiling"]})
+        plot_bars(
+            list(following),
+            [record["measures"]["control_following"]["accuracy"] for record in following.values()],
+            images / "control_following.png",
+            "IDM agreement with the commands",
+            {"chance": reference["chance"]["uniform"], "IDM on real footage": reference["real_ceiling"]},
+        )
         lines += [f"![control following]({relative / 'control_following.png'})", ""]
 
     if streams:
@@ -332,31 +449,72 @@ def write_page(results: Results, output: Path, images: Path) -> None:
         for name, record in streams.items():
             measures, settings = record["measures"], record["settings"]
             edges = measures["edges"]
-            rows.append([STREAMS[name], settings["num_inference_steps"], settings["guidance_scale"],
-                         fmt(measures["speed"]["frames_per_second"], 1), fmt(measures["speed"]["time_to_first_frame_s"], 2),
-                         fmt(measures["control_following"]["accuracy"]), fmt(edges["first"]["control_following"]),
-                         fmt(edges["last"]["control_following"]), fmt(measures["domain_fit"]["total_variation"]),
-                         fmt(edges["first"]["total_variation"]), fmt(edges["last"]["total_variation"]),
-                         fmt(measures["domain_fit"]["frechet"], 2)])
+            rows.append(
+                [
+                    STREAMS[name],
+                    settings["num_inference_steps"],
+                    settings["guidance_scale"],
+                    fmt(measures["speed"]["frames_per_second"], 1),
+                    fmt(measures["speed"]["time_to_first_frame_s"], 2),
+                    fmt(measures["control_following"]["accuracy"]),
+                    fmt(edges["first"]["control_following"]),
+                    fmt(edges["last"]["control_following"]),
+                    fmt(measures["domain_fit"]["total_variation"]),
+                    fmt(edges["first"]["total_variation"]),
+                    fmt(edges["last"]["total_variation"]),
+                    fmt(measures["domain_fit"]["frechet"], 2),
+                ]
+            )
         settings = next(iter(streams.values()))["settings"]
         edge = next(iter(streams.values()))["measures"]["edges"]["first"]["frames"][1]
-        lines += ["## Stages 3 and 4: streams", "",
-                  f"{settings['num_streams']} streams of {next(iter(streams.values()))['measures']['frames_per_stream']} "
-                  f"frames per model, each from a held-out real clip, under random keys held for 1 to 4 groups; G = "
-                  f"{settings['num_groups']}, W = {settings['group_size']}.", "",
-                  markdown_table(["stream", "steps", "guidance", "frames/s", "first frame (s)", "control following",
-                                  f"first {edge}", f"last {edge}", "colour distance", f"first {edge}", f"last {edge}",
-                                  "IDM-feature Frechet"], rows), ""]
+        lines += [
+            "## Stages 3 and 4: streams",
+            "",
+            f"{settings['num_streams']} streams of {next(iter(streams.values()))['measures']['frames_per_stream']} "
+            f"frames per model, each from a held-out real clip, under random keys held for 1 to 4 groups; G = "
+            f"{settings['num_groups']}, W = {settings['group_size']}.",
+            "",
+            markdown_table(
+                [
+                    "stream",
+                    "steps",
+                    "guidance",
+                    "frames/s",
+                    "first frame (s)",
+                    "control following",
+                    f"first {edge}",
+                    f"last {edge}",
+                    "colour distance",
+                    f"first {edge}",
+                    f"last {edge}",
+                    "IDM-feature Frechet",
+                ],
+                rows,
+            ),
+            "",
+        ]
         # The teacher at its default steps is stage 3's stream measured again (for the speeds of one run): drawn once.
-        plot_drift({name: record for name, record in streams.items() if not (name == "teacher" and "stage3" in streams)},
-                   images / "drift.png")
+        plot_drift(
+            {name: record for name, record in streams.items() if not (name == "teacher" and "stage3" in streams)},
+            images / "drift.png",
+        )
         plot_speed(streams, images / "speed_quality.png")
-        lines += [f"![drift]({relative / 'drift.png'})", "", f"![speed and quality]({relative / 'speed_quality.png'})", ""]
+        lines += [
+            f"![drift]({relative / 'drift.png'})",
+            "",
+            f"![speed and quality]({relative / 'speed_quality.png'})",
+            "",
+        ]
 
     sheets = sorted((results.work / "results").glob("sheet_*.png"))
     if sheets:
-        lines += ["## Contact sheets", "", "Each row is one video, frames evenly spaced from its start to its end, each "
-                  "labelled with its commanded key.", ""]
+        lines += [
+            "## Contact sheets",
+            "",
+            "Each row is one video, frames evenly spaced from its start to its end, each "
+            "labelled with its commanded key.",
+            "",
+        ]
         for sheet in sheets:
             shutil.copyfile(sheet, images / sheet.name)
             title = sheet.stem.removeprefix("sheet_").replace("_", " ")

@@ -23,14 +23,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import thematrix.controls
 from stage3 import inference
 from stage3 import play as swin_play
-import thematrix.controls
 from tests.conftest import TEST_VOCABULARY, TINY_HEIGHT, TINY_WIDTH, moving_square_clip
 from thematrix.controls import GAME_KEYMAP_KEY, ControlVocabulary, game_files, vocabulary_from_json
+from thematrix.data.initial_clip import InitialClip
 from thematrix.play.keymap import KeyMap, KeyMapError, default_keymap, load_keymap
 from thematrix.play.server import FRAME_HEADER_LENGTH, PlayServer, Viewer, encode_frame
-from thematrix.data.initial_clip import InitialClip
 from thematrix.play.world import ShownFrame, World
 from thematrix.video import read_video_info, write_mp4
 
@@ -42,14 +42,33 @@ TIMEOUT_S = 60.0
 CHROMIUM = shutil.which("chromium")
 # The tests' game steered like a car: arrows move, two arrows together do the rest, no key stays.
 TEST_KEYMAP = {
-    "buttons": {"up": ["ArrowUp", "KeyW"], "down": ["ArrowDown", "KeyS"], "left": ["ArrowLeft", "KeyA"],
-                "right": ["ArrowRight", "KeyD"]},
-    "controls": {"": "STAY", "left": "LEFT", "right": "RIGHT", "up": "UP", "down": "DOWN", "up+left": "JUMP",
-                 "up+right": "RUN", "down+left": "DUCK", "down+right": "FIRE"},
+    "buttons": {
+        "up": ["ArrowUp", "KeyW"],
+        "down": ["ArrowDown", "KeyS"],
+        "left": ["ArrowLeft", "KeyA"],
+        "right": ["ArrowRight", "KeyD"],
+    },
+    "controls": {
+        "": "STAY",
+        "left": "LEFT",
+        "right": "RIGHT",
+        "up": "UP",
+        "down": "DOWN",
+        "up+left": "JUMP",
+        "up+right": "RUN",
+        "down+left": "DUCK",
+        "down+right": "FIRE",
+    },
 }
 # As root on a closed network, Chromium needs no sandbox and no background connections.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def wait_until(condition, timeout_s: float = TIMEOUT_S, poll_s: float = 0.02):
@@ -66,16 +85,32 @@ def wait_until(condition, timeout_s: float = TIMEOUT_S, poll_s: float = 0.02):
 def play_dataset(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("play_clips")
     write_mp4(moving_square_clip(2, CLIP_FRAMES, TINY_HEIGHT, TINY_WIDTH), root / "square.mp4", fps=PLAY_FPS)
-    entry = {"path": "square.mp4", "caption": "A red square slides right.", "control_signal_seq": ",".join(["RIGHT"] * CLIP_FRAMES),
-             "valid_frame_idx": 0}
+    entry = {
+        "path": "square.mp4",
+        "caption": "A red square slides right.",
+        "control_signal_seq": ",".join(["RIGHT"] * CLIP_FRAMES),
+        "valid_frame_idx": 0,
+    }
     (root / "index.json").write_text(json.dumps({"list": [entry]}))
     return root, root / "index.json"
 
 
 def play_arguments(model_dir, dataset, output_dir, *extra) -> list[str]:
     data_root, index_file = dataset
-    return ["--model_dir", str(model_dir), "--data_root", str(data_root), "--index_file", str(index_file),
-            "--fps", str(PLAY_FPS), "--output_dir", str(output_dir), *WINDOW, *extra]
+    return [
+        "--model_dir",
+        str(model_dir),
+        "--data_root",
+        str(data_root),
+        "--index_file",
+        str(index_file),
+        "--fps",
+        str(PLAY_FPS),
+        "--output_dir",
+        str(output_dir),
+        *WINDOW,
+        *extra,
+    ]
 
 
 class LoggedModel(swin_play.StreamWorldModel):
@@ -118,12 +153,20 @@ def world(world_model, tmp_path):
 
 # Key maps.
 
+
 def test_a_game_files_keys_are_the_default_for_its_vocabulary(tmp_path, monkeypatch):
     (tmp_path / "square.json").write_text(json.dumps({**TEST_VOCABULARY.to_json(), GAME_KEYMAP_KEY: TEST_KEYMAP}))
     monkeypatch.setattr(thematrix.controls, "GAMES_DIR", tmp_path)
     keymap = default_keymap(TEST_VOCABULARY)
-    cases = {(): "STAY", ("ArrowUp",): "UP", ("KeyW", "KeyA"): "JUMP", ("ArrowUp", "ArrowRight"): "RUN",
-             ("ArrowDown", "KeyD"): "FIRE", ("ArrowLeft",): "LEFT", ("Space",): "STAY"}
+    cases = {
+        (): "STAY",
+        ("ArrowUp",): "UP",
+        ("KeyW", "KeyA"): "JUMP",
+        ("ArrowUp", "ArrowRight"): "RUN",
+        ("ArrowDown", "KeyD"): "FIRE",
+        ("ArrowLeft",): "LEFT",
+        ("Space",): "STAY",
+    }
     for held, token in cases.items():
         assert keymap.resolve(held) == token, held
     assert keymap.rest_token == "STAY"
@@ -150,13 +193,22 @@ def test_another_vocabulary_gets_one_latching_key_per_token(tmp_path):
     assert load_keymap(path, vocabulary) == keymap
 
 
-@pytest.mark.parametrize("data, message", [
-    ({"buttons": {"up": ["ArrowUp"]}, "controls": {"up": "UP", "": "X"}}, 'controls[""]: unknown control token \'X\''),
-    ({"buttons": {"up": ["ArrowUp"]}, "controls": {"up+left": "UP"}}, 'controls["up+left"]: unknown buttons [\'left\']'),
-    ({"buttons": {"up": ["ArrowUp"]}, "controls": {"up": "UP"}}, "no combination gives the tokens ['LEFT']"),
-    ({"buttons": {"up": "ArrowUp"}, "controls": {"up": "UP"}}, 'buttons["up"]: give a list of KeyboardEvent.code'),
-    ({"controls": {}}, 'a key map is {"buttons"'),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (
+            {"buttons": {"up": ["ArrowUp"]}, "controls": {"up": "UP", "": "X"}},
+            "controls[\"\"]: unknown control token 'X'",
+        ),
+        (
+            {"buttons": {"up": ["ArrowUp"]}, "controls": {"up+left": "UP"}},
+            "controls[\"up+left\"]: unknown buttons ['left']",
+        ),
+        ({"buttons": {"up": ["ArrowUp"]}, "controls": {"up": "UP"}}, "no combination gives the tokens ['LEFT']"),
+        ({"buttons": {"up": "ArrowUp"}, "controls": {"up": "UP"}}, 'buttons["up"]: give a list of KeyboardEvent.code'),
+        ({"controls": {}}, 'a key map is {"buttons"'),
+    ],
+)
 def test_a_bad_key_map_file_names_the_file_and_the_field(tmp_path, data, message):
     vocabulary = ControlVocabulary(("UP", "LEFT"), ("go up", "go left"))
     path = tmp_path / "keys.json"
@@ -168,6 +220,7 @@ def test_a_bad_key_map_file_names_the_file_and_the_field(tmp_path, data, message
 
 
 # The server's outbox per tab.
+
 
 def test_a_tab_that_does_not_read_keeps_the_newest_frames_and_counts_the_rest():
     viewer = Viewer(max_frames=2)
@@ -183,6 +236,7 @@ def test_a_tab_that_does_not_read_keeps_the_newest_frames_and_counts_the_rest():
 
 # The world.
 
+
 def test_frames_come_at_the_models_frame_rate_and_generation_stays_just_ahead(world, world_model):
     world.start(world_model.clip_from_sample(0))
     count = PLAY_FPS  # a second of play
@@ -194,7 +248,9 @@ def test_frames_come_at_the_models_frame_rate_and_generation_stays_just_ahead(wo
     groups_asked = len(world_model.asked)
     # The window asks num_groups groups ahead; the generator starts a chunk only as the screen needs it.
     assert groups_asked <= groups_shown + world_model.num_groups + 1
-    first, last = (np.asarray(Image.open(io.BytesIO(frame.jpeg))) for _, frame in (world.shown[1], world.shown[count - 1]))
+    first, last = (
+        np.asarray(Image.open(io.BytesIO(frame.jpeg))) for _, frame in (world.shown[1], world.shown[count - 1])
+    )
     assert first.shape == (TINY_HEIGHT, TINY_WIDTH, 3) and not np.array_equal(first, last)
 
 
@@ -273,7 +329,13 @@ def test_a_recording_replays_exactly_with_inference_py_across_a_prompt_change(wo
     assert state["recording"] == "off" and state["last_recording"].endswith(".zip")
     folder = world.recordings_dir / state["last_recording"].removesuffix(".zip")
     with zipfile.ZipFile(folder.with_suffix(".zip")) as archive:
-        assert set(archive.namelist()) == {"recording.mp4", "replay.json", "replay.sh", "segment-2.mp4", "segment-3.mp4"}
+        assert set(archive.namelist()) == {
+            "recording.mp4",
+            "replay.json",
+            "replay.sh",
+            "segment-2.mp4",
+            "segment-3.mp4",
+        }
     segments = json.loads((folder / "replay.json").read_text())["segments"]
     assert len(segments) == 2
     monkeypatch.chdir(folder)
@@ -295,6 +357,7 @@ def read_frames(path: Path) -> np.ndarray:
 
 
 # The server.
+
 
 async def refused_and_served(url: str) -> tuple[dict, int]:
     async with aiohttp.ClientSession() as session, session.ws_connect(url + "ws") as first:
@@ -337,10 +400,19 @@ def test_bad_requests_say_what_to_send(world, tmp_path):
     clip = write_mp4(moving_square_clip(1, CLIP_FRAMES, TINY_HEIGHT, TINY_WIDTH), tmp_path / "mine.mp4", fps=PLAY_FPS)
     server = PlayServer(world)
     with server.running() as url:
-        answers = asyncio.run(post_all(url, [
-            ("api/start", {"sample": 3}), ("api/upload", not_a_video), ("api/restart", {}),
-            ("api/upload", clip), ("api/prompt", {"prompt": ""}), ("api/pause", b"yes"),
-        ]))
+        answers = asyncio.run(
+            post_all(
+                url,
+                [
+                    ("api/start", {"sample": 3}),
+                    ("api/upload", not_a_video),
+                    ("api/restart", {}),
+                    ("api/upload", clip),
+                    ("api/prompt", {"prompt": ""}),
+                    ("api/pause", b"yes"),
+                ],
+            )
+        )
     (start, upload_bad, restart, upload, prompt, pause) = answers
     assert start == (400, {"error": "sample must be one of 0..0 (the dataset's usable clips), got 3"})
     assert upload_bad[0] == 400 and upload_bad[1]["error"].startswith("the upload notes.mp4 cannot start the world: ")
@@ -352,16 +424,20 @@ def test_bad_requests_say_what_to_send(world, tmp_path):
 
 # The command line.
 
+
 def test_the_page_is_served_on_this_machine_only_unless_told(model_dir):
     args = swin_play.parse_args(["--model_dir", str(model_dir)])
     assert args.host == "127.0.0.1" and args.port == 8000
 
 
-@pytest.mark.parametrize("bad, message", [
-    (["--data_root", "clips"], "give --data_root and --index_file together"),
-    (["--max_viewers", "0"], "--max_viewers must be at least 1, got 0"),
-    (["--keymap", "missing.json"], "--keymap missing.json: no such file"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (["--data_root", "clips"], "give --data_root and --index_file together"),
+        (["--max_viewers", "0"], "--max_viewers must be at least 1, got 0"),
+        (["--keymap", "missing.json"], "--keymap missing.json: no such file"),
+    ],
+)
 def test_bad_options_fail_before_the_model_loads(bad, message, capsys):
     with pytest.raises(SystemExit):
         swin_play.parse_args(["--model_dir", "no/such/model", *bad])
@@ -371,10 +447,14 @@ def test_bad_options_fail_before_the_model_loads(bad, message, capsys):
 def test_stage4_play_serves_the_page_and_stops_cleanly_on_ctrl_c(model_dir, play_dataset, tmp_path):
     keymap = tmp_path / "keys.json"
     keymap.write_text(json.dumps(TEST_KEYMAP))
-    command = [sys.executable, "stage4/play.py",
-               *play_arguments(model_dir, play_dataset, tmp_path, "--port", "0", "--keymap", str(keymap))]
-    process = subprocess.Popen(command, cwd=Path(__file__).parents[1], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
+    command = [
+        sys.executable,
+        "stage4/play.py",
+        *play_arguments(model_dir, play_dataset, tmp_path, "--port", "0", "--keymap", str(keymap)),
+    ]
+    process = subprocess.Popen(
+        command, cwd=Path(__file__).parents[1], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         lines = []
         while not (lines and lines[-1].startswith("play at ")):
@@ -399,6 +479,7 @@ async def get_json(url: str) -> dict:
 
 # The page, end to end in headless Chromium.
 
+
 @pytest.fixture(scope="module")
 def chromium():
     if CHROMIUM is None:
@@ -406,7 +487,9 @@ def chromium():
         if os.environ.get("CI"):
             pytest.fail(f"{reason}, so CI must not skip it")
         pytest.skip(reason)
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install -r requirements.txt")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason='playwright is not installed: pip install -e ".[test]"'
+    )
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser
