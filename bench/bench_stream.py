@@ -45,10 +45,17 @@ def stream_speed(pipeline: SwinDPMPipeline, initial_video: torch.Tensor, steps: 
     arrivals = []
     frames_per_group = []
     for chunk in pipeline.stream(
-        prompt=PROMPT, initial_video=initial_video,
-        controls=lambda group: [CONTROL_PATTERN[(group * GROUP_SIZE + k) % len(CONTROL_PATTERN)] for k in range(GROUP_SIZE)],
-        num_groups=NUM_GROUPS, group_size=GROUP_SIZE, num_inference_steps=steps, guidance_scale=guidance,
-        generator=generator, max_groups=cli.groups,
+        prompt=PROMPT,
+        initial_video=initial_video,
+        controls=lambda group: [
+            CONTROL_PATTERN[(group * GROUP_SIZE + k) % len(CONTROL_PATTERN)] for k in range(GROUP_SIZE)
+        ],
+        num_groups=NUM_GROUPS,
+        group_size=GROUP_SIZE,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        generator=generator,
+        max_groups=cli.groups,
     ):
         torch.cuda.synchronize()
         arrivals.append(time.perf_counter() - start)
@@ -56,7 +63,9 @@ def stream_speed(pipeline: SwinDPMPipeline, initial_video: torch.Tensor, steps: 
     steady_frames = sum(frames_per_group[1:])
     steady_time = arrivals[-1] - arrivals[0]
     return {
-        "steps": steps, "guidance_scale": guidance, "groups": len(arrivals),
+        "steps": steps,
+        "guidance_scale": guidance,
+        "groups": len(arrivals),
         "time_to_first_frame_s": arrivals[0],
         "fps": steady_frames / steady_time,
         "seconds_per_group": steady_time / (len(arrivals) - 1),
@@ -70,20 +79,36 @@ def stock_speed(model_dir: Path, steps: int, guidance: float, cli) -> dict:
     generator = torch.Generator(device="cuda").manual_seed(0)
     torch.cuda.synchronize()
     start = time.perf_counter()
-    pipeline(prompt=PROMPT, num_frames=STOCK_FRAMES, height=cli.height, width=cli.width,
-             num_inference_steps=steps, guidance_scale=guidance, generator=generator, output_type="pt")
+    pipeline(
+        prompt=PROMPT,
+        num_frames=STOCK_FRAMES,
+        height=cli.height,
+        width=cli.width,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        generator=generator,
+        output_type="pt",
+    )
     torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
     del pipeline
     torch.cuda.empty_cache()
-    return {"steps": steps, "guidance_scale": guidance, "frames": STOCK_FRAMES, "seconds": elapsed, "fps": STOCK_FRAMES / elapsed}
+    return {
+        "steps": steps,
+        "guidance_scale": guidance,
+        "frames": STOCK_FRAMES,
+        "seconds": elapsed,
+        "fps": STOCK_FRAMES / elapsed,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--width", type=int, default=720)
-    parser.add_argument("--groups", type=int, default=4, help="groups per stream (the first includes encoding the clip)")
+    parser.add_argument(
+        "--groups", type=int, default=4, help="groups per stream (the first includes encoding the clip)"
+    )
     parser.add_argument("--work_dir", default=None)
     parser.add_argument("--json", default=None)
     cli = parser.parse_args()
@@ -102,11 +127,17 @@ def main() -> None:
     scm = ScmPipeline(**dict(swin.components, scheduler=ScmScheduler.from_config(swin.scheduler.config)))
     initial_video = torch.rand(window_clip_frames(swin.vae, NUM_GROUPS, GROUP_SIZE), 3, cli.height, cli.width) * 2 - 1
 
-    results = {"device": torch.cuda.get_device_name(), "size": f"{cli.height}x{cli.width}", "groups_per_stream": cli.groups}
+    results = {
+        "device": torch.cuda.get_device_name(),
+        "size": f"{cli.height}x{cli.width}",
+        "groups_per_stream": cli.groups,
+    }
     for name, pipeline, steps, guidance in (
-        ("swin_dpm_20_steps", swin, 20, 1.0), ("swin_dpm_20_steps_cfg", swin, 20, 6.0),
+        ("swin_dpm_20_steps", swin, 20, 1.0),
+        ("swin_dpm_20_steps_cfg", swin, 20, 6.0),
         # 4 steps over 4 groups: one forward per emitted group, the stage 4 (SCM) sampling path.
-        ("scm_4_steps", scm, 4, 1.0), ("scm_4_steps_cfg", scm, 4, 6.0),
+        ("scm_4_steps", scm, 4, 1.0),
+        ("scm_4_steps_cfg", scm, 4, 6.0),
     ):
         pipeline.set_progress_bar_config(disable=True)
         torch.cuda.reset_peak_memory_stats()

@@ -54,8 +54,16 @@ def synthetic_clip(root: Path, frames: int, height: int, width: int) -> Path:
     base = rng.integers(0, 255, (height // 16, width // 16, 3), dtype=np.uint8).repeat(16, 0).repeat(16, 1)
     video = np.stack([np.roll(base, shift=4 * index, axis=1) for index in range(frames)])
     write_mp4(video, root / "clip.mp4", fps=BENCH_FPS)
-    index = {"list": [{"path": "clip.mp4", "caption": "Coloured blocks slide to the right.",
-                       "control_signal_seq": ",".join(BENCH_VOCABULARY.tokens[:1] * frames), "valid_frame_idx": 0}]}
+    index = {
+        "list": [
+            {
+                "path": "clip.mp4",
+                "caption": "Coloured blocks slide to the right.",
+                "control_signal_seq": ",".join(BENCH_VOCABULARY.tokens[:1] * frames),
+                "valid_frame_idx": 0,
+            }
+        ]
+    }
     (root / "index.json").write_text(json.dumps(index))
     BENCH_VOCABULARY.save(root / VOCABULARY_FILE)
     return root / "index.json"
@@ -63,6 +71,7 @@ def synthetic_clip(root: Path, frames: int, height: int, width: int) -> Path:
 
 def timed_trainer(trainer_class):
     """The stage's trainer without checkpoint or model writing, which are I/O rather than the step."""
+
     class Timed(trainer_class):
         def save_checkpoint(self):
             return None
@@ -74,7 +83,11 @@ def timed_trainer(trainer_class):
 
 
 def run_ours(trainer_class, args, model_dir: Path, data_root: Path, index_file: Path, output_dir: Path, cli) -> dict:
-    args.pretrained_model_name_or_path, args.data_root, args.index_file = str(model_dir), str(data_root), str(index_file)
+    args.pretrained_model_name_or_path, args.data_root, args.index_file = (
+        str(model_dir),
+        str(data_root),
+        str(index_file),
+    )
     args.output_dir = str(output_dir)
     args.height, args.width, args.fps = cli.height, cli.width, BENCH_FPS
     if not isinstance(args, SwinArgs):  # stages 3 and 4 train on their window clip (17 latent frames after the history)
@@ -88,8 +101,11 @@ def run_ours(trainer_class, args, model_dir: Path, data_root: Path, index_file: 
     torch.cuda.reset_peak_memory_stats()
     trainer.train()
     times = [entry["step_time_s"] for entry in trainer.history[WARMUP_STEPS:]]
-    result = {"step_s": statistics.median(times), "peak_gib": torch.cuda.max_memory_allocated() / GIB,
-              "trainable_params_m": trainer.num_trainable_parameters / 1e6}
+    result = {
+        "step_s": statistics.median(times),
+        "peak_gib": torch.cuda.max_memory_allocated() / GIB,
+        "trainable_params_m": trainer.num_trainable_parameters / 1e6,
+    }
     del trainer
     torch.cuda.empty_cache()
     return result
@@ -102,7 +118,9 @@ def interactive_model_dir(model_dir: Path, work: Path) -> Path:
         return output
     base = CogVideoXTransformer3DModel.from_pretrained(model_dir, subfolder="transformer", dtype=torch.bfloat16)
     table = torch.randn(len(BENCH_VOCABULARY) + 1, base.config.text_embed_dim)
-    return save_model_dir(InteractiveCogVideoXTransformer3DModel.from_base(base, BENCH_VOCABULARY, table), model_dir, output)
+    return save_model_dir(
+        InteractiveCogVideoXTransformer3DModel.from_base(base, BENCH_VOCABULARY, table), model_dir, output
+    )
 
 
 def time_forward(transformer, cli, **extra) -> float:
@@ -110,8 +128,12 @@ def time_forward(transformer, cli, **extra) -> float:
     config = transformer.config
     latent_frames = (cli.frames - 1) // config.temporal_compression_ratio + 1
     inputs = dict(
-        hidden_states=torch.randn(1, latent_frames, config.in_channels, cli.height // 8, cli.width // 8, device="cuda", dtype=torch.bfloat16),
-        encoder_hidden_states=torch.randn(1, config.max_text_seq_length, config.text_embed_dim, device="cuda", dtype=torch.bfloat16),
+        hidden_states=torch.randn(
+            1, latent_frames, config.in_channels, cli.height // 8, cli.width // 8, device="cuda", dtype=torch.bfloat16
+        ),
+        encoder_hidden_states=torch.randn(
+            1, config.max_text_seq_length, config.text_embed_dim, device="cuda", dtype=torch.bfloat16
+        ),
         timestep=torch.tensor([500], device="cuda"),
     )
     inputs.update(extra)
@@ -129,28 +151,48 @@ def time_forward(transformer, cli, **extra) -> float:
 
 
 def run_forwards(model_dir: Path, cli) -> dict:
-    base = CogVideoXTransformer3DModel.from_pretrained(model_dir, subfolder="transformer", dtype=torch.bfloat16).cuda().eval()
+    base = (
+        CogVideoXTransformer3DModel.from_pretrained(model_dir, subfolder="transformer", dtype=torch.bfloat16)
+        .cuda()
+        .eval()
+    )
     stock = time_forward(base, cli)
     vocabulary_size = len(BENCH_VOCABULARY)
     table = torch.randn(vocabulary_size + 1, base.config.text_embed_dim)
-    interactive = InteractiveCogVideoXTransformer3DModel.from_base(base, BENCH_VOCABULARY, table).to("cuda", torch.bfloat16).eval()
+    interactive = (
+        InteractiveCogVideoXTransformer3DModel.from_base(base, BENCH_VOCABULARY, table)
+        .to("cuda", torch.bfloat16)
+        .eval()
+    )
     del base
     latent_frames = (cli.frames - 1) // interactive.config.temporal_compression_ratio + 1
     controls = torch.randint(0, vocabulary_size, (1, latent_frames), device="cuda")
     ours = time_forward(interactive, cli, controls=controls)
-    per_frame = time_forward(interactive, cli, controls=controls, timestep=torch.randint(0, 1000, (1, latent_frames), device="cuda"))
+    per_frame = time_forward(
+        interactive, cli, controls=controls, timestep=torch.randint(0, 1000, (1, latent_frames), device="cuda")
+    )
     del interactive
     torch.cuda.empty_cache()
-    return {"stock_forward_s": stock, "interactive_forward_s": ours, "interactive_per_frame_timesteps_forward_s": per_frame}
+    return {
+        "stock_forward_s": stock,
+        "interactive_forward_s": ours,
+        "interactive_per_frame_timesteps_forward_s": per_frame,
+    }
 
 
 def run_stock(model_dir: Path, cli, lora: bool) -> dict:
     """diffusers' CogVideoX training step written plainly: LoRA r=256 as in its example, or every weight."""
     device, dtype = torch.device("cuda"), torch.bfloat16
-    transformer = CogVideoXTransformer3DModel.from_pretrained(model_dir, subfolder="transformer", dtype=dtype).to(device)
+    transformer = CogVideoXTransformer3DModel.from_pretrained(model_dir, subfolder="transformer", dtype=dtype).to(
+        device
+    )
     if lora:
         transformer.requires_grad_(False)
-        transformer.add_adapter(LoraConfig(r=256, lora_alpha=256, init_lora_weights=True, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+        transformer.add_adapter(
+            LoraConfig(
+                r=256, lora_alpha=256, init_lora_weights=True, target_modules=["to_q", "to_k", "to_v", "to_out.0"]
+            )
+        )
     transformer.enable_gradient_checkpointing()
     params = [param for param in transformer.parameters() if param.requires_grad]
     for param in params:
@@ -171,7 +213,9 @@ def run_stock(model_dir: Path, cli, lora: bool) -> dict:
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (1,), device=device)
         noisy = scheduler.add_noise(latents, noise, timesteps)
         with torch.autocast("cuda", dtype=dtype):
-            output = transformer(hidden_states=noisy.to(dtype), encoder_hidden_states=prompt, timestep=timesteps, return_dict=False)[0]
+            output = transformer(
+                hidden_states=noisy.to(dtype), encoder_hidden_states=prompt, timestep=timesteps, return_dict=False
+            )[0]
         prediction = scheduler.get_velocity(output.float(), noisy, timesteps)
         weights = (1 / (1 - alphas[timesteps])).view(-1, 1, 1, 1, 1)
         loss = (weights * (prediction - latents) ** 2).mean()
@@ -192,9 +236,10 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=65)
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--width", type=int, default=720)
-    parser.add_argument("--steps", type=int, default=5, help="timed steps after %d warm-up steps" % WARMUP_STEPS)
+    parser.add_argument("--steps", type=int, default=5, help=f"timed steps after {WARMUP_STEPS} warm-up steps")
     parser.add_argument(
-        "--stages", default="stock-lora",
+        "--stages",
+        default="stock-lora",
         help="comma-separated: forwards, stock-lora, stock-full, 1 (LoRA), 2 (Interactive Module), 3 (Swin-DPM full), "
         "4-full, 4-lora (SCM distillation). Run each in its own process for clean peak-memory numbers.",
     )
@@ -214,7 +259,10 @@ def main() -> None:
     index_file = synthetic_clip(data_root, max(cli.frames, window_frames), cli.height, cli.width)
 
     stages = set(cli.stages.split(","))
-    results = {"device": torch.cuda.get_device_name(), "shape": f"{cli.frames} frames {cli.height}x{cli.width}, batch 1"}
+    results = {
+        "device": torch.cuda.get_device_name(),
+        "shape": f"{cli.frames} frames {cli.height}x{cli.width}, batch 1",
+    }
     if "forwards" in stages:
         results["forwards"] = run_forwards(model_dir, cli)
     if "stock-lora" in stages:
@@ -222,17 +270,29 @@ def main() -> None:
     if "stock-full" in stages:
         results["stock_diffusers_full"] = run_stock(model_dir, cli, lora=False)
     if "1" in stages:
-        results["ours_stage1_lora"] = run_ours(LoraTrainer, LoraArgs(), model_dir, data_root, index_file, work / "run1", cli)
+        results["ours_stage1_lora"] = run_ours(
+            LoraTrainer, LoraArgs(), model_dir, data_root, index_file, work / "run1", cli
+        )
     if "2" in stages:
-        results["ours_stage2_interactive"] = run_ours(InteractiveTrainer, SftArgs(), model_dir, data_root, index_file, work / "run2", cli)
+        results["ours_stage2_interactive"] = run_ours(
+            InteractiveTrainer, SftArgs(), model_dir, data_root, index_file, work / "run2", cli
+        )
     if "3" in stages:
-        results["ours_stage3_swin_full"] = run_ours(SwinTrainer, SwinArgs(), model_dir, data_root, index_file, work / "run3", cli)
+        results["ours_stage3_swin_full"] = run_ours(
+            SwinTrainer, SwinArgs(), model_dir, data_root, index_file, work / "run3", cli
+        )
     for student in ("full", "lora"):
         if f"4-{student}" in stages:
             scm = ScmArgs()
             scm.student = student  # with distill_guidance, the default
             results[f"ours_stage4_scm_{student}"] = run_ours(
-                ScmTrainer, scm, interactive_model_dir(model_dir, work), data_root, index_file, work / f"run4{student}", cli
+                ScmTrainer,
+                scm,
+                interactive_model_dir(model_dir, work),
+                data_root,
+                index_file,
+                work / f"run4{student}",
+                cli,
             )
     print(json.dumps(results, indent=2))
     if cli.json:

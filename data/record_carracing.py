@@ -88,8 +88,9 @@ def token_to_action(token: str, rng: np.random.Generator) -> np.ndarray:
 class ScriptedDriver:
     """Holds one control per segment of a random duration; segments come from shuffled bags of all tokens."""
 
-    def __init__(self, tokens: tuple[str, ...], rng: np.random.Generator, frame_seconds: float,
-                 hold_seconds: tuple[float, float]):
+    def __init__(
+        self, tokens: tuple[str, ...], rng: np.random.Generator, frame_seconds: float, hold_seconds: tuple[float, float]
+    ):
         self.tokens, self.rng = tokens, rng
         self.frame_seconds, self.hold_seconds = frame_seconds, hold_seconds
         self.bag: list[str] = []
@@ -119,7 +120,11 @@ class CarRacingRecorder(GymRecorder):
 
     def caption(self, tokens: list[str], on_track: list[Any]) -> str:
         if self.options.domain_randomize:
-            template = CAPTION_ON_TRACK_RANDOM_COLOURS if np.mean(on_track) >= ON_TRACK_SHARE else CAPTION_OFF_TRACK_RANDOM_COLOURS
+            template = (
+                CAPTION_ON_TRACK_RANDOM_COLOURS
+                if np.mean(on_track) >= ON_TRACK_SHARE
+                else CAPTION_OFF_TRACK_RANDOM_COLOURS
+            )
         else:
             template = self.game.caption if np.mean(on_track) >= ON_TRACK_SHARE else CAPTION_OFF_TRACK
         return template.format(**{MOTIONS_FIELD: MOTION_SEPARATOR.join(main_motions(self.game, tokens))})
@@ -128,8 +133,11 @@ class CarRacingRecorder(GymRecorder):
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_recording_arguments(parser, fps=DEFAULT_FPS)
-    parser.add_argument("--domain_randomize", action="store_true",
-                        help="random track and grass colours per episode (CarRacing's domain_randomize)")
+    parser.add_argument(
+        "--domain_randomize",
+        action="store_true",
+        help="random track and grass colours per episode (CarRacing's domain_randomize)",
+    )
     options = parser.parse_args(argv)
     check_recording_arguments(parser, options)
     game = load_game(CAR_RACING_GAME_FILE)

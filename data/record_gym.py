@@ -37,20 +37,32 @@ def json_object(text: str) -> dict:
     except json.JSONDecodeError as error:
         raise argparse.ArgumentTypeError(f"{text!r} is not JSON ({error})") from None
     if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a JSON object; write {{\"option\": value}}")
+        raise argparse.ArgumentTypeError(f'{text!r} is not a JSON object; write {{"option": value}}')
     return value
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--game", type=Path, help="game file: env id, tokens with phrases and actions (data/games/*.json)")
+    source.add_argument(
+        "--game", type=Path, help="game file: env id, tokens with phrases and actions (data/games/*.json)"
+    )
     source.add_argument("--env", help="Gymnasium env id; give its controls with --control")
-    parser.add_argument("--control", nargs=3, action="append", default=[], metavar=("TOKEN", "ACTION", "PHRASE"),
-                        help="with --env: a token, its env action as JSON (2, or [0.5, -1.0]) and its phrase; repeat")
+    parser.add_argument(
+        "--control",
+        nargs=3,
+        action="append",
+        default=[],
+        metavar=("TOKEN", "ACTION", "PHRASE"),
+        help="with --env: a token, its env action as JSON (2, or [0.5, -1.0]) and its phrase; repeat",
+    )
     parser.add_argument("--caption", help="with --env: caption template, {motions} = the clip's main controls")
-    parser.add_argument("--env_kwargs", type=json_object, default={}, help="JSON object of gym.make options, e.g. "
-                        '\'{"continuous": true}\' (added to the game file\'s)')
+    parser.add_argument(
+        "--env_kwargs",
+        type=json_object,
+        default={},
+        help="JSON object of gym.make options, e.g. '{\"continuous\": true}' (added to the game file's)",
+    )
     add_recording_arguments(parser, fps=DEFAULT_FPS)
     options = parser.parse_args(argv)
     check_recording_arguments(parser, options)

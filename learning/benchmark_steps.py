@@ -63,8 +63,12 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--json", type=Path, default=None, help="also write the table here")
-    parser.add_argument("--batch_size", type=int, default=None,
-                        help="one batch size for every run instead of the configs' (a quick check of this script)")
+    parser.add_argument(
+        "--batch_size",
+        type=int,
+        default=None,
+        help="one batch size for every run instead of the configs' (a quick check of this script)",
+    )
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     repeats = args.repeats if device.type == "cuda" else 1
@@ -76,12 +80,19 @@ def main(argv=None) -> dict:
     vae = AutoencoderKLCogVideoX(**preset["vae"]).to(device)
     optimizer = torch.optim.AdamW(list(transformer.parameters()) + list(vae.parameters()))
     c = vae.config.temporal_compression_ratio
-    latent_shape = (transformer.config.in_channels, preset["vae"]["sample_height"] // 8, preset["vae"]["sample_width"] // 8)
+    latent_shape = (
+        transformer.config.in_channels,
+        preset["vae"]["sample_height"] // 8,
+        preset["vae"]["sample_width"] // 8,
+    )
     text = (preset["tokenizer"]["model_max_length"], transformer.config.text_embed_dim)
 
     def inputs(batch: int, frames: int):
-        return (torch.randn(batch, frames, *latent_shape, device=device), torch.randn(batch, *text, device=device),
-                torch.randint(0, 1000, (batch,), device=device))
+        return (
+            torch.randn(batch, frames, *latent_shape, device=device),
+            torch.randn(batch, *text, device=device),
+            torch.randint(0, 1000, (batch,), device=device),
+        )
 
     def train_step(batch: int, frames: int):
         hidden, encoder, timesteps = inputs(batch, frames)
@@ -92,6 +103,7 @@ def main(argv=None) -> dict:
             output.float().pow(2).mean().backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+
         return run
 
     def autocast():
@@ -104,12 +116,19 @@ def main(argv=None) -> dict:
         def run():
             with autocast():
                 transformer(hidden, encoder, timesteps, return_dict=False)
+
         return run
 
     rows = {}
     vae_args = configs["VAE pretraining"]
-    video = torch.randn(vae_args.train_batch_size, 3, vae_args.clip_frames, vae.config.sample_height, vae.config.sample_width,
-                        device=device)
+    video = torch.randn(
+        vae_args.train_batch_size,
+        3,
+        vae_args.clip_frames,
+        vae.config.sample_height,
+        vae.config.sample_width,
+        device=device,
+    )
 
     def vae_step():
         with autocast():
@@ -128,16 +147,22 @@ def main(argv=None) -> dict:
     window = 1 + scm.num_noise_groups * scm.group_size
     student = measure(train_step(scm.train_batch_size, window), repeats, device)
     teacher = measure(forward(scm.train_batch_size * CFG_BRANCHES, window), repeats, device)
-    rows["stage 4"] = (student[0] + scm.skipping_interval * teacher[0] + FORWARD_SHARE * student[0],
-                       student[1] + scm.skipping_interval * teacher[1] + FORWARD_SHARE * student[1])
+    rows["stage 4"] = (
+        student[0] + scm.skipping_interval * teacher[0] + FORWARD_SHARE * student[0],
+        student[1] + scm.skipping_interval * teacher[1] + FORWARD_SHARE * student[1],
+    )
 
     table = {}
     device_name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     print(f"{'run':<26}{'steps':>7}{'GFLOP/step':>12}{'s/step':>10}{'projected s':>13}   ({device_name})")
     for name, (seconds, flops) in rows.items():
         steps = configs[name].max_train_steps
-        table[name] = {"steps": steps, "gflop_per_step": flops / 1e9, "seconds_per_step": seconds,
-                       "projected_s": steps * seconds}
+        table[name] = {
+            "steps": steps,
+            "gflop_per_step": flops / 1e9,
+            "seconds_per_step": seconds,
+            "projected_s": steps * seconds,
+        }
         print(f"{name:<26}{steps:>7}{flops / 1e9:>12.1f}{seconds:>10.3f}{steps * seconds:>13.0f}")
 
     # Streams: per group of W latent frames, N / G guided window forwards (or one unguided) and a decode of W latents.
@@ -154,8 +179,10 @@ def main(argv=None) -> dict:
 
     decode, _ = measure(decode_group, repeats, device)
     steps_per_band = swin.validation_num_inference_steps // swin.num_noise_groups
-    for name, seconds in {"stream, 20 steps, guided": steps_per_band * guided + decode,
-                          "stream, 4 steps, unguided": single + decode}.items():
+    for name, seconds in {
+        "stream, 20 steps, guided": steps_per_band * guided + decode,
+        "stream, 4 steps, unguided": single + decode,
+    }.items():
         table[name] = {"frames_per_second": group_frames / seconds}
         print(f"{name:<26} {group_frames / seconds:.1f} frames per second")
     if args.json:

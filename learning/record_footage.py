@@ -51,7 +51,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", type=Path, required=True)
     parser.add_argument("--episodes", type=int, required=True, help="episodes in all, spread over the processes")
-    parser.add_argument("--processes", type=int, default=os.cpu_count(), help="recorders run at once (default: one per core)")
+    parser.add_argument(
+        "--processes", type=int, default=os.cpu_count(), help="recorders run at once (default: one per core)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="process i records with seed + i")
     args = parser.parse_args(own)
     if (args.output_dir / INDEX_FILE).is_file():
@@ -63,14 +65,26 @@ def main(argv: list[str] | None = None) -> None:
     for shard in range(processes):
         episodes = args.episodes // processes + (shard < args.episodes % processes)
         shard_dir = args.output_dir / f"{SHARD_PREFIX}{shard:02d}"
-        command = [sys.executable, str(RECORDER), "--output_dir", str(shard_dir), "--episodes", str(episodes),
-                   "--seed", str(args.seed + shard), *recorder_flags]
+        command = [
+            sys.executable,
+            str(RECORDER),
+            "--output_dir",
+            str(shard_dir),
+            "--episodes",
+            str(episodes),
+            "--seed",
+            str(args.seed + shard),
+            *recorder_flags,
+        ]
         shards.append(shard_dir)
         with open(shard_dir.with_suffix(LOG_SUFFIX), "w") as log:  # the recorder's progress and errors
             running.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT))
     failures = [shard for shard, process in zip(shards, running) if process.wait()]
     for shard in failures:
-        print(f"{shard}: recorder failed; its output:\n{shard.with_suffix(LOG_SUFFIX).read_text()[-LOG_TAIL:]}", file=sys.stderr)
+        print(
+            f"{shard}: recorder failed; its output:\n{shard.with_suffix(LOG_SUFFIX).read_text()[-LOG_TAIL:]}",
+            file=sys.stderr,
+        )
     if failures:
         raise SystemExit(f"{len(failures)} of {processes} recorders failed")
     index = merge_indexes(args.output_dir, shards)

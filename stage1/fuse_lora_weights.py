@@ -25,7 +25,9 @@ def fuse_lora(base_model: str | Path, lora_dir: str | Path, output_dir: str | Pa
     """
     lora_file = Path(lora_dir) / LORA_WEIGHT_NAME
     if not lora_file.is_file():
-        raise FileNotFoundError(f"--lora_dir {lora_dir}: no {LORA_WEIGHT_NAME}; pass the output_dir of stage 1 training")
+        raise FileNotFoundError(
+            f"--lora_dir {lora_dir}: no {LORA_WEIGHT_NAME}; pass the output_dir of stage 1 training"
+        )
     base_model = GameVideoPipeline.check_stage_model(base_model, "--base_model")
     transformer = GameVideoPipeline.transformer_class.from_pretrained(
         base_model, subfolder="transformer", dtype=torch.float32
@@ -39,7 +41,9 @@ def fuse_lora(base_model: str | Path, lora_dir: str | Path, output_dir: str | Pa
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base_model", required=True, help="the model stage 1 trained on (pretrained_model_name_or_path)")
+    parser.add_argument(
+        "--base_model", required=True, help="the model stage 1 trained on (pretrained_model_name_or_path)"
+    )
     parser.add_argument("--lora_dir", required=True, help="stage 1's output_dir, holding " + LORA_WEIGHT_NAME)
     parser.add_argument("--output_dir", required=True, help="where to write the fused model directory")
     parser.add_argument("--lora_scale", type=float, default=1.0, help="strength of the LoRA (default: %(default)s)")

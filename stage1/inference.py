@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -24,7 +23,9 @@ from thematrix.video import pipeline_video_to_signed, tensor_to_uint8_frames, wr
 
 def add_clip_arguments(parser: argparse.ArgumentParser) -> None:
     """The options stages 1 and 2 share: prompt, length, size, sampling, output."""
-    parser.add_argument("--prompt", default=None, help="default: the prompt the model records (a caption of its footage)")
+    parser.add_argument(
+        "--prompt", default=None, help="default: the prompt the model records (a caption of its footage)"
+    )
     parser.add_argument("--num_frames", type=int, default=None, help="4k+1 frames (default: the model's longest clip)")
     parser.add_argument("--height", type=int, default=None, help="default: the model's")
     parser.add_argument("--width", type=int, default=None, help="default: the model's")
@@ -36,7 +37,7 @@ def add_clip_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_clip_options(
-    args: argparse.Namespace, pipeline_class: type[GameVideoPipeline], lora_dir: Optional[str] = None
+    args: argparse.Namespace, pipeline_class: type[GameVideoPipeline], lora_dir: str | None = None
 ) -> Path:
     """The model's local directory, once the options are checked against it and completed from what it (or
     ``lora_dir``) records, before any weight loads; ``--fps`` must agree with the model's."""
@@ -50,13 +51,17 @@ def check_clip_options(
     args.height, args.width = args.height or defaults.height, args.width or defaults.width
     temporal = vae_architecture(model_dir).config.temporal_compression_ratio
     if (args.num_frames - 1) % temporal:
-        raise ConfigError(f"--num_frames {args.num_frames}: this model makes {temporal}k+1 frames, e.g. {temporal * 4 + 1}")
+        raise ConfigError(
+            f"--num_frames {args.num_frames}: this model makes {temporal}k+1 frames, e.g. {temporal * 4 + 1}"
+        )
     return model_dir
 
 
 def main(argv=None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model_dir", required=True, help="a fused stage 1 model or the base model (or a Hugging Face id)")
+    parser.add_argument(
+        "--model_dir", required=True, help="a fused stage 1 model or the base model (or a Hugging Face id)"
+    )
     parser.add_argument("--lora_dir", default=None, help="optional: stage 1 LoRA weights to apply to --model_dir")
     add_clip_arguments(parser)
     args = parser.parse_args(argv)

@@ -51,8 +51,10 @@ class LoraTrainer(Trainer):
         lora_alpha = rank, a scale of 1 instead of the trained alpha / rank.
         """
         self.pipeline_class.save_lora_weights(
-            str(self.output_dir), transformer_lora_layers=get_peft_model_state_dict(transformer),
-            transformer_lora_adapter_metadata=transformer.peft_config[ADAPTER_NAME].to_dict(), safe_serialization=True,
+            str(self.output_dir),
+            transformer_lora_layers=get_peft_model_state_dict(transformer),
+            transformer_lora_adapter_metadata=transformer.peft_config[ADAPTER_NAME].to_dict(),
+            safe_serialization=True,
         )
         self.args.generation_defaults().save(self.output_dir)
 

@@ -26,8 +26,11 @@ from thematrix.video import draw_control_overlay, pipeline_video_to_signed, tens
 def main(argv=None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_dir", required=True, help="a stage 2 (or later) model directory: <output_dir>/model")
-    parser.add_argument("--controls", default=None,
-                        help="comma-separated control tokens of the model (default: each token in turn, cycled)")
+    parser.add_argument(
+        "--controls",
+        default=None,
+        help="comma-separated control tokens of the model (default: each token in turn, cycled)",
+    )
     parser.add_argument("--per_video_frame", action="store_true", help="--controls has one token per video frame")
     parser.add_argument("--control_guidance_scale", type=float, default=1.0, help="> 1 strengthens the controls")
     add_clip_arguments(parser)
@@ -55,7 +58,9 @@ def main(argv=None) -> Path:
         output_type="pt",
     )
     video = pipeline_video_to_signed(output.frames[0])
-    frames = draw_control_overlay(tensor_to_uint8_frames(video.cpu()), video_frame_labels(output.controls[0], compression))
+    frames = draw_control_overlay(
+        tensor_to_uint8_frames(video.cpu()), video_frame_labels(output.controls[0], compression)
+    )
     path = Path(args.output)
     write_mp4(frames, path, fps=args.fps)
     print(f"video: {path.resolve()}")

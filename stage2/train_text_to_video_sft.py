@@ -113,8 +113,13 @@ class InteractiveTrainer(Trainer):
         tokens = cycle_controls(args.validation_controls, num_latent_frames)
         for name, sampling in self.validation_requests():
             output = pipeline(
-                controls=tokens, num_frames=args.validation_num_frames, height=args.height, width=args.width,
-                control_guidance_scale=args.validation_control_guidance_scale, output_type="pt", **sampling,
+                controls=tokens,
+                num_frames=args.validation_num_frames,
+                height=args.height,
+                width=args.width,
+                control_guidance_scale=args.validation_control_guidance_scale,
+                output_type="pt",
+                **sampling,
             )
             yield name, pipeline_video_to_signed(output.frames[0]), video_frame_labels(output.controls[0], compression)
 

@@ -74,8 +74,14 @@ class StreamStart:
     def from_sample(self, index: int, fps: float) -> InitialClip:
         """The first frames of usable sample ``index``, with its caption and its condition latent frame's control."""
         item = sample_start(
-            self.samples, index, fps=fps, height=self.defaults.height, width=self.defaults.width,
-            frames=self.initial_frames, temporal_compression=self.temporal_compression, vocabulary=self.vocabulary,
+            self.samples,
+            index,
+            fps=fps,
+            height=self.defaults.height,
+            width=self.defaults.width,
+            frames=self.initial_frames,
+            temporal_compression=self.temporal_compression,
+            vocabulary=self.vocabulary,
         )
         initial_control = condition_control(item["control_tokens"], self.vae_layout)
         return InitialClip(item["video"], Path(item["path"]).name, item["caption"], initial_control)
@@ -97,8 +103,12 @@ def check_stream_options(args: argparse.Namespace, pipeline_class=SwinDPMPipelin
     defaults = generation_defaults(model_dir)
     vocabulary = model_vocabulary(model_dir)
     model = f"the model at {model_dir}"
-    args.num_groups = setting_from_model("--num_groups", args.num_groups, defaults.num_groups, model) or RECIPE_NUM_GROUPS
-    args.group_size = setting_from_model("--group_size", args.group_size, defaults.group_size, model) or RECIPE_GROUP_SIZE
+    args.num_groups = (
+        setting_from_model("--num_groups", args.num_groups, defaults.num_groups, model) or RECIPE_NUM_GROUPS
+    )
+    args.group_size = (
+        setting_from_model("--group_size", args.group_size, defaults.group_size, model) or RECIPE_GROUP_SIZE
+    )
     args.fps = setting_from_model("--fps", args.fps, defaults.fps, model) or COGVIDEOX_FPS
     args.num_inference_steps = args.num_inference_steps or args.num_groups
     try:
@@ -114,8 +124,12 @@ def check_stream_options(args: argparse.Namespace, pipeline_class=SwinDPMPipelin
             print(f"skipped: {problem}")
     vae = vae_architecture(model_dir)
     return StreamStart(
-        model_dir=model_dir, vocabulary=vocabulary, defaults=defaults, vae_layout=vae,
-        initial_frames=window_clip_frames(vae, args.num_groups, args.group_size), samples=samples,
+        model_dir=model_dir,
+        vocabulary=vocabulary,
+        defaults=defaults,
+        vae_layout=vae,
+        initial_frames=window_clip_frames(vae, args.num_groups, args.group_size),
+        samples=samples,
     )
 
 
@@ -131,23 +145,36 @@ def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
     start.add_argument("--data_root", default=None, help="folder the index's paths are relative to")
     start.add_argument("--index_file", default=None, help="index JSON of the dataset")
     start.add_argument("--sample_index", type=int, default=0, help="which usable sample of the index (default 0)")
-    start.add_argument("--allow_paths_outside_data_root", action="store_true",
-                       help="accept index entries whose path leads outside --data_root")
+    start.add_argument(
+        "--allow_paths_outside_data_root",
+        action="store_true",
+        help="accept index entries whose path leads outside --data_root",
+    )
 
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--prompt", default=None, help="default: the sample's caption, else the model's prompt")
     sampling.add_argument("--seed", type=int, default=0, help="seeds the noise and --random_controls")
-    sampling.add_argument("--num_inference_steps", type=int, help="N, a multiple of --num_groups (default: %(default)s; None = one step per group)")
-    sampling.add_argument("--num_groups", type=int, default=None, help="G: noise groups in the window (default: the model's)")
-    sampling.add_argument("--group_size", type=int, default=None, help="W: latent frames per group (default: the model's)")
+    sampling.add_argument(
+        "--num_inference_steps",
+        type=int,
+        help="N, a multiple of --num_groups (default: %(default)s; None = one step per group)",
+    )
+    sampling.add_argument(
+        "--num_groups", type=int, default=None, help="G: noise groups in the window (default: the model's)"
+    )
+    sampling.add_argument(
+        "--group_size", type=int, default=None, help="W: latent frames per group (default: the model's)"
+    )
     sampling.add_argument("--guidance_scale", type=float, help="text guidance (default: %(default)s)")
     sampling.add_argument("--control_guidance_scale", type=float, default=1.0, help="> 1 strengthens the controls")
-    sampling.add_argument("--fps", type=int, default=None,
-                          help="frame rate of the initial clip and of the mp4 (default: the model's)")
+    sampling.add_argument(
+        "--fps", type=int, default=None, help="frame rate of the initial clip and of the mp4 (default: the model's)"
+    )
 
 
-def parse_args(argv=None, description: str = __doc__, defaults: dict = SWIN_DPM_DEFAULTS,
-               pipeline_class=SwinDPMPipeline) -> argparse.Namespace:
+def parse_args(
+    argv=None, description: str = __doc__, defaults: dict = SWIN_DPM_DEFAULTS, pipeline_class=SwinDPMPipeline
+) -> argparse.Namespace:
     """The stream's options, checked before a model is loaded; a later stage passes its own description,
     sampling defaults and pipeline."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -158,8 +185,11 @@ def parse_args(argv=None, description: str = __doc__, defaults: dict = SWIN_DPM_
     length.add_argument("--groups", type=int, default=None, help="number of groups to emit instead of --seconds")
 
     controls = parser.add_mutually_exclusive_group()
-    controls.add_argument("--controls", help="control tokens cycled per latent frame, comma-separated "
-                                              "(default: every token of the model's vocabulary in turn)")
+    controls.add_argument(
+        "--controls",
+        help="control tokens cycled per latent frame, comma-separated "
+        "(default: every token of the model's vocabulary in turn)",
+    )
     controls.add_argument("--random_controls", action="store_true", help="random keys, each held for some groups")
 
     parser.add_argument("--output", type=Path, default=Path("output.mp4"))
@@ -190,7 +220,9 @@ def check_step_options(parser: argparse.ArgumentParser, args: argparse.Namespace
             parser.error(str(error))
 
 
-def main(argv=None, pipeline_class=SwinDPMPipeline, description: str = __doc__, defaults: dict = SWIN_DPM_DEFAULTS) -> Path:
+def main(
+    argv=None, pipeline_class=SwinDPMPipeline, description: str = __doc__, defaults: dict = SWIN_DPM_DEFAULTS
+) -> Path:
     args = parse_args(argv, description, defaults, pipeline_class)
     start = check_stream_options(args, pipeline_class)
     vocabulary = start.vocabulary
@@ -206,17 +238,25 @@ def main(argv=None, pipeline_class=SwinDPMPipeline, description: str = __doc__, 
         print(f"initial clip: {clip.name} ({len(clip.video)} frames)")
     prompt = args.prompt or clip.caption or start.defaults.prompt
     if prompt is None:
-        raise ConfigError(f"--prompt: {start.model_dir} records no prompt and --initial_video has no caption; pass --prompt")
+        raise ConfigError(
+            f"--prompt: {start.model_dir} records no prompt and --initial_video has no caption; pass --prompt"
+        )
 
     pipeline = pipeline_class.from_model_dir(start.model_dir)
     frames_per_group = start.temporal_compression * args.group_size
     num_groups = args.groups or max(1, math.ceil(args.seconds * args.fps / frames_per_group))
     stream = pipeline.stream(
-        prompt, clip.video, controls, num_groups=args.num_groups, group_size=args.group_size,
-        num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
+        prompt,
+        clip.video,
+        controls,
+        num_groups=args.num_groups,
+        group_size=args.group_size,
+        num_inference_steps=args.num_inference_steps,
+        guidance_scale=args.guidance_scale,
         control_guidance_scale=args.control_guidance_scale,
         generator=torch.Generator(device=pipeline.device).manual_seed(args.seed),
-        max_groups=num_groups, initial_control=clip.initial_control,
+        max_groups=num_groups,
+        initial_control=clip.initial_control,
     )
     start_time = previous = time.perf_counter()
     with Mp4StreamWriter(args.output, fps=args.fps) as writer:
@@ -226,8 +266,11 @@ def main(argv=None, pipeline_class=SwinDPMPipeline, description: str = __doc__, 
             if chunk.group_index == 0:
                 print(f"time to first frame: {chunk.elapsed_s:.2f} s")
             now = time.perf_counter()
-            print(f"group {chunk.group_index + 1}/{num_groups}: {len(chunk.frames)} frames in {now - previous:.2f} s "
-                  f"({len(chunk.frames) / (now - previous):.1f} FPS), controls {','.join(chunk.controls)}", flush=True)
+            print(
+                f"group {chunk.group_index + 1}/{num_groups}: {len(chunk.frames)} frames in {now - previous:.2f} s "
+                f"({len(chunk.frames) / (now - previous):.1f} FPS), controls {','.join(chunk.controls)}",
+                flush=True,
+            )
             previous = now
     total = time.perf_counter() - start_time
     print(f"{writer.frames_written} frames in {total:.2f} s: {writer.frames_written / total:.2f} frames per second")

@@ -64,11 +64,16 @@ class StreamWorldModel:
     def clip_from_file(self, path: Path) -> InitialClip:
         return self.start.from_file(path, self.fps)
 
-    def stream(self, clip: Clip, prompt: str, controls: Callable[[int], list[str]]) -> Iterator[StreamChunk]:
+    def stream(self, clip: InitialClip, prompt: str, controls: Callable[[int], list[str]]) -> Iterator[StreamChunk]:
         args = self.args
         return self.pipeline.stream(
-            prompt, clip.video, controls, num_groups=self.num_groups, group_size=self.group_size,
-            num_inference_steps=self.num_inference_steps, guidance_scale=args.guidance_scale,
+            prompt,
+            clip.video,
+            controls,
+            num_groups=self.num_groups,
+            group_size=self.group_size,
+            num_inference_steps=self.num_inference_steps,
+            guidance_scale=args.guidance_scale,
             control_guidance_scale=args.control_guidance_scale,
             generator=torch.Generator(device=self.pipeline.device).manual_seed(args.seed),
             initial_control=clip.initial_control,
@@ -81,16 +86,41 @@ class StreamWorldModel:
     def replay_arguments(self, initial_video: str, prompt: str, controls: str, groups: int, output: str) -> list[str]:
         args = self.args
         return [
-            "--model_dir", str(Path(args.model_dir).resolve()), "--initial_video", initial_video, "--prompt", prompt,
-            "--controls", controls, "--groups", str(groups), "--seed", str(args.seed),
-            "--num_groups", str(self.num_groups), "--group_size", str(self.group_size),
-            "--num_inference_steps", str(self.num_inference_steps), "--guidance_scale", str(args.guidance_scale),
-            "--control_guidance_scale", str(args.control_guidance_scale), "--fps", str(self.fps), "--output", output,
+            "--model_dir",
+            str(Path(args.model_dir).resolve()),
+            "--initial_video",
+            initial_video,
+            "--prompt",
+            prompt,
+            "--controls",
+            controls,
+            "--groups",
+            str(groups),
+            "--seed",
+            str(args.seed),
+            "--num_groups",
+            str(self.num_groups),
+            "--group_size",
+            str(self.group_size),
+            "--num_inference_steps",
+            str(self.num_inference_steps),
+            "--guidance_scale",
+            str(args.guidance_scale),
+            "--control_guidance_scale",
+            str(args.control_guidance_scale),
+            "--fps",
+            str(self.fps),
+            "--output",
+            output,
         ]
 
 
-def parse_args(argv=None, description: str = __doc__, defaults: dict = inference.SWIN_DPM_DEFAULTS,
-               pipeline_class: type[SwinDPMPipeline] = SwinDPMPipeline) -> argparse.Namespace:
+def parse_args(
+    argv=None,
+    description: str = __doc__,
+    defaults: dict = inference.SWIN_DPM_DEFAULTS,
+    pipeline_class: type[SwinDPMPipeline] = SwinDPMPipeline,
+) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     inference.add_stream_arguments(parser)
     add_server_arguments(parser)
@@ -105,8 +135,13 @@ def parse_args(argv=None, description: str = __doc__, defaults: dict = inference
     return args
 
 
-def main(argv=None, pipeline_class: type[SwinDPMPipeline] = SwinDPMPipeline, description: str = __doc__,
-         defaults: dict = inference.SWIN_DPM_DEFAULTS, inference_module: str = "stage3.inference") -> None:
+def main(
+    argv=None,
+    pipeline_class: type[SwinDPMPipeline] = SwinDPMPipeline,
+    description: str = __doc__,
+    defaults: dict = inference.SWIN_DPM_DEFAULTS,
+    inference_module: str = "stage3.inference",
+) -> None:
     args = parse_args(argv, description, defaults, pipeline_class)
     model = StreamWorldModel(args, pipeline_class, inference_module)
     play(model, args, model.first_clip)

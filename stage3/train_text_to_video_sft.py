@@ -64,7 +64,7 @@ class SwinTrainer(InteractiveTrainer):
 
     def encode_videos(self, videos: torch.Tensor) -> torch.Tensor:
         """The window's latent distribution: the clip's, without its first H (history) latent frames."""
-        return super().encode_videos(videos)[:, :, history_latent_frames(self.vae):]
+        return super().encode_videos(videos)[:, :, history_latent_frames(self.vae) :]
 
     def cache_fingerprint(self) -> dict:
         return dict(super().cache_fingerprint(), history_latent_frames=history_latent_frames(self.vae))
@@ -86,7 +86,7 @@ class SwinTrainer(InteractiveTrainer):
     def model_kwargs(self, batch, generators):
         """Stage 2's controls, without the history latent frames' (the latents have none)."""
         kwargs = super().model_kwargs(batch, generators)
-        return dict(kwargs, controls=kwargs["controls"][:, history_latent_frames(self.vae):])
+        return dict(kwargs, controls=kwargs["controls"][:, history_latent_frames(self.vae) :])
 
     def loss_mask(self, latents: torch.Tensor) -> torch.Tensor:
         """The noisy frames count; the clean condition frame does not."""
@@ -107,9 +107,16 @@ class SwinTrainer(InteractiveTrainer):
 
         for name, sampling in self.validation_requests():
             output = pipeline.generate(
-                "", first["video"], next_controls, args.validation_groups, num_groups=args.num_noise_groups,
-                group_size=args.group_size, initial_control=condition_control(first["control_tokens"], self.vae),
-                control_guidance_scale=args.validation_control_guidance_scale, output_type="pt", **sampling,
+                "",
+                first["video"],
+                next_controls,
+                args.validation_groups,
+                num_groups=args.num_noise_groups,
+                group_size=args.group_size,
+                initial_control=condition_control(first["control_tokens"], self.vae),
+                control_guidance_scale=args.validation_control_guidance_scale,
+                output_type="pt",
+                **sampling,
             )
             yield name, pipeline_video_to_signed(output.frames[0]), output.frame_controls[0]
 

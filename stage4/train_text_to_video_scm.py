@@ -86,9 +86,13 @@ class ScmTrainer(SwinTrainer):
         super().check_settings()
         args.validation_num_inference_steps = args.validation_num_inference_steps or args.num_noise_groups
         try:
-            self.teacher_schedule = teacher_schedule(self.scheduler, args.teacher_num_inference_steps, args.num_noise_groups)
+            self.teacher_schedule = teacher_schedule(
+                self.scheduler, args.teacher_num_inference_steps, args.num_noise_groups
+            )
         except ValueError as error:
-            raise ConfigError(f"args.teacher_num_inference_steps = {args.teacher_num_inference_steps}: {error}") from None
+            raise ConfigError(
+                f"args.teacher_num_inference_steps = {args.teacher_num_inference_steps}: {error}"
+            ) from None
         # The student's consistency function, on the same grid: from t to the phase boundary b of its band.
         self.consistency = self.scheduler.grouped_schedule(args.teacher_num_inference_steps, args.num_noise_groups)
 
@@ -100,7 +104,9 @@ class ScmTrainer(SwinTrainer):
         transformer.requires_grad_(False)
         transformer.add_adapter(
             LoraConfig(
-                r=self.args.lora_rank, lora_alpha=self.args.lora_alpha, init_lora_weights=True,
+                r=self.args.lora_rank,
+                lora_alpha=self.args.lora_alpha,
+                init_lora_weights=True,
                 target_modules=list(self.args.lora_target_modules),
             )
         )
@@ -109,9 +115,13 @@ class ScmTrainer(SwinTrainer):
     def after_setup(self) -> None:
         """The frozen teacher (the stage-3 model), and the EMA target, which checkpoints hold with the student."""
         args, device = self.args, self.accelerator.device
-        teacher = InteractiveCogVideoXTransformer3DModel.from_pretrained(
-            self.model_dir, subfolder="transformer", dtype=self.weight_dtype
-        ).requires_grad_(False).eval()
+        teacher = (
+            InteractiveCogVideoXTransformer3DModel.from_pretrained(
+                self.model_dir, subfolder="transformer", dtype=self.weight_dtype
+            )
+            .requires_grad_(False)
+            .eval()
+        )
         # The teacher is called through the pipeline's guided velocity, as the stage-3 stream calls it.
         self.teacher_pipeline = self.pipeline_class(
             tokenizer=None, text_encoder=None, vae=None, transformer=teacher.to(device), scheduler=None
@@ -128,8 +138,11 @@ class ScmTrainer(SwinTrainer):
     def velocity(self, model: torch.nn.Module, latents, timesteps, prompt_embeds, controls) -> torch.Tensor:
         """One conditional transformer forward (float32 output)."""
         return model(
-            hidden_states=latents.to(self.weight_dtype), encoder_hidden_states=prompt_embeds, timestep=timesteps,
-            controls=controls, return_dict=False,
+            hidden_states=latents.to(self.weight_dtype),
+            encoder_hidden_states=prompt_embeds,
+            timestep=timesteps,
+            controls=controls,
+            return_dict=False,
         )[0].float()
 
     @torch.no_grad()

@@ -31,9 +31,17 @@ NUM_CLIPS = 4
 # The test clips' game: a square steered by nine keys, a vocabulary of the tests' own.
 TEST_VOCABULARY = ControlVocabulary(
     ("RIGHT", "LEFT", "UP", "DOWN", "JUMP", "DUCK", "STAY", "FIRE", "RUN"),
-    ("The square moves right.", "The square moves left.", "The square moves up.", "The square moves down.",
-     "The square jumps.", "The square ducks.", "The square stays where it is.", "The square fires.",
-     "The square runs."),
+    (
+        "The square moves right.",
+        "The square moves left.",
+        "The square moves up.",
+        "The square moves down.",
+        "The square jumps.",
+        "The square ducks.",
+        "The square stays where it is.",
+        "The square fires.",
+        "The square runs.",
+    ),
 )
 
 
@@ -67,12 +75,14 @@ def tiny_dataset(tmp_path_factory) -> tuple[Path, Path]:
         name = f"clip_{index}.mp4"
         write_mp4(moving_square_clip(index, CLIP_FRAMES, TINY_HEIGHT, TINY_WIDTH), root / name, fps=CLIP_FPS)
         controls = [tokens[(index + frame // 4) % len(tokens)] for frame in range(CLIP_FRAMES)]
-        entries.append({
-            "path": name,
-            "caption": f"A red square slides right over a plain background, clip {index}.",
-            "control_signal_seq": ",".join(controls),
-            "valid_frame_idx": 0,
-        })
+        entries.append(
+            {
+                "path": name,
+                "caption": f"A red square slides right over a plain background, clip {index}.",
+                "control_signal_seq": ",".join(controls),
+                "valid_frame_idx": 0,
+            }
+        )
     index_file = root / "index.json"
     index_file.write_text(json.dumps({"list": entries}))
     return root, index_file
@@ -115,8 +125,13 @@ def lora_args(tiny_model_dir, tiny_dataset, stage1_cache_dir, tmp_path):
     that checkpoints every step."""
 
     def make(output="run", **overrides):
-        settings = dict(rank=TINY_LORA_RANK, lora_alpha=float(TINY_LORA_RANK), max_train_steps=TINY_RUN_STEPS, checkpointing_steps=1,
-                        cache_dir=stage1_cache_dir)
+        settings = dict(
+            rank=TINY_LORA_RANK,
+            lora_alpha=float(TINY_LORA_RANK),
+            max_train_steps=TINY_RUN_STEPS,
+            checkpointing_steps=1,
+            cache_dir=stage1_cache_dir,
+        )
         return tiny_run_args(LoraArgs(), tiny_model_dir, tiny_dataset, tmp_path / output, **{**settings, **overrides})
 
     return make

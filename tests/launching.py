@@ -26,7 +26,9 @@ def write_config(args: LoraArgs, path: Path) -> Path:
     return path
 
 
-def launch(launcher: Path, arguments: list[str], log: Path, num_processes: int = 1, **environment: str) -> subprocess.Popen:
+def launch(
+    launcher: Path, arguments: list[str], log: Path, num_processes: int = 1, **environment: str
+) -> subprocess.Popen:
     """Start a stage launcher (``bash stageN/train_*.sh ARGUMENTS``) in a session of its own, one CPU thread per
     process, with ``environment`` added; its output goes to ``log``."""
     env = {
@@ -40,7 +42,11 @@ def launch(launcher: Path, arguments: list[str], log: Path, num_processes: int =
     }
     with log.open("w") as output:
         return subprocess.Popen(
-            ["bash", str(launcher), *arguments], env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+            ["bash", str(launcher), *arguments],
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
 
@@ -61,7 +67,9 @@ def wait_for_steps(output_dir: Path, steps: int, process: subprocess.Popen, log:
     metrics = output_dir / METRICS_FILE
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"the run ended (code {process.returncode}) before step {steps}:\n{log.read_text()[-4000:]}")
+            raise AssertionError(
+                f"the run ended (code {process.returncode}) before step {steps}:\n{log.read_text()[-4000:]}"
+            )
         if metrics.is_file():
             complete_lines = metrics.read_text().split("\n")[:-1]  # the last may be half written
             logged = [json.loads(line) for line in complete_lines if line]

@@ -22,7 +22,11 @@ CAPTIONS = [
     "Rain falls on the circuit at night; lap 3/10, speed 120 km/h!",
 ]
 # Every game's control phrases, which the tokenizer is trained on.
-PHRASES = [phrase for path in game_files() for phrase in vocabulary_from_json(read_json_object(path, "game"), str(path)).phrases]
+PHRASES = [
+    phrase
+    for path in game_files()
+    for phrase in vocabulary_from_json(read_json_object(path, "game"), str(path)).phrases
+]
 TEXTS = PHRASES + CAPTIONS
 HEIGHT, WIDTH, NUM_FRAMES = 48, 64, 9
 INFERENCE_STEPS = 2
@@ -43,7 +47,10 @@ def test_tokenizer_encodes_like_sentencepiece_without_unknown(tiny_model_dir, se
     tokenizer = loader.from_pretrained(tiny_model_dir / "tokenizer")
     assert isinstance(tokenizer, T5Tokenizer)
     assert (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id, tokenizer.bos_token_id) == (
-        PAD_ID, EOS_ID, UNK_ID, None
+        PAD_ID,
+        EOS_ID,
+        UNK_ID,
+        None,
     )
     for text in TEXTS:
         pieces = tokenizer.tokenize(text)
@@ -74,9 +81,10 @@ def test_text_encoder_has_one_embedding_per_token(tiny_model_dir):
     tokenizer = T5Tokenizer.from_pretrained(tiny_model_dir / "tokenizer")
     config = json.loads((tiny_model_dir / "text_encoder" / "config.json").read_text())
     assert config["vocab_size"] == len(tokenizer)
-    assert tokenizer.model_max_length == json.loads((tiny_model_dir / "transformer" / "config.json").read_text())[
-        "max_text_seq_length"
-    ]
+    assert (
+        tokenizer.model_max_length
+        == json.loads((tiny_model_dir / "transformer" / "config.json").read_text())["max_text_seq_length"]
+    )
 
 
 def test_stock_pipeline_loads_and_generates(tiny_model_dir):
@@ -85,8 +93,13 @@ def test_stock_pipeline_loads_and_generates(tiny_model_dir):
     assert index["tokenizer"] == ["transformers", "T5Tokenizer"]
     pipeline = CogVideoXPipeline.from_pretrained(tiny_model_dir)
     frames = pipeline(
-        CAPTIONS[0], height=HEIGHT, width=WIDTH, num_frames=NUM_FRAMES, num_inference_steps=INFERENCE_STEPS,
-        output_type="pt", generator=torch.Generator().manual_seed(0),
+        CAPTIONS[0],
+        height=HEIGHT,
+        width=WIDTH,
+        num_frames=NUM_FRAMES,
+        num_inference_steps=INFERENCE_STEPS,
+        output_type="pt",
+        generator=torch.Generator().manual_seed(0),
     ).frames
     assert frames.shape == (1, NUM_FRAMES, 3, HEIGHT, WIDTH)
     assert torch.isfinite(frames).all()

@@ -57,11 +57,19 @@ def test_older_checkpoints_are_deleted_only_after_the_new_one_is_complete(lora_a
 
 def test_another_runs_checkpoints_are_refused_naming_the_settings_that_differ(lora_args):
     LoraTrainer(lora_args()).train()
-    changed = lora_args(rank=8, lora_alpha=8.0, seed=1, max_train_steps=TINY_RUN_STEPS + 1, learning_rate=1e-3, validation_num_frames=9)
+    changed = lora_args(
+        rank=8, lora_alpha=8.0, seed=1, max_train_steps=TINY_RUN_STEPS + 1, learning_rate=1e-3, validation_num_frames=9
+    )
     with pytest.raises(ConfigError) as error:
         LoraTrainer(changed).train()
     message = str(error.value)
-    for expected in (f"checkpoint-{TINY_RUN_STEPS}", "rank = 4 there, 8 here", "lora_alpha = 4.0 there, 8.0 here", "seed = 0 there, 1 here", "args.output_dir"):
+    for expected in (
+        f"checkpoint-{TINY_RUN_STEPS}",
+        "rank = 4 there, 8 here",
+        "lora_alpha = 4.0 there, 8.0 here",
+        "seed = 0 there, 1 here",
+        "args.output_dir",
+    ):
         assert expected in message, message
     for resumable in ("max_train_steps", "learning_rate", "validation_num_frames"):
         assert resumable not in message
@@ -70,25 +78,42 @@ def test_another_runs_checkpoints_are_refused_naming_the_settings_that_differ(lo
 def test_settings_that_may_change_on_resume_continue_the_run(lora_args, caplog):
     LoraTrainer(lora_args()).train()
     caplog.set_level(logging.INFO, logger="thematrix")
-    resumed = LoraTrainer(lora_args(max_train_steps=TINY_RUN_STEPS + 1, checkpoints_total_limit=5, learning_rate=1e-3, validation_steps=3,
-                                    validation_num_frames=9, validation_num_inference_steps=2))
+    resumed = LoraTrainer(
+        lora_args(
+            max_train_steps=TINY_RUN_STEPS + 1,
+            checkpoints_total_limit=5,
+            learning_rate=1e-3,
+            validation_steps=3,
+            validation_num_frames=9,
+            validation_num_inference_steps=2,
+        )
+    )
     resumed.train()
     assert resumed.global_step == TINY_RUN_STEPS + 1 and len(resumed.history) == 1 and "resumed from" in caplog.text
 
 
 def test_batch_settings_may_change_with_the_process_count_only_if_samples_per_step_stay(lora_args):
     LoraTrainer(lora_args(train_batch_size=2)).train()
-    LoraTrainer(lora_args(train_batch_size=1, gradient_accumulation_steps=2, max_train_steps=TINY_RUN_STEPS + 1)).train()
+    LoraTrainer(
+        lora_args(train_batch_size=1, gradient_accumulation_steps=2, max_train_steps=TINY_RUN_STEPS + 1)
+    ).train()
     with pytest.raises(ConfigError, match="train_batch_size = 1 there, 2 here"):
-        LoraTrainer(lora_args(train_batch_size=2, gradient_accumulation_steps=2, max_train_steps=TINY_RUN_STEPS + 2)).train()
+        LoraTrainer(
+            lora_args(train_batch_size=2, gradient_accumulation_steps=2, max_train_steps=TINY_RUN_STEPS + 2)
+        ).train()
 
 
 def test_a_checkpoint_from_elsewhere_resumes_with_its_differences_logged(lora_args, tmp_path, caplog):
     LoraTrainer(lora_args("first")).train()
     caplog.set_level(logging.INFO, logger="thematrix")
-    continued = LoraTrainer(lora_args(
-        "second", seed=1, max_train_steps=TINY_RUN_STEPS + 1, resume_from_checkpoint=str(tmp_path / "first" / "checkpoints" / f"checkpoint-{TINY_RUN_STEPS}"),
-    ))
+    continued = LoraTrainer(
+        lora_args(
+            "second",
+            seed=1,
+            max_train_steps=TINY_RUN_STEPS + 1,
+            resume_from_checkpoint=str(tmp_path / "first" / "checkpoints" / f"checkpoint-{TINY_RUN_STEPS}"),
+        )
+    )
     continued.train()
     assert continued.global_step == TINY_RUN_STEPS + 1 and "seed = 0 there, 1 here" in caplog.text
 

@@ -57,8 +57,21 @@ def test_config_of_another_stage_is_refused(tmp_path):
 def test_overrides_are_typed():
     args = apply_overrides(
         LoraArgs(),
-        ["--rank", "16", "--learning_rate=3e-4", "--gradient_checkpointing", "false",
-         "--frame_buckets", "9", "17", "--cache_dir", "none", "--validation_prompts", "a corridor, then stairs", "a door"],
+        [
+            "--rank",
+            "16",
+            "--learning_rate=3e-4",
+            "--gradient_checkpointing",
+            "false",
+            "--frame_buckets",
+            "9",
+            "17",
+            "--cache_dir",
+            "none",
+            "--validation_prompts",
+            "a corridor, then stairs",
+            "a door",
+        ],
     )
     assert args.rank == 16 and args.learning_rate == 3e-4 and args.gradient_checkpointing is False
     assert args.frame_buckets == (9, 17) and args.cache_dir is None
@@ -69,8 +82,10 @@ def test_overrides_are_typed():
     "values, expected",
     [
         (["A dark corridor, the player walks forward."], ("A dark corridor, the player walks forward.",)),
-        (['["A dark corridor, the player walks forward.", "A door, then stairs."]'],
-         ("A dark corridor, the player walks forward.", "A door, then stairs.")),
+        (
+            ['["A dark corridor, the player walks forward.", "A door, then stairs."]'],
+            ("A dark corridor, the player walks forward.", "A door, then stairs."),
+        ),
         (["A, b", "C"], ("A, b", "C")),
         (["[]"], ()),
         (['["[cinematic] a corridor"]'], ("[cinematic] a corridor",)),
@@ -158,14 +173,17 @@ def test_a_hub_id_is_not_a_path_unless_such_a_path_exists(tmp_path, monkeypatch)
 def test_the_stage_configs_paths_resolve_as_the_readme_runs_them():
     """``cd stage1 && bash train_text_to_video_lora.sh --config training/lora_config_tiny.py`` reads the footage
     that ``demo.sh`` records from the repository root into outputs/demo/footage."""
-    args = parse_command_line(STAGE1 / "training" / "lora_config.py", LoraArgs,
-                              ["--config", str(STAGE1 / "training" / "lora_config_tiny.py")])
+    args = parse_command_line(
+        STAGE1 / "training" / "lora_config.py", LoraArgs, ["--config", str(STAGE1 / "training" / "lora_config_tiny.py")]
+    )
     assert args.data_root == str(REPO_ROOT / "outputs" / "demo" / "footage")
     assert args.pretrained_model_name_or_path == str(REPO_ROOT / "outputs" / "demo" / "base-tiny")
 
 
 STAGE_CONFIGS = [  # (stage folder, settings class, config file without "_tiny")
-    ("stage1", LoraArgs, "lora_config"), ("stage2", SftArgs, "sft_config"), ("stage3", SwinArgs, "sft_config"),
+    ("stage1", LoraArgs, "lora_config"),
+    ("stage2", SftArgs, "sft_config"),
+    ("stage3", SwinArgs, "sft_config"),
     ("stage4", ScmArgs, "scm_config"),
 ]
 
@@ -188,10 +206,15 @@ def test_each_stage_config_trains_on_the_footage_and_the_model_the_stage_before_
 # ---------------------------------------------------------------- --help
 
 
-@pytest.mark.parametrize("module_name, args_class", [
-    ("stage1.train_text_to_video_lora", LoraArgs), ("stage2.train_text_to_video_sft", SftArgs),
-    ("stage3.train_text_to_video_sft", SwinArgs), ("stage4.train_text_to_video_scm", ScmArgs),
-])
+@pytest.mark.parametrize(
+    "module_name, args_class",
+    [
+        ("stage1.train_text_to_video_lora", LoraArgs),
+        ("stage2.train_text_to_video_sft", SftArgs),
+        ("stage3.train_text_to_video_sft", SwinArgs),
+        ("stage4.train_text_to_video_scm", ScmArgs),
+    ],
+)
 def test_help_lists_every_setting_with_type_default_and_doc(module_name, args_class, capsys):
     with pytest.raises(SystemExit) as exit_info:
         importlib.import_module(module_name).main(["--help"])
@@ -201,7 +224,9 @@ def test_help_lists_every_setting_with_type_default_and_doc(module_name, args_cl
         assert re.search(rf"^  --{field.name} \S", text, re.MULTILINE), f"--{field.name} is not listed"
     docs = setting_docs(args_class)
     assert all(doc.doc for name, doc in docs.items() if name in {"data_root", "fps", "output_dir"})
-    assert "--data_root PATH\n      folder the index's clip paths are relative to [default: 'path/to/data_root';" in text
+    assert (
+        "--data_root PATH\n      folder the index's clip paths are relative to [default: 'path/to/data_root';" in text
+    )
     assert "--frame_buckets INT [INT ...]" in text and "--resume_from_checkpoint PATH|latest|none" in text
     assert "--pretrained_model_name_or_path PATH_OR_HUB_ID" in text
 
@@ -214,4 +239,7 @@ def test_help_reads_docs_from_comments_above_inline_and_inherited(capsys):
     assert docs["output_dir"].doc == "checkpoints, logs, validation videos and the final model", "else the parent's"
     assert docs["output_dir"].section == "model and data" and docs["output_dir"].defined_in is TrainingArgs
     text = settings_help(LoraArgs)
-    assert "\nLoraArgs (stage1/training/arguments.py):\n  --rank INT\n      LoRA rank of each adapted projection [default: 256]" in text
+    assert (
+        "\nLoraArgs (stage1/training/arguments.py):\n  --rank INT\n      LoRA rank of each adapted projection [default: 256]"
+        in text
+    )

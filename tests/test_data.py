@@ -42,8 +42,14 @@ HEIGHT, WIDTH = 48, 64
 # A game of these tests' own: nothing here depends on any particular game's keys.
 VOCABULARY = ControlVocabulary(
     ("UP", "DOWN", "LEFT", "RIGHT", "FIRE", "WAIT"),
-    ("The ship climbs.", "The ship sinks.", "The ship moves left.", "The ship moves right.", "The ship fires.",
-     "The ship hovers in place."),
+    (
+        "The ship climbs.",
+        "The ship sinks.",
+        "The ship moves left.",
+        "The ship moves right.",
+        "The ship fires.",
+        "The ship hovers in place.",
+    ),
 )
 
 
@@ -64,8 +70,12 @@ def decoded_frame_numbers(video: torch.Tensor) -> list[int]:
 
 
 def entry(path: str, num_frames: int, valid_frame_idx: int = 0, **overrides) -> dict:
-    item = {"path": path, "caption": f"clip {path}", "control_signal_seq": ",".join(frame_tokens(num_frames)),
-            "valid_frame_idx": valid_frame_idx}
+    item = {
+        "path": path,
+        "caption": f"clip {path}",
+        "control_signal_seq": ",".join(frame_tokens(num_frames)),
+        "valid_frame_idx": valid_frame_idx,
+    }
     item.update(overrides)
     return item
 
@@ -84,8 +94,14 @@ def make_dataset_dir(root: Path, clips: dict[str, tuple[int, float]], entries: l
 def build_dataset(root: Path, clips: dict[str, tuple[int, float]], entries=None, **kwargs) -> VideoDataset:
     samples, problems = load_index(make_dataset_dir(root, clips, entries), root, VOCABULARY)
     assert problems == []
-    options = dict(fps=10, height=32, width=40, frame_buckets=(9, 17, 33), temporal_compression=TEMPORAL_COMPRESSION,
-                   vocabulary=VOCABULARY)
+    options = dict(
+        fps=10,
+        height=32,
+        width=40,
+        frame_buckets=(9, 17, 33),
+        temporal_compression=TEMPORAL_COMPRESSION,
+        vocabulary=VOCABULARY,
+    )
     options.update(kwargs)
     return VideoDataset(samples, **options)
 
@@ -96,7 +112,9 @@ def build_dataset(root: Path, clips: dict[str, tuple[int, float]], entries=None,
 def test_write_mp4_writes_playable_h264_and_pads_odd_sizes(tmp_path):
     path = write_mp4(grey_frames(5, height=33, width=47), tmp_path / "odd.mp4", fps=8)
     assert read_video_info(path) == (5, 8.0, 34, 48)
-    probe = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True, text=True)
+    probe = subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True, text=True
+    )
     assert re.search(r"Video: h264 .*yuv420p", probe.stderr)
     assert [p.name for p in tmp_path.iterdir()] == ["odd.mp4"]
 
@@ -113,7 +131,9 @@ def test_write_mp4_interrupted_keeps_old_file_and_leaves_no_partial(tmp_path, mo
     write_mp4(grey_frames(4), target, fps=5)
     before = target.read_bytes()
     real_write_frames = imageio_ffmpeg.write_frames
-    monkeypatch.setattr(video_module.imageio_ffmpeg, "write_frames", lambda *a, **k: _Killing(real_write_frames(*a, **k)))
+    monkeypatch.setattr(
+        video_module.imageio_ffmpeg, "write_frames", lambda *a, **k: _Killing(real_write_frames(*a, **k))
+    )
     with pytest.raises(KeyboardInterrupt):
         write_mp4(grey_frames(10), target, fps=5)
     assert target.read_bytes() == before
@@ -173,8 +193,14 @@ def test_tensor_to_uint8_frames_maps_range_and_layout():
 def broken_index(tmp_path) -> Path:
     """An index in ``tmp_path / "root"`` with one entry of every kind of problem, and two usable entries."""
     root = tmp_path / "root"
-    for name, frames in [("good.mp4", 9), ("mismatch.mp4", 9), ("unknown.mp4", 9), ("late_start.mp4", 9),
-                         ("no_caption.mp4", 9), ("wrong_type.mp4", 9)]:
+    for name, frames in [
+        ("good.mp4", 9),
+        ("mismatch.mp4", 9),
+        ("unknown.mp4", 9),
+        ("late_start.mp4", 9),
+        ("no_caption.mp4", 9),
+        ("wrong_type.mp4", 9),
+    ]:
         write_mp4(grey_frames(frames), root / name, fps=10)
     write_mp4(grey_frames(9), tmp_path / "elsewhere.mp4", fps=10)
     (root / "corrupt.mp4").write_bytes(np.random.default_rng(0).bytes(4096))
@@ -209,15 +235,32 @@ def broken_index(tmp_path) -> Path:
 
 def test_load_index_reports_every_kind_of_problem_by_position_and_path(broken_index):
     samples, problems = load_index(broken_index, broken_index.parent, VOCABULARY)
-    assert [(sample.position, Path(sample.relative_path).name) for sample in samples] == [(0, "good.mp4"), (13, "good.mp4")]
+    assert [(sample.position, Path(sample.relative_path).name) for sample in samples] == [
+        (0, "good.mp4"),
+        (13, "good.mp4"),
+    ]
     good = samples[0]
-    assert Path(good.path).is_absolute() and (good.num_frames, good.fps, good.height, good.width) == (9, 10.0, HEIGHT, WIDTH)
+    assert Path(good.path).is_absolute() and (good.num_frames, good.fps, good.height, good.width) == (
+        9,
+        10.0,
+        HEIGHT,
+        WIDTH,
+    )
     assert good.frame_controls == frame_tokens(9)
     found = {(problem.position, problem.field): str(problem) for problem in problems}
     assert set(found) == {
-        (1, "path"), (2, "path"), (3, "path"), (4, "control_signal_seq"), (5, "control_signal_seq"),
-        (6, "valid_frame_idx"), (7, "caption"), (8, "valid_frame_idx"), (9, "entry"), (10, "valid_frame_idx"),
-        (11, "path"), (12, "path"),
+        (1, "path"),
+        (2, "path"),
+        (3, "path"),
+        (4, "control_signal_seq"),
+        (5, "control_signal_seq"),
+        (6, "valid_frame_idx"),
+        (7, "caption"),
+        (8, "valid_frame_idx"),
+        (9, "entry"),
+        (10, "valid_frame_idx"),
+        (11, "path"),
+        (12, "path"),
     }
     assert found[1, "path"].startswith("entry 1 (missing.mp4): path: file not found")
     assert "cannot be decoded" in found[2, "path"] and "cannot be decoded" in found[3, "path"]
@@ -234,7 +277,10 @@ def test_load_index_reports_every_kind_of_problem_by_position_and_path(broken_in
     assert found[9, "entry"].startswith("entry 9: entry: is a str")
     assert found[10, "valid_frame_idx"].startswith("entry 10 (good.mp4): valid_frame_idx: is 12")
     for position in (11, 12):
-        assert "outside data_root" in found[position, "path"] and "--allow_paths_outside_data_root" in found[position, "path"]
+        assert (
+            "outside data_root" in found[position, "path"]
+            and "--allow_paths_outside_data_root" in found[position, "path"]
+        )
 
     allowed, problems = load_index(broken_index, broken_index.parent, VOCABULARY, allow_outside_data_root=True)
     assert [sample.position for sample in allowed] == [0, 11, 12, 13]
@@ -266,8 +312,13 @@ def test_decoder_log_is_held_back_but_other_output_passes(capfd):
 
 @pytest.mark.parametrize(
     "content, message",
-    [(None, "not found"), ("{not json", "not valid JSON"), ('{"clips": []}', 'no "list" key'), ('{"list": {}}', "not a list"),
-     ('{"list": []}', '"list" is empty')],
+    [
+        (None, "not found"),
+        ("{not json", "not valid JSON"),
+        ('{"clips": []}', 'no "list" key'),
+        ('{"list": {}}', "not a list"),
+        ('{"list": []}', '"list" is empty'),
+    ],
 )
 def test_load_index_rejects_unusable_index_files(tmp_path, content, message):
     index_file = tmp_path / "index.json"
@@ -300,15 +351,22 @@ def test_load_index_without_vocabulary_accepts_any_game_keys_but_checks_their_fo
         entry("a.mp4", 9, control_signal_seq="JUMP,,DUCK,W,W,W,W,W,W"),
     ]
     samples, problems = load_index(make_dataset_dir(tmp_path, {"a.mp4": (9, 10)}, entries), tmp_path)
-    assert [(sample.position, sample.frame_controls) for sample in samples] == [(0, ["JUMP", "DUCK", "W"] * 3), (1, None)]
-    assert [(problem.position, problem.field) for problem in problems] == [(2, "control_signal_seq"), (3, "control_signal_seq")]
+    assert [(sample.position, sample.frame_controls) for sample in samples] == [
+        (0, ["JUMP", "DUCK", "W"] * 3),
+        (1, None),
+    ]
+    assert [(problem.position, problem.field) for problem in problems] == [
+        (2, "control_signal_seq"),
+        (3, "control_signal_seq"),
+    ]
     assert "has 8 tokens" in problems[0].reason and "empty token at frame 1" in problems[1].reason
 
     dataset = VideoDataset(samples, fps=10, height=32, width=40, frame_buckets=(9,), temporal_compression=4)
     assert "controls" not in dataset[1] and dataset[1]["video"].shape == (9, 3, 32, 40)
     with pytest.raises(DatasetError, match=r"entry 1 \(a\.mp4\): has no control_signal_seq"):
-        VideoDataset(samples[1:], fps=10, height=32, width=40, frame_buckets=(9,), temporal_compression=4,
-                     vocabulary=VOCABULARY)
+        VideoDataset(
+            samples[1:], fps=10, height=32, width=40, frame_buckets=(9,), temporal_compression=4, vocabulary=VOCABULARY
+        )
     _, problems = load_index(tmp_path / "index.json", tmp_path, VOCABULARY)  # with a vocabulary the field is required
     assert (1, "control_signal_seq") in {(problem.position, problem.field) for problem in problems}
 
@@ -378,8 +436,13 @@ def test_dataset_item_shapes_ranges_and_controls(tmp_path):
     assert item["controls"].dtype == torch.long and item["controls"].tolist() == VOCABULARY.encode(expected_tokens)
     assert (item["bucket"], item["caption"], Path(item["path"]).name) == (33, "clip long.mp4", "long.mp4")
 
-    batch = next(iter(DataLoader(dataset, batch_sampler=BucketBatchSampler(dataset, 1, seed=0), collate_fn=collate_batch)))
-    assert batch["video"].shape[0] == 1 and batch["controls"].shape == (1, (batch["bucket"] - 1) // TEMPORAL_COMPRESSION + 1)
+    batch = next(
+        iter(DataLoader(dataset, batch_sampler=BucketBatchSampler(dataset, 1, seed=0), collate_fn=collate_batch))
+    )
+    assert batch["video"].shape[0] == 1 and batch["controls"].shape == (
+        1,
+        (batch["bucket"] - 1) // TEMPORAL_COMPRESSION + 1,
+    )
     assert isinstance(batch["control_tokens"][0], list)
 
 
@@ -406,8 +469,9 @@ def test_dataset_resizes_keeping_aspect_then_crops_center(tmp_path):
     ],
 )
 def test_dataset_resamples_fps_by_time(tmp_path, source_fps, valid_frame_idx, expected):
-    dataset = build_dataset(tmp_path, {"clip.mp4": (40, source_fps)},
-                            entries=[entry("clip.mp4", 40, valid_frame_idx)], frame_buckets=(17,))
+    dataset = build_dataset(
+        tmp_path, {"clip.mp4": (40, source_fps)}, entries=[entry("clip.mp4", 40, valid_frame_idx)], frame_buckets=(17,)
+    )
     assert dataset.frame_indices(0) == expected
     item = dataset[0]
     assert decoded_frame_numbers(item["video"]) == expected
@@ -443,8 +507,14 @@ def test_dataset_skips_short_clips_and_fails_if_none_fits(tmp_path, caplog):
     assert skipped.path == "short.mp4" and "has 12 frames" in skipped.reason and "needs 17" in skipped.reason
     assert "short.mp4" in caplog.text
     with pytest.raises(DatasetError, match=r"none of the 1 clips.*\n.*short\.mp4"):
-        VideoDataset([load_index(tmp_path / "index.json", tmp_path, VOCABULARY)[0][1]], fps=10,
-                     height=32, width=32, frame_buckets=(17,), temporal_compression=4)
+        VideoDataset(
+            [load_index(tmp_path / "index.json", tmp_path, VOCABULARY)[0][1]],
+            fps=10,
+            height=32,
+            width=32,
+            frame_buckets=(17,),
+            temporal_compression=4,
+        )
 
 
 # ---------------------------------------------------------------- bucket batches

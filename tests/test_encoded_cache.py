@@ -31,8 +31,15 @@ class CountingEncoders:
 @pytest.fixture
 def dataset(tiny_dataset):
     samples, _ = load_index(tiny_dataset[1], tiny_dataset[0], TEST_VOCABULARY)
-    return VideoDataset(samples, fps=CLIP_FPS, height=TINY_HEIGHT, width=TINY_WIDTH,
-                        frame_buckets=(CLIP_FRAMES,), temporal_compression=4, vocabulary=TEST_VOCABULARY)
+    return VideoDataset(
+        samples,
+        fps=CLIP_FPS,
+        height=TINY_HEIGHT,
+        width=TINY_WIDTH,
+        frame_buckets=(CLIP_FRAMES,),
+        temporal_compression=4,
+        vocabulary=TEST_VOCABULARY,
+    )
 
 
 def test_cache_is_reused_until_an_input_changes(dataset, tmp_path):
@@ -45,7 +52,9 @@ def test_cache_is_reused_until_an_input_changes(dataset, tmp_path):
     assert again.videos == 0, "an unchanged clip must be read from the cache"
 
     other_model = CountingEncoders()
-    encode_dataset(dataset, tmp_path, other_model.encode_videos, other_model.encode_prompts, dict(fingerprint, model="b"))
+    encode_dataset(
+        dataset, tmp_path, other_model.encode_videos, other_model.encode_prompts, dict(fingerprint, model="b")
+    )
     assert other_model.videos == len(dataset), "another model must not reuse the first model's latents"
 
     item = EncodedDataset(dataset, tmp_path, fingerprint)[1]

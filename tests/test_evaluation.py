@@ -117,7 +117,9 @@ def synthetic_footage(seed: int, clips: int, frames: int, height: int = 24, widt
     videos, ends, labels = [], [], []
     for clip in range(clips):
         tokens = held_tokens(frames, rng)
-        videos.append(torch.from_numpy(steered_square(tokens, height, width, int(rng.integers(width)))).permute(0, 3, 1, 2))
+        videos.append(
+            torch.from_numpy(steered_square(tokens, height, width, int(rng.integers(width)))).permute(0, 3, 1, 2)
+        )
         start = clip * frames
         ends += range(start + C, start + frames)
         labels += [list(STEERING).index(token) for token in tokens[C:]]
@@ -126,8 +128,14 @@ def synthetic_footage(seed: int, clips: int, frames: int, height: int = 24, widt
 
 def test_idm_learns_which_way_the_square_was_steered():
     torch.manual_seed(0)
-    idm = InverseDynamicsModel(control_tokens=tuple(STEERING), control_phrases=tuple(STEERING), height=24, width=32,
-                               channels=(16, 32), feature_dim=32)
+    idm = InverseDynamicsModel(
+        control_tokens=tuple(STEERING),
+        control_phrases=tuple(STEERING),
+        height=24,
+        width=32,
+        channels=(16, 32),
+        feature_dim=32,
+    )
     frames, ends, labels = synthetic_footage(seed=0, clips=12, frames=33)
     losses = train_idm(idm, frames, ends, labels, IdmTraining(steps=150, batch_size=64, learning_rate=3e-3))
     heldout_frames, heldout_ends, heldout_labels = synthetic_footage(seed=1, clips=4, frames=33)
@@ -147,10 +155,14 @@ def write_footage(root, seed: int, clips: int):
     root.mkdir(parents=True)
     for clip in range(clips):
         tokens = held_tokens(FOOTAGE_FRAMES, rng)
-        write_mp4(steered_square(tokens, TINY_HEIGHT, TINY_WIDTH, int(rng.integers(TINY_WIDTH))), root / f"{clip}.mp4",
-                  fps=CLIP_FPS)
-        entries.append({"path": f"{clip}.mp4", "caption": PROMPT, "control_signal_seq": ",".join(tokens),
-                        "valid_frame_idx": 0})
+        write_mp4(
+            steered_square(tokens, TINY_HEIGHT, TINY_WIDTH, int(rng.integers(TINY_WIDTH))),
+            root / f"{clip}.mp4",
+            fps=CLIP_FPS,
+        )
+        entries.append(
+            {"path": f"{clip}.mp4", "caption": PROMPT, "control_signal_seq": ",".join(tokens), "valid_frame_idx": 0}
+        )
     (root / "index.json").write_text(json.dumps({"list": entries}))
     TEST_VOCABULARY.save(root / VOCABULARY_FILE)
     return root, root / "index.json"
@@ -167,10 +179,33 @@ def idm_dir(tiny_model_dir, footage, tmp_path_factory):
     """An IDM of the tiny model, trained and measured through the command line."""
     (data_root, index_file), (heldout_root, heldout_index) = footage
     output = tmp_path_factory.mktemp("idm")
-    main(["idm", "--model_dir", str(tiny_model_dir), "--data_root", str(data_root), "--index_file", str(index_file),
-          "--heldout_data_root", str(heldout_root), "--heldout_index_file", str(heldout_index), "--fps", str(CLIP_FPS),
-          "--max_frames", str(FOOTAGE_FRAMES), "--bin_frames", "16", "--output_dir", str(output), "--steps", "3",
-          "--batch_size", "8"])
+    main(
+        [
+            "idm",
+            "--model_dir",
+            str(tiny_model_dir),
+            "--data_root",
+            str(data_root),
+            "--index_file",
+            str(index_file),
+            "--heldout_data_root",
+            str(heldout_root),
+            "--heldout_index_file",
+            str(heldout_index),
+            "--fps",
+            str(CLIP_FPS),
+            "--max_frames",
+            str(FOOTAGE_FRAMES),
+            "--bin_frames",
+            "16",
+            "--output_dir",
+            str(output),
+            "--steps",
+            "3",
+            "--batch_size",
+            "8",
+        ]
+    )
     return output
 
 
@@ -179,7 +214,9 @@ def test_idm_command_writes_the_model_and_the_real_footage_reference(idm_dir, ti
     config = reference.idm.config
     assert reference.vocabulary == TEST_VOCABULARY
     assert (config.height, config.width, config.frames_per_latent, config.fps) == (TINY_HEIGHT, TINY_WIDTH, C, CLIP_FPS)
-    assert config.vae_fingerprint == vae_fingerprint(AutoencoderKLCogVideoX.from_pretrained(tiny_model_dir, subfolder="vae"))
+    assert config.vae_fingerprint == vae_fingerprint(
+        AutoencoderKLCogVideoX.from_pretrained(tiny_model_dir, subfolder="vae")
+    )
     measures = reference.measures
     assert measures["idm"]["count"] == 2 * (FOOTAGE_FRAMES - C)  # every frame from the c-th on ends a window
     assert measures["real_bins_total_variation"]["count"] == 2 * (FOOTAGE_FRAMES // 16)
@@ -189,13 +226,33 @@ def test_idm_command_writes_the_model_and_the_real_footage_reference(idm_dir, ti
     assert record["settings"]["steps"] == 3 and record["environment"]["device"]
 
 
-def test_clips_with_and_without_controls_are_scored_against_the_same_commands(idm_dir, tiny_model_dir, model_dir, tmp_path):
+def test_clips_with_and_without_controls_are_scored_against_the_same_commands(
+    idm_dir, tiny_model_dir, model_dir, tmp_path
+):
     records = {}
     for name, directory in {"text": tiny_model_dir, "interactive": model_dir}.items():
         output = tmp_path / f"{name}.json"
-        main(["clips", "--model_dir", str(directory), "--idm", str(idm_dir), "--output", str(output), "--num_clips", "2",
-              "--prompt", PROMPT,
-              "--num_latent_frames", "3", "--num_inference_steps", "2", "--contact_sheet", str(tmp_path / f"{name}.png")])
+        main(
+            [
+                "clips",
+                "--model_dir",
+                str(directory),
+                "--idm",
+                str(idm_dir),
+                "--output",
+                str(output),
+                "--num_clips",
+                "2",
+                "--prompt",
+                PROMPT,
+                "--num_latent_frames",
+                "3",
+                "--num_inference_steps",
+                "2",
+                "--contact_sheet",
+                str(tmp_path / f"{name}.png"),
+            ]
+        )
         records[name] = json.loads(output.read_text())["measures"]
     assert not records["text"]["model_takes_controls"] and records["interactive"]["model_takes_controls"]
     for measures in records.values():
@@ -215,10 +272,41 @@ def test_clips_with_and_without_controls_are_scored_against_the_same_commands(id
 def test_streams_are_scored_per_bin_with_their_speed(idm_dir, model_dir, footage, tmp_path, sampler, steps):
     heldout_root, heldout_index = footage[1]
     output = tmp_path / "stream.json"
-    main(["stream", "--model_dir", str(model_dir), "--sampler", sampler, "--idm", str(idm_dir), "--prompt", PROMPT, "--data_root",
-          str(heldout_root), "--index_file", str(heldout_index), "--output", str(output), "--num_streams", "2",
-          "--num_frames", "24", "--num_groups", "2", "--group_size", "2", "--num_inference_steps", steps,
-          "--bin_frames", "8", "--edge_frames", "8", "--contact_sheet", str(tmp_path / "stream.png")])
+    main(
+        [
+            "stream",
+            "--model_dir",
+            str(model_dir),
+            "--sampler",
+            sampler,
+            "--idm",
+            str(idm_dir),
+            "--prompt",
+            PROMPT,
+            "--data_root",
+            str(heldout_root),
+            "--index_file",
+            str(heldout_index),
+            "--output",
+            str(output),
+            "--num_streams",
+            "2",
+            "--num_frames",
+            "24",
+            "--num_groups",
+            "2",
+            "--group_size",
+            "2",
+            "--num_inference_steps",
+            steps,
+            "--bin_frames",
+            "8",
+            "--edge_frames",
+            "8",
+            "--contact_sheet",
+            str(tmp_path / "stream.png"),
+        ]
+    )
     measures = json.loads(output.read_text())["measures"]
     length = measures["frames_per_stream"]
     assert length >= 24 and len(measures["bins"]) == length // 8
@@ -232,14 +320,36 @@ def test_streams_are_scored_per_bin_with_their_speed(idm_dir, model_dir, footage
 def test_stream_edges_must_fit_in_the_stream(idm_dir, model_dir, footage, tmp_path):
     heldout_root, heldout_index = footage[1]
     with pytest.raises(ValueError, match="first and last 16 frames"):
-        main(["stream", "--model_dir", str(model_dir), "--sampler", "scm", "--idm", str(idm_dir), "--prompt", PROMPT, "--data_root",
-              str(heldout_root), "--index_file", str(heldout_index), "--output", str(tmp_path / "x.json"),
-              "--num_frames", "24", "--edge_frames", "16"])
+        main(
+            [
+                "stream",
+                "--model_dir",
+                str(model_dir),
+                "--sampler",
+                "scm",
+                "--idm",
+                str(idm_dir),
+                "--prompt",
+                PROMPT,
+                "--data_root",
+                str(heldout_root),
+                "--index_file",
+                str(heldout_index),
+                "--output",
+                str(tmp_path / "x.json"),
+                "--num_frames",
+                "24",
+                "--edge_frames",
+                "16",
+            ]
+        )
 
 
 def load_results_page():
     """learning/results_page.py, a script of the learning proof's folder (not a package)."""
-    spec = importlib.util.spec_from_file_location("results_page", Path(__file__).parents[1] / "learning" / "results_page.py")
+    spec = importlib.util.spec_from_file_location(
+        "results_page", Path(__file__).parents[1] / "learning" / "results_page.py"
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses resolve their annotations through it
     spec.loader.exec_module(module)
@@ -252,18 +362,29 @@ def write_record(path, measures: dict, **settings) -> None:
 
 
 def following(accuracy: float, ceiling: float = 0.6, count: int = 400) -> dict:
-    return {"accuracy": accuracy, "count": count, "chance": {"uniform": 1 / 9, "majority": 0.2}, "real_ceiling": ceiling,
-            "share_of_ceiling": accuracy / ceiling}
+    return {
+        "accuracy": accuracy,
+        "count": count,
+        "chance": {"uniform": 1 / 9, "majority": 0.2},
+        "real_ceiling": ceiling,
+        "share_of_ceiling": accuracy / ceiling,
+    }
 
 
 def stream_measures(accuracy: float, first: float, last: float, distance: float, fps: float, bins: list[float]) -> dict:
     edge = {"frames": [0, 500], "total_variation": distance, "frechet": 1.0}
-    return {"control_following": following(accuracy), "domain_fit": {"total_variation": distance, "frechet": 1.0},
-            "edges": {"first": dict(edge, control_following=first), "last": dict(edge, control_following=last)},
-            "bins": [{"start_frame": 100 * index, "total_variation": value, "control_following": accuracy}
-                     for index, value in enumerate(bins)],
-            "real_bins_total_variation": {"count": 32, "mean": 0.1, "min": 0.05, "p95": 0.15, "max": 0.2},
-            "speed": {"frames_per_second": fps, "time_to_first_frame_s": 1.0}, "frames_per_stream": 2000}
+    return {
+        "control_following": following(accuracy),
+        "domain_fit": {"total_variation": distance, "frechet": 1.0},
+        "edges": {"first": dict(edge, control_following=first), "last": dict(edge, control_following=last)},
+        "bins": [
+            {"start_frame": 100 * index, "total_variation": value, "control_following": accuracy}
+            for index, value in enumerate(bins)
+        ],
+        "real_bins_total_variation": {"count": 32, "mean": 0.1, "min": 0.05, "p95": 0.15, "max": 0.2},
+        "speed": {"frames_per_second": fps, "time_to_first_frame_s": 1.0},
+        "frames_per_stream": 2000,
+    }
 
 
 def test_results_page_judges_each_target_from_the_measures(tmp_path):
@@ -271,10 +392,14 @@ def test_results_page_judges_each_target_from_the_measures(tmp_path):
     results = tmp_path / "results"
     results.mkdir()
     for name, distance, accuracy in [("base", 0.6, 0.1), ("stage1", 0.2, 0.12), ("stage2", 0.2, 0.5)]:
-        write_record(results / f"clips_{name}.json", {"domain_fit": {"frechet": 1.0, "total_variation": distance},
-                                                      "control_following": following(accuracy)})
+        write_record(
+            results / f"clips_{name}.json",
+            {"domain_fit": {"frechet": 1.0, "total_variation": distance}, "control_following": following(accuracy)},
+        )
     write_record(results / "stream_stage3.json", stream_measures(0.5, 0.5, 0.44, 0.12, 8.0, [0.1, 0.12]))
-    write_record(results / "stream_teacher.json", stream_measures(0.5, 0.5, 0.5, 0.12, 8.0, [0.1]), num_inference_steps=20)
+    write_record(
+        results / "stream_teacher.json", stream_measures(0.5, 0.5, 0.5, 0.12, 8.0, [0.1]), num_inference_steps=20
+    )
     write_record(results / "stream_stage4.json", stream_measures(0.46, 0.46, 0.46, 0.13, 40.0, [0.1]))
     (results / "timings_01.tsv").write_text("01\trecord\t100\n01\ttotal\t300\n")
     (results / "timings_02.tsv").write_text("02\ttotal\t650\n")

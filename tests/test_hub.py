@@ -46,8 +46,9 @@ def offline(hf_home: Path) -> dict[str, str]:
 
 def check_offline(hf_home: Path, *names: str) -> dict[str, list[str]]:
     env = {**os.environ, **offline(hf_home)}
-    result = subprocess.run([sys.executable, "-c", CHECK, *names], cwd=REPO_ROOT, env=env, capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", CHECK, *names], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -77,19 +78,48 @@ def test_stage1_trains_and_fuses_from_a_hub_id(tiny_model_dir, tiny_dataset, tmp
     lay_out_cache(hf_home, HUB_ID, tiny_model_dir)
     data_root, index_file = tiny_dataset
     lora, log = tmp_path / "lora", tmp_path / "stage1.log"
-    process = launch(STAGE1_LAUNCHER, [
-        "--config", "training/lora_config_tiny.py", "--pretrained_model_name_or_path", HUB_ID, "--data_root",
-        str(data_root), "--index_file", str(index_file), "--output_dir", str(lora), "--max_train_steps", "1",
-        "--validation_steps", "0",
-    ], log, **offline(hf_home))
+    process = launch(
+        STAGE1_LAUNCHER,
+        [
+            "--config",
+            "training/lora_config_tiny.py",
+            "--pretrained_model_name_or_path",
+            HUB_ID,
+            "--data_root",
+            str(data_root),
+            "--index_file",
+            str(index_file),
+            "--output_dir",
+            str(lora),
+            "--max_train_steps",
+            "1",
+            "--validation_steps",
+            "0",
+        ],
+        log,
+        **offline(hf_home),
+    )
     code, output = finish(process, log)
     assert code == 0 and (lora / LORA_WEIGHT_NAME).is_file(), output[-4000:]
     fused = tmp_path / "fused"
     result = subprocess.run(
-        [sys.executable, "stage1/fuse_lora_weights.py", "--base_model", HUB_ID, "--lora_dir", str(lora), "--output_dir",
-         str(fused)], cwd=REPO_ROOT, env={**os.environ, **offline(hf_home)}, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "stage1/fuse_lora_weights.py",
+            "--base_model",
+            HUB_ID,
+            "--lora_dir",
+            str(lora),
+            "--output_dir",
+            str(fused),
+        ],
+        cwd=REPO_ROOT,
+        env={**os.environ, **offline(hf_home)},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert GenerationDefaults.load(fused) == GenerationDefaults.load(lora) is not None
-    snapshot_vae = (hf_home / "hub" / f"models--{HUB_ID.replace('/', '--')}" / "snapshots" / COMMIT / "vae")
+    snapshot_vae = hf_home / "hub" / f"models--{HUB_ID.replace('/', '--')}" / "snapshots" / COMMIT / "vae"
     assert (fused / "vae" / "config.json").read_bytes() == (snapshot_vae / "config.json").read_bytes()

@@ -330,8 +330,15 @@ def test_clip_control_embeddings_from_a_local_directory(tmp_path):
     CLIPTokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt")).save_pretrained(tmp_path)
     torch.manual_seed(SEED)
     config = CLIPTextConfig(
-        vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-        max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+        vocab_size=len(vocab),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
     )
     CLIPTextModel(config).save_pretrained(tmp_path)
     table = compute_clip_control_embeddings(GAME_VOCABULARY, tmp_path)

@@ -45,9 +45,9 @@ def test_a_bad_setting_through_the_stage_launcher_prints_one_error_line(num_proc
 
 def test_a_crash_of_one_rank_keeps_its_exit_code_and_gets_one_summary_line(tmp_path):
     script = tmp_path / "crash.py"
-    script.write_text("import os, sys, time\n"
-                      "if os.environ.get('RANK', '0') == '0':\n    raise SystemExit(3)\n"
-                      "time.sleep(60)\n")
+    script.write_text(
+        "import os, sys, time\nif os.environ.get('RANK', '0') == '0':\n    raise SystemExit(3)\ntime.sleep(60)\n"
+    )
     result = launch(["bash", str(LAUNCHER), str(script)], num_processes=2)
     assert result.returncode == 3, result.stderr
     assert result.stderr.strip().splitlines() == [

@@ -34,8 +34,17 @@ def reported_run(tiny_model_dir, tiny_dataset, tmp_path_factory):
     """A run reporting to tensorboard, validated twice."""
     output_dir = tmp_path_factory.mktemp("metrics") / "run"
     args = tiny_run_args(
-        LoraArgs(), tiny_model_dir, tiny_dataset, output_dir, rank=4, lora_alpha=4.0, max_train_steps=STEPS,
-        validation_steps=VALIDATION_STEPS, validation_num_frames=9, validation_num_inference_steps=2, report_to="tensorboard",
+        LoraArgs(),
+        tiny_model_dir,
+        tiny_dataset,
+        output_dir,
+        rank=4,
+        lora_alpha=4.0,
+        max_train_steps=STEPS,
+        validation_steps=VALIDATION_STEPS,
+        validation_num_frames=9,
+        validation_num_inference_steps=2,
+        report_to="tensorboard",
     )
     trainer = LoraTrainer(args)
     trainer.train()
@@ -66,7 +75,9 @@ def test_every_step_and_validation_is_in_metrics_jsonl(reported_run):
     records = read_records(output_dir / METRICS_FILE)
     steps = [record for record in records if "loss" in record]
     assert [record["step"] for record in steps] == list(range(1, STEPS + 1))
-    assert all({"lr", "grad_norm", "step_time_s"} <= record.keys() and "skipped_steps" not in record for record in steps)
+    assert all(
+        {"lr", "grad_norm", "step_time_s"} <= record.keys() and "skipped_steps" not in record for record in steps
+    )
     validations = [record for record in records if "validation_loss" in record]
     assert [record["step"] for record in validations] == [VALIDATION_STEPS, 2 * VALIDATION_STEPS]
     assert all(math.isfinite(record["validation_loss"]) for record in validations)
@@ -113,6 +124,10 @@ def test_trackers_that_take_image_lists_get_one_image_per_frame(tmp_path):
 
 
 def test_a_plot_of_a_diverged_run_shows_its_finite_part(tmp_path):
-    records = [{"step": 1, "loss": 1.0, "lr": 1e-3}, {"step": 2, "loss": math.nan, "lr": 1e-3}, {"step": 2, "validation_loss": 0.5}]
+    records = [
+        {"step": 1, "loss": 1.0, "lr": 1e-3},
+        {"step": 2, "loss": math.nan, "lr": 1e-3},
+        {"step": 2, "validation_loss": 0.5},
+    ]
     plot_metrics(records, tmp_path / PLOT_FILE)
     assert (tmp_path / PLOT_FILE).read_bytes()[:8] == PNG_SIGNATURE

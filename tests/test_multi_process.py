@@ -45,16 +45,28 @@ SCHEDULE = dict(lr_scheduler="cosine", lr_warmup_steps=3, shuffle=False, gradien
 
 def run_args(model_dir, dataset, output_dir, cache_dir, **overrides) -> LoraArgs:
     return tiny_run_args(
-        LoraArgs(), model_dir, dataset, output_dir,
-        **{"rank": 4, "lora_alpha": 4.0, "learning_rate": LEARNING_RATE, "max_train_steps": STEPS, "cache_dir": str(cache_dir),
-           **SCHEDULE, **overrides},
+        LoraArgs(),
+        model_dir,
+        dataset,
+        output_dir,
+        **{
+            "rank": 4,
+            "lora_alpha": 4.0,
+            "learning_rate": LEARNING_RATE,
+            "max_train_steps": STEPS,
+            "cache_dir": str(cache_dir),
+            **SCHEDULE,
+            **overrides,
+        },
     )
 
 
 def assert_same_weights(expected: dict[str, torch.Tensor], actual: dict[str, torch.Tensor]) -> None:
     assert expected.keys() == actual.keys()
     for name in expected:
-        torch.testing.assert_close(actual[name], expected[name], atol=ADAM_ROUNDING_STEPS * LEARNING_RATE, rtol=0, msg=name)
+        torch.testing.assert_close(
+            actual[name], expected[name], atol=ADAM_ROUNDING_STEPS * LEARNING_RATE, rtol=0, msg=name
+        )
 
 
 @pytest.fixture(scope="module")
@@ -63,12 +75,23 @@ def runs(tiny_model_dir, tiny_dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("multi_process")
     cache_dir = root / "cache"
     one = root / "one_process"
-    LoraTrainer(run_args(
-        tiny_model_dir, tiny_dataset, one, cache_dir, train_batch_size=2, checkpointing_steps=1, checkpoints_total_limit=None,
-    )).train()
+    LoraTrainer(
+        run_args(
+            tiny_model_dir,
+            tiny_dataset,
+            one,
+            cache_dir,
+            train_batch_size=2,
+            checkpointing_steps=1,
+            checkpoints_total_limit=None,
+        )
+    ).train()
 
     two, log = root / "two_processes", root / "two_processes.log"
-    config = write_config(run_args(tiny_model_dir, tiny_dataset, two, cache_dir, train_batch_size=1, checkpointing_steps=100), root / "config.py")
+    config = write_config(
+        run_args(tiny_model_dir, tiny_dataset, two, cache_dir, train_batch_size=1, checkpointing_steps=100),
+        root / "config.py",
+    )
     process = launch_stage1(config, log, NUM_PROCESSES)
     wait_for_steps(two, 1, process, log)
     process.send_signal(signal.SIGTERM)  # to the launcher alone, as `kill PID` or a container runtime sends it
@@ -88,7 +111,9 @@ def test_sigterm_stops_both_processes_at_one_step_boundary_with_a_checkpoint(run
     checkpoint = stopped_checkpoint(runs)
     assert 1 <= checkpoint_step(checkpoint) < STEPS
     assert f"{NUM_PROCESSES * ACCUMULATION} samples per optimizer step" in output
-    assert output.strip().splitlines()[-1].startswith("stopped: SIGTERM at step"), output[-4000:]  # no launcher noise after it
+    assert output.strip().splitlines()[-1].startswith("stopped: SIGTERM at step"), output[
+        -4000:
+    ]  # no launcher noise after it
 
 
 def test_two_processes_of_batch_one_equal_one_process_of_batch_two(runs):
@@ -102,17 +127,25 @@ def test_two_processes_of_batch_one_equal_one_process_of_batch_two(runs):
 def test_two_process_checkpoint_resumes_in_one_process_on_the_same_lr_schedule(runs, tiny_model_dir, tiny_dataset):
     checkpoint = stopped_checkpoint(runs)
     *_, one = runs
-    resumed = LoraTrainer(run_args(
-        tiny_model_dir, tiny_dataset, checkpoint.parents[2] / "resumed", one.parent / "cache",
-        train_batch_size=2, resume_from_checkpoint=str(checkpoint),
-    ))
+    resumed = LoraTrainer(
+        run_args(
+            tiny_model_dir,
+            tiny_dataset,
+            checkpoint.parents[2] / "resumed",
+            one.parent / "cache",
+            train_batch_size=2,
+            resume_from_checkpoint=str(checkpoint),
+        )
+    )
     resumed.train()
     stopped_at = checkpoint_step(checkpoint)
     assert resumed.global_step == STEPS and len(resumed.history) == STEPS - stopped_at
     one_process_lrs = [record["lr"] for record in read_records(one / METRICS_FILE) if record["step"] > stopped_at]
     assert [entry["lr"] for entry in resumed.history] == one_process_lrs
     assert len(set(one_process_lrs)) > 1  # the schedule moves over the resumed steps
-    assert_same_weights(load_file(str(one / LORA_WEIGHT_NAME)), load_file(str(checkpoint.parents[2] / "resumed" / LORA_WEIGHT_NAME)))
+    assert_same_weights(
+        load_file(str(one / LORA_WEIGHT_NAME)), load_file(str(checkpoint.parents[2] / "resumed" / LORA_WEIGHT_NAME))
+    )
 
 
 def test_the_sharded_configs_agree_with_the_trainer_and_with_every_stages_model():
@@ -127,6 +160,8 @@ def test_the_sharded_configs_agree_with_the_trainer_and_with_every_stages_model(
     assert fsdp.fsdp_config["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
     assert "fsdp_transformer_layer_cls_to_wrap" not in fsdp.fsdp_config
     vocabulary = dict(control_tokens=TEST_VOCABULARY.tokens, control_phrases=TEST_VOCABULARY.phrases)
-    for model in (CogVideoXTransformer3DModel(**TINY["transformer"]),
-                  InteractiveCogVideoXTransformer3DModel(**TINY["transformer"], **vocabulary)):
+    for model in (
+        CogVideoXTransformer3DModel(**TINY["transformer"]),
+        InteractiveCogVideoXTransformer3DModel(**TINY["transformer"], **vocabulary),
+    ):
         assert set(model._no_split_modules) <= {type(module).__name__ for module in model.modules()}, type(model)

@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 
 from stage1.training.arguments import LoraArgs
 from stage2.training.arguments import SftArgs
-from stage3.training.arguments import SwinArgs
 from stage3.cogvideox.pipeline_cogvideox import window_clip_frames
+from stage3.training.arguments import SwinArgs
 from stage4.training.arguments import ScmArgs
 from tests.conftest import (
     CLIP_FPS,
@@ -41,7 +41,8 @@ def test_preset_components_fit_together(preset):
     assert transformer["in_channels"] == transformer["out_channels"] == vae["latent_channels"]
     assert transformer["text_embed_dim"] == config["text_encoder"]["d_model"]
     assert (transformer["sample_height"] * spatial, transformer["sample_width"] * spatial) == (
-        vae["sample_height"], vae["sample_width"]
+        vae["sample_height"],
+        vae["sample_width"],
     )
     assert (transformer["sample_frames"] - 1) % vae["temporal_compression_ratio"] == 0
     assert transformer["max_text_seq_length"] == config["tokenizer"]["model_max_length"]
@@ -126,7 +127,9 @@ def held_loss(trainer: TextToVideoPretrainer, batch: dict) -> float:
         return sum(trainer.compute_loss(batch, position).item() for position in HELD_POSITIONS) / len(HELD_POSITIONS)
 
 
-def test_transformer_pretraining_starts_from_seeded_random_weights_and_fits_clips(tiny_model_dir, tiny_dataset, tmp_path):
+def test_transformer_pretraining_starts_from_seeded_random_weights_and_fits_clips(
+    tiny_model_dir, tiny_dataset, tmp_path
+):
     args = pretrain_args(tiny_model_dir, tiny_dataset, tmp_path / "run", max_train_steps=40, train_batch_size=4)
     trainer = TextToVideoPretrainer(args)
     trainer.setup()
@@ -153,21 +156,27 @@ def test_transformer_pretraining_continues_the_directory_weights_when_asked(tiny
     assert torch.equal(dict(trainer.transformer.named_parameters())["proj_out.weight"], directory.proj_out.weight)
 
 
-@pytest.mark.parametrize("path, expected", [
-    ("thematrix/pretrain/vae_config_mini.py", VaeArgs),
-    ("thematrix/pretrain/transformer_config_mini.py", PretrainArgs),
-])
+@pytest.mark.parametrize(
+    "path, expected",
+    [
+        ("thematrix/pretrain/vae_config_mini.py", VaeArgs),
+        ("thematrix/pretrain/transformer_config_mini.py", PretrainArgs),
+    ],
+)
 def test_mini_pretraining_configs_load(path, expected):
     args = load_config(path, expected)
     args.check()
 
 
-@pytest.mark.parametrize("path, expected", [
-    ("stage1/training/lora_config_mini.py", LoraArgs),
-    ("stage2/training/sft_config_mini.py", SftArgs),
-    ("stage3/training/sft_config_mini.py", SwinArgs),
-    ("stage4/training/scm_config_mini.py", ScmArgs),
-])
+@pytest.mark.parametrize(
+    "path, expected",
+    [
+        ("stage1/training/lora_config_mini.py", LoraArgs),
+        ("stage2/training/sft_config_mini.py", SftArgs),
+        ("stage3/training/sft_config_mini.py", SwinArgs),
+        ("stage4/training/scm_config_mini.py", ScmArgs),
+    ],
+)
 def test_mini_stage_configs_load_and_fit_the_mini_model(path, expected):
     args = load_config(path, expected)
     args.check()

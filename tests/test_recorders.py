@@ -43,8 +43,19 @@ def recorded(output_dir: Path) -> tuple[list[dict], list]:
 
 
 def test_carracing_recorder_writes_a_valid_dataset_with_the_cars_vocabulary(tmp_path):
-    command = [sys.executable, "data/record_carracing.py", "--output_dir", str(tmp_path), "--episodes", "1",
-               "--clips_per_episode", "2", "--frames_per_clip", "9", *TINY]
+    command = [
+        sys.executable,
+        "data/record_carracing.py",
+        "--output_dir",
+        str(tmp_path),
+        "--episodes",
+        "1",
+        "--clips_per_episode",
+        "2",
+        "--frames_per_clip",
+        "9",
+        *TINY,
+    ]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=RECORD_TIMEOUT_S)
     assert result.returncode == 0, result.stdout + result.stderr
     entries, samples = recorded(tmp_path)
@@ -63,8 +74,20 @@ def test_carracing_domain_randomize_changes_the_colours_and_names_none(tmp_path)
     first_frames = {}
     for randomize in (False, True):
         output_dir = tmp_path / str(randomize)
-        record_carracing(["--output_dir", str(output_dir), "--episodes", "1", "--clips_per_episode", "1",
-                          "--frames_per_clip", "5", *TINY] + ["--domain_randomize"] * randomize)
+        record_carracing(
+            [
+                "--output_dir",
+                str(output_dir),
+                "--episodes",
+                "1",
+                "--clips_per_episode",
+                "1",
+                "--frames_per_clip",
+                "5",
+                *TINY,
+            ]
+            + ["--domain_randomize"] * randomize
+        )
         entries, _ = recorded(output_dir)
         assert ("grey track" in entries[0]["caption"]) != randomize
         reader = decord.VideoReader(str(output_dir / entries[0]["path"]))
@@ -83,8 +106,23 @@ def test_car_actions_give_their_tokens():
 
 
 def test_a_second_game_is_recorded_with_its_own_vocabulary_and_nothing_of_the_car(tmp_path):
-    command = [sys.executable, "data/record_gym.py", "--game", str(LUNAR_LANDER_GAME_FILE), "--output_dir", str(tmp_path),
-               "--episodes", "2", "--clips_per_episode", "1", "--frames_per_clip", "9", "--fps", "25", *TINY]
+    command = [
+        sys.executable,
+        "data/record_gym.py",
+        "--game",
+        str(LUNAR_LANDER_GAME_FILE),
+        "--output_dir",
+        str(tmp_path),
+        "--episodes",
+        "2",
+        "--clips_per_episode",
+        "1",
+        "--frames_per_clip",
+        "9",
+        "--fps",
+        "25",
+        *TINY,
+    ]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=RECORD_TIMEOUT_S)
     assert result.returncode == 0, result.stdout + result.stderr
     entries, samples = recorded(tmp_path)
@@ -102,11 +140,28 @@ def test_a_second_game_is_recorded_with_its_own_vocabulary_and_nothing_of_the_ca
 
 def test_a_game_from_flags_with_continuous_actions(tmp_path):
     """Pendulum draws PNG sprites: run as a script, so the recorder's import order (pygame before decord) counts."""
-    controls = [("CCW", "[-2.0]", "The pendulum is pushed counter-clockwise."),
-                ("CW", "[2.0]", "The pendulum is pushed clockwise."),
-                ("FREE", "[0.0]", "The pendulum swings freely.")]
-    command = [sys.executable, "data/record_gym.py", "--env", "Pendulum-v1", "--output_dir", str(tmp_path),
-               "--episodes", "1", "--clips_per_episode", "2", "--frames_per_clip", "9", "--fps", "10", *TINY]
+    controls = [
+        ("CCW", "[-2.0]", "The pendulum is pushed counter-clockwise."),
+        ("CW", "[2.0]", "The pendulum is pushed clockwise."),
+        ("FREE", "[0.0]", "The pendulum swings freely."),
+    ]
+    command = [
+        sys.executable,
+        "data/record_gym.py",
+        "--env",
+        "Pendulum-v1",
+        "--output_dir",
+        str(tmp_path),
+        "--episodes",
+        "1",
+        "--clips_per_episode",
+        "2",
+        "--frames_per_clip",
+        "9",
+        "--fps",
+        "10",
+        *TINY,
+    ]
     command += [value for control in controls for value in ("--control", *control)]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=RECORD_TIMEOUT_S)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -123,16 +178,27 @@ def write_game(tmp_path, **changes) -> Path:
     return path
 
 
-@pytest.mark.parametrize("changes, flags, message", [
-    ({"actions": {"IDLE": 0, "LEFT": 1, "MAIN": 7, "RIGHT": 3}}, [], "actions.MAIN: 7 is not an action of LunarLander-v3"),
-    ({"actions": {"IDLE": 0, "LEFT": 1, "MAIN": 2}}, [], "actions: tokens ['RIGHT'] have no action"),
-    ({"caption": "A lander {moves}."}, [], "caption: 'A lander {moves}.' has placeholders ['moves']"),
-    ({"warmup": {"seconds": 1.0, "token": "UP"}}, [], 'warmup: hold a token of the vocabulary'),
-    ({"env_id": "NoSuchGame-v0"}, [], "env_id: 'NoSuchGame-v0' cannot be made"),
-    ({"action": {}}, [], "'action' is not a key of this file. Fix: remove it; did you mean 'actions'?"),
-    ({}, ["--fps", "20"], "--fps 20: LunarLander-v3 renders at 50 fps, so a clip's frame rate must divide it. Fix: pass "
-                          "one of [1, 2, 5, 10, 25, 50]"),
-])
+@pytest.mark.parametrize(
+    "changes, flags, message",
+    [
+        (
+            {"actions": {"IDLE": 0, "LEFT": 1, "MAIN": 7, "RIGHT": 3}},
+            [],
+            "actions.MAIN: 7 is not an action of LunarLander-v3",
+        ),
+        ({"actions": {"IDLE": 0, "LEFT": 1, "MAIN": 2}}, [], "actions: tokens ['RIGHT'] have no action"),
+        ({"caption": "A lander {moves}."}, [], "caption: 'A lander {moves}.' has placeholders ['moves']"),
+        ({"warmup": {"seconds": 1.0, "token": "UP"}}, [], "warmup: hold a token of the vocabulary"),
+        ({"env_id": "NoSuchGame-v0"}, [], "env_id: 'NoSuchGame-v0' cannot be made"),
+        ({"action": {}}, [], "'action' is not a key of this file. Fix: remove it; did you mean 'actions'?"),
+        (
+            {},
+            ["--fps", "20"],
+            "--fps 20: LunarLander-v3 renders at 50 fps, so a clip's frame rate must divide it. Fix: pass "
+            "one of [1, 2, 5, 10, 25, 50]",
+        ),
+    ],
+)
 def test_game_mistakes_are_errors_that_say_the_fix(tmp_path, changes, flags, message):
     game_file = write_game(tmp_path, **changes)
     with pytest.raises(ControlError) as error:

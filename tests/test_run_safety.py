@@ -94,19 +94,30 @@ def test_diverging_run_stops_at_the_step_naming_loss_checkpoint_and_fix(lora_arg
     assert exit_info.value.code == USAGE_EXIT_CODE
     message = capsys.readouterr().err
     output_dir = tmp_path / "run"
-    for expected in ("step 2: non-finite loss", "loss nan", str(output_dir / "checkpoints" / "checkpoint-1"), "args.learning_rate"):
+    for expected in (
+        "step 2: non-finite loss",
+        "loss nan",
+        str(output_dir / "checkpoints" / "checkpoint-1"),
+        "args.learning_rate",
+    ):
         assert expected in message, message
     assert checkpoint_steps(output_dir) == [1]
-    assert all(torch.isfinite(value).all() for value in trainable_weights(output_dir / "checkpoints" / "checkpoint-1").values())
+    assert all(
+        torch.isfinite(value).all() for value in trainable_weights(output_dir / "checkpoints" / "checkpoint-1").values()
+    )
     assert not (output_dir / LORA_WEIGHT_NAME).exists()
 
 
-def test_a_run_stopped_by_a_nonfinite_loss_resumes_from_its_last_checkpoint_with_a_new_learning_rate(lora_args, tmp_path):
+def test_a_run_stopped_by_a_nonfinite_loss_resumes_from_its_last_checkpoint_with_a_new_learning_rate(
+    lora_args, tmp_path
+):
     with pytest.raises(RunFailed, match="step 2: non-finite loss"):
         nan_loss_at({2})(lora_args()).train()
     resumed = LoraTrainer(lora_args(learning_rate=1e-3))  # the learning rate may change on resume
     resumed.train()
-    assert resumed.global_step == TINY_RUN_STEPS and [entry["lr"] for entry in resumed.history] == [1e-3] * (TINY_RUN_STEPS - 1)
+    assert resumed.global_step == TINY_RUN_STEPS and [entry["lr"] for entry in resumed.history] == [1e-3] * (
+        TINY_RUN_STEPS - 1
+    )
     assert checkpoint_steps(tmp_path / "run") == [1, 2, 3]
 
 
@@ -187,7 +198,13 @@ def test_a_second_signal_ends_the_process_at_once():
 def test_sigint_to_the_launcher_saves_a_checkpoint_and_the_same_command_resumes_exactly(lora_args, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="thematrix")
     # Enough micro-batches per step that the signal lands long before the last step.
-    settings = dict(max_train_steps=12, gradient_accumulation_steps=16, checkpointing_steps=100, lr_scheduler="cosine", lr_warmup_steps=2)
+    settings = dict(
+        max_train_steps=12,
+        gradient_accumulation_steps=16,
+        checkpointing_steps=100,
+        lr_scheduler="cosine",
+        lr_warmup_steps=2,
+    )
     config = write_config(lora_args(**settings), tmp_path / "config.py")
     output_dir, log = tmp_path / "run", tmp_path / "run.log"
     process = launch_stage1(config, log)
@@ -197,14 +214,19 @@ def test_sigint_to_the_launcher_saves_a_checkpoint_and_the_same_command_resumes_
     code, output = finish(process, log)
     assert code == PREEMPTED_EXIT_CODE, output[-4000:]
     last_line = output.strip().splitlines()[-1]
-    assert last_line.startswith("stopped: SIGINT at step") and last_line.endswith("rerun the same command to resume"), output[-4000:]
+    assert last_line.startswith("stopped: SIGINT at step") and last_line.endswith("rerun the same command to resume"), (
+        output[-4000:]
+    )
     (stopped_at,) = checkpoint_steps(output_dir)
     assert 1 <= stopped_at < 12
 
     main(["--config", str(config)])  # the launched script's entry point, here in the test's process
     assert f"resumed from {output_dir / 'checkpoints' / f'checkpoint-{stopped_at}'}" in caplog.text
     LoraTrainer(lora_args("whole", **settings)).train()
-    whole, resumed = load_file(str(tmp_path / "whole" / LORA_WEIGHT_NAME)), load_file(str(output_dir / LORA_WEIGHT_NAME))
+    whole, resumed = (
+        load_file(str(tmp_path / "whole" / LORA_WEIGHT_NAME)),
+        load_file(str(output_dir / LORA_WEIGHT_NAME)),
+    )
     for name in whole:
         torch.testing.assert_close(resumed[name], whole[name], atol=1e-6, rtol=1e-5, msg=name)
     steps = [record["step"] for record in read_records(output_dir / METRICS_FILE) if "loss" in record]
@@ -220,12 +242,21 @@ class SignalledDuringValidation(LoraTrainer):
 
 
 def test_a_signal_during_validation_cuts_it_short_and_stops_with_a_checkpoint(lora_args, tmp_path):
-    args = lora_args(max_train_steps=4, checkpointing_steps=100, validation_steps=2, validation_num_frames=9,
-                     validation_num_inference_steps=2, validation_prompts=("a", "b", "c"))
+    args = lora_args(
+        max_train_steps=4,
+        checkpointing_steps=100,
+        validation_steps=2,
+        validation_num_frames=9,
+        validation_num_inference_steps=2,
+        validation_prompts=("a", "b", "c"),
+    )
     with pytest.raises(RunPreempted, match="SIGTERM at step 2"):
         SignalledDuringValidation(args).train()
     assert checkpoint_steps(tmp_path / "run") == [2]
-    assert sorted(path.name for path in (tmp_path / "run" / "validation" / "step-2").iterdir()) == ["prompt-0.mp4", "prompt-1.mp4"]
+    assert sorted(path.name for path in (tmp_path / "run" / "validation" / "step-2").iterdir()) == [
+        "prompt-0.mp4",
+        "prompt-1.mp4",
+    ]
 
 
 # ---------------------------------------------------------------- disk space
@@ -263,7 +294,10 @@ def test_cache_entry_estimate_matches_the_entries(lora_args, tmp_path):
     trainer.setup()
     sizes = [entry.stat().st_size for entry in (tmp_path / "cache").glob("*.safetensors")]
     estimate = cache_entry_bytes(trainer.dataset.buckets[0], trainer.args, trainer.vae, trainer.text_encoder)
-    assert len(sizes) == 4 and all(estimate <= size <= estimate * run_safety.DISK_HEADROOM for size in sizes), (estimate, sizes)
+    assert len(sizes) == 4 and all(estimate <= size <= estimate * run_safety.DISK_HEADROOM for size in sizes), (
+        estimate,
+        sizes,
+    )
 
 
 # ---------------------------------------------------------------- validation failure
@@ -283,8 +317,13 @@ def test_a_failing_validation_saves_a_checkpoint_then_stops_naming_step_and_sett
 
 
 def test_a_failing_validation_can_be_logged_and_the_run_goes_on(lora_args, tmp_path, caplog):
-    args = lora_args(max_train_steps=4, checkpointing_steps=100, validation_steps=2, validation_num_frames=9,
-                     stop_on_validation_failure=False)
+    args = lora_args(
+        max_train_steps=4,
+        checkpointing_steps=100,
+        validation_steps=2,
+        validation_num_frames=9,
+        stop_on_validation_failure=False,
+    )
     trainer = ValidationOutOfMemory(args)
     trainer.train()
     assert trainer.global_step == 4 and (tmp_path / "run" / LORA_WEIGHT_NAME).is_file()

@@ -112,7 +112,9 @@ def test_grouped_training_timesteps_bands(scheduler):
 
 
 def test_grouped_training_timesteps_follow_the_generator():
-    draw = lambda seed: grouped_training_timesteps(3, NUM_GROUPS, GROUP_SIZE, 1000, torch.Generator().manual_seed(seed))
+    def draw(seed):
+        return grouped_training_timesteps(3, NUM_GROUPS, GROUP_SIZE, 1000, torch.Generator().manual_seed(seed))
+
     assert torch.equal(draw(7), draw(7)) and not torch.equal(draw(7), draw(8))
 
 
@@ -161,7 +163,7 @@ def test_a_window_starts_with_each_group_at_the_top_of_its_band(scheduler):
     expected = CogVideoXTrainingSchedule(scheduler).add_noise(clean, noise, tops)
     torch.testing.assert_close(started[:, 1:], expected[:, 1:], rtol=0, atol=0)
     width = num_train_timesteps(scheduler) // NUM_GROUPS
-    assert torch.equal(tops[0, 1 :: GROUP_SIZE], (width - 1) + width * torch.arange(NUM_GROUPS))
+    assert torch.equal(tops[0, 1::GROUP_SIZE], (width - 1) + width * torch.arange(NUM_GROUPS))
 
 
 def true_velocity(scheduler, clean, noise, timesteps):
@@ -193,12 +195,15 @@ def test_stream_with_exact_velocity_recovers_every_group(scheduler):
     condition = randn(BATCH, 1, *SHAPE, seed=99)
     window = grouped.start_window(
         torch.cat([condition, *clean_groups[:NUM_GROUPS]], dim=1),
-        torch.cat([torch.zeros_like(condition), *noise_groups[:NUM_GROUPS]], dim=1), GROUP_SIZE,
+        torch.cat([torch.zeros_like(condition), *noise_groups[:NUM_GROUPS]], dim=1),
+        GROUP_SIZE,
     )
 
     def denoise(window, first_group, now_groups, next_groups):
-        clean = torch.cat([window[:, :1], *clean_groups[first_group:first_group + NUM_GROUPS]], dim=1)
-        noise = torch.cat([torch.zeros_like(window[:, :1]), *noise_groups[first_group:first_group + NUM_GROUPS]], dim=1)
+        clean = torch.cat([window[:, :1], *clean_groups[first_group : first_group + NUM_GROUPS]], dim=1)
+        noise = torch.cat(
+            [torch.zeros_like(window[:, :1]), *noise_groups[first_group : first_group + NUM_GROUPS]], dim=1
+        )
         now = expand_group_timesteps(now_groups, GROUP_SIZE).expand(BATCH, -1)
         after = expand_group_timesteps(next_groups, GROUP_SIZE).expand(BATCH, -1)
         moved, _ = grouped.step(true_velocity(scheduler, clean, noise, now), window, now, after)
@@ -210,9 +215,9 @@ def test_stream_with_exact_velocity_recovers_every_group(scheduler):
     for emitted in range(num_emitted):
         for k in range(grouped.steps_per_band):
             window = denoise(window, emitted, grouped.window_timesteps(k), grouped.window_timesteps(k + 1))
-        group_zero = window[:, 1:1 + GROUP_SIZE]
+        group_zero = window[:, 1 : 1 + GROUP_SIZE]
         torch.testing.assert_close(group_zero, clean_groups[emitted], rtol=0, atol=1e-4)
-        window = torch.cat([group_zero[:, -1:], window[:, 1 + GROUP_SIZE:], noise_groups[emitted + NUM_GROUPS]], dim=1)
+        window = torch.cat([group_zero[:, -1:], window[:, 1 + GROUP_SIZE :], noise_groups[emitted + NUM_GROUPS]], dim=1)
 
 
 # ---------------------------------------------------------------- SCM phases

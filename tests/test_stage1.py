@@ -27,7 +27,6 @@ from thematrix.model_dir import LORA_WEIGHT_NAME, ModelDirError
 from thematrix.training.checkpoint import TRAINABLE_WEIGHTS, list_checkpoints
 from thematrix.video import read_video_info
 
-
 # alpha != rank, so that a LoRA loaded with the wrong scale (alpha / rank = 1) shows.
 RANK, ALPHA = 4, 8.0
 
@@ -44,8 +43,16 @@ def lora_weights(output_dir) -> dict[str, torch.Tensor]:
 def trained(tiny_model_dir, tiny_dataset, tmp_path_factory):
     """A LoRA trained for 30 steps, with the loss on fixed noise measured before and after."""
     output_dir = tmp_path_factory.mktemp("stage1") / "lora"
-    args = tiny_args(tiny_model_dir, tiny_dataset, output_dir, max_train_steps=30, validation_steps=30,
-                     validation_num_frames=9, validation_num_inference_steps=2, learning_rate=3e-2)
+    args = tiny_args(
+        tiny_model_dir,
+        tiny_dataset,
+        output_dir,
+        max_train_steps=30,
+        validation_steps=30,
+        validation_num_frames=9,
+        validation_num_inference_steps=2,
+        learning_rate=3e-2,
+    )
     trainer = LoraTrainer(args)
     trainer.setup()
     batch = collate_batch([trainer.dataset[index] for index in range(len(trainer.dataset))])
@@ -120,25 +127,45 @@ def test_fused_directory_keeps_the_base_components_as_they_were(trained, tiny_mo
     output_dir, _, _, _ = trained
     fused_dir = fuse_lora_weights.fuse_lora(tiny_model_dir, output_dir, tmp_path / "fused")
     assert_components_unchanged(tiny_model_dir, fused_dir)
-    base_pipeline, fused_pipeline = (CogVideoXPipeline.from_pretrained(str(path)) for path in (tiny_model_dir, fused_dir))
+    base_pipeline, fused_pipeline = (
+        CogVideoXPipeline.from_pretrained(str(path)) for path in (tiny_model_dir, fused_dir)
+    )
     assert type(fused_pipeline.scheduler) is type(base_pipeline.scheduler)
     assert fused_pipeline.transformer.dtype == torch.float32
 
 
 def test_inference_writes_playable_mp4(trained, tiny_model_dir, tmp_path):
     output_dir, _, _, _ = trained
-    output = inference.main([
-        "--model_dir", str(tiny_model_dir), "--lora_dir", str(output_dir), "--num_inference_steps", "2",
-        "--num_frames", "9", "--output", str(tmp_path / "video.mp4"),
-    ])
+    output = inference.main(
+        [
+            "--model_dir",
+            str(tiny_model_dir),
+            "--lora_dir",
+            str(output_dir),
+            "--num_inference_steps",
+            "2",
+            "--num_frames",
+            "9",
+            "--output",
+            str(tmp_path / "video.mp4"),
+        ]
+    )
     assert read_video_info(output)[0] == 9 and read_video_info(output)[2:] == (TINY_HEIGHT, TINY_WIDTH)
 
 
 def test_resume_after_kill_equals_uninterrupted_run(tiny_model_dir, tiny_dataset, tmp_path):
-    settings = dict(max_train_steps=6, checkpointing_steps=3, lr_scheduler="cosine", lr_warmup_steps=2, cache_dir=str(tmp_path / "cache"))
+    settings = dict(
+        max_train_steps=6,
+        checkpointing_steps=3,
+        lr_scheduler="cosine",
+        lr_warmup_steps=2,
+        cache_dir=str(tmp_path / "cache"),
+    )
     LoraTrainer(tiny_args(tiny_model_dir, tiny_dataset, tmp_path / "whole", **settings)).train()
 
-    killed = killed_during_step(LoraTrainer, kill_at=5)(tiny_args(tiny_model_dir, tiny_dataset, tmp_path / "killed", **settings))
+    killed = killed_during_step(LoraTrainer, kill_at=5)(
+        tiny_args(tiny_model_dir, tiny_dataset, tmp_path / "killed", **settings)
+    )
     with pytest.raises(KilledAtStep):
         killed.train()
     assert [path.name for path in list_checkpoints(tmp_path / "killed" / "checkpoints")] == ["checkpoint-3"]
@@ -150,8 +177,12 @@ def test_resume_after_kill_equals_uninterrupted_run(tiny_model_dir, tiny_dataset
     assert whole.keys() == again.keys()
     for name in whole:
         assert torch.equal(whole[name], again[name]), name
-    whole_optimizer = torch.load(tmp_path / "whole" / "checkpoints" / "checkpoint-6" / "optimizer.bin", weights_only=False)
-    again_optimizer = torch.load(tmp_path / "killed" / "checkpoints" / "checkpoint-6" / "optimizer.bin", weights_only=False)
+    whole_optimizer = torch.load(
+        tmp_path / "whole" / "checkpoints" / "checkpoint-6" / "optimizer.bin", weights_only=False
+    )
+    again_optimizer = torch.load(
+        tmp_path / "killed" / "checkpoints" / "checkpoint-6" / "optimizer.bin", weights_only=False
+    )
     for key, state in whole_optimizer["state"].items():
         assert torch.equal(state["exp_avg_sq"], again_optimizer["state"][key]["exp_avg_sq"])
 
@@ -168,10 +199,14 @@ def test_accumulating_two_batches_of_one_equals_one_batch_of_two(tiny_model_dir,
     # Unshuffled, both runs see clips 0, 1 then 2, 3 and draw the same noise for each.
     common = dict(max_train_steps=2, learning_rate=1e-3, shuffle=False, cache_dir=str(tmp_path / "cache"))
     LoraTrainer(tiny_args(tiny_model_dir, tiny_dataset, tmp_path / "batch2", train_batch_size=2, **common)).train()
-    LoraTrainer(tiny_args(tiny_model_dir, tiny_dataset, tmp_path / "accum2", gradient_accumulation_steps=2, **common)).train()
+    LoraTrainer(
+        tiny_args(tiny_model_dir, tiny_dataset, tmp_path / "accum2", gradient_accumulation_steps=2, **common)
+    ).train()
     batch2, accum2 = lora_weights(tmp_path / "batch2"), lora_weights(tmp_path / "accum2")
     for name in batch2:
-        torch.testing.assert_close(batch2[name], accum2[name], atol=ADAM_ROUNDING_STEPS * common["learning_rate"], rtol=0)
+        torch.testing.assert_close(
+            batch2[name], accum2[name], atol=ADAM_ROUNDING_STEPS * common["learning_rate"], rtol=0
+        )
     trained_b = [name for name in batch2 if "lora_B" in name]
     assert any(batch2[name].abs().max() > 0 for name in trained_b)
 
@@ -189,7 +224,11 @@ def test_lora_only_directory_is_refused_as_base_model(trained, tiny_dataset, tmp
 
 
 def test_index_without_usable_clips_fails_at_start(tiny_model_dir, tmp_path):
-    (tmp_path / "index.json").write_text(json.dumps({"list": [{"path": "missing.mp4", "caption": "x", "control_signal_seq": "RIGHT", "valid_frame_idx": 0}]}))
+    (tmp_path / "index.json").write_text(
+        json.dumps(
+            {"list": [{"path": "missing.mp4", "caption": "x", "control_signal_seq": "RIGHT", "valid_frame_idx": 0}]}
+        )
+    )
     args = tiny_args(tiny_model_dir, (tmp_path, tmp_path / "index.json"), tmp_path / "out", max_train_steps=1)
     with pytest.raises(ConfigError, match="no usable sample"):
         LoraTrainer(args).train()

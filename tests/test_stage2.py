@@ -50,15 +50,25 @@ def transformer_inputs(config, controls=None) -> dict:
 @pytest.fixture(scope="module")
 def trained(tiny_model_dir, tiny_dataset, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("stage2") / "run"
-    trainer = InteractiveTrainer(stage2_args(tiny_model_dir, tiny_dataset, output_dir, validation_steps=20,
-                                             validation_num_frames=9, validation_num_inference_steps=2))
+    trainer = InteractiveTrainer(
+        stage2_args(
+            tiny_model_dir,
+            tiny_dataset,
+            output_dir,
+            validation_steps=20,
+            validation_num_frames=9,
+            validation_num_inference_steps=2,
+        )
+    )
     trainer.setup()
     start = {name: value.detach().clone() for name, value in trainer.transformer.state_dict().items()}
     trainer.train()
     return trainer, start
 
 
-def test_stage2_builds_its_module_on_the_stage1_weights_for_the_footages_vocabulary(tiny_model_dir, tiny_dataset, tmp_path):
+def test_stage2_builds_its_module_on_the_stage1_weights_for_the_footages_vocabulary(
+    tiny_model_dir, tiny_dataset, tmp_path
+):
     """Every base weight is the stage-1 model's, and the control table embeds the footage's phrases with the model's
     own T5. (Its zero-initialised gates make step 0 exactly the stage-1 model: test_interactive_transformer.py.)"""
     trainer = InteractiveTrainer(stage2_args(tiny_model_dir, tiny_dataset, tmp_path))
@@ -66,7 +76,9 @@ def test_stage2_builds_its_module_on_the_stage1_weights_for_the_footages_vocabul
     interactive = trainer.accelerator.unwrap_model(trainer.transformer)
     assert interactive.control_vocabulary == load_vocabulary(tiny_dataset[0] / VOCABULARY_FILE) == TEST_VOCABULARY
     weights = interactive.state_dict()
-    for name, value in CogVideoXTransformer3DModel.from_pretrained(str(tiny_model_dir), subfolder="transformer").state_dict().items():
+    for name, value in (
+        CogVideoXTransformer3DModel.from_pretrained(str(tiny_model_dir), subfolder="transformer").state_dict().items()
+    ):
         assert torch.equal(weights[name], value), name
     table = compute_control_embeddings(TEST_VOCABULARY, trainer.tokenizer, trainer.text_encoder)
     assert torch.equal(interactive.control_embedding_table, table)
@@ -75,7 +87,9 @@ def test_stage2_builds_its_module_on_the_stage1_weights_for_the_footages_vocabul
 def test_only_the_interactive_module_moves(trained):
     trainer, start = trained
     model = trainer.accelerator.unwrap_model(trainer.transformer)
-    control_names = {name for name, _ in model.named_parameters() if name.startswith(("control_proj.", "control_blocks."))}
+    control_names = {
+        name for name, _ in model.named_parameters() if name.startswith(("control_proj.", "control_blocks."))
+    }
     assert control_names
     for name, value in model.state_dict().items():
         if name in control_names:
@@ -113,11 +127,16 @@ def test_the_model_directory_records_its_run_in_a_file_of_its_own(trained, tmp_p
     one (which a hard link would share) as it was."""
     trainer, _ = trained
     recorded = GenerationDefaults.load(trainer.final_model_dir)
-    assert recorded == trainer.args.generation_defaults() and (recorded.fps, recorded.num_frames) == (CLIP_FPS, TRAIN_FRAMES)
+    assert recorded == trainer.args.generation_defaults() and (recorded.fps, recorded.num_frames) == (
+        CLIP_FPS,
+        TRAIN_FRAMES,
+    )
     record = trainer.final_model_dir / GENERATION_DEFAULTS_FILE
     before = record.read_bytes()
     changed = dataclasses.replace(recorded, prompt="Another prompt.")
-    transformer = InteractiveCogVideoXTransformer3DModel.from_pretrained(trainer.final_model_dir, subfolder="transformer")
+    transformer = InteractiveCogVideoXTransformer3DModel.from_pretrained(
+        trainer.final_model_dir, subfolder="transformer"
+    )
     save_model_dir(transformer, trainer.final_model_dir, tmp_path / "next", changed)
     assert GenerationDefaults.load(tmp_path / "next") == changed and record.read_bytes() == before
 
@@ -183,7 +202,10 @@ def test_caption_and_control_dropout_are_independent_and_use_the_empty_prompt(ti
     assert all(torch.equal(embeds, item["prompt_embeds"]) for embeds in prompt_embeds[~caption_dropped])
     control_dropped = (controls == TEST_VOCABULARY.null_id).all(dim=1)
     assert torch.equal(controls[~control_dropped], item["controls"].expand(int((~control_dropped).sum()), -1))
-    rates = [float(dropped.float().mean()) for dropped in (caption_dropped, control_dropped, caption_dropped & control_dropped)]
+    rates = [
+        float(dropped.float().mean())
+        for dropped in (caption_dropped, control_dropped, caption_dropped & control_dropped)
+    ]
     assert 0.07 < rates[0] < 0.13 and 0.07 < rates[1] < 0.13 and 0.004 < rates[2] < 0.02, rates
 
 
@@ -269,7 +291,11 @@ def test_guidance_is_the_documented_formula_with_one_batched_forward(guidance_sc
         latents, torch.tensor([500, 500]), text, empty, controls, guidance_scale, control_guidance_scale
     )
     unconditional, text_only, conditional = 1.0, 2.0, 10.0
-    expected = unconditional + guidance_scale * (text_only - unconditional) + control_guidance_scale * (conditional - text_only)
+    expected = (
+        unconditional
+        + guidance_scale * (text_only - unconditional)
+        + control_guidance_scale * (conditional - text_only)
+    )
     torch.testing.assert_close(velocity, latents + expected)
     assert stub.batch_sizes == [forwards * len(latents)]
 
@@ -280,32 +306,60 @@ def test_the_pipeline_returns_an_output_like_cogvideox_pipelines(trained):
     sampling = dict(prompt="A square.", controls="RIGHT,LEFT,UP", num_frames=9, num_inference_steps=2)
     output = pipeline(**sampling, output_type="pt", generator=torch.Generator().manual_seed(0))
     assert isinstance(output, InteractivePipelineOutput) and output.controls == [["RIGHT", "LEFT", "UP"]]
-    assert output.frames.shape == (1, 9, 3, TINY_HEIGHT, TINY_WIDTH) and 0 <= output.frames.min() <= output.frames.max() <= 1
-    frames, controls = pipeline(**sampling, output_type="pt", return_dict=False, generator=torch.Generator().manual_seed(0))
+    assert (
+        output.frames.shape == (1, 9, 3, TINY_HEIGHT, TINY_WIDTH)
+        and 0 <= output.frames.min() <= output.frames.max() <= 1
+    )
+    frames, controls = pipeline(
+        **sampling, output_type="pt", return_dict=False, generator=torch.Generator().manual_seed(0)
+    )
     assert torch.equal(frames, output.frames) and controls == output.controls
 
 
 def test_inference_writes_controlled_mp4(trained, tmp_path):
     trainer, _ = trained
-    output = inference.main([
-        "--model_dir", str(trainer.final_model_dir), "--controls", "RIGHT,LEFT,UP", "--num_frames", "9",
-        "--num_inference_steps", "2", "--control_guidance_scale", "2", "--output", str(tmp_path / "v.mp4"),
-    ])
+    output = inference.main(
+        [
+            "--model_dir",
+            str(trainer.final_model_dir),
+            "--controls",
+            "RIGHT,LEFT,UP",
+            "--num_frames",
+            "9",
+            "--num_inference_steps",
+            "2",
+            "--control_guidance_scale",
+            "2",
+            "--output",
+            str(tmp_path / "v.mp4"),
+        ]
+    )
     assert read_video_info(output)[0] == 9
 
 
 def test_resume_after_kill_equals_uninterrupted_run(tiny_model_dir, tiny_dataset, tmp_path):
     """Control dropout draws from the per-sample generators too, so a resumed run matches exactly."""
-    settings = dict(max_train_steps=4, checkpointing_steps=2, control_p_zero=0.5, lr_scheduler="cosine",
-                    cache_dir=str(tmp_path / "cache"))
+    settings = dict(
+        max_train_steps=4,
+        checkpointing_steps=2,
+        control_p_zero=0.5,
+        lr_scheduler="cosine",
+        cache_dir=str(tmp_path / "cache"),
+    )
     InteractiveTrainer(stage2_args(tiny_model_dir, tiny_dataset, tmp_path / "whole", **settings)).train()
-    killed = killed_during_step(InteractiveTrainer, kill_at=3)(stage2_args(tiny_model_dir, tiny_dataset, tmp_path / "killed", **settings))
+    killed = killed_during_step(InteractiveTrainer, kill_at=3)(
+        stage2_args(tiny_model_dir, tiny_dataset, tmp_path / "killed", **settings)
+    )
     with pytest.raises(KilledAtStep):
         killed.train()
     InteractiveTrainer(stage2_args(tiny_model_dir, tiny_dataset, tmp_path / "killed", **settings)).train()
-    whole, again = (load_file(str(tmp_path / run / "checkpoints" / "checkpoint-4" / "trainable.safetensors"))
-                    for run in ("whole", "killed"))
+    whole, again = (
+        load_file(str(tmp_path / run / "checkpoints" / "checkpoint-4" / "trainable.safetensors"))
+        for run in ("whole", "killed")
+    )
     assert whole.keys() == again.keys() and all(torch.equal(whole[key], again[key]) for key in whole)
-    scheduler_state = [torch.load(tmp_path / run / "checkpoints" / "checkpoint-4" / "scheduler.bin", weights_only=False)
-                       for run in ("whole", "killed")]
+    scheduler_state = [
+        torch.load(tmp_path / run / "checkpoints" / "checkpoint-4" / "scheduler.bin", weights_only=False)
+        for run in ("whole", "killed")
+    ]
     assert scheduler_state[0] == scheduler_state[1]

@@ -69,8 +69,9 @@ def frames_of(chunks: list[StreamChunk]) -> torch.Tensor:
 def test_k_groups_give_c_w_k_frames(pipeline, num_groups, group_size, num_steps):
     """Every chunk is one group: c * W frames, no special first chunk."""
     groups, c = 3, pipeline.temporal_compression
-    chunks = list(stream(pipeline, max_groups=groups, num_groups=num_groups, group_size=group_size,
-                         num_inference_steps=num_steps))
+    chunks = list(
+        stream(pipeline, max_groups=groups, num_groups=num_groups, group_size=group_size, num_inference_steps=num_steps)
+    )
     assert [len(chunk.frames) for chunk in chunks] == [c * group_size] * groups
     assert [len(chunk.latents) for chunk in chunks] == [group_size] * groups
     assert [chunk.group_index for chunk in chunks] == list(range(groups))
@@ -86,13 +87,23 @@ def test_k_groups_give_c_w_k_frames(pipeline, num_groups, group_size, num_steps)
 def test_generate_collects_the_stream(pipeline):
     chunks = list(stream(pipeline, max_groups=2, initial_control="STAY"))
     output = pipeline.generate(
-        PROMPT, initial_clip(), "RIGHT,LEFT", max_groups=2, num_groups=NUM_GROUPS, group_size=GROUP_SIZE,
-        num_inference_steps=NUM_STEPS, generator=torch.Generator().manual_seed(0), initial_control="STAY", output_type="pt",
+        PROMPT,
+        initial_clip(),
+        "RIGHT,LEFT",
+        max_groups=2,
+        num_groups=NUM_GROUPS,
+        group_size=GROUP_SIZE,
+        num_inference_steps=NUM_STEPS,
+        generator=torch.Generator().manual_seed(0),
+        initial_control="STAY",
+        output_type="pt",
     )
     assert isinstance(output, StreamPipelineOutput)
     (video,), (labels,) = output.frames, output.frame_controls
     torch.testing.assert_close(video * 2 - 1, frames_of(chunks), rtol=0, atol=1e-6)  # the same frames, in [0, 1]
-    assert labels == [token for token in ["RIGHT", "LEFT", "RIGHT", "LEFT"] for _ in range(pipeline.temporal_compression)]
+    assert labels == [
+        token for token in ["RIGHT", "LEFT", "RIGHT", "LEFT"] for _ in range(pipeline.temporal_compression)
+    ]
     assert len(video) == len(labels)
 
 
@@ -176,15 +187,21 @@ def test_controls_as_string_callable_or_iterator_are_equivalent(pipeline):
 
 @pytest.mark.parametrize(
     "kind, num_groups, group_size, num_steps",
-    [("swin-dpm", NUM_GROUPS, GROUP_SIZE, NUM_STEPS), ("swin-dpm", 4, 2, 8), ("scm", NUM_GROUPS, GROUP_SIZE, NUM_GROUPS),
-     ("scm", 4, 2, 4)],
+    [
+        ("swin-dpm", NUM_GROUPS, GROUP_SIZE, NUM_STEPS),
+        ("swin-dpm", 4, 2, 8),
+        ("scm", NUM_GROUPS, GROUP_SIZE, NUM_GROUPS),
+        ("scm", 4, 2, 4),
+    ],
 )
 def test_every_window_the_transformer_sees_is_one_training_draws(pipeline, kind, num_groups, group_size, num_steps):
     """Stage 3's and stage 4's streams, first windows included: the condition frame at 0, every frame of group g at
     u + g * T/G with one u in [0, T/G) (what grouped_training_timesteps draws). The initial clip's groups start at
     their band tops, every later group at pure noise, and each goes down the N timesteps in order."""
-    streamer = pipeline if kind == "swin-dpm" else ScmPipeline(
-        **dict(pipeline.components, scheduler=ScmScheduler.from_config(pipeline.scheduler.config))
+    streamer = (
+        pipeline
+        if kind == "swin-dpm"
+        else ScmPipeline(**dict(pipeline.components, scheduler=ScmScheduler.from_config(pipeline.scheduler.config)))
     )
     seen = []
     handle = streamer.transformer.register_forward_pre_hook(
@@ -192,7 +209,11 @@ def test_every_window_the_transformer_sees_is_one_training_draws(pipeline, kind,
     )
     groups = 3
     try:
-        list(stream(streamer, max_groups=groups, num_groups=num_groups, group_size=group_size, num_inference_steps=num_steps))
+        list(
+            stream(
+                streamer, max_groups=groups, num_groups=num_groups, group_size=group_size, num_inference_steps=num_steps
+            )
+        )
     finally:
         handle.remove()
     band = streamer.scheduler.config.num_train_timesteps // num_groups
@@ -225,7 +246,10 @@ def test_each_window_is_conditioned_on_the_last_frame_emitted_before_it(pipeline
 
     handle = pipeline.transformer.register_forward_pre_hook(record, with_kwargs=True)
     try:
-        controls = lambda group: [TEST_VOCABULARY.tokens[group], TEST_VOCABULARY.tokens[group + 1]]
+
+        def controls(group):
+            return [TEST_VOCABULARY.tokens[group], TEST_VOCABULARY.tokens[group + 1]]
+
         chunks = list(stream(pipeline, controls=controls, guidance_scale=1.0, initial_control="STAY"))
     finally:
         handle.remove()
@@ -240,8 +264,10 @@ def test_each_window_is_conditioned_on_the_last_frame_emitted_before_it(pipeline
     "options, message",
     [
         (dict(num_inference_steps=5), "num_inference_steps \\(5\\) must be divisible by num_groups \\(2\\)"),
-        (dict(video=initial_clip(frames=24)), "initial_video has 24 frames; a stream of 2 groups of 2 latent frames "
-                                              "starts from the last 25 frames"),
+        (
+            dict(video=initial_clip(frames=24)),
+            "initial_video has 24 frames; a stream of 2 groups of 2 latent frames starts from the last 25 frames",
+        ),
         (dict(video=initial_clip(height=40)), "multiples of 16"),
         (dict(group_size=3), "group_size must be a positive multiple of 2"),
         (dict(max_groups=0), "max_groups must be at least 1"),
@@ -303,12 +329,32 @@ def test_stream_writer_shows_the_file_only_when_complete(tmp_path):
 def test_inference_streams_a_dataset_sample_to_mp4(model_dir, tiny_dataset, tmp_path, capsys):
     data_root, index_file = tiny_dataset
     groups, output = 3, tmp_path / "drive.mp4"
-    inference.main([
-        "--model_dir", str(model_dir), "--data_root", str(data_root), "--index_file", str(index_file),
-        "--sample_index", "1", "--groups", str(groups), "--controls", "RIGHT,LEFT", "--num_groups", str(NUM_GROUPS),
-        "--group_size", str(GROUP_SIZE), "--num_inference_steps", str(NUM_STEPS), "--fps", str(CLIP_FPS),
-        "--output", str(output),
-    ])
+    inference.main(
+        [
+            "--model_dir",
+            str(model_dir),
+            "--data_root",
+            str(data_root),
+            "--index_file",
+            str(index_file),
+            "--sample_index",
+            "1",
+            "--groups",
+            str(groups),
+            "--controls",
+            "RIGHT,LEFT",
+            "--num_groups",
+            str(NUM_GROUPS),
+            "--group_size",
+            str(GROUP_SIZE),
+            "--num_inference_steps",
+            str(NUM_STEPS),
+            "--fps",
+            str(CLIP_FPS),
+            "--output",
+            str(output),
+        ]
+    )
     frames, _, height, width = read_video_info(output)
     assert (frames, height, width) == (4 * GROUP_SIZE * groups, TINY_HEIGHT, TINY_WIDTH)
     printed = capsys.readouterr().out
@@ -318,11 +364,31 @@ def test_inference_streams_a_dataset_sample_to_mp4(model_dir, tiny_dataset, tmp_
 
 def test_inference_continues_a_video_file_with_random_controls(model_dir, tmp_path):
     clip = write_mp4(moving_square_clip(1, 40, TINY_HEIGHT, TINY_WIDTH), tmp_path / "clip.mp4", fps=CLIP_FPS)
-    output = inference.main([
-        "--model_dir", str(model_dir), "--initial_video", str(clip), "--random_controls", "--seed", "3",
-        "--prompt", "A red square slides right.", "--seconds", "3", "--fps", "8", "--num_groups", str(NUM_GROUPS), "--group_size", str(GROUP_SIZE),
-        "--num_inference_steps", str(NUM_GROUPS), "--output", str(tmp_path / "random.mp4"),
-    ])
+    output = inference.main(
+        [
+            "--model_dir",
+            str(model_dir),
+            "--initial_video",
+            str(clip),
+            "--random_controls",
+            "--seed",
+            "3",
+            "--prompt",
+            "A red square slides right.",
+            "--seconds",
+            "3",
+            "--fps",
+            "8",
+            "--num_groups",
+            str(NUM_GROUPS),
+            "--group_size",
+            str(GROUP_SIZE),
+            "--num_inference_steps",
+            str(NUM_GROUPS),
+            "--output",
+            str(tmp_path / "random.mp4"),
+        ]
+    )
     # 3 s at 8 fps = 24 frames: 3 groups of 8 frames.
     assert read_video_info(output)[0] == 24
 
@@ -330,10 +396,24 @@ def test_inference_continues_a_video_file_with_random_controls(model_dir, tmp_pa
 def test_inference_says_how_long_the_initial_video_must_be(model_dir, tmp_path, capsys):
     clip = write_mp4(moving_square_clip(1, 24, TINY_HEIGHT, TINY_WIDTH), tmp_path / "clip.mp4", fps=CLIP_FPS)
     with pytest.raises(DatasetError, match="gives 24 frames at 10 fps; the stream starts from the last 25 \\(2.5 s\\)"):
-        inference.main([
-            "--model_dir", str(model_dir), "--initial_video", str(clip), "--controls", "RIGHT", "--fps", "10",
-            "--num_groups", str(NUM_GROUPS), "--group_size", str(GROUP_SIZE), "--output", str(tmp_path / "short.mp4"),
-        ])
+        inference.main(
+            [
+                "--model_dir",
+                str(model_dir),
+                "--initial_video",
+                str(clip),
+                "--controls",
+                "RIGHT",
+                "--fps",
+                "10",
+                "--num_groups",
+                str(NUM_GROUPS),
+                "--group_size",
+                str(GROUP_SIZE),
+                "--output",
+                str(tmp_path / "short.mp4"),
+            ]
+        )
 
 
 def test_inference_without_an_initial_clip_says_what_to_pass(model_dir, capsys):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
 from stage3.cogvideox.pipeline_cogvideox import history_latent_frames
@@ -26,8 +25,15 @@ NUM_GROUPS, GROUP_SIZE = 2, 2
 
 
 def stage3_args(model_dir, dataset, output_dir, **overrides) -> SwinArgs:
-    settings = {"num_noise_groups": NUM_GROUPS, "group_size": GROUP_SIZE, "max_train_steps": 4, "frame_buckets": (CLIP_FRAMES,),
-                "learning_rate": 1e-3, "validation_num_inference_steps": 2, **overrides}
+    settings = {
+        "num_noise_groups": NUM_GROUPS,
+        "group_size": GROUP_SIZE,
+        "max_train_steps": 4,
+        "frame_buckets": (CLIP_FRAMES,),
+        "learning_rate": 1e-3,
+        "validation_num_inference_steps": 2,
+        **overrides,
+    }
     return tiny_run_args(SwinArgs(), model_dir, dataset, output_dir, **settings)
 
 
@@ -42,7 +48,9 @@ def test_window_timesteps_are_grouped_and_condition_frame_stays_clean(trainer):
     generator = torch.Generator().manual_seed(0)
     timesteps = trainer.sample_timesteps(1 + NUM_GROUPS * GROUP_SIZE, generator)
     num_train_timesteps = trainer.scheduler.config.num_train_timesteps
-    expected = grouped_training_timesteps(1, NUM_GROUPS, GROUP_SIZE, num_train_timesteps, torch.Generator().manual_seed(0))
+    expected = grouped_training_timesteps(
+        1, NUM_GROUPS, GROUP_SIZE, num_train_timesteps, torch.Generator().manual_seed(0)
+    )
     assert torch.equal(timesteps, expected) and timesteps.dtype == torch.long
     band = trainer.scheduler.config.num_train_timesteps // NUM_GROUPS
     assert timesteps.shape == (1, 5) and timesteps[0, 0] == 0
@@ -57,13 +65,20 @@ def test_training_condition_latent_is_the_one_the_stream_conditions_on(trainer, 
     """Same frames, same latent: the window's condition is a 4-frame latent with causal context, in training and in
     the stream (with the VAE's distribution collapsed to its mean, the latent each samples from)."""
     monkeypatch.setattr(DiagonalGaussianDistribution, "sample", lambda self, generator=None: self.mean)
-    video = torch.from_numpy(moving_square_clip(1, CLIP_FRAMES + 8, TINY_HEIGHT, TINY_WIDTH)).permute(0, 3, 1, 2) / 127.5 - 1
+    video = (
+        torch.from_numpy(moving_square_clip(1, CLIP_FRAMES + 8, TINY_HEIGHT, TINY_WIDTH)).permute(0, 3, 1, 2) / 127.5
+        - 1
+    )
     conditions = []
     handle = pipeline.transformer.register_forward_pre_hook(
         lambda module, args, kwargs: conditions.append(kwargs["hidden_states"][0, 0].clone()), with_kwargs=True
     )
     try:
-        next(pipeline.stream("", video, "RIGHT", num_groups=NUM_GROUPS, group_size=GROUP_SIZE, num_inference_steps=NUM_GROUPS))
+        next(
+            pipeline.stream(
+                "", video, "RIGHT", num_groups=NUM_GROUPS, group_size=GROUP_SIZE, num_inference_steps=NUM_GROUPS
+            )
+        )
     finally:
         handle.remove()
     # Training sees the stream's last clip-length frames as one clip.
@@ -115,6 +130,8 @@ def test_full_fine_tuning_moves_base_and_control_weights(trainer, tiny_model_dir
 
 
 def test_clip_length_must_fill_the_window(tiny_model_dir, tiny_dataset, tmp_path):
-    args = stage3_args(tiny_model_dir, tiny_dataset, tmp_path, num_noise_groups=4, group_size=4, validation_num_inference_steps=4)
+    args = stage3_args(
+        tiny_model_dir, tiny_dataset, tmp_path, num_noise_groups=4, group_size=4, validation_num_inference_steps=4
+    )
     with pytest.raises(ConfigError, match=r"needs clips of exactly 73 frames: set args.frame_buckets = \(73,\)"):
         SwinTrainer(args).train()

@@ -12,7 +12,6 @@ import torch
 from safetensors.torch import load_file
 
 from stage3.cogvideox.pipeline_cogvideox import SwinDPMPipeline
-from stage3.training.arguments import SwinArgs
 from stage4 import inference
 from stage4.cogvideox.pipeline_cogvideox import ScmPipeline
 from stage4.cogvideox.scheduler import ConsistencySchedule, ScmScheduler, distillation_timesteps, teacher_schedule
@@ -48,8 +47,13 @@ SMALL_ADAPTER_STD = 2e-3  # lora_B of a tiny trained adapter: its updates are a 
 
 def scm_args(teacher, dataset, output_dir, **overrides) -> ScmArgs:
     settings = dict(
-        num_noise_groups=NUM_GROUPS, group_size=GROUP_SIZE, frame_buckets=(CLIP_FRAMES,), teacher_num_inference_steps=TEACHER_STEPS,
-        validation_num_inference_steps=NUM_GROUPS, validation_groups=STREAM_GROUPS, max_train_steps=4,
+        num_noise_groups=NUM_GROUPS,
+        group_size=GROUP_SIZE,
+        frame_buckets=(CLIP_FRAMES,),
+        teacher_num_inference_steps=TEACHER_STEPS,
+        validation_num_inference_steps=NUM_GROUPS,
+        validation_groups=STREAM_GROUPS,
+        max_train_steps=4,
     )
     return tiny_run_args(ScmArgs(), teacher, dataset, output_dir, **{**settings, **overrides})
 
@@ -71,8 +75,18 @@ def distilled(teacher_dir, tiny_dataset, cache_dir, tmp_path_factory):
     """A full student distilled for DISTILL_STEPS steps, with its loss on held-out noise before and after."""
     output_dir = tmp_path_factory.mktemp("stage4") / "run"
     # Unguided, so that the student is compared with unguided teacher streams below.
-    trainer = ScmTrainer(scm_args(teacher_dir, tiny_dataset, output_dir, max_train_steps=DISTILL_STEPS, distill_guidance=False,
-                                  learning_rate=DISTILL_LR, cache_dir=cache_dir, validation_steps=DISTILL_STEPS))
+    trainer = ScmTrainer(
+        scm_args(
+            teacher_dir,
+            tiny_dataset,
+            output_dir,
+            max_train_steps=DISTILL_STEPS,
+            distill_guidance=False,
+            learning_rate=DISTILL_LR,
+            cache_dir=cache_dir,
+            validation_steps=DISTILL_STEPS,
+        )
+    )
     trainer.setup()
     batch = collate_batch([trainer.dataset[index] for index in range(len(trainer.dataset))])
     held_out = [10**6 + 10 * draw for draw in range(4)]  # noise and timesteps no training step draws
@@ -104,7 +118,9 @@ def test_scalings_make_the_consistency_function_the_identity_at_a_boundary():
     # Away from the boundary it is DDIM scaled by c_out plus c_skip times the input.
     now, boundary = torch.tensor([[500, 251, 999]] * 2), torch.tensor([[499, 249, 749]] * 2)
     ddim = super(ConsistencySchedule, schedule).step(velocity, sample, now, boundary)[0]
-    expected = c_skip(now, boundary)[..., None, None, None] * sample + c_out(now, boundary)[..., None, None, None] * ddim
+    expected = (
+        c_skip(now, boundary)[..., None, None, None] * sample + c_out(now, boundary)[..., None, None, None] * ddim
+    )
     torch.testing.assert_close(schedule.step(velocity, sample, now, boundary)[0], expected)
 
 
@@ -112,7 +128,9 @@ def test_student_consistency_output_equals_its_input_at_the_boundary(distilled):
     trainer, _, _ = distilled
     generator = torch.Generator().manual_seed(1)
     latents = torch.randn(1, 1 + NUM_GROUPS * GROUP_SIZE, 4, 6, 8, generator=generator)
-    _, boundary = distillation_timesteps(trainer.teacher_schedule, GROUP_SIZE, trainer.args.skipping_interval, generator)
+    _, boundary = distillation_timesteps(
+        trainer.teacher_schedule, GROUP_SIZE, trainer.args.skipping_interval, generator
+    )
     embeds = trainer.validation_embeds[:1]
     with torch.no_grad():
         velocity = trainer.velocity(trainer.transformer, latents, boundary, embeds, None)
@@ -159,12 +177,19 @@ def test_distillation_lowers_the_held_out_loss(distilled):
     assert after < 0.7 * before, (before, after)
 
 
-def test_the_teacher_is_guided_by_default_as_stage_3_streams_are(teacher_dir, tiny_dataset, cache_dir, tmp_path, monkeypatch):
+def test_the_teacher_is_guided_by_default_as_stage_3_streams_are(
+    teacher_dir, tiny_dataset, cache_dir, tmp_path, monkeypatch
+):
     args = scm_args(teacher_dir, tiny_dataset, tmp_path, cache_dir=cache_dir)
-    assert args.distill_guidance and load_config(REPOSITORY / "stage4" / "training" / "scm_config.py", ScmArgs).distill_guidance
+    assert (
+        args.distill_guidance
+        and load_config(REPOSITORY / "stage4" / "training" / "scm_config.py", ScmArgs).distill_guidance
+    )
     stream_defaults = inspect.signature(SwinDPMPipeline.stream).parameters
     assert (args.guidance_scale, args.control_guidance_scale) == (
-        stream_defaults["guidance_scale"].default, stream_defaults["control_guidance_scale"].default)
+        stream_defaults["guidance_scale"].default,
+        stream_defaults["control_guidance_scale"].default,
+    )
     trainer = ScmTrainer(args)
     trainer.setup()
     scales = []
@@ -197,7 +222,9 @@ def test_ema_target_moves_toward_the_student_and_shares_frozen_weights():
 def test_resume_after_kill_restores_student_and_ema_target_exactly(teacher_dir, tiny_dataset, cache_dir, tmp_path):
     settings = dict(max_train_steps=4, checkpointing_steps=2, learning_rate=1e-3, cache_dir=cache_dir)
     ScmTrainer(scm_args(teacher_dir, tiny_dataset, tmp_path / "whole", **settings)).train()
-    killed = killed_during_step(ScmTrainer, kill_at=4)(scm_args(teacher_dir, tiny_dataset, tmp_path / "killed", **settings))
+    killed = killed_during_step(ScmTrainer, kill_at=4)(
+        scm_args(teacher_dir, tiny_dataset, tmp_path / "killed", **settings)
+    )
     with pytest.raises(KilledAtStep):
         killed.train()
     assert [path.name for path in list_checkpoints(tmp_path / "killed" / "checkpoints")] == ["checkpoint-2"]
@@ -222,8 +249,17 @@ def test_resume_after_kill_restores_student_and_ema_target_exactly(teacher_dir, 
 
 
 def test_lora_student_trains_adapters_and_saves_a_fused_model(teacher_dir, tiny_dataset, cache_dir, tmp_path):
-    args = scm_args(teacher_dir, tiny_dataset, tmp_path, student="lora", lora_rank=4, lora_alpha=4.0,
-                    max_train_steps=2, learning_rate=1e-2, cache_dir=cache_dir)
+    args = scm_args(
+        teacher_dir,
+        tiny_dataset,
+        tmp_path,
+        student="lora",
+        lora_rank=4,
+        lora_alpha=4.0,
+        max_train_steps=2,
+        learning_rate=1e-2,
+        cache_dir=cache_dir,
+    )
     trainer = ScmTrainer(args)
     trainer.train()
     checkpoint = tmp_path / "checkpoints" / "checkpoint-2"
@@ -233,7 +269,9 @@ def test_lora_student_trains_adapters_and_saves_a_fused_model(teacher_dir, tiny_
     student = ScmPipeline.from_model_dir(trainer.final_model_dir).transformer
     teacher = ScmPipeline.from_model_dir(teacher_dir).transformer
     assert not any("lora" in name for name in student.state_dict())
-    changed = [name for name, value in student.state_dict().items() if not torch.equal(value, teacher.state_dict()[name])]
+    changed = [
+        name for name, value in student.state_dict().items() if not torch.equal(value, teacher.state_dict()[name])
+    ]
     assert changed and all(name.endswith("weight") and "to_" in name for name in changed)
 
 
@@ -241,10 +279,19 @@ def test_lora_student_trains_adapters_and_saves_a_fused_model(teacher_dir, tiny_
 def stream_latents(streamer, num_inference_steps, controls="RIGHT,RIGHT,LEFT,LEFT,UP,UP", max_groups=STREAM_GROUPS):
     """The emitted groups' latents [K * W, C, h, w] of a stream from a conftest clip, noise seeded alike."""
     clip = torch.from_numpy(moving_square_clip(0, CLIP_FRAMES, TINY_HEIGHT, TINY_WIDTH)).permute(0, 3, 1, 2) / 127.5 - 1
-    chunks = list(streamer.stream(
-        "", clip, controls, num_groups=NUM_GROUPS, group_size=GROUP_SIZE, num_inference_steps=num_inference_steps,
-        guidance_scale=1.0, generator=torch.Generator().manual_seed(0), max_groups=max_groups,
-    ))
+    chunks = list(
+        streamer.stream(
+            "",
+            clip,
+            controls,
+            num_groups=NUM_GROUPS,
+            group_size=GROUP_SIZE,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=1.0,
+            generator=torch.Generator().manual_seed(0),
+            max_groups=max_groups,
+        )
+    )
     return chunks, torch.stack([chunk.latents[-GROUP_SIZE:] for chunk in chunks])
 
 
@@ -256,8 +303,10 @@ def test_few_step_student_is_closer_to_the_many_step_teacher_than_the_teacher_is
     _, student_few = stream_latents(ScmPipeline.from_model_dir(trainer.final_model_dir), NUM_GROUPS)
     teacher_error = ((teacher_few - reference) ** 2).flatten(1).mean(1)
     student_error = ((student_few - reference) ** 2).flatten(1).mean(1)
-    print(f"MSE to the {TEACHER_STEPS}-step teacher per group: teacher {NUM_GROUPS}-step {teacher_error.tolist()}, "
-          f"student {NUM_GROUPS}-step {student_error.tolist()}")
+    print(
+        f"MSE to the {TEACHER_STEPS}-step teacher per group: teacher {NUM_GROUPS}-step {teacher_error.tolist()}, "
+        f"student {NUM_GROUPS}-step {student_error.tolist()}"
+    )
     # Measured: teacher about 0.24 per group, student about 0.045.
     assert (student_error < 0.5 * teacher_error).all()
 
@@ -267,8 +316,16 @@ def test_few_step_stream_takes_one_forward_per_group_and_emits_every_frame(disti
     student = ScmPipeline.from_model_dir(trainer.final_model_dir)
     forwards = []
     student.transformer.register_forward_pre_hook(lambda module, inputs: forwards.append(1))
-    chunks = list(student.stream("", torch.zeros(CLIP_FRAMES, 3, TINY_HEIGHT, TINY_WIDTH), "RIGHT", num_groups=NUM_GROUPS,
-                                 group_size=GROUP_SIZE, max_groups=STREAM_GROUPS))
+    chunks = list(
+        student.stream(
+            "",
+            torch.zeros(CLIP_FRAMES, 3, TINY_HEIGHT, TINY_WIDTH),
+            "RIGHT",
+            num_groups=NUM_GROUPS,
+            group_size=GROUP_SIZE,
+            max_groups=STREAM_GROUPS,
+        )
+    )
     assert [len(chunk.frames) for chunk in chunks] == [student.temporal_compression * GROUP_SIZE] * STREAM_GROUPS
     assert len(forwards) == STREAM_GROUPS
 
@@ -299,11 +356,28 @@ def test_inference_streams_with_one_unguided_forward_per_group(distilled, tiny_d
 
     monkeypatch.setattr(SwinDPMPipeline, "guided_velocity", recorded)
     groups = 2
-    output = inference.main([
-        "--model_dir", str(trainer.final_model_dir), "--data_root", str(data_root), "--index_file", str(index_file),
-        "--groups", str(groups), "--controls", "RIGHT,LEFT", "--num_groups", str(NUM_GROUPS), "--group_size", str(GROUP_SIZE),
-        "--fps", str(CLIP_FPS), "--output", str(tmp_path / "drive.mp4"),
-    ])
+    output = inference.main(
+        [
+            "--model_dir",
+            str(trainer.final_model_dir),
+            "--data_root",
+            str(data_root),
+            "--index_file",
+            str(index_file),
+            "--groups",
+            str(groups),
+            "--controls",
+            "RIGHT,LEFT",
+            "--num_groups",
+            str(NUM_GROUPS),
+            "--group_size",
+            str(GROUP_SIZE),
+            "--fps",
+            str(CLIP_FPS),
+            "--output",
+            str(tmp_path / "drive.mp4"),
+        ]
+    )
     assert read_video_info(output)[0] == 4 * GROUP_SIZE * groups
     assert guidance_scales == [1.0] * groups
     printed = capsys.readouterr().out
@@ -315,15 +389,36 @@ def test_more_steps_than_groups_are_refused(distilled, tiny_dataset, tmp_path, c
     trainer, _, _ = distilled
     student = ScmPipeline.from_model_dir(trainer.final_model_dir)
     with pytest.raises(ValueError, match="num_inference_steps = 4 with num_groups = 2: an SCM student takes one step"):
-        student.stream("", torch.zeros(CLIP_FRAMES, 3, TINY_HEIGHT, TINY_WIDTH), "RIGHT", num_groups=NUM_GROUPS,
-                       group_size=GROUP_SIZE, num_inference_steps=2 * NUM_GROUPS)
+        student.stream(
+            "",
+            torch.zeros(CLIP_FRAMES, 3, TINY_HEIGHT, TINY_WIDTH),
+            "RIGHT",
+            num_groups=NUM_GROUPS,
+            group_size=GROUP_SIZE,
+            num_inference_steps=2 * NUM_GROUPS,
+        )
     data_root, index_file = tiny_dataset
     with pytest.raises(SystemExit):
-        inference.main([
-            "--model_dir", str(trainer.final_model_dir), "--data_root", str(data_root), "--index_file", str(index_file),
-            "--controls", "RIGHT", "--num_groups", str(NUM_GROUPS), "--group_size", str(GROUP_SIZE),
-            "--num_inference_steps", str(2 * NUM_GROUPS), "--output", str(tmp_path / "drive.mp4"),
-        ])
+        inference.main(
+            [
+                "--model_dir",
+                str(trainer.final_model_dir),
+                "--data_root",
+                str(data_root),
+                "--index_file",
+                str(index_file),
+                "--controls",
+                "RIGHT",
+                "--num_groups",
+                str(NUM_GROUPS),
+                "--group_size",
+                str(GROUP_SIZE),
+                "--num_inference_steps",
+                str(2 * NUM_GROUPS),
+                "--output",
+                str(tmp_path / "drive.mp4"),
+            ]
+        )
     assert "num_inference_steps = 4 with num_groups = 2" in capsys.readouterr().err
 
 
@@ -334,14 +429,17 @@ def test_validation_writes_the_few_step_stream(distilled):
 
 
 # ---------------------------------------------------------------- settings
-@pytest.mark.parametrize("setting, value, message", [
-    ("teacher_num_inference_steps", 30, "divisible by args.num_noise_groups"),
-    ("skipping_interval", 0, "at least 1"),
-    ("ema_decay", 1.0, "ema_decay"),
-    ("loss_type", "l1", "loss_type"),
-    ("student", "half", "args.student"),
-    ("validation_num_inference_steps", 8, "must equal args.num_noise_groups"),
-])
+@pytest.mark.parametrize(
+    "setting, value, message",
+    [
+        ("teacher_num_inference_steps", 30, "divisible by args.num_noise_groups"),
+        ("skipping_interval", 0, "at least 1"),
+        ("ema_decay", 1.0, "ema_decay"),
+        ("loss_type", "l1", "loss_type"),
+        ("student", "half", "args.student"),
+        ("validation_num_inference_steps", 8, "must equal args.num_noise_groups"),
+    ],
+)
 def test_bad_settings_fail_with_the_setting_named(setting, value, message):
     args = ScmArgs()
     args.num_noise_groups = 4  # the window, which the trainer otherwise takes from the model
@@ -358,7 +456,9 @@ def test_a_model_without_the_interactive_module_is_refused(tiny_model_dir, tiny_
 def test_lora_student_is_fused_and_saved_in_float32(teacher_dir, tiny_dataset, cache_dir, tmp_path):
     """A bf16 run's adapters are fused into float32 weights: the saved model is the unfused student, where fusing into
     the bf16 base would round most of a small adapter away."""
-    args = scm_args(teacher_dir, tiny_dataset, tmp_path, student="lora", lora_rank=4, lora_alpha=4.0, cache_dir=cache_dir)
+    args = scm_args(
+        teacher_dir, tiny_dataset, tmp_path, student="lora", lora_rank=4, lora_alpha=4.0, cache_dir=cache_dir
+    )
     trainer = ScmTrainer(args)
     trainer.setup()
     student = trainer.accelerator.unwrap_model(trainer.transformer)
@@ -374,7 +474,8 @@ def test_lora_student_is_fused_and_saved_in_float32(teacher_dir, tiny_dataset, c
                 parameter.data = parameter.data.to(torch.bfloat16)
     inputs = dict(
         hidden_states=torch.randn(1, 1 + NUM_GROUPS * GROUP_SIZE, 4, 6, 8, generator=generator),
-        encoder_hidden_states=torch.randn(1, 226, 32, generator=generator), timestep=torch.tensor([300]),
+        encoder_hidden_states=torch.randn(1, 226, 32, generator=generator),
+        timestep=torch.tensor([300]),
         controls=torch.tensor([[0, 1, 2, 3, 4]]),
     )
     reference = copy.deepcopy(student).to(torch.float32)  # bf16 base weights, float32 adapters, float32 arithmetic

@@ -57,7 +57,7 @@ def test_frames_come_out_as_soon_as_a_batch_is_complete(vae):
     decoder, group = StreamingDecoder(vae), 4
     first = first_batch_size(vae)
     full = latents(first + 2 * group)
-    chunks = (full[:, :first], full[:, first:first + group], full[:, first + group:])
+    chunks = (full[:, :first], full[:, first : first + group], full[:, first + group :])
     assert [decoder.decode(chunk).shape[1] for chunk in chunks] == [1 + pair, temporal * group, temporal * group]
 
 
@@ -93,8 +93,10 @@ def test_cache_does_not_grow_with_the_stream(vae):
 def test_tiled_streaming_matches_tiled_whole_decode(vae):
     # Tile sizes whose overlaps are whole latent pixels, so diffusers' tiled decode keeps the frame size.
     vae.enable_tiling(
-        tile_sample_min_height=32, tile_sample_min_width=32,
-        tile_overlap_factor_height=0.25, tile_overlap_factor_width=0.25,
+        tile_sample_min_height=32,
+        tile_sample_min_width=32,
+        tile_overlap_factor_height=0.25,
+        tile_overlap_factor_width=0.25,
     )
     try:
         full = latents()

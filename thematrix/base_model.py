@@ -62,8 +62,9 @@ def preset_config(preset: str) -> dict:
         raise ValueError(f"unknown preset {preset!r}; thematrix/presets.py defines {sorted(PRESETS)}") from None
 
 
-def build_components(preset: str, seed: int = 0, *, device: str | torch.device = "cpu",
-                     tokenizer_dir: str | Path | None = None) -> dict:
+def build_components(
+    preset: str, seed: int = 0, *, device: str | torch.device = "cpu", tokenizer_dir: str | Path | None = None
+) -> dict:
     """Tokenizer, text encoder, VAE, transformer and scheduler of ``preset``, the networks randomly initialised.
 
     ``tokenizer_dir`` receives the tokenizer's files (``spiece.model`` among them); a temporary
@@ -99,8 +100,15 @@ def _check_output_dir(output_dir: Path, overwrite: bool) -> None:
         )
 
 
-def build_base_model(preset: str, output_dir: str | Path, seed: int = 0, dtype: torch.dtype = BUILD_DTYPE, *,
-                     overwrite: bool = False, device: str | torch.device = "cpu") -> Path:
+def build_base_model(
+    preset: str,
+    output_dir: str | Path,
+    seed: int = 0,
+    dtype: torch.dtype = BUILD_DTYPE,
+    *,
+    overwrite: bool = False,
+    device: str | torch.device = "cpu",
+) -> Path:
     """Write a complete diffusers CogVideoX directory of ``preset`` with random weights; return its path.
 
     The model is written to a temporary sibling directory and renamed into place, so ``output_dir``
@@ -135,17 +143,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Write a random-weight CogVideoX base model (a diffusers directory) built from a preset, "
         "with a tokenizer trained locally. Stage 1 trains from it.",
     )
-    parser.add_argument("--preset", required=True, choices=sorted(PRESETS),
-                        help="architecture: 'tiny' for CPU tests and the demo, 'mini' to pretrain from scratch "
-                        "(thematrix/pretrain/), 'cogvideox-2b' for full size")
-    parser.add_argument("--output_dir", required=True, type=Path,
-                        help="directory to write; must not exist or be empty unless --overwrite is given")
+    parser.add_argument(
+        "--preset",
+        required=True,
+        choices=sorted(PRESETS),
+        help="architecture: 'tiny' for CPU tests and the demo, 'mini' to pretrain from scratch "
+        "(thematrix/pretrain/), 'cogvideox-2b' for full size",
+    )
+    parser.add_argument(
+        "--output_dir",
+        required=True,
+        type=Path,
+        help="directory to write; must not exist or be empty unless --overwrite is given",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
-                        help="dtype of the saved weights (default: float32)")
-    parser.add_argument("--device", default="cpu",
-                        help="device that initialises the weights; 'cuda' is much faster for cogvideox-2b "
-                        "(default: cpu)")
+    parser.add_argument(
+        "--dtype", choices=sorted(DTYPES), default="float32", help="dtype of the saved weights (default: float32)"
+    )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="device that initialises the weights; 'cuda' is much faster for cogvideox-2b (default: cpu)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
     return parser.parse_args(argv)
 
@@ -154,8 +173,9 @@ def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     try:
-        return build_base_model(args.preset, args.output_dir, args.seed, DTYPES[args.dtype],
-                                overwrite=args.overwrite, device=args.device)
+        return build_base_model(
+            args.preset, args.output_dir, args.seed, DTYPES[args.dtype], overwrite=args.overwrite, device=args.device
+        )
     except FileExistsError as error:
         raise SystemExit(f"error: {error}") from None
 

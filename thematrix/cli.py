@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Callable, NoReturn
+from collections.abc import Callable
+from typing import NoReturn
 
 from thematrix.config import ConfigError
 from thematrix.controls import ControlError
@@ -16,8 +17,15 @@ from thematrix.model_dir import ModelDirError
 from thematrix.training.run_safety import RunFailed, RunPreempted
 
 USER_ERRORS = (
-    ConfigError, ControlError, DatasetError, IndexFormatError, ModelDirError, ModelIdError, FileNotFoundError,
-    FileExistsError, RunFailed,
+    ConfigError,
+    ControlError,
+    DatasetError,
+    IndexFormatError,
+    ModelDirError,
+    ModelIdError,
+    FileNotFoundError,
+    FileExistsError,
+    RunFailed,
 )
 USAGE_EXIT_CODE = 2
 # Bad input fails every rank of a multi-process run alike. Ranks other than 0 wait this long before

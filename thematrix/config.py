@@ -36,8 +36,9 @@ import textwrap
 import tokenize
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Optional, Sequence, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from thematrix.hub import looks_like_hub_id
 
@@ -87,9 +88,7 @@ class StrictArgs:
         if name not in known:
             close = difflib.get_close_matches(name, known, n=1)
             hint = f" Did you mean args.{close[0]}?" if close else ""
-            raise ConfigError(
-                f"{_caller_location()}: args.{name} is not a setting of {type(self).__name__}.{hint}"
-            )
+            raise ConfigError(f"{_caller_location()}: args.{name} is not a setting of {type(self).__name__}.{hint}")
         object.__setattr__(self, name, value)
 
     def to_dict(self) -> dict[str, Any]:
@@ -135,7 +134,7 @@ def _without_none(annotation: Any) -> tuple[Any, bool]:
     return annotation, False
 
 
-def _path_setting(annotation: Any) -> Optional[PathSetting]:
+def _path_setting(annotation: Any) -> PathSetting | None:
     annotation, _ = _without_none(annotation)
     if typing.get_origin(annotation) is Annotated:
         return next((mark for mark in annotation.__metadata__ if isinstance(mark, PathSetting)), None)
@@ -171,7 +170,7 @@ def resolve_path(value: str, setting: PathSetting, base_dir: Path) -> str:
     return str(resolved)
 
 
-def resolve_paths(args: StrictArgs, base_dir: Path, names: Optional[Sequence[str]] = None) -> None:
+def resolve_paths(args: StrictArgs, base_dir: Path, names: Sequence[str] | None = None) -> None:
     """Make the path settings ``names`` (default: all) of ``args`` absolute, relative ones taken from ``base_dir``."""
     for name, setting in path_settings(type(args)).items():
         value = getattr(args, name)
@@ -187,7 +186,7 @@ def stage_folder(default_config: str | Path) -> Path:
     return Path(default_config).resolve().parent.parent
 
 
-def load_config(path: str | Path, expected: type[ArgsT], base_dir: Optional[Path] = None) -> ArgsT:
+def load_config(path: str | Path, expected: type[ArgsT], base_dir: Path | None = None) -> ArgsT:
     """Run a config file and return its ``args``, checking it is the settings class the script needs.
 
     With ``base_dir``, relative path settings (assigned or default) become absolute paths under it.
@@ -232,7 +231,9 @@ def _json_item(item: Any, annotation: Any, name: str) -> Any:
         return float(item)
     if isinstance(item, annotation) and (annotation is bool or not isinstance(item, bool)):
         return item
-    raise ConfigError(f"--{name}: the JSON list holds {json.dumps(item)}, but each item must be {_TYPE_WORDS[annotation]}")
+    raise ConfigError(
+        f"--{name}: the JSON list holds {json.dumps(item)}, but each item must be {_TYPE_WORDS[annotation]}"
+    )
 
 
 def _parse_list(values: list[str], item_type: Any, name: str) -> list:
@@ -242,7 +243,7 @@ def _parse_list(values: list[str], item_type: Any, name: str) -> list:
         except json.JSONDecodeError as error:
             raise ConfigError(
                 f"--{name} {values[0]!r} starts with {JSON_LIST_START!r} but is not a JSON list ({error}); write a "
-                f"JSON list, e.g. '[\"first\", \"second\"]', which also passes an item that starts with {JSON_LIST_START!r}"
+                f'JSON list, e.g. \'["first", "second"]\', which also passes an item that starts with {JSON_LIST_START!r}'
             ) from None
         if not isinstance(items, list):
             raise ConfigError(f"--{name} {values[0]!r} is JSON but not a list")
@@ -268,13 +269,11 @@ def parse_setting(values: list[str], annotation: Any, name: str) -> Any:
         items = _parse_list(values, item_args[0] if item_args else str, name)
         return tuple(items) if origin is tuple else items
     if len(values) != 1:
-        raise ConfigError(
-            f"--{name} takes one value, got {len(values)}: {values}; quote a value that has spaces"
-        )
+        raise ConfigError(f"--{name} takes one value, got {len(values)}: {values}; quote a value that has spaces")
     return _parse_scalar(values[0], inner, name)
 
 
-def apply_overrides(args: ArgsT, overrides: Sequence[str], base_dir: Optional[Path] = None) -> ArgsT:
+def apply_overrides(args: ArgsT, overrides: Sequence[str], base_dir: Path | None = None) -> ArgsT:
     """Apply ``--name value [value ...]`` to ``args``, typed by the dataclass annotations.
 
     Relative paths become absolute under ``base_dir`` (default: the current directory).
@@ -305,7 +304,7 @@ def apply_overrides(args: ArgsT, overrides: Sequence[str], base_dir: Optional[Pa
 
 @dataclasses.dataclass
 class SettingDoc:
-    section: Optional[str]  # the "# --- title ---" above the setting, if any
+    section: str | None  # the "# --- title ---" above the setting, if any
     doc: str  # the comment lines right above the setting and its inline comment
     defined_in: type  # the class whose body first declares the setting
 
@@ -322,7 +321,7 @@ def _comments_by_row(source: str) -> tuple[dict[int, str], set[int]]:
     return comments, whole_line
 
 
-def _class_setting_docs(cls: type) -> dict[str, tuple[Optional[str], str]]:
+def _class_setting_docs(cls: type) -> dict[str, tuple[str | None, str]]:
     """name -> (section, doc) for each setting that ``cls``'s own body declares, read from its comments."""
     try:
         lines, _ = inspect.getsourcelines(cls)
@@ -330,8 +329,11 @@ def _class_setting_docs(cls: type) -> dict[str, tuple[Optional[str], str]]:
         return {}
     source = textwrap.dedent("".join(lines))
     comments, whole_line = _comments_by_row(source)
-    sections = {row: match["title"] for row, text in comments.items()
-                if row in whole_line and (match := _SECTION_COMMENT.match(f"# {text}"))}
+    sections = {
+        row: match["title"]
+        for row, text in comments.items()
+        if row in whole_line and (match := _SECTION_COMMENT.match(f"# {text}"))
+    }
     docs = {}
     for statement in ast.parse(source).body[0].body:
         if not (isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name)):
@@ -340,8 +342,11 @@ def _class_setting_docs(cls: type) -> dict[str, tuple[Optional[str], str]]:
         while row in whole_line and row not in sections:
             above.insert(0, comments[row])
             row -= 1
-        inline = [comments[row] for row in range(statement.lineno, statement.end_lineno + 1)
-                  if row in comments and row not in whole_line]
+        inline = [
+            comments[row]
+            for row in range(statement.lineno, statement.end_lineno + 1)
+            if row in comments and row not in whole_line
+        ]
         heading = max((row for row in sections if row < statement.lineno), default=None)
         docs[statement.target.id] = (sections.get(heading), " ".join(above + inline))
     return docs
@@ -364,7 +369,7 @@ def setting_docs(cls: type) -> dict[str, SettingDoc]:
     return result
 
 
-def _type_label(annotation: Any, path: Optional[PathSetting]) -> str:
+def _type_label(annotation: Any, path: PathSetting | None) -> str:
     inner, nullable = _without_none(annotation)
     if path is not None:
         label = "|".join(["PATH_OR_HUB_ID" if path.hub_id else "PATH", *path.keywords])
@@ -384,7 +389,7 @@ def _source_file(cls: type) -> str:
     return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
-def settings_help(cls: type, configured: Optional[StrictArgs] = None, config_name: str = "the config file") -> str:
+def settings_help(cls: type, configured: StrictArgs | None = None, config_name: str = "the config file") -> str:
     """Every setting of ``cls`` with its type, default (and ``configured``'s value where it differs) and doc."""
     docs = setting_docs(cls)
     types_ = _setting_types(cls)
@@ -398,16 +403,23 @@ def settings_help(cls: type, configured: Optional[StrictArgs] = None, config_nam
         if configured is not None and getattr(configured, field.name) != default:
             value += f"; {config_name}: {getattr(configured, field.name)!r}"
         entry = [f"  --{field.name} {_type_label(types_[field.name], paths.get(field.name))}"]
-        entry += textwrap.wrap(f"{doc.doc} [{value}]" if doc.doc else f"[{value}]", HELP_WIDTH,
-                               initial_indent=HELP_INDENT, subsequent_indent=HELP_INDENT,
-                               break_long_words=False, break_on_hyphens=False)
+        entry += textwrap.wrap(
+            f"{doc.doc} [{value}]" if doc.doc else f"[{value}]",
+            HELP_WIDTH,
+            initial_indent=HELP_INDENT,
+            subsequent_indent=HELP_INDENT,
+            break_long_words=False,
+            break_on_hyphens=False,
+        )
         groups.setdefault(group, []).extend(entry)
     return "\n\n".join(f"{group}:\n" + "\n".join(entries) for group, entries in groups.items())
 
 
 def parse_command_line(
-    default_config: str | Path, expected: type[ArgsT], argv: Optional[Sequence[str]] = None,
-    stage_dir: Optional[Path] = None,
+    default_config: str | Path,
+    expected: type[ArgsT],
+    argv: Sequence[str] | None = None,
+    stage_dir: Path | None = None,
 ) -> ArgsT:
     """``script.py [--config FILE] [--name value ...]``: the config file, then overrides on top.
 
@@ -420,14 +432,19 @@ def parse_command_line(
             f"Train with the settings of a config file ({expected.__name__}); any setting can be overridden as "
             "--name value. A list setting takes several values (--frame_buckets 17 33 65) or a JSON list. Relative "
             f"paths in the config file are relative to {stage_dir}; here, to the current directory.",
-            HELP_WIDTH, break_long_words=False, break_on_hyphens=False,
+            HELP_WIDTH,
+            break_long_words=False,
+            break_on_hyphens=False,
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         add_help=False,
     )
     parser.add_argument("-h", "--help", action="store_true", help="list every setting, its default and what it does")
-    parser.add_argument("--config", default=str(default_config),
-                        help=f"config file (default: {os.path.relpath(default_config, stage_dir)} in {stage_dir.name}/)")
+    parser.add_argument(
+        "--config",
+        default=str(default_config),
+        help=f"config file (default: {os.path.relpath(default_config, stage_dir)} in {stage_dir.name}/)",
+    )
     known, overrides = parser.parse_known_args(argv)
     if known.help:
         try:

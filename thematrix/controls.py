@@ -19,9 +19,10 @@ import difflib
 import json
 import os
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 CONTROL_SEPARATOR = ","
 # Latent frames each token is held in the default control pattern (validation, inference without controls).
@@ -80,7 +81,7 @@ class ControlVocabulary:
             )
 
     @classmethod
-    def from_mapping(cls, mapping: Mapping[str, str], null_phrase: str = "", source: str = "") -> "ControlVocabulary":
+    def from_mapping(cls, mapping: Mapping[str, str], null_phrase: str = "", source: str = "") -> ControlVocabulary:
         return cls(tuple(mapping), tuple(mapping.values()), null_phrase, source)
 
     def to_mapping(self) -> dict[str, str]:
@@ -167,15 +168,20 @@ def vocabulary_from_json(content: Mapping[str, Any], source: str) -> ControlVoca
     tokens = content.get(TOKENS_KEY)
     if not isinstance(tokens, dict) or not tokens:
         found = "is missing" if tokens is None else f"is {json.dumps(tokens)}"
-        raise ControlError(f"{source}: {TOKENS_KEY!r} {found}. Fix: map each token to its phrase, in id order: {example}")
+        raise ControlError(
+            f"{source}: {TOKENS_KEY!r} {found}. Fix: map each token to its phrase, in id order: {example}"
+        )
     for token, phrase in tokens.items():
         if not isinstance(phrase, str):
-            raise ControlError(f"{source}: {TOKENS_KEY}.{token}: the phrase is {json.dumps(phrase)}. Fix: write a sentence "
-                               "saying what the key does, e.g. \"The player walks forward.\"")
+            raise ControlError(
+                f"{source}: {TOKENS_KEY}.{token}: the phrase is {json.dumps(phrase)}. Fix: write a sentence "
+                'saying what the key does, e.g. "The player walks forward."'
+            )
     null_phrase = content.get(NULL_PHRASE_KEY, "")
     if not isinstance(null_phrase, str):
-        raise ControlError(f"{source}: {NULL_PHRASE_KEY!r} is {json.dumps(null_phrase)}. Fix: write a string "
-                           "(\"\" for the empty phrase)")
+        raise ControlError(
+            f'{source}: {NULL_PHRASE_KEY!r} is {json.dumps(null_phrase)}. Fix: write a string ("" for the empty phrase)'
+        )
     try:
         return ControlVocabulary.from_mapping(tokens, null_phrase, source)
     except ControlError as error:
@@ -190,13 +196,13 @@ def load_vocabulary(path: str | os.PathLike) -> ControlVocabulary:
     return vocabulary_from_json(content, str(path))
 
 
-def data_root_vocabulary(data_root: str | os.PathLike) -> Optional[ControlVocabulary]:
+def data_root_vocabulary(data_root: str | os.PathLike) -> ControlVocabulary | None:
     """The vocabulary of the footage in ``data_root`` (its ``vocabulary.json``), or None if it has none."""
     path = Path(data_root) / VOCABULARY_FILE
     return load_vocabulary(path) if path.exists() else None
 
 
-def agreed_vocabulary(*vocabularies: Optional[ControlVocabulary]) -> Optional[ControlVocabulary]:
+def agreed_vocabulary(*vocabularies: ControlVocabulary | None) -> ControlVocabulary | None:
     """The first of ``vocabularies`` that is given (not None), once every other given one has its tokens and
     phrases; a disagreement is an error naming both sources and both vocabularies. None if none is given."""
     given = [vocabulary for vocabulary in vocabularies if vocabulary is not None]
@@ -232,8 +238,10 @@ def latent_frame_controls(frame_tokens: Sequence[str], temporal_compression: int
 def video_frame_labels(latent_tokens: Sequence[str], temporal_compression: int) -> list[str]:
     """The control active in each video frame: video frame 0 shows latent frame 0, then each latent frame covers
     ``temporal_compression`` video frames (``1 + c * (F - 1)`` frames in all)."""
-    return [latent_tokens[(frame + temporal_compression - 1) // temporal_compression]
-            for frame in range(1 + temporal_compression * (len(latent_tokens) - 1))]
+    return [
+        latent_tokens[(frame + temporal_compression - 1) // temporal_compression]
+        for frame in range(1 + temporal_compression * (len(latent_tokens) - 1))
+    ]
 
 
 def cycle_controls(tokens: Sequence[str], count: int) -> list[str]:

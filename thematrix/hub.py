@@ -51,8 +51,11 @@ def resolve_model_path(name_or_path: str | os.PathLike, setting: str) -> Path:
         return Path(snapshot_download(str(name_or_path)))
     except (OSError, ValueError) as error:  # huggingface_hub's network, cache and validation errors
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        where = (f"HF_HUB_OFFLINE is set, so only the cache {constants.HF_HUB_CACHE} was searched"
-                 if constants.HF_HUB_OFFLINE else "it could not be fetched from the Hugging Face Hub")
+        where = (
+            f"HF_HUB_OFFLINE is set, so only the cache {constants.HF_HUB_CACHE} was searched"
+            if constants.HF_HUB_OFFLINE
+            else "it could not be fetched from the Hugging Face Hub"
+        )
         raise ModelIdError(
             f"{setting} = {str(name_or_path)!r} is not a local directory (looked for {os.path.abspath(path)}), and as a "
             f"Hugging Face model id {where}: {reason}. Fix: pass a local diffusers model directory, or a hub id such "

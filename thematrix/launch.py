@@ -22,7 +22,6 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
 
 from accelerate.commands.launch import launch_command, launch_command_parser
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -70,12 +69,14 @@ def _describe(returncode: int) -> str:
 
 def _report(returncode: int, rank: int) -> int:
     if returncode not in SELF_EXPLAINED_EXIT_CODES:  # the process's error or stop line stays the last
-        print(f"training failed: the process of rank {rank} {_describe(returncode)} (its output is above)",
-              file=sys.stderr)
+        print(
+            f"training failed: the process of rank {rank} {_describe(returncode)} (its output is above)",
+            file=sys.stderr,
+        )
     return exit_code(returncode)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = launch_command_parser().parse_args(argv)
     logging.getLogger(TORCHRUN_LOGGER).setLevel(logging.CRITICAL)
     os.environ[TORCHRUN_SIGNALS_VARIABLE] = TORCHRUN_SIGNALS

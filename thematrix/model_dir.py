@@ -9,7 +9,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -47,13 +47,13 @@ class GenerationDefaults:
     transformer's config, not of this file.
     """
 
-    fps: Optional[int]
+    fps: int | None
     height: int
     width: int
     num_frames: int
-    prompt: Optional[str]
-    num_groups: Optional[int] = None
-    group_size: Optional[int] = None
+    prompt: str | None
+    num_groups: int | None = None
+    group_size: int | None = None
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / GENERATION_DEFAULTS_FILE
@@ -61,7 +61,7 @@ class GenerationDefaults:
         return path
 
     @classmethod
-    def load(cls, directory: str | Path) -> Optional["GenerationDefaults"]:
+    def load(cls, directory: str | Path) -> GenerationDefaults | None:
         """The record in ``directory``, or None for a directory without one (a base model, an older stage's)."""
         path = Path(directory) / GENERATION_DEFAULTS_FILE
         if not path.is_file():
@@ -84,8 +84,11 @@ def generation_defaults(model_dir: str | Path) -> GenerationDefaults:
         return recorded
     vae = json.loads((Path(model_dir) / VAE / "config.json").read_text())
     return GenerationDefaults(
-        fps=None, height=vae["sample_height"], width=vae["sample_width"],
-        num_frames=transformer_config(model_dir)["sample_frames"], prompt=None,
+        fps=None,
+        height=vae["sample_height"],
+        width=vae["sample_width"],
+        num_frames=transformer_config(model_dir)["sample_frames"],
+        prompt=None,
     )
 
 
@@ -111,7 +114,9 @@ def check_model_dir(path: str | Path, setting: str = "args.pretrained_model_name
     index = json.loads(index_file.read_text())
     missing = [name for name in PIPELINE_COMPONENTS if name not in index or not (path / name).is_dir()]
     if missing:
-        raise ModelDirError(f"{index_file}: the model directory lacks {missing}; a CogVideoX directory needs {list(PIPELINE_COMPONENTS)}.")
+        raise ModelDirError(
+            f"{index_file}: the model directory lacks {missing}; a CogVideoX directory needs {list(PIPELINE_COMPONENTS)}."
+        )
     return path
 
 
@@ -155,7 +160,7 @@ def _link_or_copy(source: str, destination: str) -> str:
 
 
 def save_model_dir(
-    transformer, source_dir: str | Path, output_dir: str | Path, defaults: Optional[GenerationDefaults] = None
+    transformer, source_dir: str | Path, output_dir: str | Path, defaults: GenerationDefaults | None = None
 ) -> Path:
     """Write ``source_dir`` with its transformer replaced by ``transformer``, atomically (aside, then renamed).
 

@@ -226,7 +226,9 @@ def phase_boundary_below(timesteps: torch.Tensor, boundaries: torch.Tensor) -> t
 
 
 def c_skip(
-    timesteps: torch.Tensor, boundary: torch.Tensor, sigma_data: float = SIGMA_DATA,
+    timesteps: torch.Tensor,
+    boundary: torch.Tensor,
+    sigma_data: float = SIGMA_DATA,
     timestep_scaling: float = TIMESTEP_SCALING,
 ) -> torch.Tensor:
     """c_skip = sigma_data^2 / ((s (t - b))^2 + sigma_data^2): LCM's scaling, t measured from the phase
@@ -236,7 +238,9 @@ def c_skip(
 
 
 def c_out(
-    timesteps: torch.Tensor, boundary: torch.Tensor, sigma_data: float = SIGMA_DATA,
+    timesteps: torch.Tensor,
+    boundary: torch.Tensor,
+    sigma_data: float = SIGMA_DATA,
     timestep_scaling: float = TIMESTEP_SCALING,
 ) -> torch.Tensor:
     """c_out = s (t - b) / sqrt((s (t - b))^2 + sigma_data^2): LCM's scaling from the phase boundary b;

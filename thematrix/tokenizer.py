@@ -33,8 +33,8 @@ import io
 import logging
 import string
 import tempfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import sentencepiece
 from transformers import AutoTokenizer, T5Tokenizer
@@ -57,7 +57,9 @@ QUIET_LOG_LEVEL = 2  # SentencePiece's C++ log: warnings and errors only
 
 # Characters that must have a piece of their own, so transformers never maps them to <unk> (see above).
 COVERAGE_CHARACTERS = (
-    string.ascii_letters + string.digits + string.punctuation
+    string.ascii_letters
+    + string.digits
+    + string.punctuation
     + "\u2018\u2019\u201c\u201d\u2013\u2014\u2026\u00b0\u00e9\u00e8\u00ea\u00e0\u00e2\u00e4\u00e7"
     "\u00ee\u00ef\u00f4\u00f6\u00f9\u00fb\u00fc\u00f1\u00df\u00c9\u00c0\u00c7"
 )
@@ -88,10 +90,19 @@ def train_sentencepiece(vocab_size: int, lines: Sequence[str]) -> bytes:
     model = io.BytesIO()
     sentencepiece.set_random_generator_seed(TRAINING_SEED)
     sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines), model_writer=model, model_type="unigram", vocab_size=vocab_size,
-        hard_vocab_limit=False, character_coverage=FULL_CHARACTER_COVERAGE, byte_fallback=True,
-        pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=BOS_ID,
-        num_threads=TRAINING_THREADS, minloglevel=QUIET_LOG_LEVEL,
+        sentence_iterator=iter(lines),
+        model_writer=model,
+        model_type="unigram",
+        vocab_size=vocab_size,
+        hard_vocab_limit=False,
+        character_coverage=FULL_CHARACTER_COVERAGE,
+        byte_fallback=True,
+        pad_id=PAD_ID,
+        eos_id=EOS_ID,
+        unk_id=UNK_ID,
+        bos_id=BOS_ID,
+        num_threads=TRAINING_THREADS,
+        minloglevel=QUIET_LOG_LEVEL,
     )
     pieces = sentencepiece.SentencePieceProcessor(model_proto=model.getvalue()).get_piece_size()
     if pieces < vocab_size:
@@ -117,8 +128,9 @@ def check_tokenizer(directory: str | Path, texts: Iterable[str]) -> None:
                 )
 
 
-def write_tokenizer(model_proto: bytes, directory: str | Path, model_max_length: int,
-                    check_texts: Iterable[str] = ()) -> T5Tokenizer:
+def write_tokenizer(
+    model_proto: bytes, directory: str | Path, model_max_length: int, check_texts: Iterable[str] = ()
+) -> T5Tokenizer:
     """Save ``model_proto`` as a T5Tokenizer directory, check it against ``check_texts``, return it loaded."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import decord
 import imageio_ffmpeg
@@ -92,9 +92,7 @@ def as_uint8_frames(frames) -> np.ndarray:
         frames = frames.detach().cpu().numpy()
     frames = np.asarray(frames)
     if frames.dtype != np.uint8:
-        raise ValueError(
-            f"frames must be uint8, got {frames.dtype}; convert model outputs with tensor_to_uint8_frames"
-        )
+        raise ValueError(f"frames must be uint8, got {frames.dtype}; convert model outputs with tensor_to_uint8_frames")
     if frames.ndim != 4 or frames.shape[-1] != RGB_CHANNELS:
         raise ValueError(f"frames must be shaped [F, H, W, {RGB_CHANNELS}], got {list(frames.shape)}")
     if frames.shape[0] == 0:
@@ -114,8 +112,14 @@ def pad_to_even(frames: np.ndarray) -> np.ndarray:
 def open_h264_writer(path: str | os.PathLike, width: int, height: int, fps: float, output_params: list[str]):
     """An imageio-ffmpeg frame sink writing H.264/yuv420p at the project's quality; send it uint8 frames."""
     writer = imageio_ffmpeg.write_frames(
-        str(path), (width, height), fps=fps, codec="libx264", pix_fmt_out="yuv420p", quality=None,
-        macro_block_size=1, output_params=["-crf", str(H264_CRF), *output_params],
+        str(path),
+        (width, height),
+        fps=fps,
+        codec="libx264",
+        pix_fmt_out="yuv420p",
+        quality=None,
+        macro_block_size=1,
+        output_params=["-crf", str(H264_CRF), *output_params],
     )
     writer.send(None)
     return writer

@@ -20,9 +20,16 @@ MICROSECONDS_PER_SECOND = 1_000_000
 FRAGMENT_SECONDS = 1  # how far the partial file may lag behind the frames sent
 # Fragmented MP4 needs no index at the end; zerolatency makes x264 emit each frame as it arrives.
 STREAMING_OUTPUT_PARAMS = [
-    "-f", "mp4", "-tune", "zerolatency", "-flush_packets", "1",
-    "-movflags", "+frag_keyframe+empty_moov+default_base_moof",
-    "-frag_duration", str(FRAGMENT_SECONDS * MICROSECONDS_PER_SECOND),
+    "-f",
+    "mp4",
+    "-tune",
+    "zerolatency",
+    "-flush_packets",
+    "1",
+    "-movflags",
+    "+frag_keyframe+empty_moov+default_base_moof",
+    "-frag_duration",
+    str(FRAGMENT_SECONDS * MICROSECONDS_PER_SECOND),
 ]
 
 
@@ -47,7 +54,9 @@ class Mp4StreamWriter:
     def __enter__(self) -> Mp4StreamWriter:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         if kind is None:
             self.close()
         else:
@@ -62,7 +71,9 @@ class Mp4StreamWriter:
             self._writer = open_h264_writer(self.partial_path, *size, self.fps, STREAMING_OUTPUT_PARAMS)
             self._size = size
         elif size != self._size:
-            raise ValueError(f"frames of {size[0]}x{size[1]} (width x height) sent to a video of {self._size[0]}x{self._size[1]}")
+            raise ValueError(
+                f"frames of {size[0]}x{size[1]} (width x height) sent to a video of {self._size[0]}x{self._size[1]}"
+            )
         for frame in frames:
             self._writer.send(np.ascontiguousarray(frame))
         self.frames_written += len(frames)

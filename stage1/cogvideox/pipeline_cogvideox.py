@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import torch
 from diffusers import CogVideoXPipeline, CogVideoXTransformer3DModel
@@ -34,11 +33,11 @@ class GameVideoPipeline(CogVideoXPipeline):
     def from_model_dir(
         cls,
         model_dir: str | Path,
-        lora_dir: Optional[str | Path] = None,
-        device: Optional[torch.device] = None,
-        dtype: Optional[torch.dtype] = None,
+        lora_dir: str | Path | None = None,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
         setting: str = "--model_dir",
-    ) -> "GameVideoPipeline":
+    ) -> GameVideoPipeline:
         """Load a model directory, or a Hugging Face id's cached snapshot (and optionally a LoRA), onto ``device``."""
         default_device, default_dtype = default_device_and_dtype()
         device, dtype = device or default_device, dtype or default_dtype

@@ -14,8 +14,8 @@ Later stages reuse ``guided_velocity`` inside their own sampling loops.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import torch
 from diffusers.pipelines.cogvideo.pipeline_output import CogVideoXPipelineOutput
@@ -120,16 +120,16 @@ class InteractivePipeline(GameVideoPipeline):
         prompt: str = "",
         controls: str | Sequence[str] = (),
         negative_prompt: str = "",
-        num_frames: Optional[int] = None,
-        height: Optional[int] = None,
-        width: Optional[int] = None,
+        num_frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
         num_inference_steps: int = 50,
         guidance_scale: float = 6.0,
         control_guidance_scale: float = 1.0,
         per_video_frame_controls: bool = False,
-        generator: Optional[torch.Generator] = None,
-        prompt_embeds: Optional[torch.Tensor] = None,
-        negative_prompt_embeds: Optional[torch.Tensor] = None,
+        generator: torch.Generator | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
     ) -> InteractivePipelineOutput | tuple:
@@ -140,7 +140,9 @@ class InteractivePipeline(GameVideoPipeline):
         num_frames, height, width = num_frames or native_frames, height or native_height, width or native_width
         num_latent_frames = latent_frame_count(num_frames, self.temporal_compression)
         vocabulary = self.transformer.control_vocabulary
-        tokens = parse_controls(controls, vocabulary, num_latent_frames, self.temporal_compression, per_video_frame_controls)
+        tokens = parse_controls(
+            controls, vocabulary, num_latent_frames, self.temporal_compression, per_video_frame_controls
+        )
         device = self.device
         control_ids = torch.tensor([vocabulary.encode(tokens)], device=device)
         if prompt_embeds is None:
@@ -154,12 +156,22 @@ class InteractivePipeline(GameVideoPipeline):
         timesteps = self.scheduler.timesteps
         for index, timestep in enumerate(self.progress_bar(timesteps)):
             velocity = self.guided_velocity(
-                latents, timestep.expand(1), prompt_embeds, negative_prompt_embeds, control_ids,
-                guidance_scale, control_guidance_scale,
+                latents,
+                timestep.expand(1),
+                prompt_embeds,
+                negative_prompt_embeds,
+                control_ids,
+                guidance_scale,
+                control_guidance_scale,
             )
             latents, previous_x0 = self.scheduler.step(
-                velocity, previous_x0, timestep, timesteps[index - 1] if index > 0 else None, latents,
-                generator=generator, return_dict=False,
+                velocity,
+                previous_x0,
+                timestep,
+                timesteps[index - 1] if index > 0 else None,
+                latents,
+                generator=generator,
+                return_dict=False,
             )
             latents = latents.to(prompt_embeds.dtype)
         if output_type == "latent":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from thematrix.config import ConfigError, LocalPath
 from thematrix.controls import ControlVocabulary
@@ -18,16 +17,16 @@ class SftArgs(TrainingArgs):
     learning_rate: float = 1e-4  # only the new, zero-initialised control blocks train
     # The game's keys: one token per key combination, each with a phrase the text encoder embeds once. Default: the
     # input model's vocabulary, else the footage's (DATA_ROOT/vocabulary.json); all that are given must agree.
-    control_tokens: Optional[tuple[str, ...]] = None
-    control_phrases: Optional[tuple[str, ...]] = None  # one per control token, in the same order
-    clip_text_model_path: Optional[LocalPath] = None  # embed phrases with this local CLIP text model instead of T5
-    control_start_layer: Optional[int] = None  # first block followed by a control block; None = num_layers // 2
+    control_tokens: tuple[str, ...] | None = None
+    control_phrases: tuple[str, ...] | None = None  # one per control token, in the same order
+    clip_text_model_path: LocalPath | None = None  # embed phrases with this local CLIP text model instead of T5
+    control_start_layer: int | None = None  # first block followed by a control block; None = num_layers // 2
     control_p_zero: float = 0.1  # chance a clip trains with null controls, for control guidance
     # Tokens cycled over the latent frames of a validation video; default: every token in turn, each held 2 latent frames.
-    validation_controls: Optional[tuple[str, ...]] = None
+    validation_controls: tuple[str, ...] | None = None
     validation_control_guidance_scale: float = 1.0
 
-    def vocabulary(self) -> Optional[ControlVocabulary]:
+    def vocabulary(self) -> ControlVocabulary | None:
         """The vocabulary ``control_tokens`` and ``control_phrases`` give, or None when they are unset."""
         if self.control_tokens is None and self.control_phrases is None:
             return None

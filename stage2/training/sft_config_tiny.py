@@ -7,7 +7,11 @@ args.data_root = "../outputs/demo/footage"
 args.index_file = "../outputs/demo/footage/index.json"
 args.output_dir = "../outputs/demo/stage2"
 
-args.height, args.width, args.frame_buckets = 48, 64, (9, 17)  # as stage 1's tiny run; fps and vocabulary: the model's and the footage's
+args.height, args.width, args.frame_buckets = (
+    48,
+    64,
+    (9, 17),
+)  # as stage 1's tiny run; fps and vocabulary: the model's and the footage's
 args.learning_rate = 1e-3  # a tiny random model needs large steps to move in 60 of them
 args.lr_warmup_steps = 0
 args.max_train_steps = 60

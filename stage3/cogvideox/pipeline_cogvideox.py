@@ -165,12 +165,24 @@ class SwinDPMPipeline(InteractivePipeline):
             vocabulary.token_id(initial_control)
         source = control_source(controls, vocabulary, group_size)
         if (prompt_embeds is None) != (negative_prompt_embeds is None):
-            raise ValueError("pass prompt_embeds and negative_prompt_embeds together, or neither (then prompt is encoded)")
+            raise ValueError(
+                "pass prompt_embeds and negative_prompt_embeds together, or neither (then prompt is encoded)"
+            )
         return self._stream(
-            prompt=prompt, negative_prompt=negative_prompt, clip=clip, source=source,
-            initial_control=initial_control, schedule=schedule, decoder=decoder, group_size=group_size,
-            guidance_scale=guidance_scale, control_guidance_scale=control_guidance_scale, generator=generator,
-            max_groups=max_groups, prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            clip=clip,
+            source=source,
+            initial_control=initial_control,
+            schedule=schedule,
+            decoder=decoder,
+            group_size=group_size,
+            guidance_scale=guidance_scale,
+            control_guidance_scale=control_guidance_scale,
+            generator=generator,
+            max_groups=max_groups,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
         )
 
     @staticmethod
@@ -179,8 +191,14 @@ class SwinDPMPipeline(InteractivePipeline):
         GroupedInferenceSchedule.check_steps(num_inference_steps, num_groups)
 
     def generate(
-        self, prompt: str, initial_video: torch.Tensor, controls: Controls, max_groups: int, output_type: str = "pil",
-        return_dict: bool = True, **stream_options
+        self,
+        prompt: str,
+        initial_video: torch.Tensor,
+        controls: Controls,
+        max_groups: int,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        **stream_options,
     ) -> StreamPipelineOutput | tuple:
         """The first ``max_groups`` groups of ``stream`` as one video of ``c * W * K`` frames, post-processed as
         ``CogVideoXPipeline`` does to ``output_type`` ("pil", "np", or "pt": ``[1, F, 3, H, W]`` in [0, 1], on the
@@ -246,14 +264,24 @@ class SwinDPMPipeline(InteractivePipeline):
         compression = self.temporal_compression
         if prompt_embeds is None:
             prompt_embeds, negative_prompt_embeds = self.encode_text(prompt, negative_prompt)
-        prompt_embeds, negative_prompt_embeds = prompt_embeds.to(device, dtype), negative_prompt_embeds.to(device, dtype)
+        prompt_embeds, negative_prompt_embeds = (
+            prompt_embeds.to(device, dtype),
+            negative_prompt_embeds.to(device, dtype),
+        )
 
-        def denoise(latents: torch.Tensor, control_ids: torch.Tensor, now: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+        def denoise(
+            latents: torch.Tensor, control_ids: torch.Tensor, now: torch.Tensor, after: torch.Tensor
+        ) -> torch.Tensor:
             """One step of every frame of the window from its group's timestep in ``now`` to ``after`` ([G] each)."""
             now, after = (expand_group_timesteps(t, group_size)[None].to(device) for t in (now, after))  # [1, F]
             velocity = self.guided_velocity(
-                latents.to(dtype), now, prompt_embeds, negative_prompt_embeds, control_ids,
-                guidance_scale, control_guidance_scale,
+                latents.to(dtype),
+                now,
+                prompt_embeds,
+                negative_prompt_embeds,
+                control_ids,
+                guidance_scale,
+                control_guidance_scale,
             )
             return schedule.step(velocity, latents, now, after)[0]
 
@@ -270,7 +298,9 @@ class SwinDPMPipeline(InteractivePipeline):
         decoder.decode(latents[:, : history + CONDITION_FRAMES])
 
         # 2. The first window, in distribution: the condition clean, group g noised to the top of band g.
-        group_tokens = [self._group_controls(source, group, group_size, vocabulary) for group in range(schedule.num_groups)]
+        group_tokens = [
+            self._group_controls(source, group, group_size, vocabulary) for group in range(schedule.num_groups)
+        ]
         condition_token = initial_control or group_tokens[0][0]
         window = latents[:, history:]
         noise = randn_tensor(window.shape, generator=generator, device=device, dtype=torch.float32)
@@ -282,15 +312,19 @@ class SwinDPMPipeline(InteractivePipeline):
         while True:
             # 3. One outer iteration: every group moves down one band; group 0 ends clean.
             for step in range(schedule.steps_per_band):
-                latents = denoise(latents, control_ids, schedule.window_timesteps(step), schedule.window_timesteps(step + 1))
+                latents = denoise(
+                    latents, control_ids, schedule.window_timesteps(step), schedule.window_timesteps(step + 1)
+                )
 
             # 4. Emit group 0.
             emitted = latents[:, CONDITION_FRAMES : CONDITION_FRAMES + group_size]
             frames = decoder.decode(emitted)[0].to("cpu", torch.float32)
             yield StreamChunk(
-                frames=frames.clamp(-1, 1), controls=list(group_tokens[0]),
+                frames=frames.clamp(-1, 1),
+                controls=list(group_tokens[0]),
                 frame_controls=[token for token in group_tokens[0] for _ in range(compression)],
-                latents=emitted[0].to("cpu", copy=True), group_index=group_index,
+                latents=emitted[0].to("cpu", copy=True),
+                group_index=group_index,
                 elapsed_s=time.perf_counter() - start,
                 state_nbytes=latents.numel() * latents.element_size() + decoder.state_nbytes(),
             )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Optional
 
 from stage2.training.arguments import SftArgs
 from thematrix.config import ConfigError
@@ -17,11 +16,11 @@ class SwinArgs(SftArgs):
     learning_rate: float = 1e-5  # full-parameter fine-tuning of the 2B model
     # The window: G groups in their own noise bands, of W latent frames each. Default: the input model's window
     # (a stage-3 model), else the reference recipe's G = W = 4.
-    num_noise_groups: Optional[int] = None
-    group_size: Optional[int] = None
+    num_noise_groups: int | None = None
+    group_size: int | None = None
     # One clip length: 2 history latent frames (dropped after encoding), 1 condition latent frame and G*W noisy
     # ones. Default: derived from the window, 1 + 4 * (2 + 16) = 73 video frames with G = W = 4.
-    frame_buckets: Optional[tuple[int, ...]] = None
+    frame_buckets: tuple[int, ...] | None = None
     validation_groups: int = 8  # groups a validation stream emits (W*4 video frames each)
     validation_num_inference_steps: int = 20  # divisible by num_noise_groups
 
@@ -39,4 +38,6 @@ class SwinArgs(SftArgs):
             )
 
     def generation_defaults(self) -> GenerationDefaults:
-        return dataclasses.replace(super().generation_defaults(), num_groups=self.num_noise_groups, group_size=self.group_size)
+        return dataclasses.replace(
+            super().generation_defaults(), num_groups=self.num_noise_groups, group_size=self.group_size
+        )

@@ -9,7 +9,7 @@ or was not trained to follow.
 
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 import torch
 
@@ -41,7 +41,7 @@ class ScmPipeline(SwinDPMPipeline):
         initial_video: torch.Tensor,
         controls: Controls,
         num_groups: int = RECIPE_NUM_GROUPS,
-        num_inference_steps: Optional[int] = None,
+        num_inference_steps: int | None = None,
         guidance_scale: float = STUDENT_GUIDANCE_SCALE,
         **options,
     ) -> Iterator[StreamChunk]:
@@ -50,6 +50,11 @@ class ScmPipeline(SwinDPMPipeline):
         num_inference_steps = num_inference_steps or num_groups
         self.check_steps(num_inference_steps, num_groups)
         return super().stream(
-            prompt, initial_video, controls, num_groups=num_groups, num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale, **options,
+            prompt,
+            initial_video,
+            controls,
+            num_groups=num_groups,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            **options,
         )

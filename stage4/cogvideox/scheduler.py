@@ -31,7 +31,9 @@ from thematrix.schedules import (
 )
 
 
-def consistency_scalings(timesteps: torch.Tensor, boundary: torch.Tensor, ndim: int) -> tuple[torch.Tensor, torch.Tensor]:
+def consistency_scalings(
+    timesteps: torch.Tensor, boundary: torch.Tensor, ndim: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(c_skip, c_out) of [B] or [B, F] timesteps measured from ``boundary``, shaped to broadcast over rank ``ndim``."""
     shape = (*timesteps.shape, *(1,) * (ndim - timesteps.ndim))
     return c_skip(timesteps, boundary).reshape(shape), c_out(timesteps, boundary).reshape(shape)
@@ -88,10 +90,12 @@ def distillation_timesteps(
     condition frame stays at timestep 0, its own boundary, so its consistency output is itself.
     """
     start = int(torch.randint(0, teacher.steps_per_band, (1,), generator=generator, device=generator.device))
-    path = torch.stack([
-        expand_group_timesteps(teacher.window_timesteps(min(start + step, teacher.steps_per_band)), group_size)
-        for step in range(skipping_interval + 1)
-    ])
+    path = torch.stack(
+        [
+            expand_group_timesteps(teacher.window_timesteps(min(start + step, teacher.steps_per_band)), group_size)
+            for step in range(skipping_interval + 1)
+        ]
+    )
     boundaries = phase_boundaries(teacher.num_groups, teacher.scheduler.config.num_train_timesteps)
     group_boundaries = phase_boundary_below(teacher.window_timesteps(start), boundaries)
     boundary = expand_group_timesteps(group_boundaries, group_size)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from stage3.training.arguments import SwinArgs
 from thematrix.config import ConfigError
@@ -50,7 +49,7 @@ class ScmArgs(SwinArgs):
     # --- validation: the few-step stream ------------------------------------------------------------
     # One forward per outer iteration: each moves every group to its phase boundary. Default (and the only
     # value a student takes): num_noise_groups.
-    validation_num_inference_steps: Optional[int] = None
+    validation_num_inference_steps: int | None = None
     # The student runs unguided: guidance is distilled in (distill_guidance) or not part of its ODE.
     validation_guidance_scale: float = 1.0
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import decord
 import numpy as np
@@ -105,7 +105,7 @@ class VideoDataset(Dataset):
         width: int,
         frame_buckets: Sequence[int],
         temporal_compression: int,
-        vocabulary: Optional[ControlVocabulary] = None,
+        vocabulary: ControlVocabulary | None = None,
         random_start: bool = False,
     ):
         if fps <= 0 or height <= 0 or width <= 0 or temporal_compression <= 0:
@@ -145,13 +145,17 @@ class VideoDataset(Dataset):
                 self._clips.append(_Clip(sample, fitting[-1], available))
                 self._check_no_repeats(self._clips[-1])
             else:
-                self.skipped.append(Problem(
-                    sample.position, sample.relative_path, "frames",
-                    f"has {available} frames at {fps:g} fps from frame {sample.valid_frame_idx} "
-                    f"({sample.num_frames} frames at {sample.fps:g} fps in the file) but the smallest bucket "
-                    f"needs {self.frame_buckets[0]}",
-                    "record a longer clip, lower valid_frame_idx, or add a smaller frame bucket",
-                ))
+                self.skipped.append(
+                    Problem(
+                        sample.position,
+                        sample.relative_path,
+                        "frames",
+                        f"has {available} frames at {fps:g} fps from frame {sample.valid_frame_idx} "
+                        f"({sample.num_frames} frames at {sample.fps:g} fps in the file) but the smallest bucket "
+                        f"needs {self.frame_buckets[0]}",
+                        "record a longer clip, lower valid_frame_idx, or add a smaller frame bucket",
+                    )
+                )
         if not self._clips:
             listed = "\n  ".join(str(problem) for problem in self.skipped[:MAX_SKIPPED_LISTED])
             raise DatasetError(
@@ -161,7 +165,9 @@ class VideoDataset(Dataset):
         if self.skipped:
             logger.warning(
                 "%d of %d clips are too short for the smallest frame bucket and are skipped (see dataset.skipped): %s",
-                len(self.skipped), len(samples), "; ".join(str(problem) for problem in self.skipped[:MAX_SKIPPED_LISTED]),
+                len(self.skipped),
+                len(samples),
+                "; ".join(str(problem) for problem in self.skipped[:MAX_SKIPPED_LISTED]),
             )
 
     def _check_controls(self, sample: Sample) -> None:
@@ -222,12 +228,16 @@ class VideoDataset(Dataset):
             offset = int(torch.randint(clip.available - clip.bucket + 1, ()).item())
         indices = self.frame_indices(index, offset)
         try:
-            frames = torch.from_numpy(decode_quietly(  # [F, H, W, C] uint8
-                lambda: decord.VideoReader(clip.sample.path, ctx=decord.cpu(0)).get_batch(indices).asnumpy()
-            ))
+            frames = torch.from_numpy(
+                decode_quietly(  # [F, H, W, C] uint8
+                    lambda: decord.VideoReader(clip.sample.path, ctx=decord.cpu(0)).get_batch(indices).asnumpy()
+                )
+            )
         except VideoDecodeError as error:
-            raise DatasetError(f"{clip.sample.entry}: cannot be decoded ({error}); the file changed after it "
-                               "was checked. Fix: re-encode or remove it, then run thematrix.data.validate") from None
+            raise DatasetError(
+                f"{clip.sample.entry}: cannot be decoded ({error}); the file changed after it "
+                "was checked. Fix: re-encode or remove it, then run thematrix.data.validate"
+            ) from None
         video = resize_center_crop(frames.permute(0, 3, 1, 2).float(), self.height, self.width)
         video = (video / UINT8_HALF_RANGE - 1.0).clamp(-1.0, 1.0)
         return dict(self.describe(index, offset), video=video.contiguous())

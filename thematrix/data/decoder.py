@@ -15,7 +15,8 @@ import os
 import re
 import sys
 import tempfile
-from typing import Callable, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import decord
 

@@ -18,9 +18,10 @@ import json
 import os
 import string
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Protocol, Sequence
+from typing import Any, Protocol
 
 import gymnasium as gym
 import numpy as np
@@ -48,11 +49,23 @@ from thematrix.video import write_mp4
 # render. A recorder script imports pygame among its third-party imports, before any thematrix module loads decord.
 
 ENV_ID_KEY, ENV_KWARGS_KEY, ACTIONS_KEY, WARMUP_KEY, CAPTION_KEY, MOTIONS_KEY = (
-    "env_id", "env_kwargs", "actions", "warmup", "caption", "motions",
+    "env_id",
+    "env_kwargs",
+    "actions",
+    "warmup",
+    "caption",
+    "motions",
 )
 # GAME_KEYMAP_KEY is play's (thematrix/play/keymap.py): the recorder accepts it and leaves it alone.
 GAME_KEYS = (
-    ENV_ID_KEY, ENV_KWARGS_KEY, *VOCABULARY_KEYS, ACTIONS_KEY, WARMUP_KEY, CAPTION_KEY, MOTIONS_KEY, GAME_KEYMAP_KEY,
+    ENV_ID_KEY,
+    ENV_KWARGS_KEY,
+    *VOCABULARY_KEYS,
+    ACTIONS_KEY,
+    WARMUP_KEY,
+    CAPTION_KEY,
+    MOTIONS_KEY,
+    GAME_KEYMAP_KEY,
 )
 WARMUP_KEYS = ("seconds", "token")
 MOTIONS_FIELD = "motions"  # the one placeholder of a caption template
@@ -78,7 +91,7 @@ class Game:
     actions: dict[str, Any]  # token -> the env action it stands for (an int, or a list of numbers)
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     warmup_seconds: float = 0.0  # after a reset, hold warmup_token this long before recording
-    warmup_token: Optional[str] = None
+    warmup_token: str | None = None
     caption: str = DEFAULT_CAPTION  # template; {motions} = the clip's main controls in order
     motions: dict[str, str] = field(default_factory=dict)  # token -> its words in captions
     source: str = "the command line"
@@ -90,8 +103,10 @@ class Game:
         if without_action or not_tokens:
             found = [f"tokens {without_action} have no action"] * bool(without_action)
             found += [f"{not_tokens} are not tokens of the vocabulary"] * bool(not_tokens)
-            raise ControlError(f"{where}: {ACTIONS_KEY}: {' and '.join(found)}. Fix: give every token of the "
-                               "vocabulary exactly one action")
+            raise ControlError(
+                f"{where}: {ACTIONS_KEY}: {' and '.join(found)}. Fix: give every token of the "
+                "vocabulary exactly one action"
+            )
         unknown = sorted(set(self.motions) - set(self.vocabulary.tokens))
         if unknown:
             raise ControlError(f"{where}: {MOTIONS_KEY}: {unknown} are not tokens of the vocabulary. Fix: remove them")
@@ -143,7 +158,7 @@ def load_game(path: str | os.PathLike) -> Game:
     )
 
 
-def game_from_flags(env_id: str, controls: Sequence[Sequence[str]], caption: Optional[str]) -> Game:
+def game_from_flags(env_id: str, controls: Sequence[Sequence[str]], caption: str | None) -> Game:
     """A game from ``--env ID --control TOKEN ACTION PHRASE ...`` (ACTION as JSON: ``2`` or ``[0.5, -1]``)."""
     actions, phrases = {}, {}
     for token, action, phrase in controls:
@@ -201,8 +216,14 @@ class Player(Protocol):
 class RandomPlayer:
     """Holds a token drawn uniformly from the vocabulary for a random duration, then draws the next."""
 
-    def __init__(self, tokens: Sequence[str], actions: dict[str, Any], rng: np.random.Generator,
-                 frame_seconds: float, hold_seconds: tuple[float, float]):
+    def __init__(
+        self,
+        tokens: Sequence[str],
+        actions: dict[str, Any],
+        rng: np.random.Generator,
+        frame_seconds: float,
+        hold_seconds: tuple[float, float],
+    ):
         self.tokens, self.actions, self.rng = list(tokens), actions, rng
         self.frame_seconds, self.hold_seconds = frame_seconds, hold_seconds
         self.token, self.frames_left = self.tokens[0], 0
@@ -244,8 +265,9 @@ class GymRecorder:
 
     # ---------------------------------------------------------------- hooks
     def player(self, rng: np.random.Generator) -> Player:
-        return RandomPlayer(self.game.vocabulary.tokens, self.actions, rng, 1 / self.options.fps,
-                            tuple(self.options.hold_seconds))
+        return RandomPlayer(
+            self.game.vocabulary.tokens, self.actions, rng, 1 / self.options.fps, tuple(self.options.hold_seconds)
+        )
 
     def observe(self, env: gym.Env) -> Any:
         """What a caption needs to know about a recorded frame, besides its control (nothing, by default)."""
@@ -261,14 +283,18 @@ class GymRecorder:
         try:
             probe = gym.make(self.game.env_id, **self.game.env_kwargs)
         except gym.error.Error as error:
-            raise ControlError(f"{self.game.source}: {ENV_ID_KEY}: {self.game.env_id!r} cannot be made ({error}). Fix: "
-                               "name an installed Gymnasium environment and options it takes") from None
+            raise ControlError(
+                f"{self.game.source}: {ENV_ID_KEY}: {self.game.env_id!r} cannot be made ({error}). Fix: "
+                "name an installed Gymnasium environment and options it takes"
+            ) from None
         render_fps = probe.metadata.get("render_fps")
         probe.close()
         if not render_fps or render_fps % self.options.fps:
             valid = [fps for fps in range(1, (render_fps or 0) + 1) if render_fps % fps == 0]
-            raise ControlError(f"--fps {self.options.fps}: {self.game.env_id} renders at {render_fps} fps, so a clip's "
-                               f"frame rate must divide it. Fix: pass one of {valid}")
+            raise ControlError(
+                f"--fps {self.options.fps}: {self.game.env_id} renders at {render_fps} fps, so a clip's "
+                f"frame rate must divide it. Fix: pass one of {valid}"
+            )
         self.steps_per_frame = render_fps // self.options.fps
         self.warmup_steps = round(self.game.warmup_seconds * render_fps)
         options = self.options
@@ -312,13 +338,17 @@ class GymRecorder:
         output_dir.mkdir(parents=True, exist_ok=True)
         env = self.make_env()
         clips: list[Clip] = []
-        with tqdm(total=self.options.episodes * self.options.clips_per_episode, unit="clip", desc="recording") as progress:
+        with tqdm(
+            total=self.options.episodes * self.options.clips_per_episode, unit="clip", desc="recording"
+        ) as progress:
             for episode in range(self.options.episodes):
                 clips += self.record_episode(env, episode, output_dir, progress)
         env.close()
         if self.episodes_ended_early:
-            print(f"{self.episodes_ended_early} of {self.options.episodes} episodes ended (the game was over) before "
-                  "their last clip was complete; those partial clips were dropped")
+            print(
+                f"{self.episodes_ended_early} of {self.options.episodes} episodes ended (the game was over) before "
+                "their last clip was complete; those partial clips were dropped"
+            )
         if not clips:
             raise ControlError(
                 f"no clip was recorded: every episode of {self.game.env_id} ended before its first clip of "
@@ -332,9 +362,14 @@ class GymRecorder:
         for problem in problems:
             print(problem)
         counts = Counter(token for clip in clips for token in clip.tokens)
-        print(f"wrote {len(clips)} clips of {self.options.frames_per_clip} frames at {self.options.fps} fps to "
-              f"{output_dir}; index {index_file} has {len(samples)} valid entries; vocabulary {VOCABULARY_FILE}")
-        print("frames per control token: " + ", ".join(f"{token} {counts[token]}" for token in self.game.vocabulary.tokens))
+        print(
+            f"wrote {len(clips)} clips of {self.options.frames_per_clip} frames at {self.options.fps} fps to "
+            f"{output_dir}; index {index_file} has {len(samples)} valid entries; vocabulary {VOCABULARY_FILE}"
+        )
+        print(
+            "frames per control token: "
+            + ", ".join(f"{token} {counts[token]}" for token in self.game.vocabulary.tokens)
+        )
         if problems:
             raise ControlError(f"{len(problems)} problems in the written index (listed above)")
         return clips
@@ -342,8 +377,10 @@ class GymRecorder:
 
 def write_index(clips: list[Clip], index_file: Path) -> None:
     """Write the index atomically, in the training format (one token per video frame)."""
-    entries = [{"path": clip.path, "caption": clip.caption, "control_signal_seq": ",".join(clip.tokens),
-                "valid_frame_idx": 0} for clip in clips]
+    entries = [
+        {"path": clip.path, "caption": clip.caption, "control_signal_seq": ",".join(clip.tokens), "valid_frame_idx": 0}
+        for clip in clips
+    ]
     partial = index_file.with_name(f".{index_file.name}.partial")
     partial.write_text(json.dumps({INDEX_LIST_KEY: entries}, indent=1) + "\n", encoding="utf-8")
     os.replace(partial, index_file)
@@ -364,12 +401,22 @@ def add_recording_arguments(parser: argparse.ArgumentParser, fps: int) -> None:
     parser.add_argument("--output_dir", required=True, help="gets videos/*.mp4, index.json and vocabulary.json")
     parser.add_argument("--episodes", type=int, default=4, help="one new game (seeded reset) per episode")
     parser.add_argument("--clips_per_episode", type=int, default=2, help="consecutive clips per episode")
-    parser.add_argument("--frames_per_clip", type=int, default=DEFAULT_FRAMES_PER_CLIP,
-                        help=f"{DEFAULT_FRAMES_PER_CLIP} = 1 + 4 * (2 + 4 * 4): stage 3's window with causal context")
+    parser.add_argument(
+        "--frames_per_clip",
+        type=int,
+        default=DEFAULT_FRAMES_PER_CLIP,
+        help=f"{DEFAULT_FRAMES_PER_CLIP} = 1 + 4 * (2 + 4 * 4): stage 3's window with causal context",
+    )
     parser.add_argument("--fps", type=int, default=fps, help="clip frame rate; must divide the env's render_fps")
     parser.add_argument("--resolution", type=parse_resolution, default=(240, 360), help="HEIGHTxWIDTH of the clips")
-    parser.add_argument("--hold_seconds", type=float, nargs=2, default=(0.4, 1.6), metavar=("MIN", "MAX"),
-                        help="the player holds each control for a random duration in this range")
+    parser.add_argument(
+        "--hold_seconds",
+        type=float,
+        nargs=2,
+        default=(0.4, 1.6),
+        metavar=("MIN", "MAX"),
+        help="the player holds each control for a random duration in this range",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seeds the games and the player; same seed, same footage")
 
 

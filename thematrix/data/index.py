@@ -23,7 +23,6 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from thematrix.controls import VOCABULARY_FILE, ControlVocabulary, data_root_vocabulary, split_controls
 from thematrix.data.decoder import VideoDecodeError, decode_quietly
@@ -33,9 +32,9 @@ INDEX_LIST_KEY = "list"
 CONTROLS_FIELD = "control_signal_seq"
 # Field name -> (accepted type, what to write there).
 INDEX_FIELDS = {
-    "path": (str, "the video's path relative to data_root, e.g. \"videos/clip_000.mp4\""),
+    "path": (str, 'the video\'s path relative to data_root, e.g. "videos/clip_000.mp4"'),
     "caption": (str, "a text description of the clip"),
-    CONTROLS_FIELD: (str, "one comma-separated control token per video frame, e.g. \"W,W,JUMP\""),
+    CONTROLS_FIELD: (str, 'one comma-separated control token per video frame, e.g. "W,W,JUMP"'),
     "valid_frame_idx": (int, "the index of the first usable frame (0 if all frames are usable)"),
 }
 _TYPE_NAMES = {str: "a string", int: "an integer"}
@@ -43,7 +42,7 @@ _TYPE_NAMES = {str: "a string", int: "an integer"}
 MAX_TOKENS_LISTED = 5
 
 
-def describe_entry(position: int, path: Optional[str]) -> str:
+def describe_entry(position: int, path: str | None) -> str:
     """How messages name an index entry: its position in the list, and its path when it has one."""
     return f"entry {position}" + (f" ({path})" if path is not None else "")
 
@@ -63,7 +62,7 @@ class Sample:
     path: str
     relative_path: str
     caption: str
-    frame_controls: Optional[list[str]]
+    frame_controls: list[str] | None
     valid_frame_idx: int
     num_frames: int
     fps: float
@@ -84,7 +83,7 @@ class Problem:
     """
 
     position: int
-    path: Optional[str]
+    path: str | None
     field: str
     reason: str
     fix: str
@@ -103,8 +102,10 @@ def _read_entries(index_file: Path) -> list:
             f"{index_file}: index file not found (looked for {os.path.abspath(index_file)}). "
             "Fix: pass the path of an existing index JSON."
         )
-    example = (f'{{"{INDEX_LIST_KEY}": [{{"path": ..., "caption": ..., "{CONTROLS_FIELD}": ..., '
-               '"valid_frame_idx": ...}, ...]}')
+    example = (
+        f'{{"{INDEX_LIST_KEY}": [{{"path": ..., "caption": ..., "{CONTROLS_FIELD}": ..., '
+        '"valid_frame_idx": ...}, ...]}'
+    )
     try:
         content = json.loads(index_file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -125,22 +126,33 @@ def _read_entries(index_file: Path) -> list:
     return entries
 
 
-def _field_problems(entry, position: int, path: Optional[str], controls_required: bool) -> list[Problem]:
+def _field_problems(entry, position: int, path: str | None, controls_required: bool) -> list[Problem]:
     """Missing fields and fields of the wrong type (a bool is not an index)."""
     if not isinstance(entry, dict):
-        return [Problem(position, None, "entry", f"is a {type(entry).__name__}, not an object",
-                        f"write each entry as an object with fields {list(INDEX_FIELDS)}")]
+        return [
+            Problem(
+                position,
+                None,
+                "entry",
+                f"is a {type(entry).__name__}, not an object",
+                f"write each entry as an object with fields {list(INDEX_FIELDS)}",
+            )
+        ]
     problems = []
     for field, (kind, meaning) in INDEX_FIELDS.items():
         if field not in entry:
             if field != CONTROLS_FIELD or controls_required:
                 problems.append(Problem(position, path, field, "is missing", f"add {field!r}: {meaning}"))
         elif not isinstance(entry[field], kind) or isinstance(entry[field], bool):
-            problems.append(Problem(
-                position, path, field,
-                f"is {entry[field]!r} ({type(entry[field]).__name__}) but must be {_TYPE_NAMES[kind]}",
-                f"write {meaning}",
-            ))
+            problems.append(
+                Problem(
+                    position,
+                    path,
+                    field,
+                    f"is {entry[field]!r} ({type(entry[field]).__name__}) but must be {_TYPE_NAMES[kind]}",
+                    f"write {meaning}",
+                )
+            )
     if isinstance(entry.get("path"), str) and not entry["path"].strip():
         problems.append(Problem(position, None, "path", "is empty", f"write {INDEX_FIELDS['path'][1]}"))
     return problems
@@ -148,22 +160,29 @@ def _field_problems(entry, position: int, path: Optional[str], controls_required
 
 def _unknown_token_fix(vocabulary: ControlVocabulary) -> str:
     origin = f" (from {vocabulary.source})" if vocabulary.source else ""
-    return (f"use only the tokens of the vocabulary{origin} {list(vocabulary.tokens)}, or give the footage its own "
-            f"vocabulary: a {VOCABULARY_FILE} in data_root (format: data/README.md)")
+    return (
+        f"use only the tokens of the vocabulary{origin} {list(vocabulary.tokens)}, or give the footage its own "
+        f"vocabulary: a {VOCABULARY_FILE} in data_root (format: data/README.md)"
+    )
 
 
 def _control_problems(
-    position: int, path: Optional[str], control_string: str, vocabulary: Optional[ControlVocabulary]
+    position: int, path: str | None, control_string: str, vocabulary: ControlVocabulary | None
 ) -> tuple[list[str] | None, list[Problem]]:
     """The per-frame tokens (None when the string cannot be split into them) and what is wrong."""
     tokens = split_controls(control_string)
     empty = [frame for frame, token in enumerate(tokens) if not token]
     if empty:
-        return None, [Problem(
-            position, path, CONTROLS_FIELD, f"has an empty token at frame {empty[0]} ({len(empty)} in all)",
-            "separate tokens with single commas and give every frame a token"
-            + (f" from {list(vocabulary.tokens)}" if vocabulary is not None else ""),
-        )]
+        return None, [
+            Problem(
+                position,
+                path,
+                CONTROLS_FIELD,
+                f"has an empty token at frame {empty[0]} ({len(empty)} in all)",
+                "separate tokens with single commas and give every frame a token"
+                + (f" from {list(vocabulary.tokens)}" if vocabulary is not None else ""),
+            )
+        ]
     if vocabulary is None:
         return tokens, []
     known = set(vocabulary.tokens)
@@ -173,14 +192,19 @@ def _control_problems(
             unknown.setdefault(token, frame)
     if not unknown:
         return tokens, []
-    listed = ", ".join(f"{token!r} (first at frame {frame})" for token, frame in list(unknown.items())[:MAX_TOKENS_LISTED])
+    listed = ", ".join(
+        f"{token!r} (first at frame {frame})" for token, frame in list(unknown.items())[:MAX_TOKENS_LISTED]
+    )
     more = f" and {len(unknown) - MAX_TOKENS_LISTED} more" if len(unknown) > MAX_TOKENS_LISTED else ""
-    return tokens, [Problem(position, path, CONTROLS_FIELD, f"has unknown control tokens {listed}{more}",
-                            _unknown_token_fix(vocabulary))]
+    return tokens, [
+        Problem(
+            position, path, CONTROLS_FIELD, f"has unknown control tokens {listed}{more}", _unknown_token_fix(vocabulary)
+        )
+    ]
 
 
 def _check_entry(
-    entry, position: int, data_root: Path, vocabulary: Optional[ControlVocabulary], allow_outside_data_root: bool
+    entry, position: int, data_root: Path, vocabulary: ControlVocabulary | None, allow_outside_data_root: bool
 ) -> tuple[Sample | None, list[Problem]]:
     has_path = isinstance(entry, dict) and isinstance(entry.get("path"), str) and bool(entry["path"].strip())
     path = entry["path"] if has_path else None
@@ -194,46 +218,83 @@ def _check_entry(
 
     video_path = Path(os.path.abspath(data_root / path))
     if not allow_outside_data_root and not video_path.is_relative_to(os.path.abspath(data_root)):
-        problems.append(Problem(
-            position, path, "path", f"resolves to {video_path}, outside data_root ({data_root})",
-            "move the clip under data_root and write its path relative to it, or allow paths outside data_root "
-            "(validator: --allow_paths_outside_data_root)",
-        ))
+        problems.append(
+            Problem(
+                position,
+                path,
+                "path",
+                f"resolves to {video_path}, outside data_root ({data_root})",
+                "move the clip under data_root and write its path relative to it, or allow paths outside data_root "
+                "(validator: --allow_paths_outside_data_root)",
+            )
+        )
         return None, problems
     if not video_path.is_file():
-        problems.append(Problem(position, path, "path", f"file not found at {video_path}",
-                                f"check data_root ({data_root}) and the entry's path, or remove the entry"))
+        problems.append(
+            Problem(
+                position,
+                path,
+                "path",
+                f"file not found at {video_path}",
+                f"check data_root ({data_root}) and the entry's path, or remove the entry",
+            )
+        )
         return None, problems
     try:
         num_frames, fps, height, width = decode_quietly(lambda: read_video_info(video_path))
     except VideoDecodeError as error:
-        problems.append(Problem(position, path, "path", f"cannot be decoded as a video ({error})",
-                                "re-encode the file (e.g. H.264 mp4) or remove the entry"))
+        problems.append(
+            Problem(
+                position,
+                path,
+                "path",
+                f"cannot be decoded as a video ({error})",
+                "re-encode the file (e.g. H.264 mp4) or remove the entry",
+            )
+        )
         return None, problems
 
     if tokens is not None and len(tokens) != num_frames:
-        problems.append(Problem(
-            position, path, CONTROLS_FIELD, f"has {len(tokens)} tokens but the video has {num_frames} frames",
-            "write one token per video frame",
-        ))
+        problems.append(
+            Problem(
+                position,
+                path,
+                CONTROLS_FIELD,
+                f"has {len(tokens)} tokens but the video has {num_frames} frames",
+                "write one token per video frame",
+            )
+        )
     start = entry.get("valid_frame_idx")
     if isinstance(start, int) and not isinstance(start, bool) and not 0 <= start < num_frames:
-        problems.append(Problem(
-            position, path, "valid_frame_idx", f"is {start} but the video has frames 0..{num_frames - 1}",
-            "set it to the index of the first usable frame, between 0 and the last frame",
-        ))
+        problems.append(
+            Problem(
+                position,
+                path,
+                "valid_frame_idx",
+                f"is {start} but the video has frames 0..{num_frames - 1}",
+                "set it to the index of the first usable frame, between 0 and the last frame",
+            )
+        )
     if problems:
         return None, problems
     return Sample(
-        position=position, path=str(video_path), relative_path=path, caption=entry["caption"], frame_controls=tokens,
-        valid_frame_idx=start, num_frames=num_frames, fps=fps, height=height, width=width,
+        position=position,
+        path=str(video_path),
+        relative_path=path,
+        caption=entry["caption"],
+        frame_controls=tokens,
+        valid_frame_idx=start,
+        num_frames=num_frames,
+        fps=fps,
+        height=height,
+        width=width,
     ), []
 
 
 def load_index(
     index_file: str | os.PathLike,
     data_root: str | os.PathLike,
-    vocabulary: Optional[ControlVocabulary] = None,
+    vocabulary: ControlVocabulary | None = None,
     *,
     allow_outside_data_root: bool = False,
 ) -> tuple[list[Sample], list[Problem]]:

@@ -7,16 +7,23 @@ the dataset's own code, in [-1, 1]), so the window a stream starts from is one t
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
 import decord
 import numpy as np
 import torch
 
 from thematrix.controls import ControlVocabulary
-from thematrix.data.dataset import FPS_TOLERANCE, UINT8_HALF_RANGE, DatasetError, VideoDataset, resize_center_crop, time_indices
+from thematrix.data.dataset import (
+    FPS_TOLERANCE,
+    UINT8_HALF_RANGE,
+    DatasetError,
+    VideoDataset,
+    resize_center_crop,
+    time_indices,
+)
 from thematrix.data.decoder import VideoDecodeError, decode_quietly
 from thematrix.data.index import Sample
 
@@ -28,13 +35,14 @@ class InitialClip:
 
     video: torch.Tensor
     name: str
-    caption: Optional[str] = None
-    initial_control: Optional[str] = None
-    path: Optional[Path] = None
+    caption: str | None = None
+    initial_control: str | None = None
+    path: Path | None = None
 
 
-def video_end(path: str | os.PathLike, fps: float, height: int, width: int, frames: int,
-              setting: str = "--initial_video") -> torch.Tensor:
+def video_end(
+    path: str | os.PathLike, fps: float, height: int, width: int, frames: int, setting: str = "--initial_video"
+) -> torch.Tensor:
     """The last ``frames`` frames of a video file at ``fps``, resized and center-cropped as the dataset does:
     ``[frames, 3, H, W]`` in [-1, 1]. Errors name ``setting``; decord's log stays off the terminal."""
     path = Path(path)
@@ -61,16 +69,34 @@ def video_end(path: str | os.PathLike, fps: float, height: int, width: int, fram
     return (video / UINT8_HALF_RANGE - 1.0).clamp(-1.0, 1.0)
 
 
-def sample_start(samples: Sequence[Sample], index: int, *, fps: float, height: int, width: int, frames: int,
-                 temporal_compression: int, vocabulary: Optional[ControlVocabulary],
-                 setting: str = "--sample_index") -> dict:
+def sample_start(
+    samples: Sequence[Sample],
+    index: int,
+    *,
+    fps: float,
+    height: int,
+    width: int,
+    frames: int,
+    temporal_compression: int,
+    vocabulary: ControlVocabulary | None,
+    setting: str = "--sample_index",
+) -> dict:
     """The first ``frames`` frames of ``samples[index]`` (the usable samples ``load_index`` returned), as
     ``VideoDataset`` gives them: ``video`` ``[frames, 3, H, W]``, ``caption``, ``path``, ``control_tokens``."""
     if not 0 <= index < len(samples):
-        raise DatasetError(f"{setting} {index}: the dataset has {len(samples)} usable samples; pass 0..{len(samples) - 1}")
+        raise DatasetError(
+            f"{setting} {index}: the dataset has {len(samples)} usable samples; pass 0..{len(samples) - 1}"
+        )
     try:
-        dataset = VideoDataset([samples[index]], fps=fps, height=height, width=width, frame_buckets=(frames,),
-                               temporal_compression=temporal_compression, vocabulary=vocabulary)
+        dataset = VideoDataset(
+            [samples[index]],
+            fps=fps,
+            height=height,
+            width=width,
+            frame_buckets=(frames,),
+            temporal_compression=temporal_compression,
+            vocabulary=vocabulary,
+        )
     except DatasetError as error:
         raise DatasetError(f"{setting} {index}: the stream starts from {frames} frames; {error}") from None
     return dataset[0]

@@ -22,21 +22,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data_root", required=True, help="folder that the index's paths are relative to")
     parser.add_argument(
-        "--index_file", required=True,
+        "--index_file",
+        required=True,
         help='index JSON: {"list": [{"path", "caption", "control_signal_seq", "valid_frame_idx"}, ...]}',
     )
     parser.add_argument(
-        "--min_frames", type=int, default=1,
+        "--min_frames",
+        type=int,
+        default=1,
         help="report clips with fewer usable frames (from valid_frame_idx, at the file's own fps); "
         "e.g. the smallest frame bucket times the file fps / training fps",
     )
     parser.add_argument(
-        "--vocabulary", type=Path, default=None,
+        "--vocabulary",
+        type=Path,
+        default=None,
         help=f"the game's vocabulary file (default: DATA_ROOT/{VOCABULARY_FILE} if there is one; "
         "format: data/README.md)",
     )
     parser.add_argument(
-        "--allow_paths_outside_data_root", action="store_true",
+        "--allow_paths_outside_data_root",
+        action="store_true",
         help="accept entries whose path leads outside data_root (../ or absolute paths elsewhere)",
     )
     args = parser.parse_args(argv)
@@ -54,18 +60,25 @@ def main(argv: list[str] | None = None) -> int:
     for sample in samples:
         frames = sample.num_frames - sample.valid_frame_idx
         if frames < args.min_frames:
-            problems.append(Problem(
-                sample.position, sample.relative_path, "valid_frame_idx",
-                f"leaves {frames} usable frames (of {sample.num_frames}) but --min_frames is {args.min_frames}",
-                "record a longer clip, lower valid_frame_idx, or remove the entry",
-            ))
+            problems.append(
+                Problem(
+                    sample.position,
+                    sample.relative_path,
+                    "valid_frame_idx",
+                    f"leaves {frames} usable frames (of {sample.num_frames}) but --min_frames is {args.min_frames}",
+                    "record a longer clip, lower valid_frame_idx, or remove the entry",
+                )
+            )
         else:
             usable.append(sample)
     for problem in sorted(problems, key=lambda problem: problem.position):
         print(problem)
     status = "FAILED" if problems else "OK"
-    checked = (f"controls checked against {vocabulary.source}" if vocabulary is not None else
-               f"no {VOCABULARY_FILE} in data_root: controls checked for one token per frame only")
+    checked = (
+        f"controls checked against {vocabulary.source}"
+        if vocabulary is not None
+        else f"no {VOCABULARY_FILE} in data_root: controls checked for one token per frame only"
+    )
     print(f"{status}: {args.index_file}: {len(usable)} usable clips, {len(problems)} problems; {checked}")
     return EXIT_PROBLEMS if problems else EXIT_OK
 

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from dataclasses import fields
@@ -47,8 +46,11 @@ def footage_vocabulary(data_root: str | Path) -> ControlVocabulary:
 
 def add_sampling(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("sampling")
-    group.add_argument("--prompt", default=None,
-                       help="text prompt of every video (default: the model's, from its generation_defaults.json)")
+    group.add_argument(
+        "--prompt",
+        default=None,
+        help="text prompt of every video (default: the model's, from its generation_defaults.json)",
+    )
     group.add_argument("--control_guidance_scale", type=float, default=1.0)
     group.add_argument("--seed", type=int, default=0, help="video i uses seed + i (noise and commands)")
 
@@ -61,8 +63,9 @@ def add_outputs(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m thematrix.evaluation", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m thematrix.evaluation", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     idm = commands.add_parser("idm", help="train the inverse-dynamics model; measure it and the real footage")
@@ -70,7 +73,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in ("data_root", "index_file", "heldout_data_root", "heldout_index_file"):
         idm.add_argument(f"--{name}", required=True)
     idm.add_argument("--fps", type=float, required=True, help="frame rate the stages train at")
-    idm.add_argument("--max_frames", type=int, default=DEFAULT_MAX_FRAMES, help="frames read per clip at most (clips are cut to 4k+1 frames with an odd number of latent frames)")
+    idm.add_argument(
+        "--max_frames",
+        type=int,
+        default=DEFAULT_MAX_FRAMES,
+        help="frames read per clip at most (clips are cut to 4k+1 frames with an odd number of latent frames)",
+    )
     idm.add_argument("--bin_frames", type=int, default=DEFAULT_BIN_FRAMES, help="frames per bin of real footage")
     idm.add_argument("--output_dir", type=Path, required=True)
     training = idm.add_argument_group("training")
@@ -90,8 +98,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
     stream = commands.add_parser("stream", help="streams from real clips: control following, drift, speed")
     add_outputs(stream)
-    stream.add_argument("--sampler", required=True, choices=sorted(STREAM_PIPELINES),
-                        help="swin-dpm: stage 3's stream; scm: stage 4's few-step stream")
+    stream.add_argument(
+        "--sampler",
+        required=True,
+        choices=sorted(STREAM_PIPELINES),
+        help="swin-dpm: stage 3's stream; scm: stage 4's few-step stream",
+    )
     stream.add_argument("--data_root", required=True, help="real clips the streams start from")
     stream.add_argument("--index_file", required=True)
     stream.add_argument("--num_streams", type=int, default=4)
@@ -101,8 +113,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     stream.add_argument("--num_inference_steps", type=int, default=None, help="default: the sampler's (20; G for scm)")
     stream.add_argument("--guidance_scale", type=float, default=None, help="default: the sampler's (6; 1 for scm)")
     stream.add_argument("--bin_frames", type=int, default=DEFAULT_BIN_FRAMES, help="frames per drift bin")
-    stream.add_argument("--edge_frames", type=int, default=DEFAULT_EDGE_FRAMES,
-                        help="the first and the last this many frames are compared (control following over time)")
+    stream.add_argument(
+        "--edge_frames",
+        type=int,
+        default=DEFAULT_EDGE_FRAMES,
+        help="the first and the last this many frames are compared (control following over time)",
+    )
     add_sampling(stream)
     args = parser.parse_args(argv)
     if args.command == "stream":
@@ -118,37 +134,58 @@ def main(argv=None) -> Path:
     start = time.perf_counter()
     settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
     if args.command == "idm":
-        data = IdmData(args.data_root, args.index_file, args.heldout_data_root, args.heldout_index_file, args.fps,
-                       args.max_frames)
+        data = IdmData(
+            args.data_root, args.index_file, args.heldout_data_root, args.heldout_index_file, args.fps, args.max_frames
+        )
         training = IdmTraining(**{setting.name: getattr(args, setting.name) for setting in fields(IdmTraining)})
-        measures = build_idm(args.model_dir, footage_vocabulary(args.data_root), data, training, args.output_dir,
-                             args.bin_frames)
+        measures = build_idm(
+            args.model_dir, footage_vocabulary(args.data_root), data, training, args.output_dir, args.bin_frames
+        )
         output = write_json(args.output_dir / "idm.json", measures, settings, time.perf_counter() - start)
-        print(f"IDM held-out accuracy {measures['idm']['accuracy']:.3f} (chance: uniform {measures['chance']['uniform']:.3f}, "
-              f"majority {measures['chance']['majority']:.3f}); IDM and reference: {args.output_dir.resolve()}")
+        print(
+            f"IDM held-out accuracy {measures['idm']['accuracy']:.3f} (chance: uniform {measures['chance']['uniform']:.3f}, "
+            f"majority {measures['chance']['majority']:.3f}); IDM and reference: {args.output_dir.resolve()}"
+        )
         return output
     reference = Reference.load(args.idm)
     prompt = args.prompt or generation_defaults(check_model_dir(args.model_dir, "--model_dir")).prompt
     if prompt is None:
         raise ConfigError(f"--prompt: the model at {args.model_dir} records no prompt; pass --prompt")
-    sampling = dict(prompt=prompt, num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
-                    control_guidance_scale=args.control_guidance_scale, seed=args.seed)
+    sampling = dict(
+        prompt=prompt,
+        num_inference_steps=args.num_inference_steps,
+        guidance_scale=args.guidance_scale,
+        control_guidance_scale=args.control_guidance_scale,
+        seed=args.seed,
+    )
     if args.command == "clips":
-        measures, videos = evaluate_clips(args.model_dir, reference, num_clips=args.num_clips,
-                                          num_latent_frames=args.num_latent_frames, **sampling)
+        measures, videos = evaluate_clips(
+            args.model_dir, reference, num_clips=args.num_clips, num_latent_frames=args.num_latent_frames, **sampling
+        )
     else:
         measures, videos = evaluate_streams(
-            args.model_dir, args.sampler, reference, data_root=args.data_root, index_file=args.index_file,
-            num_streams=args.num_streams, num_frames=args.num_frames, num_groups=args.num_groups,
-            group_size=args.group_size, bin_frames=args.bin_frames, edge_frames=args.edge_frames, **sampling,
+            args.model_dir,
+            args.sampler,
+            reference,
+            data_root=args.data_root,
+            index_file=args.index_file,
+            num_streams=args.num_streams,
+            num_frames=args.num_frames,
+            num_groups=args.num_groups,
+            group_size=args.group_size,
+            bin_frames=args.bin_frames,
+            edge_frames=args.edge_frames,
+            **sampling,
         )
     output = write_json(args.output, measures, settings, time.perf_counter() - start)
     if args.contact_sheet is not None:
         contact_sheet(videos[:SHEET_VIDEOS], args.contact_sheet, reference.idm.config.frames_per_latent)
     following = measures["control_following"]
-    print(f"control following {following['accuracy']:.3f} (the IDM's real-footage ceiling {following['real_ceiling']:.3f}, "
-          f"chance {following['chance']['uniform']:.3f}), colour distance {measures['domain_fit']['total_variation']:.3f}; "
-          f"measures: {output.resolve()}")
+    print(
+        f"control following {following['accuracy']:.3f} (the IDM's real-footage ceiling {following['real_ceiling']:.3f}, "
+        f"chance {following['chance']['uniform']:.3f}), colour distance {measures['domain_fit']['total_variation']:.3f}; "
+        f"measures: {output.resolve()}"
+    )
     return output
 
 

@@ -63,8 +63,14 @@ class IdmData:
     max_frames: int  # longest stretch read from a clip (4k+1 frames)
 
 
-def build_idm(model_dir: str | Path, vocabulary: ControlVocabulary, data: IdmData, training: IdmTraining,
-              output_dir: str | Path, bin_frames: int) -> dict:
+def build_idm(
+    model_dir: str | Path,
+    vocabulary: ControlVocabulary,
+    data: IdmData,
+    training: IdmTraining,
+    output_dir: str | Path,
+    bin_frames: int,
+) -> dict:
     """Train an IDM on the VAE reconstructions of ``data``'s clips, measure it and the held-out reference, save
     both to ``output_dir``; returns the real-footage measures."""
     device = default_device()
@@ -75,12 +81,23 @@ def build_idm(model_dir: str | Path, vocabulary: ControlVocabulary, data: IdmDat
     read = dict(fps=data.fps, height=height, width=width, temporal_compression=c, max_frames=data.max_frames, vae=vae)
     train = load_real_clips(data.data_root, data.index_file, vocabulary, **read)
     heldout = load_real_clips(data.heldout_data_root, data.heldout_index_file, vocabulary, **read)
-    logger.info("IDM data: %d training clips (%d frames), %d held-out clips (%d frames)", len(train.lengths),
-                len(train.frames), len(heldout.lengths), len(heldout.frames))
+    logger.info(
+        "IDM data: %d training clips (%d frames), %d held-out clips (%d frames)",
+        len(train.lengths),
+        len(train.frames),
+        len(heldout.lengths),
+        len(heldout.frames),
+    )
     torch.manual_seed(training.seed)
     idm = InverseDynamicsModel(
-        control_tokens=vocabulary.tokens, control_phrases=vocabulary.phrases, control_null_phrase=vocabulary.null_phrase,
-        frames_per_latent=c, height=height, width=width, fps=data.fps, vae_fingerprint=vae_fingerprint(vae),
+        control_tokens=vocabulary.tokens,
+        control_phrases=vocabulary.phrases,
+        control_null_phrase=vocabulary.null_phrase,
+        frames_per_latent=c,
+        height=height,
+        width=width,
+        fps=data.fps,
+        vae_fingerprint=vae_fingerprint(vae),
     ).to(device)
     ends = train.window_ends(c)
     losses = train_idm(idm, train.frames.to(device), ends.to(device), train.labels[ends].to(device), training)
@@ -105,7 +122,7 @@ class Reference:
     measures: dict
 
     @classmethod
-    def load(cls, idm_dir: str | Path, device: torch.device | None = None) -> "Reference":
+    def load(cls, idm_dir: str | Path, device: torch.device | None = None) -> Reference:
         idm_dir = Path(idm_dir)
         if not (idm_dir / REFERENCE_TENSORS).is_file():
             raise FileNotFoundError(
@@ -120,7 +137,9 @@ class Reference:
     @property
     def vocabulary(self) -> ControlVocabulary:
         config = self.idm.config
-        return ControlVocabulary(tuple(config.control_tokens), tuple(config.control_phrases), config.control_null_phrase)
+        return ControlVocabulary(
+            tuple(config.control_tokens), tuple(config.control_phrases), config.control_null_phrase
+        )
 
     def token_ids(self, tokens: list[str]) -> torch.Tensor:
         return torch.tensor(self.vocabulary.encode(tokens), dtype=torch.long)
@@ -128,11 +147,15 @@ class Reference:
     def check_frames(self, height: int, width: int, fingerprint: str) -> None:
         config = self.idm.config
         if (height, width) != (config.height, config.width):
-            raise ValueError(f"the model makes {height}x{width} frames, the IDM reads {config.height}x{config.width}: "
-                             "train an IDM at the model's size")
+            raise ValueError(
+                f"the model makes {height}x{width} frames, the IDM reads {config.height}x{config.width}: "
+                "train an IDM at the model's size"
+            )
         if fingerprint != config.vae_fingerprint:
-            logger.warning("the model's VAE is not the one the IDM learnt through: its ceiling and reference are "
-                           "measured in another domain than this model's frames")
+            logger.warning(
+                "the model's VAE is not the one the IDM learnt through: its ceiling and reference are "
+                "measured in another domain than this model's frames"
+            )
 
     def commands(self, vocabulary: ControlVocabulary | None) -> ControlVocabulary:
         """The tokens to command: those of the model's ``vocabulary`` (the IDM's for a model without controls) that
@@ -140,13 +163,21 @@ class Reference:
         vocabulary = vocabulary or self.vocabulary
         unknown = [token for token in vocabulary.tokens if token not in self.vocabulary.tokens]
         if unknown:
-            raise ValueError(f"the model's control tokens {unknown} are not among the IDM's {list(self.vocabulary.tokens)}: "
-                             "train the IDM on footage of the model's game")
+            raise ValueError(
+                f"the model's control tokens {unknown} are not among the IDM's {list(self.vocabulary.tokens)}: "
+                "train the IDM on footage of the model's game"
+            )
         measured = self.measures["idm"]["per_class"]
-        kept = [(token, phrase) for token, phrase in zip(vocabulary.tokens, vocabulary.phrases) if measured[token] is not None]
+        kept = [
+            (token, phrase)
+            for token, phrase in zip(vocabulary.tokens, vocabulary.phrases)
+            if measured[token] is not None
+        ]
         if not kept:
             raise ValueError("the held-out footage holds none of the model's control tokens: nothing can be scored")
-        return ControlVocabulary(tuple(token for token, _ in kept), tuple(phrase for _, phrase in kept), vocabulary.null_phrase)
+        return ControlVocabulary(
+            tuple(token for token, _ in kept), tuple(phrase for _, phrase in kept), vocabulary.null_phrase
+        )
 
 
 @dataclass
@@ -161,18 +192,23 @@ class VideoScores:
     features: torch.Tensor
 
     @classmethod
-    def of(cls, reference: Reference, video: ScoredVideo) -> "VideoScores":
+    def of(cls, reference: Reference, video: ScoredVideo) -> VideoScores:
         ends = window_ends(len(video.frames), len(video.latent_tokens), reference.idm.config.frames_per_latent)
         kept = [(end, token) for end, token in zip(ends, video.latent_tokens) if end is not None]
         ends = torch.tensor([end for end, _ in kept], dtype=torch.long)
         predicted, features = predict(reference.idm, video.frames, ends)
         return cls(video.frames, ends, reference.token_ids([token for _, token in kept]), predicted, features)
 
-    def between(self, start: int, stop: int) -> "VideoScores":
+    def between(self, start: int, stop: int) -> VideoScores:
         """Frames ``[start, stop)`` and the latent frames whose windows end among them."""
         inside = (self.ends >= start) & (self.ends < stop)
-        return VideoScores(self.frames[start:stop], self.ends[inside] - start, self.commanded[inside],
-                           self.predicted[inside], self.features[inside])
+        return VideoScores(
+            self.frames[start:stop],
+            self.ends[inside] - start,
+            self.commanded[inside],
+            self.predicted[inside],
+            self.features[inside],
+        )
 
 
 def control_following(reference: Reference, scores: list[VideoScores], commands: ControlVocabulary) -> dict:
@@ -181,22 +217,36 @@ def control_following(reference: Reference, scores: list[VideoScores], commands:
     commanded = torch.cat([score.commanded for score in scores])
     measured = agreement(torch.cat([score.predicted for score in scores]), commanded, reference.vocabulary.tokens)
     ceiling = ceiling_for_mix(reference.measures["idm"]["per_class"], measured["counts"])
-    return dict(measured, chance=chance_levels(commanded, len(commands.tokens)), real_ceiling=ceiling,
-                share_of_ceiling=measured["accuracy"] / ceiling if ceiling else None)
+    return dict(
+        measured,
+        chance=chance_levels(commanded, len(commands.tokens)),
+        real_ceiling=ceiling,
+        share_of_ceiling=measured["accuracy"] / ceiling if ceiling else None,
+    )
 
 
 def domain_fit(reference: Reference, scores: list[VideoScores]) -> dict:
     """Distances of the generated frames to the held-out real frames: colour histograms and IDM features."""
     histogram = colour_histogram(torch.cat([score.frames for score in scores]))
     features = FeatureStats.of(torch.cat([score.features for score in scores]))
-    return {"total_variation": total_variation(histogram, reference.histogram),
-            "frechet": frechet_distance(features, reference.features)}
+    return {
+        "total_variation": total_variation(histogram, reference.histogram),
+        "frechet": frechet_distance(features, reference.features),
+    }
 
 
-def evaluate_clips(model_dir: str | Path, reference: Reference, *, prompt: str, num_clips: int,
-                   num_latent_frames: int | None,
-                   num_inference_steps: int, guidance_scale: float, control_guidance_scale: float, seed: int
-                   ) -> tuple[dict, list[ScoredVideo]]:
+def evaluate_clips(
+    model_dir: str | Path,
+    reference: Reference,
+    *,
+    prompt: str,
+    num_clips: int,
+    num_latent_frames: int | None,
+    num_inference_steps: int,
+    guidance_scale: float,
+    control_guidance_scale: float,
+    seed: int,
+) -> tuple[dict, list[ScoredVideo]]:
     """Clips under random commands: control following (at chance for a model without controls) and domain fit."""
     pipeline = clip_pipeline(model_dir)
     vocabulary = model_vocabulary(pipeline)
@@ -206,26 +256,57 @@ def evaluate_clips(model_dir: str | Path, reference: Reference, *, prompt: str, 
     videos = []
     for index in range(num_clips):
         tokens = commanded_controls(commands, num_latent_frames, seed + index)
-        videos.append(generate_clip(pipeline, prompt, tokens, num_inference_steps=num_inference_steps,
-                                    guidance_scale=guidance_scale, control_guidance_scale=control_guidance_scale,
-                                    seed=seed + index))
+        videos.append(
+            generate_clip(
+                pipeline,
+                prompt,
+                tokens,
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                control_guidance_scale=control_guidance_scale,
+                seed=seed + index,
+            )
+        )
         logger.info("clip %d/%d", index + 1, num_clips)
     scores = [VideoScores.of(reference, video) for video in videos]
-    measures = {"model_takes_controls": vocabulary is not None, "commanded_tokens": list(commands.tokens), "clips": num_clips,
-                "frames_per_clip": len(videos[0].frames), "control_following": control_following(reference, scores, commands),
-                "domain_fit": domain_fit(reference, scores)}
+    measures = {
+        "model_takes_controls": vocabulary is not None,
+        "commanded_tokens": list(commands.tokens),
+        "clips": num_clips,
+        "frames_per_clip": len(videos[0].frames),
+        "control_following": control_following(reference, scores, commands),
+        "domain_fit": domain_fit(reference, scores),
+    }
     return measures, videos
 
 
-def initial_clips(reference: Reference, data_root: str, index_file: str, num_frames: int, count: int,
-                  height: int, width: int, temporal_compression: int) -> list[torch.Tensor]:
+def initial_clips(
+    reference: Reference,
+    data_root: str,
+    index_file: str,
+    num_frames: int,
+    count: int,
+    height: int,
+    width: int,
+    temporal_compression: int,
+) -> list[torch.Tensor]:
     """The first ``num_frames`` frames of ``count`` real clips, ``[F0, 3, H, W]`` in [-1, 1] (clips repeat if fewer)."""
-    clips = load_real_clips(data_root, index_file, reference.vocabulary, fps=reference.idm.config.fps, height=height,
-                            width=width, temporal_compression=temporal_compression, max_frames=num_frames)
+    clips = load_real_clips(
+        data_root,
+        index_file,
+        reference.vocabulary,
+        fps=reference.idm.config.fps,
+        height=height,
+        width=width,
+        temporal_compression=temporal_compression,
+        max_frames=num_frames,
+    )
     usable = [index for index, length in enumerate(clips.lengths) if length == num_frames]
     if not usable:
-        raise ValueError(f"{index_file}: no clip has the {num_frames} frames a stream starts from "
-                         f"(at {reference.idm.config.fps:g} fps); record longer clips")
+        raise ValueError(
+            f"{index_file}: no clip has the {num_frames} frames a stream starts from "
+            f"(at {reference.idm.config.fps:g} fps); record longer clips"
+        )
     return [clips.clip(usable[index % len(usable)]).float() / 127.5 - 1 for index in range(count)]
 
 
@@ -238,50 +319,101 @@ def per_bin(reference: Reference, scores: list[VideoScores], bin_frames: int) ->
         distances = [total_variation(colour_histogram(score.frames), reference.histogram) for score in inside]
         commanded = torch.cat([score.commanded for score in inside])
         predicted = torch.cat([score.predicted for score in inside])
-        bins.append({"start_frame": start, "total_variation": sum(distances) / len(distances),
-                     "total_variation_max": max(distances),
-                     "control_following": (predicted == commanded).float().mean().item() if len(commanded) else None})
+        bins.append(
+            {
+                "start_frame": start,
+                "total_variation": sum(distances) / len(distances),
+                "total_variation_max": max(distances),
+                "control_following": (predicted == commanded).float().mean().item() if len(commanded) else None,
+            }
+        )
     return bins
 
 
-def evaluate_streams(model_dir: str | Path, sampler: str, reference: Reference, *, data_root: str, index_file: str,
-                     prompt: str, num_streams: int, num_frames: int, num_groups: int, group_size: int,
-                     num_inference_steps: int, guidance_scale: float, control_guidance_scale: float, seed: int,
-                     bin_frames: int, edge_frames: int) -> tuple[dict, list[ScoredVideo]]:
+def evaluate_streams(
+    model_dir: str | Path,
+    sampler: str,
+    reference: Reference,
+    *,
+    data_root: str,
+    index_file: str,
+    prompt: str,
+    num_streams: int,
+    num_frames: int,
+    num_groups: int,
+    group_size: int,
+    num_inference_steps: int,
+    guidance_scale: float,
+    control_guidance_scale: float,
+    seed: int,
+    bin_frames: int,
+    edge_frames: int,
+) -> tuple[dict, list[ScoredVideo]]:
     """Streams from real clips under random commands: control following and domain fit overall, over the first
     and the last ``edge_frames`` frames, per ``bin_frames`` bin (drift), and the speed."""
     if 2 * edge_frames > num_frames:
-        raise ValueError(f"streams of {num_frames} frames have no first and last {edge_frames} frames apart; "
-                         "lower the edge frames or make the streams longer")
+        raise ValueError(
+            f"streams of {num_frames} frames have no first and last {edge_frames} frames apart; "
+            "lower the edge frames or make the streams longer"
+        )
     pipeline = stream_pipeline(model_dir, sampler)
     commands = reference.commands(model_vocabulary(pipeline))
     height, width = frame_size(pipeline)
     reference.check_frames(height, width, vae_fingerprint(pipeline.vae))
     c = temporal_compression(pipeline)
-    starts = initial_clips(reference, data_root, index_file, stream_initial_frames(pipeline, num_groups, group_size),
-                           num_streams, height, width, c)
+    starts = initial_clips(
+        reference,
+        data_root,
+        index_file,
+        stream_initial_frames(pipeline, num_groups, group_size),
+        num_streams,
+        height,
+        width,
+        c,
+    )
     videos, timings = [], []
     for index, initial_video in enumerate(starts):
         video, timing = generate_stream(
-            pipeline, prompt, initial_video, num_frames, commands, num_groups=num_groups, group_size=group_size,
-            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-            control_guidance_scale=control_guidance_scale, seed=seed + index,
+            pipeline,
+            prompt,
+            initial_video,
+            num_frames,
+            commands,
+            num_groups=num_groups,
+            group_size=group_size,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            control_guidance_scale=control_guidance_scale,
+            seed=seed + index,
         )
         videos.append(video)
         timings.append(timing)
-        logger.info("stream %d/%d: %d frames, %.1f frames per second", index + 1, num_streams, len(video.frames),
-                    timing.frames_per_second)
+        logger.info(
+            "stream %d/%d: %d frames, %.1f frames per second",
+            index + 1,
+            num_streams,
+            len(video.frames),
+            timing.frames_per_second,
+        )
     scores = [VideoScores.of(reference, video) for video in videos]
     length = min(len(video.frames) for video in videos)
     edges = {}
     for name, (start, stop) in {"first": (0, edge_frames), "last": (length - edge_frames, length)}.items():
         inside = [score.between(start, stop) for score in scores]
-        edges[name] = {"frames": [start, stop], "control_following": control_following(reference, inside, commands)["accuracy"],
-                       **domain_fit(reference, inside)}
+        edges[name] = {
+            "frames": [start, stop],
+            "control_following": control_following(reference, inside, commands)["accuracy"],
+            **domain_fit(reference, inside),
+        }
     measures = {
-        "sampler": sampler, "commanded_tokens": list(commands.tokens), "streams": num_streams, "frames_per_stream": length,
-        "control_following": control_following(reference, scores, commands), "domain_fit": domain_fit(reference, scores),
-        "edges": edges, "bins": per_bin(reference, scores, bin_frames),
+        "sampler": sampler,
+        "commanded_tokens": list(commands.tokens),
+        "streams": num_streams,
+        "frames_per_stream": length,
+        "control_following": control_following(reference, scores, commands),
+        "domain_fit": domain_fit(reference, scores),
+        "edges": edges,
+        "bins": per_bin(reference, scores, bin_frames),
         "real_bins_total_variation": reference.measures["real_bins_total_variation"],
         "speed": {
             "frames_per_second": sum(timing.frames_per_second for timing in timings) / len(timings),
@@ -289,4 +421,3 @@ def evaluate_streams(model_dir: str | Path, sampler: str, reference: Reference, 
         },
     }
     return measures, videos
-

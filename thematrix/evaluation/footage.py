@@ -74,9 +74,12 @@ class RealClips:
 
     def window_ends(self, frames_per_latent: int) -> torch.Tensor:
         """Every frame that ends a window of ``c + 1`` frames inside its own clip."""
-        return torch.cat([
-            torch.arange(start + frames_per_latent, start + length) for start, length in zip(self.starts, self.lengths)
-        ])
+        return torch.cat(
+            [
+                torch.arange(start + frames_per_latent, start + length)
+                for start, length in zip(self.starts, self.lengths)
+            ]
+        )
 
     def clip(self, index: int) -> torch.Tensor:
         start = self.starts[index]
@@ -101,10 +104,20 @@ def load_real_clips(
     if not samples:
         listed = "; ".join(str(problem) for problem in problems[:5])
         raise ValueError(f"{index_file}: no usable clip for evaluation ({listed})")
-    buckets = (round_trip_lengths(vae, max_frames) if vae is not None else
-               [temporal_compression * k + 1 for k in range(1, (max_frames - 1) // temporal_compression + 1)])
-    dataset = VideoDataset(samples, fps=fps, height=height, width=width, frame_buckets=buckets,
-                           temporal_compression=temporal_compression, vocabulary=vocabulary)
+    buckets = (
+        round_trip_lengths(vae, max_frames)
+        if vae is not None
+        else [temporal_compression * k + 1 for k in range(1, (max_frames - 1) // temporal_compression + 1)]
+    )
+    dataset = VideoDataset(
+        samples,
+        fps=fps,
+        height=height,
+        width=width,
+        frame_buckets=buckets,
+        temporal_compression=temporal_compression,
+        vocabulary=vocabulary,
+    )
     frame_controls = {sample.path: sample.frame_controls for sample in samples}
     frames, labels, starts, lengths, paths = [], [], [], [], []
     for index in range(len(dataset)):
@@ -134,8 +147,13 @@ def spread(values: list[float]) -> dict:
     ordered = torch.tensor(sorted(values), dtype=torch.float64)
     if len(ordered) == 0:
         return {"count": 0}
-    return {"count": len(ordered), "mean": ordered.mean().item(), "min": ordered[0].item(),
-            "p95": torch.quantile(ordered, 0.95).item(), "max": ordered[-1].item()}
+    return {
+        "count": len(ordered),
+        "mean": ordered.mean().item(),
+        "min": ordered[0].item(),
+        "p95": torch.quantile(ordered, 0.95).item(),
+        "max": ordered[-1].item(),
+    }
 
 
 def real_footage_measures(

@@ -120,8 +120,14 @@ def generate_clip(
     num_frames = 1 + c * (len(latent_tokens) - 1)
     height, width = frame_size(pipeline)
     generator = torch.Generator(device=pipeline.device).manual_seed(seed)
-    sampling = dict(num_frames=num_frames, height=height, width=width, num_inference_steps=num_inference_steps,
-                    guidance_scale=guidance_scale, generator=generator)
+    sampling = dict(
+        num_frames=num_frames,
+        height=height,
+        width=width,
+        num_inference_steps=num_inference_steps,
+        guidance_scale=guidance_scale,
+        generator=generator,
+    )
     if model_vocabulary(pipeline) is not None:
         sampling.update(controls=latent_tokens, control_guidance_scale=control_guidance_scale)
     frames = pipeline_video_to_signed(pipeline(prompt=prompt, output_type="pt", **sampling).frames[0])
@@ -162,9 +168,14 @@ def generate_stream(
     """
     frames_per_group = temporal_compression(pipeline) * group_size
     chunks = pipeline.stream(
-        prompt, initial_video, random_controls(commands, group_size, seed),
-        num_groups=num_groups, group_size=group_size, num_inference_steps=num_inference_steps,
-        guidance_scale=guidance_scale, control_guidance_scale=control_guidance_scale,
+        prompt,
+        initial_video,
+        random_controls(commands, group_size, seed),
+        num_groups=num_groups,
+        group_size=group_size,
+        num_inference_steps=num_inference_steps,
+        guidance_scale=guidance_scale,
+        control_guidance_scale=control_guidance_scale,
         generator=torch.Generator(device=pipeline.device).manual_seed(seed),
         max_groups=num_groups + math.ceil(num_frames / frames_per_group),
     )

@@ -17,8 +17,8 @@ and a fingerprint of the VAE whose reconstructions it was trained on.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from diffusers import ConfigMixin, ModelMixin
@@ -93,8 +93,11 @@ class InverseDynamicsModel(ModelMixin, ConfigMixin):
         layers, in_channels = [], RGB * (frames_per_latent + 1)
         out_height, out_width = height, width
         for out_channels in channels:
-            layers += [nn.Conv2d(in_channels, out_channels, 3, stride=STRIDE, padding=1),
-                       nn.GroupNorm(GROUP_NORM_GROUPS, out_channels), nn.SiLU()]
+            layers += [
+                nn.Conv2d(in_channels, out_channels, 3, stride=STRIDE, padding=1),
+                nn.GroupNorm(GROUP_NORM_GROUPS, out_channels),
+                nn.SiLU(),
+            ]
             in_channels = out_channels
             out_height, out_width = (out_height - 1) // STRIDE + 1, (out_width - 1) // STRIDE + 1
         self.encoder = nn.Sequential(*layers, nn.Flatten())
@@ -152,7 +155,9 @@ def train_idm(
     if settings.balance_classes:
         weights = torch.where(counts > 0, counts.sum() / (num_classes * counts.clamp(min=1)), torch.zeros_like(counts))
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
-    lr_schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=settings.learning_rate, total_steps=settings.steps)
+    lr_schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=settings.learning_rate, total_steps=settings.steps
+    )
     losses = []
     model.train()
     for step in range(settings.steps):
@@ -170,14 +175,17 @@ def train_idm(
 
 
 @torch.no_grad()
-def predict(model: InverseDynamicsModel, frames: torch.Tensor, ends: torch.Tensor, batch_size: int = 512
-            ) -> tuple[torch.Tensor, torch.Tensor]:
+def predict(
+    model: InverseDynamicsModel, frames: torch.Tensor, ends: torch.Tensor, batch_size: int = 512
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(predicted token ids ``[M]``, features ``[M, feature_dim]``) of the windows of ``frames`` ending at ``ends``."""
     model.eval()
     device = next(model.parameters()).device
     ids, features = [], []
     for start in range(0, len(ends), batch_size):
-        windows = gather_windows(frames, ends[start : start + batch_size].to(frames.device), model.config.frames_per_latent)
+        windows = gather_windows(
+            frames, ends[start : start + batch_size].to(frames.device), model.config.frames_per_latent
+        )
         embedded = model.embed(windows.to(device))
         ids.append(model.classifier(embedded).argmax(dim=1).cpu())
         features.append(embedded.float().cpu())

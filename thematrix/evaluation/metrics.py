@@ -46,7 +46,7 @@ class FeatureStats:
     count: int
 
     @classmethod
-    def of(cls, features: torch.Tensor) -> "FeatureStats":
+    def of(cls, features: torch.Tensor) -> FeatureStats:
         features = features.double()
         if len(features) < 2:
             raise ValueError(f"a covariance needs at least 2 feature vectors, got {len(features)}")
@@ -78,7 +78,9 @@ def agreement(predicted: torch.Tensor, commanded: torch.Tensor, tokens: tuple[st
         raise ValueError(f"{len(predicted)} predictions for {len(commanded)} commands")
     if len(commanded) == 0:
         raise ValueError("no commanded control to compare with: the videos have no scored latent frame")
-    confusion = torch.bincount(commanded * num_classes + predicted, minlength=num_classes**2).reshape(num_classes, num_classes)
+    confusion = torch.bincount(commanded * num_classes + predicted, minlength=num_classes**2).reshape(
+        num_classes, num_classes
+    )
     counts = confusion.sum(dim=1)
     per_class = {
         token: (confusion[index, index].item() / counts[index].item() if counts[index] else None)

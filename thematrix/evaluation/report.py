@@ -28,14 +28,23 @@ COMMIT_VARIABLE = "THEMATRIX_COMMIT"
 def environment() -> dict:
     """Where and when the numbers were measured."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                                cwd=Path(__file__).parent).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = None
     commit = os.environ.get(COMMIT_VARIABLE, commit)
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()})"
-    return {"device": device, "torch": torch.__version__, "commit": commit,
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    device = (
+        torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else f"CPU ({platform.processor() or platform.machine()})"
+    )
+    return {
+        "device": device,
+        "torch": torch.__version__,
+        "commit": commit,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def write_json(path: str | Path, measures: dict, settings: dict, elapsed_s: float) -> Path:
@@ -50,10 +59,14 @@ def frame_labels(video: ScoredVideo, frames_per_latent: int) -> list[str]:
     """The commanded token of each frame's latent frame ("" for context frames before the scored ones)."""
     count = len(video.frames)
     first = count - len(video.latent_tokens) * frames_per_latent
-    return ["" if index < first else video.latent_tokens[(index - first) // frames_per_latent] for index in range(count)]
+    return [
+        "" if index < first else video.latent_tokens[(index - first) // frames_per_latent] for index in range(count)
+    ]
 
 
-def contact_sheet(videos: list[ScoredVideo], path: str | Path, frames_per_latent: int, columns: int = SHEET_COLUMNS) -> Path:
+def contact_sheet(
+    videos: list[ScoredVideo], path: str | Path, frames_per_latent: int, columns: int = SHEET_COLUMNS
+) -> Path:
     """One row per video: ``columns`` frames evenly spaced over it, each with its commanded control; a PNG."""
     rows = []
     for video in videos:

@@ -78,9 +78,9 @@ def compute_clip_control_embeddings(
             f"CLIP text model with its tokenizer, or use the base model's T5 encoder (compute_control_embeddings)"
         )
     tokenizer = CLIPTokenizer.from_pretrained(clip_text_model_path, local_files_only=True)
-    text_model = CLIPTextModel.from_pretrained(
-        clip_text_model_path, local_files_only=True, dtype=torch.float32
-    ).to(device)
+    text_model = CLIPTextModel.from_pretrained(clip_text_model_path, local_files_only=True, dtype=torch.float32).to(
+        device
+    )
     inputs = _tokenize(tokenizer, _phrases(vocabulary), tokenizer.model_max_length)
     outputs = text_model(**{name: tensor.to(device) for name, tensor in inputs.items()})
     return outputs.pooler_output.float().cpu()

@@ -16,16 +16,19 @@ and checkpoints. This subclass adds
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any
 
 import torch
-from diffusers import CogVideoXTransformer3DModel
 
 # A model directory records this class under this module's path. diffusers' DiffusionPipeline.from_pretrained
 # resolves such an entry from the imported module and picks the load method by the base classes it finds in
 # the module's namespace, so ModelMixin must be importable from here.
-from diffusers import ModelMixin  # noqa: F401
+from diffusers import (
+    CogVideoXTransformer3DModel,
+    ModelMixin,  # noqa: F401
+)
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.attention import Attention
 from diffusers.models.attention_processor import AttnProcessor2_0
@@ -60,7 +63,7 @@ def config_vocabulary(config: Mapping[str, Any], source: str = "") -> ControlVoc
     )
 
 
-def model_vocabulary(model_dir: str | Path) -> Optional[ControlVocabulary]:
+def model_vocabulary(model_dir: str | Path) -> ControlVocabulary | None:
     """The control vocabulary of a model directory, read from its transformer config without loading a weight;
     None for a model without controls (stage 1's)."""
     config = transformer_config(model_dir)
@@ -368,13 +371,12 @@ class InteractiveCogVideoXTransformer3DModel(CogVideoXTransformer3DModel):
                 f"checkpoint {str(pretrained_model_name_or_path)!r} lacks the Interactive Module (no control vocabulary in "
                 f"its config, no control weights in its files); {PLAIN_CHECKPOINT_HINT}"
             )
-        model, loading_info = super().from_pretrained(
-            pretrained_model_name_or_path, output_loading_info=True, **kwargs
-        )
+        model, loading_info = super().from_pretrained(pretrained_model_name_or_path, output_loading_info=True, **kwargs)
         missing = loading_info["missing_keys"]
         if missing:
             hint = (
-                PLAIN_CHECKPOINT_HINT if all(key.startswith(CONTROL_MODULE_PREFIXES) for key in missing)
+                PLAIN_CHECKPOINT_HINT
+                if all(key.startswith(CONTROL_MODULE_PREFIXES) for key in missing)
                 else "it does not match this configuration"
             )
             shown = sorted(missing)[:MISSING_KEYS_SHOWN]
@@ -394,7 +396,7 @@ class InteractiveCogVideoXTransformer3DModel(CogVideoXTransformer3DModel):
         vocabulary: ControlVocabulary,
         control_embedding_table: torch.Tensor,
         **control_kwargs: Any,
-    ) -> "InteractiveCogVideoXTransformer3DModel":
+    ) -> InteractiveCogVideoXTransformer3DModel:
         """Wrap a (stage-1, LoRA-fused) transformer: copy every base weight, set the control table.
 
         ``control_dim`` comes from the table's width; ``control_kwargs`` may set ``control_start_layer``.

@@ -57,10 +57,14 @@ class KeyMap:
             raise KeyMapError(f'{source}: a key map is {{"buttons": {{...}}, "controls": {{...}}}}; got {data!r:.200}')
         buttons, controls = data["buttons"], data["controls"]
         if not isinstance(buttons, dict) or not buttons:
-            raise KeyMapError(f'{source}: "buttons" must map button names to lists of key codes, e.g. {{"up": ["ArrowUp"]}}')
+            raise KeyMapError(
+                f'{source}: "buttons" must map button names to lists of key codes, e.g. {{"up": ["ArrowUp"]}}'
+            )
         for name, codes in buttons.items():
             if not name or COMBINATION_SEPARATOR in name:
-                raise KeyMapError(f'{source}: buttons: name {name!r} must be non-empty and without "{COMBINATION_SEPARATOR}"')
+                raise KeyMapError(
+                    f'{source}: buttons: name {name!r} must be non-empty and without "{COMBINATION_SEPARATOR}"'
+                )
             if not isinstance(codes, list) or not codes or not all(isinstance(code, str) and code for code in codes):
                 raise KeyMapError(
                     f'{source}: buttons["{name}"]: give a list of KeyboardEvent.code values, e.g. ["ArrowUp", "KeyW"]'
@@ -72,7 +76,9 @@ class KeyMap:
             held = frozenset(combination.split(COMBINATION_SEPARATOR)) if combination else frozenset()
             unknown = sorted(held - set(buttons))
             if unknown:
-                raise KeyMapError(f'{source}: controls["{combination}"]: unknown buttons {unknown}; define them under "buttons"')
+                raise KeyMapError(
+                    f'{source}: controls["{combination}"]: unknown buttons {unknown}; define them under "buttons"'
+                )
             if held in combinations:
                 raise KeyMapError(f'{source}: controls["{combination}"]: the same buttons as another combination')
             try:
@@ -82,7 +88,9 @@ class KeyMap:
             combinations[held] = token
         missing = [token for token in vocabulary.tokens if token not in combinations.values()]
         if missing:
-            raise KeyMapError(f"{source}: no combination gives the tokens {missing}; bind a combination of buttons to each")
+            raise KeyMapError(
+                f"{source}: no combination gives the tokens {missing}; bind a combination of buttons to each"
+            )
         return cls({name: tuple(codes) for name, codes in buttons.items()}, combinations)
 
     @property

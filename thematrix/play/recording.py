@@ -54,9 +54,24 @@ def join_videos(parts: list[Path], output: Path) -> None:
     listing = output.with_suffix(".txt")
     listing.write_text("".join(f"file '{part.name}'\n" for part in parts))
     subprocess.run(
-        [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-f", "concat", "-safe", "0", "-i", str(listing),
-         "-c", "copy", "-movflags", "+faststart", str(output)],
-        check=True, capture_output=True,
+        [
+            imageio_ffmpeg.get_ffmpeg_exe(),
+            "-v",
+            "error",
+            "-f",
+            "concat",
+            "-safe",
+            "0",
+            "-i",
+            str(listing),
+            "-c",
+            "copy",
+            "-movflags",
+            "+faststart",
+            str(output),
+        ],
+        check=True,
+        capture_output=True,
     )
     listing.unlink()
 
@@ -115,8 +130,11 @@ class Recording:
         asked = segment.groups[: recorded.groups + self.model.num_groups - 1]
         controls = CONTROL_SEPARATOR.join(token for tokens, _ in asked for token in tokens)
         arguments = self.model.replay_arguments(
-            initial_video=self._clip_name(segment), prompt=segment.prompt, controls=controls,
-            groups=recorded.groups, output=f"replay-{index}.mp4",
+            initial_video=self._clip_name(segment),
+            prompt=segment.prompt,
+            controls=controls,
+            groups=recorded.groups,
+            output=f"replay-{index}.mp4",
         )
         return {"module": self.model.inference_module, "arguments": arguments, "frames": recorded.frames}
 

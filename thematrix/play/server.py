@@ -28,8 +28,8 @@ from pathlib import Path
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from thematrix.cli import USER_ERRORS
-from thematrix.play.keymap import default_keymap, load_keymap
 from thematrix.data.initial_clip import InitialClip
+from thematrix.play.keymap import default_keymap, load_keymap
 from thematrix.play.world import ShownFrame, World, WorldModel
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -49,11 +49,21 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     page = parser.add_argument_group("the page")
     page.add_argument("--host", default=DEFAULT_HOST, help="address to serve on (default: this machine only)")
     page.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to serve on (0: any free port)")
-    page.add_argument("--keymap", type=Path, default=None,
-                      help="key map file (JSON, see thematrix/play/keymap.py); default: derived from the vocabulary")
-    page.add_argument("--output_dir", type=Path, default=Path("outputs/play"), help="recordings go to OUTPUT_DIR/recordings")
-    page.add_argument("--max_viewers", type=int, default=DEFAULT_MAX_VIEWERS,
-                      help="tabs that may watch the stream at once; more are refused (default %(default)s)")
+    page.add_argument(
+        "--keymap",
+        type=Path,
+        default=None,
+        help="key map file (JSON, see thematrix/play/keymap.py); default: derived from the vocabulary",
+    )
+    page.add_argument(
+        "--output_dir", type=Path, default=Path("outputs/play"), help="recordings go to OUTPUT_DIR/recordings"
+    )
+    page.add_argument(
+        "--max_viewers",
+        type=int,
+        default=DEFAULT_MAX_VIEWERS,
+        help="tabs that may watch the stream at once; more are refused (default %(default)s)",
+    )
 
 
 def check_server_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -74,8 +84,9 @@ async def json_body(request: web.Request) -> dict:
     try:
         body = await request.json()
     except json.JSONDecodeError as error:
-        raise web.HTTPBadRequest(text=json.dumps({"error": f"the body is not JSON: {error}"}),
-                                 content_type="application/json") from None
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": f"the body is not JSON: {error}"}), content_type="application/json"
+        ) from None
     if not isinstance(body, dict):
         raise web.HTTPBadRequest(text=json.dumps({"error": "send a JSON object"}), content_type="application/json")
     return body
@@ -173,13 +184,17 @@ class PlayServer:
     async def _info(self, request: web.Request) -> web.Response:
         model = self.world.model
         vocabulary = model.vocabulary
-        return web.json_response({
-            "vocabulary": [{"token": token, "phrase": phrase} for token, phrase in zip(vocabulary.tokens, vocabulary.phrases)],
-            "keymap": self.world.keymap.to_json(),
-            "fps": model.fps,
-            "samples": self.samples,
-            "state": self.world.state(),
-        })
+        return web.json_response(
+            {
+                "vocabulary": [
+                    {"token": token, "phrase": phrase} for token, phrase in zip(vocabulary.tokens, vocabulary.phrases)
+                ],
+                "keymap": self.world.keymap.to_json(),
+                "fps": model.fps,
+                "samples": self.samples,
+                "state": self.world.state(),
+            }
+        )
 
     async def _command(self, action, *arguments) -> web.Response:
         """Run a world command in a worker thread; bad input answers 400 with its message."""
@@ -199,10 +214,14 @@ class PlayServer:
             )
         if not isinstance(index, int) or not 0 <= index < len(self.samples):
             return web.json_response(
-                {"error": f"sample must be one of 0..{len(self.samples) - 1} (the dataset's usable clips), got {index!r}"},
+                {
+                    "error": f"sample must be one of 0..{len(self.samples) - 1} (the dataset's usable clips), got {index!r}"
+                },
                 status=400,
             )
-        return await self._command(lambda: self.world.start(self.world.model.clip_from_sample(index), body.get("prompt")))
+        return await self._command(
+            lambda: self.world.start(self.world.model.clip_from_sample(index), body.get("prompt"))
+        )
 
     async def _upload(self, request: web.Request) -> web.Response:
         """Save the uploaded video (field ``video``), read it as an initial clip and start from it."""
@@ -253,8 +272,10 @@ class PlayServer:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         if len(self.viewers) >= self.max_viewers:
-            reason = (f"{len(self.viewers)} tabs are already watching this stream (--max_viewers {self.max_viewers}); "
-                      "close one and reload")
+            reason = (
+                f"{len(self.viewers)} tabs are already watching this stream (--max_viewers {self.max_viewers}); "
+                "close one and reload"
+            )
             await ws.send_json({"type": "refused", "reason": reason})
             await ws.close()
             return ws

@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-import torch
 from PIL import Image
 
 from thematrix.controls import ControlVocabulary
@@ -313,8 +312,9 @@ class World:
             self._generation_s = time.perf_counter() - started
             self._generation_fps = len(frames) / self._generation_s
             self._ring.extend(frames)
-            play = PlayChunk(segment, chunk.group_index, frames, list(chunk.frame_controls),
-                             segment.groups[chunk.group_index][1])
+            play = PlayChunk(
+                segment, chunk.group_index, frames, list(chunk.frame_controls), segment.groups[chunk.group_index][1]
+            )
             with self._changed:
                 if not self._current(segment):
                     return
@@ -392,15 +392,20 @@ class World:
         while now - self._shown_times[0] > FPS_WINDOW_S:
             self._shown_times.popleft()
         self._frames_shown += 1
-        self.on_frame(ShownFrame(buffer.getvalue(), {
-            "frame": self._frames_shown,
-            "segment": chunk.segment.number,
-            "group": chunk.group,
-            "control": chunk.frame_controls[index],
-            "latency_ms": latency_ms,
-            "server_fps": len(self._shown_times) / FPS_WINDOW_S,
-            "generation_fps": self._generation_fps,
-        }))
+        self.on_frame(
+            ShownFrame(
+                buffer.getvalue(),
+                {
+                    "frame": self._frames_shown,
+                    "segment": chunk.segment.number,
+                    "group": chunk.group,
+                    "control": chunk.frame_controls[index],
+                    "latency_ms": latency_ms,
+                    "server_fps": len(self._shown_times) / FPS_WINDOW_S,
+                    "generation_fps": self._generation_fps,
+                },
+            )
+        )
 
     def _record(self, chunk: PlayChunk, index: int) -> None:
         with self._changed:

@@ -4,7 +4,6 @@ the transformer's (``PretrainArgs``, the shared training settings plus its own).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
@@ -17,14 +16,16 @@ SAVE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 @dataclass
 class VaeArgs(StrictArgs):
     # --- model and data -------------------------------------------------------------------------
-    pretrained_model_name_or_path: str = "path/to/model"  # model directory whose VAE trains (python -m thematrix.base_model)
+    pretrained_model_name_or_path: str = (
+        "path/to/model"  # model directory whose VAE trains (python -m thematrix.base_model)
+    )
     data_root: str = "path/to/data_root"  # folder the index's clip paths are relative to
     index_file: str = "path/to/index_file"  # JSON index (see data/README.md)
     output_dir: str = "outputs/pretrain-vae"  # <output_dir>/model and <output_dir>/logs
 
     # --- clips ----------------------------------------------------------------------------------
-    height: Optional[int] = None  # None = the VAE's sample_height
-    width: Optional[int] = None  # None = the VAE's sample_width
+    height: int | None = None  # None = the VAE's sample_height
+    width: int | None = None  # None = the VAE's sample_width
     fps: int = 8  # clips are resampled to this frame rate
     clip_frames: int = 9  # frames per training crop, 4k+1: 1 + 2 latent frame pairs, one whole decoder batch
     dataloader_num_workers: int = 2

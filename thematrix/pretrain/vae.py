@@ -22,7 +22,6 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Optional
 
 import torch
 from diffusers import AutoencoderKLCogVideoX
@@ -70,24 +69,35 @@ class VaePretrainer:
         args = self.args
         temporal = vae.config.temporal_compression_ratio
         if (args.clip_frames - 1) % temporal:
-            raise ConfigError(f"args.clip_frames = {args.clip_frames}: crops must have {temporal}k+1 frames for this VAE")
+            raise ConfigError(
+                f"args.clip_frames = {args.clip_frames}: crops must have {temporal}k+1 frames for this VAE"
+            )
         samples, problems = load_index(args.index_file, args.data_root)
         for problem in problems:
             logger.warning("skipping sample: %s", problem)
         if not samples:
             raise ConfigError(f"{args.index_file}: no usable sample ({len(problems)} problems listed above)")
         return VideoDataset(
-            samples, fps=args.fps, height=args.height or vae.config.sample_height,
-            width=args.width or vae.config.sample_width, frame_buckets=(args.clip_frames,),
-            temporal_compression=temporal, random_start=True,
+            samples,
+            fps=args.fps,
+            height=args.height or vae.config.sample_height,
+            width=args.width or vae.config.sample_width,
+            frame_buckets=(args.clip_frames,),
+            temporal_compression=temporal,
+            random_start=True,
         )
 
     def batches(self, dataset: VideoDataset):
         """Endless shuffled batches of videos ``[B, 3, F, H, W]`` on the device, reproducible from ``args.seed``."""
         args = self.args
         loader = torch.utils.data.DataLoader(
-            dataset, batch_size=args.train_batch_size, shuffle=True, drop_last=True, collate_fn=collate_batch,
-            num_workers=args.dataloader_num_workers, generator=torch.Generator().manual_seed(args.seed),
+            dataset,
+            batch_size=args.train_batch_size,
+            shuffle=True,
+            drop_last=True,
+            collate_fn=collate_batch,
+            num_workers=args.dataloader_num_workers,
+            generator=torch.Generator().manual_seed(args.seed),
             persistent_workers=args.dataloader_num_workers > 0,
         )
         if len(loader) == 0:
@@ -113,7 +123,9 @@ class VaePretrainer:
         dataset = self.build_dataset(vae)
         batches = self.batches(dataset)
         optimizer = torch.optim.AdamW(
-            vae.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+            vae.parameters(),
+            lr=args.learning_rate,
+            betas=(args.adam_beta1, args.adam_beta2),
             weight_decay=args.adam_weight_decay,
         )
         lr_scheduler = get_scheduler("constant_with_warmup", optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps)
@@ -122,8 +134,12 @@ class VaePretrainer:
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(str(self.output_dir / LOG_DIR))
-        logger.info("%d clips, crops of %d frames, %s VAE parameters", len(dataset), args.clip_frames,
-                    f"{sum(param.numel() for param in vae.parameters()):,}")
+        logger.info(
+            "%d clips, crops of %d frames, %s VAE parameters",
+            len(dataset),
+            args.clip_frames,
+            f"{sum(param.numel() for param in vae.parameters()):,}",
+        )
         for step in range(1, args.max_train_steps + 1):
             start = time.perf_counter()
             video = next(batches)
@@ -138,16 +154,27 @@ class VaePretrainer:
             optimizer.step()
             lr_scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            logs = {"loss": loss.item(), "reconstruction_l1": reconstruction_l1.item(), "kl": kl.item(),
-                    "grad_norm": float(grad_norm), "lr": lr_scheduler.get_last_lr()[0],
-                    "step_time_s": time.perf_counter() - start}
+            logs = {
+                "loss": loss.item(),
+                "reconstruction_l1": reconstruction_l1.item(),
+                "kl": kl.item(),
+                "grad_norm": float(grad_norm),
+                "lr": lr_scheduler.get_last_lr()[0],
+                "step_time_s": time.perf_counter() - start,
+            }
             self.history.append(logs)
             if writer is not None:
                 for name, value in logs.items():
                     writer.add_scalar(name, value, step)
             if step % max(1, args.max_train_steps // 20) == 0 or step == args.max_train_steps:
-                logger.info("step %d/%d: loss %.4f (L1 %.4f, KL %.1f)", step, args.max_train_steps, logs["loss"],
-                            logs["reconstruction_l1"], logs["kl"])
+                logger.info(
+                    "step %d/%d: loss %.4f (L1 %.4f, KL %.1f)",
+                    step,
+                    args.max_train_steps,
+                    logs["loss"],
+                    logs["reconstruction_l1"],
+                    logs["kl"],
+                )
         vae.eval()
         scaling_factor = 1.0 / self.latent_std(vae, batches)
         vae.register_to_config(scaling_factor=scaling_factor)
@@ -186,7 +213,7 @@ class VaePretrainer:
         return final
 
 
-def main(argv: Optional[list[str]] = None) -> Path:
+def main(argv: list[str] | None = None) -> Path:
     args = parse_command_line(DEFAULT_CONFIG, VaeArgs, argv)
     output = VaePretrainer(args).train()
     print(f"model with the trained VAE: {output.resolve()}")

@@ -4,7 +4,9 @@ Paths are relative to the repository root, where learning/gpu/*.sh run."""
 from thematrix.pretrain.arguments import VaeArgs
 
 args = VaeArgs()
-args.pretrained_model_name_or_path = "outputs/learning/models/base-mini-random"  # python -m thematrix.base_model --preset mini
+args.pretrained_model_name_or_path = (
+    "outputs/learning/models/base-mini-random"  # python -m thematrix.base_model --preset mini
+)
 args.data_root = "outputs/learning/footage/broad"  # CarRacing with random colours (learning/record_footage.py)
 args.index_file = "outputs/learning/footage/broad/index.json"
 args.output_dir = "outputs/learning/models/pretrain-vae"

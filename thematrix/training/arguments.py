@@ -8,7 +8,7 @@ its config file assigns only what differs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Optional
+from typing import Annotated
 
 from thematrix.config import ConfigError, LocalPath, ModelPath, PathSetting, StrictArgs
 from thematrix.model_dir import GenerationDefaults
@@ -28,8 +28,14 @@ class TrainingArgs(StrictArgs):
     # --- clips ----------------------------------------------------------------------------------
     height: int = 480
     width: int = 720
-    fps: Optional[int] = None  # clips are resampled to this frame rate; default: the input model's, else the footage's (its slowest clip's)
-    frame_buckets: tuple[int, ...] = (17, 33, 65)  # frames per clip, each 4k+1 (the VAE compresses time 4x); a clip takes the largest that fits
+    fps: int | None = (
+        None  # clips are resampled to this frame rate; default: the input model's, else the footage's (its slowest clip's)
+    )
+    frame_buckets: tuple[int, ...] = (
+        17,
+        33,
+        65,
+    )  # frames per clip, each 4k+1 (the VAE compresses time 4x); a clip takes the largest that fits
     max_text_seq_length: int = 226  # T5 tokens per caption (CogVideoX's length)
     # Chance a clip trains with the empty caption, so the unconditional prediction that guidance subtracts
     # is trained on game clips; drawn per clip, independently of stage 2's control dropout.
@@ -58,19 +64,25 @@ class TrainingArgs(StrictArgs):
     enable_slicing: bool = True  # encode/decode one video of a batch at a time
     enable_tiling: bool = False  # encode/decode in spatial tiles: less memory, slower
     cache_latents: bool = False  # encode every clip and caption once, before training
-    cache_dir: Optional[LocalPath] = None  # default: <output_dir>/cache
+    cache_dir: LocalPath | None = None  # default: <output_dir>/cache
 
     # --- checkpoints ----------------------------------------------------------------------------
     checkpointing_steps: int = 500
-    checkpoints_total_limit: Optional[int] = 3  # the last this many are kept: older ones go once a newer one is complete; None keeps all
-    resume_from_checkpoint: Optional[Annotated[str, PathSetting(keywords=(LATEST_CHECKPOINT,))]] = LATEST_CHECKPOINT  # "latest", a checkpoint path, or None to start fresh
+    checkpoints_total_limit: int | None = (
+        3  # the last this many are kept: older ones go once a newer one is complete; None keeps all
+    )
+    resume_from_checkpoint: Annotated[str, PathSetting(keywords=(LATEST_CHECKPOINT,))] | None = (
+        LATEST_CHECKPOINT  # "latest", a checkpoint path, or None to start fresh
+    )
 
     # --- when a run goes wrong (README: "When a run goes wrong") ----------------------------------
     max_nonfinite_steps: int = 0  # optimizer steps with a non-finite loss or gradient norm to skip (no update; counted, logged); past this many the run stops
     stop_on_validation_failure: bool = True  # a failing validation (e.g. out of memory) saves a checkpoint and stops the run; False logs it and trains on
 
     # --- validation -----------------------------------------------------------------------------
-    validation_prompts: Optional[tuple[str, ...]] = None  # one video each; default: the input model's prompt, else the index's first caption
+    validation_prompts: tuple[str, ...] | None = (
+        None  # one video each; default: the input model's prompt, else the index's first caption
+    )
     validation_steps: int = 500  # every this many optimizer steps; 0 disables
     validation_num_frames: int = 49
     validation_num_inference_steps: int = 50
@@ -85,7 +97,13 @@ class TrainingArgs(StrictArgs):
         """Consistency checks that need no files; the trainer checks paths and the model."""
         if self.frame_buckets is not None and not self.frame_buckets:
             raise ConfigError("args.frame_buckets is empty; give at least one clip length, e.g. (17, 33, 65)")
-        for name in ("train_batch_size", "gradient_accumulation_steps", "max_train_steps", "checkpointing_steps", "fps"):
+        for name in (
+            "train_batch_size",
+            "gradient_accumulation_steps",
+            "max_train_steps",
+            "checkpointing_steps",
+            "fps",
+        ):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"args.{name} must be at least 1, is {getattr(self, name)}")
         if not 0 <= self.caption_p_zero <= 1:
@@ -96,11 +114,16 @@ class TrainingArgs(StrictArgs):
             if getattr(self, name) < 0:
                 raise ConfigError(f"args.{name} must be at least 0, is {getattr(self, name)}")
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
-            raise ConfigError(f"args.checkpoints_total_limit must be at least 1 (or None to keep all), is {self.checkpoints_total_limit}")
+            raise ConfigError(
+                f"args.checkpoints_total_limit must be at least 1 (or None to keep all), is {self.checkpoints_total_limit}"
+            )
 
     def generation_defaults(self) -> GenerationDefaults:
         """What the trained model's directory records of this run (settings resolved by the trainer)."""
         return GenerationDefaults(
-            fps=self.fps, height=self.height, width=self.width, num_frames=max(self.frame_buckets),
+            fps=self.fps,
+            height=self.height,
+            width=self.width,
+            num_frames=max(self.frame_buckets),
             prompt=self.validation_prompts[0],
         )

@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -35,12 +35,29 @@ OPTIMIZER_STATES_PER_WEIGHT = 2
 # Settings that may differ between a run and the checkpoints it resumes: when and how it checkpoints,
 # validates and logs, where files go, memory/speed switches that leave the result alone, and the knobs
 # that rescue a diverging run. Every other setting defines the run: a difference is an error.
-RESUMABLE_SETTINGS = frozenset({
-    "output_dir", "resume_from_checkpoint", "max_train_steps", "checkpointing_steps", "checkpoints_total_limit",
-    "logging_steps", "report_to", "dataloader_num_workers", "cache_latents", "cache_dir", "enable_slicing",
-    "enable_tiling", "gradient_checkpointing", "allow_tf32", "learning_rate", "max_grad_norm", "mixed_precision",
-    "max_nonfinite_steps", "stop_on_validation_failure",
-})
+RESUMABLE_SETTINGS = frozenset(
+    {
+        "output_dir",
+        "resume_from_checkpoint",
+        "max_train_steps",
+        "checkpointing_steps",
+        "checkpoints_total_limit",
+        "logging_steps",
+        "report_to",
+        "dataloader_num_workers",
+        "cache_latents",
+        "cache_dir",
+        "enable_slicing",
+        "enable_tiling",
+        "gradient_checkpointing",
+        "allow_tf32",
+        "learning_rate",
+        "max_grad_norm",
+        "mixed_precision",
+        "max_nonfinite_steps",
+        "stop_on_validation_failure",
+    }
+)
 RESUMABLE_PREFIX = "validation_"  # every stage's validation settings
 # These may change together with the number of processes, as long as the samples per optimizer step do not.
 BATCH_SETTINGS = frozenset({"train_batch_size", "gradient_accumulation_steps"})
@@ -51,26 +68,33 @@ def list_checkpoints(checkpoint_root: Path) -> list[Path]:
     if not checkpoint_root.is_dir():
         return []
     found = [
-        path for path in checkpoint_root.iterdir()
+        path
+        for path in checkpoint_root.iterdir()
         if path.is_dir() and path.name.startswith(CHECKPOINT_PREFIX) and not path.name.endswith(PARTIAL_SUFFIX)
     ]
     return sorted(found, key=checkpoint_step)
 
 
 def checkpoint_step(path: Path) -> int:
-    return int(path.name[len(CHECKPOINT_PREFIX):])
+    return int(path.name[len(CHECKPOINT_PREFIX) :])
 
 
 def directory_bytes(path: Path) -> int:
     return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
 
 
-def changed_settings(args: StrictArgs, saved: dict[str, Any], saved_state: dict[str, Any], samples_per_step: int) -> dict[str, tuple]:
+def changed_settings(
+    args: StrictArgs, saved: dict[str, Any], saved_state: dict[str, Any], samples_per_step: int
+) -> dict[str, tuple]:
     """Settings that define the run and differ from the checkpoint's: name -> (checkpoint's value, this run's)."""
     current = json.loads(json.dumps(args.to_dict(), default=str))
     changed = {
-        name: (saved[name], value) for name, value in current.items()
-        if name in saved and saved[name] != value and name not in RESUMABLE_SETTINGS and not name.startswith(RESUMABLE_PREFIX)
+        name: (saved[name], value)
+        for name, value in current.items()
+        if name in saved
+        and saved[name] != value
+        and name not in RESUMABLE_SETTINGS
+        and not name.startswith(RESUMABLE_PREFIX)
     }
     if saved_state.get("samples_per_step") == samples_per_step:
         changed = {name: values for name, values in changed.items() if name not in BATCH_SETTINGS}
@@ -99,7 +123,10 @@ class Checkpoints:
     def _save_trainable_hook(self, models, weights, output_dir) -> None:
         if self.accelerator.is_main_process:
             for model in models:
-                save_file(self.trainable_state(self.accelerator.unwrap_model(model)), os.path.join(output_dir, TRAINABLE_WEIGHTS))
+                save_file(
+                    self.trainable_state(self.accelerator.unwrap_model(model)),
+                    os.path.join(output_dir, TRAINABLE_WEIGHTS),
+                )
         weights.clear()
 
     def _load_trainable_hook(self, models, input_dir) -> None:
@@ -118,7 +145,7 @@ class Checkpoints:
                 parameters[name].copy_(value)
 
     # ---------------------------------------------------------------- save
-    def latest(self) -> Optional[Path]:
+    def latest(self) -> Path | None:
         found = list_checkpoints(self.root)
         return found[-1] if found else None
 
@@ -153,7 +180,8 @@ class Checkpoints:
         registered = sum(
             value.numel() * value.element_size()
             for obj in self.accelerator._custom_objects  # accelerate keeps no public list of them
-            for value in obj.state_dict().values() if isinstance(value, torch.Tensor)
+            for value in obj.state_dict().values()
+            if isinstance(value, torch.Tensor)
         )
         return weights + registered
 
@@ -162,7 +190,9 @@ class Checkpoints:
         one being written, measured on the latest checkpoint when there is one, else estimated."""
         args = self.args
         remaining_steps = range(first_step + 1, args.max_train_steps + 1)
-        to_write = sum(1 for step in remaining_steps if step % args.checkpointing_steps == 0 or step == args.max_train_steps)
+        to_write = sum(
+            1 for step in remaining_steps if step % args.checkpointing_steps == 0 or step == args.max_train_steps
+        )
         present = len(list_checkpoints(self.root))
         limit = args.checkpoints_total_limit
         count = to_write if limit is None else min(to_write, max(limit + 1 - present, 1))
@@ -171,7 +201,7 @@ class Checkpoints:
         return f"{count} checkpoint(s) of {gib(size)}", count * size
 
     # ---------------------------------------------------------------- resume
-    def resume_point(self, samples_per_step: int) -> Optional[Path]:
+    def resume_point(self, samples_per_step: int) -> Path | None:
         """The checkpoint this run continues from (``args.resume_from_checkpoint``), or None to start fresh.
 
         Checkpoints already in ``root`` must come from a run with this run's settings (RESUMABLE_SETTINGS
@@ -215,7 +245,12 @@ class Checkpoints:
         self.accelerator.load_state(str(path))
         scheduler = lr_scheduler.scheduler
         if any(base != self.args.learning_rate for base in scheduler.base_lrs):
-            logger.warning("learning rate %g -> %g from step %d on", scheduler.base_lrs[0], self.args.learning_rate, scheduler.last_epoch)
+            logger.warning(
+                "learning rate %g -> %g from step %d on",
+                scheduler.base_lrs[0],
+                self.args.learning_rate,
+                scheduler.last_epoch,
+            )
             scheduler.base_lrs = [self.args.learning_rate] * len(scheduler.base_lrs)
             scheduler.last_epoch -= 1  # take the current step again, with the new base rate
             scheduler.step()

@@ -4,8 +4,9 @@ cache (after checking the disk has room for it), and batched in an order that is
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -26,7 +27,7 @@ from thematrix.training.run_safety import disk_space_problem, main_process_decid
 logger = logging.getLogger(__name__)
 
 
-def load_samples(args: TrainingArgs, vocabulary: Optional[ControlVocabulary]) -> list[Sample]:
+def load_samples(args: TrainingArgs, vocabulary: ControlVocabulary | None) -> list[Sample]:
     """The usable entries of ``args.index_file``, their controls checked against ``vocabulary`` (None: the data
     root's, if it has one); each unusable entry is logged with its reason, and none usable is an error."""
     samples, problems = load_index(
@@ -40,16 +41,23 @@ def load_samples(args: TrainingArgs, vocabulary: Optional[ControlVocabulary]) ->
 
 
 def clip_dataset(
-    samples: list[Sample], args: TrainingArgs, vocabulary: Optional[ControlVocabulary], temporal_compression: int
+    samples: list[Sample], args: TrainingArgs, vocabulary: ControlVocabulary | None, temporal_compression: int
 ) -> VideoDataset:
     """The training clips of ``samples`` at the run's fps, size and frame buckets (no frame is decoded here)."""
     return VideoDataset(
-        samples, fps=args.fps, height=args.height, width=args.width, frame_buckets=args.frame_buckets,
-        temporal_compression=temporal_compression, vocabulary=vocabulary,
+        samples,
+        fps=args.fps,
+        height=args.height,
+        width=args.width,
+        frame_buckets=args.frame_buckets,
+        temporal_compression=temporal_compression,
+        vocabulary=vocabulary,
     )
 
 
-def encoder_fingerprint(model_dir: Path, args: TrainingArgs, vae, text_encoder, weight_dtype: torch.dtype) -> dict[str, Any]:
+def encoder_fingerprint(
+    model_dir: Path, args: TrainingArgs, vae, text_encoder, weight_dtype: torch.dtype
+) -> dict[str, Any]:
     """What shapes cached latents and prompt embeddings besides the clip itself."""
     return {
         "model": str(Path(model_dir).resolve()),
@@ -103,7 +111,9 @@ def cached_clips(
 
 def training_batches(dataset, args: TrainingArgs) -> tuple[BucketBatchSampler, torch.utils.data.DataLoader]:
     """(sampler, loader) of batches of ``args.train_batch_size`` clips of one bucket."""
-    sampler = BucketBatchSampler(dataset, batch_size=args.train_batch_size, seed=args.seed, shuffle=args.shuffle, drop_last=True)
+    sampler = BucketBatchSampler(
+        dataset, batch_size=args.train_batch_size, seed=args.seed, shuffle=args.shuffle, drop_last=True
+    )
     if len(sampler) == 0:
         raise ConfigError(
             f"{args.index_file}: no bucket has {args.train_batch_size} clips for one batch; "

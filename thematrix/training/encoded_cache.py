@@ -12,8 +12,9 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -51,7 +52,9 @@ def entry_path(dataset, index: int, cache_dir: Path, fingerprint: dict[str, Any]
 
 def missing_entries(dataset, cache_dir: Path, fingerprint: dict[str, Any]) -> list[int]:
     """Indices of the clips that have no cache entry yet."""
-    return [index for index in range(len(dataset)) if not entry_path(dataset, index, cache_dir, fingerprint)[0].is_file()]
+    return [
+        index for index in range(len(dataset)) if not entry_path(dataset, index, cache_dir, fingerprint)[0].is_file()
+    ]
 
 
 def encode_dataset(
@@ -100,7 +103,9 @@ class EncodedDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         path, text = entry_path(self.dataset, index, self.cache_dir, self.fingerprint)
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no cache entry for {self.dataset.describe(index)['path']}; the clip changed after caching")
+            raise FileNotFoundError(
+                f"{path}: no cache entry for {self.dataset.describe(index)['path']}; the clip changed after caching"
+            )
         item = self.dataset.describe(index)
         with safe_open(str(path), framework="pt") as handle:
             if handle.metadata().get(KEY_METADATA) != text:

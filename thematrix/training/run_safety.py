@@ -13,8 +13,8 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable, Optional
 
 import torch
 from accelerate import Accelerator
@@ -55,7 +55,7 @@ class StopSignals:
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         self.clock = clock
         self.training = False
-        self.received: Optional[str] = None  # name of the first signal
+        self.received: str | None = None  # name of the first signal
         self._received_at = 0.0
         self._previous: dict[int, object] = {}
 
@@ -86,7 +86,9 @@ class StopSignals:
                 raise RunPreempted(f"{name} before training started; nothing to save")
             logger.warning(
                 "%s: the run saves a checkpoint at the end of this step and exits with code %d; "
-                "a second signal ends it at once", name, PREEMPTED_EXIT_CODE,
+                "a second signal ends it at once",
+                name,
+                PREEMPTED_EXIT_CODE,
             )
             return
         if self.clock() - self._received_at < REPEATED_SIGNAL_WINDOW_S:
@@ -103,7 +105,7 @@ def any_process(accelerator: Accelerator, *flags: bool) -> list[bool]:
     return [bool(vote > 0) for vote in accelerator.reduce(votes, reduction="sum")]
 
 
-def main_process_decides(accelerator: Accelerator, check: Callable[[], Optional[str]]) -> Optional[str]:
+def main_process_decides(accelerator: Accelerator, check: Callable[[], str | None]) -> str | None:
     """``check`` run on the main process, its answer (an error message or None) given to every process."""
     answer = [check() if accelerator.is_main_process else None]
     if accelerator.num_processes > 1:
@@ -114,7 +116,8 @@ def main_process_decides(accelerator: Accelerator, check: Callable[[], Optional[
 def nonfinite_parameters(model: torch.nn.Module) -> list[str]:
     """Names of the trainable parameters holding a NaN or an infinity."""
     return [
-        name for name, param in model.named_parameters()
+        name
+        for name, param in model.named_parameters()
         if param.requires_grad and not torch.isfinite(param.detach()).all()
     ]
 
@@ -141,7 +144,7 @@ def gib(num_bytes: float) -> str:
     return f"{num_bytes / GIB:.2f} GiB"
 
 
-def disk_space_problem(path: Path, needs: Iterable[tuple[str, int]], fix: str) -> Optional[str]:
+def disk_space_problem(path: Path, needs: Iterable[tuple[str, int]], fix: str) -> str | None:
     """A message when the disk of ``path`` lacks room for ``needs`` ((what, bytes) pairs), else None."""
     needs = [(what, size) for what, size in needs if size > 0]
     needed = sum(size for _, size in needs) * DISK_HEADROOM

@@ -32,8 +32,9 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -98,7 +99,9 @@ def sample_generator(seed: int, sample_position: int, device: torch.device) -> t
 
 def draw_dropout(generators: list[torch.Generator], probability: float) -> torch.Tensor:
     """BoolTensor [B]: whether each sample drops a condition, one draw from each sample's own generator."""
-    return torch.stack([torch.rand((), generator=generator, device=generator.device) < probability for generator in generators])
+    return torch.stack(
+        [torch.rand((), generator=generator, device=generator.device) < probability for generator in generators]
+    )
 
 
 class Trainer:
@@ -106,7 +109,9 @@ class Trainer:
 
     args_class = TrainingArgs
     pipeline_class = CogVideoXPipeline
-    scheduler_class: type  # the stage's diffusers scheduler (stage1.cogvideox.scheduler.GameScheduler and its subclasses)
+    scheduler_class: (
+        type  # the stage's diffusers scheduler (stage1.cogvideox.scheduler.GameScheduler and its subclasses)
+    )
 
     def __init__(self, args: TrainingArgs):
         args.check()
@@ -116,7 +121,7 @@ class Trainer:
         self.skipped_steps = 0  # optimizer steps skipped for a non-finite loss or gradient (args.max_nonfinite_steps)
         self.history: list[dict[str, float]] = []  # this process's optimizer steps: loss, lr, step time, ...
         self.stop_signals = StopSignals()
-        self.vocabulary: Optional[ControlVocabulary] = None  # the controls clips carry: set by a stage that has them
+        self.vocabulary: ControlVocabulary | None = None  # the controls clips carry: set by a stage that has them
 
     # ---------------------------------------------------------------- stage hooks
     def build_transformer(self) -> torch.nn.Module:
@@ -128,13 +133,15 @@ class Trainer:
 
     def sample_timesteps(self, num_latent_frames: int, generator: torch.Generator) -> torch.Tensor:
         """One sample's training timesteps, [1] (shared by its frames) or [1, F]: uniform over the schedule."""
-        return torch.randint(0, self.scheduler.config.num_train_timesteps, (1,), generator=generator, device=generator.device)
+        return torch.randint(
+            0, self.scheduler.config.num_train_timesteps, (1,), generator=generator, device=generator.device
+        )
 
     def noisy_latents(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """The model's input: latents noised to their timesteps."""
         return self.schedule.add_noise(latents, noise, timesteps)
 
-    def loss_mask(self, latents: torch.Tensor) -> Optional[torch.Tensor]:
+    def loss_mask(self, latents: torch.Tensor) -> torch.Tensor | None:
         """Weight of each latent frame in the loss ([B, F]: 1 counts, 0 does not), or None for all."""
         return None
 
@@ -149,22 +156,28 @@ class Trainer:
         """(name, sampling arguments) per validation prompt, for ``validation_videos``: its embeddings, the empty
         prompt's as the negative, a seeded generator, steps and guidance."""
         for index, prompt_embeds in enumerate(self.validation_embeds):
-            yield f"prompt-{index}", dict(
-                prompt_embeds=prompt_embeds[None],
-                negative_prompt_embeds=self.empty_prompt_embeds,
-                generator=torch.Generator(device=self.accelerator.device).manual_seed(self.args.seed + index),
-                num_inference_steps=self.args.validation_num_inference_steps,
-                guidance_scale=self.args.validation_guidance_scale,
+            yield (
+                f"prompt-{index}",
+                dict(
+                    prompt_embeds=prompt_embeds[None],
+                    negative_prompt_embeds=self.empty_prompt_embeds,
+                    generator=torch.Generator(device=self.accelerator.device).manual_seed(self.args.seed + index),
+                    num_inference_steps=self.args.validation_num_inference_steps,
+                    guidance_scale=self.args.validation_guidance_scale,
+                ),
             )
 
-    def validation_videos(self) -> Iterator[tuple[str, torch.Tensor, Optional[list[str]]]]:
+    def validation_videos(self) -> Iterator[tuple[str, torch.Tensor, list[str] | None]]:
         """(name, video [F, C, H, W] in [-1, 1], control label per frame or None), with the current weights: here a
         clip per validation prompt, as the stage's pipeline generates it."""
         pipeline = self.make_pipeline()
         for name, sampling in self.validation_requests():
             video = pipeline(
-                height=self.args.height, width=self.args.width, num_frames=self.args.validation_num_frames,
-                output_type="pt", **sampling,
+                height=self.args.height,
+                width=self.args.width,
+                num_frames=self.args.validation_num_frames,
+                output_type="pt",
+                **sampling,
             ).frames[0]
             yield name, pipeline_video_to_signed(video), None
 
@@ -188,7 +201,7 @@ class Trainer:
         return self.final_model_dir
 
     @classmethod
-    def main(cls, default_config: str | Path, argv: Optional[list[str]] = None) -> Path:
+    def main(cls, default_config: str | Path, argv: list[str] | None = None) -> Path:
         """A stage's entry point: read the config file and overrides, train, print where the result is."""
         args = parse_command_line(default_config, cls.args_class, argv)
         trainer = cls(args)
@@ -216,7 +229,9 @@ class Trainer:
             ),
             mixed_precision=mixed_precision,
             log_with=tracker_names(args.report_to) or None,
-            project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs")),
+            project_config=ProjectConfiguration(
+                project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs")
+            ),
             # The loop steps the LR schedule once per optimizer step (accelerate would step it once per process),
             # so a run resumed on another number of processes continues its schedule where it was.
             step_scheduler_with_optimizer=False,
@@ -235,7 +250,11 @@ class Trainer:
         self.weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision, torch.float32)
         device = self.accelerator.device
         components = load_components(self.model_dir, self.weight_dtype)
-        self.tokenizer, self.text_encoder, self.vae = components["tokenizer"], components["text_encoder"], components["vae"]
+        self.tokenizer, self.text_encoder, self.vae = (
+            components["tokenizer"],
+            components["text_encoder"],
+            components["vae"],
+        )
         self.schedule = CogVideoXTrainingSchedule(self.scheduler)
         for frozen in (self.text_encoder, self.vae):
             frozen.requires_grad_(False)
@@ -268,12 +287,17 @@ class Trainer:
         self.batch_sampler, dataloader = training_batches(self.dataset, args)
 
         optimizer = torch.optim.AdamW(
-            trainable, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-            weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
+            trainable,
+            lr=args.learning_rate,
+            betas=(args.adam_beta1, args.adam_beta2),
+            weight_decay=args.adam_weight_decay,
+            eps=args.adam_epsilon,
         )
         lr_scheduler = get_scheduler(
-            args.lr_scheduler, optimizer=optimizer,
-            num_warmup_steps=args.lr_warmup_steps, num_training_steps=args.max_train_steps,
+            args.lr_scheduler,
+            optimizer=optimizer,
+            num_warmup_steps=args.lr_warmup_steps,
+            num_training_steps=args.max_train_steps,
         )
         self.transformer, self.optimizer, self.dataloader, self.lr_scheduler = self.accelerator.prepare(
             transformer, optimizer, dataloader, lr_scheduler
@@ -302,9 +326,13 @@ class Trainer:
         spatial = 2 ** (len(self.vae_layout.config.block_out_channels) - 1) * transformer["patch_size"]
         for frames in (*args.frame_buckets, args.validation_num_frames):
             if (frames - 1) % temporal:
-                raise ConfigError(f"{frames} frames: clips must have {temporal}k+1 frames for this VAE (args.frame_buckets, args.validation_num_frames)")
+                raise ConfigError(
+                    f"{frames} frames: clips must have {temporal}k+1 frames for this VAE (args.frame_buckets, args.validation_num_frames)"
+                )
         if args.height % spatial or args.width % spatial:
-            raise ConfigError(f"args.height and args.width must be multiples of {spatial} for this model; got {args.height}x{args.width}")
+            raise ConfigError(
+                f"args.height and args.width must be multiples of {spatial} for this model; got {args.height}x{args.width}"
+            )
         text_width = T5Config.from_pretrained(self.model_dir, subfolder=TEXT_ENCODER).d_model
         if text_width != transformer["text_embed_dim"]:
             raise ConfigError(
@@ -317,7 +345,9 @@ class Trainer:
         """``args.<setting>`` against the input model's record of it (``GenerationDefaults.<recorded>``): unset, the
         model's value (None if it records none); set, the same value, or an error naming both."""
         return setting_from_model(
-            f"args.{setting}", getattr(self.args, setting), getattr(self.model_record, recorded, None),
+            f"args.{setting}",
+            getattr(self.args, setting),
+            getattr(self.model_record, recorded, None),
             f"the model at {self.model_dir}",
         )
 
@@ -327,9 +357,13 @@ class Trainer:
         if not args.cache_latents:
             return clips
         return cached_clips(
-            clips, Path(args.cache_dir or self.output_dir / "cache"), self.encode_videos, self.encode_prompts,
+            clips,
+            Path(args.cache_dir or self.output_dir / "cache"),
+            self.encode_videos,
+            self.encode_prompts,
             self.cache_fingerprint(),
-            lambda num_frames: cache_entry_bytes(num_frames, args, self.vae, self.text_encoder), self.accelerator,
+            lambda num_frames: cache_entry_bytes(num_frames, args, self.vae, self.text_encoder),
+            self.accelerator,
         )
 
     def cache_fingerprint(self) -> dict[str, Any]:
@@ -342,7 +376,9 @@ class Trainer:
         # With cached captions the text encoder sits on the CPU and must not set the pipeline's device.
         text_encoder = None if self.args.cache_latents else self.text_encoder
         return self.pipeline_class(
-            tokenizer=self.tokenizer, text_encoder=text_encoder, vae=self.vae,
+            tokenizer=self.tokenizer,
+            text_encoder=text_encoder,
+            vae=self.vae,
             transformer=self.accelerator.unwrap_model(self.transformer),
             scheduler=self.scheduler_class.from_config(self.scheduler.config),
         )
@@ -352,8 +388,11 @@ class Trainer:
         """T5 embeddings [B, T, D], exactly as the inference pipeline computes them."""
         pipeline = CogVideoXPipeline(self.tokenizer, self.text_encoder, vae=None, transformer=None, scheduler=None)
         embeds, _ = pipeline.encode_prompt(
-            captions, do_classifier_free_guidance=False, max_sequence_length=self.args.max_text_seq_length,
-            device=self.accelerator.device, dtype=self.weight_dtype,
+            captions,
+            do_classifier_free_guidance=False,
+            max_sequence_length=self.args.max_text_seq_length,
+            device=self.accelerator.device,
+            dtype=self.weight_dtype,
         )
         return embeds
 
@@ -367,10 +406,12 @@ class Trainer:
         """Draw scaled latents [B, F', C, h, w] from the VAE's distribution, one generator per sample."""
         mean, logvar = parameters.float().chunk(2, dim=1)
         std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
-        noise = torch.stack([
-            torch.randn(mean.shape[1:], generator=generator, device=generator.device, dtype=mean.dtype)
-            for generator in generators
-        ])
+        noise = torch.stack(
+            [
+                torch.randn(mean.shape[1:], generator=generator, device=generator.device, dtype=mean.dtype)
+                for generator in generators
+            ]
+        )
         latents = (mean + std * noise) * self.vae.config.scaling_factor
         return latents.permute(0, 2, 1, 3, 4)
 
@@ -397,19 +438,25 @@ class Trainer:
         """
         device = self.accelerator.device
         generators = [
-            sample_generator(self.args.seed, first_sample_position + index, device) for index in range(len(batch["caption"]))
+            sample_generator(self.args.seed, first_sample_position + index, device)
+            for index in range(len(batch["caption"]))
         ]
         if "latent_parameters" in batch:
             parameters, prompt_embeds = batch["latent_parameters"], batch["prompt_embeds"].to(device)
         else:
             parameters, prompt_embeds = self.encode_videos(batch["video"]), self.encode_prompts(batch["caption"])
         latents = self.sample_latents(parameters.to(device), generators)
-        noise = torch.stack([
-            torch.randn(latents.shape[1:], generator=generator, device=device, dtype=latents.dtype) for generator in generators
-        ])
+        noise = torch.stack(
+            [
+                torch.randn(latents.shape[1:], generator=generator, device=device, dtype=latents.dtype)
+                for generator in generators
+            ]
+        )
         # Caption dropout: the empty caption trains the unconditional prediction that guidance subtracts.
         dropped = draw_dropout(generators, self.args.caption_p_zero)
-        prompt_embeds = torch.where(dropped[:, None, None], self.empty_prompt_embeds, prompt_embeds.to(self.weight_dtype))
+        prompt_embeds = torch.where(
+            dropped[:, None, None], self.empty_prompt_embeds, prompt_embeds.to(self.weight_dtype)
+        )
         return latents, noise, prompt_embeds, generators
 
     def compute_loss(self, batch: dict[str, Any], first_sample_position: int) -> torch.Tensor:
@@ -497,10 +544,14 @@ class Trainer:
         if resume_from is not None:
             state = self.checkpoints.load(resume_from, self.lr_scheduler)
             self.global_step, self.skipped_steps = state["global_step"], state.get("skipped_steps", 0)
-        problem = main_process_decides(accelerator, lambda: disk_space_problem(
-            self.output_dir, [self.checkpoints.disk_needs(self.global_step, self.num_trainable_parameters)],
-            "free space there, point args.output_dir at a larger disk, or lower args.checkpoints_total_limit",
-        ))
+        problem = main_process_decides(
+            accelerator,
+            lambda: disk_space_problem(
+                self.output_dir,
+                [self.checkpoints.disk_needs(self.global_step, self.num_trainable_parameters)],
+                "free space there, point args.output_dir at a larger disk, or lower args.checkpoints_total_limit",
+            ),
+        )
         if problem:
             raise ConfigError(problem)
         if accelerator.is_main_process:
@@ -512,7 +563,10 @@ class Trainer:
         self.metrics = RunMetrics(accelerator, self.output_dir, args.logging_steps, self.global_step)
         logger.info(
             "%d clips, %d batches per epoch, %d samples per optimizer step, %s trainable parameters",
-            len(self.dataset), len(self.dataloader), self.samples_per_step, f"{self.num_trainable_parameters:,}",
+            len(self.dataset),
+            len(self.dataloader),
+            self.samples_per_step,
+            f"{self.num_trainable_parameters:,}",
         )
         self.stop_signals.training = True
 
@@ -527,7 +581,10 @@ class Trainer:
             loader.set_epoch(epoch)
             self.batch_sampler.set_epoch(epoch)
             for batch in loader:
-                yield batch, (micro_step * accelerator.num_processes + accelerator.process_index) * args.train_batch_size
+                yield (
+                    batch,
+                    (micro_step * accelerator.num_processes + accelerator.process_index) * args.train_batch_size,
+                )
                 micro_step += 1
 
     def _run_steps(self) -> None:
@@ -535,8 +592,12 @@ class Trainer:
         batches = self._micro_batches()
         self.transformer.train()
         # Closed on the way out of a stop too, so the run's last line is its own.
-        with tqdm(total=args.max_train_steps, initial=self.global_step, desc="steps",
-                  disable=not accelerator.is_local_main_process) as progress:
+        with tqdm(
+            total=args.max_train_steps,
+            initial=self.global_step,
+            desc="steps",
+            disable=not accelerator.is_local_main_process,
+        ) as progress:
             while self.global_step < args.max_train_steps:
                 step_start = time.perf_counter()
                 logs = {"lr": self.lr_scheduler.get_last_lr()[0]}
@@ -620,7 +681,10 @@ class Trainer:
             )
         self.skipped_steps += 1
         logger.warning(
-            "%s: update skipped (%d of args.max_nonfinite_steps = %d)", cause, self.skipped_steps, self.args.max_nonfinite_steps
+            "%s: update skipped (%d of args.max_nonfinite_steps = %d)",
+            cause,
+            self.skipped_steps,
+            self.args.max_nonfinite_steps,
         )
 
     # ---------------------------------------------------------------- validation
@@ -660,7 +724,8 @@ class Trainer:
         """
         clips = range(min(self.args.validation_loss_clips, len(self.dataset)))
         losses = [
-            self.compute_loss(collate_batch([self.dataset[index]]), VALIDATION_LOSS_POSITION + index).item() for index in clips
+            self.compute_loss(collate_batch([self.dataset[index]]), VALIDATION_LOSS_POSITION + index).item()
+            for index in clips
         ]
         return sum(losses) / len(losses)
 
