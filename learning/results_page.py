@@ -33,7 +33,12 @@ STAGE4_SPEEDUP = 4.0
 COMMAND_LIMIT_S = 600
 CHAIN_TARGET_S = 3600
 
-CLIP_MODELS = {"base": "mini base model", "stage1": "stage 1 (fused LoRA)", "stage2": "stage 2"}
+CLIP_MODELS = {
+    "base": "mini base model",
+    "stage1": "stage 1 (fused LoRA)",
+    "stage2": "stage 2",
+    "stage2_control_guidance_3": "stage 2, control guidance 3",
+}
 STREAMS = {
     "stage3": "stage 3 stream",
     "teacher": "stage 3 teacher",
@@ -94,7 +99,7 @@ def verdict(met: bool | None) -> str:
 def target_rows(results: Results) -> list[tuple[str, str, str]]:
     """(target, measured, met / missed / pending) for each of the issue's targets."""
     rows = []
-    base, stage1, stage2 = (results.clips[name] for name in CLIP_MODELS)
+    base, stage1, stage2 = (results.clips.get(name) for name in ("base", "stage1", "stage2"))
     if base and stage1:
         before, after = (record["measures"]["domain_fit"]["total_variation"] for record in (base, stage1))
         rows.append(
@@ -389,6 +394,7 @@ def write_page(results: Results, output: Path, images: Path) -> None:
                 [
                     CLIP_MODELS[name],
                     "yes" if measures["model_takes_controls"] else "no",
+                    f"{record['settings']['control_guidance_scale']:g}" if measures["model_takes_controls"] else "",
                     fmt(following["accuracy"]),
                     fmt(following["chance"]["uniform"]),
                     fmt(following["real_ceiling"]),
@@ -408,6 +414,7 @@ def write_page(results: Results, output: Path, images: Path) -> None:
                 [
                     "model",
                     "takes controls",
+                    "control guidance",
                     "control following",
                     "chance",
                     "IDM ceiling",

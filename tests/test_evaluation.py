@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -14,8 +17,9 @@ from diffusers import AutoencoderKLCogVideoX
 from PIL import Image
 
 from tests.conftest import CLIP_FPS, TEST_VOCABULARY, TINY_HEIGHT, TINY_WIDTH
+from thematrix.config import ConfigError
 from thematrix.controls import VOCABULARY_FILE
-from thematrix.evaluation.__main__ import main
+from thematrix.evaluation.__main__ import main, parse_args, resolve_stream_settings
 from thematrix.evaluation.evaluate import Reference
 from thematrix.evaluation.footage import reconstruct, round_trip_lengths, vae_fingerprint
 from thematrix.evaluation.generation import ScoredVideo
@@ -30,6 +34,7 @@ from thematrix.evaluation.metrics import (
     total_variation,
 )
 from thematrix.evaluation.report import COMMIT_VARIABLE, environment, frame_labels
+from thematrix.model_dir import generation_defaults
 
 C = 4  # the VAE's temporal compression
 # Pixels the square moves per frame under each token: three of the tests' vocabulary, in its order.
@@ -343,6 +348,27 @@ def test_stream_edges_must_fit_in_the_stream(idm_dir, model_dir, footage, tmp_pa
                 "16",
             ]
         )
+
+
+def stream_arguments(model_dir, *window: str) -> argparse.Namespace:
+    return parse_args(
+        ["stream", "--model_dir", str(model_dir), "--sampler", "scm", "--idm", "IDM", "--data_root", "D"]
+        + ["--index_file", "D/index.json", "--output", "x.json", *window]
+    )
+
+
+def test_streams_run_in_the_window_the_model_records(model_dir, tmp_path):
+    """A stream in another window than the model was trained in measures a model that does not exist."""
+    with pytest.raises(ConfigError, match="--num_groups: the model at .* records no Swin-DPM window"):
+        resolve_stream_settings(stream_arguments(model_dir))
+    recorded = tmp_path / "model"
+    shutil.copytree(model_dir, recorded)
+    dataclasses.replace(generation_defaults(recorded), num_groups=4, group_size=2).save(recorded)
+    args = stream_arguments(recorded)
+    resolve_stream_settings(args)
+    assert (args.num_groups, args.group_size, args.num_inference_steps) == (4, 2, 4)  # scm: one step per group
+    with pytest.raises(ConfigError, match="--group_size 4: the model at .* was trained with group_size=2"):
+        resolve_stream_settings(stream_arguments(recorded, "--group_size", "4"))
 
 
 def load_results_page():

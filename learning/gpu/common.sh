@@ -25,6 +25,7 @@ PROMPT="A top-down view of a red race car on a grey track surrounded by green gr
 # Part size of what goes back: the device returns files of at most 16 MiB.
 PART_SIZE=15m
 EVALUATE=("$PYTHON" -m thematrix.evaluation)
+GAME=(--data_root "$FOOTAGE/game" --index_file "$FOOTAGE/game/index.json")
 
 if [[ ${DRY_RUN:-0} == 1 ]]; then
   BROAD_EPISODES=2 GAME_EPISODES=2 HELDOUT_EPISODES=2 RECORDERS=2
@@ -92,6 +93,16 @@ pack() {
   tar -C "$WORK" --exclude='checkpoints' --exclude='cache' --exclude='*.partial' -cf - "$@" | split -b "$PART_SIZE" -d - "$archive.part-"
   tar -tvf <(cat "$archive".part-*) > "$STEP_OUT/$STEP_NAME.contents.txt"
   du -h "$STEP_OUT"/*
+}
+
+# evaluate_clips NAME MODEL_DIR [SETTINGS...]: clips of a model under the evaluation's random commands (the same
+# seeds for every model, so the same commands and noise), scored into results/clips_NAME.json with a contact sheet.
+evaluate_clips() {
+  local name="$1" model_dir="$2"
+  shift 2
+  phase "evaluate clips: $name" done_or "$RESULTS/clips_$name.json" \
+    "${EVALUATE[@]}" clips --model_dir "$model_dir" --idm "$IDM" --prompt "$PROMPT" \
+    --output "$RESULTS/clips_$name.json" --contact_sheet "$RESULTS/sheet_clips_$name.png" "${CLIPS_SCALE[@]}" "$@"
 }
 
 summary() {

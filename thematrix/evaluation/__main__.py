@@ -108,8 +108,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     stream.add_argument("--index_file", required=True)
     stream.add_argument("--num_streams", type=int, default=4)
     stream.add_argument("--num_frames", type=int, default=2000, help="frames per stream (at least)")
-    stream.add_argument("--num_groups", type=int, default=4, help="G, as the model was trained")
-    stream.add_argument("--group_size", type=int, default=4, help="W, as the model was trained")
+    stream.add_argument("--num_groups", type=int, default=None, help="G (default: the window the model records)")
+    stream.add_argument("--group_size", type=int, default=None, help="W (default: the window the model records)")
     stream.add_argument("--num_inference_steps", type=int, default=None, help="default: the sampler's (20; G for scm)")
     stream.add_argument("--guidance_scale", type=float, default=None, help="default: the sampler's (6; 1 for scm)")
     stream.add_argument("--bin_frames", type=int, default=DEFAULT_BIN_FRAMES, help="frames per drift bin")
@@ -120,16 +120,36 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="the first and the last this many frames are compared (control following over time)",
     )
     add_sampling(stream)
-    args = parser.parse_args(argv)
-    if args.command == "stream":
-        defaults = STREAM_DEFAULTS[args.sampler]
-        args.num_inference_steps = args.num_inference_steps or defaults["num_inference_steps"] or args.num_groups
-        args.guidance_scale = defaults["guidance_scale"] if args.guidance_scale is None else args.guidance_scale
-    return args
+    return parser.parse_args(argv)
+
+
+def resolve_stream_settings(args: argparse.Namespace) -> None:
+    """Fill the stream's window from the model's record (a stream in another window than the model trained in
+    measures a model that does not exist), then the sampler's defaults."""
+    model_dir = check_model_dir(args.model_dir, "--model_dir")
+    recorded = generation_defaults(model_dir)
+    for name in ("num_groups", "group_size"):
+        given, trained = getattr(args, name), getattr(recorded, name)
+        if given is None and trained is None:
+            raise ConfigError(
+                f"--{name}: the model at {model_dir} records no Swin-DPM window (a model of stage 3 or 4 does); "
+                f"pass --{name} as it was trained"
+            )
+        if given is not None and trained is not None and given != trained:
+            raise ConfigError(
+                f"--{name} {given}: the model at {model_dir} was trained with {name}={trained}; pass {trained} "
+                "or leave it out"
+            )
+        setattr(args, name, trained if given is None else given)
+    defaults = STREAM_DEFAULTS[args.sampler]
+    args.num_inference_steps = args.num_inference_steps or defaults["num_inference_steps"] or args.num_groups
+    args.guidance_scale = defaults["guidance_scale"] if args.guidance_scale is None else args.guidance_scale
 
 
 def main(argv=None) -> Path:
     args = parse_args(argv)
+    if args.command == "stream":
+        resolve_stream_settings(args)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     start = time.perf_counter()
     settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Step 4 (about 3 minutes on one H100): stage 3 (Swin-DPM) with the users' launcher and its mini config, then
+# Step 5 (about 3 minutes on one H100): stage 3 (Swin-DPM) with the users' launcher and its mini config, then
 # 2,000-frame streams: control following and drift.
 # Carry in: outputs/learning/footage/game, outputs/learning/footage/heldout, outputs/learning/models/stage2/model,
 # outputs/learning/idm. Returns models/stage3 (model and log), results/.
 source "$(dirname "$0")/common.sh"
-step 04
+step 05
 
 # shellcheck disable=SC2086
 phase "stage 3: Swin-DPM" done_or "$MODELS/stage3/model" \
@@ -13,8 +13,7 @@ phase "stage 3: Swin-DPM" done_or "$MODELS/stage3/model" \
   --index_file "$FOOTAGE/game/index.json" --output_dir "$MODELS/stage3" "${TRAIN_SCALE[@]}" ${STAGE3_ARGS:-}
 phase "evaluate streams: stage 3" done_or "$RESULTS/stream_stage3.json" \
   "${EVALUATE[@]}" stream --model_dir "$MODELS/stage3/model" --sampler swin-dpm --idm "$IDM" \
-  --data_root "$FOOTAGE/heldout" --index_file "$FOOTAGE/heldout/index.json" --num_groups 4 --group_size 2 \
-  --num_inference_steps "$TEACHER_STEPS" --bin_frames "$BIN_FRAMES" --prompt "$PROMPT" \
+  --data_root "$FOOTAGE/heldout" --index_file "$FOOTAGE/heldout/index.json" --num_inference_steps "$TEACHER_STEPS" --bin_frames "$BIN_FRAMES" --prompt "$PROMPT" \
   --output "$RESULTS/stream_stage3.json" --contact_sheet "$RESULTS/sheet_stream_stage3.png" "${STREAM_SCALE[@]}"
 
 pack models/stage3 results

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Step 5 (about 4 minutes on one H100): stage 4 (SCM) with the users' launcher and its mini config, then the
+# Step 6 (about 4 minutes on one H100): stage 4 (SCM) with the users' launcher and its mini config, then the
 # 4-step student's streams beside its 20-step teacher's and the teacher's at 4 steps, all in this one run so
 # that their speeds compare on one machine.
 # Carry in: outputs/learning/footage/game, outputs/learning/footage/heldout, outputs/learning/models/stage3/model,
 # outputs/learning/idm. Returns models/stage4 (model and log), results/.
 source "$(dirname "$0")/common.sh"
-step 05
-STREAMS=(--idm "$IDM" --data_root "$FOOTAGE/heldout" --index_file "$FOOTAGE/heldout/index.json" --num_groups 4
-         --group_size 2 --bin_frames "$BIN_FRAMES" --prompt "$PROMPT" "${STREAM_SCALE[@]}")
+step 06
+STREAMS=(--idm "$IDM" --data_root "$FOOTAGE/heldout" --index_file "$FOOTAGE/heldout/index.json"
+         --bin_frames "$BIN_FRAMES" --prompt "$PROMPT" "${STREAM_SCALE[@]}")
 
 # shellcheck disable=SC2086
 phase "stage 4: SCM distillation" done_or "$MODELS/stage4/model" \
