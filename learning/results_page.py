@@ -55,6 +55,9 @@ RUNS = {
     "stage 4": ("stage4", "loss"),
 }
 SMOOTHING = 50  # steps in the moving average of a plotted loss
+# The learning proof's game, CarRacing, names each key by a pedal (D gas, B brake, N none) and an optional steering
+# (L, R): control following split into the two parts shows which of them a model follows.
+KEY_PARTS = {"steering": lambda token: token[1:] or "straight", "pedal": lambda token: token[0]}
 
 
 @dataclass
@@ -322,6 +325,28 @@ def plot_speed(streams: dict, path: Path) -> None:
     plt.close(figure)
 
 
+def part_agreement(following: dict, part) -> float:
+    """The share of scored latent frames whose commanded and read keys agree in one part (``part(token)``)."""
+    tokens = list(following["per_class"])
+    pairs = [
+        (count, part(commanded) == part(read))
+        for commanded, row in zip(tokens, following["confusion"])
+        for read, count in zip(tokens, row)
+    ]
+    return sum(count for count, same in pairs if same) / sum(count for count, _ in pairs)
+
+
+def key_part_rows(results: Results, clips: dict, streams: dict) -> list[list[str]]:
+    """Control following of whole keys and of each key part, for real footage (the IDM) and every model."""
+    named = {"real footage (the IDM, held out)": results.idm["measures"]["idm"]} if results.idm else {}
+    named |= {CLIP_MODELS[name]: record["measures"]["control_following"] for name, record in clips.items()}
+    named |= {STREAMS[name]: record["measures"]["control_following"] for name, record in streams.items()}
+    return [
+        [name, fmt(following["accuracy"]), *(fmt(part_agreement(following, part)) for part in KEY_PARTS.values())]
+        for name, following in named.items()
+    ]
+
+
 def write_page(results: Results, output: Path, images: Path) -> None:
     """The markdown page and its PNGs: tables of every measure, the targets, plots, the contact sheets."""
     images.mkdir(parents=True, exist_ok=True)
@@ -450,6 +475,20 @@ def write_page(results: Results, output: Path, images: Path) -> None:
             {"chance": reference["chance"]["uniform"], "IDM on real footage": reference["real_ceiling"]},
         )
         lines += [f"![control following]({relative / 'control_following.png'})", ""]
+        parts = ", ".join(
+            f"{name} {{{', '.join(sorted({part(token) for token in reference['per_class']}))}}}"
+            for name, part in KEY_PARTS.items()
+        )
+        lines += [
+            "### Which part of the keys is followed",
+            "",
+            f"Agreement of the whole key and of each of its parts ({parts}) between the commands and what the IDM "
+            "reads, from the same confusion matrices; uniformly random commands agree with a part by chance at one "
+            "in three.",
+            "",
+            markdown_table(["videos", "whole key", *KEY_PARTS], key_part_rows(results, clips, streams)),
+            "",
+        ]
 
     if streams:
         rows = []

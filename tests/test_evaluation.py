@@ -35,6 +35,7 @@ from thematrix.evaluation.metrics import (
 )
 from thematrix.evaluation.report import COMMIT_VARIABLE, environment, frame_labels
 from thematrix.model_dir import generation_defaults
+from thematrix.models import InteractiveCogVideoXTransformer3DModel
 
 C = 4  # the VAE's temporal compression
 # Pixels the square moves per frame under each token: three of the tests' vocabulary, in its order.
@@ -346,6 +347,10 @@ def test_stream_edges_must_fit_in_the_stream(idm_dir, model_dir, footage, tmp_pa
                 "24",
                 "--edge_frames",
                 "16",
+                "--num_groups",
+                "2",
+                "--group_size",
+                "2",
             ]
         )
 
@@ -367,8 +372,38 @@ def test_streams_run_in_the_window_the_model_records(model_dir, tmp_path):
     args = stream_arguments(recorded)
     resolve_stream_settings(args)
     assert (args.num_groups, args.group_size, args.num_inference_steps) == (4, 2, 4)  # scm: one step per group
-    with pytest.raises(ConfigError, match="--group_size 4: the model at .* was trained with group_size=2"):
+    with pytest.raises(ConfigError, match="--group_size is 4, but the model at .* was trained with 2"):
         resolve_stream_settings(stream_arguments(recorded, "--group_size", "4"))
+
+
+def control_use_errors(model_dir, footage, output) -> dict:
+    data_root, index_file = footage[0]
+    main(
+        ["control_use", "--model_dir", str(model_dir), "--data_root", str(data_root), "--index_file", str(index_file)]
+        + ["--timesteps", "500", "900", "--output", str(output)]
+    )
+    return json.loads(output.read_text())["measures"]["x0_mse"]
+
+
+def test_control_use_separates_the_key_sets_only_through_the_control_blocks(model_dir, footage, tmp_path):
+    """With the control blocks' random gates, own, null and other keys give three errors; with the gates at zero
+    (a stage-2 model at step 0) the keys reach nothing and the three are equal."""
+    recorded = tmp_path / "model"
+    shutil.copytree(model_dir, recorded)
+    dataclasses.replace(generation_defaults(recorded), fps=CLIP_FPS, num_frames=1 + C * 2).save(recorded)
+    errors = control_use_errors(recorded, footage, tmp_path / "random_gates.json")
+    own, null, other = errors.values()
+    assert len(own) == 2 and own != null and null != other
+
+    transformer = InteractiveCogVideoXTransformer3DModel.from_pretrained(recorded, subfolder="transformer")
+    with torch.no_grad():
+        for block in transformer.control_blocks:
+            block.norm.linear.weight.zero_()
+            block.norm.linear.bias.zero_()
+    transformer.save_pretrained(recorded / "transformer")
+    errors = control_use_errors(recorded, footage, tmp_path / "zero_gates.json")
+    own, null, other = errors.values()
+    assert own == null == other
 
 
 def load_results_page():
@@ -439,6 +474,17 @@ def test_results_page_judges_each_target_from_the_measures(tmp_path):
     assert "0.333x" not in rows[0][1] and "0.33x" in rows[0][1]
     summary = page.summary(page.Results.load(tmp_path), "01")
     assert "| 01 | record | 100 |" in summary and "| 02 |" not in summary
+
+
+def test_results_page_splits_agreement_into_the_parts_of_a_key():
+    """Every DL read as BL and every D as D: the steering part always agrees, the pedal part half the time."""
+    page = load_results_page()
+    tokens = ["D", "DL", "BL"]
+    read_as = {"D": "D", "DL": "BL", "BL": "BL"}
+    confusion = [[3 * (read_as[commanded] == read) for read in tokens] for commanded in tokens[:2]] + [[0, 0, 0]]
+    following = {"per_class": dict.fromkeys(tokens, 0.0), "confusion": confusion}
+    assert page.part_agreement(following, page.KEY_PARTS["steering"]) == 1.0
+    assert page.part_agreement(following, page.KEY_PARTS["pedal"]) == 0.5
 
 
 def test_results_page_marks_unmeasured_targets_pending(tmp_path):

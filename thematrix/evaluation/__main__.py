@@ -8,6 +8,9 @@
     # 3. long streams from real clips (stage 3 and 4 models): control following, domain fit, drift, speed
     python -m thematrix.evaluation stream --model_dir MODEL --sampler swin-dpm --idm IDM \\
         --data_root HELDOUT --index_file HELDOUT/index.json --output stream.json
+    # 4. whether a model uses its keys at all (no IDM): denoising error with its own, the null and other keys
+    python -m thematrix.evaluation control_use --model_dir MODEL --data_root GAME --index_file GAME/index.json \\
+        --output control_use.json
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from dataclasses import fields
 from pathlib import Path
 
 from thematrix.cli import run
-from thematrix.config import ConfigError
+from thematrix.config import ConfigError, setting_from_model
 from thematrix.controls import VOCABULARY_FILE, ControlVocabulary, data_root_vocabulary
+from thematrix.evaluation.control_use import DEFAULT_TIMESTEPS, KEY_SETS, control_use
 from thematrix.evaluation.evaluate import IdmData, Reference, build_idm, evaluate_clips, evaluate_streams
 from thematrix.evaluation.generation import STREAM_DEFAULTS, STREAM_PIPELINES
 from thematrix.evaluation.idm import IdmTraining
@@ -120,6 +124,17 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="the first and the last this many frames are compared (control following over time)",
     )
     add_sampling(stream)
+    use = commands.add_parser(
+        "control_use", help="denoising error with the clips' own keys, the null key and other keys, per noise level"
+    )
+    use.add_argument("--model_dir", required=True, help="a model directory with controls (stage 2 or later)")
+    use.add_argument("--data_root", required=True, help="real clips with their keys (e.g. the training footage)")
+    use.add_argument("--index_file", required=True)
+    use.add_argument("--num_clips", type=int, default=16)
+    use.add_argument("--timesteps", type=int, nargs="+", default=list(DEFAULT_TIMESTEPS))
+    use.add_argument("--seed", type=int, default=0, help="which clips, and the noise")
+    use.add_argument("--fps", type=float, default=None, help="frame rate to read at (default: the model's record)")
+    use.add_argument("--output", type=Path, required=True, help="JSON file of the measures")
     return parser.parse_args(argv)
 
 
@@ -129,18 +144,15 @@ def resolve_stream_settings(args: argparse.Namespace) -> None:
     model_dir = check_model_dir(args.model_dir, "--model_dir")
     recorded = generation_defaults(model_dir)
     for name in ("num_groups", "group_size"):
-        given, trained = getattr(args, name), getattr(recorded, name)
-        if given is None and trained is None:
+        value = setting_from_model(
+            f"--{name}", getattr(args, name), getattr(recorded, name), f"the model at {model_dir}"
+        )
+        if value is None:
             raise ConfigError(
                 f"--{name}: the model at {model_dir} records no Swin-DPM window (a model of stage 3 or 4 does); "
                 f"pass --{name} as it was trained"
             )
-        if given is not None and trained is not None and given != trained:
-            raise ConfigError(
-                f"--{name} {given}: the model at {model_dir} was trained with {name}={trained}; pass {trained} "
-                "or leave it out"
-            )
-        setattr(args, name, trained if given is None else given)
+        setattr(args, name, value)
     defaults = STREAM_DEFAULTS[args.sampler]
     args.num_inference_steps = args.num_inference_steps or defaults["num_inference_steps"] or args.num_groups
     args.guidance_scale = defaults["guidance_scale"] if args.guidance_scale is None else args.guidance_scale
@@ -166,6 +178,23 @@ def main(argv=None) -> Path:
             f"IDM held-out accuracy {measures['idm']['accuracy']:.3f} (chance: uniform {measures['chance']['uniform']:.3f}, "
             f"majority {measures['chance']['majority']:.3f}); IDM and reference: {args.output_dir.resolve()}"
         )
+        return output
+    if args.command == "control_use":
+        measures = control_use(
+            args.model_dir,
+            args.data_root,
+            args.index_file,
+            num_clips=args.num_clips,
+            timesteps=tuple(args.timesteps),
+            seed=args.seed,
+            fps=args.fps,
+        )
+        output = write_json(args.output, measures, settings, time.perf_counter() - start)
+        errors = measures["x0_mse"]
+        print(f"x0 error on {measures['clips']} clips, by timestep: " + ", ".join(KEY_SETS))
+        for index, timestep in enumerate(measures["timesteps"]):
+            print(f"  t={timestep:4d}  " + "  ".join(f"{errors[name][index]:.5f}" for name in KEY_SETS))
+        print(f"measures: {output.resolve()}")
         return output
     reference = Reference.load(args.idm)
     prompt = args.prompt or generation_defaults(check_model_dir(args.model_dir, "--model_dir")).prompt
