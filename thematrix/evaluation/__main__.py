@@ -134,6 +134,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     use.add_argument("--timesteps", type=int, nargs="+", default=list(DEFAULT_TIMESTEPS))
     use.add_argument("--seed", type=int, default=0, help="which clips, and the noise")
     use.add_argument("--fps", type=float, default=None, help="frame rate to read at (default: the model's record)")
+    use.add_argument("--batch_size", type=int, default=4, help="clips per transformer forward")
     use.add_argument("--output", type=Path, required=True, help="JSON file of the measures")
     return parser.parse_args(argv)
 
@@ -188,6 +189,7 @@ def main(argv=None) -> Path:
             timesteps=tuple(args.timesteps),
             seed=args.seed,
             fps=args.fps,
+            batch_size=args.batch_size,
         )
         output = write_json(args.output, measures, settings, time.perf_counter() - start)
         errors = measures["x0_mse"]

@@ -57,11 +57,13 @@ def real_latents(
     )
     chosen = random.Random(seed).sample(range(len(dataset)), min(num_clips, len(dataset)))
     items = [dataset[index] for index in chosen]
-    videos = torch.stack([item["video"] for item in items]).to(pipeline.device, pipeline.vae.dtype)
-    with torch.no_grad():
-        latents = pipeline.vae.encode(videos.permute(0, 2, 1, 3, 4)).latent_dist.mean
-    latents = latents.permute(0, 2, 1, 3, 4).float() * pipeline.vae.config.scaling_factor
-    return latents, torch.stack([item["controls"] for item in items]).to(pipeline.device)
+    latents = []
+    for item in items:  # one clip at a time: at the 2B model's size a batch of clips does not fit the VAE
+        video = item["video"][None].to(pipeline.device, pipeline.vae.dtype).permute(0, 2, 1, 3, 4)
+        with torch.no_grad():
+            latents.append(pipeline.vae.encode(video).latent_dist.mean.permute(0, 2, 1, 3, 4).float())
+    scaled = torch.cat(latents) * pipeline.vae.config.scaling_factor
+    return scaled, torch.stack([item["controls"] for item in items]).to(pipeline.device)
 
 
 @torch.no_grad()
@@ -74,8 +76,10 @@ def control_use(
     timesteps: tuple[int, ...] = DEFAULT_TIMESTEPS,
     seed: int = 0,
     fps: float | None = None,
+    batch_size: int = 4,
 ) -> dict:
-    """Mean squared error of the predicted clean latents at each timestep, for each key set of ``KEY_SETS``."""
+    """Mean squared error of the predicted clean latents at each timestep, for each key set of ``KEY_SETS``;
+    ``batch_size`` clips per transformer forward."""
     device = default_device()
     pipeline = InteractivePipeline.from_model_dir(
         model_dir, device=device, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -93,13 +97,18 @@ def control_use(
         noise = torch.randn(latents.shape, generator=generator, device=device)
         noisy = schedule.add_noise(latents, noise, steps)
         for name, controls in keys.items():
-            velocity = pipeline.transformer(
-                hidden_states=noisy.to(pipeline.transformer.dtype),
-                encoder_hidden_states=prompt_embeds,
-                timestep=steps,
-                controls=controls,
-                return_dict=False,
-            )[0].float()
+            velocity = torch.cat(
+                [
+                    pipeline.transformer(
+                        hidden_states=noisy[batch].to(pipeline.transformer.dtype),
+                        encoder_hidden_states=prompt_embeds[batch],
+                        timestep=steps[batch],
+                        controls=controls[batch],
+                        return_dict=False,
+                    )[0].float()
+                    for batch in (slice(first, first + batch_size) for first in range(0, count, batch_size))
+                ]
+            )
             predicted = schedule.velocity_to_sample(velocity, noisy, steps)
             errors[name].append(((predicted - latents) ** 2).mean().item())
     return {"clips": count, "timesteps": list(timesteps), "x0_mse": errors}
