@@ -274,44 +274,31 @@ def test_clips_with_and_without_controls_are_scored_against_the_same_commands(
     assert sheet.size == (8 * TINY_WIDTH, 2 * TINY_HEIGHT)
 
 
+def stream_command(model_dir, idm, data_root, index_file, output, sampler: str, *settings: str) -> list[str]:
+    """The command line of a stream evaluation; ``settings`` are the options beyond the required ones."""
+    return [
+        "stream",
+        *("--model_dir", str(model_dir), "--sampler", sampler, "--idm", str(idm), "--prompt", PROMPT),
+        *("--data_root", str(data_root), "--index_file", str(index_file), "--output", str(output), *settings),
+    ]
+
+
+TEST_WINDOW = ("--num_groups", "2", "--group_size", "2")  # the test models record no window
+
+
 @pytest.mark.parametrize("sampler, steps", [("swin-dpm", "2"), ("scm", "2")])
 def test_streams_are_scored_per_bin_with_their_speed(idm_dir, model_dir, footage, tmp_path, sampler, steps):
-    heldout_root, heldout_index = footage[1]
     output = tmp_path / "stream.json"
     main(
-        [
-            "stream",
-            "--model_dir",
-            str(model_dir),
-            "--sampler",
+        stream_command(
+            model_dir,
+            idm_dir,
+            *footage[1],
+            output,
             sampler,
-            "--idm",
-            str(idm_dir),
-            "--prompt",
-            PROMPT,
-            "--data_root",
-            str(heldout_root),
-            "--index_file",
-            str(heldout_index),
-            "--output",
-            str(output),
-            "--num_streams",
-            "2",
-            "--num_frames",
-            "24",
-            "--num_groups",
-            "2",
-            "--group_size",
-            "2",
-            "--num_inference_steps",
-            steps,
-            "--bin_frames",
-            "8",
-            "--edge_frames",
-            "8",
-            "--contact_sheet",
-            str(tmp_path / "stream.png"),
-        ]
+            *("--num_streams", "2", "--num_frames", "24", *TEST_WINDOW, "--num_inference_steps", steps),
+            *("--bin_frames", "8", "--edge_frames", "8", "--contact_sheet", str(tmp_path / "stream.png")),
+        )
     )
     measures = json.loads(output.read_text())["measures"]
     length = measures["frames_per_stream"]
@@ -324,42 +311,21 @@ def test_streams_are_scored_per_bin_with_their_speed(idm_dir, model_dir, footage
 
 
 def test_stream_edges_must_fit_in_the_stream(idm_dir, model_dir, footage, tmp_path):
-    heldout_root, heldout_index = footage[1]
     with pytest.raises(ValueError, match="first and last 16 frames"):
         main(
-            [
-                "stream",
-                "--model_dir",
-                str(model_dir),
-                "--sampler",
+            stream_command(
+                model_dir,
+                idm_dir,
+                *footage[1],
+                tmp_path / "x.json",
                 "scm",
-                "--idm",
-                str(idm_dir),
-                "--prompt",
-                PROMPT,
-                "--data_root",
-                str(heldout_root),
-                "--index_file",
-                str(heldout_index),
-                "--output",
-                str(tmp_path / "x.json"),
-                "--num_frames",
-                "24",
-                "--edge_frames",
-                "16",
-                "--num_groups",
-                "2",
-                "--group_size",
-                "2",
-            ]
+                *("--num_frames", "24", "--edge_frames", "16", *TEST_WINDOW),
+            )
         )
 
 
 def stream_arguments(model_dir, *window: str) -> argparse.Namespace:
-    return parse_args(
-        ["stream", "--model_dir", str(model_dir), "--sampler", "scm", "--idm", "IDM", "--data_root", "D"]
-        + ["--index_file", "D/index.json", "--output", "x.json", *window]
-    )
+    return parse_args(stream_command(model_dir, "IDM", "D", "D/index.json", "x.json", "scm", *window))
 
 
 def test_streams_run_in_the_window_the_model_records(model_dir, tmp_path):
