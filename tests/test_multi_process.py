@@ -93,7 +93,8 @@ def runs(tiny_model_dir, tiny_dataset, tmp_path_factory):
         root / "config.py",
     )
     process = launch_stage1(config, log, NUM_PROCESSES)
-    wait_for_steps(two, 1, process, log)
+    # Two steps: a signal right after step 1 stops there, and step 1 of the warm-up trains at learning rate 0.
+    wait_for_steps(two, 2, process, log)
     process.send_signal(signal.SIGTERM)  # to the launcher alone, as `kill PID` or a container runtime sends it
     code, output = finish(process, log)
     return two, code, output, one
