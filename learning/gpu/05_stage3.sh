@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Step 5 (about 3 minutes on one H100): stage 3 (Swin-DPM) with the users' launcher and its mini config, then
+# Step 5 (about 7 minutes on one H100): stage 3 (Swin-DPM) with the users' launcher and its mini config, then
 # 2,000-frame streams: control following and drift.
 # Carry in: outputs/learning/footage/game, outputs/learning/footage/heldout, outputs/learning/models/stage2/model,
 # outputs/learning/idm. Returns models/stage3 (model and log), results/.
@@ -12,9 +12,9 @@ phase "stage 3: Swin-DPM" done_or "$MODELS/stage3/model" \
   --pretrained_model_name_or_path "$MODELS/stage2/model" --data_root "$FOOTAGE/game" \
   --index_file "$FOOTAGE/game/index.json" --output_dir "$MODELS/stage3" "${TRAIN_SCALE[@]}" ${STAGE3_ARGS:-}
 phase "evaluate streams: stage 3" done_or "$RESULTS/stream_stage3.json" \
-  "${EVALUATE[@]}" stream --model_dir "$MODELS/stage3/model" --sampler swin-dpm --idm "$IDM" \
-  --data_root "$FOOTAGE/heldout" --index_file "$FOOTAGE/heldout/index.json" --num_inference_steps "$TEACHER_STEPS" --bin_frames "$BIN_FRAMES" --prompt "$PROMPT" \
-  --output "$RESULTS/stream_stage3.json" --contact_sheet "$RESULTS/sheet_stream_stage3.png" "${STREAM_SCALE[@]}"
+  "${EVALUATE[@]}" stream --model_dir "$MODELS/stage3/model" --sampler swin-dpm \
+  --num_inference_steps "$TEACHER_STEPS" --output "$RESULTS/stream_stage3.json" \
+  --contact_sheet "$RESULTS/sheet_stream_stage3.png" "${HELDOUT_STREAMS[@]}"
 
 pack models/stage3 results
 summary

@@ -49,6 +49,9 @@ else
   TRAIN_SCALE=() VAE_SCALE=() IDM_SCALE=() CLIPS_SCALE=() STREAM_SCALE=() BENCHMARK_SCALE=()
   TEACHER_STEPS=20  # stage 3's stream default, which stage 4 distils
 fi
+# The streams of stages 3 and 4: from held-out clips, scored by the IDM per bin of frames.
+HELDOUT_STREAMS=(--idm "$IDM" --data_root "$FOOTAGE/heldout" --index_file "$FOOTAGE/heldout/index.json"
+                 --bin_frames "$BIN_FRAMES" --prompt "$PROMPT" "${STREAM_SCALE[@]}")
 STEP_OUT=""
 
 # step NAME: name this step; its parts go to $OUT (or $WORK/out/NAME), its timings to results/timings_NAME.tsv.

@@ -16,8 +16,8 @@ args.frame_buckets = (1 + 4 * (2 + 4 * 2),)  # stage 3's window clip, 41 frames
 # 1,500 steps has no time for; each step costs 5 guided teacher forwards.
 args.teacher_num_inference_steps = 20
 args.skipping_interval = 5
-# 16 windows a step, 2.7 TFLOP (the teacher's forwards more than the student's step); 1,500 steps take about
-# 2 minutes on one H100 (learning/README.md).
+# 16 windows a step, 2.7 TFLOP (the teacher's forwards more than the student's step); 1,500 steps took 405 s on
+# one H100 (learning/RESULTS.md), 0.27 s a step against the 0.07 estimated: launches, not FLOPs, bound it.
 args.train_batch_size = 16
 args.max_train_steps = 1_500
 args.learning_rate = 5e-5  # ten times the 2B recipe's: the mini student moves as far in a tenth of the steps
