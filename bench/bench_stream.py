@@ -1,20 +1,26 @@
-"""Streaming speed at full CogVideoX-2B size (random weights): Swin-DPM (stage 3) and few-step (stage 4).
+"""Streaming speed at full CogVideoX-2B size (random weights): Swin-DPM (stage 3) and few-step (stage 4), eager and
+with the fast paths (thematrix/acceleration.py), beside stock diffusers in the same process.
 
-    python bench/bench_stream.py --height 480 --width 720 --groups 4 --json stream.json
+    python bench/bench_stream.py --height 480 --width 720 --json stream.json
+    python bench/bench_stream.py --rows scm_4_steps_compiled --json relaunch.json  # a second launch: cached compile
 
-For each setting, a stream starts from a clip one training clip long (73 frames), emits ``--groups``
-groups of W=4 latent frames (16 video frames each, decoded incrementally by the causal VAE), and
-reports time to first frame and frames per second after the first group. Baseline in the same process: stock
-``CogVideoXPipeline`` generating 49 frames with the same number of steps and guidance, its frames
-per second being frames over wall time.
+Each row streams from a random clip one window long, with a window of G groups of W latent frames (16 video frames
+a group for W = 4), and reports: time to first frame; frames per second after the first group; control-to-screen
+latency, the time from asking a group's controls (when it enters the window) to showing its first frame, averaged
+over the groups that entered after the start; and, for the fast paths, the error of the latents and the PSNR of the
+frames against the eager row of the same sampling. Baseline: stock ``CogVideoXPipeline`` generating 49 frames with
+the same number of steps and guidance, its frames per second being frames over wall time. The JSON is rewritten
+after every row, so a run cut short keeps what it measured.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,54 +29,158 @@ from diffusers import CogVideoXPipeline, CogVideoXTransformer3DModel
 from stage3.cogvideox.pipeline_cogvideox import SwinDPMPipeline, window_clip_frames
 from stage4.cogvideox.pipeline_cogvideox import ScmPipeline
 from stage4.cogvideox.scheduler import ScmScheduler
+from thematrix.acceleration import StreamAcceleration, accelerate
 from thematrix.base_model import build_base_model
 from thematrix.controls import ControlVocabulary, default_control_pattern
 from thematrix.model_dir import load_components
 from thematrix.models import InteractiveCogVideoXTransformer3DModel
 
 STOCK_FRAMES = 49
-NUM_GROUPS = 4
-GROUP_SIZE = 4
 # A game of nine keys, as many as the reference's car: the number of rows of the control table.
 BENCH_VOCABULARY = ControlVocabulary.from_mapping({f"KEY{key}": f"The player holds key {key}." for key in range(9)})
 CONTROL_PATTERN = default_control_pattern(BENCH_VOCABULARY)
 PROMPT = "A game world seen from above, the player moving through it."
+# Groups emitted after the window's first G, whose controls were asked mid-stream: the latency's samples.
+LATENCY_GROUPS = 3
+PIXEL_RANGE = 2.0  # frames in [-1, 1]
 
 
-def stream_speed(pipeline: SwinDPMPipeline, initial_video: torch.Tensor, steps: int, guidance: float, cli) -> dict:
-    """Time to first frame and steady frames per second of one stream."""
-    generator = torch.Generator(device="cuda").manual_seed(0)
-    torch.cuda.synchronize()
+@dataclass(frozen=True)
+class Row:
+    name: str
+    sampler: str  # "swin-dpm" or "scm"
+    steps: int
+    guidance: float
+    num_groups: int = 4
+    group_size: int = 4
+    compiled: bool = False
+    overlap_decode: bool = False
+    reference: str | None = None  # the eager row whose output this one should reproduce
+    # A first, unmeasured stream compiles the window's shapes, so no compilation lands inside the measures.
+    warm_up: bool = False
+
+    @property
+    def max_groups(self) -> int:
+        """Swin-DPM rows emit 4 groups (speed only); few-step rows G + LATENCY_GROUPS (speed and latency)."""
+        return 4 if self.sampler == "swin-dpm" else self.num_groups + LATENCY_GROUPS
+
+
+ROWS = [
+    Row("swin_dpm_20_steps", "swin-dpm", 20, 1.0),
+    Row("swin_dpm_20_steps_cfg", "swin-dpm", 20, 6.0),
+    Row("scm_4_steps", "scm", 4, 1.0),
+    Row("scm_4_steps_cfg", "scm", 4, 6.0),
+    # The first compiled row pays the compilation (cold start); the next ones run compiled.
+    Row("scm_4_steps_compiled", "scm", 4, 1.0, compiled=True, reference="scm_4_steps"),
+    Row("scm_4_steps_compiled_again", "scm", 4, 1.0, compiled=True, reference="scm_4_steps"),
+    Row("scm_4_steps_compiled_overlap", "scm", 4, 1.0, compiled=True, overlap_decode=True, reference="scm_4_steps"),
+    Row("swin_dpm_20_steps_cfg_compiled", "swin-dpm", 20, 6.0, compiled=True, reference="swin_dpm_20_steps_cfg"),
+    # Smaller windows: shorter latency (fewer groups between entering and leaving), cheaper forwards.
+    Row("scm_2x4_compiled", "scm", 2, 1.0, num_groups=2, group_size=4, compiled=True, warm_up=True),
+    Row("scm_2x4_compiled_overlap", "scm", 2, 1.0, num_groups=2, group_size=4, compiled=True, overlap_decode=True),
+    Row("scm_2x2_compiled", "scm", 2, 1.0, num_groups=2, group_size=2, compiled=True, warm_up=True),
+    Row("scm_2x2_compiled_overlap", "scm", 2, 1.0, num_groups=2, group_size=2, compiled=True, overlap_decode=True),
+]
+STOCK_ROWS = [("stock_20_steps", 20, 1.0), ("stock_20_steps_cfg", 20, 6.0)]
+
+
+def stream_row(pipeline: SwinDPMPipeline, row: Row, cli) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """One stream's measures, its frames and its latents (on the CPU)."""
+    initial_video = torch.rand(
+        window_clip_frames(pipeline.vae, row.num_groups, row.group_size),
+        3,
+        cli.height,
+        cli.width,
+        generator=torch.Generator().manual_seed(0),
+    )
+    asked: dict[int, float] = {}
+
+    def controls(group: int) -> list[str]:
+        asked[group] = time.perf_counter()
+        return [CONTROL_PATTERN[(group * row.group_size + k) % len(CONTROL_PATTERN)] for k in range(row.group_size)]
+
+    generator = torch.Generator(device=pipeline.device).manual_seed(0)
+    on_gpu = pipeline.device.type == "cuda"
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.synchronize()
     start = time.perf_counter()
-    arrivals = []
-    frames_per_group = []
+    shown, frames, latents = {}, [], []
     for chunk in pipeline.stream(
         prompt=PROMPT,
-        initial_video=initial_video,
-        controls=lambda group: [
-            CONTROL_PATTERN[(group * GROUP_SIZE + k) % len(CONTROL_PATTERN)] for k in range(GROUP_SIZE)
-        ],
-        num_groups=NUM_GROUPS,
-        group_size=GROUP_SIZE,
-        num_inference_steps=steps,
-        guidance_scale=guidance,
+        initial_video=initial_video * 2 - 1,
+        controls=controls,
+        num_groups=row.num_groups,
+        group_size=row.group_size,
+        num_inference_steps=row.steps,
+        guidance_scale=row.guidance,
         generator=generator,
-        max_groups=cli.groups,
+        max_groups=row.max_groups,
+        overlap_decode=row.overlap_decode,
     ):
-        torch.cuda.synchronize()
-        arrivals.append(time.perf_counter() - start)
-        frames_per_group.append(chunk.frames.shape[0])
-    steady_frames = sum(frames_per_group[1:])
-    steady_time = arrivals[-1] - arrivals[0]
-    return {
-        "steps": steps,
-        "guidance_scale": guidance,
+        shown[chunk.group_index] = time.perf_counter()
+        frames.append(chunk.frames)
+        latents.append(chunk.latents)
+    arrivals = [shown[group] - start for group in sorted(shown)]
+    steady_frames = sum(len(chunk) for chunk in frames[1:])
+    mid_stream = [group for group in shown if group >= row.num_groups]
+    measures = {
+        "steps": row.steps,
+        "guidance_scale": row.guidance,
+        "window": f"{row.num_groups}x{row.group_size}",
+        "compiled": row.compiled,
+        "overlap_decode": row.overlap_decode,
         "groups": len(arrivals),
         "time_to_first_frame_s": arrivals[0],
-        "fps": steady_frames / steady_time,
-        "seconds_per_group": steady_time / (len(arrivals) - 1),
-        "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "fps": steady_frames / (arrivals[-1] - arrivals[0]),
+        "seconds_per_group": (arrivals[-1] - arrivals[0]) / (len(arrivals) - 1),
+        "control_to_screen_s": (
+            sum(shown[group] - asked[group] for group in mid_stream) / len(mid_stream) if mid_stream else None
+        ),
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if on_gpu else None,
     }
+    return measures, torch.cat(frames), torch.cat(latents)
+
+
+def error_against(frames: torch.Tensor, latents: torch.Tensor, reference: tuple[torch.Tensor, torch.Tensor]) -> dict:
+    """Latent error relative to the reference's scale, and the frames' PSNR (dB, frames in [-1, 1])."""
+    reference_frames, reference_latents = reference
+    mse = torch.mean((frames - reference_frames) ** 2).item()
+    return {
+        "latent_max_abs_error": (latents - reference_latents).abs().max().item(),
+        "latent_relative_rms_error": ((latents - reference_latents).norm() / reference_latents.norm()).item(),
+        "frames_psnr_db": math.inf if mse == 0 else 10 * math.log10(PIXEL_RANGE**2 / mse),
+    }
+
+
+def base_model_dir(cli) -> Path:
+    """``--model_dir``, or the random 2B base model in ``--work_dir`` (built there once)."""
+    model_dir = cli.model_dir or Path(cli.work_dir or tempfile.mkdtemp(prefix="bench-")) / "base-2b"
+    if not (model_dir / "model_index.json").is_file():
+        build_base_model("cogvideox-2b", model_dir, seed=0, dtype=torch.bfloat16, device=cli.device)
+    return model_dir
+
+
+def interactive_transformer(model_dir: Path) -> InteractiveCogVideoXTransformer3DModel:
+    """The base model's transformer with random control blocks and table for ``BENCH_VOCABULARY``, in bf16."""
+    base = CogVideoXTransformer3DModel.from_pretrained(model_dir, subfolder="transformer", dtype=torch.bfloat16)
+    generator = torch.Generator().manual_seed(0)
+    table = torch.randn(len(BENCH_VOCABULARY) + 1, base.config.text_embed_dim, generator=generator)
+    torch.manual_seed(0)
+    return InteractiveCogVideoXTransformer3DModel.from_base(base, BENCH_VOCABULARY, table).to(torch.bfloat16)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--width", type=int, default=720)
+    parser.add_argument("--work_dir", default=None, help="keeps the built 2B model between runs")
+    parser.add_argument(
+        "--model_dir",
+        type=Path,
+        default=None,
+        help="a base model directory instead of the random 2B one (e.g. a tiny one, to check the script on the CPU)",
+    )
+    parser.add_argument("--device", default="cuda", help="cuda; cpu only checks the script")
 
 
 def stock_speed(model_dir: Path, steps: int, guidance: float, cli) -> dict:
@@ -93,64 +203,60 @@ def stock_speed(model_dir: Path, steps: int, guidance: float, cli) -> dict:
     elapsed = time.perf_counter() - start
     del pipeline
     torch.cuda.empty_cache()
-    return {
-        "steps": steps,
-        "guidance_scale": guidance,
-        "frames": STOCK_FRAMES,
-        "seconds": elapsed,
-        "fps": STOCK_FRAMES / elapsed,
-    }
+    return {"steps": steps, "guidance_scale": guidance, "frames": STOCK_FRAMES, "seconds": elapsed,
+            "fps": STOCK_FRAMES / elapsed}  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--height", type=int, default=480)
-    parser.add_argument("--width", type=int, default=720)
-    parser.add_argument(
-        "--groups", type=int, default=4, help="groups per stream (the first includes encoding the clip)"
-    )
-    parser.add_argument("--work_dir", default=None)
+    add_model_arguments(parser)
+    parser.add_argument("--rows", nargs="+", default=None, help="names of the rows to run (default: stock, then all)")
     parser.add_argument("--json", default=None)
     cli = parser.parse_args()
-    work = Path(cli.work_dir or tempfile.mkdtemp(prefix="bench-"))
-    model_dir = work / "base-2b"
-    if not (model_dir / "model_index.json").is_file():
-        build_base_model("cogvideox-2b", model_dir, seed=0, dtype=torch.bfloat16, device="cuda")
-
-    components = load_components(model_dir, torch.bfloat16, SwinDPMPipeline.scheduler_class)
-    base = CogVideoXTransformer3DModel.from_pretrained(model_dir, subfolder="transformer", dtype=torch.bfloat16)
-    table = torch.randn(len(BENCH_VOCABULARY) + 1, base.config.text_embed_dim)
-    transformer = InteractiveCogVideoXTransformer3DModel.from_base(base, BENCH_VOCABULARY, table).to(torch.bfloat16)
-    del base
-    swin = SwinDPMPipeline(transformer=transformer, **components).to("cuda")
-    # Stage 4's pipeline on the same weights: speed does not depend on what the weights learned.
-    scm = ScmPipeline(**dict(swin.components, scheduler=ScmScheduler.from_config(swin.scheduler.config)))
-    initial_video = torch.rand(window_clip_frames(swin.vae, NUM_GROUPS, GROUP_SIZE), 3, cli.height, cli.width) * 2 - 1
+    rows = [row for row in ROWS if cli.rows is None or row.name in cli.rows]
+    unknown = set(cli.rows or ()) - {row.name for row in ROWS} - {name for name, _, _ in STOCK_ROWS}
+    if unknown:
+        parser.error(f"unknown rows {sorted(unknown)}; known: {[row.name for row in ROWS]} and the stock rows")
+    model_dir = base_model_dir(cli)
+    on_gpu = cli.device == "cuda"
 
     results = {
-        "device": torch.cuda.get_device_name(),
+        "device": torch.cuda.get_device_name() if on_gpu else cli.device,
         "size": f"{cli.height}x{cli.width}",
-        "groups_per_stream": cli.groups,
+        "torch": torch.__version__,
     }
-    for name, pipeline, steps, guidance in (
-        ("swin_dpm_20_steps", swin, 20, 1.0),
-        ("swin_dpm_20_steps_cfg", swin, 20, 6.0),
-        # 4 steps over 4 groups: one forward per emitted group, the stage 4 (SCM) sampling path.
-        ("scm_4_steps", scm, 4, 1.0),
-        ("scm_4_steps_cfg", scm, 4, 6.0),
-    ):
+
+    def record(name: str, measures: dict) -> None:
+        results[name] = measures
+        print(name, json.dumps(measures), flush=True)
+        if cli.json:
+            Path(cli.json).write_text(json.dumps(results, indent=2))
+
+    # The baseline first, so that a run cut short still has it.
+    for name, steps, guidance in STOCK_ROWS if on_gpu else ():
+        if cli.rows is None or name in cli.rows:
+            record(name, stock_speed(model_dir, steps, guidance, cli))
+    components = load_components(model_dir, torch.bfloat16, SwinDPMPipeline.scheduler_class)
+    transformer = interactive_transformer(model_dir)
+    swin = SwinDPMPipeline(transformer=transformer, **components).to(cli.device)
+    # Stage 4's pipeline on the same modules: speed does not depend on what the weights learned.
+    scm = ScmPipeline(**dict(swin.components, scheduler=ScmScheduler.from_config(swin.scheduler.config)))
+    outputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    compiled = False
+    for row in rows:
+        if row.compiled and not compiled:
+            accelerate(swin, StreamAcceleration.all())  # scm shares the modules
+            compiled = True
+        pipeline = swin if row.sampler == "swin-dpm" else scm
         pipeline.set_progress_bar_config(disable=True)
-        torch.cuda.reset_peak_memory_stats()
-        results[name] = stream_speed(pipeline, initial_video, steps, guidance, cli)
-        print(name, json.dumps(results[name]))
-    del swin, scm, pipeline, transformer
-    torch.cuda.empty_cache()
-    for name, steps, guidance in (("stock_20_steps", 20, 1.0), ("stock_20_steps_cfg", 20, 6.0)):
-        results[name] = stock_speed(model_dir, steps, guidance, cli)
-        print(name, json.dumps(results[name]))
-    print(json.dumps(results, indent=2))
-    if cli.json:
-        Path(cli.json).write_text(json.dumps(results, indent=2))
+        if row.warm_up:
+            stream_row(pipeline, row, cli)
+        measures, frames, latents = stream_row(pipeline, row, cli)
+        if row.reference in outputs:  # same sampling, window and groups: the same stream up to rounding
+            measures["error_against_eager"] = error_against(frames, latents, outputs[row.reference])
+        if not row.compiled:
+            outputs[row.name] = (frames, latents)
+        record(row.name, measures)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from stage3.cogvideox.pipeline_cogvideox import (
     condition_control,
     window_clip_frames,
 )
+from thematrix.acceleration import StreamAcceleration, accelerate
 from thematrix.cli import run
 from thematrix.config import ConfigError, setting_from_model
 from thematrix.controls import CONTROL_SEPARATOR, ControlVocabulary, default_control_pattern
@@ -171,6 +172,20 @@ def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
         "--fps", type=int, default=None, help="frame rate of the initial clip and of the mp4 (default: the model's)"
     )
 
+    speed = parser.add_argument_group("speed (GPU; bench/RESULTS.md measures each)")
+    speed.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile the transformer's blocks and the VAE decoder: the first stream pays the compilation, which "
+        "later launches read from torch's on-disk cache",
+    )
+    speed.add_argument(
+        "--overlap_decode",
+        action="store_true",
+        help="decode each group while the next group's forwards run: more frames per second, and one group more "
+        "between choosing a key and seeing its frames",
+    )
+
 
 def parse_args(
     argv=None, description: str = __doc__, defaults: dict = SWIN_DPM_DEFAULTS, pipeline_class=SwinDPMPipeline
@@ -210,6 +225,14 @@ def parse_args(
     return args
 
 
+def load_pipeline(args: argparse.Namespace, start: StreamStart, pipeline_class=SwinDPMPipeline) -> SwinDPMPipeline:
+    """The model's pipeline, with the fast paths the options ask for."""
+    pipeline = pipeline_class.from_model_dir(start.model_dir)
+    if args.compile:
+        accelerate(pipeline, StreamAcceleration.all())
+    return pipeline
+
+
 def check_step_options(parser: argparse.ArgumentParser, args: argparse.Namespace, pipeline_class) -> None:
     """With --num_groups given, a step count the stream cannot take is refused at once (else once the model's
     window is known)."""
@@ -242,7 +265,7 @@ def main(
             f"--prompt: {start.model_dir} records no prompt and --initial_video has no caption; pass --prompt"
         )
 
-    pipeline = pipeline_class.from_model_dir(start.model_dir)
+    pipeline = load_pipeline(args, start, pipeline_class)
     frames_per_group = start.temporal_compression * args.group_size
     num_groups = args.groups or max(1, math.ceil(args.seconds * args.fps / frames_per_group))
     stream = pipeline.stream(
@@ -257,6 +280,7 @@ def main(
         generator=torch.Generator(device=pipeline.device).manual_seed(args.seed),
         max_groups=num_groups,
         initial_control=clip.initial_control,
+        overlap_decode=args.overlap_decode,
     )
     start_time = previous = time.perf_counter()
     with Mp4StreamWriter(args.output, fps=args.fps) as writer:

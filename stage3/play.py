@@ -44,7 +44,7 @@ class StreamWorldModel:
             self.first_clip = self.clip_from_file(args.initial_video)
         elif args.index_file is not None:
             self.first_clip = self.clip_from_sample(args.sample_index)
-        self.pipeline = pipeline_class.from_model_dir(self.start.model_dir)
+        self.pipeline = inference.load_pipeline(args, self.start, pipeline_class)
 
     def _first_caption(self) -> str:
         """The prompt of a model that records none: the dataset's first caption."""
@@ -77,6 +77,7 @@ class StreamWorldModel:
             control_guidance_scale=args.control_guidance_scale,
             generator=torch.Generator(device=self.pipeline.device).manual_seed(args.seed),
             initial_control=clip.initial_control,
+            overlap_decode=args.overlap_decode,
         )
 
     @property

@@ -15,6 +15,11 @@ noised with fresh noise to the top of its band, so every per-frame timestep vect
 the first windows included, is one training draws; the stream regenerates the clip's last G * W latent
 frames from there and continues.
 
+Overlap (``overlap_decode``): each emitted group is decoded on a second CUDA stream while the next group's
+forwards run, and is handed out once those are queued, so a group's frames come one group's forwards later and the
+controls asked when a group enters were chosen having seen one group less. Same output as without. Off a GPU the
+work keeps that order without running concurrently.
+
 Frame accounting: the decoder is primed with ``[history, condition]``, its first batch (output discarded),
 so each emitted group of W latent frames decodes whole into ``c * W`` video frames (W must be a multiple
 of the decoder's frame batch, 2). K groups give ``c * W * K`` frames, exactly ``vae.decode`` of
@@ -140,6 +145,7 @@ class SwinDPMPipeline(InteractivePipeline):
         initial_control: str | None = None,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
+        overlap_decode: bool = False,
     ) -> Iterator[StreamChunk]:
         """Start a stream; returns an iterator of ``StreamChunk``, one per emitted group (endless if ``max_groups`` is None).
 
@@ -148,7 +154,8 @@ class SwinDPMPipeline(InteractivePipeline):
         enters the window (at start for the first ``num_groups`` groups, then after each emitted chunk), so a
         player steers the groups still to come. ``initial_control`` is the first condition frame's control
         (default: the first group's first token); later condition frames keep the control of the frame they
-        were. Arguments are checked here; the work runs as the iterator is consumed.
+        were. ``overlap_decode`` decodes each group while the next one's forwards run (see the module docstring).
+        Arguments are checked here; the work runs as the iterator is consumed.
         """
         schedule = self.scheduler.grouped_schedule(num_inference_steps, num_groups)
         decoder = StreamingDecoder(self.vae)
@@ -183,6 +190,7 @@ class SwinDPMPipeline(InteractivePipeline):
             max_groups=max_groups,
             prompt_embeds=prompt_embeds,
             negative_prompt_embeds=negative_prompt_embeds,
+            overlap_decode=overlap_decode,
         )
 
     @staticmethod
@@ -257,8 +265,10 @@ class SwinDPMPipeline(InteractivePipeline):
         max_groups: int | None,
         prompt_embeds: torch.Tensor | None,
         negative_prompt_embeds: torch.Tensor | None,
+        overlap_decode: bool,
     ) -> Iterator[StreamChunk]:
         start = time.perf_counter()
+        decode_stream = torch.cuda.Stream(self.device) if overlap_decode and self.device.type == "cuda" else None
         device, dtype = self.device, self.transformer.dtype
         vocabulary = self.transformer.control_vocabulary
         compression = self.temporal_compression
@@ -295,7 +305,7 @@ class SwinDPMPipeline(InteractivePipeline):
         latents = self.encode_window(clip).sample(generator).permute(0, 2, 1, 3, 4).float().to(device)
         latents = latents * self.vae.config.scaling_factor
         history = history_latent_frames(self.vae)
-        decoder.decode(latents[:, : history + CONDITION_FRAMES])
+        _DecodedGroup(decoder, latents[:, : history + CONDITION_FRAMES], decode_stream)
 
         # 2. The first window, in distribution: the condition clean, group g noised to the top of band g.
         group_tokens = [
@@ -309,6 +319,7 @@ class SwinDPMPipeline(InteractivePipeline):
         control_ids = window_control_ids(condition_token, group_tokens)
 
         group_index = 0
+        decoding: tuple[_DecodedGroup, list[str], int] | None = None  # overlap: the group on the decode stream
         while True:
             # 3. One outer iteration: every group moves down one band; group 0 ends clean.
             for step in range(schedule.steps_per_band):
@@ -316,20 +327,27 @@ class SwinDPMPipeline(InteractivePipeline):
                     latents, control_ids, schedule.window_timesteps(step), schedule.window_timesteps(step + 1)
                 )
 
-            # 4. Emit group 0.
+            # 4. Emit group 0: at once, or (overlap) the previous group, decoded while this one's forwards ran.
             emitted = latents[:, CONDITION_FRAMES : CONDITION_FRAMES + group_size]
-            frames = decoder.decode(emitted)[0].to("cpu", torch.float32)
-            yield StreamChunk(
-                frames=frames.clamp(-1, 1),
-                controls=list(group_tokens[0]),
-                frame_controls=[token for token in group_tokens[0] for _ in range(compression)],
-                latents=emitted[0].to("cpu", copy=True),
-                group_index=group_index,
-                elapsed_s=time.perf_counter() - start,
-                state_nbytes=latents.numel() * latents.element_size() + decoder.state_nbytes(),
-            )
+            state_nbytes = latents.numel() * latents.element_size() + decoder.state_nbytes()
+            current = (_DecodedGroup(decoder, emitted, decode_stream), list(group_tokens[0]), group_index)
+            ready, decoding = (decoding, current) if overlap_decode else (current, None)
             group_index += 1
-            if max_groups is not None and group_index >= max_groups:
+            last = max_groups is not None and group_index >= max_groups
+            for group in (ready, decoding if last else None):
+                if group is not None:
+                    decoded, tokens, index = group
+                    frames, emitted_latents = decoded.result()
+                    yield StreamChunk(
+                        frames=frames.clamp(-1, 1),
+                        controls=tokens,
+                        frame_controls=[token for token in tokens for _ in range(compression)],
+                        latents=emitted_latents,
+                        group_index=index,
+                        elapsed_s=time.perf_counter() - start,
+                        state_nbytes=state_nbytes,
+                    )
+            if last:
                 return
 
             # 5. Shift: the emitted group's last frame (and its control) conditions the window; noise enters
@@ -358,3 +376,39 @@ class SwinDPMPipeline(InteractivePipeline):
                 f"controls for group {group}: got {len(tokens)} tokens {tokens}, need group_size={group_size}"
             )
         return tokens
+
+
+class _DecodedGroup:
+    """The decode of one emitted group ``[1, W, C, h, w]``, started at construction: inline, or on
+    ``decode_stream`` after the work queued so far on the current stream, to overlap what is queued next.
+    ``result()`` waits for it: ``(frames [c * W, 3, H, W] float32, latents [W, C, h, w])``, both on the CPU.
+
+    Every call of one stream's decoder runs on the same CUDA stream, so the decoder's caches are only ever used
+    where they were made; the window's latents, made on the current stream, are recorded as in use on the
+    decode stream until it has read them.
+    """
+
+    def __init__(self, decoder: StreamingDecoder, latents: torch.Tensor, decode_stream: torch.cuda.Stream | None):
+        if decode_stream is None:
+            self._frames = decoder.decode(latents)[0].to("cpu", torch.float32)
+            self._latents = latents[0].to("cpu", copy=True)
+            self._done = None
+            return
+        decode_stream.wait_stream(torch.cuda.current_stream(latents.device))
+        latents.record_stream(decode_stream)
+        with torch.cuda.stream(decode_stream):
+            self._frames = _to_pinned_cpu(decoder.decode(latents)[0].float())
+            self._latents = _to_pinned_cpu(latents[0])
+            self._done = torch.cuda.Event()
+            self._done.record(decode_stream)
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._done is not None:
+            self._done.synchronize()
+        return self._frames, self._latents
+
+
+def _to_pinned_cpu(tensor: torch.Tensor) -> torch.Tensor:
+    """An asynchronous copy into page-locked memory: from pageable memory the host would wait for the copy."""
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    return host.copy_(tensor, non_blocking=True)

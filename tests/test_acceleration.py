@@ -1,0 +1,66 @@
+"""The stream's fast paths on the tiny model: the compiled transformer blocks and decoder give the eager stream,
+and the overlapped decode gives the same stream, its controls asked one group earlier."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from tests.test_stage3_stream import frames_of, stream
+from thematrix.acceleration import StreamAcceleration, accelerate
+
+# No C++ toolchain is needed to capture the graphs and run them; inductor's code generation is the GPU's part
+# (bench/bench_stream.py measures its error there).
+TEST_BACKEND = "aot_eager"
+
+
+def test_compiled_stream_equals_eager(pipeline):
+    compiled = copy.deepcopy(pipeline)
+    accelerate(compiled, StreamAcceleration.all(), backend=TEST_BACKEND)
+    eager_chunks, compiled_chunks = list(stream(pipeline)), list(stream(compiled))
+
+    # Every repeated block and the decoder run compiled (fullgraph: a graph break would have raised).
+    blocks = [*compiled.transformer.transformer_blocks, *compiled.transformer.control_blocks]
+    assert all(block._compiled_call_impl is not None for block in blocks)
+    assert compiled.vae.decoder.forward is not pipeline.vae.decoder.forward
+    assert "forward" in vars(compiled.vae.decoder) and "forward" not in vars(pipeline.vae.decoder)
+    torch.testing.assert_close(frames_of(compiled_chunks), frames_of(eager_chunks), atol=1e-5, rtol=1e-5)
+    for eager, fast in zip(eager_chunks, compiled_chunks, strict=True):
+        torch.testing.assert_close(fast.latents, eager.latents, atol=1e-5, rtol=1e-5)
+
+
+def test_overlapped_decode_same_stream_controls_asked_one_group_earlier(pipeline):
+    events = []
+
+    def controls(group: int) -> list[str]:
+        events.append(("ask", group))
+        return ["RIGHT", "LEFT"] if group % 2 else ["LEFT", "LEFT"]
+
+    def run(overlap_decode: bool):
+        events.clear()
+        chunks = []
+        for chunk in stream(pipeline, controls=controls, max_groups=3, overlap_decode=overlap_decode):
+            events.append(("show", chunk.group_index))
+            chunks.append(chunk)
+        return chunks, list(events)
+
+    plain, plain_events = run(False)
+    overlapped, overlapped_events = run(True)
+
+    assert torch.equal(frames_of(overlapped), frames_of(plain))
+    assert [chunk.controls for chunk in overlapped] == [chunk.controls for chunk in plain]
+    assert all(torch.equal(a.latents, b.latents) for a, b in zip(overlapped, plain, strict=True))
+    # The window holds 2 groups: groups 0 and 1 are asked for at the start, each later one when a group leaves.
+    assert plain_events == [("ask", 0), ("ask", 1), ("show", 0), ("ask", 2), ("show", 1), ("ask", 3), ("show", 2)]
+    # Overlapped, a group is shown after the next one's forwards: group 2's controls are chosen before group 0
+    # is seen; the last group is shown without waiting for one more.
+    assert overlapped_events == [
+        ("ask", 0),
+        ("ask", 1),
+        ("ask", 2),
+        ("show", 0),
+        ("ask", 3),
+        ("show", 1),
+        ("show", 2),
+    ]
