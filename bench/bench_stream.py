@@ -29,7 +29,7 @@ from diffusers import CogVideoXPipeline, CogVideoXTransformer3DModel
 from stage3.cogvideox.pipeline_cogvideox import SwinDPMPipeline, window_clip_frames
 from stage4.cogvideox.pipeline_cogvideox import ScmPipeline
 from stage4.cogvideox.scheduler import ScmScheduler
-from thematrix.acceleration import StreamAcceleration, accelerate
+from thematrix.acceleration import compile_stream
 from thematrix.base_model import build_base_model
 from thematrix.controls import ControlVocabulary, default_control_pattern
 from thematrix.model_dir import load_components
@@ -245,7 +245,7 @@ def main() -> None:
     compiled = False
     for row in rows:
         if row.compiled and not compiled:
-            accelerate(swin, StreamAcceleration.all())  # scm shares the modules
+            compile_stream(swin)  # scm shares the modules
             compiled = True
         pipeline = swin if row.sampler == "swin-dpm" else scm
         pipeline.set_progress_bar_config(disable=True)

@@ -32,7 +32,7 @@ from stage3.cogvideox.pipeline_cogvideox import (
     condition_control,
     window_clip_frames,
 )
-from thematrix.acceleration import StreamAcceleration, accelerate
+from thematrix.acceleration import compile_stream
 from thematrix.cli import run
 from thematrix.config import ConfigError, setting_from_model
 from thematrix.controls import CONTROL_SEPARATOR, ControlVocabulary, default_control_pattern
@@ -229,7 +229,7 @@ def load_pipeline(args: argparse.Namespace, start: StreamStart, pipeline_class=S
     """The model's pipeline, with the fast paths the options ask for."""
     pipeline = pipeline_class.from_model_dir(start.model_dir)
     if args.compile:
-        accelerate(pipeline, StreamAcceleration.all())
+        compile_stream(pipeline)
     return pipeline
 
 

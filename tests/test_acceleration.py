@@ -8,7 +8,7 @@ import copy
 import torch
 
 from tests.test_stage3_stream import frames_of, stream
-from thematrix.acceleration import StreamAcceleration, accelerate
+from thematrix.acceleration import compile_stream
 
 # No C++ toolchain is needed to capture the graphs and run them; inductor's code generation is the GPU's part
 # (bench/bench_stream.py measures its error there).
@@ -17,7 +17,7 @@ TEST_BACKEND = "aot_eager"
 
 def test_compiled_stream_equals_eager(pipeline):
     compiled = copy.deepcopy(pipeline)
-    accelerate(compiled, StreamAcceleration.all(), backend=TEST_BACKEND)
+    compile_stream(compiled, backend=TEST_BACKEND)
     eager_chunks, compiled_chunks = list(stream(pipeline)), list(stream(compiled))
 
     # Every repeated block and the decoder run compiled (fullgraph: a graph break would have raised).

@@ -1,21 +1,19 @@
 """Fast paths for streaming on a GPU, each a setting that is off by default.
 
-- ``compile_transformer``: regional compilation, each transformer block and control block compiled on its own
-  (diffusers' ``compile_repeated_blocks``), so the 30 identical blocks share one compiled graph and compiling
-  takes seconds, not minutes.
-- ``compile_decoder``: the VAE decoder's forward compiled (its conv caches are inputs and outputs, so the
-  streaming decoder keeps working), with cuDNN's autotuner choosing the 3D convolutions' algorithms.
-- ``overlap_decode`` (a ``stream`` option, see stage 3's pipeline): each group decoded on a second CUDA stream
+- ``--compile`` (``compile_stream``): regional compilation, each transformer block and control block compiled on
+  its own (diffusers' ``compile_repeated_blocks``), so the 30 identical blocks share one compiled graph and
+  compiling takes seconds, not minutes; and the VAE decoder's forward compiled (its conv caches are inputs and
+  outputs, so the streaming decoder keeps working), with cuDNN's autotuner choosing the 3D convolutions'
+  algorithms.
+- ``--overlap_decode`` (a ``stream`` option, see stage 3's pipeline): each group decoded on a second CUDA stream
   while the next group's forwards run.
 
 Compilation only reorders floating-point work: ``bench/bench_stream.py`` measures the error of the latents and the
-frames against the eager path on the GPU, and ``tests/test_acceleration.py`` bounds it on the tiny model. The
-CPU tests run the eager path.
+frames against the eager path on the GPU, and ``tests/test_acceleration.py`` checks the compiled graphs on the tiny
+model. The other CPU tests run the eager path.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 
@@ -23,28 +21,14 @@ import torch
 DEFAULT_COMPILE_BACKEND = "inductor"
 
 
-@dataclass(frozen=True)
-class StreamAcceleration:
-    """What ``accelerate`` switches on (the inference scripts' and play's ``--compile``)."""
-
-    compile_transformer: bool = False
-    compile_decoder: bool = False
-
-    @classmethod
-    def all(cls) -> StreamAcceleration:
-        return cls(compile_transformer=True, compile_decoder=True)
-
-
-def accelerate(pipeline, settings: StreamAcceleration, backend: str = DEFAULT_COMPILE_BACKEND) -> None:
-    """Apply ``settings`` to ``pipeline``'s transformer and VAE in place; the first stream pays the compilation
-    (inductor caches it on disk, so a second launch reuses it)."""
-    if settings.compile_transformer:
-        # fullgraph: a graph break inside a block would silently fall back to eager; fail loudly instead.
-        pipeline.transformer.compile_repeated_blocks(fullgraph=True, backend=backend)
-    if settings.compile_decoder:
-        if pipeline.vae.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-        decoder = pipeline.vae.decoder
-        # The forward, not the module: the streaming decoder's hooks (which swap the conv caches) stay eager.
-        # dynamic=False: a stream decodes a few fixed shapes (the priming batch, then groups), one graph each.
-        decoder.forward = torch.compile(decoder.forward, dynamic=False, backend=backend)
+def compile_stream(pipeline, backend: str = DEFAULT_COMPILE_BACKEND) -> None:
+    """Compile ``pipeline``'s transformer blocks and VAE decoder in place (``--compile``); the first stream pays the
+    compilation (inductor caches it on disk, so a second launch reuses it)."""
+    # fullgraph: a graph break inside a block would silently fall back to eager; fail loudly instead.
+    pipeline.transformer.compile_repeated_blocks(fullgraph=True, backend=backend)
+    if pipeline.vae.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    decoder = pipeline.vae.decoder
+    # The forward, not the module: the streaming decoder's hooks (which swap the conv caches) stay eager.
+    # dynamic=False: a stream decodes a few fixed shapes (the priming batch, then groups), one graph each.
+    decoder.forward = torch.compile(decoder.forward, dynamic=False, backend=backend)
