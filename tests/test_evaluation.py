@@ -20,6 +20,7 @@ from tests.conftest import CLIP_FPS, TEST_VOCABULARY, TINY_HEIGHT, TINY_WIDTH
 from thematrix.config import ConfigError
 from thematrix.controls import VOCABULARY_FILE
 from thematrix.evaluation.__main__ import main, parse_args, resolve_stream_settings
+from thematrix.evaluation.control_use import control_use
 from thematrix.evaluation.evaluate import Reference
 from thematrix.evaluation.footage import reconstruct, round_trip_lengths, vae_fingerprint
 from thematrix.evaluation.generation import ScoredVideo
@@ -370,6 +371,20 @@ def test_control_use_separates_the_key_sets_only_through_the_control_blocks(mode
     errors = control_use_errors(recorded, footage, tmp_path / "zero_gates.json")
     own, null, other = errors.values()
     assert own == null == other
+
+
+def test_control_use_mixed_key_sets_take_each_frames_token_from_the_mix(model_dir, footage, tmp_path):
+    """A mix that keeps the own token scores as the own keys, one that takes the other clip's as theirs; the own and
+    other keys differ (the random gates), so a mix that ignored its function would fail one of the two."""
+    recorded = tmp_path / "model"
+    shutil.copytree(model_dir, recorded)
+    dataclasses.replace(generation_defaults(recorded), fps=CLIP_FPS, num_frames=1 + C * 2).save(recorded)
+    data_root, index_file = footage[0]
+    mixes = {"own again": lambda own, other: own, "other again": lambda own, other: other}
+    errors = control_use(recorded, data_root, index_file, num_clips=4, timesteps=(500,), mixed_key_sets=mixes)["x0_mse"]
+    assert errors["own keys"] != errors["another clip's keys"]
+    assert errors["own again"] == errors["own keys"]
+    assert errors["other again"] == errors["another clip's keys"]
 
 
 def load_results_page():

@@ -10,6 +10,7 @@ uses (the IDM's measures say whether they do); this says where to look when they
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -24,6 +25,9 @@ from thematrix.schedules import CogVideoXTrainingSchedule
 
 DEFAULT_TIMESTEPS = (50, 250, 500, 750, 950)
 KEY_SETS = ("own keys", "null key", "another clip's keys")
+# A key set mixed from each frame's own token and the other clip's token at that frame, e.g. a game's steering
+# from one and its pedal from the other: tells which part of a key the model uses.
+MixKeys = Callable[[str, str], str]
 
 
 def real_latents(
@@ -77,9 +81,10 @@ def control_use(
     seed: int = 0,
     fps: float | None = None,
     batch_size: int = 4,
+    mixed_key_sets: dict[str, MixKeys] | None = None,
 ) -> dict:
-    """Mean squared error of the predicted clean latents at each timestep, for each key set of ``KEY_SETS``;
-    ``batch_size`` clips per transformer forward."""
+    """Mean squared error of the predicted clean latents at each timestep, for each key set of ``KEY_SETS`` and of
+    ``mixed_key_sets`` (name -> token from (own token, other clip's token)); ``batch_size`` clips per forward."""
     device = default_device()
     pipeline = InteractivePipeline.from_model_dir(
         model_dir, device=device, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -88,10 +93,18 @@ def control_use(
     count = len(latents)
     prompt_embeds = pipeline.encode_prompt([""] * count, do_classifier_free_guidance=False, device=device)[0]
     null_id = pipeline.transformer.control_vocabulary.null_id
-    keys = dict(zip(KEY_SETS, (own, torch.full_like(own, null_id), own.roll(1, dims=0)), strict=True))
+    other = own.roll(1, dims=0)
+    keys = dict(zip(KEY_SETS, (own, torch.full_like(own, null_id), other), strict=True))
+    vocabulary = pipeline.transformer.control_vocabulary
+    for name, mix in (mixed_key_sets or {}).items():
+        tokens = [
+            [mix(vocabulary.tokens[a], vocabulary.tokens[b]) for a, b in zip(own_row, other_row, strict=True)]
+            for own_row, other_row in zip(own.tolist(), other.tolist(), strict=True)
+        ]
+        keys[name] = torch.tensor([vocabulary.encode(row) for row in tokens], device=device)
     schedule = CogVideoXTrainingSchedule(pipeline.scheduler)
     generator = torch.Generator(device).manual_seed(seed)
-    errors = {name: [] for name in KEY_SETS}
+    errors = {name: [] for name in keys}
     for timestep in timesteps:
         steps = torch.full((count,), timestep, device=device)
         noise = torch.randn(latents.shape, generator=generator, device=device)
