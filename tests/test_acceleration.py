@@ -1,18 +1,28 @@
-"""The stream's fast paths on the tiny model: the compiled transformer blocks and decoder give the eager stream,
-and the overlapped decode gives the same stream, its controls asked one group earlier."""
+"""The fast paths on the tiny model: the compiled transformer blocks and decoder give the eager stream, the
+overlapped decode gives the same stream with its controls asked one group earlier, and training with compiled
+blocks (a LoRA run and a full fine-tuning with control blocks) gives the eager run's weights."""
 
 from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
+from stage1.train_text_to_video_lora import LoraTrainer
+from stage3.train_text_to_video_sft import SwinTrainer
 from tests.test_stage3_stream import frames_of, stream
+from tests.test_stage3_train import stage3_args
+from thematrix import acceleration
 from thematrix.acceleration import compile_stream
 
 # No C++ toolchain is needed to capture the graphs and run them; inductor's code generation is the GPU's part
 # (bench/bench_stream.py measures its error there).
 TEST_BACKEND = "aot_eager"
+# Compiled graphs round differently from eager ops, and AdamW's m / sqrt(v) turns rounding on an element whose
+# gradients nearly cancel into steps of up to the learning rate: a tenth of one step bounds what 4 steps showed
+# (3% of a step at most), while a wrong gradient moves weights by whole steps.
+COMPILE_ROUNDING_STEPS = 0.1
 
 
 def test_compiled_stream_equals_eager(pipeline):
@@ -64,3 +74,29 @@ def test_overlapped_decode_same_stream_controls_asked_one_group_earlier(pipeline
         ("show", 1),
         ("show", 2),
     ]
+
+
+@pytest.mark.parametrize("stage", ["stage 1 LoRA", "stage 3 full"])
+def test_training_with_compiled_blocks_gives_the_eager_weights(
+    stage, lora_args, tiny_model_dir, tiny_dataset, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(acceleration, "DEFAULT_COMPILE_BACKEND", TEST_BACKEND)
+    weights, compiled_blocks = {}, []
+    for compile_blocks in (False, True):
+        output = f"compiled_{compile_blocks}"
+        # Gradient checkpointing on: the compiled blocks run inside the checkpoint's recomputation too.
+        settings = dict(compile_blocks=compile_blocks, gradient_checkpointing=True)
+        if stage == "stage 1 LoRA":
+            trainer = LoraTrainer(lora_args(output, **settings))
+        else:
+            trainer = SwinTrainer(stage3_args(tiny_model_dir, tiny_dataset, tmp_path / output, **settings))
+        trainer.train()
+        model = trainer.accelerator.unwrap_model(trainer.transformer)
+        weights[compile_blocks] = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+        compiled_blocks = [block._compiled_call_impl is not None for block in model.transformer_blocks]
+        learning_rate = trainer.args.learning_rate
+    assert all(compiled_blocks)
+    eager, compiled = weights[False], weights[True]
+    assert eager.keys() == compiled.keys()
+    for name, value in compiled.items():
+        torch.testing.assert_close(value, eager[name], atol=COMPILE_ROUNDING_STEPS * learning_rate, rtol=0)

@@ -17,18 +17,28 @@ from __future__ import annotations
 
 import torch
 
-# torch.compile's default code generator; tests pass "aot_eager" to check the graphs without a C++ toolchain.
+# torch.compile's default code generator; tests use "aot_eager" to check the graphs without a C++ toolchain.
 DEFAULT_COMPILE_BACKEND = "inductor"
+# The blocks that repeat in every transformer of the project: CogVideoX's (the stock class declares none to
+# diffusers' regional compilation in 0.42) and the Interactive Module's.
+REPEATED_BLOCKS = ("CogVideoXBlock", "ControlBlock")
 
 
-def compile_stream(pipeline, backend: str = DEFAULT_COMPILE_BACKEND) -> None:
+def compile_blocks(transformer, backend: str | None = None) -> None:
+    """Compile each of ``transformer``'s repeated blocks in place (diffusers' ``compile_repeated_blocks``): for the
+    stream (``--compile``) and for training (``args.compile_blocks``)."""
+    transformer._repeated_blocks = list(REPEATED_BLOCKS)
+    # fullgraph: a graph break inside a block would silently fall back to eager; fail loudly instead.
+    transformer.compile_repeated_blocks(fullgraph=True, backend=backend or DEFAULT_COMPILE_BACKEND)
+
+
+def compile_stream(pipeline, backend: str | None = None) -> None:
     """Compile ``pipeline``'s transformer blocks and VAE decoder in place (``--compile``); the first stream pays the
     compilation (inductor caches it on disk, so a second launch reuses it)."""
-    # fullgraph: a graph break inside a block would silently fall back to eager; fail loudly instead.
-    pipeline.transformer.compile_repeated_blocks(fullgraph=True, backend=backend)
+    compile_blocks(pipeline.transformer, backend)
     if pipeline.vae.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     decoder = pipeline.vae.decoder
     # The forward, not the module: the streaming decoder's hooks (which swap the conv caches) stay eager.
     # dynamic=False: a stream decodes a few fixed shapes (the priming batch, then groups), one graph each.
-    decoder.forward = torch.compile(decoder.forward, dynamic=False, backend=backend)
+    decoder.forward = torch.compile(decoder.forward, dynamic=False, backend=backend or DEFAULT_COMPILE_BACKEND)

@@ -210,8 +210,6 @@ class InteractiveCogVideoXTransformer3DModel(CogVideoXTransformer3DModel):
     """
 
     _no_split_modules = ["CogVideoXBlock", "CogVideoXPatchEmbed", "ControlBlock"]
-    # Regional compilation (thematrix.acceleration): the blocks that repeat, each compiled once for all its copies.
-    _repeated_blocks = ["CogVideoXBlock", "ControlBlock"]
 
     @register_to_config
     def __init__(

@@ -59,6 +59,9 @@ class TrainingArgs(StrictArgs):
     mixed_precision: str = "auto"  # "auto" = bf16 on a GPU, no (fp32) on the CPU; or "no", "bf16", "fp16"
     gradient_checkpointing: bool = True  # recompute activations in backward: far less memory, ~30% more time
     allow_tf32: bool = True
+    # torch.compile each transformer block (regional): faster GPU steps after a compile of a minute or so; the
+    # first steps pay it. Off by default until bench/RESULTS.md has measured it on every stage.
+    compile_blocks: bool = False
 
     # --- VAE and caching ------------------------------------------------------------------------
     enable_slicing: bool = True  # encode/decode one video of a batch at a time

@@ -51,6 +51,7 @@ RESUMABLE_SETTINGS = frozenset(
         "enable_tiling",
         "gradient_checkpointing",
         "allow_tf32",
+        "compile_blocks",
         "learning_rate",
         "max_grad_norm",
         "mixed_precision",

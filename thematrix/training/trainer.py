@@ -44,6 +44,7 @@ from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 from transformers import T5Config
 
+from thematrix.acceleration import compile_blocks
 from thematrix.config import ConfigError, parse_command_line, setting_from_model
 from thematrix.controls import ControlVocabulary
 from thematrix.data.dataset import collate_batch, footage_fps
@@ -275,6 +276,8 @@ class Trainer:
         transformer.to(device)
         if args.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
+        if args.compile_blocks:
+            compile_blocks(transformer)
         self.num_trainable_parameters = sum(param.numel() for param in trainable)
 
         # The empty caption (caption dropout, guidance's negative prompt) and the validation prompts, encoded once.
