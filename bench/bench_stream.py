@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from bench_train_step import BENCH_VOCABULARY
 from diffusers import CogVideoXPipeline, CogVideoXTransformer3DModel
 
 from stage3.cogvideox.pipeline_cogvideox import SwinDPMPipeline, window_clip_frames
@@ -31,13 +32,11 @@ from stage4.cogvideox.pipeline_cogvideox import ScmPipeline
 from stage4.cogvideox.scheduler import ScmScheduler
 from thematrix.acceleration import compile_stream
 from thematrix.base_model import build_base_model
-from thematrix.controls import ControlVocabulary, default_control_pattern
+from thematrix.controls import default_control_pattern
 from thematrix.model_dir import load_components
 from thematrix.models import InteractiveCogVideoXTransformer3DModel
 
 STOCK_FRAMES = 49
-# A game of nine keys, as many as the reference's car: the number of rows of the control table.
-BENCH_VOCABULARY = ControlVocabulary.from_mapping({f"KEY{key}": f"The player holds key {key}." for key in range(9)})
 CONTROL_PATTERN = default_control_pattern(BENCH_VOCABULARY)
 PROMPT = "A game world seen from above, the player moving through it."
 # Groups emitted after the window's first G, whose controls were asked mid-stream: the latency's samples.

@@ -95,6 +95,7 @@ def run_ours(trainer_class, args, model_dir: Path, data_root: Path, index_file: 
     args.max_train_steps = WARMUP_STEPS + cli.steps
     args.validation_steps, args.report_to, args.dataloader_num_workers = 0, "none", 0
     args.cache_latents, args.lr_warmup_steps = True, 0
+    args.compile_blocks = cli.compile_blocks  # the warm-up steps pay the compilation
     trainer = timed_trainer(trainer_class)(args)
     trainer.setup()
     torch.cuda.synchronize()
@@ -244,6 +245,9 @@ def main() -> None:
         "4-full, 4-lora (SCM distillation). Run each in its own process for clean peak-memory numbers.",
     )
     parser.add_argument("--work_dir", default=None)
+    parser.add_argument(
+        "--compile_blocks", action="store_true", help="our stages with args.compile_blocks (the stock rows stay eager)"
+    )
     parser.add_argument("--json", default=None, help="write the results here")
     cli = parser.parse_args()
     work = Path(cli.work_dir or tempfile.mkdtemp(prefix="bench-"))
@@ -262,6 +266,7 @@ def main() -> None:
     results = {
         "device": torch.cuda.get_device_name(),
         "shape": f"{cli.frames} frames {cli.height}x{cli.width}, batch 1",
+        "compile_blocks": cli.compile_blocks,
     }
     if "forwards" in stages:
         results["forwards"] = run_forwards(model_dir, cli)
