@@ -9,6 +9,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ from thematrix.config import ConfigError
 from thematrix.controls import VOCABULARY_FILE
 from thematrix.evaluation.__main__ import main, parse_args, resolve_stream_settings
 from thematrix.evaluation.control_use import control_use
-from thematrix.evaluation.evaluate import Reference
+from thematrix.evaluation.evaluate import Reference, VideoScores, control_following
 from thematrix.evaluation.footage import reconstruct, round_trip_lengths, vae_fingerprint
 from thematrix.evaluation.generation import ScoredVideo
 from thematrix.evaluation.idm import IdmTraining, InverseDynamicsModel, gather_windows, predict, train_idm, window_ends
@@ -385,6 +386,21 @@ def test_control_use_mixed_key_sets_take_each_frames_token_from_the_mix(model_di
     assert errors["own keys"] != errors["another clip's keys"]
     assert errors["own again"] == errors["own keys"]
     assert errors["other again"] == errors["another clip's keys"]
+
+
+def test_control_following_finds_a_response_one_latent_frame_late():
+    """Videos that show each command one latent frame late agree with the commands only at lag 1."""
+    tokens = ("A", "B", "C")
+    reference = SimpleNamespace(
+        vocabulary=SimpleNamespace(tokens=tokens), measures={"idm": {"per_class": dict.fromkeys(tokens, 1.0)}}
+    )
+    commanded = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])  # no command repeats: lags cannot agree by holding
+    read = torch.cat([torch.tensor([2]), commanded[:-1]])  # each frame shows the command before it
+    scores = [VideoScores(torch.zeros(8, 3, 2, 2), torch.arange(8), commanded, read, torch.zeros(8, 4))] * 2
+    following = control_following(reference, scores, SimpleNamespace(tokens=tokens))
+    assert following["accuracy"] == 0.0
+    assert following["lagged"]["1"]["accuracy"] == 1.0 and following["lagged"]["1"]["count"] == 2 * 7
+    assert following["lagged"]["2"]["accuracy"] == 0.0
 
 
 def load_results_page():

@@ -41,6 +41,8 @@ from thematrix.evaluation.metrics import (
 )
 
 logger = logging.getLogger(__name__)
+# Latent frames by which a video's response to a command may lag: control_following's "lagged" agreement.
+RESPONSE_LAGS = (1, 2)
 
 REFERENCE_TENSORS = "reference.safetensors"
 REAL_FOOTAGE_MEASURES = "real_footage.json"
@@ -213,15 +215,26 @@ class VideoScores:
 
 def control_following(reference: Reference, scores: list[VideoScores], commands: ControlVocabulary) -> dict:
     """IDM agreement with the commands, beside chance (over the commanded tokens) and the IDM's real-footage
-    accuracy at the same class mix (``share_of_ceiling`` is None when that accuracy is 0)."""
+    accuracy at the same class mix (``share_of_ceiling`` is None when that accuracy is 0). ``lagged``: the agreement
+    of each latent frame's reading with the command of ``k`` latent frames before (``RESPONSE_LAGS``), within each
+    video: a model whose videos respond late agrees more there than at lag 0 (keys are held over several frames,
+    so lagged agreement is high for any model that follows; compare it with lag 0, not with chance)."""
     commanded = torch.cat([score.commanded for score in scores])
-    measured = agreement(torch.cat([score.predicted for score in scores]), commanded, reference.vocabulary.tokens)
+    tokens = reference.vocabulary.tokens
+    measured = agreement(torch.cat([score.predicted for score in scores]), commanded, tokens)
     ceiling = ceiling_for_mix(reference.measures["idm"]["per_class"], measured["counts"])
+    lagged = {}
+    for lag in RESPONSE_LAGS:
+        late = [score for score in scores if len(score.commanded) > lag]
+        if late:
+            read = torch.cat([score.predicted[lag:] for score in late])
+            lagged[str(lag)] = agreement(read, torch.cat([score.commanded[:-lag] for score in late]), tokens)
     return dict(
         measured,
         chance=chance_levels(commanded, len(commands.tokens)),
         real_ceiling=ceiling,
         share_of_ceiling=measured["accuracy"] / ceiling if ceiling else None,
+        lagged=lagged,
     )
 
 
