@@ -92,10 +92,9 @@ def control_use(
     latents, own = real_latents(pipeline, model_dir, data_root, index_file, num_clips, seed, fps)
     count = len(latents)
     prompt_embeds = pipeline.encode_prompt([""] * count, do_classifier_free_guidance=False, device=device)[0]
-    null_id = pipeline.transformer.control_vocabulary.null_id
-    other = own.roll(1, dims=0)
-    keys = dict(zip(KEY_SETS, (own, torch.full_like(own, null_id), other), strict=True))
     vocabulary = pipeline.transformer.control_vocabulary
+    other = own.roll(1, dims=0)
+    keys = dict(zip(KEY_SETS, (own, torch.full_like(own, vocabulary.null_id), other), strict=True))
     for name, mix in (mixed_key_sets or {}).items():
         tokens = [
             [mix(vocabulary.tokens[a], vocabulary.tokens[b]) for a, b in zip(own_row, other_row, strict=True)]
