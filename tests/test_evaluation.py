@@ -154,6 +154,28 @@ def test_idm_learns_which_way_the_square_was_steered():
     assert np.mean(losses[-10:]) < 0.3 * np.mean(losses[:10])
 
 
+def test_idm_does_not_read_its_ignored_box(tmp_path):
+    """A display of the pressed keys (a HUD) inside the box changes nothing; the scene outside it does."""
+    torch.manual_seed(0)
+    box = (18, 24, 0, 32)  # the bottom rows of a 24x32 frame
+    idm = InverseDynamicsModel(control_tokens=tuple(STEERING), height=24, width=32, ignored_box=box).eval()
+    windows = torch.randint(0, 256, (2, idm.window_frames, 3, 24, 32), dtype=torch.uint8)
+    hud_changed, scene_changed = windows.clone(), windows.clone()
+    hud_changed[..., 18:, :] = 255 - hud_changed[..., 18:, :]
+    scene_changed[..., :18, :] = 255 - scene_changed[..., :18, :]
+    with torch.no_grad():
+        assert torch.equal(idm(windows), idm(hud_changed))
+        assert not torch.allclose(idm(windows), idm(scene_changed))
+    idm.save_pretrained(tmp_path)
+    assert tuple(InverseDynamicsModel.from_pretrained(tmp_path).config.ignored_box) == box
+
+
+@pytest.mark.parametrize("box", [(18, 25, 0, 32), (20, 18, 0, 32), (0, 24, 0)])
+def test_an_ignored_box_outside_the_frame_is_refused(box):
+    with pytest.raises(ValueError, match=r"ignored_box .*(24x32|4 pixel edges)"):
+        InverseDynamicsModel(control_tokens=tuple(STEERING), height=24, width=32, ignored_box=box)
+
+
 def write_footage(root, seed: int, clips: int):
     """(data_root, index_file) of steered-square clips at the tiny model's size, controls that drive them."""
     from thematrix.video import write_mp4
@@ -215,6 +237,14 @@ def idm_dir(tiny_model_dir, footage, tmp_path_factory):
         ]
     )
     return output
+
+
+def test_idm_command_refuses_a_box_outside_the_model_frames(tiny_model_dir, footage, tmp_path):
+    command = ["idm", "--model_dir", str(tiny_model_dir), "--fps", str(CLIP_FPS), "--output_dir", str(tmp_path)]
+    for name, path in zip(("data_root", "index_file", "heldout_data_root", "heldout_index_file"), sum(footage, ())):
+        command += [f"--{name}", str(path)]
+    with pytest.raises(ValueError, match=rf"ignored_box .*{TINY_HEIGHT}x{TINY_WIDTH}"):
+        main(command + ["--ignored_box", "0", str(TINY_HEIGHT + 1), "0", "1"])
 
 
 def test_idm_command_writes_the_model_and_the_real_footage_reference(idm_dir, tiny_model_dir):

@@ -26,6 +26,9 @@ PROMPT="A top-down view of a red race car on a grey track surrounded by green gr
 PART_SIZE=15m
 EVALUATE=("$PYTHON" -m thematrix.evaluation)
 GAME=(--data_root "$FOOTAGE/game" --index_file "$FOOTAGE/game/index.json")
+# CarRacing's HUD in the 96x144 frames: rows 84-95 (the rows above take its edge blurred by the VAE), all columns;
+# TOP BOTTOM LEFT RIGHT as the IDM's --ignored_box takes them.
+HUD_BOX=(82 96 0 144)
 
 if [[ ${DRY_RUN:-0} == 1 ]]; then
   BROAD_EPISODES=2 GAME_EPISODES=2 HELDOUT_EPISODES=2 RECORDERS=2

@@ -84,6 +84,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="frames read per clip at most (clips are cut to 4k+1 frames with an odd number of latent frames)",
     )
     idm.add_argument("--bin_frames", type=int, default=DEFAULT_BIN_FRAMES, help="frames per bin of real footage")
+    idm.add_argument(
+        "--ignored_box",
+        type=int,
+        nargs=4,
+        default=(),
+        metavar=("TOP", "BOTTOM", "LEFT", "RIGHT"),
+        help="pixel edges of a screen region the IDM does not read (e.g. a display of the pressed keys), so that "
+        "it reads the keys from the scene's motion; in the frames of the model's native size",
+    )
     idm.add_argument("--output_dir", type=Path, required=True)
     training = idm.add_argument_group("training")
     for setting in fields(IdmTraining):
@@ -172,7 +181,13 @@ def main(argv=None) -> Path:
         )
         training = IdmTraining(**{setting.name: getattr(args, setting.name) for setting in fields(IdmTraining)})
         measures = build_idm(
-            args.model_dir, footage_vocabulary(args.data_root), data, training, args.output_dir, args.bin_frames
+            args.model_dir,
+            footage_vocabulary(args.data_root),
+            data,
+            training,
+            args.output_dir,
+            args.bin_frames,
+            ignored_box=args.ignored_box,
         )
         output = write_json(args.output_dir / "idm.json", measures, settings, time.perf_counter() - start)
         print(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,7 +30,14 @@ from thematrix.evaluation.generation import (
     stream_pipeline,
     temporal_compression,
 )
-from thematrix.evaluation.idm import IdmTraining, InverseDynamicsModel, predict, train_idm, window_ends
+from thematrix.evaluation.idm import (
+    IdmTraining,
+    InverseDynamicsModel,
+    check_ignored_box,
+    predict,
+    train_idm,
+    window_ends,
+)
 from thematrix.evaluation.metrics import (
     FeatureStats,
     agreement,
@@ -72,14 +80,16 @@ def build_idm(
     training: IdmTraining,
     output_dir: str | Path,
     bin_frames: int,
+    ignored_box: Sequence[int] = (),
 ) -> dict:
     """Train an IDM on the VAE reconstructions of ``data``'s clips, measure it and the held-out reference, save
-    both to ``output_dir``; returns the real-footage measures."""
+    both to ``output_dir``; returns the real-footage measures. ``ignored_box``: see ``InverseDynamicsModel``."""
     device = default_device()
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     vae = AutoencoderKLCogVideoX.from_pretrained(model_dir, subfolder="vae", dtype=dtype).to(device).eval()
     c = vae.config.temporal_compression_ratio
     height, width = vae.config.sample_height, vae.config.sample_width
+    check_ignored_box(ignored_box, height, width)
     read = dict(fps=data.fps, height=height, width=width, temporal_compression=c, max_frames=data.max_frames, vae=vae)
     train = load_real_clips(data.data_root, data.index_file, vocabulary, **read)
     heldout = load_real_clips(data.heldout_data_root, data.heldout_index_file, vocabulary, **read)
@@ -100,6 +110,7 @@ def build_idm(
         width=width,
         fps=data.fps,
         vae_fingerprint=vae_fingerprint(vae),
+        ignored_box=tuple(ignored_box),
     ).to(device)
     ends = train.window_ends(c)
     losses = train_idm(idm, train.frames.to(device), ends.to(device), train.labels[ends].to(device), training)

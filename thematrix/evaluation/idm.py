@@ -12,6 +12,10 @@ layout kept to the end (a car turning left and right differs by where things mov
 average would lose). Its penultimate layer gives the features that ``metrics.frechet_distance`` compares.
 It is saved as a diffusers model directory (config + weights) that records its vocabulary, its input size
 and a fingerprint of the VAE whose reconstructions it was trained on.
+
+A game whose screen displays the pressed keys (CarRacing's HUD draws the steering and the wheels' spin) lets an
+IDM read the keys from that display alone; ``ignored_box`` blanks such a region in every frame the IDM reads,
+in training and in scoring, so that it reads the keys from how the scene moves.
 """
 
 from __future__ import annotations
@@ -30,6 +34,21 @@ logger = logging.getLogger(__name__)
 GROUP_NORM_GROUPS = 8
 STRIDE = 2
 RGB = 3
+BOX_EDGES = ("top", "bottom", "left", "right")
+
+
+def check_ignored_box(box: Sequence[int], height: int, width: int) -> None:
+    """Refuse a box that is not ``top < bottom <= height``, ``left < right <= width`` in pixels."""
+    if not box:
+        return
+    if len(box) != len(BOX_EDGES):
+        raise ValueError(f"ignored_box {list(box)}: give {len(BOX_EDGES)} pixel edges, {' '.join(BOX_EDGES)}")
+    top, bottom, left, right = box
+    if not (0 <= top < bottom <= height and 0 <= left < right <= width):
+        raise ValueError(
+            f"ignored_box {list(box)}: give 0 <= top < bottom <= {height} and 0 <= left < right <= {width} "
+            f"(pixel rows and columns of the {height}x{width} frames the IDM reads)"
+        )
 
 
 def window_ends(num_frames: int, num_latent_frames: int, frames_per_latent: int) -> list[int | None]:
@@ -70,6 +89,8 @@ class InverseDynamicsModel(ModelMixin, ConfigMixin):
         feature_dim: width of the penultimate layer (the features of the Frechet distance).
         dropout: on the features, in training.
         vae_fingerprint: the VAE whose reconstructions it learnt from (``footage.vae_fingerprint``).
+        ignored_box: (top, bottom, left, right) pixel edges of a region blanked in every frame it reads
+            (rows top..bottom-1, columns left..right-1); empty to read the whole frame.
     """
 
     @register_to_config
@@ -86,10 +107,12 @@ class InverseDynamicsModel(ModelMixin, ConfigMixin):
         feature_dim: int = 128,
         dropout: float = 0.1,
         vae_fingerprint: str = "",
+        ignored_box: Sequence[int] = (),
     ):
         super().__init__()
         if not control_tokens:
             raise ValueError("an inverse-dynamics model needs the control tokens it tells apart")
+        check_ignored_box(ignored_box, height, width)
         layers, in_channels = [], RGB * (frames_per_latent + 1)
         out_height, out_width = height, width
         for out_channels in channels:
@@ -118,7 +141,16 @@ class InverseDynamicsModel(ModelMixin, ConfigMixin):
         expected = (self.window_frames, RGB, self.config.height, self.config.width)
         if tuple(windows.shape[1:]) != expected:
             raise ValueError(f"windows must be [B, {', '.join(map(str, expected))}], got {list(windows.shape)}")
-        return self.features(self.encoder(as_model_input(windows).flatten(1, 2)))
+        return self.features(self.encoder(self.blank_ignored_box(as_model_input(windows)).flatten(1, 2)))
+
+    def blank_ignored_box(self, windows: torch.Tensor) -> torch.Tensor:
+        """Windows with ``ignored_box`` set to 0, mid-grey in [-1, 1]: nothing there tells the keys apart."""
+        if not self.config.ignored_box:
+            return windows
+        top, bottom, left, right = self.config.ignored_box
+        blanked = windows.clone()
+        blanked[..., top:bottom, left:right] = 0.0
+        return blanked
 
     def forward(self, windows: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, len(control_tokens)]``."""
