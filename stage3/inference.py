@@ -32,7 +32,7 @@ from stage3.cogvideox.pipeline_cogvideox import (
     condition_control,
     window_clip_frames,
 )
-from thematrix.acceleration import compile_stream
+from thematrix.acceleration import check_device, compile_stream
 from thematrix.cli import run
 from thematrix.config import ConfigError, setting_from_model
 from thematrix.controls import CONTROL_SEPARATOR, ControlVocabulary, default_control_pattern
@@ -112,6 +112,8 @@ def check_stream_options(args: argparse.Namespace, pipeline_class=SwinDPMPipelin
     )
     args.fps = setting_from_model("--fps", args.fps, defaults.fps, model) or COGVIDEOX_FPS
     args.num_inference_steps = args.num_inference_steps or args.num_groups
+    if args.decode_device is not None:
+        check_device("--decode_device", args.decode_device)
     try:
         pipeline_class.check_steps(args.num_inference_steps, args.num_groups)
     except ValueError as error:
@@ -185,6 +187,12 @@ def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
         help="decode each group while the next group's forwards run: more frames per second, and one group more "
         "between choosing a key and seeing its frames",
     )
+    speed.add_argument(
+        "--decode_device",
+        default=None,
+        help="a second GPU (e.g. cuda:1) that holds the VAE and decodes each group while the first runs the next "
+        "group's forwards (the --overlap_decode order; default: the transformer's device)",
+    )
 
 
 def parse_args(
@@ -228,6 +236,8 @@ def parse_args(
 def load_pipeline(args: argparse.Namespace, start: StreamStart, pipeline_class=SwinDPMPipeline) -> SwinDPMPipeline:
     """The model's pipeline, with the fast paths the options ask for."""
     pipeline = pipeline_class.from_model_dir(start.model_dir)
+    if args.decode_device is not None:
+        pipeline.place_decoder(args.decode_device)
     if args.compile:
         compile_stream(pipeline)
     return pipeline
