@@ -11,6 +11,11 @@ and checkpoints. This subclass adds
   block from ``control_start_layer`` on. A control block lets the video tokens attend, frame-causally,
   to the ``F`` per-latent-frame control embeddings behind a zero-initialised adaLN gate, so at step 0
   the model is exactly the stage-1 model.
+
+Context parallelism (``thematrix/parallel.py``) is applied from outside through diffusers' ``enable_parallelism``;
+``_cp_plan`` names where it splits: each frame's video tokens (``frame_tokens``, ``[B, F, S, D]`` split along S, so
+every rank holds every frame and the per-frame modulation and control mask apply unchanged) and the text tokens
+(the first block's input) over ranks, gathering ``proj_out``'s patches frame by frame.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from diffusers import (
     ModelMixin,  # noqa: F401
 )
 from diffusers.configuration_utils import register_to_config
+from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
 from diffusers.models.attention import Attention
 from diffusers.models.attention_processor import AttnProcessor2_0
 from diffusers.models.embeddings import (
@@ -211,6 +217,13 @@ class InteractiveCogVideoXTransformer3DModel(CogVideoXTransformer3DModel):
 
     _no_split_modules = ["CogVideoXBlock", "CogVideoXPatchEmbed", "ControlBlock"]
 
+    # Where diffusers' context parallelism splits tokens over ranks and gathers them (see the module docstring).
+    _cp_plan = {
+        "frame_tokens": {0: ContextParallelInput(split_dim=2, expected_dims=4, split_output=True)},
+        "transformer_blocks.0": {"encoder_hidden_states": ContextParallelInput(split_dim=1, expected_dims=3)},
+        "proj_out": ContextParallelOutput(gather_dim=2, expected_dims=4),
+    }
+
     @register_to_config
     def __init__(
         self,
@@ -332,6 +345,9 @@ class InteractiveCogVideoXTransformer3DModel(CogVideoXTransformer3DModel):
                 for _ in range(control_start_layer, num_layers)
             ]
         )
+
+        # 3. Video tokens frame by frame [B, F, S, D]: the output context parallelism splits (``_cp_plan``).
+        self.frame_tokens = nn.Identity()
 
     @property
     def control_vocabulary(self) -> ControlVocabulary:
@@ -512,7 +528,8 @@ class InteractiveCogVideoXTransformer3DModel(CogVideoXTransformer3DModel):
 
         text_seq_length = encoder_hidden_states.shape[1]
         encoder_hidden_states = hidden_states[:, :text_seq_length]  # [B, T, inner_dim]
-        hidden_states = hidden_states[:, text_seq_length:]  # [B, F * S, inner_dim]
+        hidden_states = hidden_states[:, text_seq_length:].unflatten(1, (num_frames, -1))  # [B, F, S, inner_dim]
+        hidden_states = self.frame_tokens(hidden_states).flatten(1, 2)  # [B, F * S, inner_dim]
         tokens_per_frame = hidden_states.shape[1] // num_frames
 
         # 3. Controls: states [B, F, inner_dim] and the frame-causal mask [B * heads, F * S, F]
@@ -538,9 +555,9 @@ class InteractiveCogVideoXTransformer3DModel(CogVideoXTransformer3DModel):
 
         hidden_states = self.norm_final(hidden_states)
 
-        # 5. Final block: per-frame adaLN, projection to patches [B, F * S, p * p * C_out]
+        # 5. Final block: per-frame adaLN, projection to patches [B, F, S, p * p * C_out]
         hidden_states = self.norm_out(hidden_states, temb=emb)
-        hidden_states = self.proj_out(hidden_states)
+        hidden_states = self.proj_out(hidden_states.unflatten(1, (num_frames, -1)))
 
         # 6. Unpatchify: [B, F, C_out, H, W]
         p = self.config.patch_size
