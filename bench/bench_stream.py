@@ -7,13 +7,19 @@ with the fast paths (thematrix/acceleration.py), beside stock diffusers in the s
     python bench/bench_stream.py --rows scm_4_steps scm_4_steps_compiled_overlap scm_4_steps_compiled_decode_on_cuda_1 \
         swin_dpm_20_steps_cfg swin_dpm_20_steps_cfg_compiled_overlap swin_dpm_20_steps_cfg_compiled_decode_on_cuda_1 \
         --json two_gpus.json
+    # N GPUs, one forward split over them (context parallelism), beside the same rows on each GPU alone
+    torchrun --nproc_per_node 2 bench/bench_stream.py --rows scm_4_steps scm_4_steps_compiled \
+        scm_4_steps_compiled_context_parallel swin_dpm_20_steps_cfg swin_dpm_20_steps_cfg_compiled \
+        swin_dpm_20_steps_cfg_compiled_context_parallel --json context_parallel.json
 
 Each row streams from a random clip one window long, with a window of G groups of W latent frames (16 video frames
 a group for W = 4), and reports: time to first frame; frames per second after the first group; control-to-screen
 latency, the time from asking a group's controls (when it enters the window) to showing its first frame, averaged
 over the groups that entered after the start; and, for the fast paths, the error of the latents and the PSNR of the
 frames against the eager row of the same sampling (one GPU). Rows named ``decode_on_cuda_1`` need a second GPU:
-the VAE decodes there (``--decode_device cuda:1``) while the first GPU runs the transformer. Baseline: stock ``CogVideoXPipeline`` generating 49 frames with
+the VAE decodes there (``--decode_device cuda:1``) while the first GPU runs the transformer. Rows named
+``context_parallel`` run under ``torchrun --nproc_per_node N`` (N dividing 30 heads, 226 text tokens and a frame's
+tokens): they run after the others of the launch, which are their references; rank 0 records. Baseline: stock ``CogVideoXPipeline`` generating 49 frames with
 the same number of steps and guidance, its frames per second being frames over wall time. The JSON is rewritten
 after every row, so a run cut short keeps what it measured.
 """
@@ -23,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -41,6 +48,14 @@ from thematrix.config import ConfigError
 from thematrix.controls import default_control_pattern
 from thematrix.model_dir import load_components
 from thematrix.models import InteractiveCogVideoXTransformer3DModel
+from thematrix.parallel import (
+    WORLD_SIZE_VARIABLE,
+    check_context_parallel,
+    enable_context_parallel,
+    init_context_parallel_process,
+    is_main_process,
+)
+from thematrix.presets import PRESETS
 
 STOCK_FRAMES = 49
 CONTROL_PATTERN = default_control_pattern(BENCH_VOCABULARY)
@@ -62,6 +77,7 @@ class Row:
     compiled: bool = False
     overlap_decode: bool = False
     decode_device: str | None = None  # the VAE's device (place_decoder), None: the transformer's
+    context_parallel: bool = False  # the forward split over torchrun's processes (thematrix/parallel.py)
     reference: str | None = None  # the eager row whose output this one should reproduce
     # A first, unmeasured stream compiles the window's shapes, so no compilation lands inside the measures.
     warm_up: bool = False
@@ -118,6 +134,28 @@ ROWS = [
     Row("scm_2x4_compiled_overlap", "scm", 2, 1.0, num_groups=2, group_size=4, compiled=True, overlap_decode=True),
     Row("scm_2x2_compiled", "scm", 2, 1.0, num_groups=2, group_size=2, compiled=True, warm_up=True),
     Row("scm_2x2_compiled_overlap", "scm", 2, 1.0, num_groups=2, group_size=2, compiled=True, overlap_decode=True),
+    # N GPUs under torchrun --nproc_per_node N: each forward's tokens split over them (Ulysses attention). The rows
+    # without it run first in the same launch, on every GPU alone, as their reference.
+    Row(
+        "scm_4_steps_compiled_context_parallel",
+        "scm",
+        4,
+        1.0,
+        compiled=True,
+        context_parallel=True,
+        reference="scm_4_steps",
+        warm_up=True,
+    ),
+    Row(
+        "swin_dpm_20_steps_cfg_compiled_context_parallel",
+        "swin-dpm",
+        20,
+        6.0,
+        compiled=True,
+        context_parallel=True,
+        reference="swin_dpm_20_steps_cfg",
+        warm_up=True,
+    ),
 ]
 STOCK_ROWS = [("stock_20_steps", 20, 1.0), ("stock_20_steps_cfg", 20, 6.0)]
 
@@ -170,6 +208,7 @@ def stream_row(pipeline: SwinDPMPipeline, row: Row, cli) -> tuple[dict, torch.Te
         "compiled": row.compiled,
         "overlap_decode": row.overlap_decode,
         "decode_device": str(pipeline.vae.device),
+        "context_parallel": torch.distributed.get_world_size() if row.context_parallel else None,
         "groups": len(arrivals),
         "time_to_first_frame_s": arrivals[0],
         "fps": steady_frames / (arrivals[-1] - arrivals[0]),
@@ -208,6 +247,18 @@ def interactive_transformer(model_dir: Path) -> InteractiveCogVideoXTransformer3
     table = torch.randn(len(BENCH_VOCABULARY) + 1, base.config.text_embed_dim, generator=generator)
     torch.manual_seed(0)
     return InteractiveCogVideoXTransformer3DModel.from_base(base, BENCH_VOCABULARY, table).to(torch.bfloat16)
+
+
+def split_counts(cli) -> dict[str, int]:
+    """What context parallelism splits at CogVideoX-2B size: heads, text tokens and each latent frame's tokens."""
+    preset = PRESETS["cogvideox-2b"]
+    config = preset["transformer"]
+    patch = config["patch_size"] * 2 ** (len(preset["vae"]["block_out_channels"]) - 1)
+    return {
+        "heads": config["num_attention_heads"],
+        "text_tokens": config["max_text_seq_length"],
+        "frame_tokens": (cli.height // patch) * (cli.width // patch),
+    }
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -263,6 +314,15 @@ def main() -> None:
                 check_device(f"--rows {row.name}: its decode device", row.decode_device)
             except ConfigError as error:
                 parser.error(str(error))
+    parallel = [row for row in rows if row.context_parallel]
+    if parallel:
+        degree = int(os.environ.get(WORLD_SIZE_VARIABLE, "1"))
+        try:
+            check_context_parallel(degree, **split_counts(cli), window=f"{cli.height}x{cli.width}")
+        except ConfigError as error:
+            parser.error(f"--rows {parallel[0].name}: {error}")
+        init_context_parallel_process()
+        rows = [row for row in rows if not row.context_parallel] + parallel  # their references first
     model_dir = base_model_dir(cli)
     on_gpu = cli.device == "cuda"
 
@@ -273,6 +333,8 @@ def main() -> None:
     }
 
     def record(name: str, measures: dict) -> None:
+        if not is_main_process():
+            return
         results[name] = measures
         print(name, json.dumps(measures), flush=True)
         if cli.json:
@@ -288,8 +350,12 @@ def main() -> None:
     # Stage 4's pipeline on the same modules: speed does not depend on what the weights learned.
     scm = ScmPipeline(**dict(swin.components, scheduler=ScmScheduler.from_config(swin.scheduler.config)))
     outputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    compiled = False
+    compiled = parallel_enabled = False
     for row in rows:
+        if row.context_parallel and not parallel_enabled:
+            # The compiled blocks recompile for the new attention processor (in the row's warm-up).
+            enable_context_parallel(transformer, torch.distributed.get_world_size())
+            parallel_enabled = True
         if row.compiled and not compiled:
             compile_stream(swin)  # scm shares the modules
             compiled = True

@@ -1,5 +1,6 @@
 """Run by tests/test_context_parallel.py under torchrun, in CPU processes over gloo: the tiny stage-3 model's forward
-and stream on one process, then with context parallelism over all of them; each rank saves both."""
+and stream on one process, then with context parallelism over all of them (and its forward with compiled blocks);
+each rank saves them."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import torch
 import torch.distributed as dist
 
 from stage3.cogvideox.pipeline_cogvideox import SwinDPMPipeline
+from tests.test_acceleration import TEST_BACKEND
 from tests.test_stage3_stream import stream
+from thematrix.acceleration import compile_blocks
 from thematrix.parallel import enable_context_parallel
 
 FRAMES, CHANNELS, HEIGHT, WIDTH = 5, 4, 6, 8  # latents of the tiny model: 12 tokens per frame
@@ -43,6 +46,8 @@ def main(model_dir: str, output_prefix: str) -> None:
     results = {"single": outputs(pipeline)}
     enable_context_parallel(pipeline.transformer, dist.get_world_size())
     results["parallel"] = outputs(pipeline)
+    compile_blocks(pipeline.transformer, backend=TEST_BACKEND)
+    results["compiled"] = {"forward": forward(pipeline)}
     torch.save(results, f"{output_prefix}{dist.get_rank()}.pt")
     dist.destroy_process_group()
 

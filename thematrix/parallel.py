@@ -73,12 +73,17 @@ def check_context_parallel(degree: int, heads: int, text_tokens: int, frame_toke
         "text tokens": text_tokens,
         f"tokens of each latent frame ({window})": frame_tokens,
     }
-    uneven = [f"{count} {what}" for what, count in uneven.items() if count % degree]
-    if degree < 2 or uneven:
+    if degree < 2:
         raise ConfigError(
-            f"--context_parallel {degree}: Ulysses attention splits the heads and the tokens evenly over at least 2 "
-            f"processes; {' and '.join(uneven) or 'one process is no split'} do not divide by {degree}. Pass a "
-            f"divisor of {heads} (the heads) that divides the others, or another frame size"
+            f"--context_parallel {degree}: context parallelism splits each forward over at least 2 processes; pass "
+            "N >= 2 and launch with torchrun --nproc_per_node N"
+        )
+    uneven = [f"{count} {what}" for what, count in uneven.items() if count % degree]
+    if uneven:
+        raise ConfigError(
+            f"--context_parallel {degree}: Ulysses attention splits the heads and the tokens evenly; "
+            f"{' and '.join(uneven)} do not divide by {degree}. Pass a divisor of {heads} (the heads) that divides "
+            "the others, or another frame size"
         )
     launched = os.environ.get(WORLD_SIZE_VARIABLE)
     if launched != str(degree):

@@ -13,9 +13,9 @@ and checkpoints. This subclass adds
   the model is exactly the stage-1 model.
 
 Context parallelism (``thematrix/parallel.py``) is applied from outside through diffusers' ``enable_parallelism``;
-``_cp_plan`` names where it splits: each frame's video tokens (``frame_tokens``, ``[B, F, S, D]`` split along S, so
-every rank holds every frame and the per-frame modulation and control mask apply unchanged) and the text tokens
-(the first block's input) over ranks, gathering ``proj_out``'s patches frame by frame.
+``_cp_plan`` names where it splits (``token_layout``): the text tokens, and each frame's video tokens (``[B, F, S, D]``
+split along S, so every rank holds every frame and the per-frame modulation and control mask apply unchanged) over
+ranks, gathering ``proj_out``'s patches frame by frame.
 """
 
 from __future__ import annotations
@@ -197,6 +197,14 @@ class ControlBlock(nn.Module):
         return gated_add(hidden_states, gate, attn_output)
 
 
+class TokenLayout(nn.Module):
+    """Text tokens ``[B, T, D]`` and video tokens frame by frame ``[B, F, S, D]``, returned as they come: the output
+    that context parallelism splits over ranks (``_cp_plan``), the text along T and each frame along S."""
+
+    def forward(self, text: torch.Tensor, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return text, video
+
+
 class InteractiveCogVideoXTransformer3DModel(CogVideoXTransformer3DModel):
     """CogVideoX transformer conditioned on one control token per latent frame, with per-frame timesteps.
 
@@ -219,8 +227,10 @@ class InteractiveCogVideoXTransformer3DModel(CogVideoXTransformer3DModel):
 
     # Where diffusers' context parallelism splits tokens over ranks and gathers them (see the module docstring).
     _cp_plan = {
-        "frame_tokens": {0: ContextParallelInput(split_dim=2, expected_dims=4, split_output=True)},
-        "transformer_blocks.0": {"encoder_hidden_states": ContextParallelInput(split_dim=1, expected_dims=3)},
+        "token_layout": {
+            0: ContextParallelInput(split_dim=1, expected_dims=3, split_output=True),  # text [B, T, D]
+            1: ContextParallelInput(split_dim=2, expected_dims=4, split_output=True),  # video [B, F, S, D]
+        },
         "proj_out": ContextParallelOutput(gather_dim=2, expected_dims=4),
     }
 
@@ -346,8 +356,8 @@ class InteractiveCogVideoXTransformer3DModel(CogVideoXTransformer3DModel):
             ]
         )
 
-        # 3. Video tokens frame by frame [B, F, S, D]: the output context parallelism splits (``_cp_plan``).
-        self.frame_tokens = nn.Identity()
+        # 3. Where context parallelism splits the tokens over ranks (``_cp_plan``), outside the compiled blocks.
+        self.token_layout = TokenLayout()
 
     @property
     def control_vocabulary(self) -> ControlVocabulary:
@@ -527,9 +537,10 @@ class InteractiveCogVideoXTransformer3DModel(CogVideoXTransformer3DModel):
         hidden_states = self.embedding_dropout(hidden_states)
 
         text_seq_length = encoder_hidden_states.shape[1]
-        encoder_hidden_states = hidden_states[:, :text_seq_length]  # [B, T, inner_dim]
-        hidden_states = hidden_states[:, text_seq_length:].unflatten(1, (num_frames, -1))  # [B, F, S, inner_dim]
-        hidden_states = self.frame_tokens(hidden_states).flatten(1, 2)  # [B, F * S, inner_dim]
+        encoder_hidden_states, hidden_states = self.token_layout(
+            hidden_states[:, :text_seq_length], hidden_states[:, text_seq_length:].unflatten(1, (num_frames, -1))
+        )  # [B, T, inner_dim], [B, F, S, inner_dim]
+        hidden_states = hidden_states.flatten(1, 2)  # [B, F * S, inner_dim]
         tokens_per_frame = hidden_states.shape[1] // num_frames
 
         # 3. Controls: states [B, F, inner_dim] and the frame-causal mask [B * heads, F * S, F]
