@@ -12,6 +12,7 @@ import sys
 import pytest
 import torch
 
+from stage3 import inference
 from tests.launching import LAUNCH_TIMEOUT_S, REPO_ROOT
 from thematrix.config import ConfigError
 from thematrix.parallel import check_context_parallel
@@ -60,3 +61,18 @@ def test_context_parallel_needs_torchrun(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     with pytest.raises(ConfigError, match="launch it with torchrun --nproc_per_node 2"):
         check_context_parallel(2, heads=30, text_tokens=226, frame_tokens=1350, window="480x720")
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--context_parallel", "2"], "launch it with torchrun --nproc_per_node 2"),
+        (["--context_parallel", "2", "--decode_device", "cpu"], "--decode_device with --context_parallel"),
+        (["--context_parallel", "3"], "2 attention heads and 226 text tokens do not divide by 3"),
+    ],
+)
+def test_inference_checks_context_parallel_before_loading(model_dir, tmp_path, monkeypatch, options, message):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    arguments = ["--model_dir", str(model_dir), "--initial_video", str(tmp_path / "clip.mp4"), *options]
+    with pytest.raises(ConfigError, match=message):
+        inference.check_stream_options(inference.parse_args(arguments))
