@@ -3,12 +3,23 @@ with the fast paths (thematrix/acceleration.py), beside stock diffusers in the s
 
     python bench/bench_stream.py --height 480 --width 720 --json stream.json
     python bench/bench_stream.py --rows scm_4_steps_compiled --json relaunch.json  # a second launch: cached compile
+    # 2 GPUs: the decoder on cuda:1, beside the same sampling on one GPU
+    python bench/bench_stream.py --rows scm_4_steps scm_4_steps_compiled_overlap scm_4_steps_compiled_decode_on_cuda_1 \
+        swin_dpm_20_steps_cfg swin_dpm_20_steps_cfg_compiled_overlap swin_dpm_20_steps_cfg_compiled_decode_on_cuda_1 \
+        --json two_gpus.json
+    # N GPUs, one forward split over them (context parallelism), beside the same rows on each GPU alone
+    torchrun --nproc_per_node 2 bench/bench_stream.py --rows scm_4_steps scm_4_steps_compiled \
+        scm_4_steps_compiled_context_parallel swin_dpm_20_steps_cfg swin_dpm_20_steps_cfg_compiled \
+        swin_dpm_20_steps_cfg_compiled_context_parallel --json context_parallel.json
 
 Each row streams from a random clip one window long, with a window of G groups of W latent frames (16 video frames
 a group for W = 4), and reports: time to first frame; frames per second after the first group; control-to-screen
 latency, the time from asking a group's controls (when it enters the window) to showing its first frame, averaged
 over the groups that entered after the start; and, for the fast paths, the error of the latents and the PSNR of the
-frames against the eager row of the same sampling. Baseline: stock ``CogVideoXPipeline`` generating 49 frames with
+frames against the eager row of the same sampling (one GPU). Rows named ``decode_on_cuda_1`` need a second GPU:
+the VAE decodes there (``--decode_device cuda:1``) while the first GPU runs the transformer. Rows named
+``context_parallel`` run under ``torchrun --nproc_per_node N`` (N dividing 30 heads, 226 text tokens and a frame's
+tokens): they run after the others of the launch, which are their references; rank 0 records. Baseline: stock ``CogVideoXPipeline`` generating 49 frames with
 the same number of steps and guidance, its frames per second being frames over wall time. The JSON is rewritten
 after every row, so a run cut short keeps what it measured.
 """
@@ -18,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -30,11 +42,20 @@ from diffusers import CogVideoXPipeline, CogVideoXTransformer3DModel
 from stage3.cogvideox.pipeline_cogvideox import SwinDPMPipeline, window_clip_frames
 from stage4.cogvideox.pipeline_cogvideox import ScmPipeline
 from stage4.cogvideox.scheduler import ScmScheduler
-from thematrix.acceleration import compile_stream
+from thematrix.acceleration import check_device, compile_stream
 from thematrix.base_model import build_base_model
+from thematrix.config import ConfigError
 from thematrix.controls import default_control_pattern
 from thematrix.model_dir import load_components
 from thematrix.models import InteractiveCogVideoXTransformer3DModel
+from thematrix.parallel import (
+    WORLD_SIZE_VARIABLE,
+    check_context_parallel,
+    enable_context_parallel,
+    init_context_parallel_process,
+    is_main_process,
+)
+from thematrix.presets import PRESETS
 
 STOCK_FRAMES = 49
 CONTROL_PATTERN = default_control_pattern(BENCH_VOCABULARY)
@@ -42,6 +63,7 @@ PROMPT = "A game world seen from above, the player moving through it."
 # Groups emitted after the window's first G, whose controls were asked mid-stream: the latency's samples.
 LATENCY_GROUPS = 3
 PIXEL_RANGE = 2.0  # frames in [-1, 1]
+SECOND_GPU = "cuda:1"  # the decode device of the 2-GPU rows
 
 
 @dataclass(frozen=True)
@@ -54,6 +76,8 @@ class Row:
     group_size: int = 4
     compiled: bool = False
     overlap_decode: bool = False
+    decode_device: str | None = None  # the VAE's device (place_decoder), None: the transformer's
+    context_parallel: bool = False  # the forward split over torchrun's processes (thematrix/parallel.py)
     reference: str | None = None  # the eager row whose output this one should reproduce
     # A first, unmeasured stream compiles the window's shapes, so no compilation lands inside the measures.
     warm_up: bool = False
@@ -74,11 +98,64 @@ ROWS = [
     Row("scm_4_steps_compiled_again", "scm", 4, 1.0, compiled=True, reference="scm_4_steps"),
     Row("scm_4_steps_compiled_overlap", "scm", 4, 1.0, compiled=True, overlap_decode=True, reference="scm_4_steps"),
     Row("swin_dpm_20_steps_cfg_compiled", "swin-dpm", 20, 6.0, compiled=True, reference="swin_dpm_20_steps_cfg"),
+    Row(
+        "swin_dpm_20_steps_cfg_compiled_overlap",
+        "swin-dpm",
+        20,
+        6.0,
+        compiled=True,
+        overlap_decode=True,
+        reference="swin_dpm_20_steps_cfg",
+    ),
+    # 2 GPUs: the VAE on a second GPU decodes each group while the first runs the next group's forwards (the
+    # overlapped order); beside the one-GPU overlapped rows above. The warm-up compiles the decoder for cuda:1.
+    Row(
+        "scm_4_steps_compiled_decode_on_cuda_1",
+        "scm",
+        4,
+        1.0,
+        compiled=True,
+        decode_device=SECOND_GPU,
+        reference="scm_4_steps",
+        warm_up=True,
+    ),
+    Row(
+        "swin_dpm_20_steps_cfg_compiled_decode_on_cuda_1",
+        "swin-dpm",
+        20,
+        6.0,
+        compiled=True,
+        decode_device=SECOND_GPU,
+        reference="swin_dpm_20_steps_cfg",
+        warm_up=True,
+    ),
     # Smaller windows: shorter latency (fewer groups between entering and leaving), cheaper forwards.
     Row("scm_2x4_compiled", "scm", 2, 1.0, num_groups=2, group_size=4, compiled=True, warm_up=True),
     Row("scm_2x4_compiled_overlap", "scm", 2, 1.0, num_groups=2, group_size=4, compiled=True, overlap_decode=True),
     Row("scm_2x2_compiled", "scm", 2, 1.0, num_groups=2, group_size=2, compiled=True, warm_up=True),
     Row("scm_2x2_compiled_overlap", "scm", 2, 1.0, num_groups=2, group_size=2, compiled=True, overlap_decode=True),
+    # N GPUs under torchrun --nproc_per_node N: each forward's tokens split over them (Ulysses attention). The rows
+    # without it run first in the same launch, on every GPU alone, as their reference.
+    Row(
+        "scm_4_steps_compiled_context_parallel",
+        "scm",
+        4,
+        1.0,
+        compiled=True,
+        context_parallel=True,
+        reference="scm_4_steps",
+        warm_up=True,
+    ),
+    Row(
+        "swin_dpm_20_steps_cfg_compiled_context_parallel",
+        "swin-dpm",
+        20,
+        6.0,
+        compiled=True,
+        context_parallel=True,
+        reference="swin_dpm_20_steps_cfg",
+        warm_up=True,
+    ),
 ]
 STOCK_ROWS = [("stock_20_steps", 20, 1.0), ("stock_20_steps_cfg", 20, 6.0)]
 
@@ -101,8 +178,9 @@ def stream_row(pipeline: SwinDPMPipeline, row: Row, cli) -> tuple[dict, torch.Te
     generator = torch.Generator(device=pipeline.device).manual_seed(0)
     on_gpu = pipeline.device.type == "cuda"
     if on_gpu:
-        torch.cuda.reset_peak_memory_stats()
-        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(pipeline.device)
+        torch.cuda.synchronize(pipeline.vae.device)
+        torch.cuda.synchronize(pipeline.device)
     start = time.perf_counter()
     shown, frames, latents = {}, [], []
     for chunk in pipeline.stream(
@@ -129,6 +207,8 @@ def stream_row(pipeline: SwinDPMPipeline, row: Row, cli) -> tuple[dict, torch.Te
         "window": f"{row.num_groups}x{row.group_size}",
         "compiled": row.compiled,
         "overlap_decode": row.overlap_decode,
+        "decode_device": str(pipeline.vae.device),
+        "context_parallel": torch.distributed.get_world_size() if row.context_parallel else None,
         "groups": len(arrivals),
         "time_to_first_frame_s": arrivals[0],
         "fps": steady_frames / (arrivals[-1] - arrivals[0]),
@@ -136,7 +216,7 @@ def stream_row(pipeline: SwinDPMPipeline, row: Row, cli) -> tuple[dict, torch.Te
         "control_to_screen_s": (
             sum(shown[group] - asked[group] for group in mid_stream) / len(mid_stream) if mid_stream else None
         ),
-        "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if on_gpu else None,
+        "peak_gib": torch.cuda.max_memory_allocated(pipeline.device) / 2**30 if on_gpu else None,
     }
     return measures, torch.cat(frames), torch.cat(latents)
 
@@ -167,6 +247,18 @@ def interactive_transformer(model_dir: Path) -> InteractiveCogVideoXTransformer3
     table = torch.randn(len(BENCH_VOCABULARY) + 1, base.config.text_embed_dim, generator=generator)
     torch.manual_seed(0)
     return InteractiveCogVideoXTransformer3DModel.from_base(base, BENCH_VOCABULARY, table).to(torch.bfloat16)
+
+
+def split_counts(cli) -> dict[str, int]:
+    """What context parallelism splits at CogVideoX-2B size: heads, text tokens and each latent frame's tokens."""
+    preset = PRESETS["cogvideox-2b"]
+    config = preset["transformer"]
+    patch = config["patch_size"] * 2 ** (len(preset["vae"]["block_out_channels"]) - 1)
+    return {
+        "heads": config["num_attention_heads"],
+        "text_tokens": config["max_text_seq_length"],
+        "frame_tokens": (cli.height // patch) * (cli.width // patch),
+    }
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -216,6 +308,21 @@ def main() -> None:
     unknown = set(cli.rows or ()) - {row.name for row in ROWS} - {name for name, _, _ in STOCK_ROWS}
     if unknown:
         parser.error(f"unknown rows {sorted(unknown)}; known: {[row.name for row in ROWS]} and the stock rows")
+    for row in rows:
+        if row.decode_device is not None:
+            try:
+                check_device(f"--rows {row.name}: its decode device", row.decode_device)
+            except ConfigError as error:
+                parser.error(str(error))
+    parallel = [row for row in rows if row.context_parallel]
+    if parallel:
+        degree = int(os.environ.get(WORLD_SIZE_VARIABLE, "1"))
+        try:
+            check_context_parallel(degree, **split_counts(cli), window=f"{cli.height}x{cli.width}")
+        except ConfigError as error:
+            parser.error(f"--rows {parallel[0].name}: {error}")
+        init_context_parallel_process()
+        rows = [row for row in rows if not row.context_parallel] + parallel  # their references first
     model_dir = base_model_dir(cli)
     on_gpu = cli.device == "cuda"
 
@@ -226,6 +333,8 @@ def main() -> None:
     }
 
     def record(name: str, measures: dict) -> None:
+        if not is_main_process():
+            return
         results[name] = measures
         print(name, json.dumps(measures), flush=True)
         if cli.json:
@@ -241,12 +350,17 @@ def main() -> None:
     # Stage 4's pipeline on the same modules: speed does not depend on what the weights learned.
     scm = ScmPipeline(**dict(swin.components, scheduler=ScmScheduler.from_config(swin.scheduler.config)))
     outputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    compiled = False
+    compiled = parallel_enabled = False
     for row in rows:
+        if row.context_parallel and not parallel_enabled:
+            # The compiled blocks recompile for the new attention processor (in the row's warm-up).
+            enable_context_parallel(transformer, torch.distributed.get_world_size())
+            parallel_enabled = True
         if row.compiled and not compiled:
             compile_stream(swin)  # scm shares the modules
             compiled = True
         pipeline = swin if row.sampler == "swin-dpm" else scm
+        pipeline.place_decoder(row.decode_device or pipeline.device)  # scm shares the VAE
         pipeline.set_progress_bar_config(disable=True)
         if row.warm_up:
             stream_row(pipeline, row, cli)

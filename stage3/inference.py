@@ -32,14 +32,26 @@ from stage3.cogvideox.pipeline_cogvideox import (
     condition_control,
     window_clip_frames,
 )
-from thematrix.acceleration import compile_stream
+from thematrix.acceleration import check_device, compile_stream
 from thematrix.cli import run
 from thematrix.config import ConfigError, setting_from_model
 from thematrix.controls import CONTROL_SEPARATOR, ControlVocabulary, default_control_pattern
 from thematrix.data.index import Sample, load_index
 from thematrix.data.initial_clip import InitialClip, sample_start, video_end
-from thematrix.model_dir import COGVIDEOX_FPS, GenerationDefaults, generation_defaults, vae_architecture
+from thematrix.model_dir import (
+    COGVIDEOX_FPS,
+    GenerationDefaults,
+    generation_defaults,
+    transformer_config,
+    vae_architecture,
+)
 from thematrix.models.interactive_transformer import model_vocabulary
+from thematrix.parallel import (
+    check_context_parallel,
+    enable_context_parallel,
+    init_context_parallel_process,
+    is_main_process,
+)
 from thematrix.video import draw_control_overlay, tensor_to_uint8_frames
 from thematrix.video_stream import Mp4StreamWriter
 
@@ -112,6 +124,10 @@ def check_stream_options(args: argparse.Namespace, pipeline_class=SwinDPMPipelin
     )
     args.fps = setting_from_model("--fps", args.fps, defaults.fps, model) or COGVIDEOX_FPS
     args.num_inference_steps = args.num_inference_steps or args.num_groups
+    if args.decode_device is not None:
+        check_device("--decode_device", args.decode_device)
+    if args.context_parallel is not None:
+        check_context_parallel_options(args, model_dir, defaults)
     try:
         pipeline_class.check_steps(args.num_inference_steps, args.num_groups)
     except ValueError as error:
@@ -131,6 +147,26 @@ def check_stream_options(args: argparse.Namespace, pipeline_class=SwinDPMPipelin
         vae_layout=vae,
         initial_frames=window_clip_frames(vae, args.num_groups, args.group_size),
         samples=samples,
+    )
+
+
+def check_context_parallel_options(args: argparse.Namespace, model_dir: Path, defaults: GenerationDefaults) -> None:
+    """--context_parallel N: a split of the model's heads and of its window's tokens over N GPUs, alone."""
+    if args.decode_device is not None:
+        raise ConfigError(
+            "--decode_device with --context_parallel: every GPU takes part in each forward, so none is free to "
+            "decode; drop --decode_device (each process decodes on its own GPU)"
+        )
+    config = transformer_config(model_dir)
+    vae = vae_architecture(model_dir)
+    patch = config["patch_size"] * 2 ** (len(vae.config.block_out_channels) - 1)
+    height, width = defaults.height, defaults.width
+    check_context_parallel(
+        args.context_parallel,
+        heads=config["num_attention_heads"],
+        text_tokens=config["max_text_seq_length"],
+        frame_tokens=(height // patch) * (width // patch),
+        window=f"{height}x{width} frames in patches of {patch}x{patch} pixels",
     )
 
 
@@ -185,6 +221,20 @@ def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
         help="decode each group while the next group's forwards run: more frames per second, and one group more "
         "between choosing a key and seeing its frames",
     )
+    speed.add_argument(
+        "--decode_device",
+        default=None,
+        help="a second GPU (e.g. cuda:1) that holds the VAE and decodes each group while the first runs the next "
+        "group's forwards (the --overlap_decode order; default: the transformer's device)",
+    )
+    speed.add_argument(
+        "--context_parallel",
+        type=int,
+        default=None,
+        metavar="N",
+        help="split each transformer forward's tokens over N GPUs (Ulysses attention, diffusers' enable_parallelism); "
+        "launch with torchrun --nproc_per_node N; rank 0 writes the video",
+    )
 
 
 def parse_args(
@@ -227,7 +277,12 @@ def parse_args(
 
 def load_pipeline(args: argparse.Namespace, start: StreamStart, pipeline_class=SwinDPMPipeline) -> SwinDPMPipeline:
     """The model's pipeline, with the fast paths the options ask for."""
-    pipeline = pipeline_class.from_model_dir(start.model_dir)
+    device = init_context_parallel_process() if args.context_parallel else None
+    pipeline = pipeline_class.from_model_dir(start.model_dir, device=device)
+    if args.context_parallel:
+        enable_context_parallel(pipeline.transformer, args.context_parallel)
+    if args.decode_device is not None:
+        pipeline.place_decoder(args.decode_device)
     if args.compile:
         compile_stream(pipeline)
     return pipeline
@@ -282,6 +337,10 @@ def main(
         initial_control=clip.initial_control,
         overlap_decode=args.overlap_decode,
     )
+    if not is_main_process():  # context parallelism: every rank takes part in each forward, rank 0 writes
+        for _ in stream:
+            pass
+        return args.output
     start_time = previous = time.perf_counter()
     with Mp4StreamWriter(args.output, fps=args.fps) as writer:
         print(f"writing {writer.partial_path}, renamed to {args.output} when done")

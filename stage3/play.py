@@ -32,6 +32,11 @@ class StreamWorldModel:
     before it loads."""
 
     def __init__(self, args: argparse.Namespace, pipeline_class: type[SwinDPMPipeline], inference_module: str):
+        if args.context_parallel is not None:
+            raise ConfigError(
+                "--context_parallel: play serves one page from one process; stream with inference.py under torchrun, "
+                "or decode on a second GPU with --decode_device cuda:1"
+            )
         self.args = args
         self.inference_module = inference_module
         self.start = inference.check_stream_options(args, pipeline_class)

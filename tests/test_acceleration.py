@@ -1,5 +1,6 @@
 """The fast paths on the tiny model: the compiled transformer blocks and decoder give the eager stream, the
-overlapped decode gives the same stream with its controls asked one group earlier, and training with compiled
+overlapped decode gives the same stream with its controls asked one group earlier (and so does a decoder on its own
+device), and training with compiled
 blocks (a LoRA run and a full fine-tuning with control blocks) gives the eager run's weights."""
 
 from __future__ import annotations
@@ -10,11 +11,14 @@ import pytest
 import torch
 
 from stage1.train_text_to_video_lora import LoraTrainer
+from stage3 import inference
+from stage3.cogvideox.pipeline_cogvideox import SwinDPMPipeline
 from stage3.train_text_to_video_sft import SwinTrainer
 from tests.test_stage3_stream import frames_of, stream
 from tests.test_stage3_train import stage3_args
 from thematrix import acceleration
 from thematrix.acceleration import compile_stream
+from thematrix.config import ConfigError
 
 # No C++ toolchain is needed to capture the graphs and run them; inductor's code generation is the GPU's part
 # (bench/bench_stream.py measures its error there).
@@ -74,6 +78,46 @@ def test_overlapped_decode_same_stream_controls_asked_one_group_earlier(pipeline
         ("show", 1),
         ("show", 2),
     ]
+
+
+def test_decoding_on_its_own_device_is_the_overlapped_stream(pipeline, monkeypatch):
+    """The CPU has one device, so the test makes the stream take its path for a VAE on another device: it must keep
+    the overlapped order and give the one-device stream's frames and latents exactly (the CUDA copies and stream
+    waits of two GPUs are bench/bench_stream.py's decode_on_cuda_1 rows)."""
+    events = []
+
+    def controls(group: int) -> list[str]:
+        events.append(("ask", group))
+        return ["RIGHT", "LEFT"] if group % 2 else ["LEFT", "LEFT"]
+
+    def run(**options):
+        events.clear()
+        chunks = []
+        for chunk in stream(pipeline, controls=controls, max_groups=3, **options):
+            events.append(("show", chunk.group_index))
+            chunks.append(chunk)
+        return chunks, list(events)
+
+    one_device, _ = run()
+    overlapped, overlapped_events = run(overlap_decode=True)
+    monkeypatch.setattr(SwinDPMPipeline, "decodes_apart", True)
+    apart, apart_events = run()
+
+    assert apart_events == overlapped_events
+    assert torch.equal(frames_of(apart), frames_of(one_device))
+    assert all(torch.equal(a.latents, b.latents) for a, b in zip(apart, one_device, strict=True))
+
+
+def test_decode_device_flag_places_the_vae_and_refuses_a_missing_gpu(model_dir, tmp_path):
+    arguments = ["--model_dir", str(model_dir), "--initial_video", str(tmp_path / "clip.mp4")]
+    args = inference.parse_args([*arguments, "--decode_device", "cpu"])
+    start = inference.check_stream_options(args)
+    pipeline = inference.load_pipeline(args, start)
+    assert pipeline.vae.device == torch.device("cpu") and pipeline.device == pipeline.transformer.device
+
+    missing = f"cuda:{torch.cuda.device_count()}"
+    with pytest.raises(ConfigError, match=f"--decode_device {missing}: this machine has"):
+        inference.check_stream_options(inference.parse_args([*arguments, "--decode_device", missing]))
 
 
 @pytest.mark.parametrize("stage", ["stage 1 LoRA", "stage 3 full"])

@@ -7,6 +7,8 @@
   algorithms.
 - ``--overlap_decode`` (a ``stream`` option, see stage 3's pipeline): each group decoded on a second CUDA stream
   while the next group's forwards run.
+- ``--decode_device cuda:1`` (``SwinDPMPipeline.place_decoder``): the VAE on a second GPU, each group decoded there
+  while the first GPU runs the next group's forwards; checked here (``check_device``) before any weight loads.
 
 Compilation only reorders floating-point work: ``bench/bench_stream.py`` measures the error of the latents and the
 frames against the eager path on the GPU, and ``tests/test_acceleration.py`` checks the compiled graphs on the tiny
@@ -16,6 +18,8 @@ model. The other CPU tests run the eager path.
 from __future__ import annotations
 
 import torch
+
+from thematrix.config import ConfigError
 
 # torch.compile's default code generator; tests use "aot_eager" to check the graphs without a C++ toolchain.
 DEFAULT_COMPILE_BACKEND = "inductor"
@@ -42,3 +46,22 @@ def compile_stream(pipeline, backend: str | None = None) -> None:
     # The forward, not the module: the streaming decoder's hooks (which swap the conv caches) stay eager.
     # dynamic=False: a stream decodes a few fixed shapes (the priming batch, then groups), one graph each.
     decoder.forward = torch.compile(decoder.forward, dynamic=False, backend=backend or DEFAULT_COMPILE_BACKEND)
+
+
+def check_device(setting: str, name: str) -> torch.device:
+    """``name`` as a device this machine has (``setting`` is the flag that gave it), or a ConfigError that says
+    which devices there are."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ConfigError(f"{setting} {name!r} is not a device name ({error}); pass e.g. cuda:1 or cpu") from None
+    if device.type == "cuda":
+        available = torch.cuda.device_count()
+        if device.index is None or device.index >= available:
+            there = f"cuda:0 to cuda:{available - 1}" if available else "no CUDA device"
+            raise ConfigError(
+                f"{setting} {name}: this machine has {there}; pass a GPU index it has (e.g. cuda:1 on a 2-GPU machine)"
+            )
+    elif device.type != "cpu":
+        raise ConfigError(f"{setting} {name}: the stream decodes on a CUDA GPU (cuda:N) or on the cpu")
+    return device

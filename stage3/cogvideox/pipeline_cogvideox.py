@@ -20,6 +20,12 @@ forwards run, and is handed out once those are queued, so a group's frames come 
 controls asked when a group enters were chosen having seen one group less. Same output as without. Off a GPU the
 work keeps that order without running concurrently.
 
+Decode on its own device: the VAE may live on another device than the transformer (``place_decoder``, e.g. a
+second GPU); the stream then decodes there, always overlapped (a decode the host waited for would gain nothing from
+a second GPU): each emitted group is copied to the VAE's device, ordered after the forwards that made it, and
+decoded while the transformer's device runs the next group's forwards. Same output as the overlapped stream on one
+device (bitwise on the CPU; on GPUs, up to each device's choice of kernels).
+
 Frame accounting: the decoder is primed with ``[history, condition]``, its first batch (output discarded),
 so each emitted group of W latent frames decodes whole into ``c * W`` video frames (W must be a multiple
 of the decoder's frame batch, 2). K groups give ``c * W * K`` frames, exactly ``vae.decode`` of
@@ -129,6 +135,21 @@ class SwinDPMPipeline(InteractivePipeline):
 
     scheduler_class = SwinScheduler
 
+    @property
+    def device(self) -> torch.device:
+        """The device the stream computes on: the transformer's (the VAE may decode on another, ``place_decoder``)."""
+        return self.transformer.device
+
+    def place_decoder(self, device: str | torch.device) -> None:
+        """Put the VAE on ``device`` (e.g. a second GPU), where every stream then decodes, overlapped with the
+        transformer's forwards on its own device; the initial clip is encoded there too."""
+        self.vae.to(device)
+
+    @property
+    def decodes_apart(self) -> bool:
+        """Whether the VAE lives on another device than the transformer (``place_decoder``)."""
+        return self.vae.device != self.transformer.device
+
     def stream(
         self,
         prompt: str,
@@ -149,13 +170,14 @@ class SwinDPMPipeline(InteractivePipeline):
     ) -> Iterator[StreamChunk]:
         """Start a stream; returns an iterator of ``StreamChunk``, one per emitted group (endless if ``max_groups`` is None).
 
-        ``initial_video`` ``[F0, 3, H, W]`` in [-1, 1] with at least ``window_clip_frames`` frames: its last ones
-        start the stream (see the module docstring). ``controls`` gives each group's W tokens when the group
-        enters the window (at start for the first ``num_groups`` groups, then after each emitted chunk), so a
-        player steers the groups still to come. ``initial_control`` is the first condition frame's control
-        (default: the first group's first token); later condition frames keep the control of the frame they
-        were. ``overlap_decode`` decodes each group while the next one's forwards run (see the module docstring).
-        Arguments are checked here; the work runs as the iterator is consumed.
+                ``initial_video`` ``[F0, 3, H, W]`` in [-1, 1] with at least ``window_clip_frames`` frames: its last ones
+                start the stream (see the module docstring). ``controls`` gives each group's W tokens when the group
+                enters the window (at start for the first ``num_groups`` groups, then after each emitted chunk), so a
+                player steers the groups still to come. ``initial_control`` is the first condition frame's control
+                (default: the first group's first token); later condition frames keep the control of the frame they
+                were. ``overlap_decode`` decodes each group while the next one's forwards run (see the module docstring); a VAE
+        on its own device (``place_decoder``) always does.
+                Arguments are checked here; the work runs as the iterator is consumed.
         """
         schedule = self.scheduler.grouped_schedule(num_inference_steps, num_groups)
         decoder = StreamingDecoder(self.vae)
@@ -268,7 +290,9 @@ class SwinDPMPipeline(InteractivePipeline):
         overlap_decode: bool,
     ) -> Iterator[StreamChunk]:
         start = time.perf_counter()
-        decode_stream = torch.cuda.Stream(self.device) if overlap_decode and self.device.type == "cuda" else None
+        overlap_decode = overlap_decode or self.decodes_apart
+        decode_device = self.vae.device
+        decode_stream = torch.cuda.Stream(decode_device) if overlap_decode and decode_device.type == "cuda" else None
         device, dtype = self.device, self.transformer.dtype
         vocabulary = self.transformer.control_vocabulary
         compression = self.temporal_compression
@@ -301,8 +325,10 @@ class SwinDPMPipeline(InteractivePipeline):
             return torch.tensor([vocabulary.encode(tokens)], device=device)
 
         # 1. The clip's latents, drawn from the VAE's distribution as training draws them (float32
-        # [1, H + 1 + G * W, C, h, w]); [history, condition] primes the decoder, its frames are not shown.
-        latents = self.encode_window(clip).sample(generator).permute(0, 2, 1, 3, 4).float().to(device)
+        # [1, H + 1 + G * W, C, h, w]), on the transformer's device with its generator wherever the VAE is;
+        # [history, condition] primes the decoder, its frames are not shown.
+        distribution = DiagonalGaussianDistribution(self.encode_window(clip).parameters.to(device))
+        latents = distribution.sample(generator).permute(0, 2, 1, 3, 4).float()
         latents = latents * self.vae.config.scaling_factor
         history = history_latent_frames(self.vae)
         _DecodedGroup(decoder, latents[:, : history + CONDITION_FRAMES], decode_stream)
@@ -379,24 +405,30 @@ class SwinDPMPipeline(InteractivePipeline):
 
 
 class _DecodedGroup:
-    """The decode of one emitted group ``[1, W, C, h, w]``, started at construction: inline, or on
-    ``decode_stream`` after the work queued so far on the current stream, to overlap what is queued next.
-    ``result()`` waits for it: ``(frames [c * W, 3, H, W] float32, latents [W, C, h, w])``, both on the CPU.
+    """The decode of one emitted group ``[1, W, C, h, w]`` on the VAE's device, started at construction: inline,
+    or on ``decode_stream`` (a CUDA stream of the VAE's device) after the work queued so far on the latents'
+    device, to overlap what is queued next. ``result()`` waits for it: ``(frames [c * W, 3, H, W] float32,
+    latents [W, C, h, w])``, both on the CPU.
 
     Every call of one stream's decoder runs on the same CUDA stream, so the decoder's caches are only ever used
-    where they were made; the window's latents, made on the current stream, are recorded as in use on the
-    decode stream until it has read them.
+    where they were made. On the same device, the window's latents, made on the current stream, are recorded as
+    in use on the decode stream until it has read them. On another device, the copy runs on the latents' device's
+    current stream after the forwards that made them, and the decode stream waits for it (torch orders a copy
+    between devices on both devices' current streams), so the latents are read there before they are reused.
     """
 
     def __init__(self, decoder: StreamingDecoder, latents: torch.Tensor, decode_stream: torch.cuda.Stream | None):
+        decode_device = decoder.vae.device
         if decode_stream is None:
-            self._frames = decoder.decode(latents)[0].to("cpu", torch.float32)
+            self._frames = decoder.decode(latents.to(decode_device))[0].to("cpu", torch.float32)
             self._latents = latents[0].to("cpu", copy=True)
             self._done = None
             return
         decode_stream.wait_stream(torch.cuda.current_stream(latents.device))
-        latents.record_stream(decode_stream)
-        with torch.cuda.stream(decode_stream):
+        if latents.device == decode_device:
+            latents.record_stream(decode_stream)
+        with torch.cuda.device(decode_device), torch.cuda.stream(decode_stream):
+            latents = latents.to(decode_device, non_blocking=True)
             self._frames = _to_pinned_cpu(decoder.decode(latents)[0].float())
             self._latents = _to_pinned_cpu(latents[0])
             self._done = torch.cuda.Event()

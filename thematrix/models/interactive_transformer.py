@@ -11,6 +11,11 @@ and checkpoints. This subclass adds
   block from ``control_start_layer`` on. A control block lets the video tokens attend, frame-causally,
   to the ``F`` per-latent-frame control embeddings behind a zero-initialised adaLN gate, so at step 0
   the model is exactly the stage-1 model.
+
+Context parallelism (``thematrix/parallel.py``) is applied from outside through diffusers' ``enable_parallelism``;
+``_cp_plan`` names where it splits (``token_layout``): the text tokens, and each frame's video tokens (``[B, F, S, D]``
+split along S, so every rank holds every frame and the per-frame modulation and control mask apply unchanged) over
+ranks, gathering ``proj_out``'s patches frame by frame.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from diffusers import (
     ModelMixin,  # noqa: F401
 )
 from diffusers.configuration_utils import register_to_config
+from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
 from diffusers.models.attention import Attention
 from diffusers.models.attention_processor import AttnProcessor2_0
 from diffusers.models.embeddings import (
@@ -191,6 +197,14 @@ class ControlBlock(nn.Module):
         return gated_add(hidden_states, gate, attn_output)
 
 
+class TokenLayout(nn.Module):
+    """Text tokens ``[B, T, D]`` and video tokens frame by frame ``[B, F, S, D]``, returned as they come: the output
+    that context parallelism splits over ranks (``_cp_plan``), the text along T and each frame along S."""
+
+    def forward(self, text: torch.Tensor, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return text, video
+
+
 class InteractiveCogVideoXTransformer3DModel(CogVideoXTransformer3DModel):
     """CogVideoX transformer conditioned on one control token per latent frame, with per-frame timesteps.
 
@@ -210,6 +224,15 @@ class InteractiveCogVideoXTransformer3DModel(CogVideoXTransformer3DModel):
     """
 
     _no_split_modules = ["CogVideoXBlock", "CogVideoXPatchEmbed", "ControlBlock"]
+
+    # Where diffusers' context parallelism splits tokens over ranks and gathers them (see the module docstring).
+    _cp_plan = {
+        "token_layout": {
+            0: ContextParallelInput(split_dim=1, expected_dims=3, split_output=True),  # text [B, T, D]
+            1: ContextParallelInput(split_dim=2, expected_dims=4, split_output=True),  # video [B, F, S, D]
+        },
+        "proj_out": ContextParallelOutput(gather_dim=2, expected_dims=4),
+    }
 
     @register_to_config
     def __init__(
@@ -332,6 +355,9 @@ class InteractiveCogVideoXTransformer3DModel(CogVideoXTransformer3DModel):
                 for _ in range(control_start_layer, num_layers)
             ]
         )
+
+        # 3. Where context parallelism splits the tokens over ranks (``_cp_plan``), outside the compiled blocks.
+        self.token_layout = TokenLayout()
 
     @property
     def control_vocabulary(self) -> ControlVocabulary:
@@ -511,8 +537,10 @@ class InteractiveCogVideoXTransformer3DModel(CogVideoXTransformer3DModel):
         hidden_states = self.embedding_dropout(hidden_states)
 
         text_seq_length = encoder_hidden_states.shape[1]
-        encoder_hidden_states = hidden_states[:, :text_seq_length]  # [B, T, inner_dim]
-        hidden_states = hidden_states[:, text_seq_length:]  # [B, F * S, inner_dim]
+        encoder_hidden_states, hidden_states = self.token_layout(
+            hidden_states[:, :text_seq_length], hidden_states[:, text_seq_length:].unflatten(1, (num_frames, -1))
+        )  # [B, T, inner_dim], [B, F, S, inner_dim]
+        hidden_states = hidden_states.flatten(1, 2)  # [B, F * S, inner_dim]
         tokens_per_frame = hidden_states.shape[1] // num_frames
 
         # 3. Controls: states [B, F, inner_dim] and the frame-causal mask [B * heads, F * S, F]
@@ -538,9 +566,9 @@ class InteractiveCogVideoXTransformer3DModel(CogVideoXTransformer3DModel):
 
         hidden_states = self.norm_final(hidden_states)
 
-        # 5. Final block: per-frame adaLN, projection to patches [B, F * S, p * p * C_out]
+        # 5. Final block: per-frame adaLN, projection to patches [B, F, S, p * p * C_out]
         hidden_states = self.norm_out(hidden_states, temb=emb)
-        hidden_states = self.proj_out(hidden_states)
+        hidden_states = self.proj_out(hidden_states.unflatten(1, (num_frames, -1)))
 
         # 6. Unpatchify: [B, F, C_out, H, W]
         p = self.config.patch_size
