@@ -296,7 +296,7 @@ class Trainer:
         if args.cache_latents:
             # Every caption is encoded now: the text encoder's memory goes back to the CPU.
             self.text_encoder.to("cpu")
-        self.batch_sampler, dataloader = training_batches(self.dataset, args)
+        self.batch_sampler, dataloader = training_batches(self.dataset, args, self.accelerator.num_processes)
 
         optimizer = torch.optim.AdamW(
             trainable,
