@@ -102,6 +102,8 @@ def test_two_fsdp_processes_train_the_weights_of_one_data_parallel_process(runs)
     expected = load_file(str(runs["data_parallel"] / FINAL_WEIGHTS))
     actual = load_file(str(runs["two"] / FINAL_WEIGHTS))
     assert_same_weights(expected, actual)
+    for written in ("model/model_index.json", "model/transformer/config.json"):  # the model's class, not FSDP's
+        assert (runs["two"] / written).read_text() == (runs["data_parallel"] / written).read_text()
     assert learning_rates(runs["two"]) == learning_rates(runs["data_parallel"])
     gradient_norms = [
         [record["grad_norm"] for record in read_records(runs[run] / METRICS_FILE) if "grad_norm" in record]

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
-from torch.distributed.fsdp import MixedPrecisionPolicy
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy
 
 from thematrix.config import ConfigError
 from thematrix.training.arguments import TrainingArgs
@@ -128,8 +128,8 @@ def unsharded_model(accelerator: Accelerator, model: torch.nn.Module) -> torch.n
     """The trained model as a plain module with whole float32 trained weights on the main process (None on the
     others), to save. A collective under FSDP and DeepSpeed: every process calls it.
 
-    FSDP: a copy built on the meta device, given the gathered weights and the module's buffers (FSDP splits
-    no buffer). DeepSpeed: the module itself, its bf16 trained weights replaced by the float32 master weights.
+    FSDP: a copy of the model's own class built on the meta device, given the gathered weights and the module's
+    buffers (FSDP splits no buffer). DeepSpeed: the module itself, its bf16 trained weights replaced by the float32 master weights.
     """
     mode = training_mode(accelerator)
     unwrapped = accelerator.unwrap_model(model)
@@ -146,8 +146,10 @@ def unsharded_model(accelerator: Accelerator, model: torch.nn.Module) -> torch.n
             weights[name] = weight.cpu()
     if not accelerator.is_main_process:
         return None
+    # fully_shard gives the module a class of its own, derived from FSDPModule and the model's class.
+    model_class = next(cls for cls in type(unwrapped).__mro__ if not issubclass(cls, FSDPModule))
     with torch.device("meta"):
-        copy = type(unwrapped).from_config(unwrapped.config)
+        copy = model_class.from_config(unwrapped.config)
     copy.load_state_dict(weights, strict=False, assign=True)
     for name, buffer in unwrapped.named_buffers():
         owner, _, leaf = name.rpartition(".")
