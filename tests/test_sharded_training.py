@@ -1,7 +1,7 @@
 """Stage 3 under FSDP (accelerate_configs/fsdp.yaml) in CPU processes over gloo, against data parallel.
 
 Two FSDP processes of batch one train the weights one data-parallel process of batch two trains, to float
-rounding. Their sharded checkpoint (each process's shard, torch's distributed checkpoint) resumes in one FSDP
+rounding, and validate. Their sharded checkpoint (each process's shard, torch's distributed checkpoint) resumes in one FSDP
 process and in two where the LR schedule (warm-up, then cosine) stood, and ends on the uninterrupted run's
 weights; a launch under another mode is refused before it trains. accelerate runs FSDP on accelerators only,
 so tests/fsdp_on_cpu.py turns it on for the CPU processes (see there).
@@ -69,7 +69,8 @@ def assert_same_weights(expected: dict[str, torch.Tensor], actual: dict[str, tor
 
 
 def learning_rates(output_dir, after_step: int = 0) -> list[float]:
-    return [record["lr"] for record in read_records(output_dir / METRICS_FILE) if record["step"] > after_step]
+    records = read_records(output_dir / METRICS_FILE)
+    return [record["lr"] for record in records if "lr" in record and record["step"] > after_step]
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +92,8 @@ def runs(tiny_model_dir, tiny_dataset, tmp_path_factory):
         assert code == 0, output[-4000:]
         return root / name
 
-    two = fsdp("fsdp_two", 2)
+    # Validation at the last step: every FSDP process generates (each forward gathers the weights), one writes.
+    two = fsdp("fsdp_two", 2, validation_steps=STEPS, validation_num_inference_steps=2, validation_groups=2)
     checkpoint = str(two / "checkpoints" / f"checkpoint-{RESUME_FROM}")
     one_resumed = fsdp("fsdp_one_resumed", 1, resume_from_checkpoint=checkpoint)
     two_resumed = fsdp("fsdp_two_resumed", 2, resume_from_checkpoint=checkpoint)
@@ -110,6 +112,12 @@ def test_two_fsdp_processes_train_the_weights_of_one_data_parallel_process(runs)
         for run in ("data_parallel", "two")
     ]
     torch.testing.assert_close(*map(torch.tensor, gradient_norms))  # the gathered norm of the whole gradient
+
+
+def test_fsdp_validation_writes_its_videos(runs):
+    videos = list((runs["two"] / "validation" / f"step-{STEPS}").glob("*.mp4"))
+    assert videos and all(video.stat().st_size for video in videos)
+    assert [record for record in read_records(runs["two"] / METRICS_FILE) if "validation_loss" in record]
 
 
 def test_fsdp_checkpoints_hold_each_process_shard_and_the_mode(runs):

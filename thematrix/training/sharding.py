@@ -111,7 +111,13 @@ def full_trainable_weights(accelerator: Accelerator, model: torch.nn.Module) -> 
     every process iterates to the end, in the same order); under data parallel it is the parameter itself.
     """
     mode = training_mode(accelerator)
-    for name, param in accelerator.unwrap_model(model).named_parameters():
+    unwrapped = accelerator.unwrap_model(model)
+    if mode is TrainingMode.FSDP:
+        # A forward without a backward (validation) leaves the root module's weights gathered: split them again.
+        for module in unwrapped.modules():
+            if isinstance(module, FSDPModule):
+                module.reshard()
+    for name, param in unwrapped.named_parameters():
         if not param.requires_grad:
             continue
         if mode is TrainingMode.FSDP:
