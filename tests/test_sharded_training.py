@@ -1,15 +1,17 @@
-"""Stage 3 under FSDP (accelerate_configs/fsdp.yaml) in CPU processes over gloo, against data parallel.
+"""Stages 3 and 4 under FSDP (accelerate_configs/fsdp.yaml) in CPU processes over gloo, against data parallel.
 
 Two FSDP processes of batch one train the weights one data-parallel process of batch two trains, to float
-rounding, and validate. Their sharded checkpoint (each process's shard, torch's distributed checkpoint) resumes in one FSDP
-process and in two where the LR schedule (warm-up, then cosine) stood, and ends on the uninterrupted run's
-weights; a launch under another mode is refused before it trains. accelerate runs FSDP on accelerators only,
-so tests/fsdp_on_cpu.py turns it on for the CPU processes (see there).
+rounding, and validate; in stage 4 the float32 EMA target, updated from the gathered weights, agrees too.
+Stage 3's sharded checkpoint (each process's shard, torch's distributed checkpoint) resumes in one FSDP process
+and in two where the LR schedule (warm-up, then cosine) stood, and ends on the uninterrupted run's weights; a
+launch under another mode is refused before it trains. accelerate runs FSDP on accelerators only, so
+tests/fsdp_on_cpu.py turns it on for the CPU processes (see there).
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +19,8 @@ from safetensors.torch import load_file
 
 from stage3.train_text_to_video_sft import SwinTrainer
 from stage3.training.arguments import SwinArgs
+from stage4.train_text_to_video_scm import ScmTrainer
+from stage4.training.arguments import ScmArgs
 from tests.conftest import ADAM_ROUNDING_STEPS, CLIP_FRAMES, tiny_run_args
 from tests.launching import finish, launch_fsdp_on_cpu, write_config
 from thematrix.config import ConfigError
@@ -31,6 +35,9 @@ from thematrix.training.metrics import METRICS_FILE, read_records
 from thematrix.training.sharding import TrainingMode
 
 STAGE3 = "stage3.train_text_to_video_sft"
+STAGE4 = "stage4.train_text_to_video_scm"
+EMA_CHECKPOINT = "custom_checkpoint_0.pkl"  # accelerate's file for the first object registered for checkpointing
+TEACHER_STEPS = 8  # the stage-4 teacher's grid: 4 steps per phase of the tiny window
 STEPS = 4
 RESUME_FROM = 2
 LEARNING_RATE = 1e-3
@@ -68,6 +75,16 @@ def assert_same_weights(expected: dict[str, torch.Tensor], actual: dict[str, tor
         torch.testing.assert_close(actual[name], expected[name], atol=steps * LEARNING_RATE, rtol=0, msg=name)
 
 
+def train_under_fsdp(stage_module: str, args, num_processes: int) -> Path:
+    """Launch ``stage_module`` on ``args`` in ``num_processes`` FSDP CPU processes; returns its output directory."""
+    output_dir = Path(args.output_dir)
+    config = write_config(args, output_dir.with_suffix(".py"))
+    log = output_dir.with_suffix(".log")
+    code, output = finish(launch_fsdp_on_cpu(stage_module, config, log, num_processes), log)
+    assert code == 0, output[-4000:]
+    return output_dir
+
+
 def learning_rates(output_dir, after_step: int = 0) -> list[float]:
     records = read_records(output_dir / METRICS_FILE)
     return [record["lr"] for record in records if "lr" in record and record["step"] > after_step]
@@ -86,11 +103,7 @@ def runs(tiny_model_dir, tiny_dataset, tmp_path_factory):
     SwinTrainer(args("data_parallel", 1)).train()
 
     def fsdp(name, num_processes, **overrides):
-        config = write_config(args(name, num_processes, **overrides), root / f"{name}.py")
-        log = root / f"{name}.log"
-        code, output = finish(launch_fsdp_on_cpu(STAGE3, config, log, num_processes), log)
-        assert code == 0, output[-4000:]
-        return root / name
+        return train_under_fsdp(STAGE3, args(name, num_processes, **overrides), num_processes)
 
     # Validation at the last step: every FSDP process generates (each forward gathers the weights), one writes.
     two = fsdp("fsdp_two", 2, validation_steps=STEPS, validation_num_inference_steps=2, validation_groups=2)
@@ -149,3 +162,31 @@ def test_a_checkpoint_of_another_mode_is_refused_naming_the_launch_setting(runs,
     )
     with pytest.raises(ConfigError, match="written under FSDP.*ACCELERATE_CONFIG=fsdp"):
         trainer.train()
+
+
+@pytest.fixture(scope="module")
+def distillations(model_dir, tiny_dataset, tmp_path_factory):
+    """(data parallel, FSDP on two processes) output directories of stage 4 distilling the stage-3 test model."""
+    root = tmp_path_factory.mktemp("sharded_distillation")
+
+    def args(name, num_processes):
+        settings = dict(
+            SETTINGS,
+            cache_dir=str(root / "cache"),
+            train_batch_size=SAMPLES_PER_STEP // num_processes,
+            teacher_num_inference_steps=TEACHER_STEPS,
+            validation_num_inference_steps=SETTINGS["num_noise_groups"],
+        )
+        return tiny_run_args(ScmArgs(), model_dir, tiny_dataset, root / name, **settings)
+
+    ScmTrainer(args("data_parallel", 1)).train()
+    return root / "data_parallel", train_under_fsdp(STAGE4, args("fsdp_two", 2), 2)
+
+
+def test_two_fsdp_processes_distil_the_student_and_ema_target_of_one_data_parallel_process(distillations):
+    data_parallel, fsdp = distillations
+    assert_same_weights(load_file(str(data_parallel / FINAL_WEIGHTS)), load_file(str(fsdp / FINAL_WEIGHTS)))
+    checkpoint = f"checkpoints/checkpoint-{STEPS}/{EMA_CHECKPOINT}"
+    expected, actual = (torch.load(run / checkpoint) for run in (data_parallel, fsdp))
+    assert all(value.dtype == torch.float32 for value in actual.values())
+    assert_same_weights(expected, actual)
