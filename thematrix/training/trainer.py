@@ -22,8 +22,8 @@ and ``metrics.png`` in ``metrics``. README's "When a run goes wrong" says what e
 
 Exact resume: noise and timesteps for the n-th sample of the run come from a generator seeded by
 (seed, n), the data order of epoch e is a function of (seed, e), and checkpoints hold the trainable
-weights, optimizer, LR schedule (which counts optimizer steps, whatever the number of processes), RNG
-states and what a stage registers (stage 4's EMA target). A resumed run therefore takes the same steps as
+weights (as the training mode splits them: ``sharding``), optimizer, LR schedule (which counts optimizer
+steps, whatever the number of processes), RNG states and what a stage registers (stage 4's EMA target). A resumed run therefore takes the same steps as
 an uninterrupted one.
 """
 
