@@ -60,12 +60,15 @@ def test_an_unsupported_configuration_is_refused_naming_the_setting(launched, se
         configure_training_mode(launched(), args)
 
 
-def test_deepspeed_gets_the_per_process_batch_and_fsdp_averages_gradients_in_float32():
+def test_deepspeed_gets_the_per_process_batch_and_clipping_and_fsdp_averages_gradients_in_float32():
     args = LoraArgs()
     args.train_batch_size = 3
     launched = deepspeed()
     configure_training_mode(launched, args)
     assert launched.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] == 3
+    unset = deepspeed(gradient_clipping="auto")
+    configure_training_mode(unset, args)
+    assert unset.state.deepspeed_plugin.deepspeed_config["gradient_clipping"] == args.max_grad_norm
     plugin = SimpleNamespace(fsdp_version=FSDP_VERSION, mixed_precision_policy=None)
     configure_training_mode(accelerator(DistributedType.FSDP, fsdp_plugin=plugin), args)
     policy = plugin.mixed_precision_policy

@@ -33,7 +33,8 @@ from thematrix.training.arguments import TrainingArgs
 FSDP_VERSION = 2  # torch's fully_shard: runs on any device, checkpoints reshard to any process count
 # Gradients are averaged over the processes in float32 under FSDP, as data parallel averages them.
 MIXED_PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-ZERO_STAGE = 2  # parameters whole on every process: the EMA target, validation and saving read them directly
+ZERO_STAGE = 2
+AUTO = "auto"  # a DeepSpeed setting accelerate fills in from the training script  # parameters whole on every process: the EMA target, validation and saving read them directly
 
 
 class TrainingMode(enum.Enum):
@@ -76,6 +77,8 @@ def configure_training_mode(accelerator: Accelerator, args: TrainingArgs) -> Non
             f"zero_stage: {ZERO_STAGE}, or use ACCELERATE_CONFIG=fsdp to split the weights too"
         )
     clipping = plugin.deepspeed_config.get("gradient_clipping")
+    if clipping == AUTO:  # a value for the training script to fill in
+        plugin.deepspeed_config["gradient_clipping"] = clipping = args.max_grad_norm
     if clipping != args.max_grad_norm:
         raise ConfigError(
             f"the DeepSpeed config clips gradients at {clipping} (gradient_clipping), args.max_grad_norm is "
