@@ -33,8 +33,8 @@ from thematrix.training.arguments import TrainingArgs
 FSDP_VERSION = 2  # torch's fully_shard: runs on any device, checkpoints reshard to any process count
 # Gradients are averaged over the processes in float32 under FSDP, as data parallel averages them.
 MIXED_PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-ZERO_STAGE = 2
-AUTO = "auto"  # a DeepSpeed setting accelerate fills in from the training script  # parameters whole on every process: the EMA target, validation and saving read them directly
+ZERO_STAGE = 2  # parameters whole on every process: the EMA target, validation and saving read them directly
+AUTO = "auto"  # a DeepSpeed setting accelerate fills in from the training script
 
 
 class TrainingMode(enum.Enum):
@@ -138,7 +138,8 @@ def unsharded_model(accelerator: Accelerator, model: torch.nn.Module) -> torch.n
     others), to save. A collective under FSDP and DeepSpeed: every process calls it.
 
     FSDP: a copy of the model's own class built on the meta device, given the gathered weights and the module's
-    buffers (FSDP splits no buffer). DeepSpeed: the module itself, its bf16 trained weights replaced by the float32 master weights.
+    buffers (FSDP splits no buffer). DeepSpeed: the module itself, its bf16 trained weights replaced by the
+    float32 master weights.
     """
     mode = training_mode(accelerator)
     unwrapped = accelerator.unwrap_model(model)
