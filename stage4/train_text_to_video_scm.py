@@ -12,6 +12,7 @@ lands every group on its boundary.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from thematrix.cli import run
 from thematrix.config import ConfigError
 from thematrix.model_dir import save_model_dir, transformer_class_name
 from thematrix.models import InteractiveCogVideoXTransformer3DModel
+from thematrix.training.sharding import full_trainable_weights
 
 DEFAULT_CONFIG = Path(__file__).parent / "training" / "scm_config.py"
 NO_GUIDANCE = 1.0  # guidance scale of a single conditional forward
@@ -34,8 +36,10 @@ NO_GUIDANCE = 1.0  # guidance scale of a single conditional forward
 class EmaTarget:
     """LCM's target network: theta^- <- mu theta^- + (1 - mu) theta over the student's trainable weights.
 
-    A copy of the student that shares its frozen weights, so a LoRA student's target costs only its
-    adapters. ``state_dict`` holds the averaged weights alone, for accelerate to checkpoint with the run.
+    A copy of the student, made before the trainer splits or wraps it, so it is whole on every process in
+    every training mode (``thematrix.training.sharding``). It shares the student's frozen weights, so a LoRA
+    student's target costs only its adapters; its averaged weights are float32, whatever the student's
+    compute dtype. ``state_dict`` holds them alone, for accelerate to checkpoint with the run.
     """
 
     def __init__(self, student: torch.nn.Module, decay: float):
@@ -45,12 +49,20 @@ class EmaTarget:
         self.names = [name for name, param in student.named_parameters() if param.requires_grad]
         own = dict(self.module.named_parameters())
         self.weights = [own[name] for name in self.names]
+        for weight in self.weights:
+            weight.data = weight.data.float()
+
+    def to(self, device: torch.device) -> EmaTarget:
+        """Move the averaged weights (the shared frozen ones follow the student)."""
+        for weight in self.weights:
+            weight.data = weight.data.to(device)
+        return self
 
     @torch.no_grad()
-    def update(self, student: torch.nn.Module) -> None:
-        current = dict(student.named_parameters())
-        for name, weight in zip(self.names, self.weights):
-            weight.lerp_(current[name], 1 - self.decay)
+    def update(self, student_weights: Iterator[tuple[str, torch.Tensor]]) -> None:
+        """One step towards the student's whole trainable weights, given as (name, weight) in ``self.names`` order."""
+        for (_, student_weight), weight in zip(student_weights, self.weights, strict=True):
+            weight.lerp_(student_weight.to(weight.dtype), 1 - self.decay)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {name: weight.detach().clone() for name, weight in zip(self.names, self.weights)}
@@ -97,24 +109,28 @@ class ScmTrainer(SwinTrainer):
         self.consistency = self.scheduler.grouped_schedule(args.teacher_num_inference_steps, args.num_noise_groups)
 
     def build_transformer(self) -> torch.nn.Module:
-        """The student starts as the teacher: all of it trains, or LoRA adapters (zero at start) on attention."""
+        """The student starts as the teacher: all of it trains, or LoRA adapters (zero at start) on attention. The
+        EMA target starts as the student, copied here, before the trainer splits or wraps it."""
         if self.args.student == "full":
-            return super().build_transformer()
-        transformer = self.load_interactive_transformer()
-        transformer.requires_grad_(False)
-        transformer.add_adapter(
-            LoraConfig(
-                r=self.args.lora_rank,
-                lora_alpha=self.args.lora_alpha,
-                init_lora_weights=True,
-                target_modules=list(self.args.lora_target_modules),
+            transformer = super().build_transformer()
+        else:
+            transformer = self.load_interactive_transformer()
+            transformer.requires_grad_(False)
+            transformer.add_adapter(
+                LoraConfig(
+                    r=self.args.lora_rank,
+                    lora_alpha=self.args.lora_alpha,
+                    init_lora_weights=True,
+                    target_modules=list(self.args.lora_target_modules),
+                )
             )
-        )
+        self.ema = EmaTarget(transformer, self.args.ema_decay)
         return transformer
 
     def after_setup(self) -> None:
-        """The frozen teacher (the stage-3 model), and the EMA target, which checkpoints hold with the student."""
-        args, device = self.args, self.accelerator.device
+        """The frozen teacher (the stage-3 model, whole on every process in the compute dtype), and the EMA target on
+        the device, which checkpoints hold with the student."""
+        device = self.accelerator.device
         teacher = (
             InteractiveCogVideoXTransformer3DModel.from_pretrained(
                 self.model_dir, subfolder="transformer", dtype=self.weight_dtype
@@ -127,13 +143,12 @@ class ScmTrainer(SwinTrainer):
             tokenizer=None, text_encoder=None, vae=None, transformer=teacher.to(device), scheduler=None
         )
 
-        self.ema = EmaTarget(self.accelerator.unwrap_model(self.transformer), args.ema_decay)
-        self.accelerator.register_for_checkpointing(self.ema)
+        self.accelerator.register_for_checkpointing(self.ema.to(device))
 
     def after_optimizer_step(self) -> None:
-        """The target follows the student: theta^- <- mu theta^- + (1 - mu) theta, before the step's checkpoint, so a
-        checkpoint's target matches its student."""
-        self.ema.update(self.accelerator.unwrap_model(self.transformer))
+        """The target follows the student's whole float32 weights (gathered under FSDP and DeepSpeed): theta^- <- mu
+        theta^- + (1 - mu) theta, before the step's checkpoint, so a checkpoint's target matches its student."""
+        self.ema.update(full_trainable_weights(self.accelerator, self.transformer))
 
     def velocity(self, model: torch.nn.Module, latents, timesteps, prompt_embeds, controls) -> torch.Tensor:
         """One conditional transformer forward (float32 output)."""

@@ -32,6 +32,7 @@ from thematrix.training.checkpoint import (
 )
 from thematrix.training.metrics import METRICS_FILE, read_records
 from thematrix.training.run_safety import PREEMPTED_EXIT_CODE
+from thematrix.training.sharding import FSDP_VERSION, ZERO_STAGE
 
 CONFIG_DIR = REPO_ROOT / "thematrix" / "accelerate_configs"
 NUM_PROCESSES = 2
@@ -150,7 +151,8 @@ def test_two_process_checkpoint_resumes_in_one_process_on_the_same_lr_schedule(r
 
 
 def test_the_sharded_configs_agree_with_the_trainer_and_with_every_stages_model():
-    """DeepSpeed clips gradients inside its own step, so its clipping must be the trainer's max_grad_norm. FSDP
+    """The trainer runs FSDP version 2 and ZeRO stage 2 (thematrix/training/sharding.py). DeepSpeed clips gradients
+    inside its own step, so its clipping must be the trainer's max_grad_norm. FSDP
     wraps each class of the model's _no_split_modules (the config names none) and accelerate refuses a listed
     class the model lacks: every stage's transformer has each class it lists."""
     deepspeed = load_config_from_file(str(CONFIG_DIR / "deepspeed_zero2.yaml"))
@@ -158,6 +160,7 @@ def test_the_sharded_configs_agree_with_the_trainer_and_with_every_stages_model(
     assert deepspeed.deepspeed_config["gradient_clipping"] == TrainingArgs().max_grad_norm
     fsdp = load_config_from_file(str(CONFIG_DIR / "fsdp.yaml"))
     assert fsdp.distributed_type == DistributedType.FSDP and fsdp.mixed_precision == "bf16"
+    assert fsdp.fsdp_config["fsdp_version"] == FSDP_VERSION and deepspeed.deepspeed_config["zero_stage"] == ZERO_STAGE
     assert fsdp.fsdp_config["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
     assert "fsdp_transformer_layer_cls_to_wrap" not in fsdp.fsdp_config
     vocabulary = dict(control_tokens=TEST_VOCABULARY.tokens, control_phrases=TEST_VOCABULARY.phrases)

@@ -205,17 +205,18 @@ def test_the_teacher_is_guided_by_default_as_stage_3_streams_are(
     assert scales and set(scales) == {(args.guidance_scale, args.control_guidance_scale)}
 
 
-def test_ema_target_moves_toward_the_student_and_shares_frozen_weights():
-    student = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 3))
+def test_ema_target_is_float32_moves_toward_the_student_and_shares_frozen_weights():
+    student = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 3)).to(torch.bfloat16)
     student[0].requires_grad_(False)
     ema = EmaTarget(student, decay=0.75)
     assert ema.module[0].weight is student[0].weight and ema.module[1].weight is not student[1].weight
+    assert ema.module[1].weight.dtype == torch.float32 and student[1].weight.dtype == torch.bfloat16
     start = {name: weight.clone() for name, weight in ema.state_dict().items()}
     with torch.no_grad():
         student[1].weight.add_(1.0)
-    ema.update(student)
+    ema.update((name, param) for name, param in student.named_parameters() if param.requires_grad)
     assert set(start) == {"1.weight", "1.bias"}
-    torch.testing.assert_close(ema.module[1].weight, 0.75 * start["1.weight"] + 0.25 * student[1].weight)
+    torch.testing.assert_close(ema.module[1].weight, 0.75 * start["1.weight"] + 0.25 * student[1].weight.float())
     torch.testing.assert_close(ema.module[1].bias, start["1.bias"])
 
 

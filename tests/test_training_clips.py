@@ -1,9 +1,16 @@
 """The clips a run trains on, assembled by training/clips.py for the trainer: the latent cache is keyed by the
-stage's own encoder fingerprint, so a stage that encodes clips otherwise never reads another stage's entries."""
+stage's own encoder fingerprint, so a stage that encodes clips otherwise never reads another stage's entries; a run
+of more processes than batches is refused before it trains."""
 
 from __future__ import annotations
 
+import pytest
+import torch
+
 from stage1.train_text_to_video_lora import LoraTrainer
+from stage1.training.arguments import LoraArgs
+from thematrix.config import ConfigError
+from thematrix.training.clips import training_batches
 
 
 class OtherEncoding(LoraTrainer):
@@ -21,3 +28,19 @@ def test_a_stages_fingerprint_keys_its_cache_entries(lora_args, tmp_path):
     other = OtherEncoding(lora_args(cache_dir=str(cache)))
     other.setup()
     assert len(list(cache.glob("*.safetensors"))) == 2 * len(plain.dataset)
+
+
+class OneClip(torch.utils.data.Dataset):
+    buckets = [17]  # its frame bucket, all BucketBatchSampler reads
+
+    def __len__(self):
+        return 1
+
+
+def test_every_process_needs_a_batch():
+    args = LoraArgs()
+    training_batches(OneClip(), args, num_processes=1)
+    with pytest.raises(
+        ConfigError, match="1 clips make 1 batches of 1 clips of one bucket, and each of the 2 processes"
+    ):
+        training_batches(OneClip(), args, num_processes=2)

@@ -1,9 +1,12 @@
 """Checkpoints of a run: written atomically, the last few kept, resumed exactly, refused when another run wrote them.
 
 A checkpoint is accelerate's state (optimizer, LR schedule, RNG states, objects registered for
-checkpointing) with the trainable weights alone in ``trainable.safetensors``, the trainer's counters in
-``trainer_state.json`` and the run's settings in ``config.json``. It is written into
-``checkpoint-N.partial`` and renamed when complete; older checkpoints are deleted only after that.
+checkpointing), the trainer's counters and training mode in ``trainer_state.json`` and the run's settings in
+``config.json``, with the weights as the mode keeps them (``sharding``): data parallel, the trainable
+weights alone in ``trainable.safetensors``; FSDP, each process's shard of the model and optimizer state
+(torch's distributed checkpoint, read back on any number of processes); DeepSpeed, its own checkpoint of
+the model and of each process's optimizer partition. It is written into ``checkpoint-N.partial`` and
+renamed when complete; older checkpoints are deleted only after that.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from thematrix.config import ConfigError, StrictArgs
 from thematrix.training.arguments import LATEST_CHECKPOINT
 from thematrix.training.run_safety import gib
+from thematrix.training.sharding import TrainingMode, training_mode
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +64,14 @@ RESUMABLE_SETTINGS = frozenset(
     }
 )
 RESUMABLE_PREFIX = "validation_"  # every stage's validation settings
+TRAINING_MODE = "training_mode"
+NUM_PROCESSES = "num_processes"
+# How to launch under each mode's checkpoints (thematrix/accelerate_launch.sh).
+LAUNCH_SETTING = {
+    TrainingMode.DATA_PARALLEL.value: "ACCELERATE_CONFIG unset",
+    TrainingMode.FSDP.value: "ACCELERATE_CONFIG=fsdp",
+    TrainingMode.DEEPSPEED.value: "ACCELERATE_CONFIG=deepspeed_zero2",
+}
 # These may change together with the number of processes, as long as the samples per optimizer step do not.
 BATCH_SETTINGS = frozenset({"train_batch_size", "gradient_accumulation_steps"})
 
@@ -122,6 +134,10 @@ class Checkpoints:
         return {name: param.detach().contiguous() for name, param in model.named_parameters() if param.requires_grad}
 
     def _save_trainable_hook(self, models, weights, output_dir) -> None:
+        """Data parallel: the trainable weights alone, not accelerate's whole model (FSDP and DeepSpeed save
+        their own shards of it)."""
+        if training_mode(self.accelerator) is not TrainingMode.DATA_PARALLEL:
+            return
         if self.accelerator.is_main_process:
             for model in models:
                 save_file(
@@ -131,6 +147,8 @@ class Checkpoints:
         weights.clear()
 
     def _load_trainable_hook(self, models, input_dir) -> None:
+        if training_mode(self.accelerator) is not TrainingMode.DATA_PARALLEL:
+            return
         model = self.accelerator.unwrap_model(models.pop())
         state = load_file(os.path.join(input_dir, TRAINABLE_WEIGHTS))
         expected = set(self.trainable_state(model))
@@ -162,8 +180,9 @@ class Checkpoints:
             partial.mkdir(parents=True)
         self.accelerator.wait_for_everyone()
         self.accelerator.save_state(str(partial))
+        self.accelerator.wait_for_everyone()  # every process has written its files (RNG states, shards) into partial
         if self.accelerator.is_main_process:
-            (partial / TRAINER_STATE).write_text(json.dumps(trainer_state))
+            (partial / TRAINER_STATE).write_text(json.dumps(trainer_state | self.mode_state()))
             self.args.save(partial / RESOLVED_CONFIG)
             shutil.rmtree(final, ignore_errors=True)
             os.replace(partial, final)
@@ -236,6 +255,32 @@ class Checkpoints:
         saved = json.loads((path / RESOLVED_CONFIG).read_text())
         return changed_settings(self.args, saved, self.trainer_state(path), samples_per_step)
 
+    def check_mode(self, path: Path) -> None:
+        """Refuse, before any weight loads, a checkpoint that this run's training mode cannot read: another
+        mode's (each stores the weights its own way), or DeepSpeed's on another number of processes (DeepSpeed
+        cannot re-split ZeRO's optimizer state)."""
+        state = self.trainer_state(path)
+        saved_mode = state.get(TRAINING_MODE, TrainingMode.DATA_PARALLEL.value)
+        mode = training_mode(self.accelerator)
+        if saved_mode != mode.value:
+            raise ConfigError(
+                f"{path} was written under {saved_mode}, this run is launched under {mode.value}: each mode stores the "
+                f"weights its own way. Launch with the checkpoint's mode ({LAUNCH_SETTING[saved_mode]}; any "
+                "NUM_PROCESSES, see thematrix/accelerate_configs/README.md), or set args.resume_from_checkpoint = None"
+            )
+        saved_processes = state.get(NUM_PROCESSES, self.accelerator.num_processes)
+        if mode is TrainingMode.DEEPSPEED and saved_processes != self.accelerator.num_processes:
+            raise ConfigError(
+                f"{path} was written by DeepSpeed ZeRO-2 on {saved_processes} processes, this run has "
+                f"{self.accelerator.num_processes}: DeepSpeed cannot re-split ZeRO's optimizer state over another "
+                f"number of processes. Resume with NUM_PROCESSES={saved_processes}; to change the GPU count, train "
+                "under FSDP (ACCELERATE_CONFIG=fsdp), whose checkpoints resume on any number of processes"
+            )
+
+    def mode_state(self) -> dict[str, Any]:
+        """What ``trainer_state.json`` records of the training mode, for ``check_mode``."""
+        return {TRAINING_MODE: training_mode(self.accelerator).value, NUM_PROCESSES: self.accelerator.num_processes}
+
     @staticmethod
     def trainer_state(path: Path) -> dict[str, Any]:
         return json.loads((path / TRAINER_STATE).read_text())
@@ -243,6 +288,7 @@ class Checkpoints:
     def load(self, path: Path, lr_scheduler) -> dict[str, Any]:
         """Restore the state saved in ``path``; returns its trainer state. A changed ``args.learning_rate``
         takes effect at the step the schedule stands at."""
+        self.check_mode(path)
         self.accelerator.load_state(str(path))
         scheduler = lr_scheduler.scheduler
         if any(base != self.args.learning_rate for base in scheduler.base_lrs):

@@ -109,15 +109,19 @@ def cached_clips(
     return EncodedDataset(dataset, cache_dir, fingerprint)
 
 
-def training_batches(dataset, args: TrainingArgs) -> tuple[BucketBatchSampler, torch.utils.data.DataLoader]:
-    """(sampler, loader) of batches of ``args.train_batch_size`` clips of one bucket."""
+def training_batches(
+    dataset, args: TrainingArgs, num_processes: int
+) -> tuple[BucketBatchSampler, torch.utils.data.DataLoader]:
+    """(sampler, loader) of batches of ``args.train_batch_size`` clips of one bucket; each of the ``num_processes``
+    processes takes every num_processes-th batch, so an epoch needs a batch for each."""
     sampler = BucketBatchSampler(
         dataset, batch_size=args.train_batch_size, seed=args.seed, shuffle=args.shuffle, drop_last=True
     )
-    if len(sampler) == 0:
+    if len(sampler) < num_processes:
         raise ConfigError(
-            f"{args.index_file}: no bucket has {args.train_batch_size} clips for one batch; "
-            "lower args.train_batch_size or add clips"
+            f"{args.index_file}: {len(dataset)} clips make {len(sampler)} batches of {args.train_batch_size} clips "
+            f"of one bucket, and each of the {num_processes} processes needs one; add clips, or lower "
+            "args.train_batch_size or the number of processes (NUM_PROCESSES)"
         )
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, collate_fn=collate_batch, num_workers=args.dataloader_num_workers

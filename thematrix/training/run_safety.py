@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
+from torch.distributed.tensor import DTensor
 
 logger = logging.getLogger(__name__)
 
@@ -114,12 +115,18 @@ def main_process_decides(accelerator: Accelerator, check: Callable[[], str | Non
 
 
 def nonfinite_parameters(model: torch.nn.Module) -> list[str]:
-    """Names of the trainable parameters holding a NaN or an infinity."""
+    """Names of the trainable parameters holding a NaN or an infinity, in this process's share of a split (FSDP)
+    weight: ``any_process`` tells whether another process found one."""
     return [
         name
         for name, param in model.named_parameters()
-        if param.requires_grad and not torch.isfinite(param.detach()).all()
+        if param.requires_grad and not torch.isfinite(local_shard(param.detach())).all()
     ]
+
+
+def local_shard(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's part of a tensor that FSDP splits over the processes (a DTensor), else the tensor."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
 def stability_advice(args) -> str:

@@ -22,8 +22,8 @@ and ``metrics.png`` in ``metrics``. README's "When a run goes wrong" says what e
 
 Exact resume: noise and timesteps for the n-th sample of the run come from a generator seeded by
 (seed, n), the data order of epoch e is a function of (seed, e), and checkpoints hold the trainable
-weights, optimizer, LR schedule (which counts optimizer steps, whatever the number of processes), RNG
-states and what a stage registers (stage 4's EMA target). A resumed run therefore takes the same steps as
+weights (as the training mode splits them: ``sharding``), optimizer, LR schedule (which counts optimizer
+steps, whatever the number of processes), RNG states and what a stage registers (stage 4's EMA target). A resumed run therefore takes the same steps as
 an uninterrupted one.
 """
 
@@ -79,6 +79,13 @@ from thematrix.training.run_safety import (
     main_process_decides,
     nonfinite_parameters,
     stability_advice,
+)
+from thematrix.training.sharding import (
+    TrainingMode,
+    check_model_for_mode,
+    configure_training_mode,
+    training_mode,
+    unsharded_model,
 )
 from thematrix.video import draw_control_overlay, pipeline_video_to_signed, tensor_to_uint8_frames, write_mp4
 
@@ -239,6 +246,7 @@ class Trainer:
         )
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
         logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file otherwise
+        configure_training_mode(self.accelerator, args)
         self.model_dir = check_model_dir(args.pretrained_model_name_or_path)
         self.model_record = GenerationDefaults.load(self.model_dir)  # how the input model was trained, if recorded
         self.vae_layout = vae_architecture(self.model_dir)  # the VAE's factors, without its weights
@@ -270,6 +278,7 @@ class Trainer:
         trainable = [param for param in transformer.parameters() if param.requires_grad]
         if not trainable:
             raise ConfigError("the stage marked no transformer parameter as trainable")
+        check_model_for_mode(self.accelerator, transformer)
         # Frozen weights run in the compute dtype; trained weights stay float32 for exact small updates.
         for param in transformer.parameters():
             param.data = param.data.to(torch.float32 if param.requires_grad else self.weight_dtype)
@@ -287,7 +296,7 @@ class Trainer:
         if args.cache_latents:
             # Every caption is encoded now: the text encoder's memory goes back to the CPU.
             self.text_encoder.to("cpu")
-        self.batch_sampler, dataloader = training_batches(self.dataset, args)
+        self.batch_sampler, dataloader = training_batches(self.dataset, args, self.accelerator.num_processes)
 
         optimizer = torch.optim.AdamW(
             trainable,
@@ -532,8 +541,9 @@ class Trainer:
                 self._run_steps()
                 self._check_weights_finite("final model")
                 self.accelerator.wait_for_everyone()
-                if self.accelerator.is_main_process:
-                    self.save_final(self.accelerator.unwrap_model(self.transformer))
+                transformer = unsharded_model(self.accelerator, self.transformer)  # None but on the main process
+                if transformer is not None:
+                    self.save_final(transformer)
             finally:
                 self.metrics.plot()
                 self.accelerator.end_training()
@@ -734,16 +744,23 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> list[Path]:
-        """Measure the validation loss; generate the validation videos, write them as mp4 and log their frames."""
+        """Measure the validation loss; generate the validation videos, write them as mp4 and log their frames.
+
+        The main process generates them; under FSDP every process does (each forward gathers the weights from
+        all of them) and the main one writes them.
+        """
         self.transformer.eval()
+        every_process_generates = training_mode(self.accelerator) is TrainingMode.FSDP
         try:
             if self.args.validation_loss_clips:
                 self.metrics.log({"validation_loss": self.validation_loss()}, self.global_step, always=True)
-            if not self.accelerator.is_main_process:
+            if not (self.accelerator.is_main_process or every_process_generates):
                 return []
             written = []
             folder = self.output_dir / "validation" / f"step-{self.global_step}"
             for name, video, labels in self.validation_videos():
+                if not self.accelerator.is_main_process:
+                    continue
                 frames = tensor_to_uint8_frames(video.cpu())
                 if labels is not None:
                     frames = draw_control_overlay(frames, labels)
@@ -751,8 +768,8 @@ class Trainer:
                 write_mp4(frames, path, fps=self.args.fps)
                 written.append(path)
                 self.metrics.log_frames(f"validation/{name}", frames, self.global_step)
-                if self.stop_signals.requested:  # the checkpoint of a stopping run comes before more videos
-                    break
+                if self.stop_signals.requested and not every_process_generates:
+                    break  # the checkpoint of a stopping run comes before more videos
             logger.info("validation videos: %s", ", ".join(map(str, written)))
             return written
         finally:
