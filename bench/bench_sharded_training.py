@@ -122,7 +122,8 @@ def launch(stage: str, mode: str, gpus: int, output_dir: Path, inputs: dict[str,
         "NUM_PROCESSES": str(gpus),
         "ACCELERATE_CONFIG": ACCELERATE_CONFIGS[mode],
         "MAIN_PROCESS_PORT": "0",  # a free port
-        "PYTHONPATH": str(REPO_ROOT),
+        # The repository first, then whatever the caller's path holds (packages installed beside the interpreter's).
+        "PYTHONPATH": os.pathsep.join(filter(None, (str(REPO_ROOT), os.environ.get("PYTHONPATH")))),
     }
     start = time.perf_counter()
     try:
