@@ -11,6 +11,10 @@ with the fast paths (thematrix/acceleration.py), beside stock diffusers in the s
     torchrun --nproc_per_node 2 bench/bench_stream.py --rows scm_4_steps scm_4_steps_compiled \
         scm_4_steps_compiled_context_parallel swin_dpm_20_steps_cfg swin_dpm_20_steps_cfg_compiled \
         swin_dpm_20_steps_cfg_compiled_context_parallel --json context_parallel.json
+    # N + 1 GPUs: the forward split over cuda:0 to cuda:N-1, rank 0 decoding on cuda:N (e.g. 2 + 1, or 3 + 1 on 4)
+    torchrun --nproc_per_node 3 bench/bench_stream.py --rows scm_4_steps scm_4_steps_compiled \
+        scm_4_steps_compiled_context_parallel scm_4_steps_compiled_context_parallel_decode_on_cuda_N \
+        --json context_parallel_decode.json
 
 Each row streams from a random clip one window long, with a window of G groups of W latent frames (16 video frames
 a group for W = 4), and reports: time to first frame; frames per second after the first group; control-to-screen
@@ -18,8 +22,9 @@ latency, the time from asking a group's controls (when it enters the window) to 
 over the groups that entered after the start; and, for the fast paths, the error of the latents and the PSNR of the
 frames against the eager row of the same sampling (one GPU). Rows named ``decode_on_cuda_1`` need a second GPU:
 the VAE decodes there (``--decode_device cuda:1``) while the first GPU runs the transformer. Rows named
-``context_parallel`` run under ``torchrun --nproc_per_node N`` (N dividing 30 heads, 226 text tokens and a frame's
-tokens): they run after the others of the launch, which are their references; rank 0 records. Baseline: stock ``CogVideoXPipeline`` generating 49 frames with
+``context_parallel`` run under ``torchrun --nproc_per_node N`` (any N thematrix/parallel.py takes: 2, 3, 4, 5, 6 or 8
+on an 8-GPU machine): they run after the others of the launch, which are their references; rank 0 decodes and
+records, and in the rows named ``decode_on_cuda_N`` it decodes on the GPU after the N ranks' (N + 1 GPUs). Baseline: stock ``CogVideoXPipeline`` generating 49 frames with
 the same number of steps and guidance, its frames per second being frames over wall time. The JSON is rewritten
 after every row, so a run cut short keeps what it measured.
 """
@@ -39,7 +44,7 @@ import torch
 from bench_train_step import BENCH_VOCABULARY
 from diffusers import CogVideoXPipeline, CogVideoXTransformer3DModel
 
-from stage3.cogvideox.pipeline_cogvideox import SwinDPMPipeline, window_clip_frames
+from stage3.cogvideox.pipeline_cogvideox import NO_DECODER_DEVICE, SwinDPMPipeline, window_clip_frames
 from stage4.cogvideox.pipeline_cogvideox import ScmPipeline
 from stage4.cogvideox.scheduler import ScmScheduler
 from thematrix.acceleration import check_device, compile_stream
@@ -78,6 +83,8 @@ class Row:
     overlap_decode: bool = False
     decode_device: str | None = None  # the VAE's device (place_decoder), None: the transformer's
     context_parallel: bool = False  # the forward split over torchrun's processes (thematrix/parallel.py)
+    # With context_parallel: rank 0's VAE on cuda:N, the GPU after the N ranks' (the decode device outside the group)
+    decode_outside_group: bool = False
     reference: str | None = None  # the eager row whose output this one should reproduce
     # A first, unmeasured stream compiles the window's shapes, so no compilation lands inside the measures.
     warm_up: bool = False
@@ -156,12 +163,36 @@ ROWS = [
         reference="swin_dpm_20_steps_cfg",
         warm_up=True,
     ),
+    # N + 1 GPUs: the N ranks' forwards, rank 0 decoding each group on cuda:N meanwhile.
+    Row(
+        "scm_4_steps_compiled_context_parallel_decode_on_cuda_N",
+        "scm",
+        4,
+        1.0,
+        compiled=True,
+        context_parallel=True,
+        decode_outside_group=True,
+        reference="scm_4_steps",
+        warm_up=True,
+    ),
+    Row(
+        "swin_dpm_20_steps_cfg_compiled_context_parallel_decode_on_cuda_N",
+        "swin-dpm",
+        20,
+        6.0,
+        compiled=True,
+        context_parallel=True,
+        decode_outside_group=True,
+        reference="swin_dpm_20_steps_cfg",
+        warm_up=True,
+    ),
 ]
 STOCK_ROWS = [("stock_20_steps", 20, 1.0), ("stock_20_steps_cfg", 20, 6.0)]
 
 
-def stream_row(pipeline: SwinDPMPipeline, row: Row, cli) -> tuple[dict, torch.Tensor, torch.Tensor]:
-    """One stream's measures, its frames and its latents (on the CPU)."""
+def stream_row(pipeline: SwinDPMPipeline, row: Row, cli) -> tuple[dict, torch.Tensor, torch.Tensor] | None:
+    """One stream's measures, its frames and its latents (on the CPU); None on a context-parallel rank other than 0,
+    which runs the forwards and has no frames to measure."""
     initial_video = torch.rand(
         window_clip_frames(pipeline.vae, row.num_groups, row.group_size),
         3,
@@ -179,11 +210,11 @@ def stream_row(pipeline: SwinDPMPipeline, row: Row, cli) -> tuple[dict, torch.Te
     on_gpu = pipeline.device.type == "cuda"
     if on_gpu:
         torch.cuda.reset_peak_memory_stats(pipeline.device)
-        torch.cuda.synchronize(pipeline.vae.device)
-        torch.cuda.synchronize(pipeline.device)
+        for device in {pipeline.vae.device, pipeline.device} - {NO_DECODER_DEVICE}:
+            torch.cuda.synchronize(device)
     start = time.perf_counter()
     shown, frames, latents = {}, [], []
-    for chunk in pipeline.stream(
+    stream = pipeline.stream(
         prompt=PROMPT,
         initial_video=initial_video * 2 - 1,
         controls=controls,
@@ -194,7 +225,12 @@ def stream_row(pipeline: SwinDPMPipeline, row: Row, cli) -> tuple[dict, torch.Te
         generator=generator,
         max_groups=row.max_groups,
         overlap_decode=row.overlap_decode,
-    ):
+    )
+    if not pipeline.decodes:
+        for _ in stream:
+            pass
+        return None
+    for chunk in stream:
         shown[chunk.group_index] = time.perf_counter()
         frames.append(chunk.frames)
         latents.append(chunk.latents)
@@ -308,17 +344,20 @@ def main() -> None:
     unknown = set(cli.rows or ()) - {row.name for row in ROWS} - {name for name, _, _ in STOCK_ROWS}
     if unknown:
         parser.error(f"unknown rows {sorted(unknown)}; known: {[row.name for row in ROWS]} and the stock rows")
-    for row in rows:
-        if row.decode_device is not None:
-            try:
-                check_device(f"--rows {row.name}: its decode device", row.decode_device)
-            except ConfigError as error:
-                parser.error(str(error))
-    parallel = [row for row in rows if row.context_parallel]
-    if parallel:
-        degree = int(os.environ.get(WORLD_SIZE_VARIABLE, "1"))
+    degree = int(os.environ.get(WORLD_SIZE_VARIABLE, "1"))
+    decode_devices = {
+        row.name: row.decode_device or f"cuda:{degree}" for row in rows if row.decode_device or row.decode_outside_group
+    }
+    for name, decode_device in decode_devices.items():
         try:
-            check_context_parallel(degree, **split_counts(cli), window=f"{cli.height}x{cli.width}")
+            check_device(f"--rows {name}: its decode device", decode_device)
+        except ConfigError as error:
+            parser.error(str(error))
+    parallel = [row for row in rows if row.context_parallel]
+    splits_evenly = True
+    if parallel:
+        try:
+            splits_evenly = check_context_parallel(degree, **split_counts(cli), window=f"{cli.height}x{cli.width}")
         except ConfigError as error:
             parser.error(f"--rows {parallel[0].name}: {error}")
         init_context_parallel_process()
@@ -354,17 +393,21 @@ def main() -> None:
     for row in rows:
         if row.context_parallel and not parallel_enabled:
             # The compiled blocks recompile for the new attention processor (in the row's warm-up).
-            enable_context_parallel(transformer, torch.distributed.get_world_size())
+            enable_context_parallel(transformer, degree, splits_evenly)
             parallel_enabled = True
         if row.compiled and not compiled:
             compile_stream(swin)  # scm shares the modules
             compiled = True
         pipeline = swin if row.sampler == "swin-dpm" else scm
-        pipeline.place_decoder(row.decode_device or pipeline.device)  # scm shares the VAE
+        # scm shares the VAE; only rank 0 records, so under torchrun only it holds the VAE
+        pipeline.place_decoder(decode_devices.get(row.name, pipeline.device) if is_main_process() else None)
         pipeline.set_progress_bar_config(disable=True)
         if row.warm_up:
             stream_row(pipeline, row, cli)
-        measures, frames, latents = stream_row(pipeline, row, cli)
+        measured = stream_row(pipeline, row, cli)
+        if measured is None:
+            continue
+        measures, frames, latents = measured
         if row.reference in outputs:  # same sampling, window and groups: the same stream up to rounding
             measures["error_against_eager"] = error_against(frames, latents, outputs[row.reference])
         if not row.compiled:

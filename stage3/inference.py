@@ -48,6 +48,7 @@ from thematrix.model_dir import (
 from thematrix.models.interactive_transformer import model_vocabulary
 from thematrix.parallel import (
     check_context_parallel,
+    check_decode_device_outside_group,
     enable_context_parallel,
     init_context_parallel_process,
     is_main_process,
@@ -79,6 +80,8 @@ class StreamStart:
     vae_layout: AutoencoderKLCogVideoX  # without weights: its factors
     initial_frames: int  # window_clip_frames: 1 + c * (H + G * W)
     samples: list[Sample]
+    # --context_parallel: whether it splits the heads and tokens evenly (else diffusers' uneven Ulysses)
+    context_parallel_splits_evenly: bool = True
 
     @property
     def temporal_compression(self) -> int:
@@ -126,8 +129,9 @@ def check_stream_options(args: argparse.Namespace, pipeline_class=SwinDPMPipelin
     args.num_inference_steps = args.num_inference_steps or args.num_groups
     if args.decode_device is not None:
         check_device("--decode_device", args.decode_device)
+    splits_evenly = True
     if args.context_parallel is not None:
-        check_context_parallel_options(args, model_dir, defaults)
+        splits_evenly = check_context_parallel_options(args, model_dir, defaults)
     try:
         pipeline_class.check_steps(args.num_inference_steps, args.num_groups)
     except ValueError as error:
@@ -147,21 +151,20 @@ def check_stream_options(args: argparse.Namespace, pipeline_class=SwinDPMPipelin
         vae_layout=vae,
         initial_frames=window_clip_frames(vae, args.num_groups, args.group_size),
         samples=samples,
+        context_parallel_splits_evenly=splits_evenly,
     )
 
 
-def check_context_parallel_options(args: argparse.Namespace, model_dir: Path, defaults: GenerationDefaults) -> None:
-    """--context_parallel N: a split of the model's heads and of its window's tokens over N GPUs, alone."""
+def check_context_parallel_options(args: argparse.Namespace, model_dir: Path, defaults: GenerationDefaults) -> bool:
+    """--context_parallel N: a split of the model's heads and of its window's tokens over N GPUs, with rank 0's
+    decoder on a GPU outside them if --decode_device is given; whether the split is even."""
     if args.decode_device is not None:
-        raise ConfigError(
-            "--decode_device with --context_parallel: every GPU takes part in each forward, so none is free to "
-            "decode; drop --decode_device (each process decodes on its own GPU)"
-        )
+        check_decode_device_outside_group(args.context_parallel, torch.device(args.decode_device))
     config = transformer_config(model_dir)
     vae = vae_architecture(model_dir)
     patch = config["patch_size"] * 2 ** (len(vae.config.block_out_channels) - 1)
     height, width = defaults.height, defaults.width
-    check_context_parallel(
+    return check_context_parallel(
         args.context_parallel,
         heads=config["num_attention_heads"],
         text_tokens=config["max_text_seq_length"],
@@ -232,8 +235,9 @@ def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="split each transformer forward's tokens over N GPUs (Ulysses attention, diffusers' enable_parallelism); "
-        "launch with torchrun --nproc_per_node N; rank 0 writes the video",
+        help="split each transformer forward's tokens over N GPUs, cuda:0 to cuda:N-1 (Ulysses attention, diffusers' "
+        "enable_parallelism); launch with torchrun --nproc_per_node N; rank 0 decodes and writes the video, on its "
+        "own GPU or on --decode_device cuda:N",
     )
 
 
@@ -280,8 +284,10 @@ def load_pipeline(args: argparse.Namespace, start: StreamStart, pipeline_class=S
     device = init_context_parallel_process() if args.context_parallel else None
     pipeline = pipeline_class.from_model_dir(start.model_dir, device=device)
     if args.context_parallel:
-        enable_context_parallel(pipeline.transformer, args.context_parallel)
-    if args.decode_device is not None:
+        enable_context_parallel(pipeline.transformer, args.context_parallel, start.context_parallel_splits_evenly)
+    if not is_main_process():  # context parallelism: rank 0 alone encodes and decodes
+        pipeline.place_decoder(None)
+    elif args.decode_device is not None:
         pipeline.place_decoder(args.decode_device)
     if args.compile:
         compile_stream(pipeline)
@@ -337,7 +343,7 @@ def main(
         initial_control=clip.initial_control,
         overlap_decode=args.overlap_decode,
     )
-    if not is_main_process():  # context parallelism: every rank takes part in each forward, rank 0 writes
+    if not is_main_process():  # context parallelism: every rank takes part in each forward, rank 0 decodes
         for _ in stream:
             pass
         return args.output

@@ -9,12 +9,20 @@ depend on the order of its keys, so every rank's ``[text_r ; video_r]`` tokens t
 interactive transformer has no rotary embeddings (its positions are added before the split), and its control blocks
 attend from each rank's video tokens to all F control states, which every rank holds.
 
-Every rank runs the same stream with the same seed: the gathered output is the same on every rank, so their windows
-stay equal and each could show the frames; the front ends write them on rank 0.
+Every rank runs the same forwards with the same seed, so their windows stay equal; only rank 0 holds the VAE's
+weights: it encodes the initial clip and sends its latent distribution to the others (``broadcast_from_main``), and it
+alone decodes and yields the frames, on its own GPU or on one outside the group (``--decode_device cuda:N``, N the
+degree), while the other ranks go on with the next group's forwards.
 
 Ulysses only: diffusers' ring attention needs the attention's log-sum-exp, which its native (SDPA) backend does not
-return. Ulysses splits the heads too, so N must divide the heads (30 for CogVideoX-2B: N = 2, 3, 5 or 6), the text
-tokens (226) and each latent frame's tokens (30 x 45 = 1,350 at 480x720). It runs over NCCL on GPUs and gloo on CPUs.
+return. Ulysses splits the heads and the tokens over the ranks. A degree that divides the heads (30 for CogVideoX-2B),
+the text tokens (226) and each latent frame's tokens (30 x 45 = 1,350 at 480x720) takes diffusers' plain Ulysses
+(2 for CogVideoX-2B at 480x720); any other takes its ``ulysses_anything`` mode, which splits the tokens unevenly
+(``tensor_split``: 57, 57, 56, 56 text tokens on 4 ranks) and pads the heads to a multiple of the degree on the last
+rank (30 heads on 4 ranks: 8 each, 2 of them zeros). Its all-to-alls first exchange each rank's token count: a few
+small collectives more per attention, and forward only (inference). diffusers takes a padding only if it is smaller
+than a rank's heads, so the degree must satisfy ``(-heads) % N < ceil(heads / N)`` (CogVideoX-2B: 2, 3, 4, 5, 6, 8,
+10, 15 or 30; not 7 or 9), and every part must have at least N tokens. It runs over NCCL on GPUs and gloo on CPUs.
 """
 
 from __future__ import annotations
@@ -66,24 +74,32 @@ class JointAttentionProcessor:
         return hidden_states, encoder_hidden_states
 
 
-def check_context_parallel(degree: int, heads: int, text_tokens: int, frame_tokens: int, window: str) -> None:
-    """Refuse a degree that does not split the forward evenly (``--context_parallel``), before anything loads."""
-    uneven = {
-        "attention heads": heads,
-        "text tokens": text_tokens,
-        f"tokens of each latent frame ({window})": frame_tokens,
-    }
+def heads_pad_evenly(heads: int, degree: int) -> bool:
+    """Whether diffusers' Ulysses can split ``heads`` over ``degree`` ranks: evenly, or padded on the last rank by
+    fewer heads than a rank's share (``ulysses_anything``)."""
+    return -heads % degree < -(-heads // degree)
+
+
+def check_context_parallel(degree: int, heads: int, text_tokens: int, frame_tokens: int, window: str) -> bool:
+    """Refuse a degree diffusers' Ulysses attention cannot split the forward over (``--context_parallel``), before
+    anything loads; return whether it splits every part evenly (plain Ulysses) rather than with ``ulysses_anything``."""
     if degree < 2:
         raise ConfigError(
             f"--context_parallel {degree}: context parallelism splits each forward over at least 2 processes; pass "
             "N >= 2 and launch with torchrun --nproc_per_node N"
         )
-    uneven = [f"{count} {what}" for what, count in uneven.items() if count % degree]
-    if uneven:
+    if not heads_pad_evenly(heads, degree):
         raise ConfigError(
-            f"--context_parallel {degree}: Ulysses attention splits the heads and the tokens evenly; "
-            f"{' and '.join(uneven)} do not divide by {degree}. Pass a divisor of {heads} (the heads) that divides "
-            "the others, or another frame size"
+            f"--context_parallel {degree}: {heads} attention heads on {degree} ranks need {-heads % degree} padding "
+            f"heads, and diffusers' uneven Ulysses pads fewer than a rank's share; pass one of "
+            f"{[n for n in range(2, heads + 1) if heads_pad_evenly(heads, n)]}"
+        )
+    parts = {"text tokens": text_tokens, f"tokens of each latent frame ({window})": frame_tokens}
+    too_few = [f"{count} {what}" for what, count in parts.items() if count < degree]
+    if too_few:
+        raise ConfigError(
+            f"--context_parallel {degree}: {' and '.join(too_few)} cannot give each of {degree} ranks one; pass a "
+            "smaller degree or a larger frame size"
         )
     launched = os.environ.get(WORLD_SIZE_VARIABLE)
     if launched != str(degree):
@@ -95,6 +111,18 @@ def check_context_parallel(degree: int, heads: int, text_tokens: int, frame_toke
         raise ConfigError(
             f"--context_parallel {degree}: this machine has {torch.cuda.device_count()} CUDA GPUs; each process "
             "needs its own"
+        )
+    return all(count % degree == 0 for count in (heads, text_tokens, frame_tokens))
+
+
+def check_decode_device_outside_group(degree: int, decode_device: torch.device) -> None:
+    """Refuse a decode device that is one of the context-parallel ranks' GPUs (rank r runs on cuda:r): rank 0's
+    decoder must have a GPU of its own to decode while every rank runs the next group's forwards."""
+    if decode_device.type == "cuda" and decode_device.index < degree:
+        raise ConfigError(
+            f"--decode_device {decode_device} with --context_parallel {degree}: cuda:0 to cuda:{degree - 1} run the "
+            f"context-parallel ranks' forwards; pass --decode_device cuda:{degree} (a GPU outside the group), or "
+            "drop --decode_device (rank 0 decodes on its own GPU)"
         )
 
 
@@ -111,9 +139,22 @@ def is_main_process() -> bool:
     return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
 
 
-def enable_context_parallel(transformer, degree: int) -> None:
+def enable_context_parallel(transformer, degree: int, splits_evenly: bool = True) -> None:
     """Split ``transformer``'s forward over ``degree`` processes of the initialised process group (torchrun) with
-    Ulysses attention (diffusers' ``enable_parallelism``)."""
+    Ulysses attention (diffusers' ``enable_parallelism``); ``splits_evenly=False`` (``check_context_parallel``'s
+    answer) takes its ``ulysses_anything`` mode for uneven splits."""
     for block in transformer.transformer_blocks:
         block.attn1.set_processor(JointAttentionProcessor())
-    transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=degree))
+    config = ContextParallelConfig(ulysses_degree=degree, ulysses_anything=not splits_evenly)
+    transformer.enable_parallelism(config=config)
+
+
+def is_context_parallel(model) -> bool:
+    """Whether ``model``'s forward is split over processes (``enable_context_parallel``)."""
+    return model._parallel_config is not None
+
+
+def broadcast_from_main(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` as rank 0 holds it, on every rank (in place: the others pass a tensor of its shape and dtype)."""
+    torch.distributed.broadcast(tensor, src=0)
+    return tensor

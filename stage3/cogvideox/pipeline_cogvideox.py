@@ -26,6 +26,11 @@ a second GPU): each emitted group is copied to the VAE's device, ordered after t
 decoded while the transformer's device runs the next group's forwards. Same output as the overlapped stream on one
 device (bitwise on the CPU; on GPUs, up to each device's choice of kernels).
 
+Context parallelism (thematrix/parallel.py): every rank runs the stream's forwards in step; only the process that
+holds the VAE's weights (rank 0) encodes the initial clip, sending its latent distribution to the others, and decodes
+and yields the groups, on its own GPU or on one outside the group (``place_decoder``). The others hold none
+(``place_decoder(None)``), decode nothing and yield nothing.
+
 Frame accounting: the decoder is primed with ``[history, condition]``, its first batch (output discarded),
 so each emitted group of W latent frames decodes whole into ``c * W`` video frames (W must be a multiple
 of the decoder's frame batch, 2). K groups give ``c * W * K`` frames, exactly ``vae.decode`` of
@@ -46,6 +51,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from stage2.cogvideox.pipeline_cogvideox import InteractivePipeline
 from stage3.cogvideox.scheduler import CONDITION_FRAMES, SwinScheduler
 from thematrix.controls import ControlError, ControlVocabulary
+from thematrix.parallel import broadcast_from_main, is_context_parallel
 from thematrix.schedules import GroupedInferenceSchedule, expand_group_timesteps
 from thematrix.streaming_vae import StreamingDecoder, first_batch_size
 
@@ -56,6 +62,8 @@ VIDEO_CHANNELS = 3
 # The reference recipe's window, 4 groups of 4 latent frames: what a stream uses when neither the caller nor the
 # model directory says otherwise.
 RECIPE_NUM_GROUPS, RECIPE_GROUP_SIZE = 4, 4
+# Where ``place_decoder(None)`` puts the VAE: its weights freed, its config kept.
+NO_DECODER_DEVICE = torch.device("meta")
 
 
 def history_latent_frames(vae) -> int:
@@ -140,15 +148,21 @@ class SwinDPMPipeline(InteractivePipeline):
         """The device the stream computes on: the transformer's (the VAE may decode on another, ``place_decoder``)."""
         return self.transformer.device
 
-    def place_decoder(self, device: str | torch.device) -> None:
+    def place_decoder(self, device: str | torch.device | None) -> None:
         """Put the VAE on ``device`` (e.g. a second GPU), where every stream then decodes, overlapped with the
-        transformer's forwards on its own device; the initial clip is encoded there too."""
-        self.vae.to(device)
+        transformer's forwards on its own device; the initial clip is encoded there too. ``None``: this process
+        decodes nothing (a context-parallel rank other than 0): the VAE's weights are freed (it keeps its config)."""
+        self.vae.to(device or NO_DECODER_DEVICE)
+
+    @property
+    def decodes(self) -> bool:
+        """Whether this process holds the VAE's weights, so its streams encode, decode and yield (``place_decoder``)."""
+        return self.vae.device != NO_DECODER_DEVICE
 
     @property
     def decodes_apart(self) -> bool:
         """Whether the VAE lives on another device than the transformer (``place_decoder``)."""
-        return self.vae.device != self.transformer.device
+        return self.decodes and self.vae.device != self.transformer.device
 
     def stream(
         self,
@@ -270,6 +284,23 @@ class SwinDPMPipeline(InteractivePipeline):
         return self.vae.encode(clip.to(self.vae.device, self.vae.dtype).permute(1, 0, 2, 3)[None]).latent_dist
 
     @torch.no_grad()
+    def window_latent_distribution(self, clip: torch.Tensor) -> DiagonalGaussianDistribution:
+        """``encode_window``'s distribution on the transformer's device. Under context parallelism the process that
+        holds the VAE (rank 0) encodes and every rank receives its parameters, so all draw the same latents."""
+        device = self.device
+        if not is_context_parallel(self.transformer):
+            return DiagonalGaussianDistribution(self.encode_window(clip).parameters.to(device))
+        if self.decodes:
+            parameters = self.encode_window(clip).parameters.to(device).contiguous()
+        else:
+            latent_frames = (len(clip) - 1) // self.temporal_compression + 1
+            height, width = (size // self.vae_scale_factor_spatial for size in clip.shape[-2:])
+            mean_and_log_variance = 2 * self.vae.config.latent_channels
+            shape = (1, mean_and_log_variance, latent_frames, height, width)
+            parameters = torch.empty(shape, device=device, dtype=self.vae.dtype)
+        return DiagonalGaussianDistribution(broadcast_from_main(parameters))
+
+    @torch.no_grad()
     def _stream(
         self,
         *,
@@ -290,6 +321,7 @@ class SwinDPMPipeline(InteractivePipeline):
         overlap_decode: bool,
     ) -> Iterator[StreamChunk]:
         start = time.perf_counter()
+        decodes = self.decodes
         overlap_decode = overlap_decode or self.decodes_apart
         decode_device = self.vae.device
         decode_stream = torch.cuda.Stream(decode_device) if overlap_decode and decode_device.type == "cuda" else None
@@ -327,11 +359,11 @@ class SwinDPMPipeline(InteractivePipeline):
         # 1. The clip's latents, drawn from the VAE's distribution as training draws them (float32
         # [1, H + 1 + G * W, C, h, w]), on the transformer's device with its generator wherever the VAE is;
         # [history, condition] primes the decoder, its frames are not shown.
-        distribution = DiagonalGaussianDistribution(self.encode_window(clip).parameters.to(device))
-        latents = distribution.sample(generator).permute(0, 2, 1, 3, 4).float()
+        latents = self.window_latent_distribution(clip).sample(generator).permute(0, 2, 1, 3, 4).float()
         latents = latents * self.vae.config.scaling_factor
         history = history_latent_frames(self.vae)
-        _DecodedGroup(decoder, latents[:, : history + CONDITION_FRAMES], decode_stream)
+        if decodes:
+            _DecodedGroup(decoder, latents[:, : history + CONDITION_FRAMES], decode_stream)
 
         # 2. The first window, in distribution: the condition clean, group g noised to the top of band g.
         group_tokens = [
@@ -353,10 +385,15 @@ class SwinDPMPipeline(InteractivePipeline):
                     latents, control_ids, schedule.window_timesteps(step), schedule.window_timesteps(step + 1)
                 )
 
-            # 4. Emit group 0: at once, or (overlap) the previous group, decoded while this one's forwards ran.
+            # 4. Emit group 0: at once, or (overlap) the previous group, decoded while this one's forwards ran. A
+            # process that decodes nothing goes on to the next group's forwards.
             emitted = latents[:, CONDITION_FRAMES : CONDITION_FRAMES + group_size]
             state_nbytes = latents.numel() * latents.element_size() + decoder.state_nbytes()
-            current = (_DecodedGroup(decoder, emitted, decode_stream), list(group_tokens[0]), group_index)
+            current = (
+                (_DecodedGroup(decoder, emitted, decode_stream), list(group_tokens[0]), group_index)
+                if decodes
+                else None
+            )
             ready, decoding = (decoding, current) if overlap_decode else (current, None)
             group_index += 1
             last = max_groups is not None and group_index >= max_groups
