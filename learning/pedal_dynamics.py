@@ -1,0 +1,139 @@
+"""Whether the pedals change the car's speed: the scene's speed change per latent frame, by commanded pedal, in
+real footage and in a model's clips.
+
+    python learning/pedal_dynamics.py --model_dir outputs/learning/models/stage2/model \\
+        --vae_model_dir outputs/learning/models/stage1-fused --data_root outputs/learning/footage/heldout \\
+        --index_file outputs/learning/footage/heldout/index.json --scene_rows 0 82
+
+The scene's speed in a latent frame is the mean absolute difference between its consecutive frames over the
+scene's rows (above CarRacing's HUD); its change is that minus the previous latent frame's. In the game, gas
+speeds the car up and the brake slows it down; a model that renders the pedals shows the same signs under the
+commanded pedals (the IDM's pedal agreement says whether, this says which pedal and how much).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKLCogVideoX
+from results_page import KEY_PARTS
+
+from thematrix.controls import data_root_vocabulary
+from thematrix.evaluation.footage import load_real_clips
+from thematrix.evaluation.generation import (
+    clip_pipeline,
+    commanded_controls,
+    generate_clip,
+    model_vocabulary,
+    temporal_compression,
+)
+
+PEDAL = KEY_PARTS["pedal"]
+PROMPT = "A top-down view of a red race car on a grey track surrounded by green grass."
+
+
+def scene_speed(frames: torch.Tensor, rows: slice) -> torch.Tensor:
+    """``[n - 1]``: mean absolute difference of each pair of consecutive uint8 frames over ``rows``."""
+    scene = frames[:, :, rows].float()
+    return (scene[1:] - scene[:-1]).abs().mean(dim=(1, 2, 3))
+
+
+def speed_changes(frames: torch.Tensor, ends: list[int], c: int, rows: slice) -> list[float]:
+    """For each latent frame whose last video frame is ``ends[i]``: its speed minus the previous latent frame's."""
+    speed = scene_speed(frames, rows)
+    return [(speed[end - c : end].mean() - speed[end - 2 * c : end - c].mean()).item() for end in ends]
+
+
+def by_pedal(changes: list[float], tokens: list[str]) -> dict[str, dict]:
+    """Mean speed change, its standard error and count per pedal."""
+    groups: dict[str, list[float]] = {}
+    for change, token in zip(changes, tokens):
+        groups.setdefault(PEDAL(token), []).append(change)
+    return {
+        pedal: {
+            "mean": statistics.fmean(values),
+            "standard_error": statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else None,
+            "count": len(values),
+        }
+        for pedal, values in sorted(groups.items())
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_dir", required=True, help="a model with controls (stage 2)")
+    parser.add_argument("--vae_model_dir", required=True, help="a model directory whose VAE reads the real clips")
+    parser.add_argument("--data_root", required=True, help="held-out real footage")
+    parser.add_argument("--index_file", required=True)
+    parser.add_argument("--scene_rows", type=int, nargs=2, required=True, metavar=("TOP", "BOTTOM"))
+    parser.add_argument("--num_clips", type=int, default=16)
+    parser.add_argument("--num_latent_frames", type=int, default=11)
+    parser.add_argument("--num_inference_steps", type=int, default=50)
+    parser.add_argument("--guidance_scale", type=float, default=6.0)
+    parser.add_argument("--control_guidance_scale", type=float, default=3.0)
+    parser.add_argument("--max_frames", type=int, default=105)
+    parser.add_argument("--fps", type=float, default=10.0, help="the frame rate the model trained at")
+    parser.add_argument("--output", type=Path, default=None)
+    args = parser.parse_args()
+    rows = slice(*args.scene_rows)
+    pipeline = clip_pipeline(args.model_dir)
+    c = temporal_compression(pipeline)
+    height, width = pipeline.native_size[1:]
+    vocabulary = data_root_vocabulary(args.data_root)
+    vae = AutoencoderKLCogVideoX.from_pretrained(args.vae_model_dir, subfolder="vae").eval()
+    with torch.no_grad():
+        real = load_real_clips(
+            args.data_root,
+            args.index_file,
+            vocabulary,
+            fps=args.fps,
+            height=height,
+            width=width,
+            temporal_compression=c,
+            max_frames=args.max_frames,
+            vae=vae,
+        )
+    real_changes, real_tokens = [], []
+    for start, length in zip(real.starts, real.lengths):
+        ends = list(range(2 * c, length, c))
+        real_changes += speed_changes(real.frames[start : start + length], ends, c, rows)
+        real_tokens += [vocabulary.tokens[real.labels[start + end]] for end in ends]
+    generated_changes, generated_tokens = [], []
+    for seed in range(args.num_clips):
+        tokens = commanded_controls(model_vocabulary(pipeline), args.num_latent_frames, seed)
+        video = generate_clip(
+            pipeline,
+            PROMPT,
+            tokens,
+            num_inference_steps=args.num_inference_steps,
+            guidance_scale=args.guidance_scale,
+            control_guidance_scale=args.control_guidance_scale,
+            seed=seed,
+        )
+        # Latent frame j >= 1 holds video frames c(j - 1) + 1 .. cj; latent frame 1 has no previous latent frame's motion.
+        ends = [c * index for index in range(2, len(tokens))]
+        generated_changes += speed_changes(video.frames, ends, c, rows)
+        generated_tokens += tokens[2:]
+    measures = {"real": by_pedal(real_changes, real_tokens), "generated": by_pedal(generated_changes, generated_tokens)}
+    print("| pedal | real footage | generated |")
+    print("| --- | --- | --- |")
+    for pedal in measures["real"]:
+        cells = [measures[kind].get(pedal) for kind in ("real", "generated")]
+        print(
+            f"| {pedal} | "
+            + " | ".join(f"{cell['mean']:+.3f} +- {cell['standard_error']:.3f} ({cell['count']})" for cell in cells)
+            + " |"
+        )
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(
+            json.dumps({"settings": vars(args) | {"output": str(args.output)}, **measures}, indent=2)
+        )
+
+
+if __name__ == "__main__":
+    main()
