@@ -433,15 +433,45 @@ def test_control_following_finds_a_response_one_latent_frame_late():
     assert following["lagged"]["2"]["accuracy"] == 0.0
 
 
-def load_results_page():
-    """learning/results_page.py, a script of the learning proof's folder (not a package)."""
-    spec = importlib.util.spec_from_file_location(
-        "results_page", Path(__file__).parents[1] / "learning" / "results_page.py"
-    )
+def load_learning_script(name: str):
+    """learning/NAME.py, a script of the learning proof's folder (not a package); the scripts import
+    results_page by its name, as they do when run from there."""
+    if name != "results_page":
+        load_learning_script("results_page")
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "learning" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses resolve their annotations through it
     spec.loader.exec_module(module)
     return module
+
+
+def load_results_page():
+    return load_learning_script("results_page")
+
+
+def test_a_region_held_still_shows_each_clips_first_frame_there():
+    regions = load_learning_script("idm_regions")
+    frames = torch.arange(6 * 3 * 4 * 5, dtype=torch.int32).reshape(6, 3, 4, 5).remainder(256).to(torch.uint8)
+    clips = SimpleNamespace(frames=frames, starts=[0, 3], lengths=[3, 3])
+    inside = regions.held_still(clips, slice(2, 4), slice(0, 5), inside=True)
+    outside = regions.held_still(clips, slice(2, 4), slice(0, 5), inside=False)
+    for start in (0, 3):
+        clip = slice(start, start + 3)
+        assert torch.equal(inside[clip, :, 2:], frames[start, :, 2:].expand(3, -1, -1, -1))
+        assert torch.equal(inside[clip, :, :2], frames[clip, :, :2])
+        assert torch.equal(outside[clip, :, :2], frames[start, :, :2].expand(3, -1, -1, -1))
+        assert torch.equal(outside[clip, :, 2:], frames[clip, :, 2:])
+
+
+def test_speed_changes_are_positive_for_a_scene_that_speeds_up():
+    dynamics = load_learning_script("pedal_dynamics")
+    stripes = (torch.arange(64) // 4 % 2 * 255).to(torch.uint8)  # vertical stripes 4 pixels wide
+    positions = [0, 1, 2, 3, 4, 6, 8, 10, 12, 15, 18, 21, 24]  # one pixel a frame, then 2, then 3
+    frames = torch.stack([stripes.roll(shift).expand(3, 8, 64) for shift in positions])
+    changes = dynamics.speed_changes(frames, ends=[8, 12], c=4, rows=slice(0, 8))
+    assert changes[0] > 0 and changes[1] > 0
+    summary = dynamics.by_pedal([1.0, 3.0, -2.0], ["D", "DL", "B"])
+    assert summary["D"]["mean"] == 2.0 and summary["D"]["count"] == 2 and summary["B"]["standard_error"] is None
 
 
 def write_record(path, measures: dict, **settings) -> None:
