@@ -1,5 +1,5 @@
-"""Whether the pedals change the car's speed: the scene's speed change per latent frame, by commanded pedal, in
-real footage and in a model's clips.
+"""Whether the pedals change the car's speed: the scene's speed and its change per latent frame, by commanded
+pedal, in real footage and in a model's clips.
 
     python learning/pedal_dynamics.py --model_dir outputs/learning/models/stage2/model \\
         --vae_model_dir outputs/learning/models/stage1-fused --data_root outputs/learning/footage/heldout \\
@@ -8,7 +8,8 @@ real footage and in a model's clips.
 The scene's speed in a latent frame is the mean absolute difference between its consecutive frames over the
 scene's rows (above CarRacing's HUD); its change is that minus the previous latent frame's. In the game, gas
 speeds the car up and the brake slows it down; a model that renders the pedals shows the same signs under the
-commanded pedals (the IDM's pedal agreement says whether, this says which pedal and how much).
+commanded pedals (the IDM's pedal agreement says whether, this says which pedal and how much). A model without
+controls (stage 1) gets the same commands, which it does not see: its speeds are the base model's.
 """
 
 from __future__ import annotations
@@ -42,30 +43,41 @@ def scene_speed(frames: torch.Tensor, rows: slice) -> torch.Tensor:
     return (scene[1:] - scene[:-1]).abs().mean(dim=(1, 2, 3))
 
 
-def speed_changes(frames: torch.Tensor, ends: list[int], c: int, rows: slice) -> list[float]:
-    """For each latent frame whose last video frame is ``ends[i]``: its speed minus the previous latent frame's."""
+def latent_frame_speeds(frames: torch.Tensor, ends: list[int], c: int, rows: slice) -> list[tuple[float, float]]:
+    """For each latent frame whose last video frame is ``ends[i]``: (its speed, its speed minus the previous latent
+    frame's)."""
     speed = scene_speed(frames, rows)
-    return [(speed[end - c : end].mean() - speed[end - 2 * c : end - c].mean()).item() for end in ends]
+    return [
+        (speed[end - c : end].mean().item(), (speed[end - c : end].mean() - speed[end - 2 * c : end - c].mean()).item())
+        for end in ends
+    ]
 
 
-def by_pedal(changes: list[float], tokens: list[str]) -> dict[str, dict]:
-    """Mean speed change, its standard error and count per pedal."""
+def by_pedal(values: list[float], tokens: list[str]) -> dict[str, dict]:
+    """Mean, its standard error and count per pedal."""
     groups: dict[str, list[float]] = {}
-    for change, token in zip(changes, tokens):
-        groups.setdefault(PEDAL(token), []).append(change)
+    for value, token in zip(values, tokens):
+        groups.setdefault(PEDAL(token), []).append(value)
     return {
         pedal: {
-            "mean": statistics.fmean(values),
-            "standard_error": statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else None,
-            "count": len(values),
+            "mean": statistics.fmean(group),
+            "standard_error": statistics.stdev(group) / len(group) ** 0.5 if len(group) > 1 else None,
+            "count": len(group),
         }
-        for pedal, values in sorted(groups.items())
+        for pedal, group in sorted(groups.items())
+    }
+
+
+def measures(speeds: list[tuple[float, float]], tokens: list[str]) -> dict[str, dict]:
+    return {
+        "speed": by_pedal([speed for speed, _ in speeds], tokens),
+        "speed_change": by_pedal([change for _, change in speeds], tokens),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model_dir", required=True, help="a model with controls (stage 2)")
+    parser.add_argument("--model_dir", required=True, help="a model of stage 1 or 2")
     parser.add_argument("--vae_model_dir", required=True, help="a model directory whose VAE reads the real clips")
     parser.add_argument("--data_root", required=True, help="held-out real footage")
     parser.add_argument("--index_file", required=True)
@@ -97,14 +109,14 @@ def main() -> None:
             max_frames=args.max_frames,
             vae=vae,
         )
-    real_changes, real_tokens = [], []
+    real_speeds, real_tokens = [], []
     for start, length in zip(real.starts, real.lengths):
         ends = list(range(2 * c, length, c))
-        real_changes += speed_changes(real.frames[start : start + length], ends, c, rows)
+        real_speeds += latent_frame_speeds(real.frames[start : start + length], ends, c, rows)
         real_tokens += [vocabulary.tokens[real.labels[start + end]] for end in ends]
-    generated_changes, generated_tokens = [], []
+    generated_speeds, generated_tokens = [], []
     for seed in range(args.num_clips):
-        tokens = commanded_controls(model_vocabulary(pipeline), args.num_latent_frames, seed)
+        tokens = commanded_controls(model_vocabulary(pipeline) or vocabulary, args.num_latent_frames, seed)
         video = generate_clip(
             pipeline,
             PROMPT,
@@ -116,23 +128,23 @@ def main() -> None:
         )
         # Latent frame j >= 1 holds video frames c(j - 1) + 1 .. cj; latent frame 1 has no previous latent frame's motion.
         ends = [c * index for index in range(2, len(tokens))]
-        generated_changes += speed_changes(video.frames, ends, c, rows)
+        generated_speeds += latent_frame_speeds(video.frames, ends, c, rows)
         generated_tokens += tokens[2:]
-    measures = {"real": by_pedal(real_changes, real_tokens), "generated": by_pedal(generated_changes, generated_tokens)}
-    print("| pedal | real footage | generated |")
-    print("| --- | --- | --- |")
-    for pedal in measures["real"]:
-        cells = [measures[kind].get(pedal) for kind in ("real", "generated")]
-        print(
-            f"| {pedal} | "
-            + " | ".join(f"{cell['mean']:+.3f} +- {cell['standard_error']:.3f} ({cell['count']})" for cell in cells)
-            + " |"
-        )
+    results = {"real": measures(real_speeds, real_tokens), "generated": measures(generated_speeds, generated_tokens)}
+    print("| pedal | measure | real footage | generated |")
+    print("| --- | --- | --- | --- |")
+    for measure in ("speed", "speed_change"):
+        for pedal in results["real"][measure]:
+            cells = [results[kind][measure].get(pedal) for kind in ("real", "generated")]
+            print(
+                f"| {pedal} | {measure} | "
+                + " | ".join(f"{cell['mean']:+.3f} +- {cell['standard_error']:.3f} ({cell['count']})" for cell in cells)
+                + " |"
+            )
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(
-            json.dumps({"settings": vars(args) | {"output": str(args.output)}, **measures}, indent=2)
-        )
+        settings = vars(args) | {"output": str(args.output)}
+        args.output.write_text(json.dumps({"settings": settings, **results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -468,8 +468,8 @@ def test_speed_changes_are_positive_for_a_scene_that_speeds_up():
     stripes = (torch.arange(64) // 4 % 2 * 255).to(torch.uint8)  # vertical stripes 4 pixels wide
     positions = [0, 1, 2, 3, 4, 6, 8, 10, 12, 15, 18, 21, 24]  # one pixel a frame, then 2, then 3
     frames = torch.stack([stripes.roll(shift).expand(3, 8, 64) for shift in positions])
-    changes = dynamics.speed_changes(frames, ends=[8, 12], c=4, rows=slice(0, 8))
-    assert changes[0] > 0 and changes[1] > 0
+    speeds = dynamics.latent_frame_speeds(frames, ends=[8, 12], c=4, rows=slice(0, 8))
+    assert speeds[0][1] > 0 and speeds[1][1] > 0 and speeds[1][0] > speeds[0][0] > 0
     summary = dynamics.by_pedal([1.0, 3.0, -2.0], ["D", "DL", "B"])
     assert summary["D"]["mean"] == 2.0 and summary["D"]["count"] == 2 and summary["B"]["standard_error"] is None
 
