@@ -184,14 +184,14 @@ class SwinDPMPipeline(InteractivePipeline):
     ) -> Iterator[StreamChunk]:
         """Start a stream; returns an iterator of ``StreamChunk``, one per emitted group (endless if ``max_groups`` is None).
 
-                ``initial_video`` ``[F0, 3, H, W]`` in [-1, 1] with at least ``window_clip_frames`` frames: its last ones
-                start the stream (see the module docstring). ``controls`` gives each group's W tokens when the group
-                enters the window (at start for the first ``num_groups`` groups, then after each emitted chunk), so a
-                player steers the groups still to come. ``initial_control`` is the first condition frame's control
-                (default: the first group's first token); later condition frames keep the control of the frame they
-                were. ``overlap_decode`` decodes each group while the next one's forwards run (see the module docstring); a VAE
-        on its own device (``place_decoder``) always does.
-                Arguments are checked here; the work runs as the iterator is consumed.
+        ``initial_video`` ``[F0, 3, H, W]`` in [-1, 1] with at least ``window_clip_frames`` frames: its last ones
+        start the stream (see the module docstring). ``controls`` gives each group's W tokens when the group
+        enters the window (at start for the first ``num_groups`` groups, then after each emitted chunk), so a
+        player steers the groups still to come. ``initial_control`` is the first condition frame's control
+        (default: the first group's first token); later condition frames keep the control of the frame they
+        were. ``overlap_decode`` decodes each group while the next one's forwards run (see the module docstring);
+        a VAE on its own device (``place_decoder``) always does.
+        Arguments are checked here; the work runs as the iterator is consumed.
         """
         schedule = self.scheduler.grouped_schedule(num_inference_steps, num_groups)
         decoder = StreamingDecoder(self.vae)
