@@ -61,7 +61,9 @@ class EmaTarget:
     @torch.no_grad()
     def update(self, student_weights: Iterator[tuple[str, torch.Tensor]]) -> None:
         """One step towards the student's whole trainable weights, given as (name, weight) in ``self.names`` order."""
-        for (_, student_weight), weight in zip(student_weights, self.weights, strict=True):
+        for (name, student_weight), expected, weight in zip(student_weights, self.names, self.weights, strict=True):
+            if name != expected:
+                raise RuntimeError(f"the EMA target's weight {expected} was paired with the student's {name}")
             weight.lerp_(student_weight.to(weight.dtype), 1 - self.decay)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
