@@ -2,8 +2,8 @@
 pedal, in real footage and in a model's clips.
 
     python learning/pedal_dynamics.py --model_dir outputs/learning/models/stage2/model \\
-        --vae_model_dir outputs/learning/models/stage1-fused --data_root outputs/learning/footage/heldout \\
-        --index_file outputs/learning/footage/heldout/index.json --scene_rows 0 82
+        --data_root outputs/learning/footage/heldout --index_file outputs/learning/footage/heldout/index.json \\
+        --scene_rows 0 82
 
 The scene's speed in a latent frame is the mean absolute difference between its consecutive frames over the
 scene's rows (above CarRacing's HUD); its change is that minus the previous latent frame's. In the game, gas
@@ -20,7 +20,6 @@ import statistics
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKLCogVideoX
 from results_page import KEY_PARTS
 
 from thematrix.controls import data_root_vocabulary
@@ -28,6 +27,7 @@ from thematrix.evaluation.footage import load_real_clips
 from thematrix.evaluation.generation import (
     clip_pipeline,
     commanded_controls,
+    frame_size,
     generate_clip,
     model_vocabulary,
     temporal_compression,
@@ -78,7 +78,6 @@ def measures(speeds: list[tuple[float, float]], tokens: list[str]) -> dict[str, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_dir", required=True, help="a model of stage 1 or 2")
-    parser.add_argument("--vae_model_dir", required=True, help="a model directory whose VAE reads the real clips")
     parser.add_argument("--data_root", required=True, help="held-out real footage")
     parser.add_argument("--index_file", required=True)
     parser.add_argument("--scene_rows", type=int, nargs=2, required=True, metavar=("TOP", "BOTTOM"))
@@ -94,9 +93,8 @@ def main() -> None:
     rows = slice(*args.scene_rows)
     pipeline = clip_pipeline(args.model_dir)
     c = temporal_compression(pipeline)
-    height, width = pipeline.native_size[1:]
+    height, width = frame_size(pipeline)
     vocabulary = data_root_vocabulary(args.data_root)
-    vae = AutoencoderKLCogVideoX.from_pretrained(args.vae_model_dir, subfolder="vae").eval()
     with torch.no_grad():
         real = load_real_clips(
             args.data_root,
@@ -107,7 +105,7 @@ def main() -> None:
             width=width,
             temporal_compression=c,
             max_frames=args.max_frames,
-            vae=vae,
+            vae=pipeline.vae,  # the model's own VAE, which its clips come out of
         )
     real_speeds, real_tokens = [], []
     for start, length in zip(real.starts, real.lengths):
