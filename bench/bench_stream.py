@@ -100,6 +100,8 @@ ROWS = [
     Row("swin_dpm_20_steps_cfg", "swin-dpm", 20, 6.0),
     Row("scm_4_steps", "scm", 4, 1.0),
     Row("scm_4_steps_cfg", "scm", 4, 6.0),
+    # 2 GPUs, eager: the VAE on cuda:1 (rows below say how), a two-GPU number that needs no compilation.
+    Row("scm_4_steps_decode_on_cuda_1", "scm", 4, 1.0, decode_device=SECOND_GPU, reference="scm_4_steps"),
     # The first compiled row pays the compilation (cold start); the next ones run compiled.
     Row("scm_4_steps_compiled", "scm", 4, 1.0, compiled=True, reference="scm_4_steps"),
     Row("scm_4_steps_compiled_again", "scm", 4, 1.0, compiled=True, reference="scm_4_steps"),
@@ -143,6 +145,7 @@ ROWS = [
     Row("scm_2x2_compiled_overlap", "scm", 2, 1.0, num_groups=2, group_size=2, compiled=True, overlap_decode=True),
     # N GPUs under torchrun --nproc_per_node N: each forward's tokens split over them (Ulysses attention). The rows
     # without it run first in the same launch, on every GPU alone, as their reference.
+    Row("scm_4_steps_context_parallel", "scm", 4, 1.0, context_parallel=True, reference="scm_4_steps"),
     Row(
         "scm_4_steps_compiled_context_parallel",
         "scm",
@@ -362,6 +365,13 @@ def main() -> None:
             parser.error(f"--rows {parallel[0].name}: {error}")
         init_context_parallel_process()
         rows = [row for row in rows if not row.context_parallel] + parallel  # their references first
+    # Compilation and context parallelism stay on once a row turns them on: a row without them cannot follow.
+    for earlier, later in zip(rows, rows[1:]):
+        if earlier.compiled and not later.compiled:
+            parser.error(
+                f"--rows {later.name} is eager but runs after the compiled {earlier.name} (rows run in the order of "
+                "the list above, context-parallel rows last): measure it in a launch of its own"
+            )
     model_dir = base_model_dir(cli)
     on_gpu = cli.device == "cuda"
 

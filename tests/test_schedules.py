@@ -6,6 +6,7 @@ import pytest
 import torch
 from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler
 
+from thematrix.config import ConfigError
 from thematrix.presets import TINY
 from thematrix.schedules import (
     CLEAN_TIMESTEP,
@@ -18,6 +19,8 @@ from thematrix.schedules import (
     phase_boundaries,
     phase_boundary_below,
 )
+from thematrix.training.arguments import TrainingArgs
+from thematrix.training.trainer import Trainer
 
 NUM_GROUPS, GROUP_SIZE, NUM_STEPS = 4, 2, 20
 BATCH, FRAMES, SHAPE = 2, 1 + NUM_GROUPS * GROUP_SIZE, (3, 4, 5)
@@ -234,3 +237,33 @@ def test_phase_boundaries_and_consistency_scalings():
     assert (skip.diff() != 0).any()  # they depend on the distance to the boundary
     with pytest.raises(ValueError, match="divisible"):
         phase_boundaries(3, 1000)
+
+
+def training_timesteps(scheduler, exponent: float, draws: int = 4000) -> torch.Tensor:
+    """``draws`` timesteps of stages 1-2's draw (``Trainer.sample_timesteps``) at ``exponent``, from one generator."""
+    trainer = Trainer.__new__(Trainer)
+    trainer.args, trainer.scheduler = TrainingArgs(timestep_density_exponent=exponent), scheduler
+    generator = torch.Generator().manual_seed(0)
+    return torch.cat([trainer.sample_timesteps(1, generator) for _ in range(draws)])
+
+
+def test_timestep_density_exponent_one_is_the_uniform_draw(scheduler):
+    generator = torch.Generator().manual_seed(0)
+    expected = torch.cat(
+        [torch.randint(0, num_train_timesteps(scheduler), (1,), generator=generator) for _ in range(4000)]
+    )
+    assert torch.equal(training_timesteps(scheduler, 1.0), expected)
+
+
+def test_a_larger_timestep_density_exponent_draws_more_high_noise_timesteps(scheduler):
+    total = num_train_timesteps(scheduler)
+    timesteps = training_timesteps(scheduler, 3.0)
+    assert timesteps.dtype == torch.long and 0 <= timesteps.min() and timesteps.max() < total
+    # Density proportional to t^2: mean 3/4 of the schedule, 1/8 of the draws in its lower half (uniform: 1/2, 1/2).
+    assert timesteps.float().mean() / total == pytest.approx(0.75, abs=0.02)
+    assert (timesteps < total / 2).float().mean() == pytest.approx(0.125, abs=0.02)
+
+
+def test_timestep_density_exponent_must_be_positive():
+    with pytest.raises(ConfigError, match="timestep_density_exponent must be above 0"):
+        TrainingArgs(timestep_density_exponent=0.0).check()

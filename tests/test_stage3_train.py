@@ -129,6 +129,12 @@ def test_full_fine_tuning_moves_base_and_control_weights(trainer, tiny_model_dir
     assert_components_unchanged(tiny_model_dir, trainer.final_model_dir)
 
 
+def test_timesteps_drawn_per_band_refuse_another_density(tiny_model_dir, tiny_dataset, tmp_path):
+    args = stage3_args(tiny_model_dir, tiny_dataset, tmp_path, timestep_density_exponent=2.0)
+    with pytest.raises(ConfigError, match="one timestep per noise band, uniformly within it: leave it at 1"):
+        args.check()
+
+
 def test_clip_length_must_fill_the_window(tiny_model_dir, tiny_dataset, tmp_path):
     args = stage3_args(
         tiny_model_dir, tiny_dataset, tmp_path, num_noise_groups=4, group_size=4, validation_num_inference_steps=4

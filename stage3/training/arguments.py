@@ -27,6 +27,11 @@ class SwinArgs(SftArgs):
     def check(self) -> None:
         """With the window unset, what depends on it is checked once the trainer has taken it from the model."""
         super().check()
+        if self.timestep_density_exponent != 1:
+            raise ConfigError(
+                f"args.timestep_density_exponent is {self.timestep_density_exponent}, but this stage draws one "
+                "timestep per noise band, uniformly within it: leave it at 1"
+            )
         for name in ("num_noise_groups", "group_size", "validation_groups"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"args.{name} must be at least 1, is {getattr(self, name)}")

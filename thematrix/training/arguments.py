@@ -56,6 +56,10 @@ class TrainingArgs(StrictArgs):
     adam_weight_decay: float = 1e-4
     adam_epsilon: float = 1e-8
     max_grad_norm: float = 1.0
+    # Where the training timesteps fall: t = T * u^(1 / e) for u uniform on [0, 1). 1 is CogVideoX's uniform draw;
+    # e > 1 draws more of them at high noise (density proportional to t^(e - 1)), where a clip's global motion is
+    # decided. Stages 1 and 2; stages 3 and 4 draw one timestep per noise band and take 1 only.
+    timestep_density_exponent: float = 1.0
     mixed_precision: str = "auto"  # "auto" = bf16 on a GPU, no (fp32) on the CPU; or "no", "bf16", "fp16"
     gradient_checkpointing: bool = True  # recompute activations in backward: far less memory, ~30% more time
     allow_tf32: bool = True
@@ -111,6 +115,11 @@ class TrainingArgs(StrictArgs):
                 raise ConfigError(f"args.{name} must be at least 1, is {getattr(self, name)}")
         if not 0 <= self.caption_p_zero <= 1:
             raise ConfigError(f"args.caption_p_zero is a probability, in [0, 1]; got {self.caption_p_zero}")
+        if self.timestep_density_exponent <= 0:
+            raise ConfigError(
+                f"args.timestep_density_exponent must be above 0 (1 draws timesteps uniformly), is "
+                f"{self.timestep_density_exponent}"
+            )
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise ConfigError(f"args.mixed_precision is {self.mixed_precision!r}; use auto, no, bf16 or fp16")
         for name in ("max_nonfinite_steps", "validation_loss_clips"):

@@ -140,10 +140,14 @@ class Trainer:
         """Build what the stage needs besides the trained transformer, once everything is loaded and prepared."""
 
     def sample_timesteps(self, num_latent_frames: int, generator: torch.Generator) -> torch.Tensor:
-        """One sample's training timesteps, [1] (shared by its frames) or [1, F]: uniform over the schedule."""
-        return torch.randint(
-            0, self.scheduler.config.num_train_timesteps, (1,), generator=generator, device=generator.device
-        )
+        """One sample's training timesteps, [1] (shared by its frames) or [1, F]: uniform over the schedule, or
+        denser at high noise with ``args.timestep_density_exponent`` above 1."""
+        num_train_timesteps = self.scheduler.config.num_train_timesteps
+        exponent = self.args.timestep_density_exponent
+        if exponent == 1:
+            return torch.randint(0, num_train_timesteps, (1,), generator=generator, device=generator.device)
+        uniform = torch.rand((1,), generator=generator, device=generator.device)
+        return (num_train_timesteps * uniform ** (1 / exponent)).long().clamp(max=num_train_timesteps - 1)
 
     def noisy_latents(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """The model's input: latents noised to their timesteps."""
