@@ -39,13 +39,14 @@ class EmaTarget:
     A copy of the student, made before the trainer splits or wraps it, so it is whole on every process in
     every training mode (``thematrix.training.sharding``). It shares the student's frozen weights, so a LoRA
     student's target costs only its adapters; its averaged weights are float32, whatever the student's
-    compute dtype. ``state_dict`` holds them alone, for accelerate to checkpoint with the run.
+    compute dtype, in which it runs as the student does (``__call__``). ``state_dict`` holds them alone, for
+    accelerate to checkpoint with the run.
     """
 
-    def __init__(self, student: torch.nn.Module, decay: float):
+    def __init__(self, student: torch.nn.Module, decay: float, compute_dtype: torch.dtype):
         frozen = {id(param): param for param in student.parameters() if not param.requires_grad}
         self.module = copy.deepcopy(student, memo=frozen).requires_grad_(False).eval()
-        self.decay = decay
+        self.decay, self.compute_dtype = decay, compute_dtype
         self.names = [name for name, param in student.named_parameters() if param.requires_grad]
         own = dict(self.module.named_parameters())
         self.weights = [own[name] for name in self.names]
@@ -53,10 +54,18 @@ class EmaTarget:
             weight.data = weight.data.float()
 
     def to(self, device: torch.device) -> EmaTarget:
-        """Move the averaged weights (the shared frozen ones follow the student)."""
-        for weight in self.weights:
-            weight.data = weight.data.to(device)
+        """Move the whole target: its averaged weights and buffers (e.g. the control embedding table); the frozen
+        weights it shares are the student's, on ``device`` already."""
+        self.module.to(device)
         return self
+
+    def __call__(self, *args, **kwargs):
+        """The target's forward, its float32 weights computed in ``compute_dtype`` under autocast: training modes
+        that run the student without autocast (DeepSpeed casts the student itself) would otherwise feed it
+        ``compute_dtype`` inputs against float32 weights."""
+        device_type = self.weights[0].device.type if self.weights else "cpu"
+        with torch.autocast(device_type, dtype=self.compute_dtype, enabled=self.compute_dtype != torch.float32):
+            return self.module(*args, **kwargs)
 
     @torch.no_grad()
     def update(self, student_weights: Iterator[tuple[str, torch.Tensor]]) -> None:
@@ -126,7 +135,7 @@ class ScmTrainer(SwinTrainer):
                     target_modules=list(self.args.lora_target_modules),
                 )
             )
-        self.ema = EmaTarget(transformer, self.args.ema_decay)
+        self.ema = EmaTarget(transformer, self.args.ema_decay, self.weight_dtype)
         return transformer
 
     def after_setup(self) -> None:
@@ -152,7 +161,7 @@ class ScmTrainer(SwinTrainer):
         theta^- + (1 - mu) theta, before the step's checkpoint, so a checkpoint's target matches its student."""
         self.ema.update(full_trainable_weights(self.accelerator, self.transformer))
 
-    def velocity(self, model: torch.nn.Module, latents, timesteps, prompt_embeds, controls) -> torch.Tensor:
+    def velocity(self, model: torch.nn.Module | EmaTarget, latents, timesteps, prompt_embeds, controls) -> torch.Tensor:
         """One conditional transformer forward (float32 output)."""
         return model(
             hidden_states=latents.to(self.weight_dtype),
@@ -196,8 +205,8 @@ class ScmTrainer(SwinTrainer):
         if torch.equal(targets, boundary):
             target = solved  # f(x_b, b) = x_b: the boundary condition, no target forward needed
         else:
-            with torch.no_grad(), self.accelerator.autocast():
-                velocity = self.velocity(self.ema.module, solved, targets, prompt_embeds, controls)
+            with torch.no_grad():
+                velocity = self.velocity(self.ema, solved, targets, prompt_embeds, controls)
             target = self.consistency.step(velocity, solved, targets, boundary)[0]
 
         velocity = self.velocity(self.transformer, noisy, timesteps, prompt_embeds, controls)

@@ -208,7 +208,7 @@ def test_the_teacher_is_guided_by_default_as_stage_3_streams_are(
 def test_ema_target_is_float32_moves_toward_the_student_and_shares_frozen_weights():
     student = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 3)).to(torch.bfloat16)
     student[0].requires_grad_(False)
-    ema = EmaTarget(student, decay=0.75)
+    ema = EmaTarget(student, decay=0.75, compute_dtype=torch.bfloat16)
     assert ema.module[0].weight is student[0].weight and ema.module[1].weight is not student[1].weight
     assert ema.module[1].weight.dtype == torch.float32 and student[1].weight.dtype == torch.bfloat16
     start = {name: weight.clone() for name, weight in ema.state_dict().items()}
@@ -218,6 +218,23 @@ def test_ema_target_is_float32_moves_toward_the_student_and_shares_frozen_weight
     assert set(start) == {"1.weight", "1.bias"}
     torch.testing.assert_close(ema.module[1].weight, 0.75 * start["1.weight"] + 0.25 * student[1].weight.float())
     torch.testing.assert_close(ema.module[1].bias, start["1.bias"])
+
+
+def test_ema_target_moves_its_buffers_and_averaged_weights_and_runs_in_the_compute_dtype():
+    """The control embedding table is a buffer: a target whose buffers stayed behind failed on the GPU; and under
+    DeepSpeed, which runs without autocast, its float32 weights met the student's bfloat16 inputs."""
+    student = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 3)).to(torch.bfloat16)
+    student.register_buffer("table", torch.ones(2))
+    ema = EmaTarget(student, decay=0.75, compute_dtype=torch.bfloat16)
+    inputs = torch.ones(2, 3, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="dtype"):
+        ema.module(inputs)
+    output = ema(inputs)
+    assert output.dtype == torch.bfloat16
+    torch.testing.assert_close(output, student(inputs))
+    ema.to(torch.device("meta"))
+    assert {tensor.device.type for tensor in [*ema.module.parameters(), *ema.module.buffers()]} == {"meta"}
+    assert student.table.device.type == "cpu"
 
 
 def test_resume_after_kill_restores_student_and_ema_target_exactly(teacher_dir, tiny_dataset, cache_dir, tmp_path):
