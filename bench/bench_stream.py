@@ -365,12 +365,13 @@ def main() -> None:
             parser.error(f"--rows {parallel[0].name}: {error}")
         init_context_parallel_process()
         rows = [row for row in rows if not row.context_parallel] + parallel  # their references first
-    # Compilation and context parallelism stay on once a row turns them on: a row without them cannot follow.
+    # Compilation stays on once a row turns it on (as context parallelism does, hence those rows last): an eager row
+    # cannot follow a compiled one.
     for earlier, later in zip(rows, rows[1:]):
         if earlier.compiled and not later.compiled:
             parser.error(
                 f"--rows {later.name} is eager but runs after the compiled {earlier.name} (rows run in the order of "
-                "the list above, context-parallel rows last): measure it in a launch of its own"
+                "bench_stream.py's ROWS, context-parallel rows last): measure it in a launch of its own"
             )
     model_dir = base_model_dir(cli)
     on_gpu = cli.device == "cuda"

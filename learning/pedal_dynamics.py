@@ -129,20 +129,24 @@ def main() -> None:
         generated_speeds += latent_frame_speeds(video.frames, ends, c, rows)
         generated_tokens += tokens[2:]
     results = {"real": measures(real_speeds, real_tokens), "generated": measures(generated_speeds, generated_tokens)}
-    print("| pedal | measure | real footage | generated |")
-    print("| --- | --- | --- | --- |")
-    for measure in ("speed", "speed_change"):
-        for pedal in results["real"][measure]:
-            cells = [results[kind][measure].get(pedal) for kind in ("real", "generated")]
-            print(
-                f"| {pedal} | {measure} | "
-                + " | ".join(f"{cell['mean']:+.3f} +- {cell['standard_error']:.3f} ({cell['count']})" for cell in cells)
-                + " |"
-            )
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         settings = vars(args) | {"output": str(args.output)}
         args.output.write_text(json.dumps({"settings": settings, **results}, indent=2))
+    print("| pedal | measure | real footage | generated |")
+    print("| --- | --- | --- | --- |")
+    for measure in ("speed", "speed_change"):
+        for pedal in results["real"][measure]:
+            cells = [format_cell(results[kind][measure].get(pedal)) for kind in ("real", "generated")]
+            print(f"| {pedal} | {measure} | {' | '.join(cells)} |")
+
+
+def format_cell(cell: dict | None) -> str:
+    """Mean +- standard error (count); what a few clips cannot give, n/a."""
+    if cell is None:
+        return "n/a (0)"
+    error = "n/a" if cell["standard_error"] is None else f"{cell['standard_error']:.3f}"
+    return f"{cell['mean']:+.3f} +- {error} ({cell['count']})"
 
 
 if __name__ == "__main__":

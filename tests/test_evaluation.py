@@ -472,6 +472,9 @@ def test_speed_changes_are_positive_for_a_scene_that_speeds_up():
     assert speeds[0][1] > 0 and speeds[1][1] > 0 and speeds[1][0] > speeds[0][0] > 0
     summary = dynamics.by_pedal([1.0, 3.0, -2.0], ["D", "DL", "B"])
     assert summary["D"]["mean"] == 2.0 and summary["D"]["count"] == 2 and summary["B"]["standard_error"] is None
+    # A pedal one clip never commanded, or commanded once, still prints.
+    assert dynamics.format_cell(summary["D"]) == "+2.000 +- 1.000 (2)"
+    assert dynamics.format_cell(summary["B"]) == "-2.000 +- n/a (1)" and dynamics.format_cell(None) == "n/a (0)"
 
 
 def write_record(path, measures: dict, **settings) -> None:

@@ -42,6 +42,7 @@ if [[ ${DRY_RUN:-0} == 1 ]]; then
   CLIPS_SCALE=(--num_clips 1 --num_inference_steps 2)
   STREAM_SCALE=(--num_streams 1 --num_frames 32 --edge_frames 16)
   TEACHER_STEPS=8  # two steps per band: the teacher and its 4-step run differ
+  MOTION_SCALE=(--num_clips 1 --num_inference_steps 2)
 else
   # 240 random-colour episodes x 3 clips (720 clips, 29,520 frames) for pretraining; 100 standard episodes x 3
   # (300 clips) for the stages and the IDM; 32 held-out standard episodes of 105 frames (one 100-frame bin each;
@@ -51,6 +52,7 @@ else
   BIN_FRAMES=100
   TRAIN_SCALE=() VAE_SCALE=() IDM_SCALE=() CLIPS_SCALE=() STREAM_SCALE=() BENCHMARK_SCALE=()
   TEACHER_STEPS=20  # stage 3's stream default, which stage 4 distils
+  MOTION_SCALE=(--num_clips 32)
 fi
 # The streams of stages 3 and 4: from held-out clips, scored by the IDM per bin of frames.
 HELDOUT_STREAMS=(--idm "$IDM" --data_root "$FOOTAGE/heldout" --index_file "$FOOTAGE/heldout/index.json"
@@ -109,6 +111,17 @@ evaluate_clips() {
   phase "evaluate clips: $name" done_or "$RESULTS/clips_$name.json" \
     "${EVALUATE[@]}" clips --model_dir "$model_dir" --idm "$IDM" --prompt "$PROMPT" \
     --output "$RESULTS/clips_$name.json" --contact_sheet "$RESULTS/sheet_clips_$name.png" "${CLIPS_SCALE[@]}" "$@"
+}
+
+# scene_speeds NAME MODEL_DIR [SETTINGS...]: the scene's speed and its change per latent frame by commanded pedal, in
+# the model's clips (the evaluation's commands and seeds) and in held-out footage, into results/pedal_dynamics_NAME.json.
+scene_speeds() {
+  local name="$1" model_dir="$2"
+  shift 2
+  phase "scene speeds: $name" done_or "$RESULTS/pedal_dynamics_$name.json" \
+    "$PYTHON" learning/pedal_dynamics.py --model_dir "$model_dir" --data_root "$FOOTAGE/heldout" \
+    --index_file "$FOOTAGE/heldout/index.json" --scene_rows 0 "${HUD_BOX[0]}" --output "$RESULTS/pedal_dynamics_$name.json" \
+    "${MOTION_SCALE[@]}" "$@"
 }
 
 summary() {

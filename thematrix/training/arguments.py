@@ -57,8 +57,9 @@ class TrainingArgs(StrictArgs):
     adam_epsilon: float = 1e-8
     max_grad_norm: float = 1.0
     # Where the training timesteps fall: t = T * u^(1 / e) for u uniform on [0, 1). 1 is CogVideoX's uniform draw;
-    # e > 1 draws more of them at high noise (density proportional to t^(e - 1)), where a clip's global motion is
-    # decided. Stages 1 and 2; stages 3 and 4 draw one timestep per noise band and take 1 only.
+    # e > 1 draws more of them at high noise (density proportional to t^(e - 1)), where a clip's global layout and
+    # motion form. Stages 1 and 2 and pretraining; stages 3 and 4 draw one timestep per noise band and take 1 only.
+    # (At 3, stage 2 of the learning proof followed the steering less: learning/README.md.)
     timestep_density_exponent: float = 1.0
     mixed_precision: str = "auto"  # "auto" = bf16 on a GPU, no (fp32) on the CPU; or "no", "bf16", "fp16"
     gradient_checkpointing: bool = True  # recompute activations in backward: far less memory, ~30% more time
