@@ -68,6 +68,8 @@ PROMPT = "A game world seen from above, the player moving through it."
 # Groups emitted after the window's first G, whose controls were asked mid-stream: the latency's samples.
 LATENCY_GROUPS = 3
 PIXEL_RANGE = 2.0  # frames in [-1, 1]
+# The pipeline's steps before the first group's forwards, timed apart in the time to the first frame.
+FIRST_FRAME_PARTS = ("encode_text", "encode_window")
 SECOND_GPU = "cuda:1"  # the decode device of the 2-GPU rows
 
 
@@ -211,10 +213,10 @@ def stream_row(pipeline: SwinDPMPipeline, row: Row, cli) -> tuple[dict, torch.Te
 
     generator = torch.Generator(device=pipeline.device).manual_seed(0)
     on_gpu = pipeline.device.type == "cuda"
+    first_frame_parts = time_calls(pipeline, FIRST_FRAME_PARTS)
     if on_gpu:
         torch.cuda.reset_peak_memory_stats(pipeline.device)
-        for device in {pipeline.vae.device, pipeline.device} - {NO_DECODER_DEVICE}:
-            torch.cuda.synchronize(device)
+    synchronize(pipeline)
     start = time.perf_counter()
     shown, frames, latents = {}, [], []
     stream = pipeline.stream(
@@ -250,6 +252,8 @@ def stream_row(pipeline: SwinDPMPipeline, row: Row, cli) -> tuple[dict, torch.Te
         "context_parallel": torch.distributed.get_world_size() if row.context_parallel else None,
         "groups": len(arrivals),
         "time_to_first_frame_s": arrivals[0],
+        # Of which: the prompt's and the initial clip's encoding (the rest: the first group's forwards and decode).
+        "time_to_first_frame_parts_s": first_frame_parts,
         "fps": steady_frames / (arrivals[-1] - arrivals[0]),
         "seconds_per_group": (arrivals[-1] - arrivals[0]) / (len(arrivals) - 1),
         "control_to_screen_s": (
@@ -258,6 +262,33 @@ def stream_row(pipeline: SwinDPMPipeline, row: Row, cli) -> tuple[dict, torch.Te
         "peak_gib": torch.cuda.max_memory_allocated(pipeline.device) / 2**30 if on_gpu else None,
     }
     return measures, torch.cat(frames), torch.cat(latents)
+
+
+def time_calls(pipeline, names: tuple[str, ...]) -> dict[str, float]:
+    """Wrap ``pipeline``'s methods ``names`` (this instance's, for one stream) so that each call adds its wall time,
+    the GPU's work included, to the returned dict under the method's name."""
+    times = dict.fromkeys(names, 0.0)
+
+    def timed(name, method):
+        def call(*args, **kwargs):
+            synchronize(pipeline)
+            start = time.perf_counter()
+            result = method(*args, **kwargs)
+            synchronize(pipeline)
+            times[name] += time.perf_counter() - start
+            return result
+
+        return call
+
+    for name in names:
+        setattr(pipeline, name, timed(name, getattr(type(pipeline), name).__get__(pipeline)))
+    return times
+
+
+def synchronize(pipeline) -> None:
+    for device in {pipeline.vae.device, pipeline.device} - {NO_DECODER_DEVICE}:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
 
 def error_against(frames: torch.Tensor, latents: torch.Tensor, reference: tuple[torch.Tensor, torch.Tensor]) -> dict:
