@@ -20,7 +20,7 @@ import statistics
 from pathlib import Path
 
 import torch
-from results_page import KEY_PARTS
+from results_page import KEY_PARTS, fmt_mean
 
 from thematrix.controls import data_root_vocabulary
 from thematrix.evaluation.footage import load_real_clips
@@ -137,16 +137,8 @@ def main() -> None:
     print("| --- | --- | --- | --- |")
     for measure in ("speed", "speed_change"):
         for pedal in results["real"][measure]:
-            cells = [format_cell(results[kind][measure].get(pedal)) for kind in ("real", "generated")]
+            cells = [fmt_mean(results[kind][measure].get(pedal)) for kind in ("real", "generated")]
             print(f"| {pedal} | {measure} | {' | '.join(cells)} |")
-
-
-def format_cell(cell: dict | None) -> str:
-    """Mean +- standard error (count); what a few clips cannot give, n/a."""
-    if cell is None:
-        return "n/a (0)"
-    error = "n/a" if cell["standard_error"] is None else f"{cell['standard_error']:.3f}"
-    return f"{cell['mean']:+.3f} +- {error} ({cell['count']})"
 
 
 if __name__ == "__main__":

@@ -69,6 +69,9 @@ class Results:
     clips: dict
     streams: dict
     timings: list[tuple[str, str, int]]
+    scene_idm: dict | None  # an IDM that leaves the screen's key display unread (learning/gpu/08_scene_idm.sh)
+    scene_clips: dict  # the clips scored by it
+    speeds: dict  # the scene's speed by commanded pedal (learning/pedal_dynamics.py)
 
     @classmethod
     def load(cls, work: Path) -> Results:
@@ -88,11 +91,23 @@ class Results:
             clips={name: read(results / f"clips_{name}.json") for name in CLIP_MODELS},
             streams={name: read(results / f"stream_{name}.json") for name in STREAMS},
             timings=timings,
+            scene_idm=read(work / "idm_scene" / "idm.json"),
+            scene_clips={name: read(results / f"clips_{name}_scene.json") for name in CLIP_MODELS},
+            speeds={name: read(results / f"pedal_dynamics_{name}.json") for name in CLIP_MODELS},
         )
 
 
 def fmt(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def fmt_mean(cell: dict | None) -> str:
+    """A mean with its standard error and count (learning/pedal_dynamics.py's cells); what a few clips cannot
+    give, n/a."""
+    if cell is None:
+        return "n/a (0)"
+    error = "n/a" if cell["standard_error"] is None else f"{cell['standard_error']:.3f}"
+    return f"{cell['mean']:+.3f} +- {error} ({cell['count']})"
 
 
 def verdict(met: bool | None) -> str:
@@ -336,15 +351,67 @@ def part_agreement(following: dict, part) -> float:
     return sum(count for count, same in pairs if same) / sum(count for count, _ in pairs)
 
 
-def key_part_rows(results: Results, clips: dict, streams: dict) -> list[list[str]]:
-    """Control following of whole keys and of each key part, for real footage (the IDM) and every model."""
-    named = {"real footage (the IDM, held out)": results.idm["measures"]["idm"]} if results.idm else {}
+def key_part_rows(idm: dict | None, clips: dict, streams: dict) -> list[list[str]]:
+    """Control following of whole keys and of each key part, for real footage (the IDM's record) and every model."""
+    named = {"real footage (the IDM, held out)": idm["measures"]["idm"]} if idm else {}
     named |= {CLIP_MODELS[name]: record["measures"]["control_following"] for name, record in clips.items()}
     named |= {STREAMS[name]: record["measures"]["control_following"] for name, record in streams.items()}
     return [
         [name, fmt(following["accuracy"]), *(fmt(part_agreement(following, part)) for part in KEY_PARTS.values())]
         for name, following in named.items()
     ]
+
+
+def scene_sections(results: Results) -> list[str]:
+    """Step 8's diagnosis, where it ran: the clips' keys read from the scene alone, and the scene's speed by pedal."""
+    lines = []
+    scene_clips = {name: record for name, record in results.scene_clips.items() if record}
+    if scene_clips:
+        box = results.scene_idm["settings"]["ignored_box"] if results.scene_idm else None
+        lines += [
+            "### The keys read from the scene alone",
+            "",
+            "The same clips scored by an IDM that never sees the screen's key display"
+            + (f" (`--ignored_box {' '.join(map(str, box))}`: top, bottom, left, right)" if box else "")
+            + ", trained and tested on the same footage: it reads the keys from how the scene moves.",
+            "",
+            markdown_table(["videos", "whole key", *KEY_PARTS], key_part_rows(results.scene_idm, scene_clips, {})),
+            "",
+        ]
+    speeds = {name: record for name, record in results.speeds.items() if record}
+    if speeds:
+        first = next(iter(speeds.values()))
+        settings, real = first["settings"], first["real"]
+        top, bottom = settings["scene_rows"]
+        rows = [
+            ["real footage (held out)", pedal, fmt_mean(real["speed"][pedal]), fmt_mean(real["speed_change"][pedal])]
+            for pedal in real["speed"]
+        ]
+        for name, record in speeds.items():
+            generated = record["generated"]
+            rows += [
+                [
+                    CLIP_MODELS[name],
+                    pedal,
+                    fmt_mean(generated["speed"].get(pedal)),
+                    fmt_mean(generated["speed_change"].get(pedal)),
+                ]
+                for pedal in real["speed"]
+            ]
+        lines += [
+            "### The scene's speed by commanded pedal",
+            "",
+            f"`learning/pedal_dynamics.py`: a latent frame's scene speed is the mean absolute difference between its "
+            f"consecutive frames over rows {top} to {bottom - 1}, its change that minus the previous latent frame's; "
+            f"by the pedal commanded ({settings['num_clips']} clips a model, text guidance "
+            f"{settings['guidance_scale']:g}, control guidance {settings['control_guidance_scale']:g}; a model "
+            "without controls gets the same commands, unseen). In the game, gas speeds the car up and the brake slows "
+            "it down. Mean +- standard error (latent frames).",
+            "",
+            markdown_table(["videos", "pedal", "scene speed", "its change"], rows),
+            "",
+        ]
+    return lines
 
 
 def write_page(results: Results, output: Path, images: Path) -> None:
@@ -486,9 +553,10 @@ def write_page(results: Results, output: Path, images: Path) -> None:
             "reads, from the same confusion matrices; uniformly random commands agree with a part by chance at one "
             "in three.",
             "",
-            markdown_table(["videos", "whole key", *KEY_PARTS], key_part_rows(results, clips, streams)),
+            markdown_table(["videos", "whole key", *KEY_PARTS], key_part_rows(results.idm, clips, streams)),
             "",
         ]
+    lines += scene_sections(results)
 
     if streams:
         rows = []

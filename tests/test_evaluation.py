@@ -473,8 +473,9 @@ def test_speed_changes_are_positive_for_a_scene_that_speeds_up():
     summary = dynamics.by_pedal([1.0, 3.0, -2.0], ["D", "DL", "B"])
     assert summary["D"]["mean"] == 2.0 and summary["D"]["count"] == 2 and summary["B"]["standard_error"] is None
     # A pedal one clip never commanded, or commanded once, still prints.
-    assert dynamics.format_cell(summary["D"]) == "+2.000 +- 1.000 (2)"
-    assert dynamics.format_cell(summary["B"]) == "-2.000 +- n/a (1)" and dynamics.format_cell(None) == "n/a (0)"
+    page = load_results_page()
+    assert page.fmt_mean(summary["D"]) == "+2.000 +- 1.000 (2)"
+    assert page.fmt_mean(summary["B"]) == "-2.000 +- n/a (1)" and page.fmt_mean(None) == "n/a (0)"
 
 
 def write_record(path, measures: dict, **settings) -> None:
@@ -545,6 +546,31 @@ def test_results_page_splits_agreement_into_the_parts_of_a_key():
     following = {"per_class": dict.fromkeys(tokens, 0.0), "confusion": confusion}
     assert page.part_agreement(following, page.KEY_PARTS["steering"]) == 1.0
     assert page.part_agreement(following, page.KEY_PARTS["pedal"]) == 0.5
+
+
+def test_results_page_shows_the_scene_diagnosis_where_it_ran(tmp_path):
+    """Step 8's records (clips scored by the scene IDM, speeds by pedal) become their own tables."""
+    page = load_results_page()
+    (tmp_path / "results").mkdir()
+    (tmp_path / "idm_scene").mkdir()
+    tokens = ["D", "BL"]
+    scene_following = dict(following(0.5), per_class=dict.fromkeys(tokens, 0.5), confusion=[[1, 1], [0, 2]])
+    write_record(tmp_path / "idm_scene" / "idm.json", {"idm": scene_following}, ignored_box=[82, 96, 0, 144])
+    write_record(tmp_path / "results" / "clips_stage2_scene.json", {"control_following": scene_following})
+    cell = {"mean": 0.25, "standard_error": 0.05, "count": 10}
+    speeds = {"speed": {"D": cell, "B": cell}, "speed_change": {"D": cell, "B": cell}}
+    settings = {"scene_rows": [0, 82], "num_clips": 16, "guidance_scale": 6.0, "control_guidance_scale": 3.0}
+    record = {"settings": settings, "real": speeds, "generated": {"speed": {"D": cell}, "speed_change": {"D": cell}}}
+    (tmp_path / "results" / "pedal_dynamics_stage2.json").write_text(json.dumps(record))
+
+    output = tmp_path / "page.md"
+    page.write_page(page.Results.load(tmp_path), output, tmp_path / "images")
+    text = output.read_text()
+    assert "`--ignored_box 82 96 0 144`" in text
+    # whole key 0.5; steering (straight, L) agrees 3 of 4, pedal (D, B) 3 of 4
+    assert "| stage 2 | 0.500 | 0.750 | 0.750 |" in text
+    assert "rows 0 to 81" in text and "| stage 2 | B | n/a (0) | n/a (0) |" in text
+    assert "| real footage (held out) | D | +0.250 +- 0.050 (10) | +0.250 +- 0.050 (10) |" in text
 
 
 def test_results_page_marks_unmeasured_targets_pending(tmp_path):
