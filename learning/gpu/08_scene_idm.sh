@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Step 8 (about 5 minutes on one H100): an IDM that does not read CarRacing's HUD, and the clips of stages 1 and
-# 2 scored by it beside the IDM of step 1. The HUD (the frames' bottom rows) draws the steering and the wheels'
+# Step 8 (about 5 minutes on one H100, and about a minute a model for the speeds): an IDM that does not read
+# CarRacing's HUD, and the clips of stages 1 and 2 scored by it beside the IDM of step 1; then their scenes' speeds
+# by commanded pedal beside real footage's. The HUD (the frames' bottom rows) draws the steering and the wheels'
 # spin, so the keys can be read from it alone; with it blanked the IDM reads them from how the scene moves.
 # Carry in: outputs/learning/footage/{game,heldout}, outputs/learning/idm, outputs/learning/models/stage1-fused,
 # outputs/learning/models/stage2/model.
@@ -23,6 +24,9 @@ for idm in "":"$IDM" _scene:"$SCENE_IDM"; do
   evaluate_clips "stage2$suffix" "$MODELS/stage2/model" --idm "${idm#*:}"
   evaluate_clips "stage2_control_guidance_3$suffix" "$MODELS/stage2/model" --idm "${idm#*:}" --control_guidance_scale 3
 done
+
+scene_speeds stage1 "$MODELS/stage1-fused"
+scene_speeds stage2 "$MODELS/stage2/model"
 
 pack idm_scene results
 summary
