@@ -7,6 +7,7 @@ import runpy
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import decord
 import numpy as np
@@ -68,6 +69,34 @@ def test_carracing_recorder_writes_a_valid_dataset_with_the_cars_vocabulary(tmp_
         assert len(sample.frame_controls) == sample.num_frames
         assert sample.caption.startswith("A top-down view of a red race car on ")
     assert validate_main(["--data_root", str(tmp_path), "--index_file", str(tmp_path / INDEX_FILE)]) == 0
+
+
+def test_the_track_driver_keeps_the_car_on_the_track_more_than_the_random_one(tmp_path):
+    on_track = {}
+    for driver in ("random", "track"):
+        output_dir = tmp_path / driver
+        record_carracing(
+            ["--output_dir", str(output_dir), "--episodes", "2", "--clips_per_episode", "2", "--frames_per_clip", "17"]
+            + [*TINY, "--driver", driver]
+        )
+        entries, _ = recorded(output_dir)
+        on_track[driver] = sum("grass beside" not in entry["caption"] for entry in entries)
+    assert on_track == {"random": 1, "track": 4}
+
+
+def test_track_steering_turns_towards_the_track_ahead():
+    """A car at the origin facing +y (Box2D's body faces its local +y), the track bending away to one side."""
+    car_racing = runpy.run_path(str(REPO_ROOT / "data" / "record_carracing.py"))
+    for side, sign in ((-1, -1), (1, 1)):  # tiles to the left (-x) need left steering (negative)
+        track = [(0.0, 0.0, side * index, float(index)) for index in range(20)]
+        hull = SimpleNamespace(position=(0.0, 0.0), angle=0.0)
+        env = SimpleNamespace(unwrapped=SimpleNamespace(car=SimpleNamespace(hull=hull), track=track))
+        steering = car_racing["track_steering"](env)
+        assert np.sign(steering) == sign and abs(steering) == 1.0  # 45 degrees off: past full lock
+    straight = SimpleNamespace(position=(0.0, 0.0), angle=0.0)
+    track = [(0.0, 0.0, 0.0, float(index)) for index in range(20)]
+    env = SimpleNamespace(unwrapped=SimpleNamespace(car=SimpleNamespace(hull=straight), track=track))
+    assert car_racing["track_steering"](env) == 0.0
 
 
 def test_carracing_domain_randomize_changes_the_colours_and_names_none(tmp_path):
