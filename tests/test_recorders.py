@@ -81,7 +81,8 @@ def test_the_track_driver_keeps_the_car_on_the_track_more_than_the_random_one(tm
         )
         entries, _ = recorded(output_dir)
         on_track[driver] = sum("grass beside" not in entry["caption"] for entry in entries)
-    assert on_track == {"random": 1, "track": 4}
+    # Measured with Box2D 2.3.10 (seed 3): 1 of the 4 clips with the random driver, 4 of 4 with the track driver.
+    assert on_track["track"] >= 3 > on_track["random"]
 
 
 def test_track_steering_turns_towards_the_track_ahead():
