@@ -38,7 +38,8 @@ INTERACTIVE_CLASS = InteractiveCogVideoXTransformer3DModel.__name__
 
 
 class InteractiveTrainer(Trainer):
-    """Adds control blocks to the fused stage-1 transformer and trains only them."""
+    """Adds control blocks to the fused stage-1 transformer and trains only them (every weight with
+    ``args.train_base_weights``)."""
 
     args_class = SftArgs
     pipeline_class = InteractivePipeline
@@ -92,7 +93,7 @@ class InteractiveTrainer(Trainer):
 
     def build_transformer(self) -> torch.nn.Module:
         transformer = self.load_interactive_transformer()
-        transformer.requires_grad_(False)
+        transformer.requires_grad_(self.args.train_base_weights)
         for param in transformer.trainable_control_parameters():
             param.requires_grad_(True)
         return transformer

@@ -22,6 +22,9 @@ class SftArgs(TrainingArgs):
     clip_text_model_path: LocalPath | None = None  # embed phrases with this local CLIP text model instead of T5
     control_start_layer: int | None = None  # first block followed by a control block; None = num_layers // 2
     control_p_zero: float = 0.1  # chance a clip trains with null controls, for control guidance
+    # The recipe trains only the Interactive Module, the base frozen. True trains every weight at learning_rate: for a
+    # base that cannot render what the controls change (learning/README.md), not the recipe's setting.
+    train_base_weights: bool = False
     # Tokens cycled over the latent frames of a validation video; default: every token in turn, each held 2 latent frames.
     validation_controls: tuple[str, ...] | None = None
     validation_control_guidance_scale: float = 1.0
