@@ -107,8 +107,12 @@ def test_train_base_weights_moves_the_base_too_and_checkpoints_it(tiny_model_dir
     model = trainer.accelerator.unwrap_model(trainer.transformer)
     start = {name: value.detach().clone() for name, value in model.state_dict().items()}
     trainer.train()
-    base_names = [name for name, _ in model.named_parameters() if not name.startswith(("control_proj.", "control_blocks."))]
-    moved = [name for name in base_names if not torch.equal(model.state_dict()[name].to(start[name].dtype), start[name])]
+    base_names = [
+        name for name, _ in model.named_parameters() if not name.startswith(("control_proj.", "control_blocks."))
+    ]
+    moved = [
+        name for name in base_names if not torch.equal(model.state_dict()[name].to(start[name].dtype), start[name])
+    ]
     assert len(moved) > len(base_names) // 2
     checkpointed = load_file(str(tmp_path / "checkpoints" / "checkpoint-2" / "trainable.safetensors")).keys()
     assert set(base_names) <= set(checkpointed)
