@@ -3,12 +3,13 @@
     python learning/record_footage.py --output_dir outputs/learning/footage/game --episodes 100 \
         --processes 16 --seed 0 -- --clips_per_episode 3 --frames_per_clip 41 --resolution 96x144
 
-Process i runs ``data/record_carracing.py`` with seed ``seed + i`` into ``<output_dir>/shard_<i>`` (the
-recorder seeds episode e of seed s by (s, e), so shards never share a track); flags after ``--`` go to every
-recorder. The merged ``<output_dir>/index.json`` lists every shard's clips with paths relative to
-``output_dir``; a ``vocabulary.json`` the shards wrote is copied beside it. Sets recorded with seeds further
-apart than their process counts (0, 1000, 2000 in learning/gpu/) share no episode. A finished
-``output_dir`` (one that has its index) is left as it is.
+Process i runs ``data/record_carracing.py`` on its own contiguous range of the episodes into
+``<output_dir>/shard_<i>``; every process has the same seed and the recorder seeds episode e by (seed, e), so
+the footage depends on the seed and the episode count, not on how many processes record it. Flags after ``--``
+go to every recorder. The merged ``<output_dir>/index.json`` lists every shard's clips with paths relative to
+``output_dir``; a ``vocabulary.json`` the shards wrote is copied beside it. Sets recorded with other seeds
+(0, 1000, 2000 in learning/gpu/) share no episode. A finished ``output_dir`` (one that has its index) is
+left as it is.
 """
 
 from __future__ import annotations
@@ -54,14 +55,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--processes", type=int, default=os.cpu_count(), help="recorders run at once (default: one per core)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="process i records with seed + i")
+    parser.add_argument("--seed", type=int, default=0, help="seeds every episode with its number")
     args = parser.parse_args(own)
     if (args.output_dir / INDEX_FILE).is_file():
         print(f"{args.output_dir / INDEX_FILE} exists: footage already recorded")
         return
     processes = max(1, min(args.processes, args.episodes))
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    shards, running = [], []
+    shards, running, first_episode = [], [], 0
     for shard in range(processes):
         episodes = args.episodes // processes + (shard < args.episodes % processes)
         shard_dir = args.output_dir / f"{SHARD_PREFIX}{shard:02d}"
@@ -73,9 +74,12 @@ def main(argv: list[str] | None = None) -> None:
             "--episodes",
             str(episodes),
             "--seed",
-            str(args.seed + shard),
+            str(args.seed),
+            "--first_episode",
+            str(first_episode),
             *recorder_flags,
         ]
+        first_episode += episodes
         shards.append(shard_dir)
         with open(shard_dir.with_suffix(LOG_SUFFIX), "w") as log:  # the recorder's progress and errors
             running.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT))

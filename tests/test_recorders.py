@@ -71,6 +71,42 @@ def test_carracing_recorder_writes_a_valid_dataset_with_the_cars_vocabulary(tmp_
     assert validate_main(["--data_root", str(tmp_path), "--index_file", str(tmp_path / INDEX_FILE)]) == 0
 
 
+def test_parallel_recording_gives_the_same_footage_whatever_the_process_count(tmp_path):
+    """learning/record_footage.py: the footage depends on the seed and the episodes, not on the machine's cores."""
+    footage = {}
+    for processes in (1, 2):
+        output_dir = tmp_path / f"processes_{processes}"
+        command = [
+            sys.executable,
+            "learning/record_footage.py",
+            "--output_dir",
+            str(output_dir),
+            "--episodes",
+            "2",
+            "--processes",
+            str(processes),
+            "--",
+            "--clips_per_episode",
+            "1",
+            "--frames_per_clip",
+            "5",
+            *TINY,
+        ]
+        result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=RECORD_TIMEOUT_S)
+        assert result.returncode == 0, result.stdout + result.stderr
+        entries, _ = recorded(output_dir)
+        footage[processes] = {
+            Path(item["path"]).name: (
+                item["caption"],
+                item["control_signal_seq"],
+                (output_dir / item["path"]).read_bytes(),
+            )
+            for item in entries
+        }
+    assert sorted(footage[2]) == ["episode_0000_clip_00.mp4", "episode_0001_clip_00.mp4"]
+    assert footage[1] == footage[2]
+
+
 def test_the_track_driver_keeps_the_car_on_the_track_more_than_the_random_one(tmp_path):
     on_track = {}
     for driver in ("random", "track"):

@@ -341,7 +341,8 @@ class GymRecorder:
         with tqdm(
             total=self.options.episodes * self.options.clips_per_episode, unit="clip", desc="recording"
         ) as progress:
-            for episode in range(self.options.episodes):
+            first = self.options.first_episode
+            for episode in range(first, first + self.options.episodes):
                 clips += self.record_episode(env, episode, output_dir, progress)
         env.close()
         if self.episodes_ended_early:
@@ -418,6 +419,13 @@ def add_recording_arguments(parser: argparse.ArgumentParser, fps: int) -> None:
         help="the player holds each control for a random duration in this range",
     )
     parser.add_argument("--seed", type=int, default=0, help="seeds the games and the player; same seed, same footage")
+    parser.add_argument(
+        "--first_episode",
+        type=int,
+        default=0,
+        help="number of the first episode; episode e is seeded by (seed, e), so recorders given disjoint ranges "
+        "record disjoint parts of one set",
+    )
 
 
 def check_recording_arguments(parser: argparse.ArgumentParser, options: argparse.Namespace) -> None:
@@ -425,6 +433,8 @@ def check_recording_arguments(parser: argparse.ArgumentParser, options: argparse
     for name in ("episodes", "clips_per_episode", "frames_per_clip", "fps"):
         if getattr(options, name) < 1:
             parser.error(f"--{name} must be at least 1")
+    if options.first_episode < 0:
+        parser.error(f"--first_episode must be at least 0; got {options.first_episode}")
     low, high = options.hold_seconds
     if not 0 < low <= high:
         parser.error(f"--hold_seconds {low} {high}: give 0 < MIN <= MAX")
