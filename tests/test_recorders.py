@@ -43,22 +43,19 @@ def recorded(output_dir: Path) -> tuple[list[dict], list]:
     return entries, samples
 
 
-def test_carracing_recorder_writes_a_valid_dataset_with_the_cars_vocabulary(tmp_path):
-    command = [
-        sys.executable,
-        "data/record_carracing.py",
-        "--output_dir",
-        str(tmp_path),
-        "--episodes",
-        "1",
-        "--clips_per_episode",
-        "2",
-        "--frames_per_clip",
-        "9",
-        *TINY,
-    ]
+def run_script(script: str, *flags: str) -> None:
+    """Run a repository script as a user would, in its own process; fail with its output if it fails."""
+    command = [sys.executable, script, *flags]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=RECORD_TIMEOUT_S)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_carracing_recorder_writes_a_valid_dataset_with_the_cars_vocabulary(tmp_path):
+    run_script(
+        "data/record_carracing.py",
+        *("--output_dir", str(tmp_path), "--episodes", "1", "--clips_per_episode", "2", "--frames_per_clip", "9"),
+        *TINY,
+    )
     entries, samples = recorded(tmp_path)
     assert [item["path"] for item in entries] == ["videos/episode_0000_clip_00.mp4", "videos/episode_0000_clip_01.mp4"]
     assert all(set(item) == {"path", "caption", "control_signal_seq", "valid_frame_idx"} for item in entries)
@@ -76,24 +73,11 @@ def test_parallel_recording_gives_the_same_footage_whatever_the_process_count(tm
     footage = {}
     for processes in (1, 2):
         output_dir = tmp_path / f"processes_{processes}"
-        command = [
-            sys.executable,
+        run_script(
             "learning/record_footage.py",
-            "--output_dir",
-            str(output_dir),
-            "--episodes",
-            "2",
-            "--processes",
-            str(processes),
-            "--",
-            "--clips_per_episode",
-            "1",
-            "--frames_per_clip",
-            "5",
-            *TINY,
-        ]
-        result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=RECORD_TIMEOUT_S)
-        assert result.returncode == 0, result.stdout + result.stderr
+            *("--output_dir", str(output_dir), "--episodes", "2", "--processes", str(processes), "--"),
+            *("--clips_per_episode", "1", "--frames_per_clip", "5", *TINY),
+        )
         entries, _ = recorded(output_dir)
         footage[processes] = {
             Path(item["path"]).name: (
@@ -172,25 +156,11 @@ def test_car_actions_give_their_tokens():
 
 
 def test_a_second_game_is_recorded_with_its_own_vocabulary_and_nothing_of_the_car(tmp_path):
-    command = [
-        sys.executable,
+    run_script(
         "data/record_gym.py",
-        "--game",
-        str(LUNAR_LANDER_GAME_FILE),
-        "--output_dir",
-        str(tmp_path),
-        "--episodes",
-        "2",
-        "--clips_per_episode",
-        "1",
-        "--frames_per_clip",
-        "9",
-        "--fps",
-        "25",
-        *TINY,
-    ]
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=RECORD_TIMEOUT_S)
-    assert result.returncode == 0, result.stdout + result.stderr
+        *("--game", str(LUNAR_LANDER_GAME_FILE), "--output_dir", str(tmp_path), "--episodes", "2"),
+        *("--clips_per_episode", "1", "--frames_per_clip", "9", "--fps", "25", *TINY),
+    )
     entries, samples = recorded(tmp_path)
     game = load_game(LUNAR_LANDER_GAME_FILE)
     vocabulary = load_vocabulary(tmp_path / VOCABULARY_FILE)
@@ -211,26 +181,12 @@ def test_a_game_from_flags_with_continuous_actions(tmp_path):
         ("CW", "[2.0]", "The pendulum is pushed clockwise."),
         ("FREE", "[0.0]", "The pendulum swings freely."),
     ]
-    command = [
-        sys.executable,
+    run_script(
         "data/record_gym.py",
-        "--env",
-        "Pendulum-v1",
-        "--output_dir",
-        str(tmp_path),
-        "--episodes",
-        "1",
-        "--clips_per_episode",
-        "2",
-        "--frames_per_clip",
-        "9",
-        "--fps",
-        "10",
-        *TINY,
-    ]
-    command += [value for control in controls for value in ("--control", *control)]
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=RECORD_TIMEOUT_S)
-    assert result.returncode == 0, result.stdout + result.stderr
+        *("--env", "Pendulum-v1", "--output_dir", str(tmp_path), "--episodes", "1", "--clips_per_episode", "2"),
+        *("--frames_per_clip", "9", "--fps", "10", *TINY),
+        *(value for control in controls for value in ("--control", *control)),
+    )
     entries, samples = recorded(tmp_path)
     assert load_vocabulary(tmp_path / VOCABULARY_FILE).tokens == ("CCW", "CW", "FREE") and len(samples) == 2
     assert entries[0]["caption"].startswith("Gameplay footage, the pendulum ")
