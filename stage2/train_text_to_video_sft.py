@@ -86,7 +86,11 @@ class InteractiveTrainer(Trainer):
         base = CogVideoXTransformer3DModel.from_pretrained(path, subfolder="transformer")
         try:
             return InteractiveCogVideoXTransformer3DModel.from_base(
-                base, vocabulary, table, control_start_layer=self.args.control_start_layer
+                base,
+                vocabulary,
+                table,
+                control_start_layer=self.args.control_start_layer,
+                control_feed_forward_mult=self.args.control_feed_forward_mult,
             )
         except ValueError as error:  # an architecture the Interactive Module does not support
             raise ConfigError(f"args.pretrained_model_name_or_path = {str(path)!r}: {error}") from None

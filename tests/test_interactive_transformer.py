@@ -29,6 +29,7 @@ from thematrix.models import (
 )
 from thematrix.models.interactive_transformer import (
     ControlBlock,
+    ControlLayerNormZero,
     FramewiseAdaLayerNorm,
     FramewiseLayerNormZero,
 )
@@ -74,12 +75,18 @@ def random_controls(vocabulary: ControlVocabulary = TEST_VOCABULARY) -> torch.Te
 
 def perturb_control_gates(model: InteractiveCogVideoXTransformer3DModel) -> InteractiveCogVideoXTransformer3DModel:
     """Give the zero-initialised adaLN of every control block random weights, so the blocks act."""
+    perturb_gates(model.control_blocks)
+    return model
+
+
+def perturb_gates(module: nn.Module) -> None:
+    """Random weights for every control adaLN (``ControlLayerNormZero``) in ``module``."""
     generator = torch.Generator().manual_seed(SEED + 1)
     with torch.no_grad():
-        for block in model.control_blocks:
-            for parameter in block.norm.linear.parameters():
-                parameter.copy_(torch.randn(parameter.shape, generator=generator))
-    return model
+        for norm in module.modules():
+            if isinstance(norm, ControlLayerNormZero):
+                for parameter in norm.linear.parameters():
+                    parameter.copy_(torch.randn(parameter.shape, generator=generator))
 
 
 def interactive(base, vocabulary=TEST_VOCABULARY, **control_kwargs) -> InteractiveCogVideoXTransformer3DModel:
@@ -158,13 +165,36 @@ def test_bad_controls_and_timesteps_are_refused(base, inputs):
         run(model, inputs, timestep=torch.zeros(BATCH, FRAMES + 1, dtype=torch.long))
 
 
+def test_a_feed_forward_makes_the_control_update_depend_on_each_token():
+    """With one control frame every token's attention weight on it is 1, so the attention alone adds the same vector
+    to every token; the feed-forward after it adds one that depends on the token."""
+    dim, heads, tokens = CONFIG["num_attention_heads"] * CONFIG["attention_head_dim"], CONFIG["num_attention_heads"], 6
+    generator = torch.Generator().manual_seed(SEED)
+    hidden = torch.randn(1, tokens, dim, generator=generator)
+    control = torch.randn(1, 1, dim, generator=generator)
+    temb = torch.randn(1, CONFIG["time_embed_dim"], generator=generator)
+    mask = torch.ones(heads, tokens, 1, dtype=torch.bool)
+    updates = {}
+    for mult in (0, 2):
+        torch.manual_seed(SEED)
+        block = ControlBlock(dim, heads, CONFIG["attention_head_dim"], CONFIG["time_embed_dim"], feed_forward_mult=mult)
+        with torch.no_grad():
+            assert torch.equal(block(hidden, control, temb, mask), hidden), "a new block adds nothing"
+            perturb_gates(block)
+            updates[mult] = (block(hidden, control, temb, mask) - hidden)[0]
+    torch.testing.assert_close(updates[0], updates[0][:1].expand_as(updates[0]))
+    assert_differs(updates[2], updates[2][:1].expand_as(updates[2]), "the feed-forward's update is the same everywhere")
+
+
 def test_save_and_load_round_trip(base, inputs, tmp_path):
-    model = perturb_control_gates(interactive(base, GAME_VOCABULARY, control_start_layer=1))
+    model = perturb_control_gates(
+        interactive(base, GAME_VOCABULARY, control_start_layer=1, control_feed_forward_mult=2)
+    )
     controls = random_controls(GAME_VOCABULARY)
     model.save_pretrained(tmp_path)
     loaded = InteractiveCogVideoXTransformer3DModel.from_pretrained(tmp_path).eval()
     assert loaded.control_vocabulary == GAME_VOCABULARY
-    assert loaded.config.control_start_layer == 1
+    assert (loaded.config.control_start_layer, loaded.config.control_feed_forward_mult) == (1, 2)
     assert torch.equal(loaded.control_embedding_table, model.control_embedding_table)
     assert torch.equal(run(loaded, inputs, controls=controls), run(model, inputs, controls=controls))
     saved_config = json.loads((tmp_path / "config.json").read_text())

@@ -21,6 +21,9 @@ class SftArgs(TrainingArgs):
     control_phrases: tuple[str, ...] | None = None  # one per control token, in the same order
     clip_text_model_path: LocalPath | None = None  # embed phrases with this local CLIP text model instead of T5
     control_start_layer: int | None = None  # first block followed by a control block; None = num_layers // 2
+    # A feed-forward this many times the width after each control block's attention, so the module's update depends
+    # on the video's content and not only on the controls; 0 = none (DESIGN.md's block).
+    control_feed_forward_mult: int = 0
     control_p_zero: float = 0.1  # chance a clip trains with null controls, for control guidance
     # The recipe trains only the Interactive Module, the base frozen. True trains every weight at learning_rate: for a
     # base that cannot render what the controls change (learning/README.md), not the recipe's setting.
@@ -43,5 +46,10 @@ class SftArgs(TrainingArgs):
     def check(self) -> None:
         super().check()
         self.vocabulary()
+        if self.control_feed_forward_mult < 0:
+            raise ConfigError(
+                f"args.control_feed_forward_mult is a width multiple, 0 (no feed-forward) or more; got "
+                f"{self.control_feed_forward_mult}"
+            )
         if not 0 <= self.control_p_zero <= 1:
             raise ConfigError(f"args.control_p_zero is a probability, in [0, 1]; got {self.control_p_zero}")

@@ -36,7 +36,7 @@ from diffusers import (
 )
 from diffusers.configuration_utils import register_to_config
 from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
-from diffusers.models.attention import Attention
+from diffusers.models.attention import Attention, FeedForward
 from diffusers.models.attention_processor import AttnProcessor2_0
 from diffusers.models.embeddings import (
     PixArtAlphaTextProjection,
@@ -160,6 +160,10 @@ class ControlBlock(nn.Module):
     ``[N, F]`` makes it frame-causal. The gate starts at zero, so a new block adds exactly nothing.
     Unlike CogVideoX's self-attention there is no q/k LayerNorm: over heads x N query rows of 64 it took a
     third of the block's time at 2B size on an H100, and the keys are only ``F`` projected table rows.
+
+    The attention adds to each token a mixture of the control states alone. With ``feed_forward_mult`` > 0 a
+    feed-forward (that many times ``dim`` wide, behind its own zero-initialised adaLN gate) follows it, whose
+    update depends on each token's content too.
     """
 
     def __init__(
@@ -170,6 +174,8 @@ class ControlBlock(nn.Module):
         time_embed_dim: int,
         attention_bias: bool = True,
         norm_eps: float = 1e-5,
+        feed_forward_mult: int = 0,
+        activation_fn: str = "gelu-approximate",
     ):
         super().__init__()
         self.norm = ControlLayerNormZero(time_embed_dim, dim, norm_eps)
@@ -181,6 +187,12 @@ class ControlBlock(nn.Module):
             bias=attention_bias,
             out_bias=True,
             processor=AttnProcessor2_0(),
+        )
+        self.ff_norm = ControlLayerNormZero(time_embed_dim, dim, norm_eps) if feed_forward_mult else None
+        self.ff = (
+            FeedForward(dim, mult=feed_forward_mult, activation_fn=activation_fn, bias=attention_bias)
+            if feed_forward_mult
+            else None
         )
 
     def forward(
@@ -194,7 +206,11 @@ class ControlBlock(nn.Module):
         attn_output = self.attn(
             norm_hidden_states, encoder_hidden_states=control_states, attention_mask=attention_mask
         )  # [B, N, D]
-        return gated_add(hidden_states, gate, attn_output)
+        hidden_states = gated_add(hidden_states, gate, attn_output)
+        if self.ff is not None:
+            norm_hidden_states, ff_gate = self.ff_norm(hidden_states, temb)
+            hidden_states = gated_add(hidden_states, ff_gate, self.ff(norm_hidden_states))
+        return hidden_states
 
 
 class TokenLayout(nn.Module):
@@ -217,6 +233,10 @@ class InteractiveCogVideoXTransformer3DModel(CogVideoXTransformer3DModel):
         control_start_layer (`int`, *optional*):
             First transformer block followed by a control block; blocks ``control_start_layer .. num_layers-1``
             each get one. Defaults to ``num_layers // 2`` (15..29 of the 2B model). Saved resolved.
+        control_feed_forward_mult (`int`, defaults to 0):
+            Width of a feed-forward after each control block's attention, in multiples of the inner width; 0 (the
+            design's block) adds none. See [`ControlBlock`]: with it the module's update depends on the tokens'
+            content, not only on the controls.
         control_tokens (`Sequence[str]`), control_phrases (`Sequence[str]`), control_null_phrase (`str`, *optional*):
             The game's control vocabulary (required; the null phrase defaults to the empty one), kept in the
             config so the token ids of ``controls`` and the rows of ``control_embedding_table`` mean the same
@@ -267,6 +287,7 @@ class InteractiveCogVideoXTransformer3DModel(CogVideoXTransformer3DModel):
         patch_bias: bool = True,
         control_dim: int | None = None,
         control_start_layer: int | None = None,
+        control_feed_forward_mult: int = 0,
         control_tokens: Sequence[str] | None = None,
         control_phrases: Sequence[str] | None = None,
         control_null_phrase: str = "",
@@ -351,6 +372,8 @@ class InteractiveCogVideoXTransformer3DModel(CogVideoXTransformer3DModel):
                     time_embed_dim=time_embed_dim,
                     attention_bias=attention_bias,
                     norm_eps=norm_eps,
+                    feed_forward_mult=control_feed_forward_mult,
+                    activation_fn=activation_fn,
                 )
                 for _ in range(control_start_layer, num_layers)
             ]
@@ -425,7 +448,8 @@ class InteractiveCogVideoXTransformer3DModel(CogVideoXTransformer3DModel):
     ) -> InteractiveCogVideoXTransformer3DModel:
         """Wrap a (stage-1, LoRA-fused) transformer: copy every base weight, set the control table.
 
-        ``control_dim`` comes from the table's width; ``control_kwargs`` may set ``control_start_layer``.
+        ``control_dim`` comes from the table's width; ``control_kwargs`` may set ``control_start_layer`` and
+        ``control_feed_forward_mult``.
         Raises if the base weights and this architecture disagree in any key, naming the keys.
         """
         config = {key: value for key, value in transformer.config.items() if not key.startswith("_")}
