@@ -383,21 +383,13 @@ def scene_sections(results: Results) -> list[str]:
         first = next(iter(speeds.values()))
         settings, real = first["settings"], first["real"]
         top, bottom = settings["scene_rows"]
+        sources = [("real footage (held out)", real)]
+        sources += [(CLIP_MODELS[name], record["generated"]) for name, record in speeds.items()]
         rows = [
-            ["real footage (held out)", pedal, fmt_mean(real["speed"][pedal]), fmt_mean(real["speed_change"][pedal])]
+            [label, pedal, fmt_mean(cells["speed"].get(pedal)), fmt_mean(cells["speed_change"].get(pedal))]
+            for label, cells in sources
             for pedal in real["speed"]
         ]
-        for name, record in speeds.items():
-            generated = record["generated"]
-            rows += [
-                [
-                    CLIP_MODELS[name],
-                    pedal,
-                    fmt_mean(generated["speed"].get(pedal)),
-                    fmt_mean(generated["speed_change"].get(pedal)),
-                ]
-                for pedal in real["speed"]
-            ]
         lines += [
             "### The scene's speed by commanded pedal",
             "",
