@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from bench_train_step import BENCH_VOCABULARY
+from bench_train_step import BENCH_VOCABULARY, recipe_interactive
 from diffusers import CogVideoXPipeline, CogVideoXTransformer3DModel
 
 from stage3.cogvideox.pipeline_cogvideox import NO_DECODER_DEVICE, SwinDPMPipeline, window_clip_frames
@@ -311,12 +311,12 @@ def base_model_dir(cli) -> Path:
 
 
 def interactive_transformer(model_dir: Path) -> InteractiveCogVideoXTransformer3DModel:
-    """The base model's transformer with random control blocks and table for ``BENCH_VOCABULARY``, in bf16."""
+    """The base model's transformer with a random Interactive Module (``recipe_interactive``), in bf16."""
     base = CogVideoXTransformer3DModel.from_pretrained(model_dir, subfolder="transformer", dtype=torch.bfloat16)
     generator = torch.Generator().manual_seed(0)
     table = torch.randn(len(BENCH_VOCABULARY) + 1, base.config.text_embed_dim, generator=generator)
     torch.manual_seed(0)
-    return InteractiveCogVideoXTransformer3DModel.from_base(base, BENCH_VOCABULARY, table).to(torch.bfloat16)
+    return recipe_interactive(base, table).to(torch.bfloat16)
 
 
 def split_counts(cli) -> dict[str, int]:

@@ -112,6 +112,15 @@ def run_ours(trainer_class, args, model_dir: Path, data_root: Path, index_file: 
     return result
 
 
+def recipe_interactive(
+    base: CogVideoXTransformer3DModel, table: torch.Tensor
+) -> InteractiveCogVideoXTransformer3DModel:
+    """``base`` with a random Interactive Module for ``BENCH_VOCABULARY``, shaped as stage 2's defaults build it."""
+    return InteractiveCogVideoXTransformer3DModel.from_base(
+        base, BENCH_VOCABULARY, table, control_feed_forward_mult=SftArgs.control_feed_forward_mult
+    )
+
+
 def interactive_model_dir(model_dir: Path, work: Path) -> Path:
     """The base model with a (random) Interactive Module: the kind of directory stage 3 writes."""
     output = work / "interactive-2b"
@@ -119,9 +128,7 @@ def interactive_model_dir(model_dir: Path, work: Path) -> Path:
         return output
     base = CogVideoXTransformer3DModel.from_pretrained(model_dir, subfolder="transformer", dtype=torch.bfloat16)
     table = torch.randn(len(BENCH_VOCABULARY) + 1, base.config.text_embed_dim)
-    return save_model_dir(
-        InteractiveCogVideoXTransformer3DModel.from_base(base, BENCH_VOCABULARY, table), model_dir, output
-    )
+    return save_model_dir(recipe_interactive(base, table), model_dir, output)
 
 
 def time_forward(transformer, cli, **extra) -> float:
@@ -160,11 +167,7 @@ def run_forwards(model_dir: Path, cli) -> dict:
     stock = time_forward(base, cli)
     vocabulary_size = len(BENCH_VOCABULARY)
     table = torch.randn(vocabulary_size + 1, base.config.text_embed_dim)
-    interactive = (
-        InteractiveCogVideoXTransformer3DModel.from_base(base, BENCH_VOCABULARY, table)
-        .to("cuda", torch.bfloat16)
-        .eval()
-    )
+    interactive = recipe_interactive(base, table).to("cuda", torch.bfloat16).eval()
     del base
     latent_frames = (cli.frames - 1) // interactive.config.temporal_compression_ratio + 1
     controls = torch.randint(0, vocabulary_size, (1, latent_frames), device="cuda")

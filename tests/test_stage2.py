@@ -118,14 +118,18 @@ def test_train_base_weights_moves_the_base_too_and_checkpoints_it(tiny_model_dir
     assert set(base_names) <= set(checkpointed)
 
 
-def test_control_feed_forward_mult_gives_the_module_feed_forwards_that_train(tiny_model_dir, tiny_dataset, tmp_path):
-    trainer = InteractiveTrainer(
-        stage2_args(tiny_model_dir, tiny_dataset, tmp_path, max_train_steps=1, control_feed_forward_mult=2)
-    )
-    trainer.setup()
-    model = trainer.accelerator.unwrap_model(trainer.transformer)
-    assert model.config.control_feed_forward_mult == 2
-    assert all(block.ff is not None and block.ff_norm.linear.weight.requires_grad for block in model.control_blocks)
+def test_control_feed_forward_mult_sets_the_modules_feed_forwards_the_recipe_has_them(
+    tiny_model_dir, tiny_dataset, tmp_path
+):
+    def control_blocks(**overrides):
+        trainer = InteractiveTrainer(
+            stage2_args(tiny_model_dir, tiny_dataset, tmp_path, max_train_steps=1, **overrides)
+        )
+        trainer.setup()
+        return trainer.accelerator.unwrap_model(trainer.transformer).control_blocks
+
+    assert all(block.ff is not None and block.ff_norm.linear.weight.requires_grad for block in control_blocks())
+    assert all(block.ff is None for block in control_blocks(control_feed_forward_mult=0))
     with pytest.raises(ConfigError, match="control_feed_forward_mult"):
         stage2_args(tiny_model_dir, tiny_dataset, tmp_path, control_feed_forward_mult=-1).check()
 

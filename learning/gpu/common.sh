@@ -5,8 +5,8 @@
 #   DRY_RUN=1      the same commands at toy sizes (a few clips, 2 steps, short videos): checks a step on the
 #                  CPU before GPU time is spent on it; its numbers mean nothing
 #   PYTHON         the interpreter (default: python)
-#   DRIVER         the footage's driver, data/record_carracing.py --driver (default: random, what the runs of
-#                  learning/README.md recorded; track keeps the car on the track, where the pedals show)
+#   DRIVER         the footage's driver, data/record_carracing.py --driver (default: track, which keeps the car on
+#                  the track, where the pedals show; random is what learning/RESULTS.md's chain recorded)
 #   <STEP>_ARGS    extra settings for one run, e.g. STAGE2_ARGS="--max_train_steps 3000" (PRETRAIN_VAE_ARGS,
 #                  PRETRAIN_ARGS, STAGE1_ARGS, STAGE2_ARGS, STAGE3_ARGS, STAGE4_ARGS, IDM_ARGS)
 set -euo pipefail
@@ -93,7 +93,7 @@ record() {
   shift 5
   "$PYTHON" learning/record_footage.py --output_dir "$FOOTAGE/$name" --episodes "$episodes" --processes "$RECORDERS" \
     --seed "$seed" -- --clips_per_episode "$clips" --frames_per_clip "$frames" --fps 10 --resolution 96x144 \
-    --driver "${DRIVER:-random}" "$@"
+    --driver "${DRIVER:-track}" "$@"
 }
 
 # pack PATH...: paths relative to $WORK, as tar parts of at most $PART_SIZE in the step's output folder, with
