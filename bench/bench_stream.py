@@ -47,7 +47,7 @@ from diffusers import CogVideoXPipeline, CogVideoXTransformer3DModel
 from stage3.cogvideox.pipeline_cogvideox import NO_DECODER_DEVICE, SwinDPMPipeline, window_clip_frames
 from stage4.cogvideox.pipeline_cogvideox import ScmPipeline
 from stage4.cogvideox.scheduler import ScmScheduler
-from thematrix.acceleration import check_device, compile_stream
+from thematrix.acceleration import check_device, check_fp8, compile_stream, quantize_fp8
 from thematrix.base_model import build_base_model
 from thematrix.config import ConfigError
 from thematrix.controls import default_control_pattern
@@ -71,6 +71,8 @@ PIXEL_RANGE = 2.0  # frames in [-1, 1]
 # The pipeline's steps before the first group's forwards, timed apart in the time to the first frame.
 FIRST_FRAME_PARTS = ("encode_text", "encode_window")
 SECOND_GPU = "cuda:1"  # the decode device of the 2-GPU rows
+# Row settings that change the shared modules in place: once a row turns one on, it stays on for the later rows.
+STICKY_SETTINGS = ("compiled", "fp8")
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ class Row:
     group_size: int = 4
     compiled: bool = False
     overlap_decode: bool = False
+    fp8: bool = False  # the blocks' matmuls in FP8 (thematrix.acceleration.quantize_fp8)
     decode_device: str | None = None  # the VAE's device (place_decoder), None: the transformer's
     context_parallel: bool = False  # the forward split over torchrun's processes (thematrix/parallel.py)
     # With context_parallel: rank 0's VAE on cuda:N, the GPU after the N ranks' (the decode device outside the group)
@@ -118,6 +121,16 @@ ROWS = [
         overlap_decode=True,
         reference="swin_dpm_20_steps_cfg",
     ),
+    Row(
+        "swin_dpm_20_steps_compiled_overlap",
+        "swin-dpm",
+        20,
+        1.0,
+        compiled=True,
+        overlap_decode=True,
+        reference="swin_dpm_20_steps",
+        warm_up=True,
+    ),
     # 2 GPUs: the VAE on a second GPU decodes each group while the first runs the next group's forwards (the
     # overlapped order); beside the one-GPU overlapped rows above. The warm-up compiles the decoder for cuda:1.
     Row(
@@ -145,6 +158,29 @@ ROWS = [
     Row("scm_2x4_compiled_overlap", "scm", 2, 1.0, num_groups=2, group_size=4, compiled=True, overlap_decode=True),
     Row("scm_2x2_compiled", "scm", 2, 1.0, num_groups=2, group_size=2, compiled=True, warm_up=True),
     Row("scm_2x2_compiled_overlap", "scm", 2, 1.0, num_groups=2, group_size=2, compiled=True, overlap_decode=True),
+    # FP8 matmuls (GPUs with FP8 tensor cores), beside the compiled overlapped rows above; the warm-up recompiles the
+    # blocks for the FP8 weights.
+    Row(
+        "scm_4_steps_compiled_overlap_fp8",
+        "scm",
+        4,
+        1.0,
+        compiled=True,
+        overlap_decode=True,
+        fp8=True,
+        reference="scm_4_steps",
+        warm_up=True,
+    ),
+    Row(
+        "swin_dpm_20_steps_compiled_overlap_fp8",
+        "swin-dpm",
+        20,
+        1.0,
+        compiled=True,
+        overlap_decode=True,
+        fp8=True,
+        reference="swin_dpm_20_steps",
+    ),
     # N GPUs under torchrun --nproc_per_node N: each forward's tokens split over them (Ulysses attention). The rows
     # without it run first in the same launch, on every GPU alone, as their reference.
     Row("scm_4_steps_context_parallel", "scm", 4, 1.0, context_parallel=True, reference="scm_4_steps"),
@@ -396,14 +432,20 @@ def main() -> None:
             parser.error(f"--rows {parallel[0].name}: {error}")
         init_context_parallel_process()
         rows = [row for row in rows if not row.context_parallel] + parallel  # their references first
-    # Compilation stays on once a row turns it on (as context parallelism does, hence those rows last): an eager row
-    # cannot follow a compiled one.
+    # Compilation and FP8 stay on once a row turns them on (as context parallelism does, hence those rows last): a
+    # row without one cannot follow a row with it.
     for earlier, later in zip(rows, rows[1:]):
-        if earlier.compiled and not later.compiled:
-            parser.error(
-                f"--rows {later.name} is eager but runs after the compiled {earlier.name} (rows run in the order of "
-                "bench_stream.py's ROWS, context-parallel rows last): measure it in a launch of its own"
-            )
+        for setting in STICKY_SETTINGS:
+            if getattr(earlier, setting) and not getattr(later, setting):
+                parser.error(
+                    f"--rows {later.name} runs without {setting} after {earlier.name} with it (rows run in the order "
+                    "of bench_stream.py's ROWS, context-parallel rows last): measure it in a launch of its own"
+                )
+    if any(row.fp8 for row in rows):
+        try:
+            check_fp8(f"--rows {next(row.name for row in rows if row.fp8)}", torch.device(cli.device))
+        except ConfigError as error:
+            parser.error(str(error))
     model_dir = base_model_dir(cli)
     on_gpu = cli.device == "cuda"
 
@@ -431,12 +473,15 @@ def main() -> None:
     # Stage 4's pipeline on the same modules: speed does not depend on what the weights learned.
     scm = ScmPipeline(**dict(swin.components, scheduler=ScmScheduler.from_config(swin.scheduler.config)))
     outputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    compiled = parallel_enabled = False
+    compiled = parallel_enabled = quantized = False
     for row in rows:
         if row.context_parallel and not parallel_enabled:
             # The compiled blocks recompile for the new attention processor (in the row's warm-up).
             enable_context_parallel(transformer, degree, splits_evenly)
             parallel_enabled = True
+        if row.fp8 and not quantized:
+            quantize_fp8(transformer)  # the compiled blocks recompile for it (in the row's warm-up)
+            quantized = True
         if row.compiled and not compiled:
             compile_stream(swin)  # scm shares the modules
             compiled = True

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKLCogVideoX
 
+from stage1.cogvideox.pipeline_cogvideox import default_device_and_dtype
 from stage3.cogvideox.pipeline_cogvideox import (
     RECIPE_GROUP_SIZE,
     RECIPE_NUM_GROUPS,
@@ -32,7 +33,7 @@ from stage3.cogvideox.pipeline_cogvideox import (
     condition_control,
     window_clip_frames,
 )
-from thematrix.acceleration import check_device, compile_stream
+from thematrix.acceleration import check_device, check_fp8, compile_stream, quantize_fp8
 from thematrix.cli import run
 from thematrix.config import ConfigError, setting_from_model
 from thematrix.controls import CONTROL_SEPARATOR, ControlVocabulary, default_control_pattern
@@ -129,6 +130,8 @@ def check_stream_options(args: argparse.Namespace, pipeline_class=SwinDPMPipelin
     args.num_inference_steps = args.num_inference_steps or args.num_groups
     if args.decode_device is not None:
         check_device("--decode_device", args.decode_device)
+    if args.fp8:
+        check_fp8("--fp8", default_device_and_dtype()[0])
     splits_evenly = True
     if args.context_parallel is not None:
         splits_evenly = check_context_parallel_options(args, model_dir, defaults)
@@ -225,6 +228,12 @@ def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
         "between choosing a key and seeing its frames",
     )
     speed.add_argument(
+        "--fp8",
+        action="store_true",
+        help="the transformer blocks' matmuls in FP8 (torchao; GPUs with FP8 tensor cores, e.g. H100): faster "
+        "forwards, at an error bench/RESULTS.md states",
+    )
+    speed.add_argument(
         "--decode_device",
         default=None,
         help="a second GPU (e.g. cuda:1) that holds the VAE and decodes each group while the first runs the next "
@@ -289,6 +298,8 @@ def load_pipeline(args: argparse.Namespace, start: StreamStart, pipeline_class=S
         pipeline.place_decoder(None)
     elif args.decode_device is not None:
         pipeline.place_decoder(args.decode_device)
+    if args.fp8:
+        quantize_fp8(pipeline.transformer)
     if args.compile:
         compile_stream(pipeline)
     return pipeline

@@ -1,24 +1,29 @@
 """The fast paths on the tiny model: the compiled transformer blocks and decoder give the eager stream, the
 overlapped decode gives the same stream with its controls asked one group earlier (and so does a decoder on its own
 device), and training with compiled
-blocks (a LoRA run and a full fine-tuning with control blocks) gives the eager run's weights."""
+blocks (a LoRA run and a full fine-tuning with control blocks) gives the eager run's weights. FP8 needs a GPU: here,
+which layers it takes at 2B and its refusals before a model loads."""
 
 from __future__ import annotations
 
 import copy
+import importlib.util
 
 import pytest
 import torch
 
 from stage1.train_text_to_video_lora import LoraTrainer
+from stage2.training.arguments import SftArgs
 from stage3 import inference
 from stage3.cogvideox.pipeline_cogvideox import SwinDPMPipeline
 from stage3.train_text_to_video_sft import SwinTrainer
 from tests.test_stage3_stream import frames_of, stream
 from tests.test_stage3_train import stage3_args
 from thematrix import acceleration
-from thematrix.acceleration import compile_stream
+from thematrix.acceleration import check_fp8, compile_stream, fp8_linear_names
 from thematrix.config import ConfigError
+from thematrix.models import InteractiveCogVideoXTransformer3DModel
+from thematrix.presets import PRESETS
 
 # No C++ toolchain is needed to capture the graphs and run them; inductor's code generation is the GPU's part
 # (bench/bench_stream.py measures its error there).
@@ -144,3 +149,48 @@ def test_training_with_compiled_blocks_gives_the_eager_weights(
     assert eager.keys() == compiled.keys()
     for name, value in compiled.items():
         torch.testing.assert_close(value, eager[name], atol=COMPILE_ROUNDING_STEPS * learning_rate, rtol=0)
+
+
+# The linear layers of a block that carry its matmul work: attention projections and the feed-forward.
+FP8_BLOCK_LAYERS = {
+    "transformer_blocks": ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "ff.net.0.proj", "ff.net.2"),
+    "control_blocks": ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "ff.net.0.proj", "ff.net.2"),
+}
+
+
+def test_fp8_takes_every_attention_and_feed_forward_layer_of_the_2b_blocks_and_nothing_else():
+    config = PRESETS["cogvideox-2b"]["transformer"]
+    with torch.device("meta"):
+        model = InteractiveCogVideoXTransformer3DModel(
+            **config,
+            control_dim=config["text_embed_dim"],
+            control_tokens=["GAS", "BRAKE"],
+            control_phrases=["gas", "brake"],
+            control_feed_forward_mult=SftArgs.control_feed_forward_mult,
+        )
+    expected = {
+        f"{blocks}.{index}.{layer}"
+        for blocks, layers in FP8_BLOCK_LAYERS.items()
+        for index in range(len(getattr(model, blocks)))
+        for layer in layers
+    }
+    assert len(model.control_blocks) == config["num_layers"] // 2
+    assert fp8_linear_names(model) == expected
+
+
+def test_fp8_is_refused_before_a_model_loads_without_fp8_tensor_cores_or_torchao(model_dir, tmp_path, monkeypatch):
+    args = inference.parse_args(["--model_dir", str(model_dir), "--initial_video", str(tmp_path / "clip.mp4"), "--fp8"])
+    monkeypatch.setattr(inference, "default_device_and_dtype", lambda: (torch.device("cpu"), torch.float32))
+    with pytest.raises(ConfigError, match="--fp8 needs a GPU with FP8 tensor cores .* on the CPU; leave --fp8 off"):
+        inference.check_stream_options(args)
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (8, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "NVIDIA A100-SXM4-80GB")
+    with pytest.raises(ConfigError, match="on NVIDIA A100-SXM4-80GB"):
+        check_fp8("--fp8", torch.device("cuda"))
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (9, 0))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None if name == "torchao" else find_spec(name))
+    with pytest.raises(ConfigError, match="pip install torchao"):
+        check_fp8("--fp8", torch.device("cuda"))

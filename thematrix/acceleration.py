@@ -9,6 +9,9 @@
   while the next group's forwards run.
 - ``--decode_device cuda:1`` (``SwinDPMPipeline.place_decoder``): the VAE on a second GPU, each group decoded there
   while the first GPU runs the next group's forwards; checked here (``check_device``) before any weight loads.
+- ``--fp8`` (``quantize_fp8``): the transformer's and control blocks' linear layers run as FP8 matmuls (torchao:
+  FP8 weights, activations scaled per row as they come), on GPUs with FP8 tensor cores; checked (``check_fp8``)
+  before any weight loads. It changes values, not only their order: ``bench/bench_stream.py`` states the error.
 
 Compilation only reorders floating-point work: ``bench/bench_stream.py`` measures the error of the latents and the
 frames against the eager path on the GPU, and ``tests/test_acceleration.py`` checks the compiled graphs on the tiny
@@ -16,6 +19,8 @@ model. The other CPU tests run the eager path.
 """
 
 from __future__ import annotations
+
+import importlib.util
 
 import torch
 
@@ -26,6 +31,13 @@ DEFAULT_COMPILE_BACKEND = "inductor"
 # The blocks that repeat in every transformer of the project: CogVideoX's (the stock class declares none to
 # diffusers' regional compilation in 0.42) and the Interactive Module's.
 REPEATED_BLOCKS = ("CogVideoXBlock", "ControlBlock")
+# FP8 tensor cores: Ada and Hopper GPUs (compute capability 8.9) and later.
+FP8_MIN_CAPABILITY = (8, 9)
+# FP8 matmuls take matrices whose inner and output sizes are multiples of 16.
+FP8_SIZE_MULTIPLE = 16
+# Nearly all of a forward's matmul work is in the repeated blocks; the embeddings and the output projection, small
+# and closest to the pixels, keep bf16.
+FP8_MODULE_PREFIXES = ("transformer_blocks.", "control_blocks.")
 
 
 def compile_blocks(transformer, backend: str | None = None) -> None:
@@ -65,3 +77,43 @@ def check_device(setting: str, name: str) -> torch.device:
     elif device.type != "cpu":
         raise ConfigError(f"{setting} {name}: the stream decodes on a CUDA GPU (cuda:N) or on the cpu")
     return device
+
+
+def check_fp8(setting: str, device: torch.device) -> None:
+    """A ConfigError unless ``device`` has FP8 tensor cores and torchao is installed, for ``setting`` (e.g. --fp8)."""
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < FP8_MIN_CAPABILITY:
+        found = torch.cuda.get_device_name(device) if device.type == "cuda" else "the CPU"
+        raise ConfigError(
+            f"{setting} needs a GPU with FP8 tensor cores (compute capability 8.9 or later: L40S, RTX 4090, H100, "
+            f"H200), and the stream would run on {found}; leave {setting} off"
+        )
+    if importlib.util.find_spec("torchao") is None:
+        raise ConfigError(f"{setting} runs its matmuls through torchao, which is not installed: pip install torchao")
+
+
+def fp8_linear_names(transformer: torch.nn.Module) -> set[str]:
+    """The linear layers ``quantize_fp8`` converts: each block's attention and feed-forward layers, at sizes FP8
+    matmuls take; not the adaLN modulations, whose input is the timestep embedding (a few rows: no time to save)."""
+    norms = {name for name, module in transformer.named_modules() if "Norm" in type(module).__name__}
+    return {
+        name
+        for name, module in transformer.named_modules()
+        if isinstance(module, torch.nn.Linear)
+        and name.startswith(FP8_MODULE_PREFIXES)
+        and name.rpartition(".")[0] not in norms
+        and module.in_features % FP8_SIZE_MULTIPLE == 0
+        and module.out_features % FP8_SIZE_MULTIPLE == 0
+    }
+
+
+def quantize_fp8(transformer: torch.nn.Module) -> None:
+    """``transformer``'s block linear layers (``fp8_linear_names``) to FP8 weights with per-row scales, their inputs quantised per row at
+    run time (torchao's dynamic FP8), in place; before ``compile_stream``, which fuses the scaling into the graphs."""
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+    names = fp8_linear_names(transformer)
+    quantize_(
+        transformer,
+        Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()),
+        filter_fn=lambda _module, name: name in names,
+    )
