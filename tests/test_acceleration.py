@@ -39,11 +39,12 @@ def test_compiled_stream_equals_eager(pipeline):
     compile_stream(compiled, backend=TEST_BACKEND)
     eager_chunks, compiled_chunks = list(stream(pipeline)), list(stream(compiled))
 
-    # Every repeated block and the decoder run compiled (fullgraph: a graph break would have raised).
+    # Every repeated block, the decoder and the encoder run compiled (fullgraph: a graph break would have raised).
     blocks = [*compiled.transformer.transformer_blocks, *compiled.transformer.control_blocks]
     assert all(block._compiled_call_impl is not None for block in blocks)
     assert compiled.vae.decoder.forward is not pipeline.vae.decoder.forward
-    assert "forward" in vars(compiled.vae.decoder) and "forward" not in vars(pipeline.vae.decoder)
+    for coder in ("decoder", "encoder"):
+        assert "forward" in vars(getattr(compiled.vae, coder)) and "forward" not in vars(getattr(pipeline.vae, coder))
     torch.testing.assert_close(frames_of(compiled_chunks), frames_of(eager_chunks), atol=1e-5, rtol=1e-5)
     for eager, fast in zip(eager_chunks, compiled_chunks, strict=True):
         torch.testing.assert_close(fast.latents, eager.latents, atol=1e-5, rtol=1e-5)

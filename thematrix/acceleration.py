@@ -2,9 +2,9 @@
 
 - ``--compile`` (``compile_stream``): regional compilation, each transformer block and control block compiled on
   its own (diffusers' ``compile_repeated_blocks``), so the 30 identical blocks share one compiled graph and
-  compiling takes seconds, not minutes; and the VAE decoder's forward compiled (its conv caches are inputs and
-  outputs, so the streaming decoder keeps working), with cuDNN's autotuner choosing the 3D convolutions'
-  algorithms.
+  compiling takes seconds, not minutes; and the VAE decoder's and encoder's forwards compiled (their conv caches
+  are inputs and outputs, so the streaming decoder keeps working; the encoder takes the initial clip, on the way
+  to the first frame), with cuDNN's autotuner choosing the 3D convolutions' algorithms.
 - ``--overlap_decode`` (a ``stream`` option, see stage 3's pipeline): each group decoded on a second CUDA stream
   while the next group's forwards run.
 - ``--decode_device cuda:1`` (``SwinDPMPipeline.place_decoder``): the VAE on a second GPU, each group decoded there
@@ -49,15 +49,17 @@ def compile_blocks(transformer, backend: str | None = None) -> None:
 
 
 def compile_stream(pipeline, backend: str | None = None) -> None:
-    """Compile ``pipeline``'s transformer blocks and VAE decoder in place (``--compile``); the first stream pays the
-    compilation (inductor caches it on disk, so a second launch reuses it)."""
+    """Compile ``pipeline``'s transformer blocks and VAE decoder and encoder in place (``--compile``); the first
+    stream pays the compilation (inductor caches it on disk, so a second launch reuses it)."""
     compile_blocks(pipeline.transformer, backend)
     if pipeline.vae.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    decoder = pipeline.vae.decoder
+    decoder, encoder = pipeline.vae.decoder, pipeline.vae.encoder
     # The forward, not the module: the streaming decoder's hooks (which swap the conv caches) stay eager.
-    # dynamic=False: a stream decodes a few fixed shapes (the priming batch, then groups), one graph each.
+    # dynamic=False: a stream decodes a few fixed shapes (the priming batch, then groups), one graph each; the
+    # initial clip is encoded in two (its first frame batch, without a conv cache, then the others, with one).
     decoder.forward = torch.compile(decoder.forward, dynamic=False, backend=backend or DEFAULT_COMPILE_BACKEND)
+    encoder.forward = torch.compile(encoder.forward, dynamic=False, backend=backend or DEFAULT_COMPILE_BACKEND)
 
 
 def check_device(setting: str, name: str) -> torch.device:
