@@ -17,6 +17,7 @@ import torch
 from diffusers import AutoencoderKLCogVideoX
 from PIL import Image
 
+from stage4.cogvideox.pipeline_cogvideox import ScmPipeline
 from tests.conftest import CLIP_FPS, TEST_VOCABULARY, TINY_HEIGHT, TINY_WIDTH
 from thematrix.config import ConfigError
 from thematrix.controls import VOCABULARY_FILE
@@ -340,6 +341,26 @@ def test_streams_are_scored_per_bin_with_their_speed(idm_dir, model_dir, footage
     assert measures["edges"]["last"]["frames"] == [length - 8, length]
     assert measures["speed"]["frames_per_second"] > 0 and measures["speed"]["time_to_first_frame_s"] > 0
     assert Image.open(tmp_path / "stream.png").size == (8 * TINY_WIDTH, 2 * TINY_HEIGHT)
+
+
+def test_a_stream_decoded_while_the_next_group_runs_scores_the_same(idm_dir, model_dir, footage, tmp_path, monkeypatch):
+    overlaps = []
+    stream = ScmPipeline.stream
+
+    def recorded_stream(self, *arguments, **options):
+        overlaps.append(options["overlap_decode"])
+        return stream(self, *arguments, **options)
+
+    monkeypatch.setattr(ScmPipeline, "stream", recorded_stream)
+    measures = {}
+    for overlap in (False, True):
+        output = tmp_path / f"stream_{overlap}.json"
+        settings = ("--num_streams", "2", "--num_frames", "24", *TEST_WINDOW, "--bin_frames", "8", "--edge_frames", "8")
+        main(stream_command(model_dir, idm_dir, *footage[1], output, "scm", *settings, *["--overlap_decode"] * overlap))
+        measures[overlap] = json.loads(output.read_text())["measures"]
+    assert overlaps == [False, False, True, True]  # two streams each
+    for name in ("control_following", "domain_fit", "edges", "bins"):
+        assert measures[True][name] == measures[False][name]
 
 
 def test_stream_edges_must_fit_in_the_stream(idm_dir, model_dir, footage, tmp_path):

@@ -56,9 +56,11 @@ else
   TEACHER_STEPS=20  # stage 3's stream default, which stage 4 distils
   MOTION_SCALE=(--num_clips 32)
 fi
-# The streams of stages 3 and 4: from held-out clips, scored by the IDM per bin of frames.
+# The streams of stages 3 and 4: from held-out clips, scored by the IDM per bin of frames; each group decoded while
+# the next one's forwards run, as a player runs the stream (the same frames; the speed is the teacher's and the
+# student's alike).
 HELDOUT_STREAMS=(--idm "$IDM" --data_root "$FOOTAGE/heldout" --index_file "$FOOTAGE/heldout/index.json"
-                 --bin_frames "$BIN_FRAMES" --prompt "$PROMPT" "${STREAM_SCALE[@]}")
+                 --bin_frames "$BIN_FRAMES" --prompt "$PROMPT" --overlap_decode "${STREAM_SCALE[@]}")
 STEP_OUT=""
 
 # step NAME: name this step; its parts go to $OUT (or $WORK/out/NAME), its timings to results/timings_NAME.tsv.

@@ -372,9 +372,11 @@ def evaluate_streams(
     seed: int,
     bin_frames: int,
     edge_frames: int,
+    overlap_decode: bool = False,
 ) -> tuple[dict, list[ScoredVideo]]:
     """Streams from real clips under random commands: control following and domain fit overall, over the first
-    and the last ``edge_frames`` frames, per ``bin_frames`` bin (drift), and the speed."""
+    and the last ``edge_frames`` frames, per ``bin_frames`` bin (drift), and the speed (with ``overlap_decode``,
+    each group decoded while the next one's forwards run)."""
     if 2 * edge_frames > num_frames:
         raise ValueError(
             f"streams of {num_frames} frames have no first and last {edge_frames} frames apart; "
@@ -409,6 +411,7 @@ def evaluate_streams(
             guidance_scale=guidance_scale,
             control_guidance_scale=control_guidance_scale,
             seed=seed + index,
+            overlap_decode=overlap_decode,
         )
         videos.append(video)
         timings.append(timing)

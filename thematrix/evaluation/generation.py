@@ -158,6 +158,7 @@ def generate_stream(
     guidance_scale: float,
     control_guidance_scale: float,
     seed: int,
+    overlap_decode: bool = False,
 ) -> tuple[ScoredVideo, StreamTiming]:
     """At least ``num_frames`` generated frames of a stream started from ``initial_video`` ``[F0, 3, H, W]`` in
     [-1, 1], steered by random keys of ``commands`` (a vocabulary whose tokens the model takes).
@@ -178,6 +179,7 @@ def generate_stream(
         control_guidance_scale=control_guidance_scale,
         generator=torch.Generator(device=pipeline.device).manual_seed(seed),
         max_groups=num_groups + math.ceil(num_frames / frames_per_group),
+        overlap_decode=overlap_decode,
     )
     frames, tokens, timing = [], [], StreamTiming()
     start = time.perf_counter()
