@@ -10,7 +10,11 @@ and checkpoints. This subclass adds
   null control), an MLP ``control_dim -> inner_dim``, and one control block after each transformer
   block from ``control_start_layer`` on. A control block lets the video tokens attend, frame-causally,
   to the ``F`` per-latent-frame control embeddings behind a zero-initialised adaLN gate, so at step 0
-  the model is exactly the stage-1 model.
+  the model is exactly the stage-1 model. Stage 2 builds each with a feed-forward after the attention
+  (``control_feed_forward_mult``, also zero-gated): the attention's values are the controls alone, so it
+  adds to each token a mixture of control embeddings (one same vector to every token where one control
+  frame is visible); the feed-forward's update depends on what each token shows, which the frozen base
+  needed to render the keys' effects (``learning/README.md``).
 
 Context parallelism (``thematrix/parallel.py``) is applied from outside through diffusers' ``enable_parallelism``;
 ``_cp_plan`` names where it splits (``token_layout``): the text tokens, and each frame's video tokens (``[B, F, S, D]``
@@ -235,7 +239,7 @@ class InteractiveCogVideoXTransformer3DModel(CogVideoXTransformer3DModel):
             each get one. Defaults to ``num_layers // 2`` (15..29 of the 2B model). Saved resolved.
         control_feed_forward_mult (`int`, defaults to 0):
             Width of a feed-forward after each control block's attention, in multiples of the inner width; 0 (the
-            design's block) adds none. See [`ControlBlock`]: with it the module's update depends on the tokens'
+            design's block) adds none; stage 2 builds its module with 2. See [`ControlBlock`]: with it the module's update depends on the tokens'
             content, not only on the controls.
         control_tokens (`Sequence[str]`), control_phrases (`Sequence[str]`), control_null_phrase (`str`, *optional*):
             The game's control vocabulary (required; the null phrase defaults to the empty one), kept in the
