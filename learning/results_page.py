@@ -39,6 +39,7 @@ CLIP_MODELS = {
     "stage2": "stage 2",
     "stage2_control_guidance_3": "stage 2, control guidance 3",
 }
+STAGE2_CLIPS = ("stage2", "stage2_control_guidance_3")  # stage 2's clips, scored for its target
 STREAMS = {
     "stage3": "stage 3 stream",
     "teacher": "stage 3 teacher",
@@ -117,7 +118,7 @@ def verdict(met: bool | None) -> str:
 def target_rows(results: Results) -> list[tuple[str, str, str]]:
     """(target, measured, met / missed / pending) for each of the issue's targets."""
     rows = []
-    base, stage1, stage2 = (results.clips.get(name) for name in ("base", "stage1", "stage2"))
+    base, stage1 = (results.clips.get(name) for name in ("base", "stage1"))
     if base and stage1:
         before, after = (record["measures"]["domain_fit"]["total_variation"] for record in (base, stage1))
         rows.append(
@@ -129,20 +130,31 @@ def target_rows(results: Results) -> list[tuple[str, str, str]]:
         )
     else:
         rows.append(("Stage 1: colour distance to the standard game at most half the base model's", "", verdict(None)))
-    if stage2:
-        following = stage2["measures"]["control_following"]
-        share, chance = following["share_of_ceiling"], following["chance"]["uniform"]
+    # Control guidance is a sampling setting of stage 2's pipeline: the clips are scored with and without it, and
+    # the target is met if either meets it (each is shown with its setting).
+    stage2_records = [record for name in STAGE2_CLIPS if (record := results.clips.get(name))]
+    if stage2_records:
+        scored = []
+        for record in stage2_records:
+            following = record["measures"]["control_following"]
+            share, chance = following["share_of_ceiling"], following["chance"]["uniform"]
+            guidance = record["settings"].get("control_guidance_scale", 1.0)
+            met = (
+                share is not None
+                and share >= STAGE2_SHARE_OF_CEILING
+                and following["accuracy"] >= FAR_ABOVE_CHANCE * chance
+            )
+            text = (
+                f"{fmt(following['accuracy'])} = {fmt(share, 2)} of {fmt(following['real_ceiling'])} at control "
+                f"guidance {guidance:g}"
+            )
+            scored.append((met, text, chance))
         rows.append(
             (
                 f"Stage 2: control following >= {STAGE2_SHARE_OF_CEILING:.0%} of the IDM's real-footage accuracy, "
                 f"far above chance (>= {FAR_ABOVE_CHANCE:g}x)",
-                f"{fmt(following['accuracy'])} = {fmt(share, 2)} of {fmt(following['real_ceiling'])}; "
-                f"chance {fmt(chance)}",
-                verdict(
-                    share is not None
-                    and share >= STAGE2_SHARE_OF_CEILING
-                    and following["accuracy"] >= FAR_ABOVE_CHANCE * chance
-                ),
+                "; ".join(text for _, text, _ in scored) + f"; chance {fmt(scored[0][2])}",
+                verdict(any(met for met, _, _ in scored)),
             )
         )
     else:

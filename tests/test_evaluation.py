@@ -558,6 +558,24 @@ def test_results_page_judges_each_target_from_the_measures(tmp_path):
     assert "| 01 | record | 100 |" in summary and "| 02 |" not in summary
 
 
+@pytest.mark.parametrize("guided_accuracy, expected", [(0.5, "met"), (0.45, "**missed**")])
+def test_results_page_judges_stage_2_with_and_without_control_guidance(tmp_path, guided_accuracy, expected):
+    page = load_results_page()
+    results = tmp_path / "results"
+    results.mkdir()
+    fit = {"frechet": 1.0, "total_variation": 0.2}
+    write_record(results / "clips_stage2.json", {"domain_fit": fit, "control_following": following(0.3)})
+    write_record(
+        results / "clips_stage2_control_guidance_3.json",
+        {"domain_fit": fit, "control_following": following(guided_accuracy)},
+        control_guidance_scale=3.0,
+    )
+    (row,) = [row for row in page.target_rows(page.Results.load(tmp_path)) if row[0].startswith("Stage 2")]
+    assert row[2] == expected
+    assert "0.300 = 0.50 of 0.600 at control guidance 1;" in row[1]
+    assert f"{guided_accuracy:.3f} = {guided_accuracy / 0.6:.2f} of 0.600 at control guidance 3" in row[1]
+
+
 def test_results_page_splits_agreement_into_the_parts_of_a_key():
     """Every DL read as BL and every D as D: the steering part always agrees, the pedal part half the time."""
     page = load_results_page()
