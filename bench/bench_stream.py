@@ -441,9 +441,10 @@ def main() -> None:
                     f"--rows {later.name} runs without {setting} after {earlier.name} with it (rows run in the order "
                     "of bench_stream.py's ROWS, context-parallel rows last): measure it in a launch of its own"
                 )
-    if any(row.fp8 for row in rows):
+    fp8_rows = [row for row in rows if row.fp8]
+    if fp8_rows:
         try:
-            check_fp8(f"--rows {next(row.name for row in rows if row.fp8)}", torch.device(cli.device))
+            check_fp8(f"--rows {fp8_rows[0].name}", torch.device(cli.device))
         except ConfigError as error:
             parser.error(str(error))
     model_dir = base_model_dir(cli)

@@ -135,9 +135,10 @@ def target_rows(results: Results) -> list[tuple[str, str, str]]:
     stage2_records = [record for name in STAGE2_CLIPS if (record := results.clips.get(name))]
     if stage2_records:
         scored = []
+        chance = stage2_records[0]["measures"]["control_following"]["chance"]["uniform"]  # the commands' vocabulary's
         for record in stage2_records:
             following = record["measures"]["control_following"]
-            share, chance = following["share_of_ceiling"], following["chance"]["uniform"]
+            share = following["share_of_ceiling"]
             guidance = record["settings"].get("control_guidance_scale", 1.0)
             met = (
                 share is not None
@@ -148,13 +149,13 @@ def target_rows(results: Results) -> list[tuple[str, str, str]]:
                 f"{fmt(following['accuracy'])} = {fmt(share, 2)} of {fmt(following['real_ceiling'])} at control "
                 f"guidance {guidance:g}"
             )
-            scored.append((met, text, chance))
+            scored.append((met, text))
         rows.append(
             (
                 f"Stage 2: control following >= {STAGE2_SHARE_OF_CEILING:.0%} of the IDM's real-footage accuracy, "
                 f"far above chance (>= {FAR_ABOVE_CHANCE:g}x)",
-                "; ".join(text for _, text, _ in scored) + f"; chance {fmt(scored[0][2])}",
-                verdict(any(met for met, _, _ in scored)),
+                "; ".join(text for _, text in scored) + f"; chance {fmt(chance)}",
+                verdict(any(met for met, _ in scored)),
             )
         )
     else:

@@ -218,8 +218,8 @@ def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
     speed.add_argument(
         "--compile",
         action="store_true",
-        help="compile the transformer's blocks and the VAE decoder and encoder: the first stream pays the compilation, which "
-        "later launches read from torch's on-disk cache",
+        help="compile the transformer's blocks and the VAE decoder and encoder: the first stream pays the compilation, "
+        "which later launches read from torch's on-disk cache",
     )
     speed.add_argument(
         "--overlap_decode",

@@ -109,8 +109,9 @@ def fp8_linear_names(transformer: torch.nn.Module) -> set[str]:
 
 
 def quantize_fp8(transformer: torch.nn.Module) -> None:
-    """``transformer``'s block linear layers (``fp8_linear_names``) to FP8 weights with per-row scales, their inputs quantised per row at
-    run time (torchao's dynamic FP8), in place; before ``compile_stream``, which fuses the scaling into the graphs."""
+    """``transformer``'s block linear layers (``fp8_linear_names``) to FP8 weights with per-row scales, their inputs
+    quantised per row at run time (torchao's dynamic FP8), in place; before ``compile_stream``, which fuses the
+    scaling into the graphs."""
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
     names = fp8_linear_names(transformer)

@@ -22,10 +22,10 @@ class SftArgs(TrainingArgs):
     clip_text_model_path: LocalPath | None = None  # embed phrases with this local CLIP text model instead of T5
     control_start_layer: int | None = None  # first block followed by a control block; None = num_layers // 2
     # A feed-forward this many times the width after each control block's attention, so the module's update depends
-    # on the video's content and not only on the controls; 0 = none (DESIGN.md's block). With the recipe's frozen base,
-    # the mini chain's clips showed the pedals' effect on the speed only with it, and followed the keys about twice as
-    # often (learning/README.md); at 2B, width 2 adds 221M weights and, by count, 5.5% to a stream window's FLOPs. Like control_start_layer, it
-    # shapes a new module: a stage-2 model given as input keeps its own.
+    # on the video's content and not only on the controls; 0 = none (DESIGN.md's block). With the recipe's frozen
+    # base, the mini chain's clips showed the pedals' effect on the speed only with it, and followed the keys about
+    # twice as often (learning/README.md); at 2B, width 2 adds 221M weights and, by count, 5.5% to a stream window's
+    # FLOPs. Like control_start_layer, it shapes a new module: a stage-2 model given as input keeps its own.
     control_feed_forward_mult: int = 2
     control_p_zero: float = 0.1  # chance a clip trains with null controls, for control guidance
     # The recipe trains only the Interactive Module, the base frozen. True trains every weight at learning_rate: for a
