@@ -27,6 +27,7 @@ STAGE1_DISTANCE_DROP = 0.5  # stage 1's colour distance to the game at most half
 STAGE2_SHARE_OF_CEILING = 0.8  # stage 2's control following at least 80% of the IDM's real-footage accuracy
 FAR_ABOVE_CHANCE = 2.0  # ... and at least twice chance
 CHANCE_STANDARD_ERRORS = 2  # stage 1 "at chance": within two binomial standard errors of it
+SHOWN_STANDARD_ERRORS = 2  # a measure with an error (over clips, or stretches of streams) is shown +- this many
 STAGE3_FOLLOWING_DRIFT = 0.1  # the last frames' control following within 10% of the first frames'
 STAGE4_TOLERANCE = 0.1  # the student within 10% of the teacher on control following and domain fit
 STAGE4_SPEEDUP = 4.0
@@ -102,6 +103,14 @@ def fmt(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def fmt_error(value: float | None, standard_error: float | None, digits: int = 3) -> str:
+    """A measure and, where its record has one (results of older runs do not), SHOWN_STANDARD_ERRORS of its
+    standard errors."""
+    if value is None or standard_error is None:
+        return fmt(value, digits)
+    return f"{value:.{digits}f} +- {SHOWN_STANDARD_ERRORS * standard_error:.{digits}f}"
+
+
 def fmt_mean(cell: dict | None) -> str:
     """A mean with its standard error and count (learning/pedal_dynamics.py's cells); what a few clips cannot
     give, n/a."""
@@ -145,9 +154,11 @@ def target_rows(results: Results) -> list[tuple[str, str, str]]:
                 and share >= STAGE2_SHARE_OF_CEILING
                 and following["accuracy"] >= FAR_ABOVE_CHANCE * chance
             )
+            error = following.get("standard_error")
+            share_error = None if error is None or share is None else error / following["real_ceiling"]
             text = (
-                f"{fmt(following['accuracy'])} = {fmt(share, 2)} of {fmt(following['real_ceiling'])} at control "
-                f"guidance {guidance:g}"
+                f"{fmt(following['accuracy'])} = {fmt_error(share, share_error, 2)} of "
+                f"{fmt(following['real_ceiling'])} at control guidance {guidance:g}"
             )
             scored.append((met, text))
         rows.append(
@@ -184,12 +195,18 @@ def target_rows(results: Results) -> list[tuple[str, str, str]]:
                 verdict(real.get("p95") is not None and worst <= real["p95"]),
             )
         )
-        first, last = (measures["edges"][edge]["control_following"] for edge in ("first", "last"))
-        frames = measures["edges"]["first"]["frames"][1]
+        edges = measures["edges"]
+        first, last = (edges[edge]["control_following"] for edge in ("first", "last"))
+        errors = [edges[edge].get("control_following_standard_error") for edge in ("first", "last")]
+        change = f"{(last - first) / first:+.0%}" if first else "n/a"
+        if first and None not in errors:  # the two stretches' errors, as if independent: the larger bound
+            difference_error = math.hypot(*errors) / first
+            change += f" +- {SHOWN_STANDARD_ERRORS * difference_error:.0%}"
+        frames = edges["first"]["frames"][1]
         rows.append(
             (
                 f"Stage 3: control following of the last {frames} frames within 10% of the first {frames}",
-                f"{fmt(last)} last, {fmt(first)} first",
+                f"{fmt(last)} last, {fmt(first)} first ({change})",
                 verdict(abs(last - first) <= STAGE3_FOLLOWING_DRIFT * first),
             )
         )
@@ -444,6 +461,11 @@ def write_page(results: Results, output: Path, images: Path) -> None:
         "",
         markdown_table(["target", "measured", ""], [list(row) for row in target_rows(results)]),
         "",
+        f"Control following is shown +- {SHOWN_STANDARD_ERRORS} standard errors where the run recorded them, taken "
+        "over clips, or over stretches of the streams as long as a drift bin: a clip's or a stretch's latent frames "
+        "agree or fail together. The verdicts read the measures as the targets are written; the errors say how far "
+        "another set of seeds could move them.",
+        "",
     ]
 
     lines += [
@@ -575,9 +597,13 @@ def write_page(results: Results, output: Path, images: Path) -> None:
                     settings["guidance_scale"],
                     fmt(measures["speed"]["frames_per_second"], 1),
                     fmt(measures["speed"]["time_to_first_frame_s"], 2),
-                    fmt(measures["control_following"]["accuracy"]),
-                    fmt(edges["first"]["control_following"]),
-                    fmt(edges["last"]["control_following"]),
+                    fmt_error(
+                        measures["control_following"]["accuracy"], measures["control_following"].get("standard_error")
+                    ),
+                    *(
+                        fmt_error(edges[edge]["control_following"], edges[edge].get("control_following_standard_error"))
+                        for edge in ("first", "last")
+                    ),
                     fmt(measures["domain_fit"]["total_variation"]),
                     fmt(edges["first"]["total_variation"]),
                     fmt(edges["last"]["total_variation"]),

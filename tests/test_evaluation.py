@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import importlib.util
 import json
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -32,6 +33,7 @@ from thematrix.evaluation.metrics import (
     agreement,
     ceiling_for_mix,
     chance_levels,
+    clustered_standard_error,
     colour_histogram,
     frechet_distance,
     total_variation,
@@ -103,6 +105,19 @@ def test_agreement_chance_and_ceiling():
     with pytest.raises(ValueError, match="no real-footage accuracy"):
         ceiling_for_mix({"A": 1.0, "B": None}, {"A": 1, "B": 1})
     assert agreement(predicted[:4], commanded[:4], tokens)["per_class"]["C"] is None
+
+
+def test_clustered_standard_error_grows_when_clusters_agree_or_fail_whole():
+    # Two clusters of 2 frames, one all right, one all wrong: pooled 0.5, sqrt(2/1 * (1 + 1)) / 4.
+    assert clustered_standard_error([2, 0], [2, 2]) == pytest.approx(0.5)
+    assert clustered_standard_error([3, 3, 3], [6, 6, 6]) == 0.0  # every cluster at the pooled rate
+    # 10 clusters of 10 frames, 5 all right and 5 all wrong: far above the binomial error over the 100 frames.
+    whole = clustered_standard_error([10] * 5 + [0] * 5, [10] * 10)
+    assert whole == pytest.approx(math.sqrt(10 / 9 * 10 * 25) / 100)
+    assert whole > 3 * math.sqrt(0.5 * 0.5 / 100)
+    assert clustered_standard_error([4, 0], [8, 0]) is None  # one cluster holds frames
+    with pytest.raises(ValueError):
+        clustered_standard_error([1, 2], [3])
 
 
 def test_windows_end_at_the_last_frame_of_each_latent_frame():
@@ -454,6 +469,23 @@ def test_control_following_finds_a_response_one_latent_frame_late():
     assert following["lagged"]["2"]["accuracy"] == 0.0
 
 
+def test_control_following_errors_count_stretches_of_a_stream_as_clusters():
+    """Two videos, each right over its first 4 frames and wrong over its last 4: as whole videos they agree alike
+    (no spread); cut into stretches of 4 frames the stretches agree or fail whole, and the error says so."""
+    tokens = ("A", "B")
+    reference = SimpleNamespace(
+        vocabulary=SimpleNamespace(tokens=tokens), measures={"idm": {"per_class": dict.fromkeys(tokens, 1.0)}}
+    )
+    commanded = torch.zeros(8, dtype=torch.long)
+    read = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    scores = [VideoScores(torch.zeros(8, 3, 2, 2), torch.arange(8), commanded, read, torch.zeros(8, 4))] * 2
+    commands = SimpleNamespace(tokens=tokens)
+    assert control_following(reference, scores, commands)["standard_error"] == 0.0
+    stretches = control_following(reference, scores, commands, cluster_frames=4)
+    assert stretches["accuracy"] == 0.5
+    assert stretches["standard_error"] == pytest.approx(math.sqrt(4 / 3 * 4 * 2**2) / 16)
+
+
 def load_learning_script(name: str):
     """learning/NAME.py, a script of the learning proof's folder (not a package); the scripts import
     results_page by its name, as they do when run from there."""
@@ -574,6 +606,25 @@ def test_results_page_judges_stage_2_with_and_without_control_guidance(tmp_path,
     assert row[2] == expected
     assert "0.300 = 0.50 of 0.600 at control guidance 1;" in row[1]
     assert f"{guided_accuracy:.3f} = {guided_accuracy / 0.6:.2f} of 0.600 at control guidance 3" in row[1]
+
+
+def test_results_page_shows_the_errors_runs_recorded(tmp_path):
+    """Stage 2's share of the ceiling and stage 3's change from the first frames to the last, each +- two standard
+    errors; the verdicts stay those of the measures as the targets are written."""
+    page = load_results_page()
+    results = tmp_path / "results"
+    results.mkdir()
+    clip_following = dict(following(0.45), standard_error=0.03)
+    write_record(results / "clips_stage2.json", {"domain_fit": {}, "control_following": clip_following})
+    stream = stream_measures(0.5, 0.5, 0.44, 0.12, 8.0, [0.1])
+    stream["edges"]["first"]["control_following_standard_error"] = 0.02
+    stream["edges"]["last"]["control_following_standard_error"] = 0.015
+    write_record(results / "stream_stage3.json", stream)
+    rows = page.target_rows(page.Results.load(tmp_path))
+    (stage2,) = [row for row in rows if row[0].startswith("Stage 2")]
+    assert "0.450 = 0.75 +- 0.10 of 0.600" in stage2[1] and stage2[2] == "**missed**"
+    (stage3,) = [row for row in rows if "last 500 frames" in row[0]]
+    assert stage3[1] == "0.440 last, 0.500 first (-12% +- 10%)" and stage3[2] == "**missed**"
 
 
 def test_results_page_splits_agreement_into_the_parts_of_a_key():

@@ -43,6 +43,7 @@ from thematrix.evaluation.metrics import (
     agreement,
     ceiling_for_mix,
     chance_levels,
+    clustered_standard_error,
     colour_histogram,
     frechet_distance,
     total_variation,
@@ -224,9 +225,16 @@ class VideoScores:
         )
 
 
-def control_following(reference: Reference, scores: list[VideoScores], commands: ControlVocabulary) -> dict:
+def control_following(
+    reference: Reference,
+    scores: list[VideoScores],
+    commands: ControlVocabulary,
+    cluster_frames: int | None = None,
+) -> dict:
     """IDM agreement with the commands, beside chance (over the commanded tokens) and the IDM's real-footage
-    accuracy at the same class mix (``share_of_ceiling`` is None when that accuracy is 0). ``lagged``: the agreement
+    accuracy at the same class mix (``share_of_ceiling`` is None when that accuracy is 0). ``standard_error``: the
+    agreement's, over clusters of frames that fail or agree together: each video, or with ``cluster_frames`` each
+    stretch of that many frames of a video (a stream is one long video). ``lagged``: the agreement
     of each latent frame's reading with the command of ``k`` latent frames before (``RESPONSE_LAGS``), within each
     video: a model whose videos respond late agrees more there than at lag 0 (keys are held over several frames,
     so lagged agreement is high for any model that follows; compare it with lag 0, not with chance)."""
@@ -234,6 +242,17 @@ def control_following(reference: Reference, scores: list[VideoScores], commands:
     tokens = reference.vocabulary.tokens
     measured = agreement(torch.cat([score.predicted for score in scores]), commanded, tokens)
     ceiling = ceiling_for_mix(reference.measures["idm"]["per_class"], measured["counts"])
+    clusters = scores
+    if cluster_frames is not None:
+        clusters = [
+            score.between(start, start + cluster_frames)
+            for score in scores
+            for start in range(0, len(score.frames), cluster_frames)
+        ]
+    standard_error = clustered_standard_error(
+        [int((cluster.predicted == cluster.commanded).sum()) for cluster in clusters],
+        [len(cluster.commanded) for cluster in clusters],
+    )
     lagged = {}
     for lag in RESPONSE_LAGS:
         late = [score for score in scores if len(score.commanded) > lag]
@@ -242,6 +261,7 @@ def control_following(reference: Reference, scores: list[VideoScores], commands:
             lagged[str(lag)] = agreement(read, torch.cat([score.commanded[:-lag] for score in late]), tokens)
     return dict(
         measured,
+        standard_error=standard_error,
         chance=chance_levels(commanded, len(commands.tokens)),
         real_ceiling=ceiling,
         share_of_ceiling=measured["accuracy"] / ceiling if ceiling else None,
@@ -427,9 +447,11 @@ def evaluate_streams(
     edges = {}
     for name, (start, stop) in {"first": (0, edge_frames), "last": (length - edge_frames, length)}.items():
         inside = [score.between(start, stop) for score in scores]
+        following = control_following(reference, inside, commands, bin_frames)
         edges[name] = {
             "frames": [start, stop],
-            "control_following": control_following(reference, inside, commands)["accuracy"],
+            "control_following": following["accuracy"],
+            "control_following_standard_error": following["standard_error"],
             **domain_fit(reference, inside),
         }
     measures = {
@@ -437,7 +459,7 @@ def evaluate_streams(
         "commanded_tokens": list(commands.tokens),
         "streams": num_streams,
         "frames_per_stream": length,
-        "control_following": control_following(reference, scores, commands),
+        "control_following": control_following(reference, scores, commands, bin_frames),
         "domain_fit": domain_fit(reference, scores),
         "edges": edges,
         "bins": per_bin(reference, scores, bin_frames),

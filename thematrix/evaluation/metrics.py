@@ -2,11 +2,13 @@
 
 - colour histograms of frames and the total variation distance between two of them (domain fit, drift);
 - the Frechet distance between two Gaussian fits of features (FID's formula on the IDM's features);
-- agreement between predicted and commanded control ids: overall, per class, confusion; chance levels.
+- agreement between predicted and commanded control ids: overall, per class, confusion; chance levels; its
+  standard error where the scored frames come in correlated clusters.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -93,6 +95,20 @@ def agreement(predicted: torch.Tensor, commanded: torch.Tensor, tokens: tuple[st
         "confusion": confusion.tolist(),
         "count": len(commanded),
     }
+
+
+def clustered_standard_error(hits: list[int], counts: list[int]) -> float | None:
+    """Standard error of the pooled agreement ``sum(hits) / sum(counts)`` when the scored latent frames come in
+    clusters (a clip, a stretch of a stream) whose frames are not independent: a held key and a scene that changes
+    slowly make neighbouring frames agree or fail together, so a binomial error over frames would be too small.
+    The ratio estimator's error over the clusters; None with fewer than two clusters that hold frames."""
+    clusters = [(hit, count) for hit, count in zip(hits, counts, strict=True) if count]
+    if len(clusters) < 2:
+        return None
+    total = sum(count for _, count in clusters)
+    pooled = sum(hit for hit, _ in clusters) / total
+    spread = sum((hit - pooled * count) ** 2 for hit, count in clusters)
+    return math.sqrt(len(clusters) / (len(clusters) - 1) * spread) / total
 
 
 def chance_levels(commanded: torch.Tensor, num_classes: int) -> dict:
