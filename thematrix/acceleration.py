@@ -9,9 +9,10 @@
   while the next group's forwards run.
 - ``--decode_device cuda:1`` (``SwinDPMPipeline.place_decoder``): the VAE on a second GPU, each group decoded there
   while the first GPU runs the next group's forwards; checked here (``check_device``) before any weight loads.
-- ``--fp8`` (``quantize_fp8``): the transformer's and control blocks' linear layers run as FP8 matmuls (torchao:
-  FP8 weights, activations scaled per row as they come), on GPUs with FP8 tensor cores; checked (``check_fp8``)
-  before any weight loads. It changes values, not only their order: ``bench/bench_stream.py`` states the error.
+- ``--fp8`` (``quantize_fp8``): the attention and feed-forward linear layers of the transformer's and control
+  blocks run as FP8 matmuls (torchao: FP8 weights, activations scaled per row as they come), on GPUs with FP8
+  tensor cores; checked (``check_fp8``) before any weight loads. It changes values, not only their order:
+  ``bench/bench_stream.py`` states the error.
 
 Compilation only reorders floating-point work: ``bench/bench_stream.py`` measures the error of the latents and the
 frames against the eager path on the GPU, and ``tests/test_acceleration.py`` checks the compiled graphs on the tiny
@@ -23,6 +24,7 @@ from __future__ import annotations
 import importlib.util
 
 import torch
+from diffusers.models.attention import Attention, FeedForward
 
 from thematrix.config import ConfigError
 
@@ -35,9 +37,6 @@ REPEATED_BLOCKS = ("CogVideoXBlock", "ControlBlock")
 FP8_MIN_CAPABILITY = (8, 9)
 # FP8 matmuls take matrices whose inner and output sizes are multiples of 16.
 FP8_SIZE_MULTIPLE = 16
-# Nearly all of a forward's matmul work is in the repeated blocks; the embeddings and the output projection, small
-# and closest to the pixels, keep bf16.
-FP8_MODULE_PREFIXES = ("transformer_blocks.", "control_blocks.")
 
 
 def compile_blocks(transformer, backend: str | None = None) -> None:
@@ -94,15 +93,18 @@ def check_fp8(setting: str, device: torch.device) -> None:
 
 
 def fp8_linear_names(transformer: torch.nn.Module) -> set[str]:
-    """The linear layers ``quantize_fp8`` converts: each block's attention and feed-forward layers, at sizes FP8
-    matmuls take; not the adaLN modulations, whose input is the timestep embedding (a few rows: no time to save)."""
-    norms = {name for name, module in transformer.named_modules() if "Norm" in type(module).__name__}
+    """The linear layers ``quantize_fp8`` converts: those of the blocks' attention and feed-forward modules (diffusers'
+    ``Attention`` and ``FeedForward``: nearly all of a forward's matmul work), at sizes FP8 matmuls take. Not the
+    adaLN modulations, whose input is the timestep embedding (a few rows: no time to save), nor the embeddings and
+    the output projection, small and closest to the pixels."""
+    owners = tuple(
+        f"{name}." for name, module in transformer.named_modules() if isinstance(module, (Attention, FeedForward))
+    )
     return {
         name
         for name, module in transformer.named_modules()
         if isinstance(module, torch.nn.Linear)
-        and name.startswith(FP8_MODULE_PREFIXES)
-        and name.rpartition(".")[0] not in norms
+        and name.startswith(owners)
         and module.in_features % FP8_SIZE_MULTIPLE == 0
         and module.out_features % FP8_SIZE_MULTIPLE == 0
     }
