@@ -199,7 +199,7 @@ def target_rows(results: Results) -> list[tuple[str, str, str]]:
         first, last = (edges[edge]["control_following"] for edge in ("first", "last"))
         errors = [edges[edge].get("control_following_standard_error") for edge in ("first", "last")]
         change = f"{(last - first) / first:+.0%}" if first else "n/a"
-        if first and None not in errors:  # the two stretches' errors, as if independent: the larger bound
+        if first and None not in errors:  # as if independent; the same streams correlate them, so an upper bound
             difference_error = math.hypot(*errors) / first
             change += f" +- {SHOWN_STANDARD_ERRORS * difference_error:.0%}"
         frames = edges["first"]["frames"][1]

@@ -354,6 +354,10 @@ def test_streams_are_scored_per_bin_with_their_speed(idm_dir, model_dir, footage
     assert [bin["start_frame"] for bin in measures["bins"]] == list(range(0, 8 * (length // 8), 8))
     assert measures["control_following"]["count"] == 2 * (length // C) - 2 * (length % C == 0)
     assert measures["edges"]["last"]["frames"] == [length - 8, length]
+    # errors over 8-frame stretches: each edge is one stretch of each of the 2 streams, so 2 clusters
+    errors = [measures["edges"][edge]["control_following_standard_error"] for edge in ("first", "last")]
+    for error in (measures["control_following"]["standard_error"], *errors):
+        assert error is not None and 0 <= error <= 0.5
     assert measures["speed"]["frames_per_second"] > 0 and measures["speed"]["time_to_first_frame_s"] > 0
     assert Image.open(tmp_path / "stream.png").size == (8 * TINY_WIDTH, 2 * TINY_HEIGHT)
 
