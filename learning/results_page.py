@@ -20,6 +20,7 @@ from pathlib import Path
 HERE = Path(__file__).parent
 DEFAULT_WORK = HERE.parent / "outputs" / "learning"
 PAGE = HERE / "RESULTS.md"
+DEFAULT_TITLE = "The learning proof: results"
 IMAGES = HERE / "results"
 
 # The issue's targets.
@@ -436,7 +437,7 @@ def scene_sections(results: Results) -> list[str]:
     return lines
 
 
-def write_page(results: Results, output: Path, images: Path) -> None:
+def write_page(results: Results, output: Path, images: Path, title: str = DEFAULT_TITLE) -> None:
     """The markdown page and its PNGs: tables of every measure, the targets, plots, the contact sheets."""
     images.mkdir(parents=True, exist_ok=True)
     relative = Path(os.path.relpath(images.resolve(), output.parent.resolve()))
@@ -448,7 +449,7 @@ def write_page(results: Results, output: Path, images: Path) -> None:
     )
     dates = sorted(record["environment"]["date"] for record in records)
     lines = [
-        "# The learning proof: results",
+        f"# {title}",
         "",
         f"Written by `python learning/results_page.py page` from `{results.work}`; every number comes from the run's "
         "measures (`results/*.json`), none is typed by hand. The protocol and the commands: `learning/README.md`.",
@@ -674,12 +675,13 @@ def main(argv=None) -> None:
     parser.add_argument("--step", default=None, help="summary: only this step's timings")
     parser.add_argument("--output", type=Path, default=PAGE, help="page: the markdown file (default: %(default)s)")
     parser.add_argument("--images", type=Path, default=IMAGES, help="page: its PNG folder (default: %(default)s)")
+    parser.add_argument("--title", default=DEFAULT_TITLE, help="page: its heading, which chain it shows")
     args = parser.parse_args(argv)
     results = Results.load(args.work)
     if args.command == "summary":
         print(summary(results, args.step))
         return
-    write_page(results, args.output, args.images)
+    write_page(results, args.output, args.images, args.title)
     print(f"results page: {args.output.resolve()}")
 
 

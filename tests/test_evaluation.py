@@ -658,8 +658,9 @@ def test_results_page_shows_the_scene_diagnosis_where_it_ran(tmp_path):
     (tmp_path / "results" / "pedal_dynamics_stage2.json").write_text(json.dumps(record))
 
     output = tmp_path / "page.md"
-    page.write_page(page.Results.load(tmp_path), output, tmp_path / "images")
+    page.write_page(page.Results.load(tmp_path), output, tmp_path / "images", title="A chain of runs")
     text = output.read_text()
+    assert text.startswith("# A chain of runs\n")
     assert "`--ignored_box 82 96 0 144`" in text
     # whole key 0.5; steering (straight, L) agrees 3 of 4, pedal (D, B) 3 of 4
     assert "| stage 2 | 0.500 | 0.750 | 0.750 |" in text
