@@ -239,8 +239,8 @@ class InteractiveCogVideoXTransformer3DModel(CogVideoXTransformer3DModel):
             each get one. Defaults to ``num_layers // 2`` (15..29 of the 2B model). Saved resolved.
         control_feed_forward_mult (`int`, defaults to 0):
             Width of a feed-forward after each control block's attention, in multiples of the inner width; 0 (the
-            design's block) adds none; stage 2 builds its module with 2. See [`ControlBlock`]: with it the module's update depends on the tokens'
-            content, not only on the controls.
+            design's block) adds none; stage 2 builds its module with 2. See [`ControlBlock`]: with it the module's
+            update depends on the tokens' content, not only on the controls.
         control_tokens (`Sequence[str]`), control_phrases (`Sequence[str]`), control_null_phrase (`str`, *optional*):
             The game's control vocabulary (required; the null phrase defaults to the empty one), kept in the
             config so the token ids of ``controls`` and the rows of ``control_embedding_table`` mean the same
