@@ -5,6 +5,8 @@
 #   DRY_RUN=1      the same commands at toy sizes (a few clips, 2 steps, short videos): checks a step on the
 #                  CPU before GPU time is spent on it; its numbers mean nothing
 #   PYTHON         the interpreter (default: python)
+#   NUM_STREAMS    held-out streams per stream measure (default 4; 16 bring two standard errors of stage 3's
+#                  first-to-last change to about 10%, and take steps 5-7 past 10 minutes each)
 #   DRIVER         the footage's driver, data/record_carracing.py --driver (default: track, which keeps the car on
 #                  the track, where the pedals show; random is what learning/RESULTS.md's chain recorded)
 #   <STEP>_ARGS    extra settings for one run, e.g. STAGE2_ARGS="--max_train_steps 3000" (PRETRAIN_VAE_ARGS,
@@ -52,7 +54,8 @@ else
   BROAD_EPISODES=240 GAME_EPISODES=100 HELDOUT_EPISODES=32 RECORDERS="$(nproc)"
   HELDOUT_FRAMES=105
   BIN_FRAMES=100
-  TRAIN_SCALE=() VAE_SCALE=() IDM_SCALE=() CLIPS_SCALE=() STREAM_SCALE=() BENCHMARK_SCALE=()
+  TRAIN_SCALE=() VAE_SCALE=() IDM_SCALE=() CLIPS_SCALE=() BENCHMARK_SCALE=()
+  STREAM_SCALE=(--num_streams "${NUM_STREAMS:-4}")
   TEACHER_STEPS=20  # stage 3's stream default, which stage 4 distils
   MOTION_SCALE=(--num_clips 32)
 fi
