@@ -22,10 +22,11 @@ from stage4.cogvideox.pipeline_cogvideox import ScmPipeline
 from tests.conftest import CLIP_FPS, TEST_VOCABULARY, TINY_HEIGHT, TINY_WIDTH
 from thematrix.config import ConfigError
 from thematrix.controls import VOCABULARY_FILE
+from thematrix.evaluation import evaluate
 from thematrix.evaluation.__main__ import main, parse_args, resolve_stream_settings
 from thematrix.evaluation.control_use import control_use
 from thematrix.evaluation.evaluate import Reference, VideoScores, control_following
-from thematrix.evaluation.footage import reconstruct, round_trip_lengths, vae_fingerprint
+from thematrix.evaluation.footage import reconstruct, round_trip_lengths, weights_fingerprint
 from thematrix.evaluation.generation import ScoredVideo
 from thematrix.evaluation.idm import IdmTraining, InverseDynamicsModel, gather_windows, predict, train_idm, window_ends
 from thematrix.evaluation.metrics import (
@@ -34,8 +35,10 @@ from thematrix.evaluation.metrics import (
     ceiling_for_mix,
     chance_levels,
     clustered_standard_error,
+    colour_counts,
     colour_histogram,
     frechet_distance,
+    histogram_of,
     total_variation,
 )
 from thematrix.evaluation.report import COMMIT_VARIABLE, environment, frame_labels
@@ -77,6 +80,17 @@ def test_colour_histogram_and_total_variation():
     assert total_variation(colour_histogram(red), colour_histogram(half)) == pytest.approx(0.5)
     # float frames in [-1, 1] are the same colours as their uint8 form
     assert torch.equal(colour_histogram(red.float() / 127.5 - 1), colour_histogram(red))
+
+
+def test_colour_counts_per_frame_give_the_histogram_of_any_stretch():
+    """A long video's measures keep per-frame counts, not frames: summed over a stretch they must give exactly the
+    histogram of that stretch's frames, also across the chunks the counting is split into."""
+    frames = torch.randint(0, 256, (150, 3, 6, 5), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    counts = colour_counts(frames)
+    assert counts.shape == (150, 8**3) and torch.equal(counts.sum(1), torch.full((150,), 30))
+    for start, stop in ((0, 150), (60, 70), (63, 129)):
+        assert torch.equal(histogram_of(counts[start:stop]), colour_histogram(frames[start:stop]))
+    assert torch.equal(colour_counts(frames[70:71])[0], counts[70])
 
 
 def test_frechet_distance_is_zero_for_equal_fits_and_the_mean_shift_for_shifted_ones():
@@ -268,7 +282,7 @@ def test_idm_command_writes_the_model_and_the_real_footage_reference(idm_dir, ti
     config = reference.idm.config
     assert reference.vocabulary == TEST_VOCABULARY
     assert (config.height, config.width, config.frames_per_latent, config.fps) == (TINY_HEIGHT, TINY_WIDTH, C, CLIP_FPS)
-    assert config.vae_fingerprint == vae_fingerprint(
+    assert config.vae_fingerprint == weights_fingerprint(
         AutoencoderKLCogVideoX.from_pretrained(tiny_model_dir, subfolder="vae")
     )
     measures = reference.measures
@@ -382,6 +396,43 @@ def test_a_stream_decoded_while_the_next_group_runs_scores_the_same(idm_dir, mod
         assert measures[True][name] == measures[False][name]
 
 
+def test_a_stopped_stream_evaluation_makes_only_the_streams_it_lacks(
+    idm_dir, model_dir, footage, tmp_path, monkeypatch
+):
+    """Each finished stream is kept beside the measures: run again after a stop, the evaluation makes the rest
+    only, and its measures and contact sheet are a whole run's; streams made under other settings are refused."""
+    made, stop_at = [], []
+    generate_stream = evaluate.generate_stream
+
+    def stoppable(*arguments, **options):
+        if options["seed"] in stop_at:
+            raise KeyboardInterrupt
+        made.append(options["seed"])
+        return generate_stream(*arguments, **options)
+
+    monkeypatch.setattr(evaluate, "generate_stream", stoppable)
+    settings = ("--num_streams", "2", "--num_frames", "24", *TEST_WINDOW, "--bin_frames", "8", "--edge_frames", "8")
+
+    def evaluated(output: Path, *more: str) -> dict:
+        sheet = ("--contact_sheet", str(output.with_suffix(".png")))
+        main(stream_command(model_dir, idm_dir, *footage[1], output, "scm", *settings, *sheet, *more))
+        return json.loads(output.read_text())["measures"]
+
+    whole = evaluated(tmp_path / "whole.json")
+    stop_at.append(1)
+    with pytest.raises(KeyboardInterrupt):
+        evaluated(tmp_path / "resumed.json")
+    stop_at.clear()
+    resumed = evaluated(tmp_path / "resumed.json")
+    assert made == [0, 1, 0, 1]  # the whole run's two, then the first before the stop and the second after it
+    for name in ("frames_per_stream", "control_following", "domain_fit", "edges", "bins"):
+        assert resumed[name] == whole[name]
+    sheets = [np.asarray(Image.open(tmp_path / f"{name}.png").convert("RGB")) for name in ("whole", "resumed")]
+    assert np.array_equal(*sheets)
+    with pytest.raises(ValueError, match=r"resumed.streams/stream_0000.pt: .* another num_inference_steps"):
+        evaluated(tmp_path / "resumed.json", "--num_inference_steps", "4")
+
+
 def test_stream_edges_must_fit_in_the_stream(idm_dir, model_dir, footage, tmp_path):
     with pytest.raises(ValueError, match="first and last 16 frames"):
         main(
@@ -466,7 +517,9 @@ def test_control_following_finds_a_response_one_latent_frame_late():
     )
     commanded = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])  # no command repeats: lags cannot agree by holding
     read = torch.cat([torch.tensor([2]), commanded[:-1]])  # each frame shows the command before it
-    scores = [VideoScores(torch.zeros(8, 3, 2, 2), torch.arange(8), commanded, read, torch.zeros(8, 4))] * 2
+    scores = [
+        VideoScores(colour_counts(torch.zeros(8, 3, 2, 2)), torch.arange(8), commanded, read, torch.zeros(8, 4))
+    ] * 2
     following = control_following(reference, scores, SimpleNamespace(tokens=tokens))
     assert following["accuracy"] == 0.0
     assert following["lagged"]["1"]["accuracy"] == 1.0 and following["lagged"]["1"]["count"] == 2 * 7
@@ -482,7 +535,9 @@ def test_control_following_errors_count_stretches_of_a_stream_as_clusters():
     )
     commanded = torch.zeros(8, dtype=torch.long)
     read = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
-    scores = [VideoScores(torch.zeros(8, 3, 2, 2), torch.arange(8), commanded, read, torch.zeros(8, 4))] * 2
+    scores = [
+        VideoScores(colour_counts(torch.zeros(8, 3, 2, 2)), torch.arange(8), commanded, read, torch.zeros(8, 4))
+    ] * 2
     commands = SimpleNamespace(tokens=tokens)
     assert control_following(reference, scores, commands)["standard_error"] == 0.0
     stretches = control_following(reference, scores, commands, cluster_frames=4)

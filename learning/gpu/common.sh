@@ -106,7 +106,7 @@ record() {
 pack() {
   local archive="$STEP_OUT/$STEP_NAME.tar"
   printf '%s\t%s\t%d\n' "$STEP_NAME" "total" "$((SECONDS - STEP_START))" >> "$TIMINGS"
-  tar -C "$WORK" --exclude='checkpoints' --exclude='cache' --exclude='*.partial' -cf - "$@" | split -b "$PART_SIZE" -d - "$archive.part-"
+  tar -C "$WORK" --exclude='checkpoints' --exclude='cache' --exclude='*.partial' --exclude='*.streams' -cf - "$@" | split -b "$PART_SIZE" -d - "$archive.part-"
   tar -tvf <(cat "$archive".part-*) > "$STEP_OUT/$STEP_NAME.contents.txt"
   du -h "$STEP_OUT"/*
 }

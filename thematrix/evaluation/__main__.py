@@ -8,6 +8,8 @@
     # 3. long streams from real clips (stage 3 and 4 models): control following, domain fit, drift, speed
     python -m thematrix.evaluation stream --model_dir MODEL --sampler swin-dpm --idm IDM \\
         --data_root HELDOUT --index_file HELDOUT/index.json --output stream.json
+    #    (each finished stream is kept in stream.streams/: run the same command again after a stop, or with more
+    #    --num_streams, and it makes only the streams it lacks)
     # 4. whether a model uses its keys at all (no IDM): denoising error with its own, the null and other keys
     python -m thematrix.evaluation control_use --model_dir MODEL --data_root GAME --index_file GAME/index.json \\
         --output control_use.json
@@ -34,7 +36,6 @@ from thematrix.model_dir import check_model_dir, generation_defaults
 DEFAULT_BIN_FRAMES = 100
 DEFAULT_EDGE_FRAMES = 500
 DEFAULT_MAX_FRAMES = 105  # 27 latent frames (an odd count decodes back to its length): a 100-frame bin per clip
-SHEET_VIDEOS = 4  # rows of a contact sheet
 
 
 def footage_vocabulary(data_root: str | Path) -> ControlVocabulary:
@@ -154,6 +155,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def records_folder(output: Path) -> Path:
+    """Where a stream evaluation keeps its finished streams: beside its JSON, ``stream.json`` -> ``stream.streams``."""
+    return output.with_suffix(".streams")
+
+
 def resolve_stream_settings(args: argparse.Namespace) -> None:
     """Fill the stream's window from the model's record (a stream in another window than the model trained in
     measures a model that does not exist), then the sampler's defaults."""
@@ -231,11 +237,11 @@ def main(argv=None) -> Path:
         seed=args.seed,
     )
     if args.command == "clips":
-        measures, videos = evaluate_clips(
+        measures, sheet_rows = evaluate_clips(
             args.model_dir, reference, num_clips=args.num_clips, num_latent_frames=args.num_latent_frames, **sampling
         )
     else:
-        measures, videos = evaluate_streams(
+        measures, sheet_rows = evaluate_streams(
             args.model_dir,
             args.sampler,
             reference,
@@ -248,11 +254,12 @@ def main(argv=None) -> Path:
             bin_frames=args.bin_frames,
             edge_frames=args.edge_frames,
             overlap_decode=args.overlap_decode,
+            records_dir=records_folder(args.output),
             **sampling,
         )
     output = write_json(args.output, measures, settings, time.perf_counter() - start)
     if args.contact_sheet is not None:
-        contact_sheet(videos[:SHEET_VIDEOS], args.contact_sheet, reference.idm.config.frames_per_latent)
+        contact_sheet(sheet_rows, args.contact_sheet)
     following = measures["control_following"]
     print(
         f"control following {following['accuracy']:.3f} (the IDM's real-footage ceiling {following['real_ceiling']:.3f}, "

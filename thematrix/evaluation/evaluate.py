@@ -5,6 +5,7 @@ Each returns JSON-ready measures; ``thematrix.evaluation`` (``__main__``) is the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -16,9 +17,10 @@ from diffusers import AutoencoderKLCogVideoX
 from safetensors.torch import load_file, save_file
 
 from thematrix.controls import ControlVocabulary
-from thematrix.evaluation.footage import load_real_clips, real_footage_measures, vae_fingerprint
+from thematrix.evaluation.footage import load_real_clips, real_footage_measures, weights_fingerprint
 from thematrix.evaluation.generation import (
     ScoredVideo,
+    StreamTiming,
     clip_pipeline,
     commanded_controls,
     frame_size,
@@ -44,10 +46,12 @@ from thematrix.evaluation.metrics import (
     ceiling_for_mix,
     chance_levels,
     clustered_standard_error,
-    colour_histogram,
+    colour_counts,
     frechet_distance,
+    histogram_of,
     total_variation,
 )
+from thematrix.evaluation.report import SHEET_VIDEOS, environment, sheet_row
 
 logger = logging.getLogger(__name__)
 # Latent frames by which a video's response to a command may lag: control_following's "lagged" agreement.
@@ -110,7 +114,7 @@ def build_idm(
         height=height,
         width=width,
         fps=data.fps,
-        vae_fingerprint=vae_fingerprint(vae),
+        vae_fingerprint=weights_fingerprint(vae),
         ignored_box=tuple(ignored_box),
     ).to(device)
     ends = train.window_ends(c)
@@ -196,10 +200,10 @@ class Reference:
 
 @dataclass
 class VideoScores:
-    """A video's frames and, for each scored latent frame, the end of its window, the command, the IDM's
-    prediction and features."""
+    """A video's colour counts per frame (``metrics.colour_counts``) and, for each scored latent frame, the end of
+    its window, the command, the IDM's prediction and features: all the measures need, without the frames."""
 
-    frames: torch.Tensor
+    colour_counts: torch.Tensor
     ends: torch.Tensor
     commanded: torch.Tensor
     predicted: torch.Tensor
@@ -211,13 +215,18 @@ class VideoScores:
         kept = [(end, token) for end, token in zip(ends, video.latent_tokens) if end is not None]
         ends = torch.tensor([end for end, _ in kept], dtype=torch.long)
         predicted, features = predict(reference.idm, video.frames, ends)
-        return cls(video.frames, ends, reference.token_ids([token for _, token in kept]), predicted, features)
+        tokens = reference.token_ids([token for _, token in kept])
+        return cls(colour_counts(video.frames), ends, tokens, predicted, features)
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.colour_counts)
 
     def between(self, start: int, stop: int) -> VideoScores:
         """Frames ``[start, stop)`` and the latent frames whose windows end among them."""
         inside = (self.ends >= start) & (self.ends < stop)
         return VideoScores(
-            self.frames[start:stop],
+            self.colour_counts[start:stop],
             self.ends[inside] - start,
             self.commanded[inside],
             self.predicted[inside],
@@ -247,7 +256,7 @@ def control_following(
         clusters = [
             score.between(start, start + cluster_frames)
             for score in scores
-            for start in range(0, len(score.frames), cluster_frames)
+            for start in range(0, score.num_frames, cluster_frames)
         ]
     standard_error = clustered_standard_error(
         [int((cluster.predicted == cluster.commanded).sum()) for cluster in clusters],
@@ -271,7 +280,7 @@ def control_following(
 
 def domain_fit(reference: Reference, scores: list[VideoScores]) -> dict:
     """Distances of the generated frames to the held-out real frames: colour histograms and IDM features."""
-    histogram = colour_histogram(torch.cat([score.frames for score in scores]))
+    histogram = histogram_of(torch.cat([score.colour_counts for score in scores]))
     features = FeatureStats.of(torch.cat([score.features for score in scores]))
     return {
         "total_variation": total_variation(histogram, reference.histogram),
@@ -290,12 +299,13 @@ def evaluate_clips(
     guidance_scale: float,
     control_guidance_scale: float,
     seed: int,
-) -> tuple[dict, list[ScoredVideo]]:
-    """Clips under random commands: control following (at chance for a model without controls) and domain fit."""
+) -> tuple[dict, list[torch.Tensor]]:
+    """Clips under random commands: control following (at chance for a model without controls) and domain fit.
+    Returns the measures and the contact sheet's rows (the first clips')."""
     pipeline = clip_pipeline(model_dir)
     vocabulary = model_vocabulary(pipeline)
     commands = reference.commands(vocabulary)
-    reference.check_frames(*frame_size(pipeline), vae_fingerprint(pipeline.vae))
+    reference.check_frames(*frame_size(pipeline), weights_fingerprint(pipeline.vae))
     num_latent_frames = num_latent_frames or native_latent_frames(pipeline)
     videos = []
     for index in range(num_clips):
@@ -321,7 +331,8 @@ def evaluate_clips(
         "control_following": control_following(reference, scores, commands),
         "domain_fit": domain_fit(reference, scores),
     }
-    return measures, videos
+    frames_per_latent = reference.idm.config.frames_per_latent
+    return measures, [sheet_row(video, frames_per_latent) for video in videos[:SHEET_VIDEOS]]
 
 
 def initial_clips(
@@ -358,9 +369,9 @@ def per_bin(reference: Reference, scores: list[VideoScores], bin_frames: int) ->
     """Per ``bin_frames``-frame bin of the streams: the histogram distance to the reference (mean and max over
     the streams) and the IDM's agreement with the commands of the latent frames that end in the bin."""
     bins = []
-    for start in range(0, min(len(score.frames) for score in scores) - bin_frames + 1, bin_frames):
+    for start in range(0, min(score.num_frames for score in scores) - bin_frames + 1, bin_frames):
         inside = [score.between(start, start + bin_frames) for score in scores]
-        distances = [total_variation(colour_histogram(score.frames), reference.histogram) for score in inside]
+        distances = [total_variation(histogram_of(score.colour_counts), reference.histogram) for score in inside]
         commanded = torch.cat([score.commanded for score in inside])
         predicted = torch.cat([score.predicted for score in inside])
         bins.append(
@@ -372,6 +383,49 @@ def per_bin(reference: Reference, scores: list[VideoScores], bin_frames: int) ->
             }
         )
     return bins
+
+
+@dataclass
+class StreamRecords:
+    """Each finished stream's scores, timing and contact-sheet row, one file a stream in ``folder`` (beside the
+    measures): a killed evaluation resumes at the stream it was on, and a later one with more streams adds to
+    those it made. ``settings`` are what make a stream what it is; a record made under others is refused."""
+
+    folder: Path
+    settings: dict
+
+    def path(self, index: int) -> Path:
+        return self.folder / f"stream_{index:04d}.pt"
+
+    def load(self, index: int, settings: dict) -> tuple[VideoScores, StreamTiming, torch.Tensor | None] | None:
+        path = self.path(index)
+        if not path.exists():
+            return None
+        record = torch.load(path, weights_only=True)
+        differing = sorted(
+            key
+            for key in settings.keys() | record["settings"].keys()
+            if settings.get(key) != record["settings"].get(key)
+        )
+        if differing:
+            raise ValueError(
+                f"{path}: this stream was made with another {', '.join(differing)} than this evaluation's: delete "
+                f"{self.folder} to start over, or pass another --output"
+            )
+        scores = VideoScores(**record["scores"])
+        scores.colour_counts = scores.colour_counts.long()
+        return scores, StreamTiming(**record["timing"]), record["sheet_row"]
+
+    def save(
+        self, index: int, settings: dict, scores: VideoScores, timing: StreamTiming, sheet: torch.Tensor | None
+    ) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        # int32 halves the file; a frame holds far fewer than 2**31 pixels
+        stored = dict(asdict(scores), colour_counts=scores.colour_counts.int())
+        path = self.path(index)
+        partial = path.with_suffix(".partial")
+        torch.save({"settings": settings, "scores": stored, "timing": asdict(timing), "sheet_row": sheet}, partial)
+        partial.replace(path)  # a run killed while saving leaves no half-written record
 
 
 def evaluate_streams(
@@ -392,11 +446,14 @@ def evaluate_streams(
     seed: int,
     bin_frames: int,
     edge_frames: int,
+    records_dir: Path,
     overlap_decode: bool = False,
-) -> tuple[dict, list[ScoredVideo]]:
+) -> tuple[dict, list[torch.Tensor]]:
     """Streams from real clips under random commands: control following and domain fit overall, over the first
     and the last ``edge_frames`` frames, per ``bin_frames`` bin (drift), and the speed (with ``overlap_decode``,
-    each group decoded while the next one's forwards run)."""
+    each group decoded while the next one's forwards run). Each finished stream is kept in ``records_dir``
+    (``StreamRecords``); streams found there are not made again. Returns the measures and the contact
+    sheet's rows (the first streams')."""
     if 2 * edge_frames > num_frames:
         raise ValueError(
             f"streams of {num_frames} frames have no first and last {edge_frames} frames apart; "
@@ -405,7 +462,8 @@ def evaluate_streams(
     pipeline = stream_pipeline(model_dir, sampler)
     commands = reference.commands(model_vocabulary(pipeline))
     height, width = frame_size(pipeline)
-    reference.check_frames(height, width, vae_fingerprint(pipeline.vae))
+    vae_print = weights_fingerprint(pipeline.vae)
+    reference.check_frames(height, width, vae_print)
     c = temporal_compression(pipeline)
     starts = initial_clips(
         reference,
@@ -417,33 +475,65 @@ def evaluate_streams(
         width,
         c,
     )
-    videos, timings = [], []
-    for index, initial_video in enumerate(starts):
-        video, timing = generate_stream(
-            pipeline,
-            prompt,
-            initial_video,
-            num_frames,
-            commands,
+    records = StreamRecords(
+        records_dir,
+        dict(
+            transformer=weights_fingerprint(pipeline.transformer),
+            vae=vae_print,
+            idm=weights_fingerprint(reference.idm),
+            sampler=sampler,
+            prompt=prompt,
+            num_frames=num_frames,
             num_groups=num_groups,
             group_size=group_size,
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
             control_guidance_scale=control_guidance_scale,
-            seed=seed + index,
             overlap_decode=overlap_decode,
-        )
-        videos.append(video)
+            device=environment()["device"],  # the speeds of one evaluation come from one kind of machine
+        ),
+    )
+    frames_per_latent = reference.idm.config.frames_per_latent
+    scores, timings, sheet_rows = [], [], []
+    for index, initial_video in enumerate(starts):
+        initial_print = hashlib.sha256(initial_video.numpy().tobytes()).hexdigest()
+        stream_settings = dict(records.settings, seed=seed + index, initial_clip=initial_print)
+        found = records.load(index, stream_settings)
+        if found is None:
+            video, timing = generate_stream(
+                pipeline,
+                prompt,
+                initial_video,
+                num_frames,
+                commands,
+                num_groups=num_groups,
+                group_size=group_size,
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                control_guidance_scale=control_guidance_scale,
+                seed=seed + index,
+                overlap_decode=overlap_decode,
+            )
+            score = VideoScores.of(reference, video)
+            sheet = sheet_row(video, frames_per_latent) if index < SHEET_VIDEOS else None
+            records.save(index, stream_settings, score, timing, sheet)
+            made = "made"
+        else:
+            score, timing, sheet = found
+            made = f"kept from {records.path(index)}"
+        scores.append(score)
         timings.append(timing)
+        if sheet is not None:
+            sheet_rows.append(sheet)
         logger.info(
-            "stream %d/%d: %d frames, %.1f frames per second",
+            "stream %d/%d: %d frames, %.1f frames per second (%s)",
             index + 1,
             num_streams,
-            len(video.frames),
+            score.num_frames,
             timing.frames_per_second,
+            made,
         )
-    scores = [VideoScores.of(reference, video) for video in videos]
-    length = min(len(video.frames) for video in videos)
+    length = min(score.num_frames for score in scores)
     edges = {}
     for name, (start, stop) in {"first": (0, edge_frames), "last": (length - edge_frames, length)}.items():
         inside = [score.between(start, stop) for score in scores]
@@ -469,4 +559,4 @@ def evaluate_streams(
             "time_to_first_frame_s": sum(timing.time_to_first_frame_s for timing in timings) / len(timings),
         },
     }
-    return measures, videos
+    return measures, sheet_rows

@@ -31,11 +31,11 @@ from thematrix.evaluation.metrics import (
 )
 
 
-def vae_fingerprint(vae: AutoencoderKLCogVideoX) -> str:
-    """SHA-256 of the VAE's weights as float32 (the same weights saved in bf16 or float32 give the same print
+def weights_fingerprint(module: torch.nn.Module) -> str:
+    """SHA-256 of a module's weights as float32 (the same weights saved in bf16 or float32 give the same print
     only when they are equal in both)."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(vae.state_dict().items()):
+    for name, tensor in sorted(module.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()

@@ -88,7 +88,7 @@ class InverseDynamicsModel(ModelMixin, ConfigMixin):
         channels: output channels of the stride-2 convolutions.
         feature_dim: width of the penultimate layer (the features of the Frechet distance).
         dropout: on the features, in training.
-        vae_fingerprint: the VAE whose reconstructions it learnt from (``footage.vae_fingerprint``).
+        vae_fingerprint: the VAE whose reconstructions it learnt from (``footage.weights_fingerprint``).
         ignored_box: (top, bottom, left, right) pixel edges of a region blanked in every frame it reads
             (rows top..bottom-1, columns left..right-1); empty to read the whole frame.
     """

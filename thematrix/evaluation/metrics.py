@@ -1,6 +1,6 @@
 """The measures, as pure functions of frames, features and token ids: nothing here knows a model or a game.
 
-- colour histograms of frames and the total variation distance between two of them (domain fit, drift);
+- colour histograms of frames (or of per-frame colour counts) and the total variation distance between two of them (domain fit, drift);
 - the Frechet distance between two Gaussian fits of features (FID's formula on the IDM's features);
 - agreement between predicted and commanded control ids: overall, per class, confusion; chance levels; its
   standard error where the scored frames come in correlated clusters.
@@ -17,6 +17,9 @@ import torch
 # a few thousand frames fill the bins they use.
 HISTOGRAM_LEVELS = 8
 UINT8_LEVELS = 256
+# Frames quantised at a time: their int64 colour codes take about 40 bytes a pixel, a gigabyte for 64 frames at
+# 480x720.
+COUNTED_FRAMES_AT_ONCE = 64
 
 
 def to_uint8(frames: torch.Tensor) -> torch.Tensor:
@@ -26,12 +29,27 @@ def to_uint8(frames: torch.Tensor) -> torch.Tensor:
     return ((frames.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
+def colour_counts(frames: torch.Tensor, levels: int = HISTOGRAM_LEVELS) -> torch.Tensor:
+    """Pixels per quantised RGB colour in each of ``frames`` ``[n, 3, H, W]``: int64 ``[n, levels**3]``. Kept per
+    frame, any stretch of a long video has its histogram without the frames (``histogram_of``)."""
+    per_frame = []
+    for chunk in frames.split(COUNTED_FRAMES_AT_ONCE):
+        quantised = to_uint8(chunk).long() * levels // UINT8_LEVELS  # [n, 3, H, W] in 0..levels-1
+        codes = (quantised[:, 0] * levels + quantised[:, 1]) * levels + quantised[:, 2]
+        codes = codes.flatten(1).cpu() + torch.arange(len(chunk))[:, None] * levels**3  # each frame its own bins
+        per_frame.append(torch.bincount(codes.flatten(), minlength=len(chunk) * levels**3).view(len(chunk), -1))
+    return torch.cat(per_frame)
+
+
+def histogram_of(counts: torch.Tensor) -> torch.Tensor:
+    """Share of pixels per colour over all the frames of ``colour_counts``: float64 ``[levels**3]``, sum 1."""
+    total = counts.sum(0).double()
+    return total / total.sum()
+
+
 def colour_histogram(frames: torch.Tensor, levels: int = HISTOGRAM_LEVELS) -> torch.Tensor:
     """Share of pixels per quantised RGB colour over all ``frames`` ``[n, 3, H, W]``: float64 ``[levels**3]``, sum 1."""
-    quantised = to_uint8(frames).long() * levels // UINT8_LEVELS  # [n, 3, H, W] in 0..levels-1
-    codes = (quantised[:, 0] * levels + quantised[:, 1]) * levels + quantised[:, 2]
-    counts = torch.bincount(codes.flatten().cpu(), minlength=levels**3).double()
-    return counts / counts.sum()
+    return histogram_of(colour_counts(frames, levels))
 
 
 def total_variation(first: torch.Tensor, second: torch.Tensor) -> float:

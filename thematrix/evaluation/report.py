@@ -17,6 +17,7 @@ from thematrix.evaluation.generation import ScoredVideo
 from thematrix.video import draw_control_overlay
 
 SHEET_COLUMNS = 8  # frames shown per video, evenly spaced from its first to its last
+SHEET_VIDEOS = 4  # rows of a contact sheet: the first videos of an evaluation
 PALETTE_COLOURS = 256
 
 
@@ -64,19 +65,20 @@ def frame_labels(video: ScoredVideo, frames_per_latent: int) -> list[str]:
     ]
 
 
-def contact_sheet(
-    videos: list[ScoredVideo], path: str | Path, frames_per_latent: int, columns: int = SHEET_COLUMNS
-) -> Path:
-    """One row per video: ``columns`` frames evenly spaced over it, each with its commanded control; a PNG."""
-    rows = []
-    for video in videos:
-        labels = frame_labels(video, frames_per_latent)
-        picked = np.linspace(0, len(video.frames) - 1, columns).round().astype(int)
-        frames = video.frames[torch.from_numpy(picked)].permute(0, 2, 3, 1).numpy()
-        labelled = draw_control_overlay(frames, [labels[index] for index in picked])
-        rows.append(np.concatenate(list(labelled), axis=1))
+def sheet_row(video: ScoredVideo, frames_per_latent: int, columns: int = SHEET_COLUMNS) -> torch.Tensor:
+    """A contact sheet's row for ``video``: ``columns`` frames evenly spaced over it, each with its commanded
+    control, side by side: uint8 ``[H, columns * W, 3]``."""
+    labels = frame_labels(video, frames_per_latent)
+    picked = np.linspace(0, len(video.frames) - 1, columns).round().astype(int)
+    frames = video.frames[torch.from_numpy(picked)].permute(0, 2, 3, 1).numpy()
+    labelled = draw_control_overlay(frames, [labels[index] for index in picked])
+    return torch.from_numpy(np.concatenate(list(labelled), axis=1))
+
+
+def contact_sheet(rows: list[torch.Tensor], path: str | Path) -> Path:
+    """The ``sheet_row`` of each video, one under the other, as a PNG."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # A 256-colour palette: a third of the bytes of full colour, and game frames hold few colours.
-    Image.fromarray(np.concatenate(rows, axis=0)).quantize(PALETTE_COLOURS).save(path, optimize=True)
+    Image.fromarray(torch.cat(rows).numpy()).quantize(PALETTE_COLOURS).save(path, optimize=True)
     return path
