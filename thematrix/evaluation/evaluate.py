@@ -51,7 +51,7 @@ from thematrix.evaluation.metrics import (
     histogram_of,
     total_variation,
 )
-from thematrix.evaluation.report import SHEET_VIDEOS, environment, sheet_row
+from thematrix.evaluation.report import SHEET_VIDEOS, device_name, sheet_row
 
 logger = logging.getLogger(__name__)
 # Latent frames by which a video's response to a command may lag: control_following's "lagged" agreement.
@@ -389,10 +389,9 @@ def per_bin(reference: Reference, scores: list[VideoScores], bin_frames: int) ->
 class StreamRecords:
     """Each finished stream's scores, timing and contact-sheet row, one file a stream in ``folder`` (beside the
     measures): a killed evaluation resumes at the stream it was on, and a later one with more streams adds to
-    those it made. ``settings`` are what make a stream what it is; a record made under others is refused."""
+    those it made. A record keeps the settings that made its stream what it is; one made under others is refused."""
 
     folder: Path
-    settings: dict
 
     def path(self, index: int) -> Path:
         return self.folder / f"stream_{index:04d}.pt"
@@ -412,8 +411,7 @@ class StreamRecords:
                 f"{path}: this stream was made with another {', '.join(differing)} than this evaluation's: delete "
                 f"{self.folder} to start over, or pass another --output"
             )
-        scores = VideoScores(**record["scores"])
-        scores.colour_counts = scores.colour_counts.long()
+        scores = VideoScores(**dict(record["scores"], colour_counts=record["scores"]["colour_counts"].long()))
         return scores, StreamTiming(**record["timing"]), record["sheet_row"]
 
     def save(
@@ -475,29 +473,27 @@ def evaluate_streams(
         width,
         c,
     )
-    records = StreamRecords(
-        records_dir,
-        dict(
-            transformer=weights_fingerprint(pipeline.transformer),
-            vae=vae_print,
-            idm=weights_fingerprint(reference.idm),
-            sampler=sampler,
-            prompt=prompt,
-            num_frames=num_frames,
-            num_groups=num_groups,
-            group_size=group_size,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            control_guidance_scale=control_guidance_scale,
-            overlap_decode=overlap_decode,
-            device=environment()["device"],  # the speeds of one evaluation come from one kind of machine
-        ),
+    records = StreamRecords(records_dir)
+    shared_settings = dict(
+        transformer=weights_fingerprint(pipeline.transformer),
+        vae=vae_print,
+        idm=weights_fingerprint(reference.idm),
+        sampler=sampler,
+        prompt=prompt,
+        num_frames=num_frames,
+        num_groups=num_groups,
+        group_size=group_size,
+        num_inference_steps=num_inference_steps,
+        guidance_scale=guidance_scale,
+        control_guidance_scale=control_guidance_scale,
+        overlap_decode=overlap_decode,
+        device=device_name(),  # the speeds of one evaluation come from one kind of machine
     )
     frames_per_latent = reference.idm.config.frames_per_latent
     scores, timings, sheet_rows = [], [], []
     for index, initial_video in enumerate(starts):
         initial_print = hashlib.sha256(initial_video.numpy().tobytes()).hexdigest()
-        stream_settings = dict(records.settings, seed=seed + index, initial_clip=initial_print)
+        stream_settings = dict(shared_settings, seed=seed + index, initial_clip=initial_print)
         found = records.load(index, stream_settings)
         if found is None:
             video, timing = generate_stream(

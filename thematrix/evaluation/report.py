@@ -26,6 +26,13 @@ PALETTE_COLOURS = 256
 COMMIT_VARIABLE = "THEMATRIX_COMMIT"
 
 
+def device_name() -> str:
+    """The GPU's name, or the CPU's."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"CPU ({platform.processor() or platform.machine()})"
+
+
 def environment() -> dict:
     """Where and when the numbers were measured."""
     try:
@@ -35,13 +42,8 @@ def environment() -> dict:
     except (OSError, subprocess.CalledProcessError):
         commit = None
     commit = os.environ.get(COMMIT_VARIABLE, commit)
-    device = (
-        torch.cuda.get_device_name()
-        if torch.cuda.is_available()
-        else f"CPU ({platform.processor() or platform.machine()})"
-    )
     return {
-        "device": device,
+        "device": device_name(),
         "torch": torch.__version__,
         "commit": commit,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
