@@ -4,7 +4,7 @@
     python learning/results_page.py page                # learning/RESULTS.md and its PNGs in learning/results/
 
 Reads ``outputs/learning`` (``--work``): ``results/`` (the evaluation's JSON, contact sheets, timings),
-``idm/idm.json`` and the training logs under ``models/*/logs``.
+``idm/idm.json`` and each training run's ``models/*/metrics.jsonl``.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+
+from thematrix.training.metrics import METRICS_FILE, read_records
 
 HERE = Path(__file__).parent
 DEFAULT_WORK = HERE.parent / "outputs" / "learning"
@@ -280,18 +282,13 @@ def summary(results: Results, step: str | None) -> str:
 
 
 def training_curves(work: Path) -> dict[str, list[tuple[int, float]]]:
-    """(step, value) of each training run's loss scalar, read from its tensorboard logs."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
+    """(step, value) of each training run's loss scalar, read from its ``metrics.jsonl`` (every step)."""
     curves = {}
     for name, (run, tag) in RUNS.items():
-        points = []
-        for folder in sorted({path.parent for path in (work / "models" / run / "logs").rglob("events.out.tfevents.*")}):
-            accumulator = EventAccumulator(str(folder), size_guidance={"scalars": 0}).Reload()
-            if tag in accumulator.Tags()["scalars"]:
-                points += [(event.step, event.value) for event in accumulator.Scalars(tag)]
+        records = read_records(work / "models" / run / METRICS_FILE)
+        points = [(record["step"], record[tag]) for record in records if tag in record]  # not validations' records
         if points:
-            curves[name] = sorted(points)
+            curves[name] = points
     return curves
 
 

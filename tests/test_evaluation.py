@@ -745,3 +745,19 @@ def test_real_clips_are_cut_to_lengths_the_vae_decodes_back(tiny_model_dir):
 def test_measures_name_the_commit_a_copied_tree_says_it_is(monkeypatch):
     monkeypatch.setenv(COMMIT_VARIABLE, "0123abc")
     assert environment()["commit"] == "0123abc"
+
+
+def test_results_page_draws_each_runs_loss_from_its_metrics_log(tmp_path):
+    page = load_results_page()
+    vae, stage4 = tmp_path / "models" / "pretrain-vae", tmp_path / "models" / "stage4"
+    for folder in (vae, stage4):
+        folder.mkdir(parents=True)
+    (vae / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": step, "loss": 9.0, "reconstruction_l1": 1.0 / step}) + "\n" for step in (1, 2))
+    )
+    (stage4 / "metrics.jsonl").write_text(
+        json.dumps({"step": 1, "loss": 0.5}) + "\n" + json.dumps({"step": 1, "validation_loss": 0.7}) + "\n"
+    )
+    # The VAE's curve is its reconstruction error, not its loss; a validation's record is no loss point; a run
+    # without a log has no curve.
+    assert page.training_curves(tmp_path) == {"VAE pretraining": [(1, 1.0), (2, 0.5)], "stage 4": [(1, 0.5)]}

@@ -28,6 +28,7 @@ from thematrix.presets import PRESETS
 from thematrix.pretrain.arguments import PretrainArgs, VaeArgs
 from thematrix.pretrain.transformer import TextToVideoPretrainer
 from thematrix.pretrain.vae import VaePretrainer, kl_per_element
+from thematrix.training.metrics import METRICS_FILE, PLOT_FILE, read_records
 
 UNCHANGED_COMPONENTS = ("tokenizer", "text_encoder", "transformer", "scheduler")
 HELD_POSITIONS = range(0, 64, 4)  # sample positions whose draws cover the timesteps
@@ -84,6 +85,11 @@ def test_vae_pretraining_learns_and_writes_a_model_with_its_latent_scale(tiny_mo
 
     assert reconstruction_l1(vae, video) < 0.5 * before
     assert len(trainer.history) == args.max_train_steps
+    # Its per-step log is the stages' own: metrics.jsonl (every step's reconstruction error) and its plot.
+    records = read_records(tmp_path / "vae" / METRICS_FILE)
+    assert [record["step"] for record in records] == list(range(1, args.max_train_steps + 1))
+    assert [record["reconstruction_l1"] for record in records] == [logs["reconstruction_l1"] for logs in trainer.history]
+    assert (tmp_path / "vae" / PLOT_FILE).stat().st_size > 0
     # The scale makes the latents of the footage (all its clips) unit-variance.
     scaling = vae.config.scaling_factor
     assert scaling != AutoencoderKLCogVideoX.from_pretrained(tiny_model_dir, subfolder="vae").config.scaling_factor

@@ -11,7 +11,8 @@ be downloaded. After training, the VAE's ``scaling_factor`` becomes 1 / std of l
 gives its own.
 
 Output: ``<output_dir>/model``, a copy of the input directory with the trained VAE (written aside, then
-renamed), and ``<output_dir>/logs`` (tensorboard: loss, reconstruction L1, KL and learning rate per step).
+renamed), ``<output_dir>/metrics.jsonl`` and ``metrics.png`` (loss, reconstruction L1, KL, learning rate and step
+time per step, as the stages' trainers write them) and, with ``report_to = "tensorboard"``, ``<output_dir>/logs``.
 A run takes minutes: it writes no checkpoints, and a killed run starts again from the beginning.
 """
 
@@ -33,6 +34,7 @@ from thematrix.data.dataset import VideoDataset, collate_batch
 from thematrix.data.index import load_index
 from thematrix.model_dir import check_model_dir
 from thematrix.pretrain.arguments import SAVE_DTYPES, VaeArgs
+from thematrix.training.metrics import METRICS_FILE, PLOT_FILE, append_record, plot_metrics, read_records
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +131,9 @@ class VaePretrainer:
             weight_decay=args.adam_weight_decay,
         )
         lr_scheduler = get_scheduler("constant_with_warmup", optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        metrics_path = self.output_dir / METRICS_FILE
+        metrics_path.write_text("")  # a run starts from the beginning (see the module docstring)
         writer = None
         if args.report_to == "tensorboard":
             from torch.utils.tensorboard import SummaryWriter
@@ -163,6 +168,7 @@ class VaePretrainer:
                 "step_time_s": time.perf_counter() - start,
             }
             self.history.append(logs)
+            append_record(metrics_path, step, logs)
             if writer is not None:
                 for name, value in logs.items():
                     writer.add_scalar(name, value, step)
@@ -182,6 +188,7 @@ class VaePretrainer:
             writer.add_scalar("scaling_factor", scaling_factor, args.max_train_steps)
             writer.close()
         logger.info("latent scaling factor %.4f", scaling_factor)
+        plot_metrics(read_records(metrics_path), self.output_dir / PLOT_FILE)
         return self.save(vae)
 
     @torch.no_grad()

@@ -73,8 +73,7 @@ class RunMetrics:
         """Record ``values`` of ``step``; ``always`` sends them to the trackers whatever ``logging_steps`` says."""
         if not self.accelerator.is_main_process:
             return
-        with self.path.open("a") as file:
-            file.write(json.dumps({"step": step, **values}) + "\n")
+        append_record(self.path, step, values)
         if always or step % self.logging_steps == 0:
             self.accelerator.log(values, step=step)
 
@@ -91,6 +90,12 @@ class RunMetrics:
         """Draw every metric logged so far against the step into ``metrics.png`` (main process)."""
         if self.accelerator.is_main_process:
             plot_metrics(read_records(self.path), self.plot_path)
+
+
+def append_record(path: Path, step: int, values: dict[str, float]) -> None:
+    """One line of ``metrics.jsonl``: ``{"step": step, **values}``."""
+    with path.open("a") as file:
+        file.write(json.dumps({"step": step, **values}) + "\n")
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
