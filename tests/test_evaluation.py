@@ -373,6 +373,16 @@ def test_streams_are_scored_per_bin_with_their_speed(idm_dir, model_dir, footage
     for error in (measures["control_following"]["standard_error"], *errors):
         assert error is not None and 0 <= error <= 0.5
     assert measures["speed"]["frames_per_second"] > 0 and measures["speed"]["time_to_first_frame_s"] > 0
+    # Per stream: the whole measures are the streams' (each stream scores as many latent frames).
+    streams = measures["per_stream"]
+    assert [stream["seed"] for stream in streams] == [0, 1]
+    assert sum(stream["control_following"] for stream in streams) / 2 == pytest.approx(
+        measures["control_following"]["accuracy"]
+    )
+    assert sum(stream["frames_per_second"] for stream in streams) / 2 == pytest.approx(
+        measures["speed"]["frames_per_second"]
+    )
+    assert all(0 <= stream["total_variation"] <= 1 for stream in streams)
     assert Image.open(tmp_path / "stream.png").size == (8 * TINY_WIDTH, 2 * TINY_HEIGHT)
 
 

@@ -554,5 +554,16 @@ def evaluate_streams(
             "frames_per_second": sum(timing.frames_per_second for timing in timings) / len(timings),
             "time_to_first_frame_s": sum(timing.time_to_first_frame_s for timing in timings) / len(timings),
         },
+        # Which streams a whole measure comes from: one stream that leaves the game's look, or a machine that
+        # slowed during one stream, shows here.
+        "per_stream": [
+            {
+                "seed": seed + index,
+                "control_following": control_following(reference, [score], commands)["accuracy"],
+                "total_variation": total_variation(histogram_of(score.colour_counts), reference.histogram),
+                "frames_per_second": timing.frames_per_second,
+            }
+            for index, (score, timing) in enumerate(zip(scores, timings))
+        ],
     }
     return measures, sheet_rows
