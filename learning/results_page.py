@@ -368,6 +368,27 @@ def plot_speed(streams: dict, path: Path) -> None:
     plt.close(figure)
 
 
+def plot_per_stream(streams: dict, path: Path) -> None:
+    """Each stream as a point, colour distance against control following: whether a model's whole measure is all
+    its streams' or a few streams'."""
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(5, 3.5))
+    for name, record in streams.items():
+        points = record["measures"]["per_stream"]
+        axis.scatter(
+            [point["total_variation"] for point in points],
+            [point["control_following"] for point in points],
+            label=STREAMS[name],
+            s=12,
+        )
+    axis.set(xlabel="colour distance to the game", ylabel="control following")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+
+
 def part_agreement(following: dict, part) -> float:
     """The share of scored latent frames whose commanded and read keys agree in one part (``part(token)``)."""
     tokens = list(following["per_class"])
@@ -648,6 +669,11 @@ def write_page(results: Results, output: Path, images: Path, title: str = DEFAUL
             f"![speed and quality]({relative / 'speed_quality.png'})",
             "",
         ]
+        # Evaluations before per-stream measures were recorded have none to draw.
+        listed = {name: record for name, record in streams.items() if "per_stream" in record["measures"]}
+        if listed:
+            plot_per_stream(listed, images / "per_stream.png")
+            lines += ["Each stream on its own:", "", f"![per stream]({relative / 'per_stream.png'})", ""]
 
     sheets = sorted((results.work / "results").glob("sheet_*.png"))
     if sheets:

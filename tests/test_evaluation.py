@@ -771,3 +771,23 @@ def test_results_page_draws_each_runs_loss_from_its_metrics_log(tmp_path):
     # The VAE's curve is its reconstruction error, not its loss; a validation's record is no loss point; a run
     # without a log has no curve.
     assert page.training_curves(tmp_path) == {"VAE pretraining": [(1, 1.0), (2, 0.5)], "stage 4": [(1, 0.5)]}
+
+
+@pytest.mark.parametrize("listed", [False, True])
+def test_results_page_draws_each_stream_where_the_evaluation_listed_them(tmp_path, listed):
+    page = load_results_page()
+    (tmp_path / "results").mkdir()
+    window = {"num_streams": 2, "num_groups": 4, "group_size": 2, "num_inference_steps": 4, "guidance_scale": 1.0}
+    for name in ("stage3", "stage4"):
+        measures = stream_measures(0.5, 0.5, 0.5, 0.12, 8.0, [0.1, 0.12])
+        measures["control_following"] |= {"per_class": {"D": 0.5, "BL": 0.5}, "confusion": [[1, 1], [1, 1]]}
+        if listed and name == "stage4":  # an older record has no per-stream list
+            measures["per_stream"] = [
+                {"seed": seed, "control_following": 0.5, "total_variation": 0.12, "frames_per_second": 8.0}
+                for seed in (0, 1)
+            ]
+        write_record(tmp_path / "results" / f"stream_{name}.json", measures, **window)
+    output = tmp_path / "page.md"
+    page.write_page(page.Results.load(tmp_path), output, tmp_path / "images")
+    assert ("per_stream.png" in output.read_text()) == listed
+    assert (tmp_path / "images" / "per_stream.png").is_file() == listed
