@@ -456,6 +456,7 @@ def test_validation_writes_the_few_step_stream(distilled):
         ("loss_type", "l1", "loss_type"),
         ("student", "half", "args.student"),
         ("validation_num_inference_steps", 8, "must equal args.num_noise_groups"),
+        ("caption_p_zero", 1.0, "every caption is dropped"),  # text guidance has nothing to distil
     ],
 )
 def test_bad_settings_fail_with_the_setting_named(setting, value, message):

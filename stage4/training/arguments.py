@@ -67,6 +67,13 @@ class ScmArgs(SwinArgs):
                 f"args.validation_num_inference_steps = {steps} must equal args.num_noise_groups = {groups}: the "
                 "student takes one step per group; leave it unset"
             )
+        if self.distill_guidance and self.guidance_scale != 1 and self.caption_p_zero == 1:
+            raise ConfigError(
+                f"args.caption_p_zero = 1 with args.distill_guidance and args.guidance_scale = {self.guidance_scale}: "
+                "every caption is dropped, so the teacher's text-guided velocity equals its unguided one and the "
+                "student learns the teacher without guidance; lower args.caption_p_zero (the stage's default "
+                f"{ScmArgs.caption_p_zero}) so the captions reach the teacher, or set args.distill_guidance = False"
+            )
         if self.skipping_interval < 1:
             raise ConfigError(f"args.skipping_interval must be at least 1 teacher step, is {self.skipping_interval}")
         if not 0 <= self.ema_decay < 1:

@@ -27,5 +27,5 @@ args.validation_steps = 1_500  # one stream at the end
 args.validation_groups = 16
 args.dataloader_num_workers = 8
 args.gradient_checkpointing = False
-# As stage 2: the recorder's captions name the motions; without them the controls alone carry the motion.
-args.caption_p_zero = 1.0
+# The captions stay (the stage's caption_p_zero): unlike stages 2 and 3, which drop every caption so that the
+# controls alone carry the motion, stage 4 distils the teacher's text guidance, which needs the text.
