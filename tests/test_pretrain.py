@@ -88,7 +88,9 @@ def test_vae_pretraining_learns_and_writes_a_model_with_its_latent_scale(tiny_mo
     # Its per-step log is the stages' own: metrics.jsonl (every step's reconstruction error) and its plot.
     records = read_records(tmp_path / "vae" / METRICS_FILE)
     assert [record["step"] for record in records] == list(range(1, args.max_train_steps + 1))
-    assert [record["reconstruction_l1"] for record in records] == [logs["reconstruction_l1"] for logs in trainer.history]
+    assert [record["reconstruction_l1"] for record in records] == [
+        logs["reconstruction_l1"] for logs in trainer.history
+    ]
     assert (tmp_path / "vae" / PLOT_FILE).stat().st_size > 0
     # The scale makes the latents of the footage (all its clips) unit-variance.
     scaling = vae.config.scaling_factor
