@@ -175,6 +175,10 @@ class Reference:
                 "measured in another domain than this model's frames"
             )
 
+    def colour_distance(self, counts: torch.Tensor) -> float:
+        """Total variation between the colour histogram of frames' ``colour_counts`` and held-out real footage's."""
+        return total_variation(histogram_of(counts), self.histogram)
+
     def commands(self, vocabulary: ControlVocabulary | None) -> ControlVocabulary:
         """The tokens to command: those of the model's ``vocabulary`` (the IDM's for a model without controls) that
         the held-out footage holds, since only there is the IDM's accuracy, the ceiling, known."""
@@ -280,10 +284,9 @@ def control_following(
 
 def domain_fit(reference: Reference, scores: list[VideoScores]) -> dict:
     """Distances of the generated frames to the held-out real frames: colour histograms and IDM features."""
-    histogram = histogram_of(torch.cat([score.colour_counts for score in scores]))
     features = FeatureStats.of(torch.cat([score.features for score in scores]))
     return {
-        "total_variation": total_variation(histogram, reference.histogram),
+        "total_variation": reference.colour_distance(torch.cat([score.colour_counts for score in scores])),
         "frechet": frechet_distance(features, reference.features),
     }
 
@@ -371,7 +374,7 @@ def per_bin(reference: Reference, scores: list[VideoScores], bin_frames: int) ->
     bins = []
     for start in range(0, min(score.num_frames for score in scores) - bin_frames + 1, bin_frames):
         inside = [score.between(start, start + bin_frames) for score in scores]
-        distances = [total_variation(histogram_of(score.colour_counts), reference.histogram) for score in inside]
+        distances = [reference.colour_distance(score.colour_counts) for score in inside]
         commanded = torch.cat([score.commanded for score in inside])
         predicted = torch.cat([score.predicted for score in inside])
         bins.append(
@@ -560,7 +563,7 @@ def evaluate_streams(
             {
                 "seed": seed + index,
                 "control_following": control_following(reference, [score], commands)["accuracy"],
-                "total_variation": total_variation(histogram_of(score.colour_counts), reference.histogram),
+                "total_variation": reference.colour_distance(score.colour_counts),
                 "frames_per_second": timing.frames_per_second,
             }
             for index, (score, timing) in enumerate(zip(scores, timings))

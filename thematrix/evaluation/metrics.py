@@ -1,6 +1,7 @@
 """The measures, as pure functions of frames, features and token ids: nothing here knows a model or a game.
 
-- colour histograms of frames (or of per-frame colour counts) and the total variation distance between two of them (domain fit, drift);
+- colour histograms of frames (or of per-frame colour counts) and the total variation distance between two of them
+  (domain fit, drift);
 - the Frechet distance between two Gaussian fits of features (FID's formula on the IDM's features);
 - agreement between predicted and commanded control ids: overall, per class, confusion; chance levels; its
   standard error where the scored frames come in correlated clusters.
