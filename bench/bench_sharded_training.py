@@ -118,7 +118,7 @@ def launch(stage: str, mode: str, gpus: int, output_dir: Path, inputs: dict[str,
     arguments = [item for name, value in overrides.items() for item in (f"--{name}", str(value))]
     environment = {
         **os.environ,
-        "GPU_IDS": ",".join(map(str, range(gpus))),
+        "GPU_IDS": ",".join(cli.gpu_ids[:gpus]),
         "NUM_PROCESSES": str(gpus),
         "ACCELERATE_CONFIG": ACCELERATE_CONFIGS[mode],
         "MAIN_PROCESS_PORT": "0",  # a free port
@@ -206,6 +206,11 @@ def all_rows() -> list[str]:
     return rows + [f"resume-{mode}" for mode in ACCELERATE_CONFIGS]
 
 
+def gpus_needed(row: str) -> int:
+    kind, mode, *gpus = row.split("-")
+    return RESUME_SAVED_ON if kind == "resume" else int(gpus[0])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", default="prepare", help=f"comma-separated, of: prepare, {', '.join(all_rows())}")
@@ -218,11 +223,20 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="results file; rows are added to what it holds")
     parser.add_argument("--tiny", action="store_true", help="the tiny model at a tiny size: a dry run on the CPU")
     parser.add_argument("--launch_timeout_s", type=int, default=LAUNCH_TIMEOUT_S)
+    parser.add_argument(
+        "--gpu_ids",
+        default=",".join(map(str, range(max(GPU_COUNTS)))),
+        help="the GPUs rows run on, a row of N GPUs on the first N (other jobs can hold the rest meanwhile)",
+    )
     cli = parser.parse_args()
+    cli.gpu_ids = cli.gpu_ids.split(",")
     rows = [row for row in cli.rows.split(",") if row != "prepare"]
     unknown = set(rows) - set(all_rows())
     if unknown:
         parser.error(f"unknown rows {sorted(unknown)}; choose from {all_rows()}")
+    too_many = [row for row in rows if gpus_needed(row) > len(cli.gpu_ids)]
+    if too_many:
+        parser.error(f"rows {too_many} need more GPUs than --gpu_ids {','.join(cli.gpu_ids)} names")
     cli.work_dir = cli.work_dir.resolve()
     inputs = build_inputs(cli.work_dir, cli)
     results = json.loads(cli.json.read_text()) if cli.json and cli.json.is_file() else {}
