@@ -487,8 +487,10 @@ def main() -> None:
             compile_stream(swin)  # scm shares the modules
             compiled = True
         pipeline = swin if row.sampler == "swin-dpm" else scm
-        # scm shares the VAE; only rank 0 records, so under torchrun only it holds the VAE
-        pipeline.place_decoder(decode_devices.get(row.name, pipeline.device) if is_main_process() else None)
+        # scm shares the VAE. The reference rows run on every rank alone (each encodes and decodes); in a
+        # context-parallel row only rank 0 records, so only it keeps the VAE (context-parallel rows come last).
+        drops_decoder = row.context_parallel and not is_main_process()
+        pipeline.place_decoder(None if drops_decoder else decode_devices.get(row.name, pipeline.device))
         pipeline.set_progress_bar_config(disable=True)
         if row.warm_up:
             stream_row(pipeline, row, cli)
