@@ -339,10 +339,13 @@ def error_against(frames: torch.Tensor, latents: torch.Tensor, reference: tuple[
 
 
 def base_model_dir(cli) -> Path:
-    """``--model_dir``, or the random 2B base model in ``--work_dir`` (built there once)."""
+    """``--model_dir``, or the random 2B base model in ``--work_dir`` (built there once). Under torchrun rank 0
+    builds it while the others wait, so that none reads a model half written."""
     model_dir = cli.model_dir or Path(cli.work_dir or tempfile.mkdtemp(prefix="bench-")) / "base-2b"
-    if not (model_dir / "model_index.json").is_file():
+    if is_main_process() and not (model_dir / "model_index.json").is_file():
         build_base_model("cogvideox-2b", model_dir, seed=0, dtype=torch.bfloat16, device=cli.device)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
     return model_dir
 
 
@@ -426,6 +429,8 @@ def main() -> None:
     parallel = [row for row in rows if row.context_parallel]
     splits_evenly = True
     if parallel:
+        if not (cli.work_dir or cli.model_dir):
+            parser.error(f"--rows {parallel[0].name}: give --work_dir (or --model_dir), the model every rank reads")
         try:
             splits_evenly = check_context_parallel(degree, **split_counts(cli), window=f"{cli.height}x{cli.width}")
         except ConfigError as error:
