@@ -657,6 +657,12 @@ def test_results_page_judges_each_target_from_the_measures(tmp_path):
     assert "0.333x" not in rows[0][1] and "0.33x" in rows[0][1]
     summary = page.summary(page.Results.load(tmp_path), "01")
     assert "| 01 | record | 100 |" in summary and "| 02 |" not in summary
+    # A student streamed on another machine than its teacher: their speeds compare nothing.
+    student = json.loads((results / "stream_stage4.json").read_text())
+    student["environment"]["device"] = "another GPU"
+    (results / "stream_stage4.json").write_text(json.dumps(student))
+    (speed,) = [row for row in page.target_rows(page.Results.load(tmp_path)) if "faster" in row[0]]
+    assert speed[1].startswith("not comparable: 40.0 vs 8.0 frames/s") and speed[2] == "pending"
 
 
 @pytest.mark.parametrize("guided_accuracy, expected", [(0.5, "met"), (0.45, "**missed**")])
