@@ -3,6 +3,8 @@ with the fast paths (thematrix/acceleration.py), beside stock diffusers in the s
 
     python bench/bench_stream.py --height 480 --width 720 --json stream.json
     python bench/bench_stream.py --rows scm_4_steps_compiled --json relaunch.json  # a second launch: cached compile
+    # where each row's time goes: device time by kind of work, host operator calls, the top kernels; traces
+    python bench/bench_stream.py --rows scm_4_steps_compiled_overlap --profile --profile_dir traces --json profile.json
     # 2 GPUs: the decoder on cuda:1, beside the same sampling on one GPU
     python bench/bench_stream.py --rows scm_4_steps scm_4_steps_compiled_overlap scm_4_steps_compiled_decode_on_cuda_1 \
         swin_dpm_20_steps_cfg swin_dpm_20_steps_cfg_compiled_overlap swin_dpm_20_steps_cfg_compiled_decode_on_cuda_1 \
@@ -32,9 +34,11 @@ after every row, so a run cut short keeps what it measured.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import math
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -73,6 +77,16 @@ FIRST_FRAME_PARTS = ("encode_text", "encode_window")
 SECOND_GPU = "cuda:1"  # the decode device of the 2-GPU rows
 # Row settings that change the shared modules in place: once a row turns one on, it stays on for the later rows.
 STICKY_SETTINGS = ("compiled", "fp8")
+# --profile: what the device's time goes to, by kind of work, read from the kernels' (on the CPU, the operators')
+# names; the first kind whose pattern a name holds, else "other". Convolutions before matmuls: cuDNN names its
+# convolution kernels implicit GEMMs.
+WORK_KINDS = {
+    "attention": ("flash", "fmha", "attention", "sdpa", "cudnn_sdpa"),
+    "convolution": ("conv", "fprop", "dgrad", "wgrad", "implicit_gemm", "cudnn"),
+    "matmul": ("gemm", "matmul", "_mm", "mm_", "addmm", "cutlass", "linear", "scaled_mm", "xmma"),
+    "copy": ("memcpy", "memset", "copy_", "to_copy"),
+}
+PROFILE_TOP = 12  # the kernels (operators) listed by time in a row's profile
 
 
 @dataclass(frozen=True)
@@ -300,6 +314,53 @@ def stream_row(pipeline: SwinDPMPipeline, row: Row, cli) -> tuple[dict, torch.Te
     return measures, torch.cat(frames), torch.cat(latents)
 
 
+def work_kind(name: str) -> str:
+    """The kind of work (``WORK_KINDS``) a kernel's or operator's name says it does."""
+    lowered = name.lower()
+    return next((kind for kind, patterns in WORK_KINDS.items() if any(p in lowered for p in patterns)), "other")
+
+
+def profile_row(pipeline: SwinDPMPipeline, row: Row, cli) -> dict:
+    """The row's stream once more under torch's profiler (after its measured run: profiling slows it): the device
+    time by kind of work (GPU kernels; on the CPU, aten operators), the share of the wall time the device was busy
+    (above 1 where two CUDA streams overlap, as the overlapped decode's do), the host's operator calls per group,
+    and the top kernels. With ``--profile_dir``, the trace too, gzipped (Perfetto reads it)."""
+    on_gpu = pipeline.device.type == "cuda"
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if on_gpu else [])
+    with torch.profiler.profile(activities=activities) as profiler:
+        start = time.perf_counter()
+        stream_row(pipeline, row, cli)
+        wall = time.perf_counter() - start
+    averages = profiler.key_averages()
+    operators = [event for event in averages if event.key.startswith("aten::")]
+    if on_gpu:
+        kernels = [event for event in averages if event.device_type == torch.autograd.DeviceType.CUDA]
+        work = [(event.key, event.self_device_time_total / 1e6, event.count) for event in kernels]
+    else:
+        work = [(event.key, event.self_cpu_time_total / 1e6, event.count) for event in operators]
+    by_kind: dict[str, float] = {}
+    for name, seconds, _ in work:
+        by_kind[work_kind(name)] = by_kind.get(work_kind(name), 0.0) + seconds
+    busy = sum(by_kind.values())
+    if cli.profile_dir:
+        trace = Path(cli.profile_dir) / f"{row.name}.json"
+        trace.parent.mkdir(parents=True, exist_ok=True)
+        profiler.export_chrome_trace(str(trace))
+        with trace.open("rb") as source, gzip.open(f"{trace}.gz", "wb") as packed:  # a tenth of the size
+            shutil.copyfileobj(source, packed)
+        trace.unlink()
+    return {
+        "wall_s": wall,
+        "device_s_by_kind": dict(sorted(by_kind.items(), key=lambda item: -item[1])),
+        "device_busy_share": busy / wall,
+        "host_operator_calls_per_group": sum(event.count for event in operators) / row.max_groups,
+        "top": [
+            {"name": name[:120], "seconds": seconds, "calls": calls}
+            for name, seconds, calls in sorted(work, key=lambda item: -item[1])[:PROFILE_TOP]
+        ],
+    }
+
+
 def time_calls(pipeline, names: tuple[str, ...]) -> dict[str, float]:
     """Wrap ``pipeline``'s methods ``names`` (this instance's, for one stream) so that each call adds its wall time,
     the GPU's work included, to the returned dict under the method's name."""
@@ -412,6 +473,10 @@ def main() -> None:
     add_model_arguments(parser)
     parser.add_argument("--rows", nargs="+", default=None, help="names of the rows to run (default: stock, then all)")
     parser.add_argument("--json", default=None)
+    parser.add_argument(
+        "--profile", action="store_true", help="stream each row once more under torch's profiler (see profile_row)"
+    )
+    parser.add_argument("--profile_dir", default=None, help="with --profile: write each row's trace there")
     cli = parser.parse_args()
     rows = [row for row in ROWS if cli.rows is None or row.name in cli.rows]
     unknown = set(cli.rows or ()) - {row.name for row in ROWS} - {name for name, _, _ in STOCK_ROWS}
@@ -507,6 +572,8 @@ def main() -> None:
             measures["error_against_eager"] = error_against(frames, latents, outputs[row.reference])
         if not row.compiled:
             outputs[row.name] = (frames, latents)
+        if cli.profile:
+            measures["profile"] = profile_row(pipeline, row, cli)
         record(row.name, measures)
 
 
