@@ -7,6 +7,7 @@ import dataclasses
 import importlib.util
 import json
 import math
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -441,6 +442,52 @@ def test_a_stopped_stream_evaluation_makes_only_the_streams_it_lacks(
     assert np.array_equal(*sheets)
     with pytest.raises(ValueError, match=r"resumed.streams/stream_0000.pt: .* another num_inference_steps"):
         evaluated(tmp_path / "resumed.json", "--num_inference_steps", "4")
+
+
+def test_streams_split_over_gpus_gather_into_the_measures_of_one_process(
+    idm_dir, model_dir, footage, tmp_path, monkeypatch
+):
+    """--gpus runs one process a GPU, each making its --part of the streams into the shared records folder, then
+    gathers them: the measures one process makes. Here the processes run on the CPU (the GPU count is faked)."""
+    settings = ("--num_streams", "3", "--num_frames", "24", *TEST_WINDOW, "--bin_frames", "8", "--edge_frames", "8")
+
+    def evaluated(output: Path, *more: str) -> dict:
+        main(stream_command(model_dir, idm_dir, *footage[1], output, "scm", *settings, *more))
+        return json.loads(output.read_text())["measures"]
+
+    whole = evaluated(tmp_path / "whole.json")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    made = []
+    generate_stream = evaluate.generate_stream
+    monkeypatch.setattr(evaluate, "generate_stream", lambda *a, **o: made.append(o["seed"]) or generate_stream(*a, **o))
+    split = evaluated(tmp_path / "split.json", "--gpus", "1,0")
+    assert made == []  # every stream was made by the two processes, the first of them on GPU 1
+    assert sorted(path.name for path in (tmp_path / "split.streams").iterdir()) == [
+        f"stream_{index:04d}.pt" for index in range(3)
+    ]
+    for name in ("frames_per_stream", "control_following", "domain_fit", "edges", "bins"):
+        assert split[name] == whole[name]
+
+
+@pytest.mark.parametrize(
+    "more, message",
+    [
+        (("--gpus", "0,1"), "--gpus 0,1: this machine has no CUDA GPU"),
+        (("--gpus", "0", "--part", "0/2"), "--gpus runs every --part itself"),
+    ],
+)
+def test_stream_parts_are_checked_before_any_stream(idm_dir, model_dir, footage, tmp_path, more, message):
+    settings = ("--num_streams", "2", "--num_frames", "24", *TEST_WINDOW, *more)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        main(stream_command(model_dir, idm_dir, *footage[1], tmp_path / "out.json", "scm", *settings))
+    assert not (tmp_path / "out.streams").exists()
+
+
+@pytest.mark.parametrize("text", ["2/2", "-1/2", "1", "a/b"])
+def test_a_part_is_k_of_n_counted_from_zero(text):
+    with pytest.raises(SystemExit):
+        parse_args(["stream", "--model_dir", "m", "--sampler", "scm", "--idm", "i", "--output", "o.json",
+                    "--data_root", "d", "--index_file", "x", "--part", text])  # fmt: skip
 
 
 def test_stream_edges_must_fit_in_the_stream(idm_dir, model_dir, footage, tmp_path):

@@ -6,7 +6,9 @@
 #                  CPU before GPU time is spent on it; its numbers mean nothing
 #   PYTHON         the interpreter (default: python)
 #   NUM_STREAMS    held-out streams per stream measure (default 4; 16 bring two standard errors of stage 3's
-#                  first-to-last change to about 10%, and take steps 5-7 past 10 minutes each)
+#                  first-to-last change to about 10%, and take steps 5-7 past 10 minutes each on one GPU)
+#   STREAM_GPUS    GPU ids the stream measures split their streams over, e.g. 0,1,2,3 (default: the one GPU);
+#                  compare the speeds of measures made alike
 #   DRIVER         the footage's driver, data/record_carracing.py --driver (default: track, which keeps the car on
 #                  the track, where the pedals show; random is what learning/RESULTS.md's chain recorded)
 #   <STEP>_ARGS    extra settings for one run, e.g. STAGE2_ARGS="--max_train_steps 3000" (PRETRAIN_VAE_ARGS,
@@ -63,7 +65,8 @@ fi
 # the next one's forwards run, as a player runs the stream (the same frames; the speed is the teacher's and the
 # student's alike).
 HELDOUT_STREAMS=(--idm "$IDM" --data_root "$FOOTAGE/heldout" --index_file "$FOOTAGE/heldout/index.json"
-                 --bin_frames "$BIN_FRAMES" --prompt "$PROMPT" --overlap_decode "${STREAM_SCALE[@]}")
+                 --bin_frames "$BIN_FRAMES" --prompt "$PROMPT" --overlap_decode "${STREAM_SCALE[@]}"
+                 ${STREAM_GPUS:+--gpus "$STREAM_GPUS"})
 STEP_OUT=""
 
 # step NAME: name this step; its parts go to $OUT (or $WORK/out/NAME), its timings to results/timings_NAME.tsv.

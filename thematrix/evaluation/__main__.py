@@ -9,7 +9,7 @@
     python -m thematrix.evaluation stream --model_dir MODEL --sampler swin-dpm --idm IDM \\
         --data_root HELDOUT --index_file HELDOUT/index.json --output stream.json
     #    (each finished stream is kept in stream.streams/: run the same command again after a stop, or with more
-    #    --num_streams, and it makes only the streams it lacks)
+    #    --num_streams, and it makes only the streams it lacks; --gpus 0,1,2,3 splits the streams over 4 GPUs)
     # 4. whether a model uses its keys at all (no IDM): denoising error with its own, the null and other keys
     python -m thematrix.evaluation control_use --model_dir MODEL --data_root GAME --index_file GAME/index.json \\
         --output control_use.json
@@ -19,9 +19,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import subprocess
+import sys
 import time
 from dataclasses import fields
 from pathlib import Path
+
+import torch
 
 from thematrix.cli import run
 from thematrix.config import ConfigError, setting_from_model
@@ -139,6 +144,23 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="decode each group while the next group's forwards run (inference.py's --overlap_decode): the same "
         "frames, faster on a GPU; for the speed of the stream as a player would run it",
     )
+    stream.add_argument(
+        "--gpus",
+        type=gpu_ids,
+        default=None,
+        help="comma-separated GPU ids, e.g. 0,1,2,3: the streams split over them, one process a GPU (--part), then "
+        "gathered into one measure. Each stream's speed is measured on its GPU while the others run: compare the "
+        "speeds of evaluations run alike",
+    )
+    stream.add_argument(
+        "--part",
+        type=part_of,
+        default=None,
+        metavar="K/N",
+        help="make only the streams K, K+N, K+2N, ... (counting from 0) and keep them in the records folder, writing "
+        "no measures: one of N processes or machines sharing that folder; the same command without --part gathers "
+        "them (making any still missing)",
+    )
     add_sampling(stream)
     use = commands.add_parser(
         "control_use", help="denoising error with the clips' own keys, the null key and other keys, per noise level"
@@ -153,6 +175,58 @@ def parse_args(argv=None) -> argparse.Namespace:
     use.add_argument("--batch_size", type=int, default=4, help="clips per transformer forward")
     use.add_argument("--output", type=Path, required=True, help="JSON file of the measures")
     return parser.parse_args(argv)
+
+
+def gpu_ids(text: str) -> list[int]:
+    try:
+        ids = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: GPU ids separated by commas, e.g. 0,1,2,3") from None
+    if len(set(ids)) != len(ids) or min(ids) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: each GPU id once, none negative")
+    return ids
+
+
+def part_of(text: str) -> tuple[int, int]:
+    try:
+        part, parts = (int(number) for number in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: K/N, e.g. 0/4 for the first of 4 parts") from None
+    if not 0 <= part < parts:
+        raise argparse.ArgumentTypeError(f"{text!r}: K counts the N parts from 0, so 0 <= K < N")
+    return part, parts
+
+
+def make_parts_on_gpus(argv: list[str], gpus: list[int]) -> None:
+    """Run the stream evaluation ``argv`` (less its --gpus) once per GPU, each process on its GPU making its
+    ``--part`` of the streams; they keep them in the shared records folder, which this process then gathers."""
+    available = torch.cuda.device_count()
+    if max(gpus) >= available:
+        there = f"GPUs 0 to {available - 1}" if available else "no CUDA GPU"
+        raise ConfigError(f"--gpus {','.join(map(str, gpus))}: this machine has {there}")
+    # Ids count the GPUs this process sees: map them through CUDA_VISIBLE_DEVICES where it is set.
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    names = visible.split(",") if visible else [str(gpu) for gpu in range(available)]
+    arguments = [
+        argument
+        for index, argument in enumerate(argv)
+        if not (argument == "--gpus" or argument.startswith("--gpus=") or (index and argv[index - 1] == "--gpus"))
+    ]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "thematrix.evaluation", *arguments, "--part", f"{part}/{len(gpus)}"],
+            env={**os.environ, "CUDA_VISIBLE_DEVICES": names[gpu]},
+        )
+        for part, gpu in enumerate(gpus)
+    ]
+    failed = [(gpu, process.wait()) for gpu, process in zip(gpus, processes)]
+    failed = [(gpu, code) for gpu, code in failed if code != 0]
+    if failed:
+        raise RuntimeError(
+            "--gpus: "
+            + ", ".join(f"the process on GPU {gpu} exited with code {code}" for gpu, code in failed)
+            + " (its output is above); run the same command again: the streams finished are kept"
+        )
 
 
 def records_folder(output: Path) -> Path:
@@ -180,10 +254,13 @@ def resolve_stream_settings(args: argparse.Namespace) -> None:
     args.guidance_scale = defaults["guidance_scale"] if args.guidance_scale is None else args.guidance_scale
 
 
-def main(argv=None) -> Path:
+def main(argv=None) -> Path | None:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     if args.command == "stream":
         resolve_stream_settings(args)
+        if args.gpus and args.part:
+            raise ConfigError("--gpus runs every --part itself: pass one of them")
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     start = time.perf_counter()
     settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
@@ -241,6 +318,8 @@ def main(argv=None) -> Path:
             args.model_dir, reference, num_clips=args.num_clips, num_latent_frames=args.num_latent_frames, **sampling
         )
     else:
+        if args.gpus:
+            make_parts_on_gpus(argv, args.gpus)
         measures, sheet_rows = evaluate_streams(
             args.model_dir,
             args.sampler,
@@ -255,8 +334,12 @@ def main(argv=None) -> Path:
             edge_frames=args.edge_frames,
             overlap_decode=args.overlap_decode,
             records_dir=records_folder(args.output),
+            part=args.part,
             **sampling,
         )
+        if measures is None:
+            print(f"streams of part {args.part[0]}/{args.part[1]} kept in {records_folder(args.output).resolve()}")
+            return None
     output = write_json(args.output, measures, settings, time.perf_counter() - start)
     if args.contact_sheet is not None:
         contact_sheet(sheet_rows, args.contact_sheet)

@@ -449,12 +449,14 @@ def evaluate_streams(
     edge_frames: int,
     records_dir: Path,
     overlap_decode: bool = False,
-) -> tuple[dict, list[torch.Tensor]]:
+    part: tuple[int, int] | None = None,
+) -> tuple[dict | None, list[torch.Tensor]]:
     """Streams from real clips under random commands: control following and domain fit overall, over the first
     and the last ``edge_frames`` frames, per ``bin_frames`` bin (drift), and the speed (with ``overlap_decode``,
     each group decoded while the next one's forwards run). Each finished stream is kept in ``records_dir``
     (``StreamRecords``); streams found there are not made again. Returns the measures and the contact
-    sheet's rows (the first streams')."""
+    sheet's rows (the first streams'). With ``part = (k, n)`` only the streams k, k + n, k + 2n, ... are made and
+    kept, and no measures returned: one of n processes sharing ``records_dir``, which a run without a part gathers."""
     if 2 * edge_frames > num_frames:
         raise ValueError(
             f"streams of {num_frames} frames have no first and last {edge_frames} frames apart; "
@@ -495,6 +497,8 @@ def evaluate_streams(
     frames_per_latent = reference.idm.config.frames_per_latent
     scores, timings, sheet_rows = [], [], []
     for index, initial_video in enumerate(starts):
+        if part is not None and index % part[1] != part[0]:
+            continue
         initial_print = hashlib.sha256(initial_video.numpy().tobytes()).hexdigest()
         stream_settings = dict(shared_settings, seed=seed + index, initial_clip=initial_print)
         found = records.load(index, stream_settings)
@@ -532,6 +536,8 @@ def evaluate_streams(
             timing.frames_per_second,
             made,
         )
+    if part is not None:
+        return None, []
     length = min(score.num_frames for score in scores)
     edges = {}
     for name, (start, stop) in {"first": (0, edge_frames), "last": (length - edge_frames, length)}.items():
