@@ -96,6 +96,7 @@ def run_ours(trainer_class, args, model_dir: Path, data_root: Path, index_file: 
     args.validation_steps, args.report_to, args.dataloader_num_workers = 0, "none", 0
     args.cache_latents, args.lr_warmup_steps = True, 0
     args.compile_blocks = cli.compile_blocks  # the warm-up steps pay the compilation
+    args.checkpoint_keeps_attention = cli.checkpoint_keeps_attention
     trainer = timed_trainer(trainer_class)(args)
     trainer.setup()
     torch.cuda.synchronize()
@@ -251,6 +252,11 @@ def main() -> None:
     parser.add_argument(
         "--compile_blocks", action="store_true", help="our stages with args.compile_blocks (the stock rows stay eager)"
     )
+    parser.add_argument(
+        "--checkpoint_keeps_attention",
+        action="store_true",
+        help="our stages with args.checkpoint_keeps_attention (the stock rows recompute everything)",
+    )
     parser.add_argument("--json", default=None, help="write the results here")
     cli = parser.parse_args()
     work = Path(cli.work_dir or tempfile.mkdtemp(prefix="bench-"))
@@ -270,6 +276,7 @@ def main() -> None:
         "device": torch.cuda.get_device_name(),
         "shape": f"{cli.frames} frames {cli.height}x{cli.width}, batch 1",
         "compile_blocks": cli.compile_blocks,
+        "checkpoint_keeps_attention": cli.checkpoint_keeps_attention,
     }
     if "forwards" in stages:
         results["forwards"] = run_forwards(model_dir, cli)

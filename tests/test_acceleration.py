@@ -11,6 +11,7 @@ import importlib.util
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from stage1.train_text_to_video_lora import LoraTrainer
 from stage2.training.arguments import SftArgs
@@ -195,3 +196,42 @@ def test_fp8_is_refused_before_a_model_loads_without_fp8_tensor_cores_or_torchao
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None if name == "torchao" else find_spec(name))
     with pytest.raises(ConfigError, match="pip install torchao"):
         check_fp8("--fp8", torch.device("cuda"))
+
+
+def test_checkpointing_that_keeps_attention_recomputes_all_but_it_to_the_same_weights(
+    tiny_model_dir, tiny_dataset, tmp_path
+):
+    """Selective checkpointing (args.checkpoint_keeps_attention): the backward recomputes each block but not its
+    attention, and the run reaches the weights of plain checkpointing (the same operations, kept or recomputed)."""
+    weights, attention_calls = {}, {}
+    for keep in (False, True):
+        settings = dict(gradient_checkpointing=True, checkpoint_keeps_attention=keep, max_train_steps=2)
+        trainer = SwinTrainer(stage3_args(tiny_model_dir, tiny_dataset, tmp_path / f"keep_{keep}", **settings))
+        with AttentionCalls() as calls:
+            trainer.train()
+        model = trainer.accelerator.unwrap_model(trainer.transformer)
+        weights[keep] = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+        attention_calls[keep] = calls.count
+    assert weights[True].keys() == weights[False].keys()
+    for name, value in weights[True].items():
+        assert torch.equal(value, weights[False][name]), name
+    # Plain checkpointing runs each training forward's attention twice (forward, then recomputed); validation
+    # and the other forwards without gradients run it once in both runs.
+    blocks = len(model.transformer_blocks) + len(model.control_blocks)
+    assert attention_calls[False] - attention_calls[True] == 2 * blocks  # one per block in each of the 2 steps
+
+
+class AttentionCalls(TorchDispatchMode):
+    """Counts the attention operators that run (acceleration.ATTENTION_OPERATORS)."""
+
+    count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func in acceleration.ATTENTION_OPERATORS
+        return func(*args, **(kwargs or {}))
+
+
+def test_keeping_attention_needs_gradient_checkpointing(tiny_model_dir, tiny_dataset, tmp_path):
+    settings = dict(gradient_checkpointing=False, checkpoint_keeps_attention=True)
+    with pytest.raises(ConfigError, match="checkpoint_keeps_attention = True without gradient checkpointing"):
+        stage3_args(tiny_model_dir, tiny_dataset, tmp_path, **settings).check()

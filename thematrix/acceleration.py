@@ -14,6 +14,10 @@
   tensor cores; checked (``check_fp8``) before any weight loads. It changes values, not only their order:
   ``bench/bench_stream.py`` states the error.
 
+Training has two such settings: ``args.compile_blocks`` (``compile_blocks``) and ``args.checkpoint_keeps_attention``
+(``enable_checkpointing``): gradient checkpointing that keeps each block's attention outputs from the forward
+instead of recomputing them in the backward (selective activation checkpointing), the same operations otherwise.
+
 Compilation only reorders floating-point work: ``bench/bench_stream.py`` measures the error of the latents and the
 frames against the eager path on the GPU, and ``tests/test_acceleration.py`` checks the compiled graphs on the tiny
 model. The other CPU tests run the eager path.
@@ -21,10 +25,12 @@ model. The other CPU tests run the eager path.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 
 import torch
 from diffusers.models.attention import Attention, FeedForward
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from thematrix.config import ConfigError
 
@@ -45,6 +51,38 @@ def compile_blocks(transformer, backend: str | None = None) -> None:
     transformer._repeated_blocks = list(REPEATED_BLOCKS)
     # fullgraph: a graph break inside a block would silently fall back to eager; fail loudly instead.
     transformer.compile_repeated_blocks(fullgraph=True, backend=backend or DEFAULT_COMPILE_BACKEND)
+
+
+# The attention operators of each backend torch's scaled_dot_product_attention dispatches to (those this torch has).
+ATTENTION_OPERATORS = tuple(
+    getattr(torch.ops.aten, name).default
+    for name in (
+        "_scaled_dot_product_flash_attention",
+        "_scaled_dot_product_efficient_attention",
+        "_scaled_dot_product_cudnn_attention",
+        "_scaled_dot_product_flash_attention_for_cpu",
+    )
+    if hasattr(torch.ops.aten, name)
+)
+
+
+def keep_attention(context, operator, *args, **kwargs) -> CheckpointPolicy:
+    """Selective checkpointing's policy: an attention operator's outputs are kept, everything else recomputed."""
+    return CheckpointPolicy.MUST_SAVE if operator in ATTENTION_OPERATORS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def checkpoint_keeping_attention(module, *args):
+    """``torch.utils.checkpoint`` of ``module(*args)`` that recomputes all but the attention in the backward."""
+    context = functools.partial(create_selective_checkpoint_contexts, keep_attention)
+    return checkpoint(module.__call__, *args, use_reentrant=False, context_fn=context)
+
+
+def enable_checkpointing(transformer, keep_attention_outputs: bool) -> None:
+    """Gradient checkpointing of every block (``args.gradient_checkpointing``): the forward keeps only each block's
+    inputs, the backward recomputes the rest; with ``keep_attention_outputs`` (``args.checkpoint_keeps_attention``)
+    the attention outputs are kept too, so the backward recomputes the linear layers and the elementwise work but
+    not the attention, the largest share of a long window's FLOPs, for one activation of a block's size a block."""
+    transformer.enable_gradient_checkpointing(checkpoint_keeping_attention if keep_attention_outputs else None)
 
 
 def compile_stream(pipeline, backend: str | None = None) -> None:

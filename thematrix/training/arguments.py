@@ -63,6 +63,10 @@ class TrainingArgs(StrictArgs):
     timestep_density_exponent: float = 1.0
     mixed_precision: str = "auto"  # "auto" = bf16 on a GPU, no (fp32) on the CPU; or "no", "bf16", "fp16"
     gradient_checkpointing: bool = True  # recompute activations in backward: far less memory, ~30% more time
+    # With gradient_checkpointing: keep each block's attention outputs instead of recomputing the attention in the
+    # backward (the same weights; one activation of a block's size more a block). Off until bench/RESULTS.md has
+    # measured it at 2B.
+    checkpoint_keeps_attention: bool = False
     allow_tf32: bool = True
     # torch.compile each transformer block (regional): faster GPU steps after a compile of a minute or so; the
     # first steps pay it. Off by default until bench/RESULTS.md has measured it on every stage.
@@ -120,6 +124,11 @@ class TrainingArgs(StrictArgs):
             raise ConfigError(
                 f"args.timestep_density_exponent must be above 0 (1 draws timesteps uniformly), is "
                 f"{self.timestep_density_exponent}"
+            )
+        if self.checkpoint_keeps_attention and not self.gradient_checkpointing:
+            raise ConfigError(
+                "args.checkpoint_keeps_attention = True without gradient checkpointing keeps every activation "
+                "already: set args.gradient_checkpointing = True, or leave checkpoint_keeps_attention False"
             )
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise ConfigError(f"args.mixed_precision is {self.mixed_precision!r}; use auto, no, bf16 or fp16")

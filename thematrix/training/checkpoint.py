@@ -54,6 +54,7 @@ RESUMABLE_SETTINGS = frozenset(
         "enable_slicing",
         "enable_tiling",
         "gradient_checkpointing",
+        "checkpoint_keeps_attention",
         "allow_tf32",
         "compile_blocks",
         "learning_rate",

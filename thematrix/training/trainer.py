@@ -44,7 +44,7 @@ from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 from transformers import T5Config
 
-from thematrix.acceleration import compile_blocks
+from thematrix.acceleration import compile_blocks, enable_checkpointing
 from thematrix.config import ConfigError, parse_command_line, setting_from_model
 from thematrix.controls import ControlVocabulary
 from thematrix.data.dataset import collate_batch, footage_fps
@@ -288,7 +288,7 @@ class Trainer:
             param.data = param.data.to(torch.float32 if param.requires_grad else self.weight_dtype)
         transformer.to(device)
         if args.gradient_checkpointing:
-            transformer.enable_gradient_checkpointing()
+            enable_checkpointing(transformer, args.checkpoint_keeps_attention)
         if args.compile_blocks:
             compile_blocks(transformer)
         self.num_trainable_parameters = sum(param.numel() for param in trainable)
