@@ -13,7 +13,7 @@ clips per second over the timed steps (clips per step / median step time, from t
 memory is the main process's ``torch.cuda.max_memory_allocated`` over the run (each GPU holds the same share).
 The checkpoint and model a run writes after its last step are outside the timing.
 
-A row ``resume-MODE`` trains RESUME_STEP steps of stage 3 on 2 GPUs (checkpoint and model at that step), then
+A row ``resume-MODE`` (``resume-MODE-stage4``: the same for stage 4) trains RESUME_STEP steps of stage 3 on 2 GPUs (checkpoint and model at that step), then
 resumes that checkpoint with nothing left to train on 1 GPU (ZeRO-2: on 2, as DeepSpeed does not re-split its
 optimizer state): the model it writes must equal the 2-GPU run's bit for bit, and the checkpoint's LR schedule must
 stand at RESUME_STEP (it counts optimizer steps, whatever the number of processes).
@@ -160,17 +160,17 @@ def throughput_row(stage: str, mode: str, gpus: int, inputs: dict[str, Path], cl
     return result
 
 
-def resume_row(mode: str, inputs: dict[str, Path], cli) -> dict:
-    saved, resumed = cli.work_dir / f"resume-{mode}-saved", cli.work_dir / f"resume-{mode}-resumed"
+def resume_row(stage: str, mode: str, inputs: dict[str, Path], cli) -> dict:
+    saved, resumed = (cli.work_dir / f"resume-{stage}-{mode}-{run}" for run in ("saved", "resumed"))
     common = dict(max_train_steps=RESUME_STEP, checkpointing_steps=RESUME_STEP, lr_scheduler="cosine")
     result = {"saved_on_gpus": RESUME_SAVED_ON, "resumed_on_gpus": RESUME_ON[mode]}
-    result["save"] = launch("stage3", mode, RESUME_SAVED_ON, saved, inputs, cli, **common)
+    result["save"] = launch(stage, mode, RESUME_SAVED_ON, saved, inputs, cli, **common)
     checkpoint = saved / "checkpoints" / f"{CHECKPOINT_PREFIX}{RESUME_STEP}"
     if result["save"]["exit_code"] == 0:
         # The same clips per optimizer step on fewer GPUs: the settings the checkpoint allows to change.
         accumulation = RESUME_SAVED_ON // RESUME_ON[mode]
         result["resume"] = launch(
-            "stage3",
+            stage,
             mode,
             RESUME_ON[mode],
             resumed,
@@ -203,12 +203,12 @@ def remove(path: Path) -> None:
 
 def all_rows() -> list[str]:
     rows = [f"{stage}-{mode}-{gpus}" for stage in LAUNCHERS for mode in ACCELERATE_CONFIGS for gpus in GPU_COUNTS]
-    return rows + [f"resume-{mode}" for mode in ACCELERATE_CONFIGS]
+    return rows + [f"resume-{mode}{suffix}" for suffix in ("", "-stage4") for mode in ACCELERATE_CONFIGS]
 
 
 def gpus_needed(row: str) -> int:
-    kind, mode, *gpus = row.split("-")
-    return RESUME_SAVED_ON if kind == "resume" else int(gpus[0])
+    kind, _, *rest = row.split("-")
+    return RESUME_SAVED_ON if kind == "resume" else int(rest[0])
 
 
 def main() -> None:
@@ -246,12 +246,12 @@ def main() -> None:
     )
     rows_done = results.setdefault("rows", {})
     for row in rows:
-        kind, mode, *gpus = row.split("-")
+        kind, mode, *rest = row.split("-")  # rest: the GPU count, or a resume row's stage
         print(f"{row} ...", flush=True)
         if kind == "resume":
-            rows_done[row] = resume_row(mode, inputs, cli)
+            rows_done[row] = resume_row(rest[0] if rest else "stage3", mode, inputs, cli)
         else:
-            rows_done[row] = throughput_row(kind, mode, int(gpus[0]), inputs, cli)
+            rows_done[row] = throughput_row(kind, mode, int(rest[0]), inputs, cli)
         print(json.dumps({row: rows_done[row]}, indent=2), flush=True)
         if cli.json:
             cli.json.write_text(json.dumps(results, indent=2))
