@@ -13,10 +13,11 @@ clips per second over the timed steps (clips per step / median step time, from t
 memory is the main process's ``torch.cuda.max_memory_allocated`` over the run (each GPU holds the same share).
 The checkpoint and model a run writes after its last step are outside the timing.
 
-A row ``resume-MODE`` (``resume-MODE-stage4``: the same for stage 4) trains RESUME_STEP steps of stage 3 on 2 GPUs (checkpoint and model at that step), then
+A row ``resume-MODE`` trains RESUME_STEP steps of stage 3 on 2 GPUs (checkpoint and model at that step), then
 resumes that checkpoint with nothing left to train on 1 GPU (ZeRO-2: on 2, as DeepSpeed does not re-split its
 optimizer state): the model it writes must equal the 2-GPU run's bit for bit, and the checkpoint's LR schedule must
-stand at RESUME_STEP (it counts optimizer steps, whatever the number of processes).
+stand at RESUME_STEP (it counts optimizer steps, whatever the number of processes). ``resume-MODE-stage4`` does the
+same for stage 4 (its checkpoint holds the EMA target too, which the resumed run checks against its student).
 
 Every row appends its result to ``--json`` (rows of earlier commands kept), so that each row can be its own
 command. ``--tiny`` runs the tiny model at a tiny size, a dry run of this script on the CPU (ddp rows only:
