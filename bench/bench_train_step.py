@@ -97,6 +97,7 @@ def run_ours(trainer_class, args, model_dir: Path, data_root: Path, index_file: 
     args.cache_latents, args.lr_warmup_steps = True, 0
     args.compile_blocks = cli.compile_blocks  # the warm-up steps pay the compilation
     args.checkpoint_keeps_attention = cli.checkpoint_keeps_attention
+    args.fp8_training = cli.fp8_training
     trainer = timed_trainer(trainer_class)(args)
     trainer.setup()
     torch.cuda.synchronize()
@@ -257,6 +258,9 @@ def main() -> None:
         action="store_true",
         help="our stages with args.checkpoint_keeps_attention (the stock rows recompute everything)",
     )
+    parser.add_argument(
+        "--fp8_training", action="store_true", help="our stages with args.fp8_training (torchao; the stock rows bf16)"
+    )
     parser.add_argument("--json", default=None, help="write the results here")
     cli = parser.parse_args()
     work = Path(cli.work_dir or tempfile.mkdtemp(prefix="bench-"))
@@ -277,6 +281,7 @@ def main() -> None:
         "shape": f"{cli.frames} frames {cli.height}x{cli.width}, batch 1",
         "compile_blocks": cli.compile_blocks,
         "checkpoint_keeps_attention": cli.checkpoint_keeps_attention,
+        "fp8_training": cli.fp8_training,
     }
     if "forwards" in stages:
         results["forwards"] = run_forwards(model_dir, cli)

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import re
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from stage1.train_text_to_video_lora import LoraTrainer
@@ -25,6 +27,7 @@ from thematrix.acceleration import check_fp8, compile_stream, fp8_linear_names
 from thematrix.config import ConfigError
 from thematrix.models import InteractiveCogVideoXTransformer3DModel
 from thematrix.presets import PRESETS
+from thematrix.training import trainer as trainer_module
 
 # No C++ toolchain is needed to capture the graphs and run them; inductor's code generation is the GPU's part
 # (bench/bench_stream.py measures its error there).
@@ -235,3 +238,64 @@ def test_keeping_attention_needs_gradient_checkpointing(tiny_model_dir, tiny_dat
     settings = dict(gradient_checkpointing=False, checkpoint_keeps_attention=True)
     with pytest.raises(ConfigError, match="checkpoint_keeps_attention = True without gradient checkpointing"):
         stage3_args(tiny_model_dir, tiny_dataset, tmp_path, **settings).check()
+
+
+def test_fp8_training_pads_the_rows_to_the_unpadded_layers_result():
+    """23 rows (as a window's 23,176 tokens, no multiple of 16) give the outputs and gradients of torchao's layer
+    without the padding, which the GPU's FP8 matmuls would refuse (the CPU emulates the casts)."""
+    from torchao.float8 import Float8LinearConfig
+    from torchao.float8.float8_linear import Float8Linear
+
+    torch.manual_seed(0)
+    plain = Float8Linear.from_float(torch.nn.Linear(32, 48), config=Float8LinearConfig(emulate=True))
+    padded = copy.deepcopy(plain)
+    padded.__class__ = acceleration.row_padded_float8_linear()
+    inputs = torch.randn(1, 23, 32)
+    results = []
+    for layer in (plain, padded):
+        given = inputs.clone().requires_grad_()
+        output = layer(given)
+        output.square().sum().backward()
+        results.append((output, given.grad, layer.weight.grad, layer.bias.grad))
+    assert results[1][0].shape == (1, 23, 48)
+    for expected, actual in zip(*results, strict=True):
+        torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_fp8_training_trains_the_blocks_layers_and_saves_the_unconverted_model(
+    tiny_model_dir, tiny_dataset, tmp_path, monkeypatch
+):
+    """args.fp8_training through the trainer, its FP8 casts emulated on the CPU: the blocks' attention and
+    feed-forward layers train through FP8, the weights stay within the steps' reach of the unconverted run's, and
+    the saved model is an ordinary one (the same names)."""
+    monkeypatch.setattr(trainer_module, "check_fp8", lambda setting, device: None)
+    converted = []
+
+    def emulated(transformer):
+        converted.extend(acceleration.convert_fp8_training(transformer, emulate=True))
+
+    monkeypatch.setattr(trainer_module, "convert_fp8_training", emulated)
+    weights, saved = {}, {}
+    for fp8 in (False, True):
+        settings = dict(fp8_training=fp8, max_train_steps=2)
+        trainer = SwinTrainer(stage3_args(tiny_model_dir, tiny_dataset, tmp_path / f"fp8_{fp8}", **settings))
+        trainer.train()
+        model = trainer.accelerator.unwrap_model(trainer.transformer)
+        weights[fp8] = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+        saved[fp8] = load_file(str(trainer.final_model_dir / "transformer" / "diffusion_pytorch_model.safetensors"))
+    assert any(name.startswith("transformer_blocks.") for name in converted)
+    assert all(re.search(r"\.(attn1?|ff)\.", name) for name in converted)  # attention and feed-forward layers
+    assert saved[True].keys() == saved[False].keys()
+    learning_rate = trainer.args.learning_rate
+    differing = 0
+    for name, value in weights[True].items():
+        torch.testing.assert_close(value, weights[False][name], atol=2 * 2 * learning_rate, rtol=0)  # 2 Adam steps
+        differing += not torch.equal(value, weights[False][name])
+    assert differing  # the FP8 casts changed the gradients
+
+
+def test_fp8_training_is_refused_before_a_model_loads_on_the_cpu(tiny_model_dir, tiny_dataset, tmp_path):
+    trainer = SwinTrainer(stage3_args(tiny_model_dir, tiny_dataset, tmp_path, fp8_training=True))
+    with pytest.raises(ConfigError, match="args.fp8_training needs a GPU with FP8 tensor cores .* on the CPU"):
+        trainer.setup()
+    assert not hasattr(trainer, "transformer")

@@ -14,9 +14,11 @@
   tensor cores; checked (``check_fp8``) before any weight loads. It changes values, not only their order:
   ``bench/bench_stream.py`` states the error.
 
-Training has two such settings: ``args.compile_blocks`` (``compile_blocks``) and ``args.checkpoint_keeps_attention``
+Training has three such settings: ``args.compile_blocks`` (``compile_blocks``); ``args.checkpoint_keeps_attention``
 (``enable_checkpointing``): gradient checkpointing that keeps each block's attention outputs from the forward
-instead of recomputing them in the backward (selective activation checkpointing), the same operations otherwise.
+instead of recomputing them in the backward (selective activation checkpointing), the same operations otherwise;
+and ``args.fp8_training`` (``convert_fp8_training``): the same linear layers as ``--fp8`` trained through FP8 matmuls
+(torchao's float8 training), checked like ``--fp8`` before any weight loads.
 
 Compilation only reorders floating-point work: ``bench/bench_stream.py`` measures the error of the latents and the
 frames against the eager path on the GPU, and ``tests/test_acceleration.py`` checks the compiled graphs on the tiny
@@ -124,7 +126,7 @@ def check_fp8(setting: str, device: torch.device) -> None:
         found = torch.cuda.get_device_name(device) if device.type == "cuda" else "the CPU"
         raise ConfigError(
             f"{setting} needs a GPU with FP8 tensor cores (compute capability 8.9 or later: L40S, RTX 4090, H100, "
-            f"H200), and the stream would run on {found}; leave {setting} off"
+            f"H200), and this run would be on {found}; leave {setting} off"
         )
     if importlib.util.find_spec("torchao") is None:
         raise ConfigError(f"{setting} runs its matmuls through torchao, which is not installed: pip install torchao")
@@ -146,6 +148,45 @@ def fp8_linear_names(transformer: torch.nn.Module) -> set[str]:
         and module.in_features % FP8_SIZE_MULTIPLE == 0
         and module.out_features % FP8_SIZE_MULTIPLE == 0
     }
+
+
+@functools.cache
+def row_padded_float8_linear() -> type:
+    """torchao's ``Float8Linear`` (imported here: torchao is optional) with its input rows padded to a multiple of
+    FP8_SIZE_MULTIPLE: the weight gradient's matmul runs over the rows (the tokens: 23,176 in a 65-frame 480x720
+    window), which FP8 matmuls take in multiples of 16. The padding rows are zeros, which change neither a
+    tensor-wise scale nor a sum, and their outputs are cut off."""
+    from torchao.float8.float8_linear import Float8Linear
+
+    class RowPaddedFloat8Linear(Float8Linear):
+        def forward(self, input: torch.Tensor) -> torch.Tensor:
+            rows = input.shape[:-1].numel()
+            missing = -rows % FP8_SIZE_MULTIPLE
+            if not missing:
+                return super().forward(input)
+            padded = torch.nn.functional.pad(input.reshape(rows, input.shape[-1]), (0, 0, 0, missing))
+            return super().forward(padded)[:rows].reshape(*input.shape[:-1], self.out_features)
+
+    return RowPaddedFloat8Linear
+
+
+def convert_fp8_training(transformer: torch.nn.Module, emulate: bool = False) -> list[str]:
+    """Train ``transformer``'s block linear layers (``fp8_linear_names``, LoRA adapters left out) through FP8
+    matmuls, in place (``args.fp8_training``): torchao's float8 training, tensor-wise scales computed each step,
+    the weights kept in their precision (their names and state unchanged, so checkpoints and saved models are
+    those of an unconverted run). ``emulate`` computes the FP8 casts in higher precision: the CPU tests. Returns the
+    converted layers' names."""
+    from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+
+    names = {name for name in fp8_linear_names(transformer) if ".lora_" not in name}
+    convert_to_float8_training(
+        transformer, config=Float8LinearConfig(emulate=emulate), module_filter_fn=lambda _module, name: name in names
+    )
+    padded = row_padded_float8_linear()
+    for name, module in transformer.named_modules():
+        if name in names:
+            module.__class__ = padded  # the same module and parameters, its forward padding the rows
+    return sorted(names)
 
 
 def quantize_fp8(transformer: torch.nn.Module) -> None:

@@ -67,6 +67,10 @@ class TrainingArgs(StrictArgs):
     # backward (the same weights; one activation of a block's size more a block). Off until bench/RESULTS.md has
     # measured it at 2B.
     checkpoint_keeps_attention: bool = False
+    # Train the blocks' attention and feed-forward linear layers through FP8 matmuls (torchao's float8 training;
+    # GPUs with FP8 tensor cores, refused elsewhere before any weight loads; pip install torchao). It changes the
+    # values, so a run resumes with the setting it started with. Off until bench/RESULTS.md has measured it at 2B.
+    fp8_training: bool = False
     allow_tf32: bool = True
     # torch.compile each transformer block (regional): faster GPU steps after a compile of a minute or so; the
     # first steps pay it. Off by default until bench/RESULTS.md has measured it on every stage.

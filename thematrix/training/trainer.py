@@ -44,7 +44,7 @@ from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 from transformers import T5Config
 
-from thematrix.acceleration import compile_blocks, enable_checkpointing
+from thematrix.acceleration import check_fp8, compile_blocks, convert_fp8_training, enable_checkpointing
 from thematrix.config import ConfigError, parse_command_line, setting_from_model
 from thematrix.controls import ControlVocabulary
 from thematrix.data.dataset import collate_batch, footage_fps
@@ -251,6 +251,8 @@ class Trainer:
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
         logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file otherwise
         configure_training_mode(self.accelerator, args)
+        if args.fp8_training:
+            check_fp8("args.fp8_training", self.accelerator.device)
         self.model_dir = check_model_dir(args.pretrained_model_name_or_path)
         self.model_record = GenerationDefaults.load(self.model_dir)  # how the input model was trained, if recorded
         self.vae_layout = vae_architecture(self.model_dir)  # the VAE's factors, without its weights
@@ -289,6 +291,8 @@ class Trainer:
         transformer.to(device)
         if args.gradient_checkpointing:
             enable_checkpointing(transformer, args.checkpoint_keeps_attention)
+        if args.fp8_training:
+            convert_fp8_training(transformer)
         if args.compile_blocks:
             compile_blocks(transformer)
         self.num_trainable_parameters = sum(param.numel() for param in trainable)
