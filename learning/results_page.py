@@ -548,6 +548,7 @@ def write_page(results: Results, output: Path, images: Path, title: str = DEFAUL
                     fmt(following["real_ceiling"]),
                     fmt(measures["domain_fit"]["total_variation"]),
                     fmt(measures["domain_fit"]["frechet"], 2),
+                    record["environment"]["device"],
                 ]
             )
         settings = next(iter(clips.values()))["settings"]
@@ -568,6 +569,7 @@ def write_page(results: Results, output: Path, images: Path, title: str = DEFAUL
                     "IDM ceiling",
                     "colour distance",
                     "IDM-feature Frechet",
+                    "measured on (speeds compare on one machine only)",
                 ],
                 rows,
             ),
@@ -637,6 +639,7 @@ def write_page(results: Results, output: Path, images: Path, title: str = DEFAUL
                     fmt(edges["first"]["total_variation"]),
                     fmt(edges["last"]["total_variation"]),
                     fmt(measures["domain_fit"]["frechet"], 2),
+                    record["environment"]["device"],
                 ]
             )
         settings = next(iter(streams.values()))["settings"]
@@ -662,6 +665,7 @@ def write_page(results: Results, output: Path, images: Path, title: str = DEFAUL
                     f"first {edge}",
                     f"last {edge}",
                     "IDM-feature Frechet",
+                    "measured on (speeds compare on one machine only)",
                 ],
                 rows,
             ),
