@@ -340,7 +340,8 @@ def profile_row(pipeline: SwinDPMPipeline, row: Row, cli) -> dict:
         work = [(event.key, event.self_cpu_time_total / 1e6, event.count) for event in operators]
     by_kind: dict[str, float] = {}
     for name, seconds, _ in work:
-        by_kind[work_kind(name)] = by_kind.get(work_kind(name), 0.0) + seconds
+        kind = work_kind(name)
+        by_kind[kind] = by_kind.get(kind, 0.0) + seconds
     busy = sum(by_kind.values())
     if cli.profile_dir:
         trace = Path(cli.profile_dir) / f"{row.name}.json"

@@ -219,8 +219,8 @@ def make_parts_on_gpus(argv: list[str], gpus: list[int]) -> None:
         )
         for part, gpu in enumerate(gpus)
     ]
-    failed = [(gpu, process.wait()) for gpu, process in zip(gpus, processes)]
-    failed = [(gpu, code) for gpu, code in failed if code != 0]
+    codes = [(gpu, process.wait()) for gpu, process in zip(gpus, processes)]
+    failed = [(gpu, code) for gpu, code in codes if code != 0]
     if failed:
         raise RuntimeError(
             "--gpus: "
