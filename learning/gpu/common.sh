@@ -5,6 +5,8 @@
 #   DRY_RUN=1      the same commands at toy sizes (a few clips, 2 steps, short videos): checks a step on the
 #                  CPU before GPU time is spent on it; its numbers mean nothing
 #   PYTHON         the interpreter (default: python)
+#   NUM_CLIPS      clips per clip measure (default 32; 64 bring two standard errors of stage 2's share of the
+#                  ceiling from about 0.09 to 0.06, and add about two minutes to steps 3 and 4)
 #   NUM_STREAMS    held-out streams per stream measure (default 4; 16 bring two standard errors of stage 3's
 #                  first-to-last change to about 10%, and take steps 5-7 past 10 minutes each on one GPU)
 #   STREAM_GPUS    GPU ids the stream measures split their streams over, e.g. 0,1,2,3 (default: the one GPU);
@@ -56,7 +58,8 @@ else
   BROAD_EPISODES=240 GAME_EPISODES=100 HELDOUT_EPISODES=32 RECORDERS="$(nproc)"
   HELDOUT_FRAMES=105
   BIN_FRAMES=100
-  TRAIN_SCALE=() VAE_SCALE=() IDM_SCALE=() CLIPS_SCALE=() BENCHMARK_SCALE=()
+  TRAIN_SCALE=() VAE_SCALE=() IDM_SCALE=() BENCHMARK_SCALE=()
+  CLIPS_SCALE=(--num_clips "${NUM_CLIPS:-32}")
   STREAM_SCALE=(--num_streams "${NUM_STREAMS:-4}")
   TEACHER_STEPS=20  # stage 3's stream default, which stage 4 distils
   MOTION_SCALE=(--num_clips 32)
