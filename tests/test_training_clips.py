@@ -44,3 +44,32 @@ def test_every_process_needs_a_batch():
         ConfigError, match="1 clips make 1 batches of 1 clips of one bucket, and each of the 2 processes"
     ):
         training_batches(OneClip(), args, num_processes=2)
+
+
+class NumberedClips(torch.utils.data.Dataset):
+    """Clips that are their own index, so a batch shows which clips it holds."""
+
+    buckets = [17] * 12
+
+    def __len__(self):
+        return len(self.buckets)
+
+    def __getitem__(self, index):
+        return {"index": index, "bucket": self.buckets[index]}
+
+
+def epochs_of_batches(num_workers: int, epochs: int = 3) -> list[list[list[int]]]:
+    args = LoraArgs()
+    args.train_batch_size, args.dataloader_num_workers = 4, num_workers
+    sampler, loader = training_batches(NumberedClips(), args, num_processes=1)
+    seen = []
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        seen.append([batch["index"] for batch in loader])
+    return seen
+
+
+def test_persistent_workers_follow_each_epochs_order():
+    in_process = epochs_of_batches(num_workers=0)
+    assert in_process[0] != in_process[1]  # the epochs are shuffled apart, so a stale order would show
+    assert epochs_of_batches(num_workers=2) == in_process
