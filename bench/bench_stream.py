@@ -208,6 +208,19 @@ ROWS = [
         reference="scm_4_steps",
         warm_up=True,
     ),
+    # Two GPUs' best guess: rank 0 decodes each group on a second CUDA stream of its own GPU while every rank runs
+    # the next group's forwards (no third GPU needed).
+    Row(
+        "scm_4_steps_compiled_overlap_context_parallel",
+        "scm",
+        4,
+        1.0,
+        compiled=True,
+        overlap_decode=True,
+        context_parallel=True,
+        reference="scm_4_steps",
+        warm_up=True,
+    ),
     Row(
         "swin_dpm_20_steps_cfg_compiled_context_parallel",
         "swin-dpm",
