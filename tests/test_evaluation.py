@@ -466,7 +466,25 @@ def test_streams_split_over_gpus_gather_into_the_measures_of_one_process(
         f"stream_{index:04d}.pt" for index in range(3)
     ]
     for name in ("frames_per_stream", "control_following", "domain_fit", "edges", "bins"):
-        assert split[name] == whole[name]
+        assert_equal_up_to_rounding(split[name], whole[name])
+
+
+def assert_equal_up_to_rounding(value, expected, rel: float = 1e-4) -> None:
+    """Equal structures, counts and labels exactly, floats within ``rel``: processes with other thread counts round
+    the IDM features' sums differently in the last bits, which the Frechet distance's matrix square root carries to
+    about 1e-5 of its value."""
+    if isinstance(expected, dict):
+        assert value.keys() == expected.keys()
+        for key in expected:
+            assert_equal_up_to_rounding(value[key], expected[key], rel)
+    elif isinstance(expected, list):
+        assert len(value) == len(expected)
+        for item, expected_item in zip(value, expected):
+            assert_equal_up_to_rounding(item, expected_item, rel)
+    elif isinstance(expected, float):
+        assert value == pytest.approx(expected, rel=rel)
+    else:
+        assert value == expected
 
 
 @pytest.mark.parametrize(
