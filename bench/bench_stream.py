@@ -34,11 +34,9 @@ after every row, so a run cut short keeps what it measured.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import math
 import os
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -51,6 +49,7 @@ from diffusers import CogVideoXPipeline, CogVideoXTransformer3DModel
 from stage3.cogvideox.pipeline_cogvideox import NO_DECODER_DEVICE, SwinDPMPipeline, window_clip_frames
 from stage4.cogvideox.pipeline_cogvideox import ScmPipeline
 from stage4.cogvideox.scheduler import ScmScheduler
+from thematrix import profiling
 from thematrix.acceleration import check_device, check_fp8, compile_stream, quantize_fp8
 from thematrix.base_model import build_base_model
 from thematrix.config import ConfigError
@@ -77,16 +76,6 @@ FIRST_FRAME_PARTS = ("encode_text", "encode_window")
 SECOND_GPU = "cuda:1"  # the decode device of the 2-GPU rows
 # Row settings that change the shared modules in place: once a row turns one on, it stays on for the later rows.
 STICKY_SETTINGS = ("compiled", "fp8")
-# --profile: what the device's time goes to, by kind of work, read from the kernels' (on the CPU, the operators')
-# names; the first kind whose pattern a name holds, else "other". Convolutions before matmuls: cuDNN names its
-# convolution kernels implicit GEMMs.
-WORK_KINDS = {
-    "attention": ("flash", "fmha", "attention", "sdpa", "cudnn_sdpa"),
-    "convolution": ("conv", "fprop", "dgrad", "wgrad", "implicit_gemm", "cudnn"),
-    "matmul": ("gemm", "matmul", "_mm", "mm_", "addmm", "cutlass", "linear", "scaled_mm", "xmma"),
-    "copy": ("memcpy", "memset", "copy_", "to_copy"),
-}
-PROFILE_TOP = 12  # the kernels (operators) listed by time in a row's profile
 
 
 @dataclass(frozen=True)
@@ -327,52 +316,19 @@ def stream_row(pipeline: SwinDPMPipeline, row: Row, cli) -> tuple[dict, torch.Te
     return measures, torch.cat(frames), torch.cat(latents)
 
 
-def work_kind(name: str) -> str:
-    """The kind of work (``WORK_KINDS``) a kernel's or operator's name says it does."""
-    lowered = name.lower()
-    return next((kind for kind, patterns in WORK_KINDS.items() if any(p in lowered for p in patterns)), "other")
-
-
 def profile_row(pipeline: SwinDPMPipeline, row: Row, cli) -> dict:
     """The row's stream once more under torch's profiler (after its measured run: profiling slows it): the device
     time by kind of work (GPU kernels; on the CPU, aten operators), the share of the wall time the device was busy
     (above 1 where two CUDA streams overlap, as the overlapped decode's do), the host's operator calls per group,
     and the top kernels. With ``--profile_dir``, the trace too, gzipped (Perfetto reads it)."""
     on_gpu = pipeline.device.type == "cuda"
-    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if on_gpu else [])
-    with torch.profiler.profile(activities=activities) as profiler:
+    with torch.profiler.profile(activities=profiling.activities(pipeline.device)) as profiler:
         start = time.perf_counter()
         stream_row(pipeline, row, cli)
         wall = time.perf_counter() - start
-    averages = profiler.key_averages()
-    operators = [event for event in averages if event.key.startswith("aten::")]
-    if on_gpu:
-        kernels = [event for event in averages if event.device_type == torch.autograd.DeviceType.CUDA]
-        work = [(event.key, event.self_device_time_total / 1e6, event.count) for event in kernels]
-    else:
-        work = [(event.key, event.self_cpu_time_total / 1e6, event.count) for event in operators]
-    by_kind: dict[str, float] = {}
-    for name, seconds, _ in work:
-        kind = work_kind(name)
-        by_kind[kind] = by_kind.get(kind, 0.0) + seconds
-    busy = sum(by_kind.values())
     if cli.profile_dir:
-        trace = Path(cli.profile_dir) / f"{row.name}.json"
-        trace.parent.mkdir(parents=True, exist_ok=True)
-        profiler.export_chrome_trace(str(trace))
-        with trace.open("rb") as source, gzip.open(f"{trace}.gz", "wb") as packed:  # a tenth of the size
-            shutil.copyfileobj(source, packed)
-        trace.unlink()
-    return {
-        "wall_s": wall,
-        "device_s_by_kind": dict(sorted(by_kind.items(), key=lambda item: -item[1])),
-        "device_busy_share": busy / wall,
-        "host_operator_calls_per_group": sum(event.count for event in operators) / row.max_groups,
-        "top": [
-            {"name": name[:120], "seconds": seconds, "calls": calls}
-            for name, seconds, calls in sorted(work, key=lambda item: -item[1])[:PROFILE_TOP]
-        ],
-    }
+        profiling.save_trace(profiler, Path(cli.profile_dir) / f"{row.name}.json")
+    return profiling.summarize(profiler, wall, row.max_groups, "group", on_gpu)
 
 
 def time_calls(pipeline, names: tuple[str, ...]) -> dict[str, float]:

@@ -16,6 +16,11 @@ from thematrix.model_dir import GenerationDefaults
 LATEST_CHECKPOINT = "latest"
 
 
+# A launch's first optimizer steps compile, fill the allocator and start the data loader's workers: a trace
+# (args.profile_steps) begins after them.
+PROFILE_WARMUP_STEPS = 3
+
+
 @dataclass
 class TrainingArgs(StrictArgs):
     # --- model and data -------------------------------------------------------------------------
@@ -108,6 +113,9 @@ class TrainingArgs(StrictArgs):
     # --- logging --------------------------------------------------------------------------------
     report_to: str = "tensorboard"  # any tracker accelerate supports (tensorboard, wandb, mlflow, comet_ml, aim, clearml, dvclive, swanlab, trackio), several joined by commas, "all" installed ones, or "none"
     logging_steps: int = 1
+    # Trace this many optimizer steps with torch's profiler, after the launch's first PROFILE_WARMUP_STEPS, into <output_dir>/profile.json (where the time goes: device busy share, work
+    # by kind, host operator calls a step, top kernels) and profile_trace.json.gz; main process only; 0 traces none.
+    profile_steps: int = 0
 
     def check(self) -> None:
         """Consistency checks that need no files; the trainer checks paths and the model."""
@@ -128,6 +136,14 @@ class TrainingArgs(StrictArgs):
             raise ConfigError(
                 f"args.timestep_density_exponent must be above 0 (1 draws timesteps uniformly), is "
                 f"{self.timestep_density_exponent}"
+            )
+        if self.profile_steps < 0:
+            raise ConfigError(f"args.profile_steps must be 0 (no trace) or more, is {self.profile_steps}")
+        if self.profile_steps and PROFILE_WARMUP_STEPS + self.profile_steps > self.max_train_steps:
+            raise ConfigError(
+                f"args.profile_steps = {self.profile_steps} traces steps {PROFILE_WARMUP_STEPS + 1} to "
+                f"{PROFILE_WARMUP_STEPS + self.profile_steps} of a launch, past args.max_train_steps = "
+                f"{self.max_train_steps}; lower args.profile_steps or raise args.max_train_steps"
             )
         if self.checkpoint_keeps_attention and not self.gradient_checkpointing:
             raise ConfigError(

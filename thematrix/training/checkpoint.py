@@ -47,6 +47,7 @@ RESUMABLE_SETTINGS = frozenset(
         "checkpointing_steps",
         "checkpoints_total_limit",
         "logging_steps",
+        "profile_steps",
         "report_to",
         "dataloader_num_workers",
         "cache_latents",
