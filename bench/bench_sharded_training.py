@@ -207,9 +207,15 @@ def all_rows() -> list[str]:
     return rows + [f"resume-{mode}{suffix}" for suffix in ("", "-stage4") for mode in ACCELERATE_CONFIGS]
 
 
+def split_row(row: str) -> tuple[str, str, str | None]:
+    """(stage or "resume", mode, GPU count or a resume row's stage, if named) of a row's name."""
+    kind, mode, *rest = row.split("-")
+    return kind, mode, rest[0] if rest else None
+
+
 def gpus_needed(row: str) -> int:
-    kind, _, *rest = row.split("-")
-    return RESUME_SAVED_ON if kind == "resume" else int(rest[0])
+    kind, _, gpus = split_row(row)
+    return RESUME_SAVED_ON if kind == "resume" else int(gpus)
 
 
 def main() -> None:
@@ -247,12 +253,12 @@ def main() -> None:
     )
     rows_done = results.setdefault("rows", {})
     for row in rows:
-        kind, mode, *rest = row.split("-")  # rest: the GPU count, or a resume row's stage
+        kind, mode, last = split_row(row)
         print(f"{row} ...", flush=True)
         if kind == "resume":
-            rows_done[row] = resume_row(rest[0] if rest else "stage3", mode, inputs, cli)
+            rows_done[row] = resume_row(last or "stage3", mode, inputs, cli)
         else:
-            rows_done[row] = throughput_row(kind, mode, int(rest[0]), inputs, cli)
+            rows_done[row] = throughput_row(kind, mode, int(last), inputs, cli)
         print(json.dumps({row: rows_done[row]}, indent=2), flush=True)
         if cli.json:
             cli.json.write_text(json.dumps(results, indent=2))

@@ -321,14 +321,13 @@ def profile_row(pipeline: SwinDPMPipeline, row: Row, cli) -> dict:
     time by kind of work (GPU kernels; on the CPU, aten operators), the share of the wall time the device was busy
     (above 1 where two CUDA streams overlap, as the overlapped decode's do), the host's operator calls per group,
     and the top kernels. With ``--profile_dir``, the trace too, gzipped (Perfetto reads it)."""
-    on_gpu = pipeline.device.type == "cuda"
     with torch.profiler.profile(activities=profiling.activities(pipeline.device)) as profiler:
         start = time.perf_counter()
         stream_row(pipeline, row, cli)
         wall = time.perf_counter() - start
     if cli.profile_dir:
         profiling.save_trace(profiler, Path(cli.profile_dir) / f"{row.name}.json")
-    return profiling.summarize(profiler, wall, row.max_groups, "group", on_gpu)
+    return profiling.summarize(profiler, wall, row.max_groups, "group", pipeline.device)
 
 
 def time_calls(pipeline, names: tuple[str, ...]) -> dict[str, float]:

@@ -9,7 +9,10 @@ models), and the top kernels. ``bench/bench_stream.py --profile`` and training's
 from __future__ import annotations
 
 import gzip
+import json
+import logging
 import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -24,6 +27,8 @@ WORK_KINDS = {
 }
 TOP_KERNELS = 12  # the kernels (operators) a summary lists by time
 
+logger = logging.getLogger(__name__)
+
 
 def work_kind(name: str) -> str:
     """The kind of work (``WORK_KINDS``) a kernel's or operator's name says it does."""
@@ -37,11 +42,18 @@ def activities(device: torch.device) -> list[torch.profiler.ProfilerActivity]:
     return [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if on_gpu else [])
 
 
-def summarize(profiler: torch.profiler.profile, wall_s: float, units: int, unit: str, on_gpu: bool) -> dict:
-    """The summary (module docstring) of a finished ``profiler`` that ran ``units`` ``unit``s in ``wall_s`` seconds."""
+def synchronize(device: torch.device) -> None:
+    """Wait for ``device``'s queued work, so that a wall clock read next includes it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def summarize(profiler: torch.profiler.profile, wall_s: float, units: int, unit: str, device: torch.device) -> dict:
+    """The summary (module docstring) of a finished ``profiler`` that ran ``units`` ``unit``s on ``device`` in
+    ``wall_s`` seconds."""
     averages = profiler.key_averages()
     operators = [event for event in averages if event.key.startswith("aten::")]
-    if on_gpu:
+    if device.type == "cuda":
         kernels = [event for event in averages if event.device_type == torch.autograd.DeviceType.CUDA]
         work = [(event.key, event.self_device_time_total / 1e6, event.count) for event in kernels]
     else:
@@ -71,3 +83,52 @@ def save_trace(profiler: torch.profiler.profile, path: Path) -> Path:
         shutil.copyfileobj(source, target)
     path.unlink()
     return packed
+
+
+class StepTrace:
+    """A training run's steps ``start_step + 1`` to ``end_step`` under torch's profiler (``args.profile_steps``): the
+    summary to ``<output_dir>/profile.json``, the trace beside it. A run that stops sooner writes the steps it traced.
+    Call ``before_step(step)`` and ``after_step(step)`` around each step, ``step`` counting the steps done."""
+
+    SUMMARY = "profile.json"
+    TRACE = "profile_trace.json"
+
+    def __init__(self, device: torch.device, output_dir: Path, start_step: int, end_step: int):
+        self.device, self.output_dir = device, output_dir
+        self.start_step, self.end_step = start_step, end_step
+        self.profiler: torch.profiler.profile | None = None
+        self.started = 0.0
+
+    def before_step(self, step: int) -> None:
+        if self.profiler is None and step == self.start_step:
+            synchronize(self.device)
+            self.profiler = torch.profiler.profile(activities=activities(self.device))
+            self.profiler.__enter__()
+            self.started = time.perf_counter()
+
+    def after_step(self, step: int, last_step: int) -> None:
+        if self.profiler is not None and step in (self.end_step, last_step):
+            self.finish(step)
+
+    def finish(self, step: int) -> None:
+        synchronize(self.device)
+        wall = time.perf_counter() - self.started
+        self.profiler.__exit__(None, None, None)
+        steps = step - self.start_step
+        summary = {
+            "steps": [self.start_step + 1, step],
+            "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "CPU",
+            **summarize(self.profiler, wall, steps, "step", self.device),
+        }
+        (self.output_dir / self.SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+        trace = save_trace(self.profiler, self.output_dir / self.TRACE)
+        self.profiler = None
+        logger.info(
+            "steps %d-%d traced: %.3f s a step, the device busy %.0f%% of it, %.0f host operator calls a step; %s, %s",
+            *summary["steps"],
+            wall / steps,
+            100 * summary["device_busy_share"],
+            summary["host_operator_calls_per_step"],
+            self.output_dir / self.SUMMARY,
+            trace,
+        )

@@ -113,8 +113,9 @@ class TrainingArgs(StrictArgs):
     # --- logging --------------------------------------------------------------------------------
     report_to: str = "tensorboard"  # any tracker accelerate supports (tensorboard, wandb, mlflow, comet_ml, aim, clearml, dvclive, swanlab, trackio), several joined by commas, "all" installed ones, or "none"
     logging_steps: int = 1
-    # Trace this many optimizer steps with torch's profiler, after the launch's first PROFILE_WARMUP_STEPS, into <output_dir>/profile.json (where the time goes: device busy share, work
-    # by kind, host operator calls a step, top kernels) and profile_trace.json.gz; main process only; 0 traces none.
+    # Trace this many optimizer steps with torch's profiler, after the launch's first PROFILE_WARMUP_STEPS, into
+    # <output_dir>/profile.json (where the time goes: device busy share, work by kind, host operator calls a step, top
+    # kernels) and profile_trace.json.gz; main process only; 0 traces none.
     profile_steps: int = 0
 
     def check(self) -> None:

@@ -29,7 +29,6 @@ an uninterrupted one.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -621,16 +620,20 @@ class Trainer:
             desc="steps",
             disable=not accelerator.is_local_main_process,
         ) as progress:
-            trace = StepTrace(self, first_step=self.global_step) if args.profile_steps else None
+            # The main process traces args.profile_steps steps after this launch's first PROFILE_WARMUP_STEPS.
+            trace = None
+            if args.profile_steps and accelerator.is_main_process:
+                start = self.global_step + PROFILE_WARMUP_STEPS
+                trace = profiling.StepTrace(accelerator.device, self.output_dir, start, start + args.profile_steps)
             while self.global_step < args.max_train_steps:
                 step_start = time.perf_counter()
                 if trace is not None:
-                    trace.before_step()
+                    trace.before_step(self.global_step)
                 logs = {"lr": self.lr_scheduler.get_last_lr()[0]}
                 logs.update(self._optimizer_step(batches))
                 self.global_step += 1
                 if trace is not None:
-                    trace.after_step()
+                    trace.after_step(self.global_step, args.max_train_steps)
                 self.lr_scheduler.step()
                 logs["step_time_s"] = time.perf_counter() - step_start
                 if torch.cuda.is_available():
@@ -789,62 +792,3 @@ class Trainer:
             return written
         finally:
             self.transformer.train()
-
-
-class StepTrace:
-    """``args.profile_steps`` optimizer steps of a launch under torch's profiler, after its first
-    ``PROFILE_WARMUP_STEPS``; the main process writes the summary (thematrix/profiling.py) to
-    ``<output_dir>/profile.json`` and the trace beside it. A launch that ends sooner writes the steps it traced."""
-
-    SUMMARY = "profile.json"
-    TRACE = "profile_trace.json"
-
-    def __init__(self, trainer: Trainer, first_step: int):
-        self.trainer = trainer
-        self.start_step = first_step + PROFILE_WARMUP_STEPS
-        self.end_step = self.start_step + trainer.args.profile_steps
-        self.enabled = trainer.accelerator.is_main_process
-        self.profiler: torch.profiler.profile | None = None
-        self.started = 0.0
-
-    def before_step(self) -> None:
-        if self.enabled and self.profiler is None and self.trainer.global_step == self.start_step:
-            synchronize(self.trainer.accelerator.device)
-            self.profiler = torch.profiler.profile(activities=profiling.activities(self.trainer.accelerator.device))
-            self.profiler.__enter__()
-            self.started = time.perf_counter()
-
-    def after_step(self) -> None:
-        if self.profiler is not None and self.trainer.global_step in (self.end_step, self.trainer.args.max_train_steps):
-            self.finish()
-
-    def finish(self) -> None:
-        device = self.trainer.accelerator.device
-        synchronize(device)
-        wall = time.perf_counter() - self.started
-        self.profiler.__exit__(None, None, None)
-        steps = self.trainer.global_step - self.start_step
-        summary = {
-            "steps": [self.start_step + 1, self.trainer.global_step],
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
-            **profiling.summarize(self.profiler, wall, steps, "step", device.type == "cuda"),
-        }
-        output_dir = self.trainer.output_dir
-        (output_dir / self.SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
-        trace = profiling.save_trace(self.profiler, output_dir / self.TRACE)
-        self.profiler = None
-        logger.info(
-            "steps %d-%d traced: %.3f s a step, the device busy %.0f%% of it, %.0f host operator calls a step; %s, %s",
-            *summary["steps"],
-            wall / steps,
-            100 * summary["device_busy_share"],
-            summary["host_operator_calls_per_step"],
-            output_dir / self.SUMMARY,
-            trace,
-        )
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for ``device``'s queued work, so that a wall clock read next includes it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
