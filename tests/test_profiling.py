@@ -26,6 +26,10 @@ def test_a_run_traces_the_steps_after_its_warm_up(lora_args):
     assert summary["host_operator_calls_per_step"] > 0
     assert "matmul" in summary["device_s_by_kind"]  # the transformer's linear layers, on the CPU as aten operators
     assert summary["top"] and all(entry["calls"] > 0 for entry in summary["top"])
+    most_called = summary["top_host_operators_per_step"]
+    assert all(name.startswith("aten::") for name in most_called)
+    assert list(most_called.values()) == sorted(most_called.values(), reverse=True)
+    assert sum(most_called.values()) <= summary["host_operator_calls_per_step"]
     with gzip.open(Path(args.output_dir) / "profile_trace.json.gz") as trace:
         assert json.load(trace)["traceEvents"]
 

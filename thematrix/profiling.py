@@ -25,7 +25,7 @@ WORK_KINDS = {
     "matmul": ("gemm", "matmul", "_mm", "mm_", "addmm", "cutlass", "linear", "scaled_mm", "xmma"),
     "copy": ("memcpy", "memset", "copy_", "to_copy"),
 }
-TOP_KERNELS = 12  # the kernels (operators) a summary lists by time
+TOP_KERNELS = 12  # the kernels (operators) a summary lists by time, and the host operators by calls
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,10 @@ def summarize(profiler: torch.profiler.profile, wall_s: float, units: int, unit:
             {"name": name[:120], "seconds": seconds, "calls": calls}
             for name, seconds, calls in sorted(work, key=lambda item: -item[1])[:TOP_KERNELS]
         ],
+        # Where the host's calls come from, when they bound the run.
+        f"top_host_operators_per_{unit}": {
+            event.key: event.count / units for event in sorted(operators, key=lambda e: -e.count)[:TOP_KERNELS]
+        },
     }
 
 

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Step 10 (a diagnosis, about 6 minutes on one H200): where a training step of each mini run spends its time on
+# this GPU. Each transformer run of the chain (pretraining, stages 1-4) trains a few steps on random weights of
+# the mini base model and the standard game's footage, the configs as the chain has them, and traces
+# PROFILE_STEPS steps after its warm-up (args.profile_steps): seconds a step, the GPU's busy share, its time by
+# kind of work, the host's operator calls a step. Then the runs named in COMPILED_RUNS again with
+# `--compile_blocks true`. The weights are random, so only the times mean anything. Carry in:
+# outputs/learning/footage/game. Returns results/profile_<run>.json.
+source "$(dirname "$0")/common.sh"
+step 10
+
+PROFILE_STEPS="${PROFILE_STEPS:-10}"
+COMPILED_RUNS="${COMPILED_RUNS:-pretrain stage2 stage4}"
+PROFILES="$WORK/profile"
+RANDOM_BASE="$MODELS/base-mini-random"
+
+phase "random mini base model" done_or "$RANDOM_BASE" \
+  "$PYTHON" -m thematrix.base_model --preset mini --dtype bfloat16 --output_dir "$RANDOM_BASE"
+
+# profiled RUN LAUNCHER CONFIG INPUT_MODEL [SETTINGS...]: train RUN's first steps into $PROFILES/RUN and keep its
+# profile as results/profile_RUN.json (the traces stay in $PROFILES: a few MB each).
+profiled() {
+  local run="$1" launcher="$2" config="$3" input="$4"
+  shift 4
+  local steps=$((PROFILE_STEPS + 3)) # the trainer's warm-up steps (PROFILE_WARMUP_STEPS), then the traced ones
+  # shellcheck disable=SC2086
+  phase "profile: $run" done_or "$PROFILES/$run/profile.json" \
+    $launcher --config "$config" --pretrained_model_name_or_path "$input" "${GAME[@]}" --output_dir "$PROFILES/$run" \
+    "${TRAIN_SCALE[@]}" --max_train_steps "$steps" --profile_steps "$PROFILE_STEPS" --checkpointing_steps "$steps" --validation_steps 0 "$@"
+  cp "$PROFILES/$run/profile.json" "$RESULTS/profile_$run.json"
+}
+
+PRETRAIN=("$PYTHON -m thematrix.pretrain.transformer" thematrix/pretrain/transformer_config_mini.py)
+STAGE1=("bash stage1/train_text_to_video_lora.sh" training/lora_config_mini.py)
+STAGE2=("bash stage2/train_text_to_video_sft.sh" training/sft_config_mini.py)
+STAGE3=("bash stage3/train_text_to_video_sft.sh" training/sft_config_mini.py)
+STAGE4=("bash stage4/train_text_to_video_scm.sh" training/scm_config_mini.py)
+
+profiled pretrain "${PRETRAIN[@]}" "$RANDOM_BASE" --from_scratch true
+profiled stage1 "${STAGE1[@]}" "$RANDOM_BASE"
+profiled stage2 "${STAGE2[@]}" "$RANDOM_BASE"
+profiled stage3 "${STAGE3[@]}" "$PROFILES/stage2/model"
+profiled stage4 "${STAGE4[@]}" "$PROFILES/stage3/model"
+declare -A INPUTS=([pretrain]="$RANDOM_BASE" [stage1]="$RANDOM_BASE" [stage2]="$RANDOM_BASE"
+                   [stage3]="$PROFILES/stage2/model" [stage4]="$PROFILES/stage3/model")
+for run in $COMPILED_RUNS; do
+  declare -n launch="${run^^}"
+  profiled "$run-compiled" "${launch[@]}" "${INPUTS[$run]}" --compile_blocks true
+  unset -n launch
+done
+
+"$PYTHON" - "$RESULTS" <<'EOF'
+import json, sys
+from pathlib import Path
+
+print(f"{'run':<20}{'s/step':>8}{'GPU busy':>10}{'host ops/step':>15}  GPU s by kind")
+for path in sorted(Path(sys.argv[1]).glob("profile_*.json")):
+    profile = json.loads(path.read_text())
+    seconds = profile["wall_s"] / (profile["steps"][1] - profile["steps"][0] + 1)
+    kinds = ", ".join(f"{kind} {value:.3f}" for kind, value in profile["device_s_by_kind"].items())
+    print(f"{path.stem[8:]:<20}{seconds:>8.3f}{profile['device_busy_share']:>10.2f}"
+          f"{profile['host_operator_calls_per_step']:>15.0f}  {kinds}")
+    calls = ", ".join(f"{name[6:]} {count:.0f}" for name, count in profile["top_host_operators_per_step"].items())
+    print(f"{'':<20}most called: {calls}")
+EOF
+pack results
