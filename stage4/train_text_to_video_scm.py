@@ -23,6 +23,7 @@ from stage3.train_text_to_video_sft import SwinTrainer
 from stage4.cogvideox.pipeline_cogvideox import ScmPipeline
 from stage4.cogvideox.scheduler import ScmScheduler, distillation_timesteps, teacher_schedule
 from stage4.training.arguments import ScmArgs
+from thematrix.acceleration import compile_blocks
 from thematrix.cli import run
 from thematrix.config import ConfigError
 from thematrix.model_dir import save_model_dir, transformer_class_name
@@ -70,10 +71,13 @@ class EmaTarget:
     @torch.no_grad()
     def update(self, student_weights: Iterator[tuple[str, torch.Tensor]]) -> None:
         """One step towards the student's whole trainable weights, given as (name, weight) in ``self.names`` order."""
+        targets = []
         for (name, student_weight), expected, weight in zip(student_weights, self.names, self.weights, strict=True):
             if name != expected:
                 raise RuntimeError(f"the EMA target's weight {expected} was paired with the student's {name}")
-            weight.lerp_(student_weight.to(weight.dtype), 1 - self.decay)
+            targets.append(student_weight.to(weight.dtype))
+        # One multi-weight operation rather than one per weight: small models' steps are bound by such calls.
+        torch._foreach_lerp_(self.weights, targets, 1 - self.decay)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {name: weight.detach().clone() for name, weight in zip(self.names, self.weights)}
@@ -155,6 +159,9 @@ class ScmTrainer(SwinTrainer):
         )
 
         self.accelerator.register_for_checkpointing(self.ema.to(device))
+        if self.args.compile_blocks:  # the teacher's and the target's forwards outnumber the student's
+            compile_blocks(teacher)
+            compile_blocks(self.ema.module)
 
     def after_optimizer_step(self) -> None:
         """The target follows the student's whole float32 weights (gathered under FSDP and DeepSpeed): theta^- <- mu

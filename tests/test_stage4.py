@@ -27,6 +27,8 @@ from tests.conftest import (
     moving_square_clip,
     tiny_run_args,
 )
+from tests.test_acceleration import COMPILE_ROUNDING_STEPS, TEST_BACKEND
+from thematrix import acceleration
 from thematrix.config import ConfigError, load_config
 from thematrix.data.dataset import collate_batch
 from thematrix.presets import TINY
@@ -264,6 +266,35 @@ def test_resume_after_kill_restores_student_and_ema_target_exactly(teacher_dir, 
     assert moved
     for key in moved:  # the target follows the student, a step behind
         assert not torch.equal(final_target[key], middle_target[key]) and not torch.equal(final_target[key], final[key])
+
+
+def test_compiled_blocks_run_student_teacher_and_target_compiled_to_the_eager_weights(
+    teacher_dir, tiny_dataset, cache_dir, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(acceleration, "DEFAULT_COMPILE_BACKEND", TEST_BACKEND)
+    targets = {}
+    for compiled in (False, True):
+        args = scm_args(
+            teacher_dir,
+            tiny_dataset,
+            tmp_path / f"compiled_{compiled}",
+            max_train_steps=2,
+            learning_rate=1e-3,
+            cache_dir=cache_dir,
+            compile_blocks=compiled,
+        )
+        trainer = ScmTrainer(args)
+        trainer.train()
+        targets[compiled] = trainer.ema.state_dict()
+    models = (
+        trainer.accelerator.unwrap_model(trainer.transformer),
+        trainer.teacher_pipeline.transformer,
+        trainer.ema.module,
+    )
+    assert all(block._compiled_call_impl is not None for model in models for block in model.transformer_blocks)
+    assert targets[True].keys() == targets[False].keys()
+    for name, weight in targets[True].items():
+        torch.testing.assert_close(weight, targets[False][name], atol=COMPILE_ROUNDING_STEPS * 1e-3, rtol=0)
 
 
 def test_lora_student_trains_adapters_and_saves_a_fused_model(teacher_dir, tiny_dataset, cache_dir, tmp_path):

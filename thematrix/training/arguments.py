@@ -77,8 +77,9 @@ class TrainingArgs(StrictArgs):
     # values, so a run resumes with the setting it started with. Off until bench/RESULTS.md has measured it at 2B.
     fp8_training: bool = False
     allow_tf32: bool = True
-    # torch.compile each transformer block (regional): faster GPU steps after a compile of a minute or so; the
-    # first steps pay it. Off by default until bench/RESULTS.md has measured it on every stage.
+    # torch.compile each transformer block (regional; stage 4's teacher and target too): faster GPU steps after a
+    # compile of a minute or so, which the first steps pay; small models, whose steps are bound by the host's
+    # operator calls, gain most. Off by default until bench/RESULTS.md has measured it on every stage.
     compile_blocks: bool = False
 
     # --- VAE and caching ------------------------------------------------------------------------
