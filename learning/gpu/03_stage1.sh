@@ -10,7 +10,7 @@ step 03
 phase "stage 1: LoRA fine-tuning" done_or "$MODELS/stage1-lora/pytorch_lora_weights.safetensors" \
   bash stage1/train_text_to_video_lora.sh --config training/lora_config_mini.py \
   --pretrained_model_name_or_path "$MODELS/pretrain/model" "${GAME[@]}" --output_dir "$MODELS/stage1-lora" \
-  "${TRAIN_SCALE[@]}" ${STAGE1_ARGS:-}
+  "${TRAIN_SCALE[@]}" "${TRAIN_SPEED[@]}" ${STAGE1_ARGS:-}
 phase "stage 1: fuse the LoRA" done_or "$MODELS/stage1-fused" \
   "$PYTHON" stage1/fuse_lora_weights.py --base_model "$MODELS/pretrain/model" --lora_dir "$MODELS/stage1-lora" \
   --output_dir "$MODELS/stage1-fused"

@@ -11,7 +11,7 @@ step 04
 phase "stage 2: the Interactive Module" done_or "$MODELS/stage2/model" \
   bash stage2/train_text_to_video_sft.sh --config training/sft_config_mini.py \
   --pretrained_model_name_or_path "$MODELS/stage1-fused" "${GAME[@]}" --output_dir "$MODELS/stage2" \
-  "${TRAIN_SCALE[@]}" ${STAGE2_ARGS:-}
+  "${TRAIN_SCALE[@]}" "${TRAIN_SPEED[@]}" ${STAGE2_ARGS:-}
 evaluate_clips stage2 "$MODELS/stage2/model"
 evaluate_clips stage2_control_guidance_3 "$MODELS/stage2/model" --control_guidance_scale 3
 

@@ -16,12 +16,12 @@ phase "transformer pretraining, continued" done_or "$MORE/model" \
   "$PYTHON" -m thematrix.pretrain.transformer --config thematrix/pretrain/transformer_config_mini.py \
   --pretrained_model_name_or_path "$MODELS/pretrain/model" --from_scratch false --data_root "$FOOTAGE/broad" \
   --index_file "$FOOTAGE/broad/index.json" --output_dir "$MORE" --train_batch_size 128 --max_train_steps 4000 \
-  --learning_rate 1e-4 --lr_warmup_steps 100 --validation_steps 0 "${TRAIN_SCALE[@]}" ${PRETRAIN_MORE_ARGS:-}
+  --learning_rate 1e-4 --lr_warmup_steps 100 --validation_steps 0 "${TRAIN_SCALE[@]}" "${TRAIN_SPEED[@]}" ${PRETRAIN_MORE_ARGS:-}
 # shellcheck disable=SC2086
 phase "stage 1 on it: LoRA fine-tuning" done_or "$MODELS/stage1-more-lora/pytorch_lora_weights.safetensors" \
   bash stage1/train_text_to_video_lora.sh --config training/lora_config_mini.py \
   --pretrained_model_name_or_path "$MORE/model" "${GAME[@]}" --output_dir "$MODELS/stage1-more-lora" \
-  --validation_steps 0 "${TRAIN_SCALE[@]}" ${STAGE1_ARGS:-}
+  --validation_steps 0 "${TRAIN_SCALE[@]}" "${TRAIN_SPEED[@]}" ${STAGE1_ARGS:-}
 phase "stage 1 on it: fuse the LoRA" done_or "$MODELS/stage1-more-fused" \
   "$PYTHON" stage1/fuse_lora_weights.py --base_model "$MORE/model" --lora_dir "$MODELS/stage1-more-lora" \
   --output_dir "$MODELS/stage1-more-fused"

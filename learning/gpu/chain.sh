@@ -1,21 +1,33 @@
 #!/usr/bin/env bash
-# Steps 1 to 7 in one command, on one machine, each step started as soon as what it needs is done: step 2 once
-# step 1's VAE is trained (beside step 1's IDM), step 4 once step 3's fuse is done (beside step 3's clips), step 5
-# once stage 2 is trained (beside step 4's clips); steps 6 and 7 run alone, so that the student's and the teacher's
-# stream speeds are measured alike. The steps' own settings (common.sh: LEARNING_WORK, NUM_STREAMS, STREAM_GPUS,
-# <STEP>_ARGS, DRY_RUN, ...) apply; each step's output goes to $LEARNING_WORK/logs/NN.log. A step's phases that
-# ran beside another step's record their own wall times, longer than alone.
+# Steps 1 to 7 in one command, on one machine, each step started as soon as what it needs is done. The steps' own
+# settings (common.sh: LEARNING_WORK, NUM_STREAMS, COMPILE_BLOCKS, <STEP>_ARGS, DRY_RUN, ...) apply; each step's
+# output goes to $LEARNING_WORK/logs/NN.log. A step's phases that ran beside another step's record their own wall
+# times, longer than alone.
+#
+#   CHAIN_GPUS  the GPU ids the steps share, e.g. 0,1 (default: the machine's GPUs as each step finds them). One GPU: step 2 starts once step 1's VAE is trained (beside
+#               its IDM), step 4 once step 3's fuse is done (beside its clips), step 5 once stage 2 is trained (beside
+#               step 4's clips), steps 6 and 7 alone, so that the student's and the teacher's stream speeds are
+#               measured alike. Two GPUs: the steps alternate between them, and step 6 starts once stage 3 is
+#               trained, beside step 5's streams, step 7 once step 5 is done, beside step 6's; each stream speed is
+#               then one GPU's while the other works.
 source "$(dirname "$0")/common.sh"
 LOGS="$WORK/logs"
 mkdir -p "$LOGS"
+IFS=, read -r -a CHAIN_GPU_IDS <<< "${CHAIN_GPUS:-0}"
+if (( ${#CHAIN_GPU_IDS[@]} > 2 )); then
+  echo "error: CHAIN_GPUS=$CHAIN_GPUS: the chain uses one GPU or two; for the streams of more, set STREAM_GPUS" >&2
+  exit 2
+fi
+FIRST="${CHAIN_GPU_IDS[0]}"
+SECOND="${CHAIN_GPU_IDS[1]:-$FIRST}"
 
-# start NN: run step NN in the background (its PID in $STARTED), its timings cleared so that `after` waits for
-# this run's phases.
+# start NN GPU: run step NN in the background on GPU (its PID in $STARTED), its timings cleared so that `after` waits
+# for this run's phases.
 start() {
   rm -f "$RESULTS/timings_$1.tsv"
-  bash learning/gpu/"$1"_*.sh > "$LOGS/$1.log" 2>&1 &
+  env ${CHAIN_GPUS:+CUDA_VISIBLE_DEVICES="$2"} bash learning/gpu/"$1"_*.sh > "$LOGS/$1.log" 2>&1 &
   STARTED=$!
-  echo "step $1 started (log: $LOGS/$1.log)"
+  echo "step $1 started${CHAIN_GPUS:+ on GPU $2} (log: $LOGS/$1.log)"
 }
 
 # after PID NN PHASE: until step NN has finished PHASE; stop the chain if the step ended without it.
@@ -35,18 +47,26 @@ finish() {
   echo "step $2 done"
 }
 
-start 01; STEP1=$STARTED
+start 01 "$SECOND"; STEP1=$STARTED
 after "$STEP1" 01 "VAE pretraining"
-start 02; finish "$STARTED" 02
+start 02 "$FIRST"; finish "$STARTED" 02
 finish "$STEP1" 01  # the IDM, which step 3's clips are scored by
-start 03; STEP3=$STARTED
+start 03 "$SECOND"; STEP3=$STARTED
 after "$STEP3" 03 "stage 1: fuse the LoRA"
-start 04; STEP4=$STARTED
+start 04 "$FIRST"; STEP4=$STARTED
 after "$STEP4" 04 "stage 2: the Interactive Module"
-start 05; STEP5=$STARTED
+start 05 "$SECOND"; STEP5=$STARTED
 finish "$STEP3" 03
 finish "$STEP4" 04
-finish "$STEP5" 05
-start 06; finish "$STARTED" 06
-start 07; finish "$STARTED" 07
+if [[ $FIRST == "$SECOND" ]]; then
+  finish "$STEP5" 05
+  start 06 "$FIRST"; finish "$STARTED" 06
+  start 07 "$FIRST"; finish "$STARTED" 07
+else
+  after "$STEP5" 05 "stage 3: Swin-DPM"
+  start 06 "$FIRST"; STEP6=$STARTED
+  finish "$STEP5" 05
+  start 07 "$SECOND"; finish "$STARTED" 07
+  finish "$STEP6" 06
+fi
 "$PYTHON" learning/results_page.py summary --work "$WORK"

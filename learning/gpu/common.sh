@@ -11,6 +11,8 @@
 #                  first-to-last change to about 10%, and take steps 5-7 past 10 minutes each on one GPU)
 #   STREAM_GPUS    GPU ids the stream measures split their streams over, e.g. 0,1,2,3 (default: the one GPU);
 #                  compare the speeds of measures made alike
+#   COMPILE_BLOCKS training's transformer blocks compiled (args.compile_blocks), 1 or 0 (default 1; 0 in a dry run):
+#                  the mini model's steps are bound by the host's operator calls, which compiling cuts
 #   DRIVER         the footage's driver, data/record_carracing.py --driver (default: track, which keeps the car on
 #                  the track, where the pedals show; random is what learning/RESULTS.md's chain recorded)
 #   <STEP>_ARGS    extra settings for one run, e.g. STAGE2_ARGS="--max_train_steps 3000" (PRETRAIN_VAE_ARGS,
@@ -59,11 +61,14 @@ else
   HELDOUT_FRAMES=105
   BIN_FRAMES=100
   TRAIN_SCALE=() VAE_SCALE=() IDM_SCALE=() BENCHMARK_SCALE=()
+  : "${COMPILE_BLOCKS:=1}"
   CLIPS_SCALE=(--num_clips "${NUM_CLIPS:-32}")
   STREAM_SCALE=(--num_streams "${NUM_STREAMS:-4}")
   TEACHER_STEPS=20  # stage 3's stream default, which stage 4 distils
   MOTION_SCALE=(--num_clips 32)
 fi
+TRAIN_SPEED=()
+if [[ ${COMPILE_BLOCKS:-0} == 1 ]]; then TRAIN_SPEED=(--compile_blocks true); fi
 # The streams of stages 3 and 4: from held-out clips, scored by the IDM per bin of frames; each group decoded while
 # the next one's forwards run, as a player runs the stream (the same frames; the speed is the teacher's and the
 # student's alike).
@@ -136,6 +141,18 @@ scene_speeds() {
     "$PYTHON" learning/pedal_dynamics.py --model_dir "$model_dir" --data_root "$FOOTAGE/heldout" \
     --index_file "$FOOTAGE/heldout/index.json" --scene_rows 0 "${HUD_BOX[0]}" --output "$RESULTS/pedal_dynamics_$name.json" \
     "${MOTION_SCALE[@]}" "$@"
+}
+
+# reuse_streams FROM TO: the stream measure TO starts from the stream records of FROM (results/FROM.json's), which
+# made the same streams on this kind of GPU: its command then makes only the streams FROM lacks. Elsewhere nothing.
+reuse_streams() {
+  local from="$RESULTS/$1" to="$RESULTS/$2"
+  [[ -e $from.json && -d $from.streams && ! -e $to.streams ]] || return 0
+  if "$PYTHON" -c 'import json, sys; from thematrix.evaluation.report import device_name
+sys.exit(json.load(open(sys.argv[1]))["environment"]["device"] != device_name())' "$from.json"; then
+    cp -r "$from.streams" "$to.streams"
+    echo "$to: starts from the streams of $from"
+  fi
 }
 
 summary() {
