@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Step 10 (a diagnosis, about 6 minutes on one H200): where a training step of each mini run spends its time on
+# Step 10 (a diagnosis, about 8 minutes on one H200, and a minute or two a compiled run): where a training step of each mini run spends its time on
 # this GPU. Each transformer run of the chain (pretraining, stages 1-4) trains a few steps on random weights of
 # the mini base model and the standard game's footage, the configs as the chain has them, and traces
 # PROFILE_STEPS steps after its warm-up (args.profile_steps): seconds a step, the GPU's busy share, its time by
@@ -26,7 +26,8 @@ profiled() {
   # shellcheck disable=SC2086
   phase "profile: $run" done_or "$PROFILES/$run/profile.json" \
     $launcher --config "$config" --pretrained_model_name_or_path "$input" "${GAME[@]}" --output_dir "$PROFILES/$run" \
-    "${TRAIN_SCALE[@]}" --max_train_steps "$steps" --profile_steps "$PROFILE_STEPS" --checkpointing_steps "$steps" --validation_steps 0 "$@"
+    "${TRAIN_SCALE[@]}" --max_train_steps "$steps" --profile_steps "$PROFILE_STEPS" --checkpointing_steps "$steps" \
+    --validation_steps 0 "$@"
   cp "$PROFILES/$run/profile.json" "$RESULTS/profile_$run.json"
 }
 
