@@ -9,7 +9,8 @@ step 02
 phase "transformer pretraining" done_or "$MODELS/pretrain/model" \
   "$PYTHON" -m thematrix.pretrain.transformer --config thematrix/pretrain/transformer_config_mini.py \
   --pretrained_model_name_or_path "$MODELS/pretrain-vae/model" --data_root "$FOOTAGE/broad" \
-  --index_file "$FOOTAGE/broad/index.json" --output_dir "$MODELS/pretrain" "${TRAIN_SCALE[@]}" "${TRAIN_SPEED[@]}" ${PRETRAIN_ARGS:-}
+  --index_file "$FOOTAGE/broad/index.json" --output_dir "$MODELS/pretrain" \
+  "${TRAIN_SCALE[@]}" "${TRAIN_SPEED[@]}" ${PRETRAIN_ARGS:-}
 
 pack models/pretrain results
 summary

@@ -10,7 +10,8 @@ step 05
 phase "stage 3: Swin-DPM" done_or "$MODELS/stage3/model" \
   bash stage3/train_text_to_video_sft.sh --config training/sft_config_mini.py \
   --pretrained_model_name_or_path "$MODELS/stage2/model" --data_root "$FOOTAGE/game" \
-  --index_file "$FOOTAGE/game/index.json" --output_dir "$MODELS/stage3" "${TRAIN_SCALE[@]}" "${TRAIN_SPEED[@]}" ${STAGE3_ARGS:-}
+  --index_file "$FOOTAGE/game/index.json" --output_dir "$MODELS/stage3" \
+  "${TRAIN_SCALE[@]}" "${TRAIN_SPEED[@]}" ${STAGE3_ARGS:-}
 phase "evaluate streams: stage 3" done_or "$RESULTS/stream_stage3.json" \
   "${EVALUATE[@]}" stream --model_dir "$MODELS/stage3/model" --sampler swin-dpm \
   --num_inference_steps "$TEACHER_STEPS" --output "$RESULTS/stream_stage3.json" \

@@ -16,7 +16,8 @@ phase "transformer pretraining, continued" done_or "$MORE/model" \
   "$PYTHON" -m thematrix.pretrain.transformer --config thematrix/pretrain/transformer_config_mini.py \
   --pretrained_model_name_or_path "$MODELS/pretrain/model" --from_scratch false --data_root "$FOOTAGE/broad" \
   --index_file "$FOOTAGE/broad/index.json" --output_dir "$MORE" --train_batch_size 128 --max_train_steps 4000 \
-  --learning_rate 1e-4 --lr_warmup_steps 100 --validation_steps 0 "${TRAIN_SCALE[@]}" "${TRAIN_SPEED[@]}" ${PRETRAIN_MORE_ARGS:-}
+  --learning_rate 1e-4 --lr_warmup_steps 100 --validation_steps 0 \
+  "${TRAIN_SCALE[@]}" "${TRAIN_SPEED[@]}" ${PRETRAIN_MORE_ARGS:-}
 # shellcheck disable=SC2086
 phase "stage 1 on it: LoRA fine-tuning" done_or "$MODELS/stage1-more-lora/pytorch_lora_weights.safetensors" \
   bash stage1/train_text_to_video_lora.sh --config training/lora_config_mini.py \

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Step 10 (a diagnosis, about 8 minutes on one H200, and a minute or two a compiled run): where a training step of each mini run spends its time on
-# this GPU. Each transformer run of the chain (pretraining, stages 1-4) trains a few steps on random weights of
-# the mini base model and the standard game's footage, the configs as the chain has them, and traces
-# PROFILE_STEPS steps after its warm-up (args.profile_steps): seconds a step, the GPU's busy share, its time by
-# kind of work, the host's operator calls a step. Then the runs named in COMPILED_RUNS again with
+# Step 10 (a diagnosis, about 8 minutes on one H200, and a minute or two a compiled run): where a training step of
+# each mini run spends its time on this GPU. Each transformer run of the chain (pretraining, stages 1-4) trains a
+# few steps on random weights of the mini base model and the standard game's footage, the configs as the chain has
+# them, and traces PROFILE_STEPS steps after its warm-up (args.profile_steps): seconds a step, the GPU's busy
+# share, its time by kind of work, the host's operator calls a step. Then the runs named in COMPILED_RUNS again with
 # `--compile_blocks true`. The weights are random, so only the times mean anything. Carry in:
 # outputs/learning/footage/game. Returns results/profile_<run>.json.
 source "$(dirname "$0")/common.sh"

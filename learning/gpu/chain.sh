@@ -4,12 +4,12 @@
 # output goes to $LEARNING_WORK/logs/NN.log. A step's phases that ran beside another step's record their own wall
 # times, longer than alone.
 #
-#   CHAIN_GPUS  the GPU ids the steps share, e.g. 0,1 (default: the machine's GPUs as each step finds them). One GPU: step 2 starts once step 1's VAE is trained (beside
-#               its IDM), step 4 once step 3's fuse is done (beside its clips), step 5 once stage 2 is trained (beside
-#               step 4's clips), steps 6 and 7 alone, so that the student's and the teacher's stream speeds are
-#               measured alike. Two GPUs: the steps alternate between them, and step 6 starts once stage 3 is
-#               trained, beside step 5's streams, step 7 once step 5 is done, beside step 6's; each stream speed is
-#               then one GPU's while the other works.
+#   CHAIN_GPUS  the GPU ids the steps share, e.g. 0,1 (default: the machine's GPUs as each step finds them). One
+#               GPU: step 2 starts once step 1's VAE is trained (beside its IDM), step 4 once step 3's fuse is done
+#               (beside its clips), step 5 once stage 2 is trained (beside step 4's clips), steps 6 and 7 alone, so
+#               that the student's and the teacher's stream speeds are measured alike. Two GPUs: the steps alternate
+#               between them, and step 6 starts once stage 3 is trained, beside step 5's streams, step 7 once step 5
+#               is done, beside step 6's; each stream speed is then one GPU's while the other works.
 source "$(dirname "$0")/common.sh"
 LOGS="$WORK/logs"
 mkdir -p "$LOGS"
