@@ -45,6 +45,15 @@ TEST_VOCABULARY = ControlVocabulary(
 )
 
 
+@pytest.fixture
+def fresh_compiler():
+    """Compiled code as a new process has it: the variants other tests compiled of the same blocks do not count
+    against dynamo's recompile limit (a fullgraph compile fails past it)."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("models") / "base-tiny"

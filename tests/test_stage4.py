@@ -269,7 +269,7 @@ def test_resume_after_kill_restores_student_and_ema_target_exactly(teacher_dir, 
 
 
 def test_compiled_blocks_run_student_teacher_and_target_compiled_to_the_eager_weights(
-    teacher_dir, tiny_dataset, cache_dir, tmp_path, monkeypatch
+    teacher_dir, tiny_dataset, cache_dir, tmp_path, monkeypatch, fresh_compiler
 ):
     monkeypatch.setattr(acceleration, "DEFAULT_COMPILE_BACKEND", TEST_BACKEND)
     targets = {}
