@@ -62,6 +62,8 @@ class VaePretrainer:
         precision = args.mixed_precision
         bf16 = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
         self.autocast_dtype = torch.bfloat16 if bf16 else None
+        if self.device.type == "cuda":  # every step has the same crop shape: cuDNN times its convolutions once
+            torch.backends.cudnn.benchmark = True
 
     @property
     def final_model_dir(self) -> Path:
