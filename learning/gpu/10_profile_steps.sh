@@ -10,8 +10,10 @@ source "$(dirname "$0")/common.sh"
 step 10
 
 PROFILE_STEPS="${PROFILE_STEPS:-10}"
-COMPILED_RUNS="${COMPILED_RUNS:-pretrain stage2 stage4}"
+COMPILED_RUNS="${COMPILED_RUNS-pretrain stage2 stage4}"  # set empty: none
 PROFILES="$WORK/profile"
+# A launch's steps before its trace begins: the trainer's own count.
+WARMUP_STEPS="$("$PYTHON" -c 'from thematrix.training.arguments import PROFILE_WARMUP_STEPS as n; print(n)')"
 RANDOM_BASE="$MODELS/base-mini-random"
 
 phase "random mini base model" done_or "$RANDOM_BASE" \
@@ -22,7 +24,7 @@ phase "random mini base model" done_or "$RANDOM_BASE" \
 profiled() {
   local run="$1" launcher="$2" config="$3" input="$4"
   shift 4
-  local steps=$((PROFILE_STEPS + 3)) # the trainer's warm-up steps (PROFILE_WARMUP_STEPS), then the traced ones
+  local steps=$((WARMUP_STEPS + PROFILE_STEPS))
   # shellcheck disable=SC2086
   phase "profile: $run" done_or "$PROFILES/$run/profile.json" \
     $launcher --config "$config" --pretrained_model_name_or_path "$input" "${GAME[@]}" --output_dir "$PROFILES/$run" \
