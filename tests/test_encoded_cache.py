@@ -10,7 +10,7 @@ import torch
 from tests.conftest import CLIP_FPS, CLIP_FRAMES, TEST_VOCABULARY, TINY_HEIGHT, TINY_WIDTH
 from thematrix.data.dataset import VideoDataset
 from thematrix.data.index import load_index
-from thematrix.training.encoded_cache import EncodedDataset, encode_dataset
+from thematrix.training.encoded_cache import EncodedDataset, encode_dataset, entry_path
 
 
 class CountingEncoders:
@@ -78,3 +78,21 @@ def test_a_clip_changed_after_caching_is_never_served_stale(dataset, tmp_path):
         EncodedDataset(dataset, tmp_path, fingerprint)[0]
     finally:  # the clip is shared with other tests' caches
         os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_clips_decoded_by_workers_are_cached_under_their_own_keys(dataset, tmp_path):
+    """Worker processes decode the missing clips ahead of the encoders: each entry still holds its own clip."""
+    fingerprint = {"model": "a"}
+    encoders = CountingEncoders()
+    encode_dataset(dataset, tmp_path, encoders.encode_videos, encoders.encode_prompts, fingerprint)
+    kept = 1
+    for index in range(len(dataset)):
+        if index != kept:
+            entry_path(dataset, index, tmp_path, fingerprint)[0].unlink()
+    again = CountingEncoders()
+    encode_dataset(dataset, tmp_path, again.encode_videos, again.encode_prompts, fingerprint, num_workers=2)
+    assert again.videos == len(dataset) - 1, "only the clips without an entry are encoded"
+    for index in range(len(dataset)):
+        item = EncodedDataset(dataset, tmp_path, fingerprint)[index]
+        torch.testing.assert_close(item["latent_parameters"], again.encode_videos(dataset[index]["video"][None])[0])
+        assert item["prompt_embeds"].item() == len(dataset[index]["caption"])

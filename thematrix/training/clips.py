@@ -89,10 +89,12 @@ def cached_clips(
     fingerprint: dict[str, Any],
     entry_bytes: Callable[[int], int],
     accelerator: Accelerator,
+    num_workers: int = 0,
 ) -> EncodedDataset:
     """``dataset`` as latents and prompt embeddings, encoding (main process first) the clips not yet cached.
 
-    ``entry_bytes(num_frames)`` estimates one entry, for the free-space check made before encoding.
+    ``entry_bytes(num_frames)`` estimates one entry, for the free-space check made before encoding;
+    ``num_workers`` processes decode clips ahead of the encoders.
     """
 
     def space_problem():
@@ -105,7 +107,7 @@ def cached_clips(
     if problem:
         raise ConfigError(problem)
     with accelerator.main_process_first():
-        encode_dataset(dataset, cache_dir, encode_videos, encode_prompts, fingerprint)
+        encode_dataset(dataset, cache_dir, encode_videos, encode_prompts, fingerprint, num_workers)
     return EncodedDataset(dataset, cache_dir, fingerprint)
 
 

@@ -63,16 +63,17 @@ def encode_dataset(
     encode_videos: Callable[[torch.Tensor], torch.Tensor],
     encode_prompts: Callable[[list[str]], torch.Tensor],
     fingerprint: dict[str, Any],
+    num_workers: int = 0,
 ) -> None:
-    """Encode every clip whose entry is missing; entries are written atomically."""
+    """Encode every clip whose entry is missing; entries are written atomically. ``num_workers`` processes decode
+    the clips ahead of the encoders: decoding, not encoding, takes most of a small model's caching time."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    reused = 0
-    for index in tqdm(range(len(dataset)), desc="caching latents"):
+    missing = missing_entries(dataset, cache_dir, fingerprint)
+    clips = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(dataset, missing), batch_size=None, num_workers=num_workers
+    )
+    for index, sample in zip(missing, tqdm(clips, desc="caching latents")):
         path, text = entry_path(dataset, index, cache_dir, fingerprint)
-        if path.is_file():
-            reused += 1
-            continue
-        sample = dataset[index]
         tensors = {
             "latent_parameters": encode_videos(sample["video"][None])[0].to(CACHE_DTYPE).cpu().contiguous(),
             "prompt_embeds": encode_prompts([sample["caption"]])[0].to(CACHE_DTYPE).cpu().contiguous(),
@@ -80,7 +81,7 @@ def encode_dataset(
         partial = path.with_suffix(".partial")
         save_file(tensors, str(partial), metadata={KEY_METADATA: text})
         os.replace(partial, path)
-    logger.info("latent cache %s: %d reused, %d encoded", cache_dir, reused, len(dataset) - reused)
+    logger.info("latent cache %s: %d reused, %d encoded", cache_dir, len(dataset) - len(missing), len(missing))
 
 
 class EncodedDataset(torch.utils.data.Dataset):

@@ -385,6 +385,7 @@ class Trainer:
             self.cache_fingerprint(),
             lambda num_frames: cache_entry_bytes(num_frames, args, self.vae, self.text_encoder),
             self.accelerator,
+            args.dataloader_num_workers,
         )
 
     def cache_fingerprint(self) -> dict[str, Any]:
