@@ -461,6 +461,12 @@ def write_page(results: Results, output: Path, images: Path, title: str = DEFAUL
     relative = Path(os.path.relpath(images.resolve(), output.parent.resolve()))
     clips = {name: record for name, record in results.clips.items() if record}
     streams = {name: record for name, record in results.streams.items() if record}
+    # Step 7 starts from step 5's stream records on the same kind of GPU: the teacher's are then stage 3's, shown once.
+    teacher_is_stage3 = (
+        "stage3" in streams and streams.get("teacher", {}).get("measures") == streams["stage3"]["measures"]
+    )
+    if teacher_is_stage3:
+        del streams["teacher"]
     records = [*clips.values(), *streams.values(), *([results.idm] if results.idm else [])]
     environments = sorted(
         {(record["environment"]["device"], record["environment"]["commit"] or "") for record in records}
@@ -639,7 +645,8 @@ def write_page(results: Results, output: Path, images: Path, title: str = DEFAUL
             "",
             f"{settings['num_streams']} streams of {next(iter(streams.values()))['measures']['frames_per_stream']} "
             f"frames per model, each from a held-out real clip, under random keys held for 1 to 4 groups; G = "
-            f"{settings['num_groups']}, W = {settings['group_size']}.",
+            f"{settings['num_groups']}, W = {settings['group_size']}."
+            + (" The stage-4 teacher's streams are stage 3's, its records reused." if teacher_is_stage3 else ""),
             "",
             markdown_table(
                 [

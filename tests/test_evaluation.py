@@ -862,3 +862,21 @@ def test_results_page_draws_each_stream_where_the_evaluation_listed_them(tmp_pat
     page.write_page(page.Results.load(tmp_path), output, tmp_path / "images")
     assert ("per_stream.png" in output.read_text()) == listed
     assert (tmp_path / "images" / "per_stream.png").is_file() == listed
+
+
+@pytest.mark.parametrize("teacher_fps", [8.0, 9.0])
+def test_results_page_shows_the_teacher_once_where_its_streams_are_stage_3s(tmp_path, teacher_fps):
+    """Step 7 reuses step 5's records on the same kind of GPU: identical records make one row, not two."""
+    page = load_results_page()
+    (tmp_path / "results").mkdir()
+    window = {"num_streams": 2, "num_groups": 4, "group_size": 2, "num_inference_steps": 20, "guidance_scale": 6.0}
+    for name, fps in (("stage3", 8.0), ("teacher", teacher_fps)):
+        measures = stream_measures(0.5, 0.5, 0.5, 0.12, fps, [0.1, 0.12])
+        measures["control_following"] |= {"per_class": {"D": 0.5, "BL": 0.5}, "confusion": [[1, 1], [1, 1]]}
+        write_record(tmp_path / "results" / f"stream_{name}.json", measures, **window)
+    output = tmp_path / "page.md"
+    page.write_page(page.Results.load(tmp_path), output, tmp_path / "images")
+    text = output.read_text()
+    reused = teacher_fps == 8.0
+    assert ("| stage 3 teacher |" in text) != reused
+    assert ("its records reused" in text) == reused
