@@ -1,14 +1,12 @@
 #!/usr/bin/env bash
-# Step 1 (about 4.5 minutes on one H100 and 16 cores): time the mini model's steps on this GPU (the projection
-# of every later run comes first, so their steps can be set before they start), record the footage, pretrain the
-# mini base model's VAE, train the inverse-dynamics model on the standard game's footage. Needs nothing carried in.
+# Step 1 (about 4.5 minutes on one H100 and 16 cores): record the footage, pretrain the mini base model's VAE, train
+# the inverse-dynamics model on the standard game's footage, time the mini model's steps on this GPU (what the
+# estimates in learning/README.md project from). Needs nothing carried in.
 # Returns footage/, models/pretrain-vae/model (without the random transformer's weights, which pretraining
 # does not read), idm/, results/.
 source "$(dirname "$0")/common.sh"
 step 01
 
-phase "benchmark: the mini model's steps on this machine" \
-  "$PYTHON" learning/benchmark_steps.py --json "$RESULTS/benchmark.json" "${BENCHMARK_SCALE[@]}"
 phase "footage: random-colour CarRacing for pretraining" \
   record broad "$BROAD_EPISODES" 2000 41 3 --domain_randomize
 # The standard game records on the CPU while the VAE trains on the GPU.
@@ -28,6 +26,9 @@ phase "inverse-dynamics model" done_or "$IDM/reference.safetensors" \
   --index_file "$FOOTAGE/game/index.json" --heldout_data_root "$FOOTAGE/heldout" \
   --heldout_index_file "$FOOTAGE/heldout/index.json" --fps 10 --max_frames "$HELDOUT_FRAMES" \
   --bin_frames "$BIN_FRAMES" --output_dir "$IDM" "${IDM_SCALE[@]}" ${IDM_ARGS:-}
+# Last, so that the VAE, which step 2 waits for in a chain, starts at once.
+phase "benchmark: the mini model's steps on this machine" \
+  "$PYTHON" learning/benchmark_steps.py --json "$RESULTS/benchmark.json" "${BENCHMARK_SCALE[@]}"
 
 pack --exclude='*.log' --exclude='models/pretrain-vae/model/transformer/*.safetensors' \
   footage models/pretrain-vae idm results

@@ -8,8 +8,10 @@
 #               GPU: step 2 starts once step 1's VAE is trained (beside its IDM), step 4 once step 3's fuse is done
 #               (beside its clips), step 5 once stage 2 is trained (beside step 4's clips), steps 6 and 7 alone, so
 #               that the student's and the teacher's stream speeds are measured alike. Two GPUs: the steps alternate
-#               between them, and step 6 starts once stage 3 is trained, beside step 5's streams, step 7 once step 5
-#               is done, beside step 6's; each stream speed is then one GPU's while the other works.
+#               between them; step 6 starts once stage 3 is trained, beside step 5's streams, and makes the
+#               student's streams on both GPUs, half on each (step 5's are done by then); step 7 follows, on both.
+#               Every stream speed is then one GPU's while the other works, and the student's are measured before
+#               the teacher's optional 4-step streams, the chain's last and least needed measure.
 source "$(dirname "$0")/common.sh"
 LOGS="$WORK/logs"
 mkdir -p "$LOGS"
@@ -21,13 +23,13 @@ fi
 FIRST="${CHAIN_GPU_IDS[0]}"
 SECOND="${CHAIN_GPU_IDS[1]:-$FIRST}"
 
-# start NN GPU: run step NN in the background on GPU (its PID in $STARTED), its timings cleared so that `after` waits
-# for this run's phases.
+# start NN GPUS [NAME=VALUE...]: run step NN in the background on GPUS (its PID in $STARTED), with the settings
+# given, its timings cleared so that `after` waits for this run's phases.
 start() {
   rm -f "$RESULTS/timings_$1.tsv"
-  env ${CHAIN_GPUS:+CUDA_VISIBLE_DEVICES="$2"} bash learning/gpu/"$1"_*.sh > "$LOGS/$1.log" 2>&1 &
+  env ${CHAIN_GPUS:+CUDA_VISIBLE_DEVICES="$2"} "${@:3}" bash learning/gpu/"$1"_*.sh > "$LOGS/$1.log" 2>&1 &
   STARTED=$!
-  echo "step $1 started${CHAIN_GPUS:+ on GPU $2} (log: $LOGS/$1.log)"
+  echo "step $1 started${CHAIN_GPUS:+ on GPU $2}${3:+ with ${*:3}} (log: $LOGS/$1.log)"
 }
 
 # after PID NN PHASE: until step NN has finished PHASE; stop the chain if the step ended without it.
@@ -63,10 +65,14 @@ if [[ $FIRST == "$SECOND" ]]; then
   start 06 "$FIRST"; finish "$STARTED" 06
   start 07 "$FIRST"; finish "$STARTED" 07
 else
+  # Step 6 trains on the first GPU it sees; its streams, like step 7's, split over both (ids as the step sees them;
+  # a dry run on a machine without GPUs keeps them in one process).
+  SPLIT=()
+  if "$PYTHON" -c 'import sys, torch; sys.exit(torch.cuda.device_count() < 2)'; then SPLIT=(STREAM_GPUS=0,1); fi
   after "$STEP5" 05 "stage 3: Swin-DPM"
-  start 06 "$FIRST"; STEP6=$STARTED
+  start 06 "$FIRST,$SECOND" "${SPLIT[@]}"; STEP6=$STARTED
   finish "$STEP5" 05
-  start 07 "$SECOND"; finish "$STARTED" 07
   finish "$STEP6" 06
+  start 07 "$FIRST,$SECOND" "${SPLIT[@]}"; finish "$STARTED" 07
 fi
 "$PYTHON" learning/results_page.py summary --work "$WORK"
