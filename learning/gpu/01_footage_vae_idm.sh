@@ -12,12 +12,11 @@ phase "footage: random-colour CarRacing for pretraining" \
 # The standard game records on the CPU while the VAE trains on the GPU.
 ( record game "$GAME_EPISODES" 0 41 3 && record heldout "$HELDOUT_EPISODES" 1000 "$HELDOUT_FRAMES" 1 ) &
 RECORDING=$!
-phase "random mini base model" done_or "$MODELS/base-mini-random" \
-  "$PYTHON" -m thematrix.base_model --preset mini --dtype bfloat16 --output_dir "$MODELS/base-mini-random"
+random_base
 # shellcheck disable=SC2086
 phase "VAE pretraining" done_or "$MODELS/pretrain-vae/model" \
   "$PYTHON" -m thematrix.pretrain.vae --config thematrix/pretrain/vae_config_mini.py \
-  --pretrained_model_name_or_path "$MODELS/base-mini-random" --data_root "$FOOTAGE/broad" \
+  --pretrained_model_name_or_path "$RANDOM_BASE" --data_root "$FOOTAGE/broad" \
   --index_file "$FOOTAGE/broad/index.json" --output_dir "$MODELS/pretrain-vae" "${VAE_SCALE[@]}" ${PRETRAIN_VAE_ARGS:-}
 phase "footage: standard CarRacing for the stages and the IDM" wait "$RECORDING"
 # shellcheck disable=SC2086

@@ -14,10 +14,8 @@ COMPILED_RUNS="${COMPILED_RUNS-pretrain stage2 stage4}"  # set empty: none
 PROFILES="$WORK/profile"
 # A launch's steps before its trace begins: the trainer's own count.
 WARMUP_STEPS="$("$PYTHON" -c 'from thematrix.training.arguments import PROFILE_WARMUP_STEPS as n; print(n)')"
-RANDOM_BASE="$MODELS/base-mini-random"
 
-phase "random mini base model" done_or "$RANDOM_BASE" \
-  "$PYTHON" -m thematrix.base_model --preset mini --dtype bfloat16 --output_dir "$RANDOM_BASE"
+random_base
 
 # profiled RUN LAUNCHER CONFIG INPUT_MODEL [SETTINGS...]: train RUN's first steps into $PROFILES/RUN and keep its
 # profile as results/profile_RUN.json (the traces stay in $PROFILES: a few MB each).
@@ -33,21 +31,15 @@ profiled() {
   cp "$PROFILES/$run/profile.json" "$RESULTS/profile_$run.json"
 }
 
-PRETRAIN=("$PYTHON -m thematrix.pretrain.transformer" thematrix/pretrain/transformer_config_mini.py)
-STAGE1=("bash stage1/train_text_to_video_lora.sh" training/lora_config_mini.py)
-STAGE2=("bash stage2/train_text_to_video_sft.sh" training/sft_config_mini.py)
-STAGE3=("bash stage3/train_text_to_video_sft.sh" training/sft_config_mini.py)
-STAGE4=("bash stage4/train_text_to_video_scm.sh" training/scm_config_mini.py)
-
-profiled pretrain "${PRETRAIN[@]}" "$RANDOM_BASE" --from_scratch true
-profiled stage1 "${STAGE1[@]}" "$RANDOM_BASE"
-profiled stage2 "${STAGE2[@]}" "$RANDOM_BASE"
-profiled stage3 "${STAGE3[@]}" "$PROFILES/stage2/model"
-profiled stage4 "${STAGE4[@]}" "$PROFILES/stage3/model"
+profiled pretrain "${PRETRAIN_RUN[@]}" "$RANDOM_BASE" --from_scratch true
+profiled stage1 "${STAGE1_RUN[@]}" "$RANDOM_BASE"
+profiled stage2 "${STAGE2_RUN[@]}" "$RANDOM_BASE"
+profiled stage3 "${STAGE3_RUN[@]}" "$PROFILES/stage2/model"
+profiled stage4 "${STAGE4_RUN[@]}" "$PROFILES/stage3/model"
 declare -A INPUTS=([pretrain]="$RANDOM_BASE" [stage1]="$RANDOM_BASE" [stage2]="$RANDOM_BASE"
                    [stage3]="$PROFILES/stage2/model" [stage4]="$PROFILES/stage3/model")
 for run in $COMPILED_RUNS; do
-  declare -n launch="${run^^}"
+  declare -n launch="${run^^}_RUN"
   profiled "$run-compiled" "${launch[@]}" "${INPUTS[$run]}" --compile_blocks true
   unset -n launch
 done

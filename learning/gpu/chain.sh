@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Steps 1 to 7 in one command, on one machine, each step started as soon as what it needs is done. The steps' own
-# settings (common.sh: LEARNING_WORK, NUM_STREAMS, COMPILE_BLOCKS, <STEP>_ARGS, DRY_RUN, ...) apply; each step's
-# output goes to $LEARNING_WORK/logs/NN.log. A step's phases that ran beside another step's record their own wall
+# Steps 1 to 7 in one command (and step 0 on two GPUs), on one machine, each step started as soon as what it needs
+# is done. The steps' own settings (common.sh: LEARNING_WORK, NUM_STREAMS, COMPILE_BLOCKS, <STEP>_ARGS, DRY_RUN, ...)
+# apply; each step's output goes to $LEARNING_WORK/logs/NN.log. A step's phases that ran beside another step's record their own wall
 # times, longer than alone.
 #
 #   CHAIN_GPUS  the GPU ids the steps share, e.g. 0,1 (default: the machine's GPUs as each step finds them). One
@@ -11,7 +11,9 @@
 #               between them; step 6 starts once stage 3 is trained, beside step 5's streams, and makes the
 #               student's streams on both GPUs, half on each (step 5's are done by then); step 7 follows, on both.
 #               Every stream speed is then one GPU's while the other works, and the student's are measured before
-#               the teacher's optional 4-step streams, the chain's last and least needed measure.
+#               the teacher's optional 4-step streams, the chain's last and least needed measure. With
+#               COMPILE_BLOCKS=1 (the default) step 0 warms the compile caches on the first GPU while step 1 makes
+#               the VAE; one GPU has no idle time for it.
 source "$(dirname "$0")/common.sh"
 LOGS="$WORK/logs"
 mkdir -p "$LOGS"
@@ -50,6 +52,12 @@ finish() {
 }
 
 start 01 "$SECOND"; STEP1=$STARTED
+WARMING=""
+if [[ $FIRST != "$SECOND" && ${COMPILE_BLOCKS:-0} == 1 ]]; then
+  # The first GPU idles until the VAE is trained: it compiles the runs' blocks meanwhile, into the caches on disk.
+  after "$STEP1" 01 "random mini base model"
+  start 00 "$FIRST"; WARMING=$STARTED
+fi
 after "$STEP1" 01 "VAE pretraining"
 start 02 "$FIRST"; finish "$STARTED" 02
 finish "$STEP1" 01  # the IDM, which step 3's clips are scored by
@@ -75,4 +83,6 @@ else
   finish "$STEP6" 06
   start 07 "$FIRST,$SECOND" "${SPLIT[@]}"; finish "$STARTED" 07
 fi
+# Without its warm caches the runs compile at their first step, as without step 0: no reason to stop.
+if [[ -n $WARMING ]] && ! wait "$WARMING"; then echo "step 00 failed (the runs compiled cold): see $LOGS/00.log"; fi
 "$PYTHON" learning/results_page.py summary --work "$WORK"

@@ -14,7 +14,7 @@
 #   COMPILE_BLOCKS training's transformer blocks compiled (args.compile_blocks), 1 or 0 (default 1; 0 in a dry run):
 #                  the mini model's steps are bound by the host's operator calls, which compiling cuts
 #   DRIVER         the footage's driver, data/record_carracing.py --driver (default: track, which keeps the car on
-#                  the track, where the pedals show; random is what learning/RESULTS.md's chain recorded)
+#                  the track, where the pedals show; random is what learning/RESULTS-first-chain.md's chain recorded)
 #   <STEP>_ARGS    extra settings for one run, e.g. STAGE2_ARGS="--max_train_steps 3000" (PRETRAIN_VAE_ARGS,
 #                  PRETRAIN_ARGS, STAGE1_ARGS, STAGE2_ARGS, STAGE3_ARGS, STAGE4_ARGS, IDM_ARGS)
 set -euo pipefail
@@ -27,6 +27,7 @@ WORK="$(cd "$LEARNING_WORK" && pwd)"
 FOOTAGE="$WORK/footage"
 MODELS="$WORK/models"
 IDM="$WORK/idm"
+RANDOM_BASE="$MODELS/base-mini-random"  # the mini base model with random weights: what pretraining starts from
 RESULTS="$WORK/results"
 mkdir -p "$FOOTAGE" "$MODELS" "$RESULTS"
 # The prompt of every evaluated video: the standard game's scene, without the motions captions append, so the
@@ -69,6 +70,17 @@ else
 fi
 TRAIN_SPEED=()
 if [[ ${COMPILE_BLOCKS:-0} == 1 ]]; then TRAIN_SPEED=(--compile_blocks true); fi
+# random_base: make $RANDOM_BASE, unless there.
+random_base() {
+  phase "random mini base model" done_or "$RANDOM_BASE" \
+    "$PYTHON" -m thematrix.base_model --preset mini --dtype bfloat16 --output_dir "$RANDOM_BASE"
+}
+# The chain's transformer runs: launcher and mini config, as steps 2-6 start them (with their own input models).
+PRETRAIN_RUN=("$PYTHON -m thematrix.pretrain.transformer" thematrix/pretrain/transformer_config_mini.py)
+STAGE1_RUN=("bash stage1/train_text_to_video_lora.sh" training/lora_config_mini.py)
+STAGE2_RUN=("bash stage2/train_text_to_video_sft.sh" training/sft_config_mini.py)
+STAGE3_RUN=("bash stage3/train_text_to_video_sft.sh" training/sft_config_mini.py)
+STAGE4_RUN=("bash stage4/train_text_to_video_scm.sh" training/scm_config_mini.py)
 # The streams of stages 3 and 4: from held-out clips, scored by the IDM per bin of frames; each group decoded while
 # the next one's forwards run, as a player runs the stream (the same frames; the speed is the teacher's and the
 # student's alike).
@@ -112,11 +124,16 @@ record() {
     --driver "${DRIVER:-track}" "$@"
 }
 
+# step_total: record the step's wall time so far as its total.
+step_total() {
+  printf '%s\t%s\t%d\n' "$STEP_NAME" "total" "$((SECONDS - STEP_START))" >> "$TIMINGS"
+}
+
 # pack PATH...: paths relative to $WORK, as tar parts of at most $PART_SIZE in the step's output folder, with
 # what they hold listed beside them. learning/unpack.sh puts them back.
 pack() {
   local archive="$STEP_OUT/$STEP_NAME.tar"
-  printf '%s\t%s\t%d\n' "$STEP_NAME" "total" "$((SECONDS - STEP_START))" >> "$TIMINGS"
+  step_total
   tar -C "$WORK" --exclude='checkpoints' --exclude='cache' --exclude='*.partial' --exclude='*.streams' -cf - "$@" | split -b "$PART_SIZE" -d - "$archive.part-"
   tar -tvf <(cat "$archive".part-*) > "$STEP_OUT/$STEP_NAME.contents.txt"
   du -h "$STEP_OUT"/*

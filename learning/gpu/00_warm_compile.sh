@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Step 0 (a chain's helper: a minute or so a run, on a GPU that step 1 leaves idle): warm torch.compile's caches on
+# this machine for the chain's compiled training runs. Each transformer run (pretraining, stages 1-4) trains
+# WARM_STEPS steps on random weights, with the chain's settings and the first clips of the random-colour footage
+# (the shape of every run's clips); the graphs and kernels compiled stay in inductor's and Triton's caches on disk,
+# where steps 2-6 find them instead of compiling them at their first step (20-59 s a run when cold, on an H200).
+# Needs footage/broad and the random base model (step 1's first phases). Returns nothing: the caches stay here.
+source "$(dirname "$0")/common.sh"
+step 00
+
+WARM="$WORK/compile-warmup"
+WARM_STEPS=2
+WARM_CLIPS=64  # two batches of the largest, pretraining's 32: encoding all the footage would outlast the compiles
+mkdir -p "$WARM"
+
+random_base
+"$PYTHON" - "$FOOTAGE/broad/index.json" "$WARM/index.json" "$WARM_CLIPS" << 'EOF'
+import json, sys
+index = json.load(open(sys.argv[1]))
+json.dump(dict(index, list=index["list"][: int(sys.argv[3])]), open(sys.argv[2], "w"))
+EOF
+
+# warm RUN INPUT_MODEL [SETTINGS...]: RUN's first steps as the chain runs them (its <RUN>_ARGS too), into $WARM/RUN.
+warm() {
+  local run="$1" input="$2"
+  shift 2
+  local launch="${run^^}_RUN[0]" config="${run^^}_RUN[1]" extra="${run^^}_ARGS"
+  rm -rf "${WARM:?}/$run"
+  # shellcheck disable=SC2086
+  phase "compile: $run" ${!launch} --config "${!config}" --pretrained_model_name_or_path "$input" \
+    --data_root "$FOOTAGE/broad" --index_file "$WARM/index.json" --output_dir "$WARM/$run" \
+    "${TRAIN_SCALE[@]}" "${TRAIN_SPEED[@]}" ${!extra:-} "$@" --max_train_steps "$WARM_STEPS" \
+    --checkpointing_steps "$WARM_STEPS" --validation_steps 0
+}
+
+warm pretrain "$RANDOM_BASE" --from_scratch true
+warm stage1 "$RANDOM_BASE"
+warm stage2 "$RANDOM_BASE"
+warm stage3 "$WARM/stage2/model"
+warm stage4 "$WARM/stage3/model"
+step_total
+summary
