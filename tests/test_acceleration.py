@@ -16,10 +16,12 @@ from safetensors.torch import load_file
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from stage1.train_text_to_video_lora import LoraTrainer
+from stage2.train_text_to_video_sft import InteractiveTrainer
 from stage2.training.arguments import SftArgs
 from stage3 import inference
 from stage3.cogvideox.pipeline_cogvideox import SwinDPMPipeline
 from stage3.train_text_to_video_sft import SwinTrainer
+from tests.test_stage2 import stage2_args
 from tests.test_stage3_stream import frames_of, stream
 from tests.test_stage3_train import stage3_args
 from thematrix import acceleration
@@ -130,7 +132,7 @@ def test_decode_device_flag_places_the_vae_and_refuses_a_missing_gpu(model_dir, 
         inference.check_stream_options(inference.parse_args([*arguments, "--decode_device", missing]))
 
 
-@pytest.mark.parametrize("stage", ["stage 1 LoRA", "stage 3 full"])
+@pytest.mark.parametrize("stage", ["stage 1 LoRA", "stage 2 Interactive Module", "stage 3 full"])
 def test_training_with_compiled_blocks_gives_the_eager_weights(
     stage, lora_args, tiny_model_dir, tiny_dataset, tmp_path, monkeypatch
 ):
@@ -142,6 +144,10 @@ def test_training_with_compiled_blocks_gives_the_eager_weights(
         settings = dict(compile_blocks=compile_blocks, gradient_checkpointing=True)
         if stage == "stage 1 LoRA":
             trainer = LoraTrainer(lora_args(output, **settings))
+        elif stage == "stage 2 Interactive Module":  # frozen compiled blocks, the control blocks beside them training
+            trainer = InteractiveTrainer(
+                stage2_args(tiny_model_dir, tiny_dataset, tmp_path / output, max_train_steps=4, **settings)
+            )
         else:
             trainer = SwinTrainer(stage3_args(tiny_model_dir, tiny_dataset, tmp_path / output, **settings))
         trainer.train()
