@@ -7,6 +7,8 @@
 # Needs footage/broad and the random base model (step 1's first phases). Returns nothing: the caches stay here.
 source "$(dirname "$0")/common.sh"
 step 00
+# Its compiles run on many cores at once: below step 1 in the CPU's queue, which trains the VAE beside it.
+renice -n 10 $$ > /dev/null || true  # a host without renice compiles at the same priority
 
 WARM="$WORK/compile-warmup"
 WARM_STEPS=2
