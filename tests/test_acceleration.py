@@ -134,7 +134,7 @@ def test_decode_device_flag_places_the_vae_and_refuses_a_missing_gpu(model_dir, 
 
 @pytest.mark.parametrize("stage", ["stage 1 LoRA", "stage 2 Interactive Module", "stage 3 full"])
 def test_training_with_compiled_blocks_gives_the_eager_weights(
-    stage, lora_args, tiny_model_dir, tiny_dataset, tmp_path, monkeypatch
+    stage, lora_args, tiny_model_dir, tiny_dataset, tmp_path, monkeypatch, fresh_compiler
 ):
     monkeypatch.setattr(acceleration, "DEFAULT_COMPILE_BACKEND", TEST_BACKEND)
     weights, compiled_blocks = {}, []
