@@ -99,7 +99,7 @@ def cached_clips(
 
     def space_problem():
         missing = missing_entries(dataset, cache_dir, fingerprint)
-        needed = sum(entry_bytes(dataset.buckets[index]) for index in missing)
+        needed = sum(entry_bytes(dataset.buckets[index]) for index, _, _ in missing)
         fix = "free space there, set args.cache_dir to a larger disk, or args.cache_latents = False"
         return disk_space_problem(cache_dir, [(f"{len(missing)} latent cache entries", needed)], fix)
 

@@ -50,11 +50,10 @@ def entry_path(dataset, index: int, cache_dir: Path, fingerprint: dict[str, Any]
     return Path(cache_dir) / f"{key}.safetensors", text
 
 
-def missing_entries(dataset, cache_dir: Path, fingerprint: dict[str, Any]) -> list[int]:
-    """Indices of the clips that have no cache entry yet."""
-    return [
-        index for index in range(len(dataset)) if not entry_path(dataset, index, cache_dir, fingerprint)[0].is_file()
-    ]
+def missing_entries(dataset, cache_dir: Path, fingerprint: dict[str, Any]) -> list[tuple[int, Path, str]]:
+    """(index, entry file, canonical JSON of its key) of each clip that has no cache entry yet."""
+    entries = ((index, *entry_path(dataset, index, cache_dir, fingerprint)) for index in range(len(dataset)))
+    return [(index, path, text) for index, path, text in entries if not path.is_file()]
 
 
 def encode_dataset(
@@ -70,10 +69,9 @@ def encode_dataset(
     cache_dir.mkdir(parents=True, exist_ok=True)
     missing = missing_entries(dataset, cache_dir, fingerprint)
     clips = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(dataset, missing), batch_size=None, num_workers=num_workers
+        torch.utils.data.Subset(dataset, [index for index, _, _ in missing]), batch_size=None, num_workers=num_workers
     )
-    for index, sample in zip(missing, tqdm(clips, desc="caching latents")):
-        path, text = entry_path(dataset, index, cache_dir, fingerprint)
+    for (_, path, text), sample in zip(missing, tqdm(clips, desc="caching latents")):
         tensors = {
             "latent_parameters": encode_videos(sample["video"][None])[0].to(CACHE_DTYPE).cpu().contiguous(),
             "prompt_embeds": encode_prompts([sample["caption"]])[0].to(CACHE_DTYPE).cpu().contiguous(),
