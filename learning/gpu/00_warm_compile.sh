@@ -24,12 +24,12 @@ EOF
 
 # warm RUN INPUT_MODEL [SETTINGS...]: RUN's first steps as the chain runs them (its <RUN>_ARGS too), into $WARM/RUN.
 warm() {
-  local run="$1" input="$2"
+  local run="$1" input="$2" extra="${1^^}_ARGS"
+  local -n launch="${run^^}_RUN"
   shift 2
-  local launch="${run^^}_RUN[0]" config="${run^^}_RUN[1]" extra="${run^^}_ARGS"
   rm -rf "${WARM:?}/$run"
   # shellcheck disable=SC2086
-  phase "compile: $run" ${!launch} --config "${!config}" --pretrained_model_name_or_path "$input" \
+  phase "compile: $run" ${launch[0]} --config "${launch[1]}" --pretrained_model_name_or_path "$input" \
     --data_root "$FOOTAGE/broad" --index_file "$WARM/index.json" --output_dir "$WARM/$run" \
     "${TRAIN_SCALE[@]}" "${TRAIN_SPEED[@]}" ${!extra:-} "$@" --max_train_steps "$WARM_STEPS" \
     --checkpointing_steps "$WARM_STEPS" --validation_steps 0

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Steps 1 to 7 in one command (and step 0 on two GPUs), on one machine, each step started as soon as what it needs
 # is done. The steps' own settings (common.sh: LEARNING_WORK, NUM_STREAMS, COMPILE_BLOCKS, <STEP>_ARGS, DRY_RUN, ...)
-# apply; each step's output goes to $LEARNING_WORK/logs/NN.log. A step's phases that ran beside another step's record their own wall
-# times, longer than alone.
+# apply; each step's output goes to $LEARNING_WORK/logs/NN.log. A step's phases that ran beside another step's
+# record their own wall times, longer than alone.
 #
 #   CHAIN_GPUS  the GPU ids the steps share, e.g. 0,1 (default: the machine's GPUs as each step finds them). One
 #               GPU: step 2 starts once step 1's VAE is trained (beside its IDM), step 4 once step 3's fuse is done
