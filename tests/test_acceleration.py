@@ -51,6 +51,13 @@ def test_compiled_stream_equals_eager(pipeline):
     assert compiled.vae.decoder.forward is not pipeline.vae.decoder.forward
     for coder in ("decoder", "encoder"):
         assert "forward" in vars(getattr(compiled.vae, coder)) and "forward" not in vars(getattr(pipeline.vae, coder))
+    convolutions = [layer for layer in compiled.vae.modules() if isinstance(layer, (torch.nn.Conv2d, torch.nn.Conv3d))]
+    assert convolutions and all(
+        layer.weight.is_contiguous(
+            memory_format=torch.channels_last_3d if layer.weight.dim() == 5 else torch.channels_last
+        )
+        for layer in convolutions
+    )
     torch.testing.assert_close(frames_of(compiled_chunks), frames_of(eager_chunks), atol=1e-5, rtol=1e-5)
     for eager, fast in zip(eager_chunks, compiled_chunks, strict=True):
         torch.testing.assert_close(fast.latents, eager.latents, atol=1e-5, rtol=1e-5)
