@@ -15,11 +15,10 @@ noised with fresh noise to the top of its band, so every per-frame timestep vect
 the first windows included, is one training draws; the stream regenerates the clip's last G * W latent
 frames from there and continues.
 
-Overlap (``overlap_decode``): each emitted group is decoded on a second CUDA stream, of higher priority, while the next
-group's forwards run (the GPU runs their kernels mostly one after the other, each filling it: the priority puts the
-decode's first, so a group is shown a forward's time sooner), and is handed out once those are queued, so a group's
-frames come one group's forwards later and the controls asked when a group enters were chosen having seen one group
-less. Same output as without. Off a GPU the work keeps that order without running concurrently.
+Overlap (``overlap_decode``): each emitted group is decoded on a second CUDA stream while the next group's
+forwards run, and is handed out once those are queued, so a group's frames come one group's forwards later and the
+controls asked when a group enters were chosen having seen one group less. Same output as without. Off a GPU the
+work keeps that order without running concurrently.
 
 Decode on its own device: the VAE may live on another device than the transformer (``place_decoder``, e.g. a
 second GPU); the stream then decodes there, always overlapped (a decode the host waited for would gain nothing from
@@ -63,8 +62,6 @@ VIDEO_CHANNELS = 3
 # The reference recipe's window, 4 groups of 4 latent frames: what a stream uses when neither the caller nor the
 # model directory says otherwise.
 RECIPE_NUM_GROUPS, RECIPE_GROUP_SIZE = 4, 4
-# The overlapped decode's CUDA stream priority: above the default stream's 0 (CUDA: lower is higher).
-DECODE_STREAM_PRIORITY = -1
 # Where ``place_decoder(None)`` puts the VAE: its weights freed, its config kept.
 NO_DECODER_DEVICE = torch.device("meta")
 
@@ -327,11 +324,7 @@ class SwinDPMPipeline(InteractivePipeline):
         decodes = self.decodes
         overlap_decode = overlap_decode or self.decodes_apart
         decode_device = self.vae.device
-        decode_stream = (
-            torch.cuda.Stream(decode_device, priority=DECODE_STREAM_PRIORITY)
-            if overlap_decode and decode_device.type == "cuda"
-            else None
-        )
+        decode_stream = torch.cuda.Stream(decode_device) if overlap_decode and decode_device.type == "cuda" else None
         device, dtype = self.device, self.transformer.dtype
         vocabulary = self.transformer.control_vocabulary
         compression = self.temporal_compression
