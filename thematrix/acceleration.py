@@ -5,7 +5,7 @@
   compiling takes seconds, not minutes; and the VAE decoder's and encoder's forwards compiled (their conv caches
   are inputs and outputs, so the streaming decoder keeps working; the encoder takes the initial clip, on the way
   to the first frame), with cuDNN's autotuner choosing the 3D convolutions' algorithms and the VAE's convolution
-  weights in channels-last layout, cuDNN's own, so it no longer transposes each convolution's input and output.
+  weights in channels-last layout, cuDNN's own, so it does not transpose each convolution's input and output.
 - ``--overlap_decode`` (a ``stream`` option, see stage 3's pipeline): each group decoded on a second CUDA stream
   while the next group's forwards run.
 - ``--decode_device cuda:1`` (``SwinDPMPipeline.place_decoder``): the VAE on a second GPU, each group decoded there
@@ -91,8 +91,8 @@ def enable_checkpointing(transformer, keep_attention_outputs: bool) -> None:
 def to_channels_last(module: torch.nn.Module) -> None:
     """``module``'s 2D and 3D convolution weights in channels-last layout, in place. cuDNN's fast convolution kernels
     take channels-last tensors: given the default layout, each call transposes its input and output (on an H200,
-    0.46 s of a 7.3-s compiled stream's kernels). A convolution's output takes its weight's layout, so activations
-    follow from the first convolution on."""
+    0.45 s of a compiled stream's 6.1 s of kernels; bench/RESULTS.md). A convolution's output takes its weight's
+    layout, so activations follow from the first convolution on."""
     for layer in module.modules():
         if isinstance(layer, (torch.nn.Conv2d, torch.nn.Conv3d)):
             layout = torch.channels_last if isinstance(layer, torch.nn.Conv2d) else torch.channels_last_3d
