@@ -25,7 +25,7 @@ from tests.test_stage2 import stage2_args
 from tests.test_stage3_stream import frames_of, stream
 from tests.test_stage3_train import stage3_args
 from thematrix import acceleration
-from thematrix.acceleration import check_fp8, compile_stream, fp8_linear_names
+from thematrix.acceleration import ChannelsLastGroupNorm, check_fp8, compile_stream, fp8_linear_names
 from thematrix.config import ConfigError
 from thematrix.models import InteractiveCogVideoXTransformer3DModel
 from thematrix.presets import PRESETS
@@ -58,9 +58,28 @@ def test_compiled_stream_equals_eager(pipeline):
         )
         for layer in convolutions
     )
+    norms = [layer for layer in compiled.vae.modules() if isinstance(layer, torch.nn.GroupNorm)]
+    assert norms and all(type(layer) is ChannelsLastGroupNorm for layer in norms)
     torch.testing.assert_close(frames_of(compiled_chunks), frames_of(eager_chunks), atol=1e-5, rtol=1e-5)
     for eager, fast in zip(eager_chunks, compiled_chunks, strict=True):
         torch.testing.assert_close(fast.latents, eager.latents, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("shape", "layout", "affine"),
+    [((2, 64, 3, 10, 12), torch.channels_last_3d, True), ((2, 48, 9, 7), torch.channels_last, False)],
+)
+def test_channels_last_group_norm_is_the_group_norm(shape, layout, affine):
+    torch.manual_seed(0)
+    stock = torch.nn.GroupNorm(16, shape[1], eps=1e-6, affine=affine)
+    if affine:
+        torch.nn.init.normal_(stock.weight)
+        torch.nn.init.normal_(stock.bias)
+    per_channel_first = ChannelsLastGroupNorm(16, shape[1], eps=1e-6, affine=affine)
+    per_channel_first.load_state_dict(stock.state_dict())
+    # An offset mean, as activations have: the variance from mean squares must not lose it.
+    input = (torch.randn(shape) * 3 + 5).contiguous(memory_format=layout)
+    torch.testing.assert_close(per_channel_first(input), stock(input), atol=2e-5, rtol=1e-5)
 
 
 def test_overlapped_decode_same_stream_controls_asked_one_group_earlier(pipeline):

@@ -88,15 +88,42 @@ def enable_checkpointing(transformer, keep_attention_outputs: bool) -> None:
     transformer.enable_gradient_checkpointing(checkpoint_keeping_attention if keep_attention_outputs else None)
 
 
+class ChannelsLastGroupNorm(torch.nn.GroupNorm):
+    """``torch.nn.GroupNorm`` for channels-last tensors, the same function: each channel's mean and mean square over
+    the frames and pixels first, then the groups' from them. Compiled, the per-channel sums read a channels-last
+    tensor along its rows, where the stock norm's per-group reduction reads a few channels a pixel and transposes
+    (inductor fuses a copy to the default layout into each norm; on an H200, 0.32 s more of a stream's kernels than
+    the norms took in that layout). The variance as mean square less squared mean, in float32."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        batch, channels = input.shape[:2]
+        frames_and_pixels = tuple(range(2, input.dim()))
+        broadcast = (slice(None), slice(None)) + (None,) * len(frames_and_pixels)
+        values = input.float()
+        channel_mean = values.mean(frames_and_pixels).view(batch, self.num_groups, -1)
+        channel_square_mean = values.square().mean(frames_and_pixels).view(batch, self.num_groups, -1)
+        group_mean = channel_mean.mean(-1, keepdim=True)
+        group_variance = (channel_square_mean.mean(-1, keepdim=True) - group_mean.square()).clamp_min(0)
+        scale = torch.rsqrt(group_variance + self.eps).expand_as(channel_mean).reshape(batch, channels)
+        shift = group_mean.expand_as(channel_mean).reshape(batch, channels)
+        output = (values - shift[broadcast]) * scale[broadcast]
+        if self.affine:
+            output = output * self.weight[broadcast[1:]] + self.bias[broadcast[1:]]
+        return output.to(input.dtype)
+
+
 def to_channels_last(module: torch.nn.Module) -> None:
-    """``module``'s 2D and 3D convolution weights in channels-last layout, in place. cuDNN's fast convolution kernels
-    take channels-last tensors: given the default layout, each call transposes its input and output (on an H200,
-    0.45 s of a compiled stream's 6.1 s of kernels; bench/RESULTS.md). A convolution's output takes its weight's
-    layout, so activations follow from the first convolution on."""
+    """``module``'s 2D and 3D convolution weights in channels-last layout, in place, its group norms computed for it
+    (``ChannelsLastGroupNorm``). cuDNN's fast convolution kernels take channels-last tensors: given the default
+    layout, each call transposes its input and output (on an H200, 0.45 s of a compiled stream's 6.1 s of kernels;
+    bench/RESULTS.md). A convolution's output takes its weight's layout, so activations follow from the first
+    convolution on."""
     for layer in module.modules():
         if isinstance(layer, (torch.nn.Conv2d, torch.nn.Conv3d)):
             layout = torch.channels_last if isinstance(layer, torch.nn.Conv2d) else torch.channels_last_3d
             layer.weight.data = layer.weight.data.contiguous(memory_format=layout)
+        elif type(layer) is torch.nn.GroupNorm:
+            layer.__class__ = ChannelsLastGroupNorm  # the same module and parameters, its forward per channel first
 
 
 def compile_stream(pipeline, backend: str | None = None) -> None:
