@@ -6,10 +6,14 @@ import os
 
 import pytest
 import torch
+from diffusers import CogVideoXTransformer3DModel
 
 from tests.conftest import CLIP_FPS, CLIP_FRAMES, TEST_VOCABULARY, TINY_HEIGHT, TINY_WIDTH
 from thematrix.data.dataset import VideoDataset
 from thematrix.data.index import load_index
+from thematrix.model_dir import VAE, load_components, save_model_dir
+from thematrix.training.arguments import TrainingArgs
+from thematrix.training.clips import encoder_fingerprint
 from thematrix.training.encoded_cache import EncodedDataset, encode_dataset, entry_path
 
 
@@ -96,3 +100,24 @@ def test_clips_decoded_by_workers_are_cached_under_their_own_keys(dataset, tmp_p
         item = EncodedDataset(dataset, tmp_path, fingerprint)[index]
         torch.testing.assert_close(item["latent_parameters"], again.encode_videos(dataset[index]["video"][None])[0])
         assert item["prompt_embeds"].item() == len(dataset[index]["caption"])
+
+
+def test_a_later_stages_model_keys_the_cache_as_the_one_it_started_from_until_its_vae_changes(tiny_model_dir, tmp_path):
+    """Stages share cache entries in one cache_dir: a stage's output model hard-links the frozen encoders, so its
+    fingerprint is its input's; a VAE written anew is not the same VAE, whatever its path and config."""
+
+    def fingerprint(model_dir):
+        components = load_components(model_dir, torch.float32)
+        return encoder_fingerprint(
+            model_dir, TrainingArgs(), components["vae"], components["text_encoder"], torch.float32
+        )
+
+    transformer = CogVideoXTransformer3DModel.from_pretrained(tiny_model_dir, subfolder="transformer")
+    later = save_model_dir(transformer, tiny_model_dir, tmp_path / "stage-output")
+    assert fingerprint(later) == fingerprint(tiny_model_dir)
+
+    vae_weights = next(path for path in (later / VAE).iterdir() if path.suffix == ".safetensors")
+    data = vae_weights.read_bytes()
+    vae_weights.unlink()  # a new file, the bytes unchanged: the fingerprint cannot tell without reading them
+    vae_weights.write_bytes(data)
+    assert fingerprint(later) != fingerprint(tiny_model_dir)

@@ -15,6 +15,7 @@ from thematrix.config import ConfigError
 from thematrix.controls import ControlVocabulary
 from thematrix.data.dataset import BucketBatchSampler, VideoDataset, collate_batch
 from thematrix.data.index import Sample, load_index
+from thematrix.model_dir import TEXT_ENCODER, VAE
 from thematrix.training.arguments import TrainingArgs
 from thematrix.training.encoded_cache import (
     CACHE_DTYPE,
@@ -55,14 +56,35 @@ def clip_dataset(
     )
 
 
+def weight_files(folder: Path) -> list[tuple[str, int, int, int]]:
+    """(name, inode, size, modification time) of each file of a model directory's component ``folder``: its weights'
+    identity, without reading them. A later stage's model directory hard-links the frozen VAE and text encoder of
+    the one it started from (``save_model_dir``), so both name the same files and the stages share cache entries
+    in one ``args.cache_dir``; a rewritten or copied file is another file."""
+    return [
+        (path.name, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        for path in sorted(Path(folder).iterdir())
+        if path.is_file()
+        for stat in (path.stat(),)
+    ]
+
+
+def without_path(config: dict[str, Any]) -> dict[str, Any]:
+    """A loaded component's config without the folder it was loaded from (``_name_or_path``), which ``weight_files``
+    stands for."""
+    return {name: value for name, value in config.items() if name != "_name_or_path"}
+
+
 def encoder_fingerprint(
     model_dir: Path, args: TrainingArgs, vae, text_encoder, weight_dtype: torch.dtype
 ) -> dict[str, Any]:
-    """What shapes cached latents and prompt embeddings besides the clip itself."""
+    """What shapes cached latents and prompt embeddings besides the clip itself: the encoders' weight files and
+    configs and the preprocessing, not the model directory's path (see ``weight_files``)."""
     return {
-        "model": str(Path(model_dir).resolve()),
-        "vae": vae.config,
-        "text_encoder": text_encoder.config.to_dict(),
+        "vae_files": weight_files(Path(model_dir) / VAE),
+        "text_encoder_files": weight_files(Path(model_dir) / TEXT_ENCODER),
+        "vae": without_path(dict(vae.config)),
+        "text_encoder": without_path(text_encoder.config.to_dict()),
         "max_text_seq_length": args.max_text_seq_length,
         "height": args.height,
         "width": args.width,
