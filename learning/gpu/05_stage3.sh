@@ -9,8 +9,7 @@ step 05
 # shellcheck disable=SC2086
 phase "stage 3: Swin-DPM" done_or "$MODELS/stage3/model" \
   bash stage3/train_text_to_video_sft.sh --config training/sft_config_mini.py \
-  --pretrained_model_name_or_path "$MODELS/stage2/model" --data_root "$FOOTAGE/game" \
-  --index_file "$FOOTAGE/game/index.json" --output_dir "$MODELS/stage3" \
+  --pretrained_model_name_or_path "$MODELS/stage2/model" "${GAME[@]}" --output_dir "$MODELS/stage3" \
   "${TRAIN_SCALE[@]}" "${TRAIN_SPEED[@]}" ${STAGE3_ARGS:-}
 phase "evaluate streams: stage 3" done_or "$RESULTS/stream_stage3.json" \
   "${EVALUATE[@]}" stream --model_dir "$MODELS/stage3/model" --sampler swin-dpm \

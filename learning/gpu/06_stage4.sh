@@ -9,8 +9,7 @@ step 06
 # shellcheck disable=SC2086
 phase "stage 4: SCM distillation" done_or "$MODELS/stage4/model" \
   bash stage4/train_text_to_video_scm.sh --config training/scm_config_mini.py \
-  --pretrained_model_name_or_path "$MODELS/stage3/model" --data_root "$FOOTAGE/game" \
-  --index_file "$FOOTAGE/game/index.json" --output_dir "$MODELS/stage4" \
+  --pretrained_model_name_or_path "$MODELS/stage3/model" "${GAME[@]}" --output_dir "$MODELS/stage4" \
   "${TRAIN_SCALE[@]}" "${TRAIN_SPEED[@]}" ${STAGE4_ARGS:-}
 phase "evaluate streams: stage 4 student, 4 steps" done_or "$RESULTS/stream_stage4.json" \
   "${EVALUATE[@]}" stream --model_dir "$MODELS/stage4/model" --sampler scm --num_inference_steps 4 \

@@ -36,7 +36,9 @@ PROMPT="A top-down view of a red race car on a grey track surrounded by green gr
 # Part size of what goes back: the device returns files of at most 16 MiB.
 PART_SIZE=15m
 EVALUATE=("$PYTHON" -m thematrix.evaluation)
-GAME=(--data_root "$FOOTAGE/game" --index_file "$FOOTAGE/game/index.json")
+# The stages' clips, and one latent cache for all: their models share the VAE and text encoder (hard-linked), so each
+# stage after the first finds the clips encoded (stage 3 and 4 encode their windows apart from stages 1 and 2's).
+GAME=(--data_root "$FOOTAGE/game" --index_file "$FOOTAGE/game/index.json" --cache_dir "$WORK/latent-cache/game")
 # CarRacing's HUD in the 96x144 frames: rows 84-95 (the rows above take its edge blurred by the VAE), all columns;
 # TOP BOTTOM LEFT RIGHT as the IDM's --ignored_box takes them.
 HUD_BOX=(82 96 0 144)
