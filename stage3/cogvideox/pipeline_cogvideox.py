@@ -17,10 +17,8 @@ frames from there and continues.
 
 Overlap (``overlap_decode``): each emitted group is decoded on a second CUDA stream while the next group's
 forwards run, and is handed out once those are queued, so a group's frames come one group's forwards later and the
-controls asked when a group enters were chosen having seen one group less. The first group is the exception on one
-device: it is handed out as soon as it is decoded, the first frame not waiting for the next forwards (which take
-the GPU's time from its decode: their kernels and the decode's run mostly in turn, each filling the GPU). Same output
-as without. Off a GPU the work keeps that order without running concurrently.
+controls asked when a group enters were chosen having seen one group less. Same output as without. Off a GPU the
+work keeps that order without running concurrently.
 
 Decode on its own device: the VAE may live on another device than the transformer (``place_decoder``, e.g. a
 second GPU); the stream then decodes there, always overlapped (a decode the host waited for would gain nothing from
@@ -388,9 +386,7 @@ class SwinDPMPipeline(InteractivePipeline):
                 )
 
             # 4. Emit group 0: at once, or (overlap) the previous group, decoded while this one's forwards ran. A
-            # process that decodes nothing goes on to the next group's forwards. On one GPU the first group is
-            # emitted at once too: the decode and the forwards share the GPU, so the next forwards would only delay
-            # the first frame; a decoder on its own device runs beside them at no cost to it.
+            # process that decodes nothing goes on to the next group's forwards.
             emitted = latents[:, CONDITION_FRAMES : CONDITION_FRAMES + group_size]
             state_nbytes = latents.numel() * latents.element_size() + decoder.state_nbytes()
             current = (
@@ -398,8 +394,7 @@ class SwinDPMPipeline(InteractivePipeline):
                 if decodes
                 else None
             )
-            first_at_once = group_index == 0 and not self.decodes_apart
-            ready, decoding = (decoding, current) if overlap_decode and not first_at_once else (current, None)
+            ready, decoding = (decoding, current) if overlap_decode else (current, None)
             group_index += 1
             last = max_groups is not None and group_index >= max_groups
             for group in (ready, decoding if last else None):
