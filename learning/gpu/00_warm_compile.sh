@@ -28,23 +28,19 @@ index = json.load(open(sys.argv[1]))
 json.dump(dict(index, list=index["list"][: int(sys.argv[3])]), open(sys.argv[2], "w"))
 EOF
 
-# warm RUN INPUT_MODEL [SETTINGS...]: RUN's first steps as the chain runs them (its <RUN>_ARGS too), into $WARM/RUN.
+# warm RUN: RUN's first steps as the chain runs them (its <RUN>_ARGS too), into $WARM/RUN.
 warm() {
-  local run="$1" input="$2" extra="${1^^}_ARGS"
+  local run="$1" extra="${1^^}_ARGS"
   local -n launch="${run^^}_RUN"
-  shift 2
+  random_start "$run" "$WARM"
   rm -rf "${WARM:?}/$run"
   # shellcheck disable=SC2086
-  phase "compile: $run" ${launch[0]} --config "${launch[1]}" --pretrained_model_name_or_path "$input" \
+  phase "compile: $run" ${launch[0]} --config "${launch[1]}" "${START[@]}" \
     --data_root "$FOOTAGE/broad" --index_file "$WARM/index.json" --output_dir "$WARM/$run" \
-    "${TRAIN_SCALE[@]}" "${TRAIN_SPEED[@]}" ${!extra:-} "$@" --max_train_steps "$WARM_STEPS" \
+    "${TRAIN_SCALE[@]}" "${TRAIN_SPEED[@]}" ${!extra:-} --max_train_steps "$WARM_STEPS" \
     --checkpointing_steps "$WARM_STEPS" --validation_steps 0
 }
 
-warm pretrain "$RANDOM_BASE" --from_scratch true
-warm stage1 "$RANDOM_BASE"
-warm stage2 "$RANDOM_BASE"
-warm stage3 "$WARM/stage2/model"
-warm stage4 "$WARM/stage3/model"
+for run in "${CHAIN_RUNS[@]}"; do warm "$run"; done
 step_total
 summary

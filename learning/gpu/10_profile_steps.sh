@@ -17,32 +17,24 @@ WARMUP_STEPS="$("$PYTHON" -c 'from thematrix.training.arguments import PROFILE_W
 
 random_base
 
-# profiled RUN LAUNCHER CONFIG INPUT_MODEL [SETTINGS...]: train RUN's first steps into $PROFILES/RUN and keep its
-# profile as results/profile_RUN.json (the traces stay in $PROFILES: a few MB each).
+# profiled NAME RUN [SETTINGS...]: train RUN's first steps into $PROFILES/NAME and keep its profile as
+# results/profile_NAME.json (the traces stay in $PROFILES: a few MB each).
 profiled() {
-  local run="$1" launcher="$2" config="$3" input="$4"
-  shift 4
+  local name="$1" run="$2"
+  local -n launch="${run^^}_RUN"
+  shift 2
+  random_start "$run" "$PROFILES"
   local steps=$((WARMUP_STEPS + PROFILE_STEPS))
   # shellcheck disable=SC2086
-  phase "profile: $run" done_or "$PROFILES/$run/profile.json" \
-    $launcher --config "$config" --pretrained_model_name_or_path "$input" "${GAME[@]}" --output_dir "$PROFILES/$run" \
+  phase "profile: $name" done_or "$PROFILES/$name/profile.json" \
+    ${launch[0]} --config "${launch[1]}" "${START[@]}" "${GAME[@]}" --output_dir "$PROFILES/$name" \
     "${TRAIN_SCALE[@]}" --max_train_steps "$steps" --profile_steps "$PROFILE_STEPS" --checkpointing_steps "$steps" \
     --validation_steps 0 "$@"
-  cp "$PROFILES/$run/profile.json" "$RESULTS/profile_$run.json"
+  cp "$PROFILES/$name/profile.json" "$RESULTS/profile_$name.json"
 }
 
-profiled pretrain "${PRETRAIN_RUN[@]}" "$RANDOM_BASE" --from_scratch true
-profiled stage1 "${STAGE1_RUN[@]}" "$RANDOM_BASE"
-profiled stage2 "${STAGE2_RUN[@]}" "$RANDOM_BASE"
-profiled stage3 "${STAGE3_RUN[@]}" "$PROFILES/stage2/model"
-profiled stage4 "${STAGE4_RUN[@]}" "$PROFILES/stage3/model"
-declare -A INPUTS=([pretrain]="$RANDOM_BASE" [stage1]="$RANDOM_BASE" [stage2]="$RANDOM_BASE"
-                   [stage3]="$PROFILES/stage2/model" [stage4]="$PROFILES/stage3/model")
-for run in $COMPILED_RUNS; do
-  declare -n launch="${run^^}_RUN"
-  profiled "$run-compiled" "${launch[@]}" "${INPUTS[$run]}" --compile_blocks true
-  unset -n launch
-done
+for run in "${CHAIN_RUNS[@]}"; do profiled "$run" "$run"; done
+for run in $COMPILED_RUNS; do profiled "$run-compiled" "$run" --compile_blocks true; done
 
 "$PYTHON" - "$RESULTS" <<'EOF'
 import json, sys

@@ -77,12 +77,26 @@ random_base() {
   phase "random mini base model" done_or "$RANDOM_BASE" \
     "$PYTHON" -m thematrix.base_model --preset mini --dtype bfloat16 --output_dir "$RANDOM_BASE"
 }
-# The chain's transformer runs: launcher and mini config, as steps 2-6 start them (with their own input models).
+# The chain's transformer runs, in order, and each one's launcher and mini config, as steps 2-6 start them (with
+# their own input models).
+CHAIN_RUNS=(pretrain stage1 stage2 stage3 stage4)
 PRETRAIN_RUN=("$PYTHON -m thematrix.pretrain.transformer" thematrix/pretrain/transformer_config_mini.py)
 STAGE1_RUN=("bash stage1/train_text_to_video_lora.sh" training/lora_config_mini.py)
 STAGE2_RUN=("bash stage2/train_text_to_video_sft.sh" training/sft_config_mini.py)
 STAGE3_RUN=("bash stage3/train_text_to_video_sft.sh" training/sft_config_mini.py)
 STAGE4_RUN=("bash stage4/train_text_to_video_scm.sh" training/scm_config_mini.py)
+# random_start RUN FOLDER: RUN's input model settings (in START) where the chain's runs train on random weights,
+# each run's output in FOLDER/<run> (steps 0 and 10): pretraining from scratch and stages 1-2 from $RANDOM_BASE,
+# stages 3 and 4 from the run before's output, whose modules they load.
+random_start() {
+  case "$1" in
+    pretrain) START=(--pretrained_model_name_or_path "$RANDOM_BASE" --from_scratch true) ;;
+    stage1 | stage2) START=(--pretrained_model_name_or_path "$RANDOM_BASE") ;;
+    stage3) START=(--pretrained_model_name_or_path "$2/stage2/model") ;;
+    stage4) START=(--pretrained_model_name_or_path "$2/stage3/model") ;;
+    *) echo "random_start: no run '$1' (runs: ${CHAIN_RUNS[*]})" >&2; return 1 ;;
+  esac
+}
 # The streams of stages 3 and 4: from held-out clips, scored by the IDM per bin of frames; each group decoded while
 # the next one's forwards run, as a player runs the stream (the same frames; the speed is the teacher's and the
 # student's alike).
