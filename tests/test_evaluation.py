@@ -289,10 +289,32 @@ def test_idm_command_writes_the_model_and_the_real_footage_reference(idm_dir, ti
     measures = reference.measures
     assert measures["idm"]["count"] == 2 * (FOOTAGE_FRAMES - C)  # every frame from the c-th on ends a window
     assert measures["real_bins_total_variation"]["count"] == 2 * (FOOTAGE_FRAMES // 16)
+    assert measures["real_bins_footage"] == {"clips": 2, "held_out_clips": True}
     assert reference.histogram.sum().item() == pytest.approx(1.0)
     assert set(measures["train_vs_heldout"]) == {"total_variation", "frechet"}
     record = json.loads((idm_dir / "idm.json").read_text())
     assert record["settings"]["steps"] == 3 and record["environment"]["device"]
+
+
+def test_idm_command_judges_drift_by_the_bins_of_the_footage_it_is_given(tiny_model_dir, footage, tmp_path):
+    """The drift reference's spread comes from --drift_data_root's clips, read up to --drift_max_frames each."""
+    (data_root, index_file), (heldout_root, heldout_index) = footage
+    command = ["idm", "--model_dir", str(tiny_model_dir), "--fps", str(CLIP_FPS), "--output_dir", str(tmp_path)]
+    command += ["--data_root", str(data_root), "--index_file", str(index_file), "--heldout_data_root"]
+    command += [str(heldout_root), "--heldout_index_file", str(heldout_index), "--max_frames", str(FOOTAGE_FRAMES)]
+    command += ["--bin_frames", "16", "--steps", "1", "--batch_size", "8"]
+    with pytest.raises(ConfigError, match="--drift_data_root and --drift_index_file go together"):
+        main(command + ["--drift_data_root", str(data_root)])
+    main(command + ["--drift_data_root", str(data_root), "--drift_index_file", str(index_file)])
+    measures = Reference.load(tmp_path, torch.device("cpu")).measures
+    assert measures["real_bins_footage"] == {"clips": 3, "held_out_clips": False}
+    assert measures["real_bins_total_variation"]["count"] == 3 * (FOOTAGE_FRAMES // 16)
+    main(
+        command
+        + ["--drift_data_root", str(data_root), "--drift_index_file", str(index_file)]
+        + ["--drift_max_frames", "17"]
+    )
+    assert Reference.load(tmp_path, torch.device("cpu")).measures["real_bins_total_variation"]["count"] == 3
 
 
 def test_clips_with_and_without_controls_are_scored_against_the_same_commands(
@@ -720,6 +742,11 @@ def test_results_page_judges_each_target_from_the_measures(tmp_path):
     # student is within 10% of the teacher on both and 5x faster; one command took 650 s.
     assert verdicts == ["met", "met", "met", "met", "**missed**", "met", "met", "met", "**missed**", "met"]
     assert "0.333x" not in rows[0][1] and "0.33x" in rows[0][1]
+    assert "real bins (held-out clips) 0.100 mean, 0.150 p95" in rows[3][1]
+    played = json.loads((results / "stream_stage3.json").read_text())
+    played["measures"]["real_bins_footage"] = {"clips": 12, "held_out_clips": False}
+    (results / "stream_stage3.json").write_text(json.dumps(played))
+    assert "real bins (12 clips played with random keys)" in page.target_rows(page.Results.load(tmp_path))[3][1]
     summary = page.summary(page.Results.load(tmp_path), "01")
     assert "| 01 | record | 100 |" in summary and "| 02 |" not in summary
     # A student streamed on another machine than its teacher: their speeds compare nothing.

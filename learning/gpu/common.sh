@@ -44,8 +44,9 @@ GAME=(--data_root "$FOOTAGE/game" --index_file "$FOOTAGE/game/index.json" --cach
 HUD_BOX=(82 96 0 144)
 
 if [[ ${DRY_RUN:-0} == 1 ]]; then
-  BROAD_EPISODES=2 GAME_EPISODES=2 HELDOUT_EPISODES=2 RECORDERS=2
+  BROAD_EPISODES=2 GAME_EPISODES=2 HELDOUT_EPISODES=2 DRIFT_EPISODES=2 RECORDERS=2
   HELDOUT_FRAMES=41  # streams start from 41 frames; no 100-frame bins at this size
+  DRIFT_FRAMES=41
   BIN_FRAMES=16
   TRAIN_SCALE=(--max_train_steps 2 --train_batch_size 1 --checkpointing_steps 1 --validation_steps 0
                --dataloader_num_workers 0)
@@ -60,8 +61,12 @@ else
   # 240 random-colour episodes x 3 clips (720 clips, 29,520 frames) for pretraining; 100 standard episodes x 3
   # (300 clips) for the stages and the IDM; 32 held-out standard episodes of 105 frames (one 100-frame bin each;
   # 105 = 1 + 4 * 26: an odd number of latent frames, which the VAE decodes back to the same length).
-  BROAD_EPISODES=240 GAME_EPISODES=100 HELDOUT_EPISODES=32 RECORDERS="$(nproc)"
+  # 24 episodes of the random driver, one 1,001-frame clip each (10 bins): the drift reference (step 1's IDM
+  # --drift_data_root). Its car leaves the track as the streams' random keys do; an episode that drives off the
+  # playfield ends early and records no clip (about a third of them).
+  BROAD_EPISODES=240 GAME_EPISODES=100 HELDOUT_EPISODES=32 DRIFT_EPISODES=24 RECORDERS="$(nproc)"
   HELDOUT_FRAMES=105
+  DRIFT_FRAMES=1001
   BIN_FRAMES=100
   TRAIN_SCALE=() VAE_SCALE=() IDM_SCALE=() BENCHMARK_SCALE=()
   : "${COMPILE_BLOCKS:=1}"

@@ -90,6 +90,17 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="frames read per clip at most (clips are cut to 4k+1 frames with an odd number of latent frames)",
     )
     idm.add_argument("--bin_frames", type=int, default=DEFAULT_BIN_FRAMES, help="frames per bin of real footage")
+    drift = idm.add_argument_group(
+        "drift reference",
+        "real footage played as the streams are (random keys held for a while, episodes as long as --drift_max_frames): "
+        "its bins' spread is what a stream's bins are judged by (default: the held-out clips', whose player may "
+        "keep to the track more than random keys do)",
+    )
+    drift.add_argument("--drift_data_root", default=None)
+    drift.add_argument("--drift_index_file", default=None)
+    drift.add_argument(
+        "--drift_max_frames", type=int, default=None, help="frames read per drift clip at most (default: --max_frames)"
+    )
     idm.add_argument(
         "--ignored_box",
         type=int,
@@ -265,8 +276,18 @@ def main(argv=None) -> Path | None:
     start = time.perf_counter()
     settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
     if args.command == "idm":
+        if (args.drift_data_root is None) != (args.drift_index_file is None):
+            raise ConfigError("--drift_data_root and --drift_index_file go together: pass both, or neither")
         data = IdmData(
-            args.data_root, args.index_file, args.heldout_data_root, args.heldout_index_file, args.fps, args.max_frames
+            args.data_root,
+            args.index_file,
+            args.heldout_data_root,
+            args.heldout_index_file,
+            args.fps,
+            args.max_frames,
+            args.drift_data_root,
+            args.drift_index_file,
+            args.drift_max_frames,
         )
         training = IdmTraining(**{setting.name: getattr(args, setting.name) for setting in fields(IdmTraining)})
         measures = build_idm(

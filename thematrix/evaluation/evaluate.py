@@ -76,6 +76,11 @@ class IdmData:
     heldout_index_file: str
     fps: float
     max_frames: int  # longest stretch read from a clip (4k+1 frames)
+    # Real footage played as the streams are (random keys, long episodes), whose bins' spread a stream's bins are
+    # judged by; None: the held-out clips'. A player that keeps to the track shows more track than random keys do.
+    drift_data_root: str | None = None
+    drift_index_file: str | None = None
+    drift_max_frames: int | None = None  # None: max_frames
 
 
 def build_idm(
@@ -98,6 +103,10 @@ def build_idm(
     read = dict(fps=data.fps, height=height, width=width, temporal_compression=c, max_frames=data.max_frames, vae=vae)
     train = load_real_clips(data.data_root, data.index_file, vocabulary, **read)
     heldout = load_real_clips(data.heldout_data_root, data.heldout_index_file, vocabulary, **read)
+    drift = None
+    if data.drift_data_root is not None:
+        read["max_frames"] = data.drift_max_frames or data.max_frames
+        drift = load_real_clips(data.drift_data_root, data.drift_index_file, vocabulary, **read)
     logger.info(
         "IDM data: %d training clips (%d frames), %d held-out clips (%d frames)",
         len(train.lengths),
@@ -119,7 +128,7 @@ def build_idm(
     ).to(device)
     ends = train.window_ends(c)
     losses = train_idm(idm, train.frames.to(device), ends.to(device), train.labels[ends].to(device), training)
-    measures, tensors = real_footage_measures(idm, heldout, train, bin_frames)
+    measures, tensors = real_footage_measures(idm, heldout, train, bin_frames, drift)
     measures["training_clips"] = len(train.lengths)
     output_dir = Path(output_dir)
     idm.save_pretrained(output_dir)
@@ -559,6 +568,7 @@ def evaluate_streams(
         "edges": edges,
         "bins": per_bin(reference, scores, bin_frames),
         "real_bins_total_variation": reference.measures["real_bins_total_variation"],
+        "real_bins_footage": reference.measures.get("real_bins_footage"),  # absent from IDMs made before it was
         "speed": {
             "frames_per_second": sum(timing.frames_per_second for timing in timings) / len(timings),
             "time_to_first_frame_s": sum(timing.time_to_first_frame_s for timing in timings) / len(timings),

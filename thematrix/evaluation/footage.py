@@ -157,12 +157,13 @@ def spread(values: list[float]) -> dict:
 
 
 def real_footage_measures(
-    idm: InverseDynamicsModel, heldout: RealClips, train: RealClips, bin_frames: int
+    idm: InverseDynamicsModel, heldout: RealClips, train: RealClips, bin_frames: int, drift: RealClips | None = None
 ) -> tuple[dict, dict[str, torch.Tensor]]:
     """What generated video is held against: the IDM on held-out clips (its ceiling, with chance beside it),
     the held-out frames' colour histogram and IDM feature statistics (the reference), how far 100-frame
-    stretches of real footage lie from that reference (the spread that drift is judged by), and how far the
-    training clips lie from it (the floor of domain fit between two sets of real footage).
+    stretches of real footage (``drift``'s clips, default the held-out ones) lie from that reference (the spread
+    that drift is judged by), and how far the training clips lie from it (the floor of domain fit between two
+    sets of real footage).
 
     Returns (JSON-ready measures, reference tensors for ``Reference``)."""
     device = next(idm.parameters()).device
@@ -172,6 +173,7 @@ def real_footage_measures(
     commanded = heldout.labels[ends]
     reference = FeatureStats.of(features)
     histogram = colour_histogram(heldout.frames)
+    binned = heldout if drift is None else drift
     train_ends = train.window_ends(c)
     train_features = predict(idm, train.frames.to(device), train_ends)[1]
     measures = {
@@ -179,7 +181,8 @@ def real_footage_measures(
         "idm": agreement(predicted, commanded, idm.tokens),
         "chance": chance_levels(commanded, len(idm.tokens)),
         "bin_frames": bin_frames,
-        "real_bins_total_variation": spread(binned_histogram_distances(heldout, histogram, bin_frames)),
+        "real_bins_total_variation": spread(binned_histogram_distances(binned, histogram, bin_frames)),
+        "real_bins_footage": {"clips": len(binned.lengths), "held_out_clips": drift is None},
         "train_vs_heldout": {
             "total_variation": total_variation(colour_histogram(train.frames), histogram),
             "frechet": frechet_distance(FeatureStats.of(train_features), reference),
