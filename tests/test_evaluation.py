@@ -7,8 +7,10 @@ import dataclasses
 import importlib.util
 import json
 import math
+import os
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -482,8 +484,18 @@ def test_streams_split_over_gpus_gather_into_the_measures_of_one_process(
     made = []
     generate_stream = evaluate.generate_stream
     monkeypatch.setattr(evaluate, "generate_stream", lambda *a, **o: made.append(o["seed"]) or generate_stream(*a, **o))
+    threads, popen = [], subprocess.Popen
+
+    def recorded(command, *args, **options):
+        if "thematrix.evaluation" in command:
+            threads.append(options["env"]["OMP_NUM_THREADS"])
+        return popen(command, *args, **options)
+
+    monkeypatch.setattr(subprocess, "Popen", recorded)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     split = evaluated(tmp_path / "split.json", "--gpus", "1,0")
     assert made == []  # every stream was made by the two processes, the first of them on GPU 1
+    assert threads == [str(max(1, len(os.sched_getaffinity(0)) // 2))] * 2  # each its share of the cores
     assert sorted(path.name for path in (tmp_path / "split.streams").iterdir()) == [
         f"stream_{index:04d}.pt" for index in range(3)
     ]

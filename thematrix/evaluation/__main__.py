@@ -223,10 +223,13 @@ def make_parts_on_gpus(argv: list[str], gpus: list[int]) -> None:
         for index, argument in enumerate(argv)
         if not (argument == "--gpus" or argument.startswith("--gpus=") or (index and argv[index - 1] == "--gpus"))
     ]
+    # Each process's CPU threads get its share of the cores, as torchrun gives its workers: a process's every
+    # thread pool sized to the whole machine spins against the others' and delays the thread launching its kernels.
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, len(os.sched_getaffinity(0)) // len(gpus)))
     processes = [
         subprocess.Popen(
             [sys.executable, "-m", "thematrix.evaluation", *arguments, "--part", f"{part}/{len(gpus)}"],
-            env={**os.environ, "CUDA_VISIBLE_DEVICES": names[gpu]},
+            env={**os.environ, "CUDA_VISIBLE_DEVICES": names[gpu], "OMP_NUM_THREADS": threads},
         )
         for part, gpu in enumerate(gpus)
     ]
