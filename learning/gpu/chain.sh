@@ -24,12 +24,16 @@ if (( ${#CHAIN_GPU_IDS[@]} > 2 )); then
 fi
 FIRST="${CHAIN_GPU_IDS[0]}"
 SECOND="${CHAIN_GPU_IDS[1]:-$FIRST}"
+# Steps that run at once each size their CPU thread pools to a share of the cores (unless OMP_NUM_THREADS is set):
+# pools sized to the whole machine spin against each other and slow the threads that launch the GPU's kernels.
+THREADS="${OMP_NUM_THREADS:-$(( $(nproc) / ${#CHAIN_GPU_IDS[@]} ))}"
 
 # start NN GPUS [NAME=VALUE...]: run step NN in the background on GPUS (its PID in $STARTED), with the settings
 # given, its timings cleared so that `after` waits for this run's phases.
 start() {
   rm -f "$RESULTS/timings_$1.tsv"
-  env ${CHAIN_GPUS:+CUDA_VISIBLE_DEVICES="$2"} "${@:3}" bash learning/gpu/"$1"_*.sh > "$LOGS/$1.log" 2>&1 &
+  env ${CHAIN_GPUS:+CUDA_VISIBLE_DEVICES="$2"} OMP_NUM_THREADS="$THREADS" "${@:3}" bash learning/gpu/"$1"_*.sh \
+    > "$LOGS/$1.log" 2>&1 &
   STARTED=$!
   echo "step $1 started${CHAIN_GPUS:+ on GPU $2}${3:+ with ${*:3}} (log: $LOGS/$1.log)"
 }
