@@ -63,7 +63,7 @@ else
   # 105 = 1 + 4 * 26: an odd number of latent frames, which the VAE decodes back to the same length).
   # 24 episodes of the random driver, one 1,001-frame clip each (10 bins): the drift reference (step 1's IDM
   # --drift_data_root). Its car leaves the track as the streams' random keys do; an episode that drives off the
-  # playfield ends early and records no clip (about a third of them).
+  # playfield ends early and records no clip (10 of the 24 on the CPU here).
   BROAD_EPISODES=240 GAME_EPISODES=100 HELDOUT_EPISODES=32 DRIFT_EPISODES=24 RECORDERS="$(nproc)"
   HELDOUT_FRAMES=105
   DRIFT_FRAMES=1001
