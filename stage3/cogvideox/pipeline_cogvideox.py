@@ -402,7 +402,7 @@ class SwinDPMPipeline(InteractivePipeline):
                     decoded, tokens, index = group
                     frames, emitted_latents = decoded.result()
                     yield StreamChunk(
-                        frames=frames.clamp(-1, 1),
+                        frames=frames,
                         controls=tokens,
                         frame_controls=[token for token in tokens for _ in range(compression)],
                         latents=emitted_latents,
@@ -444,8 +444,9 @@ class SwinDPMPipeline(InteractivePipeline):
 class _DecodedGroup:
     """The decode of one emitted group ``[1, W, C, h, w]`` on the VAE's device, started at construction: inline,
     or on ``decode_stream`` (a CUDA stream of the VAE's device) after the work queued so far on the latents'
-    device, to overlap what is queued next. ``result()`` waits for it: ``(frames [c * W, 3, H, W] float32,
-    latents [W, C, h, w])``, both on the CPU.
+    device, to overlap what is queued next. ``result()`` waits for it: ``(frames [c * W, 3, H, W] float32 in
+    [-1, 1], clamped on the VAE's device rather than by the host between groups, latents [W, C, h, w])``, both on
+    the CPU.
 
     Every call of one stream's decoder runs on the same CUDA stream, so the decoder's caches are only ever used
     where they were made. On the same device, the window's latents, made on the current stream, are recorded as
@@ -457,7 +458,7 @@ class _DecodedGroup:
     def __init__(self, decoder: StreamingDecoder, latents: torch.Tensor, decode_stream: torch.cuda.Stream | None):
         decode_device = decoder.vae.device
         if decode_stream is None:
-            self._frames = decoder.decode(latents.to(decode_device))[0].to("cpu", torch.float32)
+            self._frames = decoder.decode(latents.to(decode_device))[0].clamp(-1, 1).to("cpu", torch.float32)
             self._latents = latents[0].to("cpu", copy=True)
             self._done = None
             return
@@ -466,7 +467,7 @@ class _DecodedGroup:
             latents.record_stream(decode_stream)
         with torch.cuda.device(decode_device), torch.cuda.stream(decode_stream):
             latents = latents.to(decode_device, non_blocking=True)
-            self._frames = _to_pinned_cpu(decoder.decode(latents)[0].float())
+            self._frames = _to_pinned_cpu(decoder.decode(latents)[0].clamp(-1, 1).float())
             self._latents = _to_pinned_cpu(latents[0])
             self._done = torch.cuda.Event()
             self._done.record(decode_stream)
