@@ -2,7 +2,8 @@
 
     # 1. an inverse-dynamics model trained on real footage, and the held-out footage's reference statistics
     python -m thematrix.evaluation idm --model_dir BASE --data_root GAME --index_file GAME/index.json \\
-        --heldout_data_root HELDOUT --heldout_index_file HELDOUT/index.json --fps 10 --output_dir IDM
+        --heldout_data_root HELDOUT --heldout_index_file HELDOUT/index.json --fps 10 --output_dir IDM \\
+        --drift_data_root RANDOM_PLAY --drift_index_file RANDOM_PLAY/index.json --drift_max_frames 1001
     # 2. clips under random commands (stage 1 and 2 models): control following, domain fit
     python -m thematrix.evaluation clips --model_dir MODEL --idm IDM --output clips.json
     # 3. long streams from real clips (stage 3 and 4 models): control following, domain fit, drift, speed
@@ -93,8 +94,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     drift = idm.add_argument_group(
         "drift reference",
         "real footage played as the streams are (random keys held for a while, episodes as long as --drift_max_frames): "
-        "its bins' spread is what a stream's bins are judged by (default: the held-out clips', whose player may "
-        "keep to the track more than random keys do)",
+        "its bins' spread is what a stream's bins are judged by (default: the held-out clips', whose player may play "
+        "otherwise than the streams' random keys do, and whose clips may be short)",
     )
     drift.add_argument("--drift_data_root", default=None)
     drift.add_argument("--drift_index_file", default=None)

@@ -108,11 +108,12 @@ def build_idm(
         read["max_frames"] = data.drift_max_frames or data.max_frames
         drift = load_real_clips(data.drift_data_root, data.drift_index_file, vocabulary, **read)
     logger.info(
-        "IDM data: %d training clips (%d frames), %d held-out clips (%d frames)",
+        "IDM data: %d training clips (%d frames), %d held-out clips (%d frames), drift reference: %s",
         len(train.lengths),
         len(train.frames),
         len(heldout.lengths),
         len(heldout.frames),
+        "the held-out clips" if drift is None else f"{len(drift.lengths)} clips ({len(drift.frames)} frames)",
     )
     torch.manual_seed(training.seed)
     idm = InverseDynamicsModel(
