@@ -190,13 +190,12 @@ def target_rows(results: Results) -> list[tuple[str, str, str]]:
         measures = stream["measures"]
         worst = max(bin["total_variation"] for bin in measures["bins"])
         real = measures["real_bins_total_variation"]
-        footage = measures.get("real_bins_footage") or {"held_out_clips": True}
-        played = "held-out clips" if footage["held_out_clips"] else f"{footage['clips']} clips played with random keys"
         rows.append(
             (
                 f"Stage 3: over {measures['frames_per_stream']} streamed frames, no bin further from the game than "
                 "real footage's bins (95th percentile)",
-                f"worst bin {fmt(worst)}; real bins ({played}) {fmt(real.get('mean'))} mean, {fmt(real.get('p95'))} p95",
+                f"worst bin {fmt(worst)}; real bins ({drift_footage(measures)}) {fmt(real.get('mean'))} mean, "
+                f"{fmt(real.get('p95'))} p95",
                 verdict(real.get("p95") is not None and worst <= real["p95"]),
             )
         )
@@ -330,6 +329,12 @@ def plot_bars(names: list[str], values: list[float], path: Path, ylabel: str, li
     plt.close(figure)
 
 
+def drift_footage(measures: dict) -> str:
+    """Which real footage a stream's bins were judged by (streams scored before it was recorded: the held-out)."""
+    footage = measures.get("real_bins_footage") or {"held_out_clips": True}
+    return "held-out clips" if footage["held_out_clips"] else f"{footage['clips']} clips played with random keys"
+
+
 def plot_drift(streams: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -341,9 +346,10 @@ def plot_drift(streams: dict, path: Path) -> None:
         distance.plot(starts, [bin["total_variation"] for bin in bins], marker=".", label=STREAMS[name])
         following.plot(starts, [bin["control_following"] for bin in bins], marker=".", label=STREAMS[name])
         real = record["measures"]["real_bins_total_variation"]
+        footage = drift_footage(record["measures"])
         chance = record["measures"]["control_following"]["chance"]["uniform"]
     if real and real.get("count"):
-        distance.axhspan(real["min"], real["p95"], color="0.85", label="real footage's bins (min to p95)")
+        distance.axhspan(real["min"], real["p95"], color="0.85", label=f"real footage's bins, {footage} (min to p95)")
     following.axhline(chance, color="0.5", linestyle="--", label="chance")
     distance.set(xlabel="frame", ylabel="colour distance to the game")
     following.set(xlabel="frame", ylabel="control following")
