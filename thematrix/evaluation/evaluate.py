@@ -105,8 +105,8 @@ def build_idm(
     heldout = load_real_clips(data.heldout_data_root, data.heldout_index_file, vocabulary, **read)
     drift = None
     if data.drift_data_root is not None:
-        read["max_frames"] = data.drift_max_frames or data.max_frames
-        drift = load_real_clips(data.drift_data_root, data.drift_index_file, vocabulary, **read)
+        drift_read = dict(read, max_frames=data.drift_max_frames or data.max_frames)
+        drift = load_real_clips(data.drift_data_root, data.drift_index_file, vocabulary, **drift_read)
     logger.info(
         "IDM data: %d training clips (%d frames), %d held-out clips (%d frames), drift reference: %s",
         len(train.lengths),
