@@ -25,6 +25,7 @@ TIMESTEPS = [[0, 100, 100, 600, 600]]  # a Swin-DPM window's per-frame timesteps
 CONTROLS = [[0, 1, 0, 1, 1]]
 # Square frames of the tiny model: 3x3 patches, 9 tokens per frame, which 2 ranks split 5 + 4.
 UNEVEN_SIZE = TINY_HEIGHT
+SQUARE_LATENTS = (HEIGHT, HEIGHT)  # 3x3 patches of the tiny model's latents: 9 tokens per frame
 VAE_CALLS = Counter()
 
 
@@ -49,9 +50,9 @@ def all_gather_by_broadcasts(tensor_list: list[torch.Tensor], tensor: torch.Tens
         dist.broadcast(gathered, src=global_source, group=group)
 
 
-def forward(pipeline: SwinDPMPipeline) -> torch.Tensor:
+def forward(pipeline: SwinDPMPipeline, height: int = HEIGHT, width: int = WIDTH) -> torch.Tensor:
     generator = torch.Generator().manual_seed(0)
-    latents = torch.randn(1, FRAMES, CHANNELS, HEIGHT, WIDTH, generator=generator)
+    latents = torch.randn(1, FRAMES, CHANNELS, height, width, generator=generator)
     config = pipeline.transformer.config
     text = torch.randn(1, config.max_text_seq_length, config.text_embed_dim, generator=generator)
     with torch.no_grad():
@@ -94,7 +95,11 @@ def main(model_dir: str, output_prefix: str) -> None:
     results["parallel_overlapped"] = outputs(pipeline, overlap_decode=True)
     compile_blocks(pipeline.transformer, backend=TEST_BACKEND)
     results["compiled"] = {"forward": forward(pipeline)}
-    results["parallel_uneven"] = outputs(parallel_pipeline(model_dir, splits_evenly=False), video=square)
+    uneven = parallel_pipeline(model_dir, splits_evenly=False)
+    results["parallel_uneven"] = outputs(uneven, video=square)
+    results["single_uneven"]["forward_square"] = forward(single, *SQUARE_LATENTS)
+    compile_blocks(uneven.transformer, backend=TEST_BACKEND)
+    results["compiled_uneven"] = {"forward": forward(uneven, *SQUARE_LATENTS)}
     torch.save(results, f"{output_prefix}{dist.get_rank()}.pt")
     dist.destroy_process_group()
 

@@ -1,6 +1,7 @@
 """Context parallelism (thematrix/parallel.py) in two CPU processes over gloo, launched by torchrun: the tiny stage-3
-transformer's forward (eager and with compiled blocks) and a short stream split over both equal the single-process
-ones, plain, overlapped, and on frames whose tokens split unevenly (diffusers' ulysses_anything); rank 0 alone encodes,
+transformer's forward (eager and with compiled blocks, on even and uneven splits) and a short stream split over both
+equal the single-process ones, plain, overlapped, and on frames whose tokens split unevenly (diffusers'
+ulysses_anything); rank 0 alone encodes,
 decodes and yields the frames, the other rank runs the same forwards without its VAE. Wrong splits or gathers (a
 frame's modulation on another frame's tokens, text keys counted twice, patches gathered out of order) change the
 output by far more than the tolerance."""
@@ -38,6 +39,9 @@ def test_context_parallel_forward_and_stream_equal_one_process(model_dir, tmp_pa
     main, *others = [torch.load(f"{prefix}{rank}.pt") for rank in range(NUM_PROCESSES)]
     # Compiled blocks (aot_eager: the graphs without a C++ toolchain) under context parallelism: the same forward.
     torch.testing.assert_close(main["compiled"]["forward"], main["single"]["forward"], **CONTEXT_PARALLEL_TOLERANCE)
+    # Compiled on an uneven split: the attention's graph break (ulysses_anything's all-to-alls run eagerly).
+    uneven, single_square = main["compiled_uneven"]["forward"], main["single_uneven"]["forward_square"]
+    torch.testing.assert_close(uneven, single_square, **CONTEXT_PARALLEL_TOLERANCE)
     assert main["single"]["vae_calls"] == STREAM_VAE_CALLS
     runs = {"parallel": "single", "parallel_overlapped": "single", "parallel_uneven": "single_uneven"}
     for run, reference in runs.items():

@@ -36,6 +36,7 @@ from diffusers.models.attention import Attention, FeedForward
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from thematrix.config import ConfigError
+from thematrix.parallel import splits_unevenly
 
 # torch.compile's default code generator; tests use "aot_eager" to check the graphs without a C++ toolchain.
 DEFAULT_COMPILE_BACKEND = "inductor"
@@ -52,8 +53,10 @@ def compile_blocks(transformer, backend: str | None = None) -> None:
     """Compile each of ``transformer``'s repeated blocks in place (diffusers' ``compile_repeated_blocks``): for the
     stream (``--compile``) and for training (``args.compile_blocks``)."""
     transformer._repeated_blocks = list(REPEATED_BLOCKS)
-    # fullgraph: a graph break inside a block would silently fall back to eager; fail loudly instead.
-    transformer.compile_repeated_blocks(fullgraph=True, backend=backend or DEFAULT_COMPILE_BACKEND)
+    # fullgraph: a graph break inside a block would silently fall back to eager; fail loudly instead. The one
+    # break allowed is the uneven context-parallel attention's (thematrix/parallel.py: attention_outside_graphs).
+    fullgraph = not splits_unevenly(transformer._parallel_config)
+    transformer.compile_repeated_blocks(fullgraph=fullgraph, backend=backend or DEFAULT_COMPILE_BACKEND)
 
 
 # The attention operators of each backend torch's scaled_dot_product_attention dispatches to (those this torch has).

@@ -20,7 +20,8 @@ the text tokens (226) and each latent frame's tokens (30 x 45 = 1,350 at 480x720
 (2 for CogVideoX-2B at 480x720); any other takes its ``ulysses_anything`` mode, which splits the tokens unevenly
 (``tensor_split``: 57, 57, 56, 56 text tokens on 4 ranks) and pads the heads to a multiple of the degree on the last
 rank (30 heads on 4 ranks: 8 each, 2 of them zeros). Its all-to-alls first exchange each rank's token count: a few
-small collectives more per attention, and forward only (inference). diffusers takes a padding only if it is smaller
+small collectives more per attention, and forward only (inference); dynamo cannot trace them, so compiled blocks
+run that attention eagerly between two graphs. diffusers takes a padding only if it is smaller
 than a rank's heads, so the degree must satisfy ``(-heads) % N < ceil(heads / N)`` (CogVideoX-2B: 2, 3, 4, 5, 6, 8,
 10, 15 or 30; not 7 or 9), and every part must have at least N tokens. It runs over NCCL on GPUs and gloo on CPUs.
 """
@@ -66,12 +67,23 @@ class JointAttentionProcessor:
             query = attn.norm_q(query)
         if attn.norm_k is not None:
             key = attn.norm_k(key)
-        output = dispatch_attention_fn(
-            query, key, value, backend=self._attention_backend, parallel_config=self._parallel_config
-        )
+        attend = attention_outside_graphs if splits_unevenly(self._parallel_config) else dispatch_attention_fn
+        output = attend(query, key, value, backend=self._attention_backend, parallel_config=self._parallel_config)
         output = attn.to_out[1](attn.to_out[0](output.flatten(2, 3)))
         encoder_hidden_states, hidden_states = output.split([text_seq_length, output.shape[1] - text_seq_length], dim=1)
         return hidden_states, encoder_hidden_states
+
+
+@torch.compiler.disable
+def attention_outside_graphs(*args, **kwargs) -> torch.Tensor:
+    """``dispatch_attention_fn`` run eagerly inside compiled blocks: ``ulysses_anything``'s all-to-alls pass a process
+    group, which dynamo cannot trace (torch 2.11), so a compiled block breaks its graph around the attention there."""
+    return dispatch_attention_fn(*args, **kwargs)
+
+
+def splits_unevenly(parallel_config) -> bool:
+    """Whether a model's (or processor's) parallel config takes diffusers' uneven Ulysses (``ulysses_anything``)."""
+    return parallel_config is not None and parallel_config.context_parallel_config.ulysses_anything
 
 
 def heads_pad_evenly(heads: int, degree: int) -> bool:
