@@ -16,9 +16,11 @@ import pytest
 import torch
 
 from stage3 import inference
+from stage3.cogvideox.pipeline_cogvideox import SwinDPMPipeline
 from tests.launching import LAUNCH_TIMEOUT_S, REPO_ROOT
+from thematrix.acceleration import compile_blocks
 from thematrix.config import ConfigError
-from thematrix.parallel import check_context_parallel, check_decode_device_outside_group
+from thematrix.parallel import check_context_parallel, check_decode_device_outside_group, enable_context_parallel
 
 NUM_PROCESSES = 2
 # Ulysses attention sums each query's keys in another order ([text_0; video_0; text_1; video_1]): float32 rounding,
@@ -99,6 +101,15 @@ def test_inference_checks_context_parallel_before_loading(model_dir, tmp_path, m
     arguments = ["--model_dir", str(model_dir), "--initial_video", str(tmp_path / "clip.mp4"), *options]
     with pytest.raises(ConfigError, match=message):
         inference.check_stream_options(inference.parse_args(arguments))
+
+
+def test_context_parallel_after_compiled_blocks_is_refused(model_dir):
+    """Blocks compiled first would keep the unsplit attention in their graphs (fullgraph on an uneven split fails
+    only at the first forward): the order is checked when parallelism is enabled."""
+    pipeline = SwinDPMPipeline.from_model_dir(model_dir)
+    compile_blocks(pipeline.transformer)
+    with pytest.raises(ValueError, match="before compiling the transformer's blocks"):
+        enable_context_parallel(pipeline.transformer, NUM_PROCESSES)
 
 
 @pytest.mark.parametrize("decode_device", ["cuda:0", "cuda:1"])

@@ -154,7 +154,10 @@ def is_main_process() -> bool:
 def enable_context_parallel(transformer, degree: int, splits_evenly: bool = True) -> None:
     """Split ``transformer``'s forward over ``degree`` processes of the initialised process group (torchrun) with
     Ulysses attention (diffusers' ``enable_parallelism``); ``splits_evenly=False`` (``check_context_parallel``'s
-    answer) takes its ``ulysses_anything`` mode for uneven splits."""
+    answer) takes its ``ulysses_anything`` mode for uneven splits. Before ``compile_blocks``, which compiles the
+    attention of the split it finds (on an uneven one, outside its graphs)."""
+    if any(block._compiled_call_impl is not None for block in transformer.transformer_blocks):
+        raise ValueError("enable context parallelism before compiling the transformer's blocks, which read the split")
     for block in transformer.transformer_blocks:
         block.attn1.set_processor(JointAttentionProcessor())
     config = ContextParallelConfig(ulysses_degree=degree, ulysses_anything=not splits_evenly)
