@@ -1,10 +1,9 @@
 """Context parallelism (thematrix/parallel.py) in two CPU processes over gloo, launched by torchrun: the tiny stage-3
 transformer's forward (eager and with compiled blocks, on even and uneven splits) and a short stream split over both
 equal the single-process ones, plain, overlapped, and on frames whose tokens split unevenly (diffusers'
-ulysses_anything); rank 0 alone encodes,
-decodes and yields the frames, the other rank runs the same forwards without its VAE. Wrong splits or gathers (a
-frame's modulation on another frame's tokens, text keys counted twice, patches gathered out of order) change the
-output by far more than the tolerance."""
+ulysses_anything); rank 0 alone encodes, decodes and yields the frames, the other rank runs the same forwards without
+its VAE. Wrong splits or gathers (a frame's modulation on another frame's tokens, text keys counted twice, patches
+gathered out of order) change the output by far more than the tolerance."""
 
 from __future__ import annotations
 
