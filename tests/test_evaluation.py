@@ -29,7 +29,13 @@ from thematrix.evaluation import evaluate
 from thematrix.evaluation.__main__ import main, parse_args, resolve_stream_settings
 from thematrix.evaluation.control_use import control_use
 from thematrix.evaluation.evaluate import Reference, VideoScores, control_following
-from thematrix.evaluation.footage import reconstruct, round_trip_lengths, weights_fingerprint
+from thematrix.evaluation.footage import (
+    RealClips,
+    reconstruct,
+    round_trip_lengths,
+    weights_fingerprint,
+    worst_mean_bin_reference,
+)
 from thematrix.evaluation.generation import ScoredVideo
 from thematrix.evaluation.idm import IdmTraining, InverseDynamicsModel, gather_windows, predict, train_idm, window_ends
 from thematrix.evaluation.metrics import (
@@ -150,6 +156,28 @@ def test_windows_end_at_the_last_frame_of_each_latent_frame():
     assert windows[1, :, 0, 0, 0].tolist() == [15, 16, 17, 18, 19]
     video = ScoredVideo(torch.zeros(13, 3, 2, 2, dtype=torch.uint8), ["RIGHT", "LEFT", "UP"])
     assert frame_labels(video, C) == ["", *["RIGHT"] * 4, *["LEFT"] * 4, *["UP"] * 4]
+
+
+def test_real_footage_is_scored_where_generated_windows_end():
+    # Two clips of 1 + c * 2 and 1 + c * 3 frames, end to end: training reads every window, scoring only those
+    # ending on a latent frame's last frame, as a generated clip of the same length is read.
+    lengths = [1 + C * 2, 1 + C * 3]
+    clips = RealClips(torch.zeros(sum(lengths), 3, 2, 2), torch.zeros(sum(lengths)), [0, lengths[0]], lengths, [])
+    assert clips.window_ends(C).tolist() == [*range(C, lengths[0]), *range(lengths[0] + C, sum(lengths))]
+    generated = [end for length in lengths for end in window_ends(length, (length - 1) // C, C)]
+    scored = clips.latent_frame_ends(C) - torch.tensor([0] * 2 + [lengths[0]] * 3)
+    assert scored.tolist() == generated
+
+
+def test_the_drift_reference_narrows_with_the_streams_averaged_and_widens_with_the_bins():
+    real = torch.rand(200, generator=torch.Generator().manual_seed(0)).mul(0.2).add(0.1).tolist()
+    settings = {"quantile": 0.95, "draws": 20_000, "seed": 0}
+    single = worst_mean_bin_reference(real, 1, 1, **settings)
+    assert single == pytest.approx(torch.quantile(torch.tensor(real), 0.95).item(), abs=0.005)
+    averaged = worst_mean_bin_reference(real, 8, 1, **settings)
+    assert sum(real) / len(real) < averaged < single - 0.05
+    assert averaged < worst_mean_bin_reference(real, 8, 20, **settings) < single
+    assert worst_mean_bin_reference(real, 8, 20, **settings) == worst_mean_bin_reference(real, 8, 20, **settings)
 
 
 def synthetic_footage(seed: int, clips: int, frames: int, height: int = 24, width: int = 32):
@@ -289,9 +317,10 @@ def test_idm_command_writes_the_model_and_the_real_footage_reference(idm_dir, ti
         AutoencoderKLCogVideoX.from_pretrained(tiny_model_dir, subfolder="vae")
     )
     measures = reference.measures
-    assert measures["idm"]["count"] == 2 * (FOOTAGE_FRAMES - C)  # every frame from the c-th on ends a window
+    assert measures["idm"]["count"] == 2 * ((FOOTAGE_FRAMES - 1) // C)  # scored where each latent frame ends
     assert measures["real_bins_total_variation"]["count"] == 2 * (FOOTAGE_FRAMES // 16)
     assert measures["real_bins_footage"] == {"clips": 2, "held_out_clips": True}
+    assert len(measures["real_bins_total_variation_values"]) == measures["real_bins_total_variation"]["count"]
     assert reference.histogram.sum().item() == pytest.approx(1.0)
     assert set(measures["train_vs_heldout"]) == {"total_variation", "frechet"}
     record = json.loads((idm_dir / "idm.json").read_text())
@@ -398,6 +427,10 @@ def test_streams_are_scored_per_bin_with_their_speed(idm_dir, model_dir, footage
     for error in (measures["control_following"]["standard_error"], *errors):
         assert error is not None and 0 <= error <= 0.5
     assert measures["speed"]["frames_per_second"] > 0 and measures["speed"]["time_to_first_frame_s"] > 0
+    real = measures["real_bins_total_variation"]
+    reference = measures["drift_reference"]
+    assert (reference["streams"], reference["bins"]) == (2, len(measures["bins"]))
+    assert real["min"] <= reference["worst_bin_quantile"] <= real["max"]
     # Per stream: the whole measures are the streams' (each stream scores as many latent frames).
     streams = measures["per_stream"]
     assert [stream["seed"] for stream in streams] == [0, 1]
@@ -725,6 +758,7 @@ def stream_measures(accuracy: float, first: float, last: float, distance: float,
             for index, value in enumerate(bins)
         ],
         "real_bins_total_variation": {"count": 32, "mean": 0.1, "min": 0.05, "p95": 0.15, "max": 0.2},
+        "drift_reference": {"worst_bin_quantile": 0.13, "quantile": 0.95, "streams": 8, "bins": len(bins)},
         "speed": {"frames_per_second": fps, "time_to_first_frame_s": 1.0},
         "frames_per_stream": 2000,
     }
@@ -754,7 +788,13 @@ def test_results_page_judges_each_target_from_the_measures(tmp_path):
     # student is within 10% of the teacher on both and 5x faster; one command took 650 s.
     assert verdicts == ["met", "met", "met", "met", "**missed**", "met", "met", "met", "**missed**", "met"]
     assert "0.333x" not in rows[0][1] and "0.33x" in rows[0][1]
-    assert "real bins (held-out clips) 0.100 mean, 0.150 p95" in rows[3][1]
+    assert "real bins (held-out clips) 0.100 mean, 0.150 p95" in rows[3][1] and ": 0.130" in rows[3][1]
+    # The same streams judged by single bins' spread would pass; by means of as many real bins as they average,
+    # their worst bin does not.
+    drifting = json.loads((results / "stream_stage3.json").read_text())
+    drifting["measures"]["bins"][1]["total_variation"] = 0.14
+    (results / "stream_stage3.json").write_text(json.dumps(drifting))
+    assert page.target_rows(page.Results.load(tmp_path))[3][2] == "**missed**"
     played = json.loads((results / "stream_stage3.json").read_text())
     played["measures"]["real_bins_footage"] = {"clips": 12, "held_out_clips": False}
     (results / "stream_stage3.json").write_text(json.dumps(played))

@@ -17,7 +17,12 @@ from diffusers import AutoencoderKLCogVideoX
 from safetensors.torch import load_file, save_file
 
 from thematrix.controls import ControlVocabulary
-from thematrix.evaluation.footage import load_real_clips, real_footage_measures, weights_fingerprint
+from thematrix.evaluation.footage import (
+    load_real_clips,
+    real_footage_measures,
+    weights_fingerprint,
+    worst_mean_bin_reference,
+)
 from thematrix.evaluation.generation import (
     ScoredVideo,
     StreamTiming,
@@ -56,6 +61,11 @@ from thematrix.evaluation.report import SHEET_VIDEOS, device_name, sheet_row
 logger = logging.getLogger(__name__)
 # Latent frames by which a video's response to a command may lag: control_following's "lagged" agreement.
 RESPONSE_LAGS = (1, 2)
+
+# The drift reference (footage.worst_mean_bin_reference): its quantile, how many draws estimate it, their seed.
+DRIFT_REFERENCE_QUANTILE = 0.95
+DRIFT_REFERENCE_DRAWS = 10_000
+DRIFT_REFERENCE_SEED = 0
 
 REFERENCE_TENSORS = "reference.safetensors"
 REAL_FOOTAGE_MEASURES = "real_footage.json"
@@ -398,6 +408,28 @@ def per_bin(reference: Reference, scores: list[VideoScores], bin_frames: int) ->
     return bins
 
 
+def drift_reference(reference: Reference, num_streams: int, num_bins: int) -> dict | None:
+    """How far the streams' worst bin (``per_bin``'s mean over the streams) may lie from the game for streams as
+    far from it as real footage's bins (``footage.worst_mean_bin_reference``); None for an IDM made before its
+    bins were kept."""
+    real_bins = reference.measures.get("real_bins_total_variation_values")
+    if not real_bins or not num_bins:
+        return None
+    return {
+        "worst_bin_quantile": worst_mean_bin_reference(
+            real_bins,
+            num_streams,
+            num_bins,
+            quantile=DRIFT_REFERENCE_QUANTILE,
+            draws=DRIFT_REFERENCE_DRAWS,
+            seed=DRIFT_REFERENCE_SEED,
+        ),
+        "quantile": DRIFT_REFERENCE_QUANTILE,
+        "streams": num_streams,
+        "bins": num_bins,
+    }
+
+
 @dataclass
 class StreamRecords:
     """Each finished stream's scores, timing and contact-sheet row, one file a stream in ``folder`` (beside the
@@ -559,6 +591,7 @@ def evaluate_streams(
             "control_following_standard_error": following["standard_error"],
             **domain_fit(reference, inside),
         }
+    bins = per_bin(reference, scores, bin_frames)
     measures = {
         "sampler": sampler,
         "commanded_tokens": list(commands.tokens),
@@ -567,8 +600,9 @@ def evaluate_streams(
         "control_following": control_following(reference, scores, commands, bin_frames),
         "domain_fit": domain_fit(reference, scores),
         "edges": edges,
-        "bins": per_bin(reference, scores, bin_frames),
+        "bins": bins,
         "real_bins_total_variation": reference.measures["real_bins_total_variation"],
+        "drift_reference": drift_reference(reference, len(scores), len(bins)),
         "real_bins_footage": reference.measures.get("real_bins_footage"),  # absent from IDMs made before it was
         "speed": {
             "frames_per_second": sum(timing.frames_per_second for timing in timings) / len(timings),

@@ -73,10 +73,19 @@ class RealClips:
     paths: list[str]
 
     def window_ends(self, frames_per_latent: int) -> torch.Tensor:
-        """Every frame that ends a window of ``c + 1`` frames inside its own clip."""
+        """Every frame that ends a window of ``c + 1`` frames inside its own clip (the IDM trains on all of them)."""
+        return self._ends(frames_per_latent, 1)
+
+    def latent_frame_ends(self, frames_per_latent: int) -> torch.Tensor:
+        """The frames that end a latent frame (every ``c``-th after each clip's first frame): where windows of
+        generated video end (``idm.window_ends``). The IDM reads windows at the four phases of the VAE's frame
+        groups unequally well, so real footage is scored only at the phase generated video is scored at."""
+        return self._ends(frames_per_latent, frames_per_latent)
+
+    def _ends(self, frames_per_latent: int, stride: int) -> torch.Tensor:
         return torch.cat(
             [
-                torch.arange(start + frames_per_latent, start + length)
+                torch.arange(start + frames_per_latent, start + length, stride)
                 for start, length in zip(self.starts, self.lengths)
             ]
         )
@@ -156,32 +165,49 @@ def spread(values: list[float]) -> dict:
     }
 
 
+def worst_mean_bin_reference(
+    real_bins: list[float], num_streams: int, num_bins: int, *, quantile: float, draws: int, seed: int
+) -> float:
+    """The ``quantile`` of the worst of ``num_bins`` means of ``num_streams`` bins drawn from real footage's bins:
+    how far the worst bin of a mean over ``num_streams`` streams lies from the game when each stream's bins are
+    as far as real footage's. A mean over streams spreads less than one bin, so single bins' spread would be
+    too lenient a reference for it."""
+    values = torch.tensor(real_bins, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(seed)
+    draws_at = torch.randint(len(values), (draws, num_bins, num_streams), generator=generator)
+    worst = values[draws_at].mean(dim=-1).amax(dim=-1)
+    return torch.quantile(worst, quantile).item()
+
+
 def real_footage_measures(
     idm: InverseDynamicsModel, heldout: RealClips, train: RealClips, bin_frames: int, drift: RealClips | None = None
 ) -> tuple[dict, dict[str, torch.Tensor]]:
     """What generated video is held against: the IDM on held-out clips (its ceiling, with chance beside it),
     the held-out frames' colour histogram and IDM feature statistics (the reference), how far 100-frame
     stretches of real footage (``drift``'s clips, default the held-out ones) lie from that reference (the spread
-    that drift is judged by), and how far the training clips lie from it (the floor of domain fit between two
-    sets of real footage).
+    that drift is judged by, each bin's distance kept), and how far the training clips lie from it (the floor
+    of domain fit between two sets of real footage). The IDM reads windows ending where a latent frame ends
+    (``latent_frame_ends``), as it reads generated video.
 
     Returns (JSON-ready measures, reference tensors for ``Reference``)."""
     device = next(idm.parameters()).device
     c = idm.config.frames_per_latent
-    ends = heldout.window_ends(c)
+    ends = heldout.latent_frame_ends(c)
     predicted, features = predict(idm, heldout.frames.to(device), ends)
     commanded = heldout.labels[ends]
     reference = FeatureStats.of(features)
     histogram = colour_histogram(heldout.frames)
     binned = heldout if drift is None else drift
-    train_ends = train.window_ends(c)
+    real_bins = binned_histogram_distances(binned, histogram, bin_frames)
+    train_ends = train.latent_frame_ends(c)
     train_features = predict(idm, train.frames.to(device), train_ends)[1]
     measures = {
         "heldout_clips": len(heldout.lengths),
         "idm": agreement(predicted, commanded, idm.tokens),
         "chance": chance_levels(commanded, len(idm.tokens)),
         "bin_frames": bin_frames,
-        "real_bins_total_variation": spread(binned_histogram_distances(binned, histogram, bin_frames)),
+        "real_bins_total_variation": spread(real_bins),
+        "real_bins_total_variation_values": real_bins,
         "real_bins_footage": {"clips": len(binned.lengths), "held_out_clips": drift is None},
         "train_vs_heldout": {
             "total_variation": total_variation(colour_histogram(train.frames), histogram),
