@@ -26,7 +26,7 @@ from stage3.training.arguments import SwinArgs
 from thematrix.cli import run
 from thematrix.config import ConfigError
 from thematrix.controls import cycle_controls
-from thematrix.schedules import grouped_training_timesteps
+from thematrix.schedules import band_width, grouped_training_timesteps
 from thematrix.video import pipeline_video_to_signed
 
 DEFAULT_CONFIG = Path(__file__).parent / "training" / "sft_config.py"
@@ -40,11 +40,16 @@ class SwinTrainer(InteractiveTrainer):
     scheduler_class = SwinScheduler
 
     def check_settings(self) -> None:
-        """The window first (the input model's, else the settings', else the recipe's) and the one clip length it
-        needs, so that the clips are checked against it; then stage 2's checks."""
+        """The window first (the input model's, else the settings', else the recipe's: G bands that split the
+        training timesteps evenly) and the one clip length it needs, so that the clips are checked against it; then
+        stage 2's checks."""
         args = self.args
         args.num_noise_groups = self.setting_from_model("num_noise_groups", "num_groups") or RECIPE_NUM_GROUPS
         args.group_size = self.setting_from_model("group_size", "group_size") or RECIPE_GROUP_SIZE
+        try:
+            band_width(args.num_noise_groups, self.scheduler.config.num_train_timesteps)
+        except ValueError as error:
+            raise ConfigError(f"args.num_noise_groups = {args.num_noise_groups}: {error}") from None
         window_frames = window_clip_frames(self.vae_layout, args.num_noise_groups, args.group_size)
         args.frame_buckets = args.frame_buckets or (window_frames,)
         if tuple(args.frame_buckets) != (window_frames,):

@@ -26,7 +26,7 @@ from stage4.training.arguments import ScmArgs
 from thematrix.acceleration import compile_blocks
 from thematrix.cli import run
 from thematrix.config import ConfigError
-from thematrix.model_dir import save_model_dir, transformer_class_name
+from thematrix.model_dir import SWIN_DPM_SAMPLER, check_sampler, save_model_dir, transformer_class_name
 from thematrix.models import InteractiveCogVideoXTransformer3DModel
 from thematrix.training.sharding import full_trainable_weights
 
@@ -101,8 +101,8 @@ class ScmTrainer(SwinTrainer):
     scheduler_class = ScmScheduler
 
     def check_settings(self) -> None:
-        """A stage-3 model to distil, then stage 3's checks (window, vocabulary, clips), then one validation step
-        per group."""
+        """A stage-3 model to distil (its transformer's class, and its record's sampler: a stage-2 model never
+        trained the window), then stage 3's checks (window, vocabulary, clips), then one validation step per group."""
         args = self.args
         found = transformer_class_name(self.model_dir)
         if found != InteractiveCogVideoXTransformer3DModel.__name__:
@@ -110,6 +110,7 @@ class ScmTrainer(SwinTrainer):
                 f"args.pretrained_model_name_or_path = {args.pretrained_model_name_or_path!r} holds a {found}; stage 4 "
                 "distils a stage-3 model: pass stage 3's <output_dir>/model"
             )
+        check_sampler(self.model_dir, SWIN_DPM_SAMPLER, "args.pretrained_model_name_or_path")
         super().check_settings()
         args.validation_num_inference_steps = args.validation_num_inference_steps or args.num_noise_groups
         try:

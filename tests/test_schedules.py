@@ -122,7 +122,7 @@ def test_grouped_training_timesteps_follow_the_generator():
 
 
 def test_bands_must_divide_the_schedule():
-    with pytest.raises(ValueError, match="divisible by num_groups"):
+    with pytest.raises(ValueError, match=r"3 noise groups .* must divide 1000, e.g. one of \[1, 2, 4, 5, 8, 10,"):
         grouped_training_timesteps(1, 3, GROUP_SIZE, 1000)
 
 
@@ -154,6 +154,20 @@ def test_each_group_moves_exactly_one_band_per_outer_iteration(scheduler):
     assert torch.equal(torch.cat([end[:1], start]), phase_boundaries(NUM_GROUPS, num_train_timesteps(scheduler)))
     with pytest.raises(ValueError, match="inner_step"):
         grouped.window_timesteps(steps + 1)
+
+
+@pytest.mark.parametrize("num_groups, num_steps", [(4, 20), (4, 32), (8, 8), (8, 16), (8, 48), (5, 10), (40, 80)])
+def test_every_window_of_the_grid_is_one_training_draws_whatever_the_band_width(scheduler, num_groups, num_steps):
+    """Group g at u + g * T/G with one u in [0, T/G), as grouped_training_timesteps draws, at every inner step:
+    also where T/G is odd (8 groups: 125), where CogVideoX's grid rounds half steps to even, band by band."""
+    grouped = GroupedInferenceSchedule(scheduler, num_steps, num_groups)
+    width = num_train_timesteps(scheduler) // num_groups
+    for step in range(grouped.steps_per_band):
+        window = grouped.window_timesteps(step)
+        offset = window[0]
+        assert 0 <= offset < width and torch.equal(window, offset + width * torch.arange(num_groups)), (step, window)
+    boundaries = phase_boundaries(num_groups, num_train_timesteps(scheduler))
+    assert torch.equal(grouped.window_timesteps(grouped.steps_per_band), boundaries[:-1])
 
 
 def test_a_window_starts_with_each_group_at_the_top_of_its_band(scheduler):
@@ -235,8 +249,17 @@ def test_phase_boundaries_and_consistency_scalings():
     skip, out = c_skip(timesteps, below), c_out(timesteps, below)
     assert skip.dtype == torch.float32 and (skip < 1e-2).all() and (out > 0.99).all()
     assert (skip.diff() != 0).any()  # they depend on the distance to the boundary
-    with pytest.raises(ValueError, match="divisible"):
+    with pytest.raises(ValueError, match="must divide 1000"):
         phase_boundaries(3, 1000)
+
+
+def test_a_timestep_outside_every_phase_has_no_boundary_below_it():
+    """The clean end (-1) and timesteps past the last boundary are refused, not wrapped round to the last boundary."""
+    boundaries = phase_boundaries(NUM_GROUPS, 1000)
+    assert phase_boundary_below(torch.tensor([0, 999]), boundaries).tolist() == [-1, 749]
+    for outside in (CLEAN_TIMESTEP, 1000):
+        with pytest.raises(ValueError, match=rf"timesteps \[{outside}\] lie outside the phases \(-1, 999\]"):
+            phase_boundary_below(torch.tensor([0, outside, 500]), boundaries)
 
 
 def training_timesteps(scheduler, exponent: float, draws: int = 4000) -> torch.Tensor:

@@ -3,7 +3,10 @@ memory, live controls, windows training draws from the first one on, input error
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import itertools
+import shutil
 import time
 
 import pytest
@@ -13,6 +16,7 @@ from stage3 import inference
 from stage3.cogvideox.pipeline_cogvideox import (
     StreamChunk,
     StreamPipelineOutput,
+    SwinDPMPipeline,
     history_latent_frames,
     window_clip_frames,
 )
@@ -21,6 +25,7 @@ from stage4.cogvideox.scheduler import ScmScheduler
 from tests.conftest import CLIP_FPS, CLIP_FRAMES, TEST_VOCABULARY, TINY_HEIGHT, TINY_WIDTH, moving_square_clip
 from thematrix.controls import ControlError
 from thematrix.data.dataset import DatasetError
+from thematrix.model_dir import SCM_SAMPLER, SWIN_DPM_SAMPLER, ModelDirError, generation_defaults
 from thematrix.schedules import CONDITION_TIMESTEP
 from thematrix.streaming_vae import StreamingDecoder
 from thematrix.video import read_video_info, write_mp4
@@ -190,6 +195,7 @@ def test_controls_as_string_callable_or_iterator_are_equivalent(pipeline):
     [
         ("swin-dpm", NUM_GROUPS, GROUP_SIZE, NUM_STEPS),
         ("swin-dpm", 4, 2, 8),
+        ("swin-dpm", 8, 2, 16),  # odd bands (T/G = 125), whose CogVideoX grid rounds half steps to even
         ("scm", NUM_GROUPS, GROUP_SIZE, NUM_GROUPS),
         ("scm", 4, 2, 4),
     ],
@@ -234,6 +240,48 @@ def test_every_window_the_transformer_sees_is_one_training_draws(pipeline, kind,
     for group in range(groups):
         first_index = max(0, num_groups - 1 - group) * schedule.steps_per_band
         assert history[group] == schedule.timesteps[first_index:num_steps].tolist(), f"group {group}"
+
+
+def test_the_clip_latents_are_float32_draws_whatever_the_vae_dtype(pipeline, decoder_inputs):
+    """With a bf16 VAE the clip's latents are still drawn as training draws them: float32 noise on its float32
+    mean and std, not noise drawn, and so quantized, in bf16. The decoder's priming input is those latents."""
+    bf16 = SwinDPMPipeline(**dict(pipeline.components, vae=copy.deepcopy(pipeline.vae).to(torch.bfloat16)))
+    clip = initial_clip()
+    list(stream(bf16, video=clip, max_groups=1, seed=5))
+    mean, logvar = bf16.encode_window(clip).parameters.float().chunk(2, dim=1)
+    noise = torch.randn(mean.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float32)
+    expected = (mean + torch.exp(0.5 * logvar.clamp(-30.0, 20.0)) * noise) * bf16.vae.config.scaling_factor
+    primed = decoder_inputs[0]
+    assert primed.dtype == torch.float32
+    torch.testing.assert_close(primed, expected.permute(0, 2, 1, 3, 4)[:, : primed.shape[1]], rtol=0, atol=0)
+
+
+def recorded_copy(model_dir, directory, sampler: str | None):
+    """``model_dir`` with a record of its training whose window was trained for ``sampler``."""
+    shutil.copytree(model_dir, directory)
+    dataclasses.replace(generation_defaults(directory), fps=CLIP_FPS, sampler=sampler).save(directory)
+    return directory
+
+
+def test_a_stage_2_model_is_refused_where_a_stage_3_model_is_needed(model_dir, tmp_path):
+    """Same transformer class, but its record says stage 2 never trained the shifted window."""
+    stage2 = recorded_copy(model_dir, tmp_path / "stage2", None)
+    message = rf"--model_dir = '{stage2}' records no Swin-DPM sampler.*pass stage 3's <output_dir>/model"
+    with pytest.raises(ModelDirError, match=message):
+        SwinDPMPipeline.check_stage_model(stage2)
+    with pytest.raises(ModelDirError, match=message):
+        inference.main(["--model_dir", str(stage2), "--initial_video", "any.mp4", "--output", str(tmp_path / "a.mp4")])
+
+
+def test_a_model_is_streamed_by_the_sampler_it_was_trained_for(model_dir, tmp_path):
+    stage3 = recorded_copy(model_dir, tmp_path / "stage3", SWIN_DPM_SAMPLER)
+    assert SwinDPMPipeline.check_stage_model(stage3) == stage3
+    with pytest.raises(ModelDirError, match=r"'swin-dpm' sampler \(stage 3\).*pass stage 4's <output_dir>/model"):
+        ScmPipeline.check_stage_model(stage3)
+    stage4 = recorded_copy(model_dir, tmp_path / "stage4", SCM_SAMPLER)
+    assert ScmPipeline.check_stage_model(stage4) == stage4
+    with pytest.raises(ModelDirError, match=r"'scm' sampler \(stage 4\).*pass stage 3's <output_dir>/model"):
+        SwinDPMPipeline.check_stage_model(stage4)
 
 
 def test_each_window_is_conditioned_on_the_last_frame_emitted_before_it(pipeline, decoder_inputs):

@@ -19,6 +19,7 @@ from tests.conftest import (
 )
 from thematrix.config import ConfigError
 from thematrix.schedules import grouped_training_timesteps
+from thematrix.training import trainer as trainer_module
 
 # 2 history + 1 + 2 * 2 latent frames = the 25-frame test clips
 NUM_GROUPS, GROUP_SIZE = 2, 2
@@ -133,6 +134,28 @@ def test_timesteps_drawn_per_band_refuse_another_density(tiny_model_dir, tiny_da
     args = stage3_args(tiny_model_dir, tiny_dataset, tmp_path, timestep_density_exponent=2.0)
     with pytest.raises(ConfigError, match="one timestep per noise band, uniformly within it: leave it at 1"):
         args.check()
+
+
+def test_groups_that_do_not_split_the_timesteps_are_refused_before_anything_loads(
+    tiny_model_dir, tiny_dataset, tmp_path, monkeypatch
+):
+    """3 groups do not split 1000 timesteps into equal bands: refused at start, naming the setting and its values."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the mistake was reported")
+
+    monkeypatch.setattr(trainer_module, "load_components", refuse)
+    args = stage3_args(
+        tiny_model_dir,
+        tiny_dataset,
+        tmp_path,
+        num_noise_groups=3,
+        group_size=1,
+        frame_buckets=None,
+        validation_num_inference_steps=3,
+    )
+    with pytest.raises(ConfigError, match=r"args.num_noise_groups = 3: .* must divide 1000, e.g. one of \[1, 2, 4,"):
+        SwinTrainer(args).setup()
 
 
 def test_clip_length_must_fill_the_window(tiny_model_dir, tiny_dataset, tmp_path):

@@ -4,7 +4,9 @@ and exact resume, a LoRA student, and the few-step stream: closer to the many-st
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from stage3.cogvideox.pipeline_cogvideox import SwinDPMPipeline
+from stage3.training.arguments import SwinArgs
 from stage4 import inference
 from stage4.cogvideox.pipeline_cogvideox import ScmPipeline
 from stage4.cogvideox.scheduler import ConsistencySchedule, ScmScheduler, distillation_timesteps, teacher_schedule
@@ -31,8 +34,10 @@ from tests.test_acceleration import COMPILE_ROUNDING_STEPS, TEST_BACKEND
 from thematrix import acceleration
 from thematrix.config import ConfigError, load_config
 from thematrix.data.dataset import collate_batch
+from thematrix.model_dir import SCM_SAMPLER, SWIN_DPM_SAMPLER, ModelDirError, generation_defaults
 from thematrix.presets import TINY
 from thematrix.schedules import GroupedInferenceSchedule, c_out, c_skip, phase_boundaries, phase_boundary_below
+from thematrix.training import trainer as trainer_module
 from thematrix.training.checkpoint import TRAINABLE_WEIGHTS, list_checkpoints
 from thematrix.video import read_video_info
 
@@ -157,7 +162,8 @@ def test_distillation_timesteps_walk_the_teacher_grid_inside_each_phase(skipping
         t, s, b = t[1:], s[1:], boundary[0, 1:]
         assert (s < t).all() and (s >= b).all()
         assert torch.equal(b, phase_boundary_below(t, boundaries))
-        assert ((s == b) | torch.eq(phase_boundary_below(s, boundaries), b)).all()  # never leaves t's phase
+        inside = s != b  # a target short of its boundary (the clean end -1 lies in no phase)
+        assert torch.equal(phase_boundary_below(s[inside], boundaries), b[inside])  # never leaves t's phase
         assert set(path[0, :, 1:].flatten().tolist()) <= grid
         assert (path[0, 1:] <= path[0, :-1]).all()
         assert torch.equal(t.diff()[1::2], torch.full((3,), band))  # groups one band apart, as in sampling
@@ -501,6 +507,57 @@ def test_bad_settings_fail_with_the_setting_named(setting, value, message):
 def test_a_model_without_the_interactive_module_is_refused(tiny_model_dir, tiny_dataset, tmp_path):
     with pytest.raises(ConfigError, match="stage 4 distils a stage-3 model"):
         ScmTrainer(scm_args(tiny_model_dir, tiny_dataset, tmp_path)).setup()
+
+
+@pytest.fixture
+def nothing_loads(monkeypatch):
+    """Fails a test whose run loads a model's weights: what it checks must be refused before."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the mistake was reported")
+
+    monkeypatch.setattr(trainer_module, "load_components", refuse)
+
+
+def test_groups_that_do_not_split_the_timesteps_are_refused_naming_the_window(
+    teacher_dir, tiny_dataset, tmp_path, nothing_loads
+):
+    """Not as a fault of args.teacher_num_inference_steps (9 steps split into 3 groups)."""
+    args = scm_args(
+        teacher_dir,
+        tiny_dataset,
+        tmp_path,
+        num_noise_groups=3,
+        group_size=1,
+        teacher_num_inference_steps=9,
+        frame_buckets=None,
+        validation_num_inference_steps=None,
+    )
+    with pytest.raises(ConfigError, match=r"^args.num_noise_groups = 3: .* must divide 1000, e.g. one of \[1, 2, 4,"):
+        ScmTrainer(args).setup()
+
+
+@pytest.mark.parametrize(
+    "sampler, found",
+    [(None, "records no Swin-DPM sampler: its window was never trained"), ("scm", "was trained for the 'scm' sampler")],
+)
+def test_a_teacher_whose_window_stage_3_did_not_train_is_refused(
+    teacher_dir, tiny_dataset, tmp_path, nothing_loads, sampler, found
+):
+    """A stage-2 model (its record names no sampler) or a student has the teacher's transformer class, but never
+    learned stage 3's shifted window."""
+    recorded = tmp_path / "model"
+    shutil.copytree(teacher_dir, recorded)
+    dataclasses.replace(generation_defaults(recorded), fps=CLIP_FPS, sampler=sampler).save(recorded)
+    with pytest.raises(ModelDirError, match=rf"{recorded}'? {found}.*pass stage 3's <output_dir>/model"):
+        ScmTrainer(scm_args(recorded, tiny_dataset, tmp_path / "run")).setup()
+
+
+def test_stage_3_and_4_record_the_sampler_their_model_was_trained_for(teacher_dir, tiny_dataset, tmp_path):
+    for args, sampler in ((SwinArgs(), SWIN_DPM_SAMPLER), (ScmArgs(), SCM_SAMPLER)):
+        settings = dict(num_noise_groups=NUM_GROUPS, group_size=GROUP_SIZE, validation_prompts=("a prompt",))
+        args = tiny_run_args(args, teacher_dir, tiny_dataset, tmp_path, **settings)
+        assert args.generation_defaults().sampler == sampler
 
 
 def test_lora_student_is_fused_and_saved_in_float32(teacher_dir, tiny_dataset, cache_dir, tmp_path):

@@ -26,6 +26,10 @@ MODEL_INDEX = "model_index.json"
 GENERATION_DEFAULTS_FILE = "generation_defaults.json"
 # CogVideoX's own frame rate: what a model directory that records none (a base model) generates at.
 COGVIDEOX_FPS = 8
+# The samplers a model's Swin-DPM window is trained for (GenerationDefaults.sampler), and the stage that trains each:
+# stage 3's many-step shifted-window denoising, stage 4's one-step-per-group consistency student.
+SWIN_DPM_SAMPLER, SCM_SAMPLER = "swin-dpm", "scm"
+SAMPLER_STAGES = {SWIN_DPM_SAMPLER: 3, SCM_SAMPLER: 4}
 # Libraries whose classes model_index.json names by library alone (diffusers' LOADABLE_CLASSES).
 LOADER_LIBRARIES = ("diffusers", "transformers")
 
@@ -42,9 +46,11 @@ class GenerationDefaults:
     ``fps``, ``height``, ``width``: the frame rate and size of its training clips; ``num_frames``: its longest
     training clip (the window's clip in stages 3-4); ``prompt``: a prompt of its footage (the run's first
     validation prompt, by default a caption of the footage); ``num_groups``, ``group_size``: the Swin-DPM window of
-    G groups of W latent frames (stages 3-4; None before). For a model that records nothing, ``fps`` and
-    ``prompt`` are None too (see ``generation_defaults``). The model's control vocabulary is part of its
-    transformer's config, not of this file.
+    G groups of W latent frames (stages 3-4; None before); ``sampler``: the sampler that window was trained for
+    (``SWIN_DPM_SAMPLER`` in stage 3, ``SCM_SAMPLER`` in stage 4; None before, and in records written before the
+    field), so that a stage-2 model is refused where a stage-3 one is needed (``check_sampler``). For a model
+    that records nothing, ``fps`` and ``prompt`` are None too (see ``generation_defaults``). The model's control
+    vocabulary is part of its transformer's config, not of this file.
     """
 
     fps: int | None
@@ -54,6 +60,7 @@ class GenerationDefaults:
     prompt: str | None
     num_groups: int | None = None
     group_size: int | None = None
+    sampler: str | None = None
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / GENERATION_DEFAULTS_FILE
@@ -89,6 +96,28 @@ def generation_defaults(model_dir: str | Path) -> GenerationDefaults:
         width=vae["sample_width"],
         num_frames=transformer_config(model_dir)["sample_frames"],
         prompt=None,
+    )
+
+
+def check_sampler(model_dir: str | Path, sampler: str, setting: str) -> None:
+    """Refuse a model directory whose record says its window was not trained for ``sampler``: a stage-2 model
+    (never trained on the shifted window) where a stage-3 model is needed, or one stage's model where the other's
+    is. A directory that records nothing is taken as it is: only its transformer's class can be checked."""
+    record = GenerationDefaults.load(model_dir)
+    if record is None or record.sampler == sampler:
+        return
+    needed = SAMPLER_STAGES[sampler]
+    if record.sampler is None:
+        found = (
+            "records no Swin-DPM sampler: its window was never trained (a stage-2 model, or a stage-3/4 model "
+            f"written before {GENERATION_DEFAULTS_FILE} recorded the sampler)"
+        )
+    else:
+        found = f"was trained for the {record.sampler!r} sampler (stage {SAMPLER_STAGES.get(record.sampler, '?')})"
+    raise ModelDirError(
+        f"{setting} = {str(model_dir)!r} {found}, but this needs a model trained for the {sampler!r} sampler: pass "
+        f"stage {needed}'s <output_dir>/model (a stage-{needed} model written before the record: add "
+        f'"sampler": "{sampler}" to its {GENERATION_DEFAULTS_FILE})'
     )
 
 

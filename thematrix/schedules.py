@@ -37,12 +37,18 @@ def alpha_bar(scheduler: CogVideoXDPMScheduler, timesteps: torch.Tensor, ndim: i
 
 def band_width(num_groups: int, num_train_timesteps: int) -> int:
     """T / G: the timestep span of one Swin-DPM noise band (= one SCM phase)."""
-    if num_train_timesteps % num_groups:
+    if num_groups < 1 or num_train_timesteps % num_groups:
         raise ValueError(
-            f"num_train_timesteps ({num_train_timesteps}) must be divisible by num_groups ({num_groups}) so the "
-            f"{num_groups} noise bands have equal width; change num_groups (e.g. 4 for 1000 timesteps)."
+            f"{num_groups} noise groups do not split the {num_train_timesteps} training timesteps into bands of "
+            f"equal width: the number of groups must divide {num_train_timesteps}, e.g. one of "
+            f"{valid_group_counts(num_train_timesteps)}"
         )
     return num_train_timesteps // num_groups
+
+
+def valid_group_counts(num_train_timesteps: int) -> list[int]:
+    """The numbers of noise groups G that split T training timesteps into equal bands: the divisors of T."""
+    return [count for count in range(1, num_train_timesteps + 1) if num_train_timesteps % count == 0]
 
 
 class CogVideoXTrainingSchedule:
@@ -119,10 +125,12 @@ def grouped_training_timesteps(
 class GroupedInferenceSchedule:
     """Swin-DPM sampling: N timesteps split into G bands, one band per group of the sliding window.
 
-    The N timesteps are CogVideoX's own (``set_timesteps(N)`` of a copy of ``scheduler``: trailing
-    spacing, 999 ... 49 for N = 20), descending, followed by ``CLEAN_TIMESTEP``: ``timesteps[i]``,
-    i = 0..N. With S = N / G steps per band, band g holds indices ``[(G - 1 - g) * S, (G - g) * S)`` so
-    band 0 is the least noisy and band G - 1 starts at pure noise.
+    The N timesteps, descending, followed by ``CLEAN_TIMESTEP``: ``timesteps[i]``, i = 0..N. With S = N / G
+    steps per band, band g holds indices ``[(G - 1 - g) * S, (G - g) * S)`` so band 0 is the least noisy and
+    band G - 1 starts at pure noise. Band 0's S timesteps are CogVideoX's own (``set_timesteps(N)`` of a copy
+    of ``scheduler``: trailing spacing, 249 ... 49 of 999 ... 49 for N = 20, G = 4); band g holds them plus
+    g * T/G. That is CogVideoX's whole grid where T/G is even; where it is odd, set_timesteps' rounding of
+    half steps (to even) would put some bands one timestep off, in windows training never draws.
 
     Outer iteration: at inner step k (0..S) group g sits at index ``(G - 1 - g) * S + k``. After S inner
     steps each group has crossed its band into the top of the next cleaner one, and group 0 is at index N,
@@ -140,12 +148,14 @@ class GroupedInferenceSchedule:
 
     def __init__(self, scheduler: CogVideoXDPMScheduler, num_inference_steps: int, num_groups: int):
         self.check_steps(num_inference_steps, num_groups)
-        band_width(num_groups, scheduler.config.num_train_timesteps)  # raises unless T % G == 0
+        width = band_width(num_groups, scheduler.config.num_train_timesteps)
         self.scheduler = type(scheduler).from_config(scheduler.config)
         self.scheduler.set_timesteps(num_inference_steps)
         self.num_groups = num_groups
         self.steps_per_band = num_inference_steps // num_groups
-        self.timesteps = torch.cat([self.scheduler.timesteps.long(), torch.tensor([CLEAN_TIMESTEP])])
+        lowest_band = self.scheduler.timesteps[-self.steps_per_band :].long()
+        bands = [lowest_band + band * width for band in reversed(range(num_groups))]
+        self.timesteps = torch.cat([*bands, torch.tensor([CLEAN_TIMESTEP])])
         # Index of each group's band top, group 0 first.
         self._band_starts = (num_groups - 1 - torch.arange(num_groups)) * self.steps_per_band
 
@@ -220,8 +230,16 @@ def phase_boundaries(num_groups: int, num_train_timesteps: int) -> torch.Tensor:
 
 def phase_boundary_below(timesteps: torch.Tensor, boundaries: torch.Tensor) -> torch.Tensor:
     """The boundary b_k of each timestep's phase (b_k < t <= b_{k+1}, 0 <= t < T): where its consistency
-    function lands."""
+    function lands. A timestep outside every phase (the clean end b_0 = -1 itself, or t >= T) is refused: it
+    has no boundary below it, and the index lookup would wrap around to the last one."""
     boundaries = boundaries.to(timesteps.device)
+    lowest, highest = int(boundaries[0]), int(boundaries[-1])
+    outside = (timesteps <= lowest) | (timesteps > highest)
+    if outside.any():
+        raise ValueError(
+            f"timesteps {timesteps[outside].unique().tolist()} lie outside the phases ({lowest}, {highest}]: a "
+            f"timestep with a phase boundary below it is one of {lowest + 1}..{highest}"
+        )
     return boundaries[torch.searchsorted(boundaries, timesteps) - 1]
 
 

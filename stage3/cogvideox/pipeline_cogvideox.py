@@ -42,6 +42,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
@@ -51,6 +52,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from stage2.cogvideox.pipeline_cogvideox import InteractivePipeline
 from stage3.cogvideox.scheduler import CONDITION_FRAMES, SwinScheduler
 from thematrix.controls import ControlError, ControlVocabulary
+from thematrix.model_dir import SWIN_DPM_SAMPLER, check_sampler
 from thematrix.parallel import broadcast_from_main, is_context_parallel
 from thematrix.schedules import GroupedInferenceSchedule, expand_group_timesteps
 from thematrix.streaming_vae import StreamingDecoder, first_batch_size
@@ -142,6 +144,16 @@ class SwinDPMPipeline(InteractivePipeline):
     """Stage 2's pipeline plus ``stream``/``generate``: unbounded, live-steered Swin-DPM sampling."""
 
     scheduler_class = SwinScheduler
+    # The sampler a model directory must record its window was trained for (stage 3's; see check_sampler).
+    trained_sampler = SWIN_DPM_SAMPLER
+
+    @classmethod
+    def check_stage_model(cls, model_dir: str | Path, setting: str = "--model_dir") -> Path:
+        """Stage 2's checks, then that the model's window was trained for this pipeline's sampler: a stage-2
+        model has the same transformer class but never learned the shifted window."""
+        model_dir = super().check_stage_model(model_dir, setting)
+        check_sampler(model_dir, cls.trained_sampler, setting)
+        return model_dir
 
     @property
     def device(self) -> torch.device:
@@ -285,11 +297,13 @@ class SwinDPMPipeline(InteractivePipeline):
 
     @torch.no_grad()
     def window_latent_distribution(self, clip: torch.Tensor) -> DiagonalGaussianDistribution:
-        """``encode_window``'s distribution on the transformer's device. Under context parallelism the process that
-        holds the VAE (rank 0) encodes and every rank receives its parameters, so all draw the same latents."""
+        """``encode_window``'s distribution on the transformer's device, in float32: diffusers' distribution draws
+        its noise in its parameters' dtype, which for a bf16 VAE would quantize the latents training draws in
+        float32. Under context parallelism the process that holds the VAE (rank 0) encodes and every rank receives
+        its parameters, so all draw the same latents."""
         device = self.device
         if not is_context_parallel(self.transformer):
-            return DiagonalGaussianDistribution(self.encode_window(clip).parameters.to(device))
+            return DiagonalGaussianDistribution(self.encode_window(clip).parameters.to(device, torch.float32))
         if self.decodes:
             parameters = self.encode_window(clip).parameters.to(device).contiguous()
         else:
@@ -298,7 +312,7 @@ class SwinDPMPipeline(InteractivePipeline):
             mean_and_log_variance = 2 * self.vae.config.latent_channels
             shape = (1, mean_and_log_variance, latent_frames, height, width)
             parameters = torch.empty(shape, device=device, dtype=self.vae.dtype)
-        return DiagonalGaussianDistribution(broadcast_from_main(parameters))
+        return DiagonalGaussianDistribution(broadcast_from_main(parameters).float())
 
     @torch.no_grad()
     def _stream(
@@ -359,7 +373,7 @@ class SwinDPMPipeline(InteractivePipeline):
         # 1. The clip's latents, drawn from the VAE's distribution as training draws them (float32
         # [1, H + 1 + G * W, C, h, w]), on the transformer's device with its generator wherever the VAE is;
         # [history, condition] primes the decoder, its frames are not shown.
-        latents = self.window_latent_distribution(clip).sample(generator).permute(0, 2, 1, 3, 4).float()
+        latents = self.window_latent_distribution(clip).sample(generator).permute(0, 2, 1, 3, 4)
         latents = latents * self.vae.config.scaling_factor
         history = history_latent_frames(self.vae)
         if decodes:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar
 
 from stage2.training.arguments import SftArgs
 from thematrix.config import ConfigError
-from thematrix.model_dir import GenerationDefaults
+from thematrix.model_dir import SWIN_DPM_SAMPLER, GenerationDefaults
 
 
 @dataclass
 class SwinArgs(SftArgs):
+    # What the model directory records its window was trained for (GenerationDefaults.sampler); not a setting.
+    trained_sampler: ClassVar[str] = SWIN_DPM_SAMPLER
     output_dir: str = "outputs/stage3"
     learning_rate: float = 1e-5  # full-parameter fine-tuning of the 2B model
     # The window: G groups in their own noise bands, of W latent frames each. Default: the input model's window
@@ -44,5 +47,8 @@ class SwinArgs(SftArgs):
 
     def generation_defaults(self) -> GenerationDefaults:
         return dataclasses.replace(
-            super().generation_defaults(), num_groups=self.num_noise_groups, group_size=self.group_size
+            super().generation_defaults(),
+            num_groups=self.num_noise_groups,
+            group_size=self.group_size,
+            sampler=self.trained_sampler,
         )

@@ -15,6 +15,7 @@ import torch
 
 from stage3.cogvideox.pipeline_cogvideox import RECIPE_NUM_GROUPS, Controls, StreamChunk, SwinDPMPipeline
 from stage4.cogvideox.scheduler import ScmScheduler
+from thematrix.model_dir import SCM_SAMPLER
 
 STUDENT_GUIDANCE_SCALE = 1.0
 
@@ -23,6 +24,7 @@ class ScmPipeline(SwinDPMPipeline):
     """``SwinDPMPipeline`` for an SCM student: one forward per emitted group."""
 
     scheduler_class = ScmScheduler
+    trained_sampler = SCM_SAMPLER
 
     @staticmethod
     def check_steps(num_inference_steps: int, num_groups: int) -> None:

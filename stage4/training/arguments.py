@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from stage3.training.arguments import SwinArgs
 from thematrix.config import ConfigError
+from thematrix.model_dir import SCM_SAMPLER
 
 LOSS_TYPES = ("l2", "huber")
 STUDENT_KINDS = ("full", "lora")
@@ -13,6 +15,7 @@ STUDENT_KINDS = ("full", "lora")
 
 @dataclass
 class ScmArgs(SwinArgs):
+    trained_sampler: ClassVar[str] = SCM_SAMPLER
     output_dir: str = "outputs/stage4"
     # A distilled 2B student moves far from its teacher at stage 3's 1e-5; consistency-distillation recipes
     # (LCM, PCM) train full models at 1e-6 to 1e-5. A LoRA student takes ~1e-4 (LCM-LoRA).
