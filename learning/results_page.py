@@ -34,6 +34,9 @@ SHOWN_STANDARD_ERRORS = 2  # a measure with an error (over clips, or stretches o
 STAGE3_FOLLOWING_DRIFT = 0.1  # the last frames' control following within 10% of the first frames'
 STAGE4_TOLERANCE = 0.1  # the student within 10% of the teacher on control following and domain fit
 STAGE4_SPEEDUP = 4.0
+# The student's and the teacher's streams timed in turn in one process (`python -m thematrix.evaluation speed`,
+# learning/gpu/07_stage4_teacher.sh): the record the speed target is judged by.
+STAGE4_PAIRED_SPEED = "speed_stage4.json"
 COMMAND_LIMIT_S = 600
 CHAIN_TARGET_S = 3600
 
@@ -77,6 +80,7 @@ class Results:
     scene_idm: dict | None  # an IDM that leaves the screen's key display unread (learning/gpu/08_scene_idm.sh)
     scene_clips: dict  # the clips scored by it
     speeds: dict  # the scene's speed by commanded pedal (learning/pedal_dynamics.py)
+    stage4_speed: dict | None  # the student's speed over the teacher's, timed in turn (STAGE4_PAIRED_SPEED)
 
     @classmethod
     def load(cls, work: Path) -> Results:
@@ -99,6 +103,7 @@ class Results:
             scene_idm=read(work / "idm_scene" / "idm.json"),
             scene_clips={name: read(results / f"clips_{name}_scene.json") for name in CLIP_MODELS},
             speeds={name: read(results / f"pedal_dynamics_{name}.json") for name in CLIP_MODELS},
+            stage4_speed=read(results / STAGE4_PAIRED_SPEED),
         )
 
 
@@ -227,7 +232,6 @@ def target_rows(results: Results) -> list[tuple[str, str, str]]:
         s, t = student["measures"], teacher["measures"]
         s_follow, t_follow = s["control_following"]["accuracy"], t["control_following"]["accuracy"]
         s_fit, t_fit = s["domain_fit"]["total_variation"], t["domain_fit"]["total_variation"]
-        speedup = s["speed"]["frames_per_second"] / t["speed"]["frames_per_second"]
         steps = teacher["settings"]["num_inference_steps"]
         rows.append(
             (
@@ -243,16 +247,9 @@ def target_rows(results: Results) -> list[tuple[str, str, str]]:
                 verdict(s_fit <= (1 + STAGE4_TOLERANCE) * t_fit),
             )
         )
-        speeds = f"{fmt(s['speed']['frames_per_second'], 1)} vs {fmt(t['speed']['frames_per_second'], 1)} frames/s"
-        student_device, teacher_device = (record["environment"]["device"] for record in (student, teacher))
-        if student_device == teacher_device:
-            measured, met = f"{fmt(speedup, 2)}x ({speeds})", speedup >= STAGE4_SPEEDUP
-        else:  # speeds of two machines compare nothing: step 7 streams the teacher on step 6's machine
-            measured = f"not comparable: {speeds}, the student on {student_device}, the teacher on {teacher_device}"
-            met = None
-        rows.append((f"Stage 4: >= {STAGE4_SPEEDUP:g}x faster", measured, verdict(met)))
     else:
-        rows.append(("Stage 4: within 10% of the teacher, >= 4x faster", "", verdict(None)))
+        rows.append(("Stage 4: within 10% of the teacher", "", verdict(None)))
+    rows.append(stage4_speed_row(results))
     totals = {step: seconds for step, phase, seconds in results.timings if phase == "total"}
     if totals:
         longest = max(totals.values())
@@ -271,6 +268,46 @@ def target_rows(results: Results) -> list[tuple[str, str, str]]:
             )
         )
     return rows
+
+
+def stream_speeds(student: dict | None, teacher: dict | None) -> str | None:
+    """The student's and the teacher's stream records' own speeds, for information: measured in separate runs, and
+    compared only where they ran on the same kind of machine (speeds of two machines compare nothing)."""
+    if not (student and teacher):
+        return None
+    s, t = (record["measures"]["speed"]["frames_per_second"] for record in (student, teacher))
+    speeds = f"{fmt(s, 1)} vs {fmt(t, 1)} frames/s"
+    student_device, teacher_device = (record["environment"]["device"] for record in (student, teacher))
+    if student_device != teacher_device:
+        return f"not comparable: {speeds}, the student on {student_device}, the teacher on {teacher_device}"
+    return f"{fmt(s / t, 2)}x ({speeds})"
+
+
+def stage4_speed_row(results: Results) -> tuple[str, str, str]:
+    """The speed target, judged by the paired measure only: the student's and the teacher's streams timed in turn
+    in one process see the machine alike, while the stream records' speeds, measured in separate runs (or reused
+    from step 5), drift by more than the target's margin; they are shown as information where the pair is missing.
+    One process times both streams of the pair on one device: no check of devices is needed there."""
+    target = f"Stage 4: >= {STAGE4_SPEEDUP:g}x faster"
+    paired = results.stage4_speed
+    if paired is None:
+        streams = stream_speeds(results.streams["stage4"], results.streams["teacher"])
+        return (
+            target,
+            f"the paired measure (results/{STAGE4_PAIRED_SPEED}) is missing"
+            + (f"; the streams' own, measured apart: {streams}" if streams else ""),
+            verdict(None),
+        )
+    measures = paired["measures"]
+    student, teacher, ratio = (measures[name] for name in ("measured", "baseline", "frames_per_second_ratio"))
+    return (
+        f"Stage 4: {student['num_inference_steps']} steps >= {STAGE4_SPEEDUP:g}x faster than the "
+        f"{teacher['num_inference_steps']}-step teacher",
+        f"{fmt(ratio['of_medians'], 2)}x, the ratio of the medians of {measures['rounds']} rounds timed in turn "
+        f"({fmt(student['median_frames_per_second'], 1)} vs {fmt(teacher['median_frames_per_second'], 1)} frames/s); "
+        f"per round {fmt(ratio['per_round_min'], 2)}x to {fmt(ratio['per_round_max'], 2)}x",
+        verdict(ratio["of_medians"] >= STAGE4_SPEEDUP),
+    )
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -488,7 +525,11 @@ def write_page(results: Results, output: Path, images: Path, title: str = DEFAUL
     )
     if teacher_is_stage3:
         del streams["teacher"]
-    records = [*clips.values(), *streams.values(), *([results.idm] if results.idm else [])]
+    records = [
+        *clips.values(),
+        *streams.values(),
+        *(record for record in (results.idm, results.stage4_speed) if record),
+    ]
     environments = sorted(
         {(record["environment"]["device"], record["environment"]["commit"] or "") for record in records}
     )

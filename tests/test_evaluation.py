@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import importlib.util
 import json
 import math
@@ -607,6 +608,88 @@ def test_streams_run_in_the_window_the_model_records(model_dir, tmp_path):
         resolve_stream_settings(stream_arguments(recorded, "--group_size", "4"))
 
 
+def speed_command(model_dir, idm, data_root, index_file, output, *settings: str) -> list[str]:
+    """The command line of a paired speed: the model's scm stream measured against its swin-dpm stream, both in
+    the tests' window; ``settings`` are the options beyond those."""
+    return [
+        "speed",
+        *("--model_dir", str(model_dir), "--sampler", "scm", *TEST_WINDOW),
+        *("--baseline_model_dir", str(model_dir), "--baseline_sampler", "swin-dpm"),
+        *("--baseline_num_groups", "2", "--baseline_group_size", "2", "--idm", str(idm), "--prompt", PROMPT),
+        *("--data_root", str(data_root), "--index_file", str(index_file), "--output", str(output), *settings),
+    ]
+
+
+def test_paired_speed_times_both_streams_in_turn_and_compares_their_medians(
+    idm_dir, model_dir, footage, tmp_path, monkeypatch
+):
+    """One untimed stream of each setting, then each round both from the round's clip and seed, the first of them
+    alternating; the measures are the rounds' speeds, their medians and the ratio of the medians."""
+    streamed = []
+    generate_stream = evaluate.generate_stream
+
+    def recorded(pipeline, prompt, initial_video, *arguments, **options):
+        clip = hashlib.sha256(initial_video.numpy().tobytes()).hexdigest()
+        streamed.append((options["num_inference_steps"], options["seed"], clip))
+        return generate_stream(pipeline, prompt, initial_video, *arguments, **options)
+
+    monkeypatch.setattr(evaluate, "generate_stream", recorded)
+    output = tmp_path / "speed.json"
+    settings = ("--num_frames", "8", "--rounds", "3", "--seed", "5", "--baseline_num_inference_steps", "4")
+    main(speed_command(model_dir, idm_dir, *footage[1], output, *settings))
+    record = json.loads(output.read_text())
+    measures = record["measures"]
+    # scm takes one step per group (2), swin-dpm the 4 asked for
+    assert [(steps, seed) for steps, seed, _ in streamed] == [
+        *((2, 5), (4, 5)),  # the warm-up
+        *((2, 5), (4, 5)),
+        *((4, 6), (2, 6)),
+        *((2, 7), (4, 7)),
+    ]
+    assert all(streamed[index][2] == streamed[index + 1][2] for index in range(0, len(streamed), 2))
+    assert measures["rounds"] == 3 and measures["first_in_round"] == ["measured", "baseline", "measured"]
+    for name, sampler, guidance in (("measured", "scm", 1.0), ("baseline", "swin-dpm", 6.0)):
+        stream = measures[name]
+        assert (stream["sampler"], stream["guidance_scale"], stream["num_groups"], stream["group_size"]) == (
+            sampler,
+            guidance,
+            2,
+            2,
+        )
+        assert len(stream["frames_per_second"]) == len(stream["time_to_first_frame_s"]) == 3
+        assert stream["median_frames_per_second"] == np.median(stream["frames_per_second"])
+        assert stream["median_time_to_first_frame_s"] == np.median(stream["time_to_first_frame_s"])
+    ratio = measures["frames_per_second_ratio"]
+    measured, baseline = (measures[name]["frames_per_second"] for name in ("measured", "baseline"))
+    assert ratio["of_medians"] == pytest.approx(np.median(measured) / np.median(baseline))
+    assert ratio["per_round"] == pytest.approx([rate / other for rate, other in zip(measured, baseline)])
+    assert (ratio["per_round_min"], ratio["per_round_max"]) == (min(ratio["per_round"]), max(ratio["per_round"]))
+    # the settings as resolved, so that the record says what was timed
+    assert (record["settings"]["num_inference_steps"], record["settings"]["baseline_guidance_scale"]) == (2, 6.0)
+
+
+@pytest.mark.parametrize(
+    "leave_out, more, message",
+    [
+        ((), ("--rounds", "0"), "--rounds 0: the paired speed times both streams once a round; pass --rounds 1"),
+        ((), ("--num_frames", "0"), "--num_frames 0: a timed stream needs frames past its start; pass --num_frames 1"),
+        (
+            ("--baseline_num_groups", "2"),
+            (),
+            "--baseline_num_groups: the model at .* records no Swin-DPM window .*; pass --baseline_num_groups as it",
+        ),
+    ],
+)
+def test_paired_speed_refuses_what_it_cannot_time(idm_dir, model_dir, footage, tmp_path, leave_out, more, message):
+    command = speed_command(model_dir, idm_dir, *footage[1], tmp_path / "speed.json", *more)
+    if leave_out:
+        at = command.index(leave_out[0])
+        command = command[:at] + command[at + len(leave_out) :]
+    with pytest.raises(ConfigError, match=message if leave_out else re.escape(message)):
+        main(command)
+    assert not (tmp_path / "speed.json").exists()
+
+
 def control_use_errors(model_dir, footage, output) -> dict:
     data_root, index_file = footage[0]
     main(
@@ -764,6 +847,32 @@ def stream_measures(accuracy: float, first: float, last: float, distance: float,
     }
 
 
+def paired_speed_measures(student_rates: list[float], teacher_rates: list[float]) -> dict:
+    """The measures `python -m thematrix.evaluation speed` writes for a 4-step student over a 20-step teacher
+    timed in rounds at these frames per second."""
+
+    def stream(sampler: str, steps: int, rates: list[float]) -> dict:
+        return {
+            "sampler": sampler,
+            "num_inference_steps": steps,
+            "frames_per_second": rates,
+            "median_frames_per_second": float(np.median(rates)),
+        }
+
+    per_round = [student / teacher for student, teacher in zip(student_rates, teacher_rates)]
+    return {
+        "rounds": len(per_round),
+        "measured": stream("scm", 4, student_rates),
+        "baseline": stream("swin-dpm", 20, teacher_rates),
+        "frames_per_second_ratio": {
+            "of_medians": float(np.median(student_rates) / np.median(teacher_rates)),
+            "per_round": per_round,
+            "per_round_min": min(per_round),
+            "per_round_max": max(per_round),
+        },
+    }
+
+
 def test_results_page_judges_each_target_from_the_measures(tmp_path):
     page = load_results_page()
     results = tmp_path / "results"
@@ -778,6 +887,7 @@ def test_results_page_judges_each_target_from_the_measures(tmp_path):
         results / "stream_teacher.json", stream_measures(0.5, 0.5, 0.5, 0.12, 8.0, [0.1]), num_inference_steps=20
     )
     write_record(results / "stream_stage4.json", stream_measures(0.46, 0.46, 0.46, 0.13, 40.0, [0.1]))
+    write_record(results / "speed_stage4.json", paired_speed_measures([40.0, 41.0, 39.0], [8.0, 8.0, 8.0]))
     (results / "timings_01.tsv").write_text("01\trecord\t100\n01\ttotal\t300\n")
     (results / "timings_02.tsv").write_text("02\ttotal\t650\n")
 
@@ -801,12 +911,53 @@ def test_results_page_judges_each_target_from_the_measures(tmp_path):
     assert "real bins (12 clips played with random keys)" in page.target_rows(page.Results.load(tmp_path))[3][1]
     summary = page.summary(page.Results.load(tmp_path), "01")
     assert "| 01 | record | 100 |" in summary and "| 02 |" not in summary
-    # A student streamed on another machine than its teacher: their speeds compare nothing.
+    # Without the paired measure, a student streamed on another machine than its teacher: their speeds compare
+    # nothing, and judge nothing.
+    (results / "speed_stage4.json").unlink()
     student = json.loads((results / "stream_stage4.json").read_text())
     student["environment"]["device"] = "another GPU"
     (results / "stream_stage4.json").write_text(json.dumps(student))
     (speed,) = [row for row in page.target_rows(page.Results.load(tmp_path)) if "faster" in row[0]]
-    assert speed[1].startswith("not comparable: 40.0 vs 8.0 frames/s") and speed[2] == "pending"
+    assert "measured apart: not comparable: 40.0 vs 8.0 frames/s" in speed[1] and speed[2] == "pending"
+
+
+@pytest.mark.parametrize(
+    "student_rates, measured, expected",
+    [
+        ([40.0, 44.0, 36.0], "4.44x, the ratio of the medians of 3 rounds timed in turn (40.0 vs 9.0 frames/s); "
+         "per round 4.00x to 5.00x", "met"),
+        ([30.0, 33.0, 27.0], "3.33x, the ratio of the medians of 3 rounds timed in turn (30.0 vs 9.0 frames/s); "
+         "per round 3.00x to 3.75x", "**missed**"),
+    ],
+)  # fmt: skip
+def test_results_page_judges_the_speed_target_by_the_paired_measure(tmp_path, student_rates, measured, expected):
+    """The stream records' own speeds (5x apart here) judge nothing where the paired measure is there."""
+    page = load_results_page()
+    results = tmp_path / "results"
+    results.mkdir()
+    teacher = stream_measures(0.5, 0.5, 0.5, 0.12, 8.0, [0.1])
+    write_record(results / "stream_teacher.json", teacher, num_inference_steps=20)
+    write_record(results / "stream_stage4.json", stream_measures(0.5, 0.5, 0.5, 0.12, 40.0, [0.1]))
+    write_record(results / "speed_stage4.json", paired_speed_measures(student_rates, [8.0, 10.0, 9.0]))
+    (speed,) = [row for row in page.target_rows(page.Results.load(tmp_path)) if "faster" in row[0]]
+    assert speed == ("Stage 4: 4 steps >= 4x faster than the 20-step teacher", measured, expected)
+
+
+def test_results_page_leaves_the_speed_target_pending_without_the_paired_measure(tmp_path):
+    """Speeds of streams made in separate runs are shown for information, not judged."""
+    page = load_results_page()
+    results = tmp_path / "results"
+    results.mkdir()
+    teacher = stream_measures(0.5, 0.5, 0.5, 0.12, 8.0, [0.1])
+    write_record(results / "stream_teacher.json", teacher, num_inference_steps=20)
+    write_record(results / "stream_stage4.json", stream_measures(0.5, 0.5, 0.5, 0.12, 40.0, [0.1]))
+    (speed,) = [row for row in page.target_rows(page.Results.load(tmp_path)) if "faster" in row[0]]
+    assert speed == (
+        "Stage 4: >= 4x faster",
+        "the paired measure (results/speed_stage4.json) is missing; the streams' own, measured apart: "
+        "5.00x (40.0 vs 8.0 frames/s)",
+        "pending",
+    )
 
 
 @pytest.mark.parametrize("guided_accuracy, expected", [(0.5, "met"), (0.45, "**missed**")])

@@ -55,6 +55,7 @@ if [[ ${DRY_RUN:-0} == 1 ]]; then
   BENCHMARK_SCALE=(--batch_size 1)
   CLIPS_SCALE=(--num_clips 1 --num_inference_steps 2)
   STREAM_SCALE=(--num_streams 1 --num_frames 32 --edge_frames 16)
+  SPEED_SCALE=(--num_frames 32 --rounds 2)
   TEACHER_STEPS=8  # two steps per band: the teacher and its 4-step run differ
   MOTION_SCALE=(--num_clips 1 --num_inference_steps 2)
 else
@@ -72,6 +73,7 @@ else
   : "${COMPILE_BLOCKS:=1}"
   CLIPS_SCALE=(--num_clips "${NUM_CLIPS:-32}")
   STREAM_SCALE=(--num_streams "${NUM_STREAMS:-4}")
+  SPEED_SCALE=()  # the speed command's 5 rounds of 400-frame streams: under a minute for the mini models
   TEACHER_STEPS=20  # stage 3's stream default, which stage 4 distils
   MOTION_SCALE=(--num_clips 32)
 fi

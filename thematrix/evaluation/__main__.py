@@ -1,4 +1,4 @@
-"""Command line of the evaluation: ``python -m thematrix.evaluation {idm,clips,stream} --help``.
+"""Command line of the evaluation: ``python -m thematrix.evaluation {idm,clips,stream,speed,control_use} --help``.
 
     # 1. an inverse-dynamics model trained on real footage, and the held-out footage's reference statistics
     python -m thematrix.evaluation idm --model_dir BASE --data_root GAME --index_file GAME/index.json \\
@@ -14,6 +14,10 @@
     # 4. whether a model uses its keys at all (no IDM): denoising error with its own, the null and other keys
     python -m thematrix.evaluation control_use --model_dir MODEL --data_root GAME --index_file GAME/index.json \\
         --output control_use.json
+    # 5. how many times faster one stream runs than another, both timed in turn in one process
+    python -m thematrix.evaluation speed --model_dir STUDENT --sampler scm --num_inference_steps 4 \\
+        --baseline_model_dir TEACHER --baseline_sampler swin-dpm --idm IDM \\
+        --data_root HELDOUT --index_file HELDOUT/index.json --overlap_decode --output speed.json
 """
 
 from __future__ import annotations
@@ -33,7 +37,15 @@ from thematrix.cli import run
 from thematrix.config import ConfigError, setting_from_model
 from thematrix.controls import VOCABULARY_FILE, ControlVocabulary, data_root_vocabulary
 from thematrix.evaluation.control_use import DEFAULT_TIMESTEPS, KEY_SETS, control_use
-from thematrix.evaluation.evaluate import IdmData, Reference, build_idm, evaluate_clips, evaluate_streams
+from thematrix.evaluation.evaluate import (
+    IdmData,
+    Reference,
+    StreamSetting,
+    build_idm,
+    evaluate_clips,
+    evaluate_streams,
+    paired_speed,
+)
 from thematrix.evaluation.generation import STREAM_DEFAULTS, STREAM_PIPELINES
 from thematrix.evaluation.idm import IdmTraining
 from thematrix.evaluation.report import contact_sheet, write_json
@@ -42,6 +54,15 @@ from thematrix.model_dir import check_model_dir, generation_defaults
 DEFAULT_BIN_FRAMES = 100
 DEFAULT_EDGE_FRAMES = 500
 DEFAULT_MAX_FRAMES = 105  # 27 latent frames (an odd count decodes back to its length): a 100-frame bin per clip
+# The paired speed: frames per timed stream (past the first chunk's start-up, most of a stream is steady state) and
+# rounds, each timing both streams once (their median shrugs off a round that other work on the machine slowed).
+DEFAULT_SPEED_FRAMES = 400
+DEFAULT_SPEED_ROUNDS = 5
+# Option prefixes of the paired speed's two streams: --model_dir ... and --baseline_model_dir ...
+MEASURED_PREFIX = ""
+BASELINE_PREFIX = "baseline_"
+# The options of one stream setting beside its --model_dir (add_stream_setting's), as StreamSetting names them.
+STREAM_SETTING_OPTIONS = ("sampler", "num_groups", "group_size", "num_inference_steps", "guidance_scale")
 
 
 def footage_vocabulary(data_root: str | Path) -> ControlVocabulary:
@@ -71,6 +92,41 @@ def add_outputs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--idm", required=True, help="output_dir of `python -m thematrix.evaluation idm`")
     parser.add_argument("--output", type=Path, required=True, help="JSON file of the measures")
     parser.add_argument("--contact_sheet", type=Path, default=None, help="PNG of frames of the first videos")
+
+
+def add_stream_setting(parser: argparse.ArgumentParser, prefix: str = MEASURED_PREFIX) -> None:
+    """How one stream samples: ``--{prefix}sampler``, its window and steps, which ``resolve_stream_settings``
+    completes from the model's record and the sampler's defaults."""
+    parser.add_argument(
+        f"--{prefix}sampler",
+        required=True,
+        choices=sorted(STREAM_PIPELINES),
+        help="swin-dpm: stage 3's stream; scm: stage 4's few-step stream",
+    )
+    parser.add_argument(
+        f"--{prefix}num_groups", type=int, default=None, help="G (default: the window the model records)"
+    )
+    parser.add_argument(
+        f"--{prefix}group_size", type=int, default=None, help="W (default: the window the model records)"
+    )
+    parser.add_argument(
+        f"--{prefix}num_inference_steps", type=int, default=None, help="default: the sampler's (20; G for scm)"
+    )
+    parser.add_argument(
+        f"--{prefix}guidance_scale", type=float, default=None, help="default: the sampler's (6; 1 for scm)"
+    )
+
+
+def add_stream_starts(parser: argparse.ArgumentParser) -> None:
+    """The real clips streams start from, and how their groups are decoded."""
+    parser.add_argument("--data_root", required=True, help="real clips the streams start from")
+    parser.add_argument("--index_file", required=True)
+    parser.add_argument(
+        "--overlap_decode",
+        action="store_true",
+        help="decode each group while the next group's forwards run (inference.py's --overlap_decode): the same "
+        "frames, faster on a GPU; for the speed of the stream as a player would run it",
+    )
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -129,32 +185,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 
     stream = commands.add_parser("stream", help="streams from real clips: control following, drift, speed")
     add_outputs(stream)
-    stream.add_argument(
-        "--sampler",
-        required=True,
-        choices=sorted(STREAM_PIPELINES),
-        help="swin-dpm: stage 3's stream; scm: stage 4's few-step stream",
-    )
-    stream.add_argument("--data_root", required=True, help="real clips the streams start from")
-    stream.add_argument("--index_file", required=True)
+    add_stream_setting(stream)
+    add_stream_starts(stream)
     stream.add_argument("--num_streams", type=int, default=4)
     stream.add_argument("--num_frames", type=int, default=2000, help="frames per stream (at least)")
-    stream.add_argument("--num_groups", type=int, default=None, help="G (default: the window the model records)")
-    stream.add_argument("--group_size", type=int, default=None, help="W (default: the window the model records)")
-    stream.add_argument("--num_inference_steps", type=int, default=None, help="default: the sampler's (20; G for scm)")
-    stream.add_argument("--guidance_scale", type=float, default=None, help="default: the sampler's (6; 1 for scm)")
     stream.add_argument("--bin_frames", type=int, default=DEFAULT_BIN_FRAMES, help="frames per drift bin")
     stream.add_argument(
         "--edge_frames",
         type=int,
         default=DEFAULT_EDGE_FRAMES,
         help="the first and the last this many frames are compared (control following over time)",
-    )
-    stream.add_argument(
-        "--overlap_decode",
-        action="store_true",
-        help="decode each group while the next group's forwards run (inference.py's --overlap_decode): the same "
-        "frames, faster on a GPU; for the speed of the stream as a player would run it",
     )
     stream.add_argument(
         "--gpus",
@@ -174,6 +214,30 @@ def parse_args(argv=None) -> argparse.Namespace:
         "them (making any still missing)",
     )
     add_sampling(stream)
+    speed = commands.add_parser(
+        "speed",
+        help="how many times faster one stream runs than a baseline stream: both timed in turn, in one process",
+        description="Both streams' pipelines load in this process; each makes one untimed stream, then every round "
+        "times both from the same real clip and seed, the first of them alternating. Speeds measured in separate "
+        "runs drift with the machine's other work; the ratio of speeds measured alike holds.",
+    )
+    for prefix, role in ((MEASURED_PREFIX, "the measured stream"), (BASELINE_PREFIX, "the baseline stream")):
+        setting = speed.add_argument_group(role)
+        setting.add_argument(f"--{prefix}model_dir", required=True, help="a model directory of stage 3 or 4")
+        add_stream_setting(setting, prefix)
+    speed.add_argument(
+        "--idm",
+        required=True,
+        help="output_dir of `python -m thematrix.evaluation idm`: the frame rate the real clips are read at, the keys "
+        "commanded",
+    )
+    add_stream_starts(speed)
+    speed.add_argument(
+        "--num_frames", type=int, default=DEFAULT_SPEED_FRAMES, help="frames per timed stream (at least)"
+    )
+    speed.add_argument("--rounds", type=int, default=DEFAULT_SPEED_ROUNDS, help="rounds, each timing both streams once")
+    speed.add_argument("--output", type=Path, required=True, help="JSON file of the measures")
+    add_sampling(speed)
     use = commands.add_parser(
         "control_use", help="denoising error with the clips' own keys, the null key and other keys, per noise level"
     )
@@ -249,24 +313,47 @@ def records_folder(output: Path) -> Path:
     return output.with_suffix(".streams")
 
 
-def resolve_stream_settings(args: argparse.Namespace) -> None:
-    """Fill the stream's window from the model's record (a stream in another window than the model trained in
-    measures a model that does not exist), then the sampler's defaults."""
-    model_dir = check_model_dir(args.model_dir, "--model_dir")
+def resolve_stream_settings(args: argparse.Namespace, prefix: str = MEASURED_PREFIX) -> StreamSetting:
+    """Fill the window of the stream that the options ``--{prefix}...`` set from its model's record (a stream in
+    another window than the model trained in measures a model that does not exist), then the sampler's defaults,
+    in ``args`` (so that the measures record them) and in the setting returned."""
+
+    def option(name: str) -> str:
+        return f"--{prefix}{name}"
+
+    def given(name: str):
+        return getattr(args, prefix + name)
+
+    model_dir = check_model_dir(given("model_dir"), option("model_dir"))
     recorded = generation_defaults(model_dir)
     for name in ("num_groups", "group_size"):
-        value = setting_from_model(
-            f"--{name}", getattr(args, name), getattr(recorded, name), f"the model at {model_dir}"
-        )
+        value = setting_from_model(option(name), given(name), getattr(recorded, name), f"the model at {model_dir}")
         if value is None:
             raise ConfigError(
-                f"--{name}: the model at {model_dir} records no Swin-DPM window (a model of stage 3 or 4 does); "
-                f"pass --{name} as it was trained"
+                f"{option(name)}: the model at {model_dir} records no Swin-DPM window (a model of stage 3 or 4 "
+                f"does); pass {option(name)} as it was trained"
             )
-        setattr(args, name, value)
-    defaults = STREAM_DEFAULTS[args.sampler]
-    args.num_inference_steps = args.num_inference_steps or defaults["num_inference_steps"] or args.num_groups
-    args.guidance_scale = defaults["guidance_scale"] if args.guidance_scale is None else args.guidance_scale
+        setattr(args, prefix + name, value)
+    defaults = STREAM_DEFAULTS[given("sampler")]
+    steps = given("num_inference_steps") or defaults["num_inference_steps"] or given("num_groups")
+    setattr(args, prefix + "num_inference_steps", steps)
+    if given("guidance_scale") is None:
+        setattr(args, prefix + "guidance_scale", defaults["guidance_scale"])
+    return StreamSetting(str(model_dir), **{name: given(name) for name in STREAM_SETTING_OPTIONS})
+
+
+def check_speed_sizes(args: argparse.Namespace) -> None:
+    """Refuse a paired speed with nothing to time, before any model loads."""
+    if args.rounds < 1:
+        raise ConfigError(
+            f"--rounds {args.rounds}: the paired speed times both streams once a round; pass --rounds 1 or more "
+            f"(default {DEFAULT_SPEED_ROUNDS})"
+        )
+    if args.num_frames < 1:
+        raise ConfigError(
+            f"--num_frames {args.num_frames}: a timed stream needs frames past its start; pass --num_frames 1 or "
+            f"more (default {DEFAULT_SPEED_FRAMES})"
+        )
 
 
 def main(argv=None) -> Path | None:
@@ -276,6 +363,9 @@ def main(argv=None) -> Path | None:
         resolve_stream_settings(args)
         if args.gpus and args.part:
             raise ConfigError("--gpus runs every --part itself: pass one of them")
+    if args.command == "speed":
+        check_speed_sizes(args)
+        measured, baseline = (resolve_stream_settings(args, prefix) for prefix in (MEASURED_PREFIX, BASELINE_PREFIX))
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     start = time.perf_counter()
     settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
@@ -331,6 +421,28 @@ def main(argv=None) -> Path | None:
     prompt = args.prompt or generation_defaults(check_model_dir(args.model_dir, "--model_dir")).prompt
     if prompt is None:
         raise ConfigError(f"--prompt: the model at {args.model_dir} records no prompt; pass --prompt")
+    if args.command == "speed":
+        measures = paired_speed(
+            measured,
+            baseline,
+            reference,
+            data_root=args.data_root,
+            index_file=args.index_file,
+            prompt=prompt,
+            num_frames=args.num_frames,
+            rounds=args.rounds,
+            control_guidance_scale=args.control_guidance_scale,
+            seed=args.seed,
+            overlap_decode=args.overlap_decode,
+        )
+        output = write_json(args.output, measures, settings, time.perf_counter() - start)
+        ratio = measures["frames_per_second_ratio"]
+        print(
+            f"measured / baseline frames per second: {ratio['of_medians']:.2f}x, the ratio of the medians of "
+            f"{args.rounds} rounds (the rounds' own ratios {ratio['per_round_min']:.2f}x to "
+            f"{ratio['per_round_max']:.2f}x); measures: {output.resolve()}"
+        )
+        return output
     sampling = dict(
         prompt=prompt,
         num_inference_steps=args.num_inference_steps,

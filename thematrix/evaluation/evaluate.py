@@ -1,4 +1,5 @@
-"""The three measurements: the IDM and its real-footage reference, generated clips, generated streams.
+"""The measurements: the IDM and its real-footage reference, generated clips, generated streams, and the paired
+speed of two ways to stream.
 
 Each returns JSON-ready measures; ``thematrix.evaluation`` (``__main__``) is their command line.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -621,3 +623,121 @@ def evaluate_streams(
         ],
     }
     return measures, sheet_rows
+
+
+@dataclass(frozen=True)
+class StreamSetting:
+    """One way to stream: a model, its sampler, its window of G groups of W latent frames, and its sampling."""
+
+    model_dir: str
+    sampler: str
+    num_groups: int
+    group_size: int
+    num_inference_steps: int
+    guidance_scale: float
+
+
+# The two streams a paired speed compares, in the order its even rounds run them.
+PAIRED_STREAMS = ("measured", "baseline")
+
+
+def paired_speed(
+    measured: StreamSetting,
+    baseline: StreamSetting,
+    reference: Reference,
+    *,
+    data_root: str,
+    index_file: str,
+    prompt: str,
+    num_frames: int,
+    rounds: int,
+    control_guidance_scale: float,
+    seed: int,
+    overlap_decode: bool = False,
+) -> dict:
+    """How many times as many frames per second ``measured`` streams as ``baseline``, both timed in this process.
+
+    Speeds measured apart (in other processes, at other times, beside other work on the machine) drift by more
+    than a speed target can bear; streams run in turn in one process see the machine alike, so the ratio of their
+    speeds holds where the absolute speeds drift. Each setting first makes one untimed stream (kernels chosen,
+    caches warm); then each round streams both from the round's real clip and seed (round i: clip i, seed + i),
+    ``num_frames`` frames each, the first of the two alternating between rounds so that neither always follows
+    the other. Medians, not means: a round that something else on the machine slowed moves them little.
+
+    Returns each setting with its rounds' steady-state frames per second and time to first frame and their
+    medians, and the ratio of the medians (measured / baseline) with the rounds' own ratios and their range.
+    """
+    settings = dict(zip(PAIRED_STREAMS, (measured, baseline)))
+    pipelines = {name: stream_pipeline(setting.model_dir, setting.sampler) for name, setting in settings.items()}
+    commands = {name: reference.commands(model_vocabulary(pipeline)) for name, pipeline in pipelines.items()}
+    starts = {
+        name: initial_clips(
+            reference,
+            data_root,
+            index_file,
+            stream_initial_frames(pipeline, settings[name].num_groups, settings[name].group_size),
+            rounds,
+            *frame_size(pipeline),
+            temporal_compression(pipeline),
+        )
+        for name, pipeline in pipelines.items()
+    }
+
+    def timed_stream(name: str, round_index: int) -> StreamTiming:
+        setting = settings[name]
+        _, timing = generate_stream(
+            pipelines[name],
+            prompt,
+            starts[name][round_index],
+            num_frames,
+            commands[name],
+            num_groups=setting.num_groups,
+            group_size=setting.group_size,
+            num_inference_steps=setting.num_inference_steps,
+            guidance_scale=setting.guidance_scale,
+            control_guidance_scale=control_guidance_scale,
+            seed=seed + round_index,
+            overlap_decode=overlap_decode,
+        )
+        return timing
+
+    for name in PAIRED_STREAMS:
+        timed_stream(name, 0)  # the warm-up, untimed
+    timings = {name: [] for name in PAIRED_STREAMS}
+    first_in_round = []
+    for round_index in range(rounds):
+        order = PAIRED_STREAMS if round_index % 2 == 0 else PAIRED_STREAMS[::-1]
+        first_in_round.append(order[0])
+        for name in order:
+            timings[name].append(timed_stream(name, round_index))
+        logger.info(
+            "round %d/%d: %s",
+            round_index + 1,
+            rounds,
+            ", ".join(f"{name} {timings[name][-1].frames_per_second:.1f} frames per second" for name in order),
+        )
+    measures = {"rounds": rounds, "first_in_round": first_in_round}
+    for name, setting in settings.items():
+        rates = [timing.frames_per_second for timing in timings[name]]
+        first_frames = [timing.time_to_first_frame_s for timing in timings[name]]
+        measures[name] = {
+            **asdict(setting),
+            "frames_per_second": rates,
+            "time_to_first_frame_s": first_frames,
+            "median_frames_per_second": statistics.median(rates),
+            "median_time_to_first_frame_s": statistics.median(first_frames),
+        }
+    per_round = [
+        measured_rate / baseline_rate
+        for measured_rate, baseline_rate in zip(
+            measures["measured"]["frames_per_second"], measures["baseline"]["frames_per_second"]
+        )
+    ]
+    measures["frames_per_second_ratio"] = {
+        "of_medians": measures["measured"]["median_frames_per_second"]
+        / measures["baseline"]["median_frames_per_second"],
+        "per_round": per_round,
+        "per_round_min": min(per_round),
+        "per_round_max": max(per_round),
+    }
+    return measures
