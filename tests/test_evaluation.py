@@ -49,6 +49,7 @@ from thematrix.evaluation.metrics import (
     colour_histogram,
     frechet_distance,
     histogram_of,
+    key_blind_agreement,
     total_variation,
 )
 from thematrix.evaluation.report import COMMIT_VARIABLE, environment, frame_labels
@@ -129,6 +130,15 @@ def test_agreement_chance_and_ceiling():
     with pytest.raises(ValueError, match="no real-footage accuracy"):
         ceiling_for_mix({"A": 1.0, "B": None}, {"A": 1, "B": 1})
     assert agreement(predicted[:4], commanded[:4], tokens)["per_class"]["C"] is None
+
+
+def test_key_blind_agreement_is_the_commanded_share_times_the_read_share():
+    # Commanded 3:1, read 1:1 whatever was commanded: 3/4 * 1/2 + 1/4 * 1/2.
+    assert key_blind_agreement([[3, 3], [1, 1]]) == pytest.approx(0.5)
+    # Always read as the first key: its commanded share.
+    assert key_blind_agreement([[6, 0], [2, 0]]) == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="empty"):
+        key_blind_agreement([[0, 0], [0, 0]])
 
 
 def test_clustered_standard_error_grows_when_clusters_agree_or_fail_whole():
@@ -820,10 +830,12 @@ def write_record(path, measures: dict, **settings) -> None:
     path.write_text(json.dumps({"measures": measures, "settings": settings, "environment": environment}))
 
 
-def following(accuracy: float, ceiling: float = 0.6, count: int = 400) -> dict:
+def following(accuracy: float, ceiling: float = 0.6, count: int = 400, confusion: list | None = None) -> dict:
     return {
         "accuracy": accuracy,
         "count": count,
+        "confusion": confusion or [[1] * 9] * 9,  # readings independent of the commands: 1/9 a key-blind model's
+        "standard_error": 0.02,
         "chance": {"uniform": 1 / 9, "majority": 0.2},
         "real_ceiling": ceiling,
         "share_of_ceiling": accuracy / ceiling,
@@ -960,6 +972,26 @@ def test_results_page_leaves_the_speed_target_pending_without_the_paired_measure
     )
 
 
+def test_stage_1_at_chance_is_judged_against_a_key_blind_models_agreement(tmp_path):
+    page = load_results_page()
+    results = tmp_path / "results"
+    results.mkdir()
+    # Three keys commanded alike, every clip read as the first: a model that ignores the keys agrees 1/3 of the
+    # time, three times uniform chance over the vocabulary's 9 tokens.
+    reads_one_key = [[10, 0, 0], [10, 0, 0], [10, 0, 0]]
+    record = {"domain_fit": {"frechet": 1.0, "total_variation": 0.2}}
+    write_record(
+        results / "clips_stage1.json", dict(record, control_following=following(1 / 3, confusion=reads_one_key))
+    )
+    (row,) = [row for row in page.target_rows(page.Results.load(tmp_path)) if row[0].startswith("Stage 1 (no")]
+    assert row[2] == "met" and "a key-blind model's 0.333 +- 0.040" in row[1]
+    write_record(
+        results / "clips_stage1.json", dict(record, control_following=following(0.45, confusion=reads_one_key))
+    )
+    (row,) = [row for row in page.target_rows(page.Results.load(tmp_path)) if row[0].startswith("Stage 1 (no")]
+    assert row[2] == "**missed**"
+
+
 @pytest.mark.parametrize("guided_accuracy, expected", [(0.5, "met"), (0.45, "**missed**")])
 def test_results_page_judges_stage_2_with_and_without_control_guidance(tmp_path, guided_accuracy, expected):
     page = load_results_page()
@@ -974,8 +1006,8 @@ def test_results_page_judges_stage_2_with_and_without_control_guidance(tmp_path,
     )
     (row,) = [row for row in page.target_rows(page.Results.load(tmp_path)) if row[0].startswith("Stage 2")]
     assert row[2] == expected
-    assert "0.300 = 0.50 of 0.600 at control guidance 1;" in row[1]
-    assert f"{guided_accuracy:.3f} = {guided_accuracy / 0.6:.2f} of 0.600 at control guidance 3" in row[1]
+    assert "0.300 = 0.50 +- 0.07 of 0.600 at control guidance 1;" in row[1]
+    assert f"{guided_accuracy:.3f} = {guided_accuracy / 0.6:.2f} +- 0.07 of 0.600 at control guidance 3" in row[1]
 
 
 def test_results_page_shows_the_errors_runs_recorded(tmp_path):

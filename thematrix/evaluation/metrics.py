@@ -137,6 +137,18 @@ def chance_levels(commanded: torch.Tensor, num_classes: int) -> dict:
     return {"uniform": 1.0 / num_classes, "majority": counts.max().item() / counts.sum().item()}
 
 
+def key_blind_agreement(confusion: list[list[int]]) -> float:
+    """The agreement to expect from videos whose readings do not depend on the commands: the sum over tokens of
+    the commanded share times the read share (rows commanded, columns read). Uniform chance assumes the readings
+    spread evenly over the tokens; a model that ignores its keys draws some scenes more often than others, and
+    the IDM reads them so."""
+    table = torch.tensor(confusion, dtype=torch.float64)
+    total = table.sum()
+    if total == 0:
+        raise ValueError("an empty confusion matrix: no scored latent frame")
+    return (table.sum(dim=1) @ table.sum(dim=0) / total**2).item()
+
+
 def ceiling_for_mix(per_class_accuracy: dict, counts: dict) -> float:
     """The IDM's real-footage accuracy weighted by a set of commands' class mix: what perfect generation scores."""
     scored = {token: count for token, count in counts.items() if count}
