@@ -359,6 +359,16 @@ def test_idm_command_judges_drift_by_the_bins_of_the_footage_it_is_given(tiny_mo
     assert Reference.load(tmp_path, torch.device("cpu")).measures["real_bins_total_variation"]["count"] == 3
 
 
+def test_a_model_at_another_frame_rate_than_the_idm_is_refused(idm_dir, model_dir, tmp_path):
+    other_rate = tmp_path / "model"
+    shutil.copytree(model_dir, other_rate)
+    recorded = generation_defaults(other_rate)
+    dataclasses.replace(recorded, fps=CLIP_FPS + 2).save(other_rate)
+    command = ["clips", "--model_dir", str(other_rate), "--idm", str(idm_dir), "--output", str(tmp_path / "c.json")]
+    with pytest.raises(ValueError, match=rf"at {CLIP_FPS + 2:g} fps, the IDM reads it at {CLIP_FPS:g}"):
+        main([*command, "--num_clips", "1", "--prompt", PROMPT, "--num_inference_steps", "1"])
+
+
 def test_clips_with_and_without_controls_are_scored_against_the_same_commands(
     idm_dir, tiny_model_dir, model_dir, tmp_path
 ):

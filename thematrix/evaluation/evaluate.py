@@ -59,6 +59,7 @@ from thematrix.evaluation.metrics import (
     total_variation,
 )
 from thematrix.evaluation.report import SHEET_VIDEOS, device_name, sheet_row
+from thematrix.model_dir import generation_defaults
 
 logger = logging.getLogger(__name__)
 # Latent frames by which a video's response to a command may lag: control_following's "lagged" agreement.
@@ -184,8 +185,16 @@ class Reference:
     def token_ids(self, tokens: list[str]) -> torch.Tensor:
         return torch.tensor(self.vocabulary.encode(tokens), dtype=torch.long)
 
-    def check_frames(self, height: int, width: int, fingerprint: str) -> None:
+    def check_frames(self, height: int, width: int, fingerprint: str, fps: float | None) -> None:
+        """Refuse a model whose frames the IDM cannot read as it learnt to: another size, or another frame rate
+        (``fps`` as the model records it; a base model records none), at which a latent frame spans another
+        stretch of play; warn where the VAE differs."""
         config = self.idm.config
+        if fps is not None and fps != config.fps:
+            raise ValueError(
+                f"the model makes video at {fps:g} fps, the IDM reads it at {config.fps:g}: a window of its frames "
+                "spans another stretch of play than the IDM learnt from; train an IDM with --fps at the model's rate"
+            )
         if (height, width) != (config.height, config.width):
             raise ValueError(
                 f"the model makes {height}x{width} frames, the IDM reads {config.height}x{config.width}: "
@@ -330,7 +339,7 @@ def evaluate_clips(
     pipeline = clip_pipeline(model_dir)
     vocabulary = model_vocabulary(pipeline)
     commands = reference.commands(vocabulary)
-    reference.check_frames(*frame_size(pipeline), weights_fingerprint(pipeline.vae))
+    reference.check_frames(*frame_size(pipeline), weights_fingerprint(pipeline.vae), generation_defaults(model_dir).fps)
     num_latent_frames = num_latent_frames or native_latent_frames(pipeline)
     videos = []
     for index in range(num_clips):
@@ -510,7 +519,7 @@ def evaluate_streams(
     commands = reference.commands(model_vocabulary(pipeline))
     height, width = frame_size(pipeline)
     vae_print = weights_fingerprint(pipeline.vae)
-    reference.check_frames(height, width, vae_print)
+    reference.check_frames(height, width, vae_print, generation_defaults(model_dir).fps)
     c = temporal_compression(pipeline)
     starts = initial_clips(
         reference,
