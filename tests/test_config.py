@@ -47,6 +47,50 @@ def test_misspelt_setting_names_file_line_and_suggestion(tmp_path):
     assert f"{path}:4" in message and "args.learning_rat" in message and "args.learning_rate" in message
 
 
+@pytest.mark.parametrize(
+    "assignment, expected",
+    [
+        (
+            "args.validation_prompts = 'A dark corridor'",
+            "args.validation_prompts takes a list of strings or None, got the string 'A dark corridor'; "
+            "write ['A dark corridor']",
+        ),
+        ("args.frame_buckets = 17", "args.frame_buckets takes a list of integers, got the integer 17; write [17]"),
+        (
+            "args.frame_buckets = (17, '33')",
+            "args.frame_buckets takes a list of integers, got the tuple (17, '33'), whose item '33' is not an integer",
+        ),
+        ("args.rank = 4.0", "args.rank takes an integer, got the number 4.0; write 4"),
+        ("args.rank = True", "args.rank takes an integer, got True"),
+        ("args.rank = None", "args.rank takes an integer, got None"),
+        (
+            "args.gradient_checkpointing = 1",
+            "args.gradient_checkpointing takes True or False, got the integer 1; write True",
+        ),
+        ("args.learning_rate = '1e-4'", "args.learning_rate takes a number, got the string '1e-4'"),
+        ("args.caption_p_zero = False", "args.caption_p_zero takes a number, got False"),
+        ("args.data_root = 3", "args.data_root takes a string, got the integer 3"),
+    ],
+)
+def test_config_values_of_the_wrong_type_name_file_setting_value_and_fix(tmp_path, assignment, expected):
+    path = write_config(tmp_path, assignment + "\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path, LoraArgs)
+    assert str(error.value) == f"{path}: {expected}"
+
+
+def test_config_values_are_stored_as_their_settings_types(tmp_path):
+    body = (
+        "from pathlib import Path\n"
+        "args.learning_rate = 1\nargs.frame_buckets = [9, 17]\nargs.validation_prompts = ['a door']\n"
+        "args.data_root = Path('/footage')\nargs.cache_dir = None\n"
+    )
+    args = load_config(write_config(tmp_path, body), LoraArgs)
+    assert args.learning_rate == 1.0 and isinstance(args.learning_rate, float)
+    assert args.frame_buckets == (9, 17) and args.validation_prompts == ("a door",)
+    assert args.data_root == "/footage" and args.cache_dir is None
+
+
 def test_config_of_another_stage_is_refused(tmp_path):
     path = tmp_path / "other.py"
     path.write_text("from thematrix.training.arguments import TrainingArgs\nargs = TrainingArgs()\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -22,9 +23,10 @@ from thematrix.data.dataset import (
     DatasetError,
     VideoDataset,
     collate_batch,
+    footage_fps,
 )
 from thematrix.data.decoder import STDERR_FD, VideoDecodeError, decode_quietly
-from thematrix.data.index import IndexFormatError, load_index
+from thematrix.data.index import IndexFormatError, Sample, load_index
 from thematrix.data.validate import main as validate_main
 from thematrix.video import (
     draw_control_overlay,
@@ -499,12 +501,58 @@ def test_dataset_refuses_source_slower_than_fps_and_bad_buckets(tmp_path):
         VideoDataset(samples, fps=10, height=32, width=32, frame_buckets=(9, 16), temporal_compression=4)
 
 
+NTSC_FPS = 30000 / 1001  # 29.97
+# Clips of NTSC footage this long read at 30 fps by time would repeat a frame (one every 1000 frames).
+LONG_NTSC_FRAMES = 1200
+
+
+def ntsc_sample(num_frames: int) -> Sample:
+    """A checked sample of 29.97 fps footage; its file is never read (the dataset picks frames without decoding)."""
+    return Sample(0, "/footage/ntsc.mp4", "ntsc.mp4", "a clip", None, 0, num_frames, NTSC_FPS, HEIGHT, WIDTH)
+
+
+def test_ntsc_footage_trains_at_its_whole_rate_one_frame_after_another():
+    """29.97 fps is 30 fps, as players show it: a long clip gives every frame once, in order, with no repeat."""
+    assert footage_fps([ntsc_sample(LONG_NTSC_FRAMES)]) == 30
+    assert footage_fps([ntsc_sample(LONG_NTSC_FRAMES), dataclasses.replace(ntsc_sample(9), fps=29.0)]) == 29
+    dataset = VideoDataset(
+        [ntsc_sample(LONG_NTSC_FRAMES)],
+        fps=30,
+        height=HEIGHT,
+        width=WIDTH,
+        frame_buckets=(LONG_NTSC_FRAMES - TEMPORAL_COMPRESSION + 1,),
+        temporal_compression=TEMPORAL_COMPRESSION,
+    )
+    assert dataset.frame_indices(0, offset=TEMPORAL_COMPRESSION - 1) == list(
+        range(TEMPORAL_COMPRESSION - 1, LONG_NTSC_FRAMES)
+    )
+
+
+@pytest.mark.parametrize(
+    "settings, expected",
+    [
+        (dict(height=0, width=-8), r"^args.height = 0, args.width = -8: training clips need a positive frame rate"),
+        (dict(temporal_compression=0), r"^the VAE's temporal_compression_ratio is 0.*vae/config.json"),
+        (dict(frame_buckets=(16,)), r"^args.frame_buckets = \[16\]: every bucket must be 4k\+1 frames"),
+        (dict(fps=31), r"args.fps = 31\): entry 0 \(ntsc.mp4\) is 29.97 fps. Fix: lower args.fps to at most 30"),
+    ],
+)
+def test_dataset_errors_name_the_setting_and_the_fix(settings, expected):
+    options = dict(fps=30, height=HEIGHT, width=WIDTH, frame_buckets=(9,), temporal_compression=TEMPORAL_COMPRESSION)
+    with pytest.raises(DatasetError, match=expected):
+        VideoDataset([ntsc_sample(LONG_NTSC_FRAMES)], **{**options, **settings})
+
+
 def test_dataset_skips_short_clips_and_fails_if_none_fits(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         dataset = build_dataset(tmp_path, {"long.mp4": (20, 10), "short.mp4": (12, 10)}, frame_buckets=(17,))
     assert len(dataset) == 1 and dataset.buckets == [17]
     [skipped] = dataset.skipped
-    assert skipped.path == "short.mp4" and "has 12 frames" in skipped.reason and "needs 17" in skipped.reason
+    assert str(skipped) == (
+        "entry 1 (short.mp4): valid_frame_idx: leaves 12 frames at args.fps = 10 from frame 0 (of 12 at 10 fps in the "
+        "file), but the shortest of args.frame_buckets is 17. Fix: record a longer clip, lower valid_frame_idx, or "
+        "add a shorter bucket to args.frame_buckets."
+    )
     assert "short.mp4" in caplog.text
     with pytest.raises(DatasetError, match=r"none of the 1 clips.*\n.*short\.mp4"):
         VideoDataset(
@@ -554,5 +602,9 @@ def test_bucket_batches_without_drop_last_or_shuffle_cover_everything():
     assert sorted(i for batch in batches for i in batch) == list(range(len(BUCKETS.buckets)))
     ordered = BucketBatchSampler(BUCKETS, batch_size=3, seed=0, shuffle=False)
     assert _epoch(ordered, 0) == _epoch(ordered, 5) == [[0, 1, 2], [3, 4, 5], [7, 8, 9], [12, 13, 14]]
-    with pytest.raises(ValueError, match="no frame bucket has batch_size=8"):
+    with pytest.raises(
+        DatasetError,
+        match=r"no frame bucket holds a batch of args.train_batch_size = 8 clips \(clips per bucket: \{17: 7, 33: 5, "
+        r"65: 3\}\). Fix: lower args.train_batch_size, or add clips",
+    ):
         BucketBatchSampler(BUCKETS, batch_size=8, seed=0)

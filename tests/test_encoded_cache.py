@@ -14,7 +14,7 @@ from thematrix.data.index import load_index
 from thematrix.model_dir import VAE, load_components, save_model_dir
 from thematrix.training.arguments import TrainingArgs
 from thematrix.training.clips import encoder_fingerprint
-from thematrix.training.encoded_cache import EncodedDataset, encode_dataset, entry_path
+from thematrix.training.encoded_cache import EncodedDataset, encode_dataset, entry_path, missing_entries
 
 
 class CountingEncoders:
@@ -121,3 +121,20 @@ def test_a_later_stages_model_keys_the_cache_as_the_one_it_started_from_until_it
     vae_weights.unlink()  # a new file, the bytes unchanged: the fingerprint cannot tell without reading them
     vae_weights.write_bytes(data)
     assert fingerprint(later) != fingerprint(tiny_model_dir)
+
+
+def test_latents_cached_without_vae_tiling_are_not_reused_with_it(tiny_model_dir, dataset, tmp_path):
+    """args.enable_tiling makes the VAE encode each frame in blended tiles: other latents, so other entries."""
+    components = load_components(tiny_model_dir, torch.float32)
+    vae, text_encoder = components["vae"], components["text_encoder"]
+    whole_frames = encoder_fingerprint(tiny_model_dir, TrainingArgs(), vae, text_encoder, torch.float32)
+    encoders = CountingEncoders()
+    encode_dataset(dataset, tmp_path, encoders.encode_videos, encoders.encode_prompts, whole_frames)
+    assert missing_entries(dataset, tmp_path, whole_frames) == []
+
+    vae.enable_tiling()
+    tiled = encoder_fingerprint(tiny_model_dir, TrainingArgs(), vae, text_encoder, torch.float32)
+    assert len(missing_entries(dataset, tmp_path, tiled)) == len(dataset)
+    vae.enable_tiling(tile_sample_min_height=vae.tile_sample_min_height // 2)
+    smaller_tiles = encoder_fingerprint(tiny_model_dir, TrainingArgs(), vae, text_encoder, torch.float32)
+    assert smaller_tiles != tiled, "the tiles' size shapes the latents too"

@@ -30,6 +30,14 @@ def test_a_stages_fingerprint_keys_its_cache_entries(lora_args, tmp_path):
     assert len(list(cache.glob("*.safetensors"))) == 2 * len(plain.dataset)
 
 
+def test_a_run_with_vae_tiling_does_not_reuse_latents_cached_without_it(lora_args, tmp_path):
+    cache = tmp_path / "cache"
+    whole_frames = LoraTrainer(lora_args(cache_dir=str(cache)))
+    whole_frames.setup()
+    LoraTrainer(lora_args(cache_dir=str(cache), enable_tiling=True)).setup()
+    assert len(list(cache.glob("*.safetensors"))) == 2 * len(whole_frames.dataset)
+
+
 class OneClip(torch.utils.data.Dataset):
     buckets = [17]  # its frame bucket, all BucketBatchSampler reads
 

@@ -7,7 +7,8 @@ A stage's config file is plain data::
     args.data_root = "/data/racing"   # why this value
 
 Assigning a name that is not a setting raises at once, naming the file, the line and the
-closest valid name, so a misspelt setting never silently keeps its default.
+closest valid name, so a misspelt setting never silently keeps its default. Each value must be of its
+setting's declared type (an int will do for a number, a list for a list setting), checked when the file is loaded.
 
 On the command line every setting is ``--name value``. A list setting takes several values after
 its flag (``--frame_buckets 17 33 65``) or one JSON list (``--validation_prompts '["A, b", "C"]'``);
@@ -68,6 +69,10 @@ TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
 JSON_LIST_START = "["
 _TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+# How a config file's error names a type: config files are Python, so a boolean is True or False.
+_CONFIG_TYPE_WORDS = {**_TYPE_WORDS, bool: "True or False"}
+_PLURAL_TYPE_WORDS = {int: "integers", float: "numbers", str: "strings", bool: "True/False values"}
+_VALUE_WORDS = {str: "the string", int: "the integer", float: "the number"}
 # "# --- model and data ----" heads a group of settings in an arguments.py file.
 _SECTION_COMMENT = re.compile(r"^#\s*-{3,}\s*(?P<title>.*?)\s*-*$")
 HELP_WIDTH = 100
@@ -203,9 +208,76 @@ def load_config(path: str | Path, expected: type[ArgsT], base_dir: Path | None =
             f"{path}: `args` is a {type(args).__name__}, but this script trains with {expected.__name__}; "
             f"use `args = {expected.__name__}()`"
         )
+    check_setting_types(args, str(path))
     if base_dir is not None:
         resolve_paths(args, base_dir)
     return args
+
+
+def _is_of_type(value: Any, annotation: Any) -> bool:
+    """Whether ``value`` is a value of the scalar type ``annotation``: an int is a number too, but a bool is no
+    number and a number no bool (``True`` is an int to Python, never to a setting)."""
+    if isinstance(value, bool):
+        return annotation is bool
+    if annotation is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, annotation)
+
+
+def _describe_value(value: Any) -> str:
+    if value is None or isinstance(value, bool):
+        return repr(value)
+    return f"{_VALUE_WORDS.get(type(value), f'the {type(value).__name__}')} {value!r}"
+
+
+def _type_error(where: str, value: Any, annotation: Any, nullable: bool) -> ConfigError:
+    """What ``where`` (``FILE: args.NAME``) takes, what it got, and, where the value's intent is plain, what to write."""
+    fix = ""
+    if typing.get_origin(annotation) in (tuple, list):
+        item_type = typing.get_args(annotation)[0]
+        expected = f"a list of {_PLURAL_TYPE_WORDS[item_type]}"
+        if _is_of_type(value, item_type):
+            fix = f"; write [{value!r}]"
+        elif isinstance(value, (list, tuple)):
+            wrong = next(item for item in value if not _is_of_type(item, item_type))
+            fix = f", whose item {wrong!r} is not {_CONFIG_TYPE_WORDS[item_type]}"
+    else:
+        expected = _CONFIG_TYPE_WORDS[annotation]
+        if annotation is int and isinstance(value, float) and value.is_integer():
+            fix = f"; write {int(value)}"
+        elif annotation is bool and value in (0, 1) and not isinstance(value, bool):
+            fix = f"; write {bool(value)}"
+    return ConfigError(f"{where} takes {expected}{' or None' if nullable else ''}, got {_describe_value(value)}{fix}")
+
+
+def check_setting_types(args: StrictArgs, source: str) -> None:
+    """Check every setting of ``args`` against its declared type, naming ``source`` (the config file) in errors,
+    since a wrong type fails late or not at all: a string given for a list setting iterates as one-letter items.
+
+    Values are stored as their setting's type: a list for a tuple setting becomes a tuple, an int for a number a
+    float, and a path setting takes any path object as a string.
+    """
+    hints = _setting_types(type(args))
+    paths = path_settings(type(args))
+    for field in dataclasses.fields(args):
+        value = getattr(args, field.name)
+        annotation, nullable = _without_none(hints[field.name])
+        annotation = _base_type(annotation)
+        origin = typing.get_origin(annotation)
+        if value is None and nullable:
+            continue
+        if field.name in paths and isinstance(value, os.PathLike):
+            typed = os.fspath(value)
+        elif origin in (tuple, list) and isinstance(value, (list, tuple)):
+            item_type = typing.get_args(annotation)[0]
+            if not all(_is_of_type(item, item_type) for item in value):
+                raise _type_error(f"{source}: args.{field.name}", value, annotation, nullable)
+            typed = origin(item_type(item) for item in value)
+        elif origin is None and _is_of_type(value, annotation):
+            typed = annotation(value)
+        else:
+            raise _type_error(f"{source}: args.{field.name}", value, annotation, nullable)
+        object.__setattr__(args, field.name, typed)
 
 
 # ---------------------------------------------------------------- command line
@@ -227,10 +299,8 @@ def _parse_scalar(text: str, annotation: Any, name: str) -> Any:
 
 def _json_item(item: Any, annotation: Any, name: str) -> Any:
     """One item of a JSON list as the setting's item type (JSON 1 is a float where floats are expected)."""
-    if annotation is float and isinstance(item, (int, float)) and not isinstance(item, bool):
-        return float(item)
-    if isinstance(item, annotation) and (annotation is bool or not isinstance(item, bool)):
-        return item
+    if _is_of_type(item, annotation):
+        return annotation(item)
     raise ConfigError(
         f"--{name}: the JSON list holds {json.dumps(item)}, but each item must be {_TYPE_WORDS[annotation]}"
     )

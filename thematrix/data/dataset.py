@@ -25,9 +25,9 @@ from thematrix.data.index import Problem, Sample
 
 logger = logging.getLogger(__name__)
 
-# A source may run this much (relatively) slower than the training fps and still count as
-# fast enough: NTSC rates (29.97 for 30) differ by 0.1%; picking frames by time then repeats no
-# frame within any realistic clip (checked per clip below).
+# Frame rates this close (relatively) are one rate: NTSC's 29.97 (30000/1001) fps is 30, its 23.976 is 24. A source
+# at the training rate within it gives its frames one to one, as players show them; picked by time, 29.97 fps read at
+# 30 would repeat a frame every 1000 frames (33 s), and no clip longer than that could train.
 FPS_TOLERANCE = 2e-3
 UINT8_HALF_RANGE = 255 / 2
 # How many skipped clips to name in an error message before summarising.
@@ -46,20 +46,31 @@ class _Clip:
     available: int
 
 
+def same_rate(source_fps: float, target_fps: float) -> bool:
+    """Whether two frame rates are one within ``FPS_TOLERANCE`` (29.97 and 30)."""
+    return abs(source_fps / target_fps - 1) <= FPS_TOLERANCE
+
+
+def frame_step(source_fps: float, target_fps: float) -> float:
+    """Source frames per frame at ``target_fps``: exactly 1 for the same rate (``same_rate``)."""
+    return 1.0 if same_rate(source_fps, target_fps) else source_fps / target_fps
+
+
 def time_indices(positions: np.ndarray, source_fps: float, target_fps: float) -> np.ndarray:
-    """Source frames nearest to the times ``position / target_fps`` (position 0 = source frame 0)."""
-    return np.floor(np.asarray(positions) * (source_fps / target_fps) + 0.5).astype(np.int64)
+    """Source frames nearest to the times ``position / target_fps`` (position 0 = source frame 0); a source at
+    the same rate gives its frames one to one."""
+    return np.floor(np.asarray(positions) * frame_step(source_fps, target_fps) + 0.5).astype(np.int64)
 
 
 def _available_frames(usable: int, source_fps: float, target_fps: float) -> int:
-    upper_bound = int(usable * target_fps / source_fps) + 2
+    upper_bound = int(usable / frame_step(source_fps, target_fps)) + 2
     return int(np.sum(time_indices(np.arange(upper_bound), source_fps, target_fps) < usable))
 
 
 def footage_fps(samples: Sequence[Sample]) -> int:
-    """The frame rate footage trains at when none is set: its slowest clip's, rounded down to a whole number, so
-    that no clip repeats a frame (29.97 fps footage trains at 29)."""
-    return math.floor(min(sample.fps for sample in samples))
+    """The frame rate footage trains at when none is set: the highest whole rate its slowest clip gives without
+    repeating a frame, a rate within ``FPS_TOLERANCE`` counting as the same (29.97 fps footage trains at 30)."""
+    return math.floor(min(sample.fps for sample in samples) / (1 - FPS_TOLERANCE))
 
 
 def resize_center_crop(video: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -81,7 +92,8 @@ class VideoDataset(Dataset):
     Args:
         samples: the usable samples that ``load_index`` returned.
         fps: training frame rate; frames are picked by time from the file's frame rate, which
-            must not be lower (frames are never repeated to fake a higher rate).
+            must not be lower (frames are never repeated to fake a higher rate), or one to one from a file at
+            the same rate within ``FPS_TOLERANCE``.
         height, width: output size; frames are resized keeping their aspect, then center-cropped.
         frame_buckets: allowed clip lengths in frames, each ``temporal_compression * k + 1``.
         temporal_compression: the VAE's compression of time (``vae.config.temporal_compression_ratio``).
@@ -108,32 +120,40 @@ class VideoDataset(Dataset):
         vocabulary: ControlVocabulary | None = None,
         random_start: bool = False,
     ):
-        if fps <= 0 or height <= 0 or width <= 0 or temporal_compression <= 0:
+        not_positive = {name: value for name, value in dict(fps=fps, height=height, width=width).items() if value <= 0}
+        if not_positive:
+            listed = ", ".join(f"args.{name} = {value}" for name, value in not_positive.items())
+            raise DatasetError(f"{listed}: training clips need a positive frame rate and size. Fix: set them above 0")
+        if temporal_compression <= 0:
             raise DatasetError(
-                f"fps, height, width and temporal_compression must be positive, got "
-                f"fps={fps}, height={height}, width={width}, temporal_compression={temporal_compression}"
+                f"the VAE's temporal_compression_ratio is {temporal_compression}, not a whole number of frames per "
+                "latent frame. Fix: use a model directory whose vae/config.json gives a positive one"
             )
         bad_buckets = [bucket for bucket in frame_buckets if bucket < 1 or (bucket - 1) % temporal_compression]
         if not frame_buckets or bad_buckets:
             raise DatasetError(
-                f"frame_buckets {list(frame_buckets)}: every bucket must be {temporal_compression}k+1 frames "
-                f"(the VAE compresses time by {temporal_compression}); e.g. "
+                f"args.frame_buckets = {list(frame_buckets)}: every bucket must be {temporal_compression}k+1 frames "
+                f"(the VAE compresses time by {temporal_compression}). Fix: use lengths such as "
                 f"{[temporal_compression * k + 1 for k in (4, 8, 16)]}"
             )
         if not samples:
-            raise DatasetError("no samples: load_index found no usable clip; run thematrix.data.validate on the index")
+            raise DatasetError(
+                "the index has no usable clip. Fix: list its problems with `python -m thematrix.data.validate "
+                "--data_root DATA_ROOT --index_file INDEX_FILE` and mend them"
+            )
         self.fps, self.height, self.width = fps, height, width
         self.frame_buckets = sorted(set(frame_buckets))
         self.temporal_compression = temporal_compression
         self.vocabulary = vocabulary
         self.random_start = random_start
 
-        too_slow = [sample for sample in samples if sample.fps < fps * (1 - FPS_TOLERANCE)]
+        too_slow = [sample for sample in samples if sample.fps < fps and not same_rate(sample.fps, fps)]
         if too_slow:
             listed = "; ".join(f"{sample.entry} is {sample.fps:g} fps" for sample in too_slow[:MAX_SKIPPED_LISTED])
             raise DatasetError(
-                f"{len(too_slow)} clips have a lower frame rate than the training fps {fps:g}: {listed}. "
-                "Fix: lower fps to at most the slowest clip's rate, or re-record these clips"
+                f"{len(too_slow)} clips have a lower frame rate than the training fps (args.fps = {fps:g}): "
+                f"{listed}. Fix: lower args.fps to at most {footage_fps(too_slow)} (or leave it unset), or re-record "
+                "these clips faster"
             )
         self._clips: list[_Clip] = []
         self.skipped: list[Problem] = []
@@ -143,24 +163,23 @@ class VideoDataset(Dataset):
             fitting = [bucket for bucket in self.frame_buckets if bucket <= available]
             if fitting:
                 self._clips.append(_Clip(sample, fitting[-1], available))
-                self._check_no_repeats(self._clips[-1])
             else:
                 self.skipped.append(
                     Problem(
                         sample.position,
                         sample.relative_path,
-                        "frames",
-                        f"has {available} frames at {fps:g} fps from frame {sample.valid_frame_idx} "
-                        f"({sample.num_frames} frames at {sample.fps:g} fps in the file) but the smallest bucket "
-                        f"needs {self.frame_buckets[0]}",
-                        "record a longer clip, lower valid_frame_idx, or add a smaller frame bucket",
+                        "valid_frame_idx",
+                        f"leaves {available} frames at args.fps = {fps:g} from frame {sample.valid_frame_idx} (of "
+                        f"{sample.num_frames} at {sample.fps:g} fps in the file), but the shortest of "
+                        f"args.frame_buckets is {self.frame_buckets[0]}",
+                        "record a longer clip, lower valid_frame_idx, or add a shorter bucket to args.frame_buckets",
                     )
                 )
         if not self._clips:
             listed = "\n  ".join(str(problem) for problem in self.skipped[:MAX_SKIPPED_LISTED])
             raise DatasetError(
-                f"none of the {len(samples)} clips fills the smallest frame bucket ({self.frame_buckets[0]} frames "
-                f"at {fps:g} fps):\n  {listed}"
+                f"none of the {len(samples)} clips fills the shortest of args.frame_buckets ({self.frame_buckets[0]} "
+                f"frames at args.fps = {fps:g}):\n  {listed}"
             )
         if self.skipped:
             logger.warning(
@@ -175,25 +194,18 @@ class VideoDataset(Dataset):
             return
         if sample.frame_controls is None:
             raise DatasetError(
-                f"{sample.entry}: has no control_signal_seq, but this dataset gives controls. Fix: add one "
+                f"{sample.entry}: has no control_signal_seq, but this model is steered by controls. Fix: add one "
                 "control token per video frame to the entry"
             )
         if len(sample.frame_controls) != sample.num_frames:
             raise DatasetError(
-                f"{sample.entry}: {len(sample.frame_controls)} control tokens for {sample.num_frames} frames; "
-                "build samples with load_index, which checks this"
+                f"{sample.entry}: control_signal_seq has {len(sample.frame_controls)} tokens for {sample.num_frames} "
+                "frames. Fix: write one token per video frame (python -m thematrix.data.validate checks the index)"
             )
         try:
             self.vocabulary.encode(sample.frame_controls)
         except ControlError as error:
             raise DatasetError(f"{sample.entry}: {error}") from None
-
-    def _check_no_repeats(self, clip: _Clip) -> None:
-        if np.any(np.diff(time_indices(np.arange(clip.available), clip.sample.fps, self.fps)) <= 0):
-            raise DatasetError(
-                f"{clip.sample.entry}: at {clip.sample.fps:g} fps it cannot give {clip.available} distinct frames at "
-                f"{self.fps:g} fps. Fix: lower fps"
-            )
 
     @property
     def buckets(self) -> list[int]:
@@ -236,7 +248,7 @@ class VideoDataset(Dataset):
         except VideoDecodeError as error:
             raise DatasetError(
                 f"{clip.sample.entry}: cannot be decoded ({error}); the file changed after it "
-                "was checked. Fix: re-encode or remove it, then run thematrix.data.validate"
+                "was checked. Fix: re-encode or remove it, then check the index with python -m thematrix.data.validate"
             ) from None
         video = resize_center_crop(frames.permute(0, 3, 1, 2).float(), self.height, self.width)
         video = (video / UINT8_HALF_RANGE - 1.0).clamp(-1.0, 1.0)
@@ -282,9 +294,9 @@ class BucketBatchSampler(Sampler[list[int]]):
             self._by_bucket.setdefault(bucket, []).append(index)
         if len(self) == 0:
             sizes = {bucket: len(indices) for bucket, indices in sorted(self._by_bucket.items())}
-            raise ValueError(
-                f"no frame bucket has batch_size={batch_size} clips (clips per bucket: {sizes}); "
-                "lower batch_size, set drop_last=False, or add clips"
+            raise DatasetError(
+                f"no frame bucket holds a batch of args.train_batch_size = {batch_size} clips (clips per bucket: "
+                f"{sizes}). Fix: lower args.train_batch_size, or add clips"
             )
 
     def set_epoch(self, epoch: int) -> None:

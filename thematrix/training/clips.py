@@ -75,11 +75,30 @@ def without_path(config: dict[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in config.items() if name != "_name_or_path"}
 
 
+# The VAE's attributes that say how a tiled encode splits a frame (diffusers' ``enable_tiling``).
+VAE_TILING_ATTRIBUTES = (
+    "tile_sample_min_height",
+    "tile_sample_min_width",
+    "tile_overlap_factor_height",
+    "tile_overlap_factor_width",
+)
+
+
+def vae_tiling(vae) -> dict[str, Any] | None:
+    """How ``vae`` tiles the frames it encodes (``args.enable_tiling``), or None when it encodes whole frames: tiles
+    are encoded apart and blended at their seams, so tiled latents differ from whole-frame ones."""
+    if not vae.use_tiling:
+        return None
+    return {name: getattr(vae, name) for name in VAE_TILING_ATTRIBUTES}
+
+
 def encoder_fingerprint(
     model_dir: Path, args: TrainingArgs, vae, text_encoder, weight_dtype: torch.dtype
 ) -> dict[str, Any]:
     """What shapes cached latents and prompt embeddings besides the clip itself: the encoders' weight files and
-    configs and the preprocessing, not the model directory's path (see ``weight_files``)."""
+    configs, how the VAE encodes (its tiling) and the preprocessing, not the model directory's path (see
+    ``weight_files``). Slicing is left out: the cache encodes one clip at a time, which slicing leaves alone."""
+    tiling = vae_tiling(vae)
     return {
         "vae_files": weight_files(Path(model_dir) / VAE),
         "text_encoder_files": weight_files(Path(model_dir) / TEXT_ENCODER),
@@ -91,6 +110,8 @@ def encoder_fingerprint(
         "fps": args.fps,
         "frame_buckets": list(args.frame_buckets),
         "dtype": str(weight_dtype),
+        # Only when tiling is on, so the entries of runs without tiling keep their keys.
+        **({"vae_tiling": tiling} if tiling is not None else {}),
     }
 
 

@@ -2,7 +2,7 @@
 
 Each entry's file name is a hash of the clip (path, size, modification time, caption, first
 frame, bucket) and of the encoders and preprocessing (model, VAE and text-encoder configs,
-resolution, fps, text length, dtype). Changing any of them changes the key, so a stale entry is
+the VAE's tiling, resolution, fps, text length, dtype). Changing any of them changes the key, so a stale entry is
 never found, let alone reused; the key's fields are stored in the entry and checked on load.
 """
 
