@@ -1,5 +1,6 @@
 """Checkpoints on stage 1 and the tiny model: the last few kept, never at the cost of the newest complete one,
-and an output directory that holds another run's checkpoints refused with the settings that differ."""
+an output directory that holds another run's checkpoints refused with the settings that differ, and a resumed
+run that continues its schedule and its data where they were."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from thematrix.training.checkpoint import (
     checkpoint_step,
     list_checkpoints,
 )
+from thematrix.training.trainer import DataPosition
 
 
 def checkpoint_steps(output_dir) -> list[int]:
@@ -101,6 +103,73 @@ def test_batch_settings_may_change_with_the_process_count_only_if_samples_per_st
         LoraTrainer(
             lora_args(train_batch_size=2, gradient_accumulation_steps=2, max_train_steps=TINY_RUN_STEPS + 2)
         ).train()
+
+
+class DrawRecorder(LoraTrainer):
+    """Records (position in the run, caption) of every sample it trains on."""
+
+    def __init__(self, args):
+        super().__init__(args)
+        self.draws: list[tuple[int, str]] = []
+
+    def compute_loss(self, batch, first_sample_position):
+        self.draws += [(first_sample_position + index, caption) for index, caption in enumerate(batch["caption"])]
+        return super().compute_loss(batch, first_sample_position)
+
+
+def test_a_run_resumed_with_other_samples_per_step_continues_after_the_samples_drawn(lora_args, tmp_path, caplog):
+    """3 samples a step, then 2: steps 3 and 4 draw samples 6 to 9, the clips the uninterrupted run drew there (4
+    shuffled clips an epoch: the rest of epoch 1, then the start of epoch 2), on the same schedule."""
+    whole = DrawRecorder(lora_args("whole", gradient_accumulation_steps=3, max_train_steps=4))
+    whole.train()
+    LoraTrainer(lora_args("first", gradient_accumulation_steps=3, max_train_steps=2)).train()
+    caplog.set_level(logging.INFO, logger="thematrix")
+    resumed = DrawRecorder(
+        lora_args(
+            "second",
+            gradient_accumulation_steps=2,
+            max_train_steps=4,
+            resume_from_checkpoint=str(tmp_path / "first" / "checkpoints" / "checkpoint-2"),
+        )
+    )
+    resumed.train()
+    assert "3 samples per optimizer step there" in caplog.text and "2 here" in caplog.text
+    assert resumed.draws == [(position, caption) for position, caption in whole.draws if 6 <= position < 10]
+    assert resumed.global_step == 4 and len(resumed.history) == 2
+
+
+def test_a_resumed_micro_batch_starts_after_the_samples_drawn():
+    """Micro-batches of 2 after 3 samples of an epoch: sample 4 is passed over; an epoch of 2 such is then complete."""
+    position = DataPosition(epoch=1, epoch_samples=3, samples_drawn=7)
+    assert position.align(per_micro_batch=2, epoch_micro_batches=3) == 1
+    assert position == DataPosition(epoch=1, epoch_samples=4, samples_drawn=8)
+    assert position.align(per_micro_batch=2, epoch_micro_batches=2) == 0
+    assert position == DataPosition(epoch=2, epoch_samples=0, samples_drawn=8)
+
+
+def test_a_changed_max_train_steps_is_refused_at_start_under_a_schedule_that_decays_over_it(lora_args):
+    LoraTrainer(lora_args(lr_scheduler="cosine")).train()
+    longer = LoraTrainer(lora_args(lr_scheduler="cosine", max_train_steps=TINY_RUN_STEPS + 1))
+    with pytest.raises(ConfigError) as error:
+        longer.setup()
+    message = str(error.value)
+    for expected in (f"max_train_steps = {TINY_RUN_STEPS} there, {TINY_RUN_STEPS + 1} here", "cosine", "would jump"):
+        assert expected in message, message
+    assert not hasattr(longer, "transformer")  # refused before any weight loads
+
+
+def test_a_checkpoint_without_a_loss_scale_resumes_under_fp16_with_a_fresh_one(lora_args, tmp_path, caplog):
+    """A GPU run switched to fp16 has a loss scaler that the checkpoint of a bf16 or fp32 run has no state for;
+    on the CPU, where accelerate makes none, the test gives the run one."""
+    LoraTrainer(lora_args()).train()
+    resumed = LoraTrainer(lora_args(max_train_steps=TINY_RUN_STEPS + 1))
+    resumed.setup()
+    scaler = resumed.accelerator.scaler = torch.amp.GradScaler("cpu")
+    caplog.set_level(logging.INFO, logger="thematrix")
+    checkpoint = tmp_path / "run" / "checkpoints" / f"checkpoint-{TINY_RUN_STEPS}"
+    state = resumed.checkpoints.load(checkpoint, resumed.lr_scheduler)
+    assert state["global_step"] == TINY_RUN_STEPS and "the loss scale starts afresh" in caplog.text
+    assert resumed.accelerator.scaler is scaler and scaler.get_scale() == torch.amp.GradScaler("cpu").get_scale()
 
 
 def test_a_checkpoint_from_elsewhere_resumes_with_its_differences_logged(lora_args, tmp_path, caplog):

@@ -3,11 +3,14 @@
 Two processes with batches of one see the clips and draw the noise that one process with batches of
 two does, so their LoRA weights agree to float rounding. SIGTERM to the launcher reaches both processes,
 which save a checkpoint at the same step boundary and exit with code 75; that checkpoint resumes in one
-process where the LR schedule (warm-up, then cosine) stood, and ends where the one-process run ends.
+process where the LR schedule (warm-up, then cosine) stood, and ends where the one-process run ends. Resumed in
+one process with the same settings, half the samples a step, it keeps the schedule and continues the data after
+the samples the two processes drew.
 """
 
 from __future__ import annotations
 
+import logging
 import signal
 
 import pytest
@@ -19,8 +22,9 @@ from safetensors.torch import load_file
 
 from stage1.train_text_to_video_lora import LoraTrainer
 from stage1.training.arguments import LoraArgs
-from tests.conftest import ADAM_ROUNDING_STEPS, TEST_VOCABULARY, tiny_run_args
+from tests.conftest import ADAM_ROUNDING_STEPS, NUM_CLIPS, TEST_VOCABULARY, tiny_run_args
 from tests.launching import REPO_ROOT, finish, launch_stage1, wait_for_steps, write_config
+from tests.test_checkpoints import DrawRecorder
 from thematrix.model_dir import LORA_WEIGHT_NAME
 from thematrix.models import InteractiveCogVideoXTransformer3DModel
 from thematrix.presets import TINY
@@ -148,6 +152,36 @@ def test_two_process_checkpoint_resumes_in_one_process_on_the_same_lr_schedule(r
     assert_same_weights(
         load_file(str(one / LORA_WEIGHT_NAME)), load_file(str(checkpoint.parents[2] / "resumed" / LORA_WEIGHT_NAME))
     )
+
+
+def test_two_process_checkpoint_resumes_in_one_process_of_the_same_settings_after_the_samples_drawn(
+    runs, tiny_model_dir, tiny_dataset, caplog
+):
+    """Batches of one in one process: 8 samples a step where the two processes drew 16. The schedule counts optimizer
+    steps; the data goes on from the samples drawn, unshuffled: sample n is clip n mod 4."""
+    checkpoint = stopped_checkpoint(runs)
+    *_, one = runs
+    caplog.set_level(logging.INFO, logger="thematrix")
+    resumed = DrawRecorder(
+        run_args(
+            tiny_model_dir,
+            tiny_dataset,
+            checkpoint.parents[2] / "resumed_same_settings",
+            one.parent / "cache",
+            train_batch_size=1,
+            resume_from_checkpoint=str(checkpoint),
+        )
+    )
+    resumed.train()
+    stopped_at = checkpoint_step(checkpoint)
+    assert f"{NUM_PROCESSES * ACCUMULATION} samples per optimizer step there" in caplog.text
+    assert resumed.global_step == STEPS and len(resumed.history) == STEPS - stopped_at
+    one_process_lrs = [record["lr"] for record in read_records(one / METRICS_FILE) if record["step"] > stopped_at]
+    assert [entry["lr"] for entry in resumed.history] == one_process_lrs
+    drawn = stopped_at * NUM_PROCESSES * ACCUMULATION
+    positions = [position for position, _ in resumed.draws]
+    assert positions == list(range(drawn, drawn + (STEPS - stopped_at) * ACCUMULATION))
+    assert all(caption.endswith(f"clip {position % NUM_CLIPS}.") for position, caption in resumed.draws)
 
 
 def test_the_sharded_configs_agree_with_the_trainer_and_with_every_stages_model():

@@ -1,5 +1,6 @@
 """Runs that go wrong fail safe, on stage 1 and the tiny model: non-finite values, stop signals, a full disk,
-a failing validation. Each stops with a message naming the step and the fix, and leaves a good checkpoint."""
+a failing validation. Each stops with a message naming the step and the fix, and leaves a good checkpoint.
+Settings that cannot run are refused at start, before any clip is encoded or weight loads."""
 
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ from thematrix.model_dir import LORA_WEIGHT_NAME
 from thematrix.training import run_safety
 from thematrix.training.checkpoint import (
     TRAINABLE_WEIGHTS,
+    TRAINER_STATE,
+    TRAINING_MODE,
     checkpoint_step,
     directory_bytes,
     list_checkpoints,
@@ -41,6 +44,7 @@ from thematrix.training.run_safety import (
     RunPreempted,
     StopSignals,
 )
+from thematrix.training.sharding import TrainingMode
 
 DIVERGING_LR = 1e30  # one Adam step moves every LoRA weight by about 10x this: step 2 overflows to inf and nan
 
@@ -330,3 +334,33 @@ def test_a_failing_validation_can_be_logged_and_the_run_goes_on(lora_args, tmp_p
     assert checkpoint_steps(tmp_path / "run") == [2, 4]
     assert "training goes on" in caplog.text
     assert trainer.transformer.training
+
+
+# ---------------------------------------------------------------- settings checked at start
+@pytest.mark.parametrize(
+    "settings, error, expected",
+    [
+        (dict(lr_scheduler="cosine_annealing"), ConfigError, "args.lr_scheduler is 'cosine_annealing'"),
+        (dict(train_batch_size=5), ValueError, "no frame bucket .*5 clips"),  # of the 4 clips
+        (dict(max_text_seq_length=16), ConfigError, "args.max_text_seq_length = 16"),
+    ],
+)
+def test_settings_that_cannot_train_are_refused_before_any_clip_is_encoded(
+    lora_args, tmp_path, settings, error, expected
+):
+    with pytest.raises(error, match=expected):
+        LoraTrainer(lora_args(cache_dir=str(tmp_path / "new-cache"), **settings)).setup()
+    assert not list((tmp_path / "new-cache").glob("*.safetensors"))
+
+
+def test_a_checkpoint_this_run_cannot_resume_is_refused_before_any_weight_loads(lora_args, tmp_path):
+    LoraTrainer(lora_args()).train()
+    with pytest.raises(ConfigError, match="seed = 0 there, 1 here"):
+        other_seed = LoraTrainer(lora_args(seed=1))
+        other_seed.setup()
+    state_file = tmp_path / "run" / "checkpoints" / f"checkpoint-{TINY_RUN_STEPS}" / TRAINER_STATE
+    state_file.write_text(json.dumps(json.loads(state_file.read_text()) | {TRAINING_MODE: TrainingMode.FSDP.value}))
+    with pytest.raises(ConfigError, match="was written under FSDP"):
+        other_mode = LoraTrainer(lora_args())
+        other_mode.setup()
+    assert not hasattr(other_seed, "vae") and not hasattr(other_mode, "vae")

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
+from diffusers.optimization import SchedulerType
+
 from thematrix.config import ConfigError, LocalPath, ModelPath, PathSetting, StrictArgs
 from thematrix.model_dir import GenerationDefaults
 
@@ -152,6 +154,9 @@ class TrainingArgs(StrictArgs):
                 "args.checkpoint_keeps_attention = True without gradient checkpointing keeps every activation "
                 "already: set args.gradient_checkpointing = True, or leave checkpoint_keeps_attention False"
             )
+        schedules = [schedule.value for schedule in SchedulerType]
+        if self.lr_scheduler not in schedules:
+            raise ConfigError(f"args.lr_scheduler is {self.lr_scheduler!r}; use one of {', '.join(schedules)}")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise ConfigError(f"args.mixed_precision is {self.mixed_precision!r}; use auto, no, bf16 or fp16")
         for name in ("max_nonfinite_steps", "validation_loss_clips"):

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import SCALER_NAME
+from diffusers.optimization import SchedulerType
 from safetensors.torch import load_file, save_file
 
 from thematrix.config import ConfigError, StrictArgs
@@ -74,8 +76,15 @@ LAUNCH_SETTING = {
     TrainingMode.FSDP.value: "ACCELERATE_CONFIG=fsdp",
     TrainingMode.DEEPSPEED.value: "ACCELERATE_CONFIG=deepspeed_zero2",
 }
-# These may change together with the number of processes, as long as the samples per optimizer step do not.
+# These may change together with the number of processes, as long as the samples per optimizer step do not. The
+# number of processes alone may change the samples per step: the run goes on (``samples_per_step_change``).
 BATCH_SETTINGS = frozenset({"train_batch_size", "gradient_accumulation_steps"})
+SAMPLES_PER_STEP = "samples_per_step"
+# Schedules whose learning rate at a step does not depend on args.max_train_steps: only under these may it change on
+# resume. Under the others (cosine, linear, ...) the rate would jump at the resumed step to another curve's.
+SCHEDULES_FREE_OF_MAX_STEPS = frozenset(
+    {SchedulerType.CONSTANT.value, SchedulerType.CONSTANT_WITH_WARMUP.value, SchedulerType.PIECEWISE_CONSTANT.value}
+)
 
 
 def list_checkpoints(checkpoint_root: Path) -> list[Path]:
@@ -101,23 +110,55 @@ def directory_bytes(path: Path) -> int:
 def changed_settings(
     args: StrictArgs, saved: dict[str, Any], saved_state: dict[str, Any], samples_per_step: int
 ) -> dict[str, tuple]:
-    """Settings that define the run and differ from the checkpoint's: name -> (checkpoint's value, this run's)."""
+    """Settings that define the run and differ from the checkpoint's: name -> (checkpoint's value, this run's).
+
+    ``max_train_steps`` defines it too under a schedule that decays over it (see SCHEDULES_FREE_OF_MAX_STEPS).
+    """
     current = json.loads(json.dumps(args.to_dict(), default=str))
+    resumable = RESUMABLE_SETTINGS
+    if args.lr_scheduler not in SCHEDULES_FREE_OF_MAX_STEPS:
+        resumable = resumable - {"max_train_steps"}
     changed = {
         name: (saved[name], value)
         for name, value in current.items()
-        if name in saved
-        and saved[name] != value
-        and name not in RESUMABLE_SETTINGS
-        and not name.startswith(RESUMABLE_PREFIX)
+        if name in saved and saved[name] != value and name not in resumable and not name.startswith(RESUMABLE_PREFIX)
     }
-    if saved_state.get("samples_per_step") == samples_per_step:
+    if saved_state.get(SAMPLES_PER_STEP) == samples_per_step:
         changed = {name: values for name, values in changed.items() if name not in BATCH_SETTINGS}
     return changed
 
 
-def describe_changes(changed: dict[str, tuple]) -> str:
-    return "; ".join(f"{name} = {old!r} there, {new!r} here" for name, (old, new) in sorted(changed.items()))
+def describe_changes(changed: dict[str, tuple], lr_scheduler: str) -> str:
+    described = "; ".join(f"{name} = {old!r} there, {new!r} here" for name, (old, new) in sorted(changed.items()))
+    if "max_train_steps" in changed:
+        described += (
+            f" (the {lr_scheduler} schedule runs over max_train_steps: its learning rate would jump at the resumed "
+            f"step; only {', '.join(sorted(SCHEDULES_FREE_OF_MAX_STEPS))} schedules may change it on resume)"
+        )
+    return described
+
+
+def samples_per_step_change(
+    saved: dict[str, Any], saved_state: dict[str, Any], args: StrictArgs, num_processes: int, samples_per_step: int
+) -> str | None:
+    """What a resume changes of the samples per optimizer step (train_batch_size x gradient_accumulation_steps x
+    processes) and how to keep them, or None when they stay: the schedule counts optimizer steps and the data
+    continues where it was, so the run goes on, each step training on another number of samples."""
+    saved_count, count = saved_state.get(SAMPLES_PER_STEP), samples_per_step
+    if saved_count is None or saved_count == count:
+        return None
+    saved_processes = saved_state.get(NUM_PROCESSES, num_processes)
+    advice = ""
+    per_micro_batch = args.train_batch_size * num_processes
+    if saved_count % per_micro_batch == 0:
+        advice = f"; for {saved_count} again, set args.gradient_accumulation_steps = {saved_count // per_micro_batch}"
+    return (
+        f"{saved_count} samples per optimizer step there (train_batch_size {saved['train_batch_size']} x "
+        f"gradient_accumulation_steps {saved['gradient_accumulation_steps']} x {saved_processes} processes), "
+        f"{count} here ({args.train_batch_size} x {args.gradient_accumulation_steps} x {num_processes}): the learning-rate "
+        f"schedule continues at the checkpoint's optimizer step and the data after the samples it has drawn; "
+        f"args.max_train_steps still counts optimizer steps, each now of {count} samples{advice}"
+    )
 
 
 class Checkpoints:
@@ -224,11 +265,14 @@ class Checkpoints:
 
     # ---------------------------------------------------------------- resume
     def resume_point(self, samples_per_step: int) -> Path | None:
-        """The checkpoint this run continues from (``args.resume_from_checkpoint``), or None to start fresh.
+        """The checkpoint this run continues from (``args.resume_from_checkpoint``), or None to start fresh; called
+        before any weight loads, so that a run that cannot continue stops at once.
 
         Checkpoints already in ``root`` must come from a run with this run's settings (RESUMABLE_SETTINGS
         aside): resuming or overwriting another run's checkpoints is an error naming what differs. A
-        checkpoint given by path from elsewhere is a deliberate choice: differences are only logged.
+        checkpoint given by path from elsewhere is a deliberate choice: differences are only logged. The
+        checkpoint must suit this run's training mode (``check_mode``); other samples per optimizer step
+        are logged (``samples_per_step_change``).
         """
         args = self.args
         own = self.latest()
@@ -236,26 +280,34 @@ class Checkpoints:
             changed = self._changes_from(own, samples_per_step)
             if changed:
                 raise ConfigError(
-                    f"{self.root} holds checkpoints of a run with other settings ({own.name}): {describe_changes(changed)}. "
-                    "Restore these settings to continue that run, or set args.output_dir to another directory "
-                    f"(or delete {self.root}) to start a new one"
+                    f"{self.root} holds checkpoints of a run with other settings ({own.name}): "
+                    f"{describe_changes(changed, args.lr_scheduler)}. Restore these settings to continue that run, "
+                    f"or set args.output_dir to another directory (or delete {self.root}) to start a new one"
                 )
         choice = args.resume_from_checkpoint
-        if choice is None:
+        if choice is None or (choice == LATEST_CHECKPOINT and own is None):
             return None
         if choice == LATEST_CHECKPOINT:
-            return own
-        path = Path(choice)
-        if not (path / TRAINER_STATE).is_file():
-            raise ConfigError(f"args.resume_from_checkpoint = {choice!r} is not a complete checkpoint directory")
-        changed = self._changes_from(path, samples_per_step)
-        if changed:
-            logger.warning("resuming %s with other settings: %s", path, describe_changes(changed))
+            path = own
+        else:
+            path = Path(choice)
+            if not (path / TRAINER_STATE).is_file():
+                raise ConfigError(f"args.resume_from_checkpoint = {choice!r} is not a complete checkpoint directory")
+            changed = self._changes_from(path, samples_per_step)
+            if changed:
+                logger.warning(
+                    "resuming %s with other settings: %s", path, describe_changes(changed, args.lr_scheduler)
+                )
+        self.check_mode(path)
+        change = samples_per_step_change(
+            self.saved_config(path), self.trainer_state(path), args, self.accelerator.num_processes, samples_per_step
+        )
+        if change:
+            logger.warning("resuming %s with other samples per step: %s", path, change)
         return path
 
     def _changes_from(self, path: Path, samples_per_step: int) -> dict[str, tuple]:
-        saved = json.loads((path / RESOLVED_CONFIG).read_text())
-        return changed_settings(self.args, saved, self.trainer_state(path), samples_per_step)
+        return changed_settings(self.args, self.saved_config(path), self.trainer_state(path), samples_per_step)
 
     def check_mode(self, path: Path) -> None:
         """Refuse, before any weight loads, a checkpoint that this run's training mode cannot read: another
@@ -287,11 +339,28 @@ class Checkpoints:
     def trainer_state(path: Path) -> dict[str, Any]:
         return json.loads((path / TRAINER_STATE).read_text())
 
+    @staticmethod
+    def saved_config(path: Path) -> dict[str, Any]:
+        return json.loads((path / RESOLVED_CONFIG).read_text())
+
     def load(self, path: Path, lr_scheduler) -> dict[str, Any]:
-        """Restore the state saved in ``path``; returns its trainer state. A changed ``args.learning_rate``
-        takes effect at the step the schedule stands at."""
-        self.check_mode(path)
-        self.accelerator.load_state(str(path))
+        """Restore the state saved in ``path`` (a ``resume_point``); returns its trainer state. A changed
+        ``args.learning_rate`` takes effect at the step the schedule stands at; fp16's loss scale, which a checkpoint
+        written in another precision lacks, starts afresh."""
+        scaler = self.accelerator.scaler
+        fresh_loss_scale = scaler is not None and not (path / SCALER_NAME).is_file()
+        if fresh_loss_scale:
+            logger.warning(
+                "%s holds no loss scale (%s: it was written without fp16): the loss scale starts afresh at %g",
+                path,
+                SCALER_NAME,
+                scaler.get_scale(),
+            )
+            self.accelerator.scaler = None  # accelerate would read the missing file
+        try:
+            self.accelerator.load_state(str(path))
+        finally:
+            self.accelerator.scaler = scaler
         scheduler = lr_scheduler.scheduler
         if any(base != self.args.learning_rate for base in scheduler.base_lrs):
             logger.warning(

@@ -23,8 +23,10 @@ and ``metrics.png`` in ``metrics``. README's "When a run goes wrong" says what e
 Exact resume: noise and timesteps for the n-th sample of the run come from a generator seeded by
 (seed, n), the data order of epoch e is a function of (seed, e), and checkpoints hold the trainable
 weights (as the training mode splits them: ``sharding``), optimizer, LR schedule (which counts optimizer
-steps, whatever the number of processes), RNG states and what a stage registers (stage 4's EMA target). A resumed run therefore takes the same steps as
-an uninterrupted one.
+steps, whatever the number of processes), the data position in samples (``DataPosition``), RNG states and
+what a stage registers (stage 4's EMA target). A resumed run therefore takes the same steps as an
+uninterrupted one; resumed with other samples per step (another number of processes), it continues its
+schedule at the same optimizer step and its data after the samples already drawn.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +64,7 @@ from thematrix.model_dir import (
 )
 from thematrix.schedules import CogVideoXTrainingSchedule
 from thematrix.training.arguments import PROFILE_WARMUP_STEPS, TrainingArgs
-from thematrix.training.checkpoint import RESOLVED_CONFIG, Checkpoints
+from thematrix.training.checkpoint import RESOLVED_CONFIG, SAMPLES_PER_STEP, Checkpoints
 from thematrix.training.clips import (
     cache_entry_bytes,
     cached_clips,
@@ -99,11 +102,47 @@ CHECKPOINT_DIR = "checkpoints"
 SEED_STRIDE = 1_000_003
 # Sample positions of the validation loss: far beyond any run's samples, so no training step draws their noise.
 VALIDATION_LOSS_POSITION = 2**40
+DATA_POSITION = "data_position"  # the trainer state's record of a DataPosition
 
 
 def sample_generator(seed: int, sample_position: int, device: torch.device) -> torch.Generator:
     """The generator of the ``sample_position``-th training sample of a run: resume- and batch-invariant."""
     return torch.Generator(device=device).manual_seed(seed * SEED_STRIDE + sample_position)
+
+
+@dataclass
+class DataPosition:
+    """Where a run stands in its data, in samples of all processes together: a run resumed with other samples per
+    micro-batch (processes x train_batch_size) continues after the samples already drawn."""
+
+    epoch: int = 0
+    epoch_samples: int = 0  # samples drawn of this epoch's order
+    samples_drawn: int = 0  # samples drawn by the run: the position of the next one (``sample_generator``)
+
+    @classmethod
+    def from_trainer_state(cls, state: dict[str, Any], samples_per_step: int, epoch_length: int) -> DataPosition:
+        """The position a checkpoint's trainer state records; a checkpoint written before it was recorded drew
+        ``samples_per_step`` samples a step (its own, else this run's), in epochs of ``epoch_length`` samples."""
+        if DATA_POSITION in state:
+            return cls(**state[DATA_POSITION])
+        drawn = state["global_step"] * state.get(SAMPLES_PER_STEP, samples_per_step)
+        epoch, drawn_of_epoch = divmod(drawn, epoch_length)
+        return cls(epoch=epoch, epoch_samples=drawn_of_epoch, samples_drawn=drawn)
+
+    def align(self, per_micro_batch: int, epoch_micro_batches: int) -> int:
+        """Move on to the first micro-batch of ``per_micro_batch`` samples that starts after the samples drawn, the next
+        epoch's first once this epoch's ``epoch_micro_batches`` are drawn; returns the samples passed over (the part
+        of a micro-batch that a resumed run's larger or shifted micro-batches cannot draw)."""
+        passed = -self.epoch_samples % per_micro_batch
+        self.epoch_samples += passed
+        self.samples_drawn += passed
+        if self.epoch_samples >= per_micro_batch * epoch_micro_batches:
+            self.epoch, self.epoch_samples = self.epoch + 1, 0
+        return passed
+
+    def advance(self, samples: int) -> None:
+        self.epoch_samples += samples
+        self.samples_drawn += samples
 
 
 def draw_dropout(generators: list[torch.Generator], probability: float) -> torch.Tensor:
@@ -128,6 +167,7 @@ class Trainer:
         self.output_dir = Path(args.output_dir)
         self.global_step = 0
         self.skipped_steps = 0  # optimizer steps skipped for a non-finite loss or gradient (args.max_nonfinite_steps)
+        self.data_position = DataPosition()
         self.history: list[dict[str, float]] = []  # this process's optimizer steps: loss, lr, step time, ...
         self.stop_signals = StopSignals()
         self.vocabulary: ControlVocabulary | None = None  # the controls clips carry: set by a stage that has them
@@ -228,8 +268,9 @@ class Trainer:
 
         In this order, so that a mistake is reported before any weight loads: the model directory (a hub id
         resolves to its cached snapshot, ``self.model_dir``), then ``check_settings`` (the index and its
-        problems, the settings taken from the model or the footage, the validation settings), then the
-        components, the transformer (``build_transformer``), the optimizer and the clips' cache.
+        problems, the settings taken from the model or the footage, the validation settings), the batches the
+        clips make, and the checkpoint the run resumes (its settings and training mode: ``resume_point``); then
+        the components, the transformer (``build_transformer``), the optimizer and the clips' cache.
         """
         args = self.args
         mixed_precision = args.mixed_precision
@@ -259,6 +300,12 @@ class Trainer:
         self.vae_layout = vae_architecture(self.model_dir)  # the VAE's factors, without its weights
         self.scheduler = self.scheduler_class.from_pretrained(self.model_dir, subfolder=SCHEDULER)  # config only
         self.check_settings()
+        # The batches need the clips' buckets alone: checked here, built below on the clips as encoded.
+        training_batches(self.clips, args, self.accelerator.num_processes)
+        self.samples_per_micro_batch = args.train_batch_size * self.accelerator.num_processes  # all processes
+        self.samples_per_step = self.samples_per_micro_batch * args.gradient_accumulation_steps
+        self.checkpoints = Checkpoints(self.accelerator, self.output_dir / CHECKPOINT_DIR, args)
+        self.resume_from = self.checkpoints.resume_point(self.samples_per_step)
 
         set_seed(args.seed)
         if args.allow_tf32 and torch.cuda.is_available():
@@ -323,7 +370,6 @@ class Trainer:
         self.transformer, self.optimizer, self.dataloader, self.lr_scheduler = self.accelerator.prepare(
             transformer, optimizer, dataloader, lr_scheduler
         )
-        self.checkpoints = Checkpoints(self.accelerator, self.output_dir / CHECKPOINT_DIR, args)
         self.rotary_cache: dict[int, Any] = {}
         self.after_setup()
 
@@ -359,6 +405,16 @@ class Trainer:
             raise ConfigError(
                 f"the model at {self.model_dir}: text encoder width {text_width} != transformer text_embed_dim "
                 f"{transformer['text_embed_dim']}"
+            )
+        # Positional embeddings (CogVideoX-2B's) span exactly max_text_seq_length text tokens; rotary ones take any.
+        positional = not transformer.get("use_rotary_positional_embeddings", False) or transformer.get(
+            "use_learned_positional_embeddings", False
+        )
+        if positional and args.max_text_seq_length != transformer["max_text_seq_length"]:
+            raise ConfigError(
+                f"args.max_text_seq_length = {args.max_text_seq_length}, but the transformer at {self.model_dir} "
+                f"places its positional embeddings after exactly {transformer['max_text_seq_length']} text tokens: "
+                f"set args.max_text_seq_length = {transformer['max_text_seq_length']}"
             )
         self.clips = clip_dataset(samples, args, self.vocabulary, temporal)
 
@@ -506,11 +562,12 @@ class Trainer:
         return per_sample.mean()
 
     # ---------------------------------------------------------------- checkpoints
-    def _trainer_state(self) -> dict[str, int]:
+    def _trainer_state(self) -> dict[str, Any]:
         return {
             "global_step": self.global_step,
             "skipped_steps": self.skipped_steps,
-            "samples_per_step": self.samples_per_step,
+            SAMPLES_PER_STEP: self.samples_per_step,
+            DATA_POSITION: asdict(self.data_position),
         }
 
     def save_checkpoint(self) -> Path:
@@ -562,11 +619,12 @@ class Trainer:
     def _begin(self) -> None:
         """Resume (or start) after checking the output directory and its disk; from here on signals wait for a step boundary."""
         args, accelerator = self.args, self.accelerator
-        self.samples_per_step = args.train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes
-        resume_from = self.checkpoints.resume_point(self.samples_per_step)
-        if resume_from is not None:
-            state = self.checkpoints.load(resume_from, self.lr_scheduler)
+        if self.resume_from is not None:
+            state = self.checkpoints.load(self.resume_from, self.lr_scheduler)
             self.global_step, self.skipped_steps = state["global_step"], state.get("skipped_steps", 0)
+            self.data_position = DataPosition.from_trainer_state(
+                state, self.samples_per_step, len(self.dataloader) * self.samples_per_micro_batch
+            )
         problem = main_process_decides(
             accelerator,
             lambda: disk_space_problem(
@@ -594,21 +652,29 @@ class Trainer:
         self.stop_signals.training = True
 
     def _micro_batches(self) -> Iterator[tuple[dict[str, Any], int]]:
-        """This process's (batch, position of its first sample in the run) from the current step on, epoch after epoch."""
+        """This process's (batch, position of its first sample in the run) from ``self.data_position`` on, epoch after
+        epoch: each micro-batch of all processes together, process p drawing its p-th batch of clips."""
         args, accelerator = self.args, self.accelerator
-        micro_step = self.global_step * args.gradient_accumulation_steps
+        per_micro_batch, position = self.samples_per_micro_batch, self.data_position
         while True:
-            epoch, skip = divmod(micro_step, len(self.dataloader))
+            passed = position.align(per_micro_batch, len(self.dataloader))
+            if passed:
+                logger.warning(
+                    "epoch %d: %d samples passed over, to start at a whole micro-batch of %d samples (the "
+                    "checkpoint's micro-batches were of another size)",
+                    position.epoch,
+                    passed,
+                    per_micro_batch,
+                )
+            skip = position.epoch_samples // per_micro_batch
             loader = accelerator.skip_first_batches(self.dataloader, skip) if skip else self.dataloader
             # accelerate's loaders re-set their sampler's epoch from their own counter when iterated.
-            loader.set_epoch(epoch)
-            self.batch_sampler.set_epoch(epoch)
+            loader.set_epoch(position.epoch)
+            self.batch_sampler.set_epoch(position.epoch)
             for batch in loader:
-                yield (
-                    batch,
-                    (micro_step * accelerator.num_processes + accelerator.process_index) * args.train_batch_size,
-                )
-                micro_step += 1
+                first_sample = position.samples_drawn + accelerator.process_index * args.train_batch_size
+                position.advance(per_micro_batch)
+                yield batch, first_sample
 
     def _run_steps(self) -> None:
         args, accelerator = self.args, self.accelerator
