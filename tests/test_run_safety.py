@@ -4,9 +4,11 @@ Settings that cannot run are refused at start, before any clip is encoded or wei
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from stage1.train_text_to_video_lora import LoraTrainer, main
-from tests.conftest import TINY_RUN_STEPS
+from tests.conftest import TINY_HEIGHT, TINY_RUN_STEPS, TINY_WIDTH
 from tests.launching import (
     REPO_ROOT,
     finish,
@@ -26,7 +28,7 @@ from tests.launching import (
 )
 from thematrix.cli import USAGE_EXIT_CODE, run
 from thematrix.config import ConfigError
-from thematrix.model_dir import LORA_WEIGHT_NAME
+from thematrix.model_dir import LORA_WEIGHT_NAME, generation_defaults
 from thematrix.training import run_safety
 from thematrix.training.checkpoint import (
     TRAINABLE_WEIGHTS,
@@ -351,6 +353,29 @@ def test_settings_that_cannot_train_are_refused_before_any_clip_is_encoded(
     with pytest.raises(error, match=expected):
         LoraTrainer(lora_args(cache_dir=str(tmp_path / "new-cache"), **settings)).setup()
     assert not list((tmp_path / "new-cache").glob("*.safetensors"))
+
+
+def test_the_frame_size_defaults_to_the_models_and_a_size_contradicting_its_record_is_refused(
+    lora_args, tiny_model_dir, tmp_path
+):
+    # A base model records nothing: its VAE's native size.
+    trainer = LoraTrainer(lora_args(height=None, width=None))
+    trainer.setup()
+    assert (trainer.args.height, trainer.args.width) == (TINY_HEIGHT, TINY_WIDTH)
+    recorded = tmp_path / "recorded"
+    shutil.copytree(tiny_model_dir, recorded)
+    record = dataclasses.replace(
+        generation_defaults(recorded), height=2 * TINY_HEIGHT, width=2 * TINY_WIDTH, prompt="a car"
+    )
+    record.save(recorded)
+    with pytest.raises(
+        ConfigError,
+        match=rf"args.height is {TINY_HEIGHT}, but the model at .* was trained with {2 * TINY_HEIGHT}",
+    ):
+        LoraTrainer(lora_args(pretrained_model_name_or_path=str(recorded))).setup()
+    unset = LoraTrainer(lora_args(pretrained_model_name_or_path=str(recorded), height=None, width=None))
+    unset.setup()
+    assert (unset.args.height, unset.args.width) == (2 * TINY_HEIGHT, 2 * TINY_WIDTH)
 
 
 def test_a_checkpoint_this_run_cannot_resume_is_refused_before_any_weight_loads(lora_args, tmp_path):

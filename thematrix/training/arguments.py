@@ -33,8 +33,10 @@ class TrainingArgs(StrictArgs):
     output_dir: LocalPath = "outputs/run"  # checkpoints, logs, validation videos and the final model
 
     # --- clips ----------------------------------------------------------------------------------
-    height: int = 480
-    width: int = 720
+    # the clips' frame size; default: the size the input model records (a stage's output), else its native size
+    # (its VAE config's sample size: 480x720 for CogVideoX-2B); a size that contradicts the record is an error
+    height: int | None = None
+    width: int | None = None
     fps: int | None = (
         None  # clips are resampled to this frame rate; default: the input model's, else the footage's (its slowest clip's)
     )

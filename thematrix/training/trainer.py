@@ -57,6 +57,7 @@ from thematrix.model_dir import (
     TEXT_ENCODER,
     GenerationDefaults,
     check_model_dir,
+    generation_defaults,
     load_components,
     save_model_dir,
     transformer_config,
@@ -377,7 +378,8 @@ class Trainer:
         """Complete and check the settings against the model directory and the footage, before any weight loads.
 
         Unset settings take what the input model records (``self.model_record``, see ``GenerationDefaults``),
-        else the footage's: ``fps`` its slowest clip's rate, ``validation_prompts`` its first caption; a setting
+        else the footage's: ``fps`` its slowest clip's rate, ``validation_prompts`` its first caption, or the
+        model's native ``height`` and ``width``; a setting
         that contradicts the model is an error. Reads the index (each unusable entry logged, none usable an
         error) into ``self.clips``, whose controls are checked against ``self.vocabulary`` (None: a model
         without controls). A stage extends this with its own settings.
@@ -386,6 +388,9 @@ class Trainer:
         transformer = transformer_config(self.model_dir)
         samples = load_samples(args, self.vocabulary)
         args.fps = self.setting_from_model("fps", "fps") or footage_fps(samples)
+        native = generation_defaults(self.model_dir)
+        args.height = self.setting_from_model("height", "height") or native.height
+        args.width = self.setting_from_model("width", "width") or native.width
         if not args.validation_prompts:
             args.validation_prompts = (self.model_record.prompt if self.model_record else samples[0].caption,)
 
