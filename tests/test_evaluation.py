@@ -943,6 +943,16 @@ def test_results_page_judges_each_target_from_the_measures(tmp_path):
     assert "measured apart: not comparable: 40.0 vs 8.0 frames/s" in speed[1] and speed[2] == "pending"
 
 
+def streams_5x_apart(tmp_path) -> Path:
+    """A results folder whose student and 20-step teacher streams, measured apart, ran 40 and 8 frames/s."""
+    results = tmp_path / "results"
+    results.mkdir()
+    teacher = stream_measures(0.5, 0.5, 0.5, 0.12, 8.0, [0.1])
+    write_record(results / "stream_teacher.json", teacher, num_inference_steps=20)
+    write_record(results / "stream_stage4.json", stream_measures(0.5, 0.5, 0.5, 0.12, 40.0, [0.1]))
+    return results
+
+
 @pytest.mark.parametrize(
     "student_rates, measured, expected",
     [
@@ -954,12 +964,7 @@ def test_results_page_judges_each_target_from_the_measures(tmp_path):
 )  # fmt: skip
 def test_results_page_judges_the_speed_target_by_the_paired_measure(tmp_path, student_rates, measured, expected):
     """The stream records' own speeds (5x apart here) judge nothing where the paired measure is there."""
-    page = load_results_page()
-    results = tmp_path / "results"
-    results.mkdir()
-    teacher = stream_measures(0.5, 0.5, 0.5, 0.12, 8.0, [0.1])
-    write_record(results / "stream_teacher.json", teacher, num_inference_steps=20)
-    write_record(results / "stream_stage4.json", stream_measures(0.5, 0.5, 0.5, 0.12, 40.0, [0.1]))
+    page, results = load_results_page(), streams_5x_apart(tmp_path)
     write_record(results / "speed_stage4.json", paired_speed_measures(student_rates, [8.0, 10.0, 9.0]))
     (speed,) = [row for row in page.target_rows(page.Results.load(tmp_path)) if "faster" in row[0]]
     assert speed == ("Stage 4: 4 steps >= 4x faster than the 20-step teacher", measured, expected)
@@ -968,11 +973,7 @@ def test_results_page_judges_the_speed_target_by_the_paired_measure(tmp_path, st
 def test_results_page_leaves_the_speed_target_pending_without_the_paired_measure(tmp_path):
     """Speeds of streams made in separate runs are shown for information, not judged."""
     page = load_results_page()
-    results = tmp_path / "results"
-    results.mkdir()
-    teacher = stream_measures(0.5, 0.5, 0.5, 0.12, 8.0, [0.1])
-    write_record(results / "stream_teacher.json", teacher, num_inference_steps=20)
-    write_record(results / "stream_stage4.json", stream_measures(0.5, 0.5, 0.5, 0.12, 40.0, [0.1]))
+    streams_5x_apart(tmp_path)
     (speed,) = [row for row in page.target_rows(page.Results.load(tmp_path)) if "faster" in row[0]]
     assert speed == (
         "Stage 4: >= 4x faster",

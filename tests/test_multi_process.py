@@ -130,16 +130,19 @@ def test_two_processes_of_batch_one_equal_one_process_of_batch_two(runs):
     assert_same_weights(expected, load_file(str(checkpoint / TRAINABLE_WEIGHTS)))
 
 
-def test_two_process_checkpoint_resumes_in_one_process_on_the_same_lr_schedule(runs, tiny_model_dir, tiny_dataset):
+def resumed_in_one_process(runs, model_dir, dataset, trainer_class, name: str, batch_size: int):
+    """The two-process run's checkpoint resumed in one process with batches of ``batch_size``: (checkpoint, the
+    resumed trainer, the one-process run's folder), the trainer checked to end where the one-process run ended, on
+    its learning rates."""
     checkpoint = stopped_checkpoint(runs)
     *_, one = runs
-    resumed = LoraTrainer(
+    resumed = trainer_class(
         run_args(
-            tiny_model_dir,
-            tiny_dataset,
-            checkpoint.parents[2] / "resumed",
+            model_dir,
+            dataset,
+            checkpoint.parents[2] / name,
             one.parent / "cache",
-            train_batch_size=2,
+            train_batch_size=batch_size,
             resume_from_checkpoint=str(checkpoint),
         )
     )
@@ -148,6 +151,13 @@ def test_two_process_checkpoint_resumes_in_one_process_on_the_same_lr_schedule(r
     assert resumed.global_step == STEPS and len(resumed.history) == STEPS - stopped_at
     one_process_lrs = [record["lr"] for record in read_records(one / METRICS_FILE) if record["step"] > stopped_at]
     assert [entry["lr"] for entry in resumed.history] == one_process_lrs
+    return checkpoint, resumed, one
+
+
+def test_two_process_checkpoint_resumes_in_one_process_on_the_same_lr_schedule(runs, tiny_model_dir, tiny_dataset):
+    checkpoint, resumed, one = resumed_in_one_process(runs, tiny_model_dir, tiny_dataset, LoraTrainer, "resumed", 2)
+    stopped_at = checkpoint_step(checkpoint)
+    one_process_lrs = [record["lr"] for record in read_records(one / METRICS_FILE) if record["step"] > stopped_at]
     assert len(set(one_process_lrs)) > 1  # the schedule moves over the resumed steps
     assert_same_weights(
         load_file(str(one / LORA_WEIGHT_NAME)), load_file(str(checkpoint.parents[2] / "resumed" / LORA_WEIGHT_NAME))
@@ -159,25 +169,12 @@ def test_two_process_checkpoint_resumes_in_one_process_of_the_same_settings_afte
 ):
     """Batches of one in one process: 8 samples a step where the two processes drew 16. The schedule counts optimizer
     steps; the data goes on from the samples drawn, unshuffled: sample n is clip n mod 4."""
-    checkpoint = stopped_checkpoint(runs)
-    *_, one = runs
     caplog.set_level(logging.INFO, logger="thematrix")
-    resumed = DrawRecorder(
-        run_args(
-            tiny_model_dir,
-            tiny_dataset,
-            checkpoint.parents[2] / "resumed_same_settings",
-            one.parent / "cache",
-            train_batch_size=1,
-            resume_from_checkpoint=str(checkpoint),
-        )
+    checkpoint, resumed, _ = resumed_in_one_process(
+        runs, tiny_model_dir, tiny_dataset, DrawRecorder, "resumed_same_settings", 1
     )
-    resumed.train()
     stopped_at = checkpoint_step(checkpoint)
     assert f"{NUM_PROCESSES * ACCUMULATION} samples per optimizer step there" in caplog.text
-    assert resumed.global_step == STEPS and len(resumed.history) == STEPS - stopped_at
-    one_process_lrs = [record["lr"] for record in read_records(one / METRICS_FILE) if record["step"] > stopped_at]
-    assert [entry["lr"] for entry in resumed.history] == one_process_lrs
     drawn = stopped_at * NUM_PROCESSES * ACCUMULATION
     positions = [position for position, _ in resumed.draws]
     assert positions == list(range(drawn, drawn + (STEPS - stopped_at) * ACCUMULATION))
