@@ -183,13 +183,13 @@ def target_rows(results: Results) -> list[tuple[str, str, str]]:
     if stage1:
         following = stage1["measures"]["control_following"]
         blind, error = key_blind_agreement(following["confusion"]), following["standard_error"]
-        margin = CHANCE_STANDARD_ERRORS * error
+        margin = None if error is None else CHANCE_STANDARD_ERRORS * error  # None: fewer than two clips
         rows.append(
             (
                 "Stage 1 (no controls) at chance under the same protocol",
                 f"{fmt(following['accuracy'])}; a key-blind model's {fmt(blind)} +- {fmt(margin)} (commanded x read "
                 f"shares; uniform chance {fmt(following['chance']['uniform'])}; {following['count']} latent frames)",
-                verdict(abs(following["accuracy"] - blind) <= margin),
+                verdict(None if margin is None else abs(following["accuracy"] - blind) <= margin),
             )
         )
     stream = results.streams["stage3"]

@@ -1001,6 +1001,10 @@ def test_stage_1_at_chance_is_judged_against_a_key_blind_models_agreement(tmp_pa
     )
     (row,) = [row for row in page.target_rows(page.Results.load(tmp_path)) if row[0].startswith("Stage 1 (no")]
     assert row[2] == "**missed**"
+    one_clip = dict(following(1 / 3, confusion=reads_one_key), standard_error=None)  # no error from one clip
+    write_record(results / "clips_stage1.json", dict(record, control_following=one_clip))
+    (row,) = [row for row in page.target_rows(page.Results.load(tmp_path)) if row[0].startswith("Stage 1 (no")]
+    assert row[2] == "pending"
 
 
 @pytest.mark.parametrize("guided_accuracy, expected", [(0.5, "met"), (0.45, "**missed**")])
