@@ -24,9 +24,11 @@ from PIL import Image
 
 from stage4.cogvideox.pipeline_cogvideox import ScmPipeline
 from tests.conftest import CLIP_FPS, TEST_VOCABULARY, TINY_HEIGHT, TINY_WIDTH
+from thematrix import acceleration
+from thematrix.acceleration import compile_stream
 from thematrix.config import ConfigError
 from thematrix.controls import VOCABULARY_FILE
-from thematrix.evaluation import evaluate
+from thematrix.evaluation import evaluate, generation
 from thematrix.evaluation.__main__ import main, parse_args, resolve_stream_settings
 from thematrix.evaluation.control_use import control_use
 from thematrix.evaluation.evaluate import Reference, VideoScores, control_following
@@ -37,7 +39,7 @@ from thematrix.evaluation.footage import (
     weights_fingerprint,
     worst_mean_bin_reference,
 )
-from thematrix.evaluation.generation import ScoredVideo
+from thematrix.evaluation.generation import ScoredVideo, StreamTiming
 from thematrix.evaluation.idm import IdmTraining, InverseDynamicsModel, gather_windows, predict, train_idm, window_ends
 from thematrix.evaluation.metrics import (
     FeatureStats,
@@ -485,6 +487,38 @@ def test_a_stream_decoded_while_the_next_group_runs_scores_the_same(idm_dir, mod
         assert measures[True][name] == measures[False][name]
 
 
+def test_a_compiled_stream_scores_as_the_eager_one(idm_dir, model_dir, footage, tmp_path, monkeypatch, fresh_compiler):
+    """--compile streams on the fast path (here dynamo's graphs through aot_eager, the same kernels): the frames,
+    hence the measures, are the eager stream's, and the records say which path made them."""
+    monkeypatch.setattr(acceleration, "DEFAULT_COMPILE_BACKEND", "aot_eager")
+    compiled = []
+    monkeypatch.setattr(
+        generation, "compile_stream", lambda pipeline: (compiled.append(pipeline), compile_stream(pipeline))
+    )
+    measures, settings = {}, {}
+    for compile_ in (False, True):
+        output = tmp_path / f"stream_{compile_}.json"
+        options = ("--num_streams", "2", "--num_frames", "16", *TEST_WINDOW, "--bin_frames", "8", "--edge_frames", "8")
+        main(stream_command(model_dir, idm_dir, *footage[1], output, "scm", *options, *["--compile"] * compile_))
+        record = json.loads(output.read_text())
+        measures[compile_], settings[compile_] = record["measures"], record["settings"]
+    assert len(compiled) == 1 and isinstance(compiled[0].vae.decoder.forward, type(torch.compile(lambda: None)))
+    assert (settings[False]["compile"], settings[True]["compile"]) == (False, True)
+    assert measures[True]["control_following"] == measures[False]["control_following"]
+    assert measures[True]["domain_fit"]["total_variation"] == pytest.approx(
+        measures[False]["domain_fit"]["total_variation"], abs=1e-6
+    )
+
+
+def test_a_stream_s_median_chunk_rate_leaves_out_its_stalls():
+    # 8 frames a chunk every 0.1 s, but for one stall of a second: the whole rate halves and more, the median's not
+    timing = StreamTiming(chunk_ready_s=[0.5, 0.6, 0.7, 1.7, 1.8], chunk_frames=[8] * 5)
+    assert timing.frames_per_second == pytest.approx(32 / 1.3)
+    assert timing.median_chunk_frames_per_second == pytest.approx(80)
+    with pytest.raises(ValueError, match="at least two chunks"):
+        _ = StreamTiming(chunk_ready_s=[0.5], chunk_frames=[8]).median_chunk_frames_per_second
+
+
 def test_a_stopped_stream_evaluation_makes_only_the_streams_it_lacks(
     idm_dir, model_dir, footage, tmp_path, monkeypatch
 ):
@@ -677,6 +711,7 @@ def test_paired_speed_times_both_streams_in_turn_and_compares_their_medians(
             2,
         )
         assert len(stream["frames_per_second"]) == len(stream["time_to_first_frame_s"]) == 3
+        assert len(stream["median_chunk_frames_per_second"]) == 3
         assert stream["median_frames_per_second"] == np.median(stream["frames_per_second"])
         assert stream["median_time_to_first_frame_s"] == np.median(stream["time_to_first_frame_s"])
     ratio = measures["frames_per_second_ratio"]

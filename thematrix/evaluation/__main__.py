@@ -127,6 +127,12 @@ def add_stream_starts(parser: argparse.ArgumentParser) -> None:
         help="decode each group while the next group's forwards run (inference.py's --overlap_decode): the same "
         "frames, faster on a GPU; for the speed of the stream as a player would run it",
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile the transformer's blocks and the VAE (inference.py's --compile): the fast path a player runs; "
+        "the first stream pays the compilation",
+    )
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -434,6 +440,7 @@ def main(argv=None) -> Path | None:
             control_guidance_scale=args.control_guidance_scale,
             seed=args.seed,
             overlap_decode=args.overlap_decode,
+            compiled=args.compile,
         )
         output = write_json(args.output, measures, settings, time.perf_counter() - start)
         ratio = measures["frames_per_second_ratio"]
@@ -470,6 +477,7 @@ def main(argv=None) -> Path | None:
             bin_frames=args.bin_frames,
             edge_frames=args.edge_frames,
             overlap_decode=args.overlap_decode,
+            compiled=args.compile,
             records_dir=records_folder(args.output),
             part=args.part,
             **sampling,

@@ -502,11 +502,13 @@ def evaluate_streams(
     edge_frames: int,
     records_dir: Path,
     overlap_decode: bool = False,
+    compiled: bool = False,
     part: tuple[int, int] | None = None,
 ) -> tuple[dict | None, list[torch.Tensor]]:
     """Streams from real clips under random commands: control following and domain fit overall, over the first
     and the last ``edge_frames`` frames, per ``bin_frames`` bin (drift), and the speed (with ``overlap_decode``,
-    each group decoded while the next one's forwards run). Each finished stream is kept in ``records_dir``
+    each group decoded while the next one's forwards run; with ``compiled``, on the fast path, the first stream's first
+    frame paying the compilation). Each finished stream is kept in ``records_dir``
     (``StreamRecords``); streams found there are not made again. Returns the measures and the contact
     sheet's rows (the first streams'). With ``part = (k, n)`` only the streams k, k + n, k + 2n, ... are made and
     kept, and no measures returned: one of n processes sharing ``records_dir``, which a run without a part gathers."""
@@ -515,7 +517,7 @@ def evaluate_streams(
             f"streams of {num_frames} frames have no first and last {edge_frames} frames apart; "
             "lower the edge frames or make the streams longer"
         )
-    pipeline = stream_pipeline(model_dir, sampler)
+    pipeline = stream_pipeline(model_dir, sampler, compiled)
     commands = reference.commands(model_vocabulary(pipeline))
     height, width = frame_size(pipeline)
     vae_print = weights_fingerprint(pipeline.vae)
@@ -545,6 +547,7 @@ def evaluate_streams(
         guidance_scale=guidance_scale,
         control_guidance_scale=control_guidance_scale,
         overlap_decode=overlap_decode,
+        compiled=compiled,
         device=device_name(),  # the speeds of one evaluation come from one kind of machine
     )
     frames_per_latent = reference.idm.config.frames_per_latent
@@ -663,6 +666,7 @@ def paired_speed(
     control_guidance_scale: float,
     seed: int,
     overlap_decode: bool = False,
+    compiled: bool = False,
 ) -> dict:
     """How many times as many frames per second ``measured`` streams as ``baseline``, both timed in this process.
 
@@ -673,11 +677,14 @@ def paired_speed(
     ``num_frames`` frames each, the first of the two alternating between rounds so that neither always follows
     the other. Medians, not means: a round that something else on the machine slowed moves them little.
 
-    Returns each setting with its rounds' steady-state frames per second and time to first frame and their
-    medians, and the ratio of the medians (measured / baseline) with the rounds' own ratios and their range.
+    With ``compiled`` both run on the fast path, the untimed streams paying the compilation. Returns each setting
+    with its rounds' steady-state frames per second and time to first frame and their medians, each round's
+    median chunk's rate (its pace without stalls), and the ratio of the medians (measured / baseline) with the rounds' own ratios and their range.
     """
     settings = dict(zip(PAIRED_STREAMS, (measured, baseline)))
-    pipelines = {name: stream_pipeline(setting.model_dir, setting.sampler) for name, setting in settings.items()}
+    pipelines = {
+        name: stream_pipeline(setting.model_dir, setting.sampler, compiled) for name, setting in settings.items()
+    }
     commands = {name: reference.commands(model_vocabulary(pipeline)) for name, pipeline in pipelines.items()}
     starts = {
         name: initial_clips(
@@ -735,6 +742,7 @@ def paired_speed(
             "time_to_first_frame_s": first_frames,
             "median_frames_per_second": statistics.median(rates),
             "median_time_to_first_frame_s": statistics.median(first_frames),
+            "median_chunk_frames_per_second": [timing.median_chunk_frames_per_second for timing in timings[name]],
         }
     per_round = [
         measured_rate / baseline_rate

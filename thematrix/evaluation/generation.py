@@ -12,6 +12,7 @@ Two kinds of generation, each returning a ``ScoredVideo`` (frames and the comman
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from dataclasses import dataclass, field
 from itertools import islice
@@ -25,6 +26,7 @@ from stage3.cogvideox.pipeline_cogvideox import SwinDPMPipeline, window_clip_fra
 from stage3.inference import SWIN_DPM_DEFAULTS, random_controls
 from stage4.cogvideox.pipeline_cogvideox import ScmPipeline
 from stage4.inference import FEW_STEP_DEFAULTS
+from thematrix.acceleration import compile_stream
 from thematrix.controls import ControlVocabulary
 from thematrix.evaluation.metrics import to_uint8
 from thematrix.model_dir import check_model_dir, transformer_class_name
@@ -64,6 +66,15 @@ class StreamTiming:
             raise ValueError("a stream rate needs at least two chunks")
         return sum(self.chunk_frames[1:]) / (self.chunk_ready_s[-1] - self.chunk_ready_s[0])
 
+    @property
+    def median_chunk_frames_per_second(self) -> float:
+        """The rate of the median chunk after the first: the stream's pace without its stalls (a stall, e.g. the
+        host descheduling the thread that launches the kernels, lowers ``frames_per_second`` but not this)."""
+        if len(self.chunk_ready_s) < 2:
+            raise ValueError("a stream rate needs at least two chunks")
+        intervals = [later - earlier for earlier, later in zip(self.chunk_ready_s, self.chunk_ready_s[1:])]
+        return statistics.median(self.chunk_frames[1:]) / statistics.median(intervals)
+
 
 def has_controls(model_dir: str | Path) -> bool:
     """Whether the model directory's transformer takes controls (stage 2 and later)."""
@@ -77,12 +88,16 @@ def clip_pipeline(model_dir: str | Path) -> GameVideoPipeline:
     return pipeline_class.from_model_dir(model_dir)
 
 
-def stream_pipeline(model_dir: str | Path, sampler: str) -> SwinDPMPipeline:
+def stream_pipeline(model_dir: str | Path, sampler: str, compiled: bool = False) -> SwinDPMPipeline:
+    """The pipeline of ``sampler`` for a model with controls; ``compiled``: on the fast path (``compile_stream``)."""
     if sampler not in STREAM_PIPELINES:
         raise ValueError(f"unknown sampler {sampler!r}; use one of {sorted(STREAM_PIPELINES)}")
     if not has_controls(model_dir):
         raise ValueError(f"--model_dir {model_dir}: streams need a model with controls (stage 3 or 4)")
-    return STREAM_PIPELINES[sampler].from_model_dir(model_dir)
+    pipeline = STREAM_PIPELINES[sampler].from_model_dir(model_dir)
+    if compiled:
+        compile_stream(pipeline)
+    return pipeline
 
 
 def model_vocabulary(pipeline: GameVideoPipeline) -> ControlVocabulary | None:
