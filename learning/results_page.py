@@ -305,7 +305,8 @@ def stage4_speed_row(results: Results) -> tuple[str, str, str]:
     return (
         f"Stage 4: {student['num_inference_steps']} steps >= {STAGE4_SPEEDUP:g}x faster than the "
         f"{teacher['num_inference_steps']}-step teacher",
-        f"{fmt(ratio['of_medians'], 2)}x, the ratio of the medians of {measures['rounds']} rounds timed in turn "
+        f"{fmt(ratio['of_medians'], 2)}x, the ratio of the medians of {measures['rounds']} rounds timed in turn, "
+        f"{'compiled' if paired['settings'].get('compile') else 'eager'} "
         f"({fmt(student['median_frames_per_second'], 1)} vs {fmt(teacher['median_frames_per_second'], 1)} frames/s); "
         f"per round {fmt(ratio['per_round_min'], 2)}x to {fmt(ratio['per_round_max'], 2)}x",
         verdict(ratio["of_medians"] >= STAGE4_SPEEDUP),

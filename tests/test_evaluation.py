@@ -989,18 +989,21 @@ def streams_5x_apart(tmp_path) -> Path:
 
 
 @pytest.mark.parametrize(
-    "student_rates, measured, expected",
+    "student_rates, compiled, measured, expected",
     [
-        ([40.0, 44.0, 36.0], "4.44x, the ratio of the medians of 3 rounds timed in turn (40.0 vs 9.0 frames/s); "
-         "per round 4.00x to 5.00x", "met"),
-        ([30.0, 33.0, 27.0], "3.33x, the ratio of the medians of 3 rounds timed in turn (30.0 vs 9.0 frames/s); "
-         "per round 3.00x to 3.75x", "**missed**"),
+        ([40.0, 44.0, 36.0], True, "4.44x, the ratio of the medians of 3 rounds timed in turn, compiled "
+         "(40.0 vs 9.0 frames/s); per round 4.00x to 5.00x", "met"),
+        ([30.0, 33.0, 27.0], False, "3.33x, the ratio of the medians of 3 rounds timed in turn, eager "
+         "(30.0 vs 9.0 frames/s); per round 3.00x to 3.75x", "**missed**"),
     ],
 )  # fmt: skip
-def test_results_page_judges_the_speed_target_by_the_paired_measure(tmp_path, student_rates, measured, expected):
+def test_results_page_judges_the_speed_target_by_the_paired_measure(
+    tmp_path, student_rates, compiled, measured, expected
+):
     """The stream records' own speeds (5x apart here) judge nothing where the paired measure is there."""
     page, results = load_results_page(), streams_5x_apart(tmp_path)
-    write_record(results / "speed_stage4.json", paired_speed_measures(student_rates, [8.0, 10.0, 9.0]))
+    measures = paired_speed_measures(student_rates, [8.0, 10.0, 9.0])
+    write_record(results / "speed_stage4.json", measures, compile=compiled)
     (speed,) = [row for row in page.target_rows(page.Results.load(tmp_path)) if "faster" in row[0]]
     assert speed == ("Stage 4: 4 steps >= 4x faster than the 20-step teacher", measured, expected)
 

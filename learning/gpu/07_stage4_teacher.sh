@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Step 7 (about 5 minutes on one H100, 2 where step 5 streamed on the same kind of GPU): the stage-3 teacher's
 # streams at its own 20 steps and at the student's 4, then the student's speed over the teacher's, both timed in
-# turn in one process (the speed target's measure: the streams' own speeds, measured apart, drift with the machine).
+# turn in one process (the speed target's measure: the streams' own speeds, measured apart, drift with the machine),
+# compiled as a player runs them (COMPILE_BLOCKS).
 # Carry in: outputs/learning/footage/heldout, outputs/learning/models/stage3/model, outputs/learning/models/stage4/model,
 # outputs/learning/idm.
 # Returns results/.
@@ -23,7 +24,7 @@ phase "paired speed: stage 4 student, 4 steps, over the teacher, $TEACHER_STEPS 
   --baseline_model_dir "$MODELS/stage3/model" --baseline_sampler swin-dpm \
   --baseline_num_inference_steps "$TEACHER_STEPS" --idm "$IDM" --data_root "$FOOTAGE/heldout" \
   --index_file "$FOOTAGE/heldout/index.json" --prompt "$PROMPT" --overlap_decode --output "$RESULTS/speed_stage4.json" \
-  "${SPEED_SCALE[@]}"
+  "${SPEED_SCALE[@]}" "${SPEED_PATH[@]}"
 
 pack results
 summary

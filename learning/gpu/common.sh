@@ -11,8 +11,9 @@
 #                  first-to-last change to about 10%, and take steps 5-7 past 10 minutes each on one GPU)
 #   STREAM_GPUS    GPU ids the stream measures split their streams over, e.g. 0,1,2,3 (default: the one GPU);
 #                  compare the speeds of measures made alike
-#   COMPILE_BLOCKS training's transformer blocks compiled (args.compile_blocks), 1 or 0 (default 1; 0 in a dry run):
-#                  the mini model's steps are bound by the host's operator calls, which compiling cuts
+#   COMPILE_BLOCKS training's transformer blocks compiled (args.compile_blocks), and the paired speed's streams
+#                  (--compile), 1 or 0 (default 1; 0 in a dry run): the mini model's steps are bound by the host's
+#                  operator calls, which compiling cuts; eager, the speeds of one stream vary by a third between rounds
 #   DRIVER         the footage's driver, data/record_carracing.py --driver (default: track, which keeps the car on
 #                  the track, where the pedals show; random is what learning/RESULTS-first-chain.md's chain recorded)
 #   <STEP>_ARGS    extra settings for one run, e.g. STAGE2_ARGS="--max_train_steps 3000" (PRETRAIN_VAE_ARGS,
@@ -77,8 +78,8 @@ else
   TEACHER_STEPS=20  # stage 3's stream default, which stage 4 distils
   MOTION_SCALE=(--num_clips 32)
 fi
-TRAIN_SPEED=()
-if [[ ${COMPILE_BLOCKS:-0} == 1 ]]; then TRAIN_SPEED=(--compile_blocks true); fi
+TRAIN_SPEED=() SPEED_PATH=()
+if [[ ${COMPILE_BLOCKS:-0} == 1 ]]; then TRAIN_SPEED=(--compile_blocks true) SPEED_PATH=(--compile); fi
 # random_base: make $RANDOM_BASE, unless there.
 random_base() {
   phase "random mini base model" done_or "$RANDOM_BASE" \
