@@ -22,12 +22,15 @@ import torch
 from diffusers import AutoencoderKLCogVideoX
 from PIL import Image
 
+from stage3.cogvideox.pipeline_cogvideox import condition_control
 from stage4.cogvideox.pipeline_cogvideox import ScmPipeline
 from tests.conftest import CLIP_FPS, TEST_VOCABULARY, TINY_HEIGHT, TINY_WIDTH
 from thematrix import acceleration
 from thematrix.acceleration import compile_stream
 from thematrix.config import ConfigError
 from thematrix.controls import VOCABULARY_FILE
+from thematrix.data.index import load_index
+from thematrix.data.initial_clip import sample_start
 from thematrix.evaluation import evaluate, generation
 from thematrix.evaluation.__main__ import main, parse_args, resolve_stream_settings
 from thematrix.evaluation.control_use import control_use
@@ -473,6 +476,7 @@ def test_a_stream_decoded_while_the_next_group_runs_scores_the_same(idm_dir, mod
 
     def recorded_stream(self, *arguments, **options):
         overlaps.append(options["overlap_decode"])
+        assert options["initial_control"] in TEST_VOCABULARY.tokens  # the clip's own, passed on to the pipeline
         return stream(self, *arguments, **options)
 
     monkeypatch.setattr(ScmPipeline, "stream", recorded_stream)
@@ -485,6 +489,31 @@ def test_a_stream_decoded_while_the_next_group_runs_scores_the_same(idm_dir, mod
     assert overlaps == [False, False, True, True]  # two streams each
     for name in ("control_following", "domain_fit", "edges", "bins"):
         assert measures[True][name] == measures[False][name]
+
+
+def test_streams_start_from_real_clips_with_their_own_condition_key(idm_dir, model_dir, footage):
+    """Each stream starts from a real clip told the key its condition latent frame was recorded with, as stage 3
+    trains and its inference starts a stream from a dataset sample (not the first commanded key)."""
+    data_root, index_file = footage[1]
+    pipeline = ScmPipeline.from_model_dir(model_dir)
+    reference = Reference.load(idm_dir, torch.device("cpu"))
+    starts = evaluate.initial_clips(reference, str(data_root), str(index_file), pipeline, 2, 2, 3)
+    samples, _ = load_index(index_file, data_root, TEST_VOCABULARY)
+    names = [Path(sample.path).name for sample in samples]
+    for start in starts:
+        item = sample_start(
+            samples,
+            names.index(start.name),
+            fps=CLIP_FPS,
+            height=TINY_HEIGHT,
+            width=TINY_WIDTH,
+            frames=len(start.video),
+            temporal_compression=C,
+            vocabulary=TEST_VOCABULARY,
+        )
+        assert start.initial_control == condition_control(item["control_tokens"], pipeline.vae)
+        torch.testing.assert_close(start.video, item["video"], atol=1 / 127, rtol=0)
+    assert [start.name for start in starts] == ["0.mp4", "1.mp4", "0.mp4"]  # clips repeat when fewer
 
 
 def test_a_compiled_stream_scores_as_the_eager_one(idm_dir, model_dir, footage, tmp_path, monkeypatch, fresh_compiler):

@@ -18,7 +18,10 @@ import torch
 from diffusers import AutoencoderKLCogVideoX
 from safetensors.torch import load_file, save_file
 
-from thematrix.controls import ControlVocabulary
+from stage3.cogvideox.pipeline_cogvideox import SwinDPMPipeline, condition_control
+from thematrix.controls import ControlVocabulary, latent_frame_controls
+from thematrix.data.dataset import UINT8_HALF_RANGE
+from thematrix.data.initial_clip import InitialClip
 from thematrix.evaluation.footage import (
     load_real_clips,
     real_footage_measures,
@@ -373,13 +376,16 @@ def initial_clips(
     reference: Reference,
     data_root: str,
     index_file: str,
-    num_frames: int,
+    pipeline: SwinDPMPipeline,
+    num_groups: int,
+    group_size: int,
     count: int,
-    height: int,
-    width: int,
-    temporal_compression: int,
-) -> list[torch.Tensor]:
-    """The first ``num_frames`` frames of ``count`` real clips, ``[F0, 3, H, W]`` in [-1, 1] (clips repeat if fewer)."""
+) -> list[InitialClip]:
+    """The first frames of ``count`` real clips (clips repeat if fewer) that a stream of ``num_groups`` groups of
+    ``group_size`` latent frames starts from, each with its condition latent frame's own control, as training
+    pairs them (a stream told another key for that frame starts from a window it never saw)."""
+    num_frames, c = stream_initial_frames(pipeline, num_groups, group_size), temporal_compression(pipeline)
+    height, width = frame_size(pipeline)
     clips = load_real_clips(
         data_root,
         index_file,
@@ -387,7 +393,7 @@ def initial_clips(
         fps=reference.idm.config.fps,
         height=height,
         width=width,
-        temporal_compression=temporal_compression,
+        temporal_compression=c,
         max_frames=num_frames,
     )
     usable = [index for index, length in enumerate(clips.lengths) if length == num_frames]
@@ -396,7 +402,15 @@ def initial_clips(
             f"{index_file}: no clip has the {num_frames} frames a stream starts from "
             f"(at {reference.idm.config.fps:g} fps); record longer clips"
         )
-    return [clips.clip(usable[index % len(usable)]).float() / 127.5 - 1 for index in range(count)]
+    starts = []
+    for index in range(count):
+        clip = usable[index % len(usable)]
+        frame_tokens = [reference.vocabulary.tokens[label] for label in clips.clip_labels(clip).tolist()]
+        latent_tokens = latent_frame_controls(frame_tokens, c)
+        video = clips.clip(clip).float() / UINT8_HALF_RANGE - 1
+        control = condition_control(latent_tokens, pipeline.vae)
+        starts.append(InitialClip(video, Path(clips.paths[clip]).name, initial_control=control))
+    return starts
 
 
 def per_bin(reference: Reference, scores: list[VideoScores], bin_frames: int) -> list[dict]:
@@ -522,17 +536,7 @@ def evaluate_streams(
     height, width = frame_size(pipeline)
     vae_print = weights_fingerprint(pipeline.vae)
     reference.check_frames(height, width, vae_print, generation_defaults(model_dir).fps)
-    c = temporal_compression(pipeline)
-    starts = initial_clips(
-        reference,
-        data_root,
-        index_file,
-        stream_initial_frames(pipeline, num_groups, group_size),
-        num_streams,
-        height,
-        width,
-        c,
-    )
+    starts = initial_clips(reference, data_root, index_file, pipeline, num_groups, group_size, num_streams)
     records = StreamRecords(records_dir)
     shared_settings = dict(
         transformer=weights_fingerprint(pipeline.transformer),
@@ -552,17 +556,19 @@ def evaluate_streams(
     )
     frames_per_latent = reference.idm.config.frames_per_latent
     scores, timings, sheet_rows = [], [], []
-    for index, initial_video in enumerate(starts):
+    for index, start in enumerate(starts):
         if part is not None and index % part[1] != part[0]:
             continue
-        initial_print = hashlib.sha256(initial_video.numpy().tobytes()).hexdigest()
-        stream_settings = dict(shared_settings, seed=seed + index, initial_clip=initial_print)
+        initial_print = hashlib.sha256(start.video.numpy().tobytes()).hexdigest()
+        stream_settings = dict(
+            shared_settings, seed=seed + index, initial_clip=initial_print, initial_control=start.initial_control
+        )
         found = records.load(index, stream_settings)
         if found is None:
             video, timing = generate_stream(
                 pipeline,
                 prompt,
-                initial_video,
+                start.video,
                 num_frames,
                 commands,
                 num_groups=num_groups,
@@ -572,6 +578,7 @@ def evaluate_streams(
                 control_guidance_scale=control_guidance_scale,
                 seed=seed + index,
                 overlap_decode=overlap_decode,
+                initial_control=start.initial_control,
             )
             score = VideoScores.of(reference, video)
             sheet = sheet_row(video, frames_per_latent) if index < SHEET_VIDEOS else None
@@ -688,23 +695,17 @@ def paired_speed(
     commands = {name: reference.commands(model_vocabulary(pipeline)) for name, pipeline in pipelines.items()}
     starts = {
         name: initial_clips(
-            reference,
-            data_root,
-            index_file,
-            stream_initial_frames(pipeline, settings[name].num_groups, settings[name].group_size),
-            rounds,
-            *frame_size(pipeline),
-            temporal_compression(pipeline),
+            reference, data_root, index_file, pipeline, settings[name].num_groups, settings[name].group_size, rounds
         )
         for name, pipeline in pipelines.items()
     }
 
     def timed_stream(name: str, round_index: int) -> StreamTiming:
-        setting = settings[name]
+        setting, start = settings[name], starts[name][round_index]
         _, timing = generate_stream(
             pipelines[name],
             prompt,
-            starts[name][round_index],
+            start.video,
             num_frames,
             commands[name],
             num_groups=setting.num_groups,
@@ -714,6 +715,7 @@ def paired_speed(
             control_guidance_scale=control_guidance_scale,
             seed=seed + round_index,
             overlap_decode=overlap_decode,
+            initial_control=start.initial_control,
         )
         return timing
 

@@ -94,6 +94,11 @@ class RealClips:
         start = self.starts[index]
         return self.frames[start : start + self.lengths[index]]
 
+    def clip_labels(self, index: int) -> torch.Tensor:
+        """The control token ids of clip ``index``'s frames."""
+        start = self.starts[index]
+        return self.labels[start : start + self.lengths[index]]
+
 
 def load_real_clips(
     data_root: str | Path,

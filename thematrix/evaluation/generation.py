@@ -174,9 +174,11 @@ def generate_stream(
     control_guidance_scale: float,
     seed: int,
     overlap_decode: bool = False,
+    initial_control: str | None = None,
 ) -> tuple[ScoredVideo, StreamTiming]:
     """At least ``num_frames`` generated frames of a stream started from ``initial_video`` ``[F0, 3, H, W]`` in
-    [-1, 1], steered by random keys of ``commands`` (a vocabulary whose tokens the model takes).
+    [-1, 1], steered by random keys of ``commands`` (a vocabulary whose tokens the model takes);
+    ``initial_control``: the clip's own key at its condition latent frame (the pipeline's ``initial_control``).
 
     The stream's first ``num_groups`` groups re-create the initial clip's last groups from partial noise (that is
     how it starts in distribution), so their frames show the clip, not the commands: they are left out of the
@@ -194,6 +196,7 @@ def generate_stream(
         control_guidance_scale=control_guidance_scale,
         generator=torch.Generator(device=pipeline.device).manual_seed(seed),
         max_groups=num_groups + math.ceil(num_frames / frames_per_group),
+        initial_control=initial_control,
         overlap_decode=overlap_decode,
     )
     frames, tokens, timing = [], [], StreamTiming()
