@@ -691,6 +691,23 @@ def test_streams_run_in_the_window_the_model_records(model_dir, tmp_path):
         resolve_stream_settings(stream_arguments(recorded, "--group_size", "4"))
 
 
+def test_the_sampler_defaults_to_the_one_the_model_records(model_dir, tmp_path):
+    def without_sampler(model) -> argparse.Namespace:
+        command = stream_command(model, "IDM", "D", "D/index.json", "x.json", "scm", *TEST_WINDOW)
+        at = command.index("--sampler")
+        return parse_args(command[:at] + command[at + 2 :])
+
+    recorded = tmp_path / "model"
+    shutil.copytree(model_dir, recorded)
+    with pytest.raises(ConfigError, match="--sampler: the model at .* records no sampler.*pass --sampler swin-dpm"):
+        resolve_stream_settings(without_sampler(recorded))
+    for sampler, steps in (("scm", 2), ("swin-dpm", 20)):  # scm: one step per group; swin-dpm: its default 20
+        dataclasses.replace(generation_defaults(recorded), sampler=sampler).save(recorded)
+        args = without_sampler(recorded)
+        assert resolve_stream_settings(args).sampler == args.sampler == sampler
+        assert args.num_inference_steps == steps
+
+
 def speed_command(model_dir, idm, data_root, index_file, output, *settings: str) -> list[str]:
     """The command line of a paired speed: the model's scm stream measured against its swin-dpm stream, both in
     the tests' window; ``settings`` are the options beyond those."""

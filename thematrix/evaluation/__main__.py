@@ -99,9 +99,9 @@ def add_stream_setting(parser: argparse.ArgumentParser, prefix: str = MEASURED_P
     completes from the model's record and the sampler's defaults."""
     parser.add_argument(
         f"--{prefix}sampler",
-        required=True,
+        default=None,
         choices=sorted(STREAM_PIPELINES),
-        help="swin-dpm: stage 3's stream; scm: stage 4's few-step stream",
+        help="swin-dpm: stage 3's stream; scm: stage 4's few-step stream (default: the one the model records)",
     )
     parser.add_argument(
         f"--{prefix}num_groups", type=int, default=None, help="G (default: the window the model records)"
@@ -322,7 +322,8 @@ def records_folder(output: Path) -> Path:
 def resolve_stream_settings(args: argparse.Namespace, prefix: str = MEASURED_PREFIX) -> StreamSetting:
     """Fill the window of the stream that the options ``--{prefix}...`` set from its model's record (a stream in
     another window than the model trained in measures a model that does not exist), then the sampler's defaults,
-    in ``args`` (so that the measures record them) and in the setting returned."""
+    in ``args`` (so that the measures record them) and in the setting returned. The sampler too, where not given:
+    the one the model's window was trained for."""
 
     def option(name: str) -> str:
         return f"--{prefix}{name}"
@@ -340,6 +341,13 @@ def resolve_stream_settings(args: argparse.Namespace, prefix: str = MEASURED_PRE
                 f"does); pass {option(name)} as it was trained"
             )
         setattr(args, prefix + name, value)
+    if given("sampler") is None:
+        if recorded.sampler is None:
+            raise ConfigError(
+                f"{option('sampler')}: the model at {model_dir} records no sampler (a model written before its "
+                f"record named one); pass {option('sampler')} swin-dpm for a stage-3 model, scm for a stage-4 one"
+            )
+        setattr(args, prefix + "sampler", recorded.sampler)
     defaults = STREAM_DEFAULTS[given("sampler")]
     steps = given("num_inference_steps") or defaults["num_inference_steps"] or given("num_groups")
     setattr(args, prefix + "num_inference_steps", steps)
