@@ -38,6 +38,35 @@ def held_still(clips: RealClips, rows: slice, columns: slice, inside: bool) -> t
     return frames
 
 
+def add_clip_arguments(parser: argparse.ArgumentParser) -> None:
+    """The IDM, the VAE and the held-out footage that ``reconstructed_clips`` reads."""
+    parser.add_argument("--idm", required=True, help="output_dir of `python -m thematrix.evaluation idm`")
+    parser.add_argument("--model_dir", required=True, help="a model directory whose VAE the IDM learnt from")
+    parser.add_argument("--data_root", required=True, help="held-out real footage")
+    parser.add_argument("--index_file", required=True)
+    parser.add_argument("--max_frames", type=int, default=105)
+
+
+def reconstructed_clips(
+    reference: Reference, model_dir: str, data_root: str, index_file: str, max_frames: int, device: torch.device
+) -> RealClips:
+    """Real clips as the IDM reads them: at its frame rate and size, through the VAE of ``model_dir``."""
+    config = reference.idm.config
+    vae = AutoencoderKLCogVideoX.from_pretrained(model_dir, subfolder="vae").to(device).eval()
+    with torch.no_grad():
+        return load_real_clips(
+            data_root,
+            index_file,
+            reference.vocabulary,
+            fps=config.fps,
+            height=config.height,
+            width=config.width,
+            temporal_compression=config.frames_per_latent,
+            max_frames=max_frames,
+            vae=vae,
+        )
+
+
 def accuracies(predicted: torch.Tensor, labels: torch.Tensor, tokens: tuple[str, ...]) -> dict[str, float]:
     """Agreement of the whole key and of each of its parts."""
     measures = {"whole key": (predicted == labels).float().mean().item()}
@@ -50,32 +79,15 @@ def accuracies(predicted: torch.Tensor, labels: torch.Tensor, tokens: tuple[str,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--idm", required=True, help="output_dir of `python -m thematrix.evaluation idm`")
-    parser.add_argument("--model_dir", required=True, help="a model directory whose VAE the IDM learnt from")
-    parser.add_argument("--data_root", required=True, help="held-out real footage")
-    parser.add_argument("--index_file", required=True)
+    add_clip_arguments(parser)
     parser.add_argument("--box", type=int, nargs=4, required=True, metavar=("TOP", "BOTTOM", "LEFT", "RIGHT"))
-    parser.add_argument("--max_frames", type=int, default=105)
     parser.add_argument("--output", type=Path, default=None, help="JSON file of the measures")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     reference = Reference.load(args.idm, device)
     idm = reference.idm
-    vae = AutoencoderKLCogVideoX.from_pretrained(args.model_dir, subfolder="vae").to(device).eval()
-    config = idm.config
-    with torch.no_grad():
-        clips = load_real_clips(
-            args.data_root,
-            args.index_file,
-            reference.vocabulary,
-            fps=config.fps,
-            height=config.height,
-            width=config.width,
-            temporal_compression=config.frames_per_latent,
-            max_frames=args.max_frames,
-            vae=vae,
-        )
-    ends = clips.window_ends(config.frames_per_latent)
+    clips = reconstructed_clips(reference, args.model_dir, args.data_root, args.index_file, args.max_frames, device)
+    ends = clips.window_ends(idm.config.frames_per_latent)
     top, bottom, left, right = args.box
     box = (slice(top, bottom), slice(left, right))
     variants = {

@@ -20,12 +20,11 @@ from itertools import islice
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKLCogVideoX
-from idm_regions import accuracies
+from idm_regions import accuracies, add_clip_arguments, reconstructed_clips
 
 from stage3.inference import random_controls
 from thematrix.evaluation.evaluate import Reference
-from thematrix.evaluation.footage import RealClips, load_real_clips
+from thematrix.evaluation.footage import RealClips
 from thematrix.evaluation.idm import predict
 
 # Ages of this many latent frames or more share one row: few windows are older.
@@ -59,31 +58,16 @@ def commanded_age_shares(reference: Reference, num_clips: int, latent_frames: in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--idm", required=True, help="output_dir of `python -m thematrix.evaluation idm`")
-    parser.add_argument("--model_dir", required=True, help="a model directory whose VAE the IDM learnt from")
-    parser.add_argument("--data_root", required=True, help="held-out real footage")
-    parser.add_argument("--index_file", required=True)
-    parser.add_argument("--max_frames", type=int, default=105)
+    add_clip_arguments(parser)
     parser.add_argument("--num_clips", type=int, default=64, help="clips of the clip measure (its seeds 0..)")
     parser.add_argument("--clip_latent_frames", type=int, default=11, help="latent frames of a generated clip")
     parser.add_argument("--output", type=Path, default=None, help="JSON file of the measures")
     args = parser.parse_args()
 
-    reference = Reference.load(args.idm, torch.device("cpu"))
-    config = reference.idm.config
-    vae = AutoencoderKLCogVideoX.from_pretrained(args.model_dir, subfolder="vae").eval()
-    c = config.frames_per_latent
-    clips = load_real_clips(
-        args.data_root,
-        args.index_file,
-        reference.vocabulary,
-        fps=config.fps,
-        height=config.height,
-        width=config.width,
-        temporal_compression=c,
-        max_frames=args.max_frames,
-        vae=vae,
-    )
+    device = torch.device("cpu")
+    reference = Reference.load(args.idm, device)
+    clips = reconstructed_clips(reference, args.model_dir, args.data_root, args.index_file, args.max_frames, device)
+    c = reference.idm.config.frames_per_latent
     ends = clips.latent_frame_ends(c)
     predicted, _ = predict(reference.idm, clips.frames, ends)
     labels = clips.labels[ends]
