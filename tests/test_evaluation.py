@@ -31,6 +31,7 @@ from thematrix.config import ConfigError
 from thematrix.controls import VOCABULARY_FILE
 from thematrix.data.index import load_index
 from thematrix.data.initial_clip import sample_start
+from thematrix.evaluation import __main__ as evaluation_main
 from thematrix.evaluation import evaluate, generation
 from thematrix.evaluation.__main__ import main, parse_args, resolve_stream_settings
 from thematrix.evaluation.control_use import control_use
@@ -372,6 +373,26 @@ def test_a_model_at_another_frame_rate_than_the_idm_is_refused(idm_dir, model_di
     command = ["clips", "--model_dir", str(other_rate), "--idm", str(idm_dir), "--output", str(tmp_path / "c.json")]
     with pytest.raises(ValueError, match=rf"at {CLIP_FPS + 2:g} fps, the IDM reads it at {CLIP_FPS:g}"):
         main([*command, "--num_clips", "1", "--prompt", PROMPT, "--num_inference_steps", "1"])
+
+
+def test_an_empty_prompt_is_the_prompt_not_the_models(idm_dir, model_dir, tmp_path, monkeypatch):
+    """--prompt "" samples under the empty caption (stage 2's module trains under it); no --prompt takes the
+    model's recorded prompt."""
+    recorded = tmp_path / "model"
+    shutil.copytree(model_dir, recorded)
+    dataclasses.replace(generation_defaults(recorded), prompt="the recorded prompt").save(recorded)
+    prompts = []
+
+    def stop(*arguments, prompt, **options):
+        prompts.append(prompt)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluation_main, "evaluate_clips", stop)
+    command = ["clips", "--model_dir", str(recorded), "--idm", str(idm_dir), "--output", str(tmp_path / "c.json")]
+    for prompt in (["--prompt", ""], []):
+        with pytest.raises(KeyboardInterrupt):
+            main([*command, *prompt])
+    assert prompts == ["", "the recorded prompt"]
 
 
 def test_clips_with_and_without_controls_are_scored_against_the_same_commands(

@@ -81,7 +81,8 @@ def add_sampling(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--prompt",
         default=None,
-        help="text prompt of every video (default: the model's, from its generation_defaults.json)",
+        help='text prompt of every video, "" for the empty one (default: the model\'s, from its '
+        "generation_defaults.json)",
     )
     group.add_argument("--control_guidance_scale", type=float, default=1.0)
     group.add_argument("--seed", type=int, default=0, help="video i uses seed + i (noise and commands)")
@@ -432,7 +433,9 @@ def main(argv=None) -> Path | None:
         print(f"measures: {output.resolve()}")
         return output
     reference = Reference.load(args.idm)
-    prompt = args.prompt or generation_defaults(check_model_dir(args.model_dir, "--model_dir")).prompt
+    prompt = args.prompt
+    if prompt is None:  # "" is a prompt: the empty caption stage 2 trains its module under
+        prompt = generation_defaults(check_model_dir(args.model_dir, "--model_dir")).prompt
     if prompt is None:
         raise ConfigError(f"--prompt: the model at {args.model_dir} records no prompt; pass --prompt")
     if args.command == "speed":
