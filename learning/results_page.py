@@ -46,6 +46,7 @@ CLIP_MODELS = {
     "stage1": "stage 1 (fused LoRA)",
     "stage2": "stage 2",
     "stage2_control_guidance_3": "stage 2, control guidance 3",
+    "stage2_as_trained": "stage 2, control guidance 3, the empty caption it trained with",
 }
 STAGE2_CLIPS = ("stage2", "stage2_control_guidance_3")  # stage 2's clips, scored for its target
 STREAMS = {
@@ -596,6 +597,7 @@ def write_page(results: Results, output: Path, images: Path, title: str = DEFAUL
 
     if clips:
         rows = []
+        settings = next(iter(clips.values()))["settings"]
         for name, record in clips.items():
             measures = record["measures"]
             following = measures["control_following"]
@@ -604,6 +606,8 @@ def write_page(results: Results, output: Path, images: Path, title: str = DEFAUL
                     CLIP_MODELS[name],
                     "yes" if measures["model_takes_controls"] else "no",
                     f"{record['settings']['control_guidance_scale']:g}" if measures["model_takes_controls"] else "",
+                    f"{record['settings']['guidance_scale']:g}",
+                    f'"{record["settings"]["prompt"]}"' if record["settings"]["prompt"] != settings["prompt"] else "",
                     fmt(following["accuracy"]),
                     fmt(following["chance"]["uniform"]),
                     fmt(following["real_ceiling"]),
@@ -612,19 +616,20 @@ def write_page(results: Results, output: Path, images: Path, title: str = DEFAUL
                     record["environment"]["device"],
                 ]
             )
-        settings = next(iter(clips.values()))["settings"]
         lines += [
             "## Stages 1 and 2: clips",
             "",
-            f"{settings['num_clips']} clips per model, {settings['num_inference_steps']} steps, guidance "
-            f"{settings['guidance_scale']}, seeds {settings['seed']}.., the same random commands (keys held for 1 to 4 "
-            f'latent frames) for every model; prompt: "{settings["prompt"]}".',
+            f"{settings['num_clips']} clips per model, {settings['num_inference_steps']} steps, seeds "
+            f"{settings['seed']}.., the same random commands (keys held for 1 to 4 latent frames) for every model; "
+            f'prompt: "{settings["prompt"]}" where the row names no other.',
             "",
             markdown_table(
                 [
                     "model",
                     "takes controls",
                     "control guidance",
+                    "text guidance",
+                    "other prompt",
                     "control following",
                     "chance",
                     "IDM ceiling",
