@@ -5,7 +5,8 @@ two does, so their LoRA weights agree to float rounding. SIGTERM to the launcher
 which save a checkpoint at the same step boundary and exit with code 75; that checkpoint resumes in one
 process where the LR schedule (warm-up, then cosine) stood, and ends where the one-process run ends. Resumed in
 one process with the same settings, half the samples a step, it keeps the schedule and continues the data after
-the samples the two processes drew.
+the samples the two processes drew; shuffled too, where the order of an epoch's samples is the same whatever the
+batch size.
 """
 
 from __future__ import annotations
@@ -130,10 +131,10 @@ def test_two_processes_of_batch_one_equal_one_process_of_batch_two(runs):
     assert_same_weights(expected, load_file(str(checkpoint / TRAINABLE_WEIGHTS)))
 
 
-def resumed_in_one_process(runs, model_dir, dataset, trainer_class, name: str, batch_size: int):
-    """The two-process run's checkpoint resumed in one process with batches of ``batch_size``: (checkpoint, the
-    resumed trainer, the one-process run's folder), the trainer checked to end where the one-process run ended, on
-    its learning rates."""
+def resumed_in_one_process(runs, model_dir, dataset, trainer_class, name: str, batch_size: int, **overrides):
+    """The two-process run's checkpoint resumed in one process with batches of ``batch_size`` (and ``overrides``):
+    (checkpoint, the resumed trainer, the one-process run's folder), the trainer checked to end where the one-process
+    run ended, on its learning rates."""
     checkpoint = stopped_checkpoint(runs)
     *_, one = runs
     resumed = trainer_class(
@@ -144,6 +145,7 @@ def resumed_in_one_process(runs, model_dir, dataset, trainer_class, name: str, b
             one.parent / "cache",
             train_batch_size=batch_size,
             resume_from_checkpoint=str(checkpoint),
+            **overrides,
         )
     )
     resumed.train()
@@ -179,6 +181,38 @@ def test_two_process_checkpoint_resumes_in_one_process_of_the_same_settings_afte
     positions = [position for position, _ in resumed.draws]
     assert positions == list(range(drawn, drawn + (STEPS - stopped_at) * ACCUMULATION))
     assert all(caption.endswith(f"clip {position % NUM_CLIPS}.") for position, caption in resumed.draws)
+
+
+def test_shuffled_data_resumes_in_one_process_with_the_samples_the_uninterrupted_run_draws(
+    runs, tiny_model_dir, tiny_dataset
+):
+    """Shuffled, the two processes' checkpoint resumed in one process with batches of one draws, sample for sample, what
+    one process with batches of two (the two processes' samples per step) draws after that step: an epoch's order is
+    one sequence of samples, whatever the batch size. The checkpoint's run was unshuffled; its data position, all that
+    the resumed order takes from it, is the same shuffled or not."""
+    *_, one = runs
+    uninterrupted = DrawRecorder(
+        run_args(
+            tiny_model_dir,
+            tiny_dataset,
+            one.parent / "shuffled",
+            one.parent / "cache",
+            train_batch_size=2,
+            shuffle=True,
+        )
+    )
+    uninterrupted.train()
+    # Shuffled: not the unshuffled order, where sample n is clip n mod 4.
+    assert any(not caption.endswith(f"clip {position % NUM_CLIPS}.") for position, caption in uninterrupted.draws)
+    checkpoint, resumed, _ = resumed_in_one_process(
+        runs, tiny_model_dir, tiny_dataset, DrawRecorder, "resumed_shuffled", 1, shuffle=True
+    )
+    stopped_at = checkpoint_step(checkpoint)
+    drawn = stopped_at * NUM_PROCESSES * ACCUMULATION
+    end = drawn + (STEPS - stopped_at) * ACCUMULATION
+    assert resumed.draws == [
+        (position, caption) for position, caption in uninterrupted.draws if drawn <= position < end
+    ]
 
 
 def test_the_sharded_configs_agree_with_the_trainer_and_with_every_stages_model():

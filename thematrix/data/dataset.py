@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -277,10 +278,19 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 class BucketBatchSampler(Sampler[list[int]]):
-    """Batches of indices that share one frame bucket; the order of epoch ``e`` depends only on (seed, e).
+    """Batches of indices that share one frame bucket, in an order of epoch ``e`` that depends only on (seed, e).
 
     Call ``set_epoch(e)`` before each epoch (as with ``DistributedSampler``); resuming at epoch ``e``
     then replays exactly the same batches. ``dataset`` needs only a ``buckets`` list.
+
+    The epoch's order is one permutation of all items (the identity unshuffled), whatever the batch size: each
+    bucket's items are batched in that order, and batches come in the order of their first item. accelerate deals
+    batch k to process k mod the number of processes, so the samples of all processes together follow that order
+    whatever their number and batch size, and a run resumed on other samples per micro-batch draws, from its
+    ``DataPosition`` on, what the uninterrupted run would have. Exactly so for one bucket, or for batches of one.
+    Not guaranteed: with several buckets and batches of more than one, how the buckets interleave depends on the
+    batch size (each bucket's own order does not); and which items an epoch leaves out (a bucket's last items short
+    of a batch, the last batches short of one for every process) depends on the batch size and number of processes.
     """
 
     def __init__(self, dataset, batch_size: int, seed: int, shuffle: bool = True, drop_last: bool = True):
@@ -289,11 +299,10 @@ class BucketBatchSampler(Sampler[list[int]]):
         super().__init__()
         self.batch_size, self.seed, self.shuffle, self.drop_last = batch_size, seed, shuffle, drop_last
         self.epoch = 0
-        self._by_bucket: dict[int, list[int]] = {}
-        for index, bucket in enumerate(dataset.buckets):
-            self._by_bucket.setdefault(bucket, []).append(index)
+        self._buckets = list(dataset.buckets)
+        self._bucket_sizes = Counter(self._buckets)
         if len(self) == 0:
-            sizes = {bucket: len(indices) for bucket, indices in sorted(self._by_bucket.items())}
+            sizes = dict(sorted(self._bucket_sizes.items()))
             raise DatasetError(
                 f"no frame bucket holds a batch of args.train_batch_size = {batch_size} clips (clips per bucket: "
                 f"{sizes}). Fix: lower args.train_batch_size, or add clips"
@@ -306,17 +315,20 @@ class BucketBatchSampler(Sampler[list[int]]):
         return count // self.batch_size if self.drop_last else -(-count // self.batch_size)
 
     def __len__(self) -> int:
-        return sum(self._num_batches(len(indices)) for indices in self._by_bucket.values())
+        return sum(self._num_batches(size) for size in self._bucket_sizes.values())
 
     def __iter__(self):
-        generator = torch.Generator().manual_seed(_epoch_seed(self.seed, self.epoch))
-        batches = []
-        for bucket in sorted(self._by_bucket):
-            indices = self._by_bucket[bucket]
-            if self.shuffle:
-                indices = [indices[k] for k in torch.randperm(len(indices), generator=generator).tolist()]
-            for batch in range(self._num_batches(len(indices))):
-                batches.append(indices[batch * self.batch_size : (batch + 1) * self.batch_size])
+        order = range(len(self._buckets))
         if self.shuffle:
-            batches = [batches[k] for k in torch.randperm(len(batches), generator=generator).tolist()]
-        return iter(batches)
+            generator = torch.Generator().manual_seed(_epoch_seed(self.seed, self.epoch))
+            order = torch.randperm(len(self._buckets), generator=generator).tolist()
+        by_bucket: dict[int, list[int]] = {}
+        for index in order:
+            by_bucket.setdefault(self._buckets[index], []).append(index)
+        rank = {index: position for position, index in enumerate(order)}
+        batches = [
+            indices[start : start + self.batch_size]
+            for indices in by_bucket.values()
+            for start in range(0, self._num_batches(len(indices)) * self.batch_size, self.batch_size)
+        ]
+        return iter(sorted(batches, key=lambda batch: rank[batch[0]]))

@@ -21,7 +21,8 @@ The loop reads on its own: checkpoints live in ``checkpoint``, the clips and the
 and ``metrics.png`` in ``metrics``. README's "When a run goes wrong" says what each check does.
 
 Exact resume: noise and timesteps for the n-th sample of the run come from a generator seeded by
-(seed, n), the data order of epoch e is a function of (seed, e), and checkpoints hold the trainable
+(seed, n), the data order of epoch e is a function of (seed, e) over the samples of all processes together (whatever
+their number and batch size, as far as frame buckets allow: ``BucketBatchSampler``), and checkpoints hold the trainable
 weights (as the training mode splits them: ``sharding``), optimizer, LR schedule (which counts optimizer
 steps, whatever the number of processes), the data position in samples (``DataPosition``), RNG states and
 what a stage registers (stage 4's EMA target). A resumed run therefore takes the same steps as an
