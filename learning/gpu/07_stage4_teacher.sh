@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Step 7 (about 5 minutes on one H100, 2 where step 5 streamed on the same kind of GPU): the stage-3 teacher's
-# streams at its own 20 steps and at the student's 4, then the student's speed over the teacher's, both timed in
-# turn in one process (the speed target's measure: the streams' own speeds, measured apart, drift with the machine),
-# compiled as a player runs them (COMPILE_BLOCKS).
+# Step 7 (about 9 minutes on one H200 with 6 streams a measure, the compiled paired speed about 3 of them; less where
+# step 5 streamed on the same kind of GPU): the stage-3 teacher's streams at its own 20 steps and at the student's
+# 4, then the student's speed over the teacher's, both timed in turn in one process (the speed target's measure:
+# the streams' own speeds, measured apart, drift with the machine), compiled as a player runs them (COMPILE_BLOCKS).
 # Carry in: outputs/learning/footage/heldout, outputs/learning/models/stage3/model, outputs/learning/models/stage4/model,
 # outputs/learning/idm.
 # Returns results/.
