@@ -778,7 +778,7 @@ def test_paired_speed_times_both_streams_in_turn_and_compares_their_medians(
             2,
         )
         assert len(stream["frames_per_second"]) == len(stream["time_to_first_frame_s"]) == 3
-        assert len(stream["median_chunk_frames_per_second"]) == 3
+        assert len(stream["pace_frames_per_second"]) == 3
         assert stream["median_frames_per_second"] == np.median(stream["frames_per_second"])
         assert stream["median_time_to_first_frame_s"] == np.median(stream["time_to_first_frame_s"])
     ratio = measures["frames_per_second_ratio"]

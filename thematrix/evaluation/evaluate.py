@@ -521,11 +521,11 @@ def evaluate_streams(
 ) -> tuple[dict | None, list[torch.Tensor]]:
     """Streams from real clips under random commands: control following and domain fit overall, over the first
     and the last ``edge_frames`` frames, per ``bin_frames`` bin (drift), and the speed (with ``overlap_decode``,
-    each group decoded while the next one's forwards run; with ``compiled``, on the fast path, the first stream's first
-    frame paying the compilation). Each finished stream is kept in ``records_dir``
-    (``StreamRecords``); streams found there are not made again. Returns the measures and the contact
-    sheet's rows (the first streams'). With ``part = (k, n)`` only the streams k, k + n, k + 2n, ... are made and
-    kept, and no measures returned: one of n processes sharing ``records_dir``, which a run without a part gathers."""
+    each group decoded while the next one's forwards run; with ``compiled``, on the fast path, the first stream's
+    first frame paying the compilation). Each finished stream is kept in ``records_dir`` (``StreamRecords``);
+    streams found there are not made again. Returns the measures and the contact sheet's rows (the first
+    streams'). With ``part = (k, n)`` only the streams k, k + n, k + 2n, ... are made and kept, and no measures
+    returned: one of n processes sharing ``records_dir``, which a run without a part gathers."""
     if 2 * edge_frames > num_frames:
         raise ValueError(
             f"streams of {num_frames} frames have no first and last {edge_frames} frames apart; "
@@ -685,8 +685,9 @@ def paired_speed(
     the other. Medians, not means: a round that something else on the machine slowed moves them little.
 
     With ``compiled`` both run on the fast path, the untimed streams paying the compilation. Returns each setting
-    with its rounds' steady-state frames per second and time to first frame and their medians, each round's
-    median chunk's rate (its pace without stalls), and the ratio of the medians (measured / baseline) with the rounds' own ratios and their range.
+    with its rounds' steady-state frames per second and time to first frame and their medians, each round's pace
+    (its median chunk's rate: the stream without its stalls), and the ratio of the medians (measured / baseline)
+    with the rounds' own ratios and their range.
     """
     settings = dict(zip(PAIRED_STREAMS, (measured, baseline)))
     pipelines = {
@@ -744,7 +745,7 @@ def paired_speed(
             "time_to_first_frame_s": first_frames,
             "median_frames_per_second": statistics.median(rates),
             "median_time_to_first_frame_s": statistics.median(first_frames),
-            "median_chunk_frames_per_second": [timing.median_chunk_frames_per_second for timing in timings[name]],
+            "pace_frames_per_second": [timing.median_chunk_frames_per_second for timing in timings[name]],
         }
     per_round = [
         measured_rate / baseline_rate
