@@ -16,7 +16,7 @@ import torch
 
 from stage1.cogvideox.pipeline_cogvideox import GameVideoPipeline
 from thematrix.cli import run
-from thematrix.config import ConfigError, setting_from_model
+from thematrix.config import ConfigError, first_given, setting_from_model
 from thematrix.model_dir import COGVIDEOX_FPS, GenerationDefaults, generation_defaults, vae_architecture
 from thematrix.video import pipeline_video_to_signed, tensor_to_uint8_frames, write_mp4
 
@@ -24,7 +24,9 @@ from thematrix.video import pipeline_video_to_signed, tensor_to_uint8_frames, wr
 def add_clip_arguments(parser: argparse.ArgumentParser) -> None:
     """The options stages 1 and 2 share: prompt, length, size, sampling, output."""
     parser.add_argument(
-        "--prompt", default=None, help="default: the prompt the model records (a caption of its footage)"
+        "--prompt",
+        default=None,
+        help='default: the prompt the model records (a caption of its footage); "" for the empty caption',
     )
     parser.add_argument("--num_frames", type=int, default=None, help="4k+1 frames (default: the model's longest clip)")
     parser.add_argument("--height", type=int, default=None, help="default: the model's")
@@ -44,7 +46,7 @@ def check_clip_options(
     model_dir = pipeline_class.check_stage_model(args.model_dir)
     defaults = (lora_dir and GenerationDefaults.load(lora_dir)) or generation_defaults(model_dir)
     args.fps = setting_from_model("--fps", args.fps, defaults.fps, f"the model at {model_dir}") or COGVIDEOX_FPS
-    args.prompt = args.prompt or defaults.prompt
+    args.prompt = first_given(args.prompt, defaults.prompt)
     if args.prompt is None:
         raise ConfigError(f"--prompt: the model at {model_dir} records no prompt (a base model); pass --prompt")
     args.num_frames = args.num_frames or defaults.num_frames

@@ -35,7 +35,7 @@ from stage3.cogvideox.pipeline_cogvideox import (
 )
 from thematrix.acceleration import check_device, check_fp8, compile_stream, quantize_fp8
 from thematrix.cli import run
-from thematrix.config import ConfigError, setting_from_model
+from thematrix.config import ConfigError, first_given, setting_from_model
 from thematrix.controls import CONTROL_SEPARATOR, ControlVocabulary, default_control_pattern
 from thematrix.data.index import Sample, load_index
 from thematrix.data.initial_clip import InitialClip, sample_start, video_end
@@ -195,7 +195,12 @@ def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
     sampling = parser.add_argument_group("sampling")
-    sampling.add_argument("--prompt", default=None, help="default: the sample's caption, else the model's prompt")
+    sampling.add_argument(
+        "--prompt",
+        default=None,
+        help="default: the sample's caption, else the model's prompt; \"\" for the empty caption (for a model "
+        "whose stage dropped every caption, as the mini configs of stages 2 and 3 do)",
+    )
     sampling.add_argument("--seed", type=int, default=0, help="seeds the noise and --random_controls")
     sampling.add_argument(
         "--num_inference_steps",
@@ -331,7 +336,7 @@ def main(
     else:
         clip = start.from_sample(args.sample_index, args.fps)
         print(f"initial clip: {clip.name} ({len(clip.video)} frames)")
-    prompt = args.prompt or clip.caption or start.defaults.prompt
+    prompt = first_given(args.prompt, clip.caption, start.defaults.prompt)
     if prompt is None:
         raise ConfigError(
             f"--prompt: {start.model_dir} records no prompt and --initial_video has no caption; pass --prompt"

@@ -20,7 +20,7 @@ import torch
 from stage3 import inference
 from stage3.cogvideox.pipeline_cogvideox import StreamChunk, SwinDPMPipeline
 from thematrix.cli import run
-from thematrix.config import ConfigError
+from thematrix.config import ConfigError, first_given
 from thematrix.data.initial_clip import InitialClip
 from thematrix.play.server import add_server_arguments, check_server_arguments, play
 
@@ -43,7 +43,9 @@ class StreamWorldModel:
         self.vocabulary = self.start.vocabulary
         self.fps, self.num_groups, self.group_size = args.fps, args.num_groups, args.group_size
         self.initial_frames = self.start.initial_frames
-        self.default_prompt = args.prompt or self.start.defaults.prompt or self._first_caption()
+        self.default_prompt = first_given(args.prompt, self.start.defaults.prompt)
+        if self.default_prompt is None:
+            self.default_prompt = self._first_caption()
         self.first_clip = None  # the world waits for a clip from the page
         if args.initial_video is not None:
             self.first_clip = self.clip_from_file(args.initial_video)

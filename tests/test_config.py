@@ -16,6 +16,7 @@ from stage4.training.arguments import ScmArgs
 from thematrix.config import (
     ConfigError,
     apply_overrides,
+    first_given,
     load_config,
     parse_command_line,
     setting_docs,
@@ -287,3 +288,9 @@ def test_help_reads_docs_from_comments_above_inline_and_inherited(capsys):
         "\nLoraArgs (stage1/training/arguments.py):\n  --rank INT\n      LoRA rank of each adapted projection [default: 256]"
         in text
     )
+
+
+def test_the_first_given_value_counts_empty_and_zero_as_given():
+    assert first_given(None, "", "the model's prompt") == ""
+    assert first_given(None, 0, 5) == 0
+    assert first_given(None, None, "caption") == "caption" and first_given(None, None) is None

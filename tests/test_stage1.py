@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
@@ -10,6 +11,7 @@ from diffusers import CogVideoXPipeline, CogVideoXTransformer3DModel
 from safetensors.torch import load_file
 
 from stage1 import fuse_lora_weights, inference
+from stage1.cogvideox.pipeline_cogvideox import GameVideoPipeline
 from stage1.train_text_to_video_lora import LoraTrainer
 from stage1.training.arguments import LoraArgs
 from tests.conftest import (
@@ -151,6 +153,18 @@ def test_inference_writes_playable_mp4(trained, tiny_model_dir, tmp_path):
         ]
     )
     assert read_video_info(output)[0] == 9 and read_video_info(output)[2:] == (TINY_HEIGHT, TINY_WIDTH)
+
+
+def test_an_empty_prompt_is_kept_and_a_missing_one_is_refused_for_a_base_model(tiny_model_dir):
+    """The base model records no prompt: no --prompt is an error, --prompt "" (the empty caption) is a prompt."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model_dir")
+    inference.add_clip_arguments(parser)
+    args = parser.parse_args(["--model_dir", str(tiny_model_dir), "--prompt", ""])
+    inference.check_clip_options(args, GameVideoPipeline)
+    assert args.prompt == ""
+    with pytest.raises(ConfigError, match="records no prompt"):
+        inference.check_clip_options(parser.parse_args(["--model_dir", str(tiny_model_dir)]), GameVideoPipeline)
 
 
 def test_resume_after_kill_equals_uninterrupted_run(tiny_model_dir, tiny_dataset, tmp_path):

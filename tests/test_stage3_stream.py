@@ -374,6 +374,25 @@ def test_stream_writer_shows_the_file_only_when_complete(tmp_path):
     assert not broken.exists() and read_video_info(writer.partial_path)[0] == 8
 
 
+def test_inference_streams_under_the_empty_prompt_when_given_it(model_dir, tiny_dataset, monkeypatch):
+    """--prompt "" is the empty caption (a stage trained without captions streams under it), not "no prompt": the
+    sample's caption does not replace it."""
+    data_root, index_file = tiny_dataset
+    prompts = []
+
+    def stop(self, prompt, *arguments, **options):
+        prompts.append(prompt)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(SwinDPMPipeline, "stream", stop)
+    command = ["--model_dir", str(model_dir), "--data_root", str(data_root), "--index_file", str(index_file)]
+    command += ["--num_groups", str(NUM_GROUPS), "--group_size", str(GROUP_SIZE), "--fps", str(CLIP_FPS)]
+    for prompt in (["--prompt", ""], []):
+        with pytest.raises(KeyboardInterrupt):
+            inference.main([*command, *prompt])
+    assert prompts[0] == "" and prompts[1]  # without --prompt: the sample's caption
+
+
 def test_inference_streams_a_dataset_sample_to_mp4(model_dir, tiny_dataset, tmp_path, capsys):
     data_root, index_file = tiny_dataset
     groups, output = 3, tmp_path / "drive.mp4"

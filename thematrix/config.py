@@ -106,6 +106,11 @@ class StrictArgs:
 ArgsT = TypeVar("ArgsT", bound=StrictArgs)
 
 
+def first_given(*values: Any) -> Any:
+    """The first value that is not None: a setting given as "" (the empty prompt) or 0 is given, not unset."""
+    return next((value for value in values if value is not None), None)
+
+
 def setting_from_model(name: str, value: Any, model_value: Any, model: str) -> Any:
     """A setting that the input model records: unset (None) it takes the model's value; set, it must agree.
 

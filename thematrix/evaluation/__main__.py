@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from thematrix.cli import run
-from thematrix.config import ConfigError, setting_from_model
+from thematrix.config import ConfigError, first_given, setting_from_model
 from thematrix.controls import VOCABULARY_FILE, ControlVocabulary, data_root_vocabulary
 from thematrix.evaluation.control_use import DEFAULT_TIMESTEPS, KEY_SETS, control_use
 from thematrix.evaluation.evaluate import (
@@ -433,9 +433,7 @@ def main(argv=None) -> Path | None:
         print(f"measures: {output.resolve()}")
         return output
     reference = Reference.load(args.idm)
-    prompt = args.prompt
-    if prompt is None:  # "" is a prompt: the empty caption stage 2 trains its module under
-        prompt = generation_defaults(check_model_dir(args.model_dir, "--model_dir")).prompt
+    prompt = first_given(args.prompt, generation_defaults(check_model_dir(args.model_dir, "--model_dir")).prompt)
     if prompt is None:
         raise ConfigError(f"--prompt: the model at {args.model_dir} records no prompt; pass --prompt")
     if args.command == "speed":
