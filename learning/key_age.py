@@ -6,7 +6,7 @@ key had been held, weighed as the evaluation's random commands hold their keys.
 
 The ceiling is the IDM's accuracy on real footage, read where each window ends. A window read just after the key
 changed shows less of the key's effect than one read after it was held a while; if the clip measure's commands
-(a random key held for 1 to 4 latent frames, `stage3.inference.random_controls`) changed keys more often than the
+(a random key held for 1 to 4 latent frames, `commanded_controls`) changed keys more often than the
 footage's driver did, the ceiling would overstate what generated clips could score. This prints the accuracy by
 the key's age (latent frames since it began) and the ceiling re-weighed by the ages the commands have.
 """
@@ -16,15 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 from collections import Counter
-from itertools import islice
 from pathlib import Path
 
 import torch
 from idm_regions import accuracies, add_clip_arguments, reconstructed_clips
 
-from stage3.inference import random_controls
+from thematrix.controls import ControlVocabulary
 from thematrix.evaluation.evaluate import Reference
 from thematrix.evaluation.footage import RealClips
+from thematrix.evaluation.generation import commanded_controls
 from thematrix.evaluation.idm import predict
 
 # Ages of this many latent frames or more share one row: few windows are older.
@@ -43,11 +43,12 @@ def real_key_ages(clips: RealClips, ends: torch.Tensor, frames_per_latent: int) 
     return ages
 
 
-def commanded_age_shares(reference: Reference, num_clips: int, latent_frames: int) -> dict[int, float]:
-    """The share of each key age among the scored latent frames of the clip measure's commands (seeds 0..)."""
+def commanded_age_shares(commands: ControlVocabulary, num_clips: int, latent_frames: int) -> dict[int, float]:
+    """The share of each key age among the scored latent frames of the clip measure's commands (its keys drawn
+    from ``commands``, ``Reference.commands``; seeds 0..)."""
     ages = Counter()
     for seed in range(num_clips):
-        keys = [tokens[0] for tokens in islice(random_controls(reference.vocabulary, 1, seed), latent_frames)]
+        keys = commanded_controls(commands, latent_frames, seed)
         age = 0
         for index in range(1, latent_frames):  # latent frame 0 is the clip's first frame alone: not scored
             age = age + 1 if keys[index] == keys[index - 1] else 0
@@ -79,7 +80,7 @@ def main() -> None:
             "windows": int(chosen.sum()),
             **accuracies(predicted[chosen], labels[chosen], reference.idm.tokens),
         }
-    shares = commanded_age_shares(reference, args.num_clips, args.clip_latent_frames)
+    shares = commanded_age_shares(reference.commands(None), args.num_clips, args.clip_latent_frames)
     parts = list(by_age[0])[1:]
     measures = {
         "by_age": by_age,

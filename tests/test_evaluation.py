@@ -928,7 +928,7 @@ def test_key_ages_count_latent_frames_since_the_key_began():
     # c = 4; the first clip's key changes at its frame 6, the second clip (from frame 9) holds one key
     clips = SimpleNamespace(labels=torch.tensor([0] * 6 + [1] * 3 + [2] * 9), starts=[0, 9], lengths=[9, 9])
     assert key_age.real_key_ages(clips, torch.tensor([4, 8, 13, 17]), 4) == [1, 0, 1, 2]
-    shares = key_age.commanded_age_shares(SimpleNamespace(vocabulary=TEST_VOCABULARY), num_clips=8, latent_frames=11)
+    shares = key_age.commanded_age_shares(TEST_VOCABULARY, num_clips=8, latent_frames=11)
     assert sum(shares.values()) == pytest.approx(1) and set(shares) <= set(range(key_age.OLDEST_AGE + 1))
     assert shares[0] > 1 / 4  # a key is drawn anew after 1 to 4 latent frames (the same one again 1 time in 9)
 
