@@ -2,9 +2,10 @@
 
     python inference.py --model_dir ../outputs/stage1-fused --output video.mp4
 
-The prompt, frame count, size and frame rate default to what the model directory (or --lora_dir) records of
-its training: a caption of its footage, its longest clip, its clip size and frame rate. A base model records
-none: pass --prompt; it generates its native size at CogVideoX's frame rate.
+The prompt, frame count, size, frame rate and text guidance default to what the model directory (or --lora_dir)
+records of its training: a caption of its footage, its longest clip, its clip size and frame rate, and no text
+guidance where its run dropped every caption. A base model records none: pass --prompt; it generates its native
+size at CogVideoX's frame rate and guidance.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ import torch
 from stage1.cogvideox.pipeline_cogvideox import GameVideoPipeline
 from thematrix.cli import run
 from thematrix.config import ConfigError, first_given, setting_from_model
-from thematrix.model_dir import COGVIDEOX_FPS, GenerationDefaults, generation_defaults, vae_architecture
+from thematrix.model_dir import (
+    COGVIDEOX_FPS,
+    DEFAULT_TEXT_GUIDANCE,
+    GenerationDefaults,
+    generation_defaults,
+    vae_architecture,
+)
 from thematrix.video import pipeline_video_to_signed, tensor_to_uint8_frames, write_mp4
 
 
@@ -32,7 +39,13 @@ def add_clip_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, default=None, help="default: the model's")
     parser.add_argument("--width", type=int, default=None, help="default: the model's")
     parser.add_argument("--num_inference_steps", type=int, default=50)
-    parser.add_argument("--guidance_scale", type=float, default=6.0)
+    parser.add_argument(
+        "--guidance_scale",
+        type=float,
+        default=None,
+        help="text guidance (default: the model's record (1, no guidance, where its run dropped every caption), else "
+        f"CogVideoX's {DEFAULT_TEXT_GUIDANCE:g})",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fps", type=int, default=None, help="frame rate of the mp4 (default: the model's)")
     parser.add_argument("--output", default="output.mp4")
@@ -42,11 +55,13 @@ def check_clip_options(
     args: argparse.Namespace, pipeline_class: type[GameVideoPipeline], lora_dir: str | None = None
 ) -> Path:
     """The model's local directory, once the options are checked against it and completed from what it (or
-    ``lora_dir``) records, before any weight loads; ``--fps`` must agree with the model's."""
+    ``lora_dir``) records, before any weight loads; ``--fps`` must agree with the model's. ``--guidance_scale``
+    unset takes the model's recorded guidance, else CogVideoX's default."""
     model_dir = pipeline_class.check_stage_model(args.model_dir)
     defaults = (lora_dir and GenerationDefaults.load(lora_dir)) or generation_defaults(model_dir)
     args.fps = setting_from_model("--fps", args.fps, defaults.fps, f"the model at {model_dir}") or COGVIDEOX_FPS
     args.prompt = first_given(args.prompt, defaults.prompt)
+    args.guidance_scale = first_given(args.guidance_scale, defaults.guidance_scale, DEFAULT_TEXT_GUIDANCE)
     if args.prompt is None:
         raise ConfigError(f"--prompt: the model at {model_dir} records no prompt (a base model); pass --prompt")
     args.num_frames = args.num_frames or defaults.num_frames

@@ -3,8 +3,9 @@
     python inference.py --model_dir ../outputs/stage2/model --controls "IDLE,MAIN,MAIN,LEFT,LEFT,IDLE,..." --output video.mp4
 
 Controls are the model's own tokens, one per latent frame (13 for 49 frames), or one per video frame with
---per_video_frame; without --controls every token of its vocabulary is held in turn. The prompt, length, size
-and frame rate default to what the model directory records of its training (see stage1/inference.py).
+--per_video_frame; without --controls every token of its vocabulary is held in turn. The prompt, length, size,
+frame rate and text guidance default to what the model directory records of its training (see
+stage1/inference.py): a stage that dropped every caption, as the mini config does, samples without guidance.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@
         --index_file ../footage/index.json --seconds 60 --random_controls --output stream.mp4
 
 The model directory gives the window, frame rate, frame size and control vocabulary it was trained with; an
-option that contradicts it is an error. The stream continues a clip: --initial_video FILE (its last frames),
+option that contradicts it is an error. Its record also gives the default text guidance: none (1) for a model
+whose stage dropped every caption (as the mini configs of stages 2 and 3 do), else the sampler's. The stream continues a clip: --initial_video FILE (its last frames),
 or sample --sample_index of a dataset (--data_root, --index_file); either must hold one training clip at the
 model's frame rate (1 + 4 * (2 + G * W) frames: 73 for the recipe's window of 4 groups of 4). Controls are a
 comma-separated pattern of the model's tokens cycled per latent frame (default: every token in turn), or
@@ -41,6 +42,7 @@ from thematrix.data.index import Sample, load_index
 from thematrix.data.initial_clip import InitialClip, sample_start, video_end
 from thematrix.model_dir import (
     COGVIDEOX_FPS,
+    DEFAULT_TEXT_GUIDANCE,
     GenerationDefaults,
     generation_defaults,
     transformer_config,
@@ -58,6 +60,8 @@ from thematrix.video import draw_control_overlay, tensor_to_uint8_frames
 from thematrix.video_stream import Mp4StreamWriter
 
 MAX_HOLD_GROUPS = 4  # random controls hold a key for 1..MAX_HOLD_GROUPS groups, as a player would
+# The sampler's defaults, where neither the options nor the model's record (its guidance) say otherwise.
+SWIN_DPM_DEFAULTS = {"num_inference_steps": 20, "guidance_scale": DEFAULT_TEXT_GUIDANCE}
 
 
 def random_controls(vocabulary: ControlVocabulary, group_size: int, seed: int) -> Iterator[list[str]]:
@@ -109,24 +113,28 @@ class StreamStart:
         return InitialClip(video, Path(path).name, path=Path(path))
 
 
-def check_stream_options(args: argparse.Namespace, pipeline_class=SwinDPMPipeline) -> StreamStart:
+def check_stream_options(
+    args: argparse.Namespace, pipeline_class=SwinDPMPipeline, defaults: dict = SWIN_DPM_DEFAULTS
+) -> StreamStart:
     """Complete and check the stream's options against the model directory, before any weight loads.
 
     Unset, ``--num_groups``, ``--group_size`` and ``--fps`` take what the model records (else the recipe's window
-    at CogVideoX's frame rate); set, they must agree with it. Then the step count and the dataset's index, checked
-    against the model's vocabulary (each unusable entry printed).
+    at CogVideoX's frame rate); set, they must agree with it. Unset, ``--guidance_scale`` takes the model's recorded
+    guidance, else the sampler's (``defaults``). Then the step count and the dataset's index, checked against the
+    model's vocabulary (each unusable entry printed).
     """
     model_dir = pipeline_class.check_stage_model(args.model_dir)
-    defaults = generation_defaults(model_dir)
+    recorded = generation_defaults(model_dir)
     vocabulary = model_vocabulary(model_dir)
     model = f"the model at {model_dir}"
     args.num_groups = (
-        setting_from_model("--num_groups", args.num_groups, defaults.num_groups, model) or RECIPE_NUM_GROUPS
+        setting_from_model("--num_groups", args.num_groups, recorded.num_groups, model) or RECIPE_NUM_GROUPS
     )
     args.group_size = (
-        setting_from_model("--group_size", args.group_size, defaults.group_size, model) or RECIPE_GROUP_SIZE
+        setting_from_model("--group_size", args.group_size, recorded.group_size, model) or RECIPE_GROUP_SIZE
     )
-    args.fps = setting_from_model("--fps", args.fps, defaults.fps, model) or COGVIDEOX_FPS
+    args.fps = setting_from_model("--fps", args.fps, recorded.fps, model) or COGVIDEOX_FPS
+    args.guidance_scale = first_given(args.guidance_scale, recorded.guidance_scale, defaults["guidance_scale"])
     args.num_inference_steps = args.num_inference_steps or args.num_groups
     if args.decode_device is not None:
         check_device("--decode_device", args.decode_device)
@@ -134,7 +142,7 @@ def check_stream_options(args: argparse.Namespace, pipeline_class=SwinDPMPipelin
         check_fp8("--fp8", default_device_and_dtype()[0])
     splits_evenly = True
     if args.context_parallel is not None:
-        splits_evenly = check_context_parallel_options(args, model_dir, defaults)
+        splits_evenly = check_context_parallel_options(args, model_dir, recorded)
     try:
         pipeline_class.check_steps(args.num_inference_steps, args.num_groups)
     except ValueError as error:
@@ -150,7 +158,7 @@ def check_stream_options(args: argparse.Namespace, pipeline_class=SwinDPMPipelin
     return StreamStart(
         model_dir=model_dir,
         vocabulary=vocabulary,
-        defaults=defaults,
+        defaults=recorded,
         vae_layout=vae,
         initial_frames=window_clip_frames(vae, args.num_groups, args.group_size),
         samples=samples,
@@ -176,11 +184,9 @@ def check_context_parallel_options(args: argparse.Namespace, model_dir: Path, de
     )
 
 
-SWIN_DPM_DEFAULTS = {"num_inference_steps": 20, "guidance_scale": 6.0}
-
-
-def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options every front end of the stream shares (this script and play.py): model, initial clip, sampling."""
+def add_stream_arguments(parser: argparse.ArgumentParser, defaults: dict = SWIN_DPM_DEFAULTS) -> None:
+    """The options every front end of the stream shares (this script and play.py): model, initial clip, sampling,
+    with the sampler's ``defaults`` (its guidance only where the model records none: check_stream_options)."""
     parser.add_argument("--model_dir", required=True, help="the stage's model directory: <output_dir>/model")
 
     start = parser.add_argument_group("initial clip: --initial_video, or a dataset sample")
@@ -205,6 +211,7 @@ def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
     sampling.add_argument(
         "--num_inference_steps",
         type=int,
+        default=defaults["num_inference_steps"],
         help="N, a multiple of --num_groups (default: %(default)s; None = one step per group)",
     )
     sampling.add_argument(
@@ -213,7 +220,13 @@ def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
     sampling.add_argument(
         "--group_size", type=int, default=None, help="W: latent frames per group (default: the model's)"
     )
-    sampling.add_argument("--guidance_scale", type=float, help="text guidance (default: %(default)s)")
+    sampling.add_argument(
+        "--guidance_scale",
+        type=float,
+        default=None,
+        help="text guidance (default: the model's record (1, no guidance, where its run dropped every caption), else "
+        f"{defaults['guidance_scale']:g})",
+    )
     sampling.add_argument("--control_guidance_scale", type=float, default=1.0, help="> 1 strengthens the controls")
     sampling.add_argument(
         "--fps", type=int, default=None, help="frame rate of the initial clip and of the mp4 (default: the model's)"
@@ -261,7 +274,7 @@ def parse_args(
     """The stream's options, checked before a model is loaded; a later stage passes its own description,
     sampling defaults and pipeline."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_stream_arguments(parser)
+    add_stream_arguments(parser, defaults)
 
     length = parser.add_mutually_exclusive_group()
     length.add_argument("--seconds", type=float, default=60.0, help="video length at --fps (default 60)")
@@ -276,7 +289,6 @@ def parse_args(
     controls.add_argument("--random_controls", action="store_true", help="random keys, each held for some groups")
 
     parser.add_argument("--output", type=Path, default=Path("output.mp4"))
-    parser.set_defaults(**defaults)
     args = parser.parse_args(argv)
 
     from_dataset = args.data_root is not None or args.index_file is not None
@@ -324,7 +336,7 @@ def main(
     argv=None, pipeline_class=SwinDPMPipeline, description: str = __doc__, defaults: dict = SWIN_DPM_DEFAULTS
 ) -> Path:
     args = parse_args(argv, description, defaults, pipeline_class)
-    start = check_stream_options(args, pipeline_class)
+    start = check_stream_options(args, pipeline_class, defaults)
     vocabulary = start.vocabulary
     if args.random_controls:
         controls = random_controls(vocabulary, args.group_size, args.seed)

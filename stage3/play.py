@@ -28,10 +28,16 @@ from thematrix.play.server import add_server_arguments, check_server_arguments, 
 class StreamWorldModel:
     """Everything play needs from the pipeline and inference.py, in one place: the initial clips as inference.py
     reads them, the stream as inference.py runs it, and inference.py's arguments that replay a recorded segment.
-    The options and the first clip are checked against the model directory (inference.check_stream_options)
-    before it loads."""
+    The options and the first clip are checked against the model directory (inference.check_stream_options, which
+    completes them from its record, else the sampler's ``defaults``) before it loads."""
 
-    def __init__(self, args: argparse.Namespace, pipeline_class: type[SwinDPMPipeline], inference_module: str):
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        pipeline_class: type[SwinDPMPipeline],
+        inference_module: str,
+        defaults: dict = inference.SWIN_DPM_DEFAULTS,
+    ):
         if args.context_parallel is not None:
             raise ConfigError(
                 "--context_parallel: play serves one page from one process; stream with inference.py under torchrun, "
@@ -39,7 +45,7 @@ class StreamWorldModel:
             )
         self.args = args
         self.inference_module = inference_module
-        self.start = inference.check_stream_options(args, pipeline_class)
+        self.start = inference.check_stream_options(args, pipeline_class, defaults)
         self.vocabulary = self.start.vocabulary
         self.fps, self.num_groups, self.group_size = args.fps, args.num_groups, args.group_size
         self.initial_frames = self.start.initial_frames
@@ -130,9 +136,8 @@ def parse_args(
     pipeline_class: type[SwinDPMPipeline] = SwinDPMPipeline,
 ) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    inference.add_stream_arguments(parser)
+    inference.add_stream_arguments(parser, defaults)
     add_server_arguments(parser)
-    parser.set_defaults(**defaults)
     args = parser.parse_args(argv)
     if args.initial_video is not None and args.index_file is not None:
         parser.error("give --initial_video or --data_root/--index_file, not both")
@@ -151,7 +156,7 @@ def main(
     inference_module: str = "stage3.inference",
 ) -> None:
     args = parse_args(argv, description, defaults, pipeline_class)
-    model = StreamWorldModel(args, pipeline_class, inference_module)
+    model = StreamWorldModel(args, pipeline_class, inference_module, defaults)
     play(model, args, model.first_clip)
 
 

@@ -5,8 +5,8 @@
 
 Every option is stage 3's (the window, frame rate and vocabulary come from the model directory);
 --num_inference_steps is --num_groups (one forward per emitted group, the only step count a student is trained
-for: another is refused) and --guidance_scale defaults to 1 (the student needs no CFG pass). It prints the time
-to the first frame and the frames per second.
+for: another is refused) and --guidance_scale defaults to the model's recorded guidance, else 1 (the student needs
+no CFG pass). It prints the time to the first frame and the frames per second.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
     python play.py --model_dir ../outputs/stage4/model --data_root ../footage --index_file ../footage/index.json
 
 then open the address it prints (http://127.0.0.1:8000/). Everything is stage 3's play.py; only the sampling
-defaults differ, as in inference.py: --num_inference_steps defaults to --num_groups and --guidance_scale to 1.
+defaults differ, as in inference.py: --num_inference_steps defaults to --num_groups and --guidance_scale to the
+model's recorded guidance, else 1.
 """
 
 from __future__ import annotations

@@ -25,13 +25,19 @@ from stage4.cogvideox.scheduler import ScmScheduler, distillation_timesteps, tea
 from stage4.training.arguments import ScmArgs
 from thematrix.acceleration import compile_blocks
 from thematrix.cli import run
-from thematrix.config import ConfigError
-from thematrix.model_dir import SWIN_DPM_SAMPLER, check_sampler, save_model_dir, transformer_class_name
+from thematrix.config import ConfigError, first_given
+from thematrix.model_dir import (
+    DEFAULT_TEXT_GUIDANCE,
+    NO_TEXT_GUIDANCE,
+    SWIN_DPM_SAMPLER,
+    check_sampler,
+    save_model_dir,
+    transformer_class_name,
+)
 from thematrix.models import InteractiveCogVideoXTransformer3DModel
 from thematrix.training.sharding import full_trainable_weights
 
 DEFAULT_CONFIG = Path(__file__).parent / "training" / "scm_config.py"
-NO_GUIDANCE = 1.0  # guidance scale of a single conditional forward
 
 
 class EmaTarget:
@@ -102,7 +108,8 @@ class ScmTrainer(SwinTrainer):
 
     def check_settings(self) -> None:
         """A stage-3 model to distil (its transformer's class, and its record's sampler: a stage-2 model never
-        trained the window), then stage 3's checks (window, vocabulary, clips), then one validation step per group."""
+        trained the window), then stage 3's checks (window, vocabulary, clips), then one validation step per group
+        and the teacher's text guidance where unset: its own stream default, as its record gives it."""
         args = self.args
         found = transformer_class_name(self.model_dir)
         if found != InteractiveCogVideoXTransformer3DModel.__name__:
@@ -113,6 +120,9 @@ class ScmTrainer(SwinTrainer):
         check_sampler(self.model_dir, SWIN_DPM_SAMPLER, "args.pretrained_model_name_or_path")
         super().check_settings()
         args.validation_num_inference_steps = args.validation_num_inference_steps or args.num_noise_groups
+        recorded = self.model_record.guidance_scale if self.model_record else None
+        args.guidance_scale = first_given(args.guidance_scale, recorded, DEFAULT_TEXT_GUIDANCE)
+        args.check_guidance()
         try:
             self.teacher_schedule = teacher_schedule(
                 self.scheduler, args.teacher_num_inference_steps, args.num_noise_groups
@@ -184,7 +194,9 @@ class ScmTrainer(SwinTrainer):
         """x_s: the teacher's DDIM steps along ``path`` [B, k + 1, F] from x_t, guided when distilling guidance."""
         args = self.args
         guidance, control_guidance = (
-            (args.guidance_scale, args.control_guidance_scale) if args.distill_guidance else (NO_GUIDANCE, NO_GUIDANCE)
+            (args.guidance_scale, args.control_guidance_scale)
+            if args.distill_guidance
+            else (NO_TEXT_GUIDANCE, NO_TEXT_GUIDANCE)
         )
         negative = self.empty_prompt_embeds.expand_as(prompt_embeds)
         for now, after in zip(path.unbind(1)[:-1], path.unbind(1)[1:]):

@@ -23,7 +23,7 @@ from diffusers import AutoencoderKLCogVideoX
 from PIL import Image
 
 from stage3.cogvideox.pipeline_cogvideox import condition_control
-from stage4.cogvideox.pipeline_cogvideox import ScmPipeline
+from stage4.cogvideox.pipeline_cogvideox import STUDENT_GUIDANCE_SCALE, ScmPipeline
 from tests.conftest import CLIP_FPS, TEST_VOCABULARY, TINY_HEIGHT, TINY_WIDTH
 from thematrix import acceleration
 from thematrix.acceleration import compile_stream
@@ -59,7 +59,7 @@ from thematrix.evaluation.metrics import (
     total_variation,
 )
 from thematrix.evaluation.report import COMMIT_VARIABLE, environment, frame_labels
-from thematrix.model_dir import generation_defaults
+from thematrix.model_dir import DEFAULT_TEXT_GUIDANCE, NO_TEXT_GUIDANCE, generation_defaults
 from thematrix.models import InteractiveCogVideoXTransformer3DModel
 
 C = 4  # the VAE's temporal compression
@@ -437,6 +437,34 @@ def test_clips_with_and_without_controls_are_scored_against_the_same_commands(
     assert sheet.size == (8 * TINY_WIDTH, 2 * TINY_HEIGHT)
 
 
+def test_clips_are_sampled_and_recorded_at_the_guidance_the_model_records_unless_told(
+    idm_dir, model_dir, tmp_path, monkeypatch
+):
+    """A model whose run dropped every caption records no text guidance: its clips are sampled without it, unless
+    --guidance_scale says otherwise, and the measures' settings say which; a model that records none takes
+    CogVideoX's."""
+    unguided = tmp_path / "model"
+    shutil.copytree(model_dir, unguided)
+    dataclasses.replace(generation_defaults(unguided), guidance_scale=NO_TEXT_GUIDANCE).save(unguided)
+    sampled, recorded = [], []
+
+    def measured(*arguments, guidance_scale, **options):
+        sampled.append(guidance_scale)
+        return {}, []
+
+    def written(path, measures, settings, elapsed_s):
+        recorded.append(settings["guidance_scale"])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluation_main, "evaluate_clips", measured)
+    monkeypatch.setattr(evaluation_main, "write_json", written)
+    for model, options in ((unguided, []), (unguided, ["--guidance_scale", "4"]), (model_dir, [])):
+        command = ["clips", "--model_dir", str(model), "--idm", str(idm_dir), "--output", str(tmp_path / "c.json")]
+        with pytest.raises(KeyboardInterrupt):
+            main([*command, "--prompt", PROMPT, *options])
+    assert sampled == recorded == [NO_TEXT_GUIDANCE, 4.0, DEFAULT_TEXT_GUIDANCE]
+
+
 def stream_command(model_dir, idm, data_root, index_file, output, sampler: str, *settings: str) -> list[str]:
     """The command line of a stream evaluation; ``settings`` are the options beyond the required ones."""
     return [
@@ -727,6 +755,24 @@ def test_the_sampler_defaults_to_the_one_the_model_records(model_dir, tmp_path):
         args = without_sampler(recorded)
         assert resolve_stream_settings(args).sampler == args.sampler == sampler
         assert args.num_inference_steps == steps
+
+
+def test_streams_sample_at_the_guidance_the_model_records_unless_told(model_dir, tmp_path):
+    """--guidance_scale when given; else the model's record (no guidance where its run dropped every caption); else
+    the sampler's (CogVideoX's for swin-dpm, none for scm's student)."""
+
+    def guidance(model, sampler: str, *options: str) -> float:
+        args = parse_args(stream_command(model, "IDM", "D", "D/index.json", "x.json", sampler, *TEST_WINDOW, *options))
+        assert resolve_stream_settings(args).guidance_scale == args.guidance_scale
+        return args.guidance_scale
+
+    unguided = tmp_path / "model"
+    shutil.copytree(model_dir, unguided)
+    dataclasses.replace(generation_defaults(unguided), guidance_scale=NO_TEXT_GUIDANCE).save(unguided)
+    assert guidance(unguided, "swin-dpm") == NO_TEXT_GUIDANCE
+    assert guidance(unguided, "swin-dpm", "--guidance_scale", "4") == 4.0
+    assert guidance(model_dir, "swin-dpm") == DEFAULT_TEXT_GUIDANCE
+    assert guidance(model_dir, "scm") == STUDENT_GUIDANCE_SCALE
 
 
 def speed_command(model_dir, idm, data_root, index_file, output, *settings: str) -> list[str]:

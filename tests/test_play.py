@@ -5,6 +5,7 @@ the server (tab outboxes, refusals, bad requests), the command line, and the pag
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 import os
@@ -29,6 +30,7 @@ from stage3 import play as swin_play
 from tests.conftest import TEST_VOCABULARY, TINY_HEIGHT, TINY_WIDTH, moving_square_clip
 from thematrix.controls import GAME_KEYMAP_KEY, ControlVocabulary, game_files, vocabulary_from_json
 from thematrix.data.initial_clip import InitialClip
+from thematrix.model_dir import NO_TEXT_GUIDANCE, SWIN_DPM_SAMPLER, generation_defaults
 from thematrix.play.keymap import KeyMap, KeyMapError, default_keymap, load_keymap
 from thematrix.play.server import FRAME_HEADER_LENGTH, PlayServer, Viewer, encode_frame
 from thematrix.play.world import ShownFrame, World
@@ -423,6 +425,20 @@ def test_bad_requests_say_what_to_send(world, tmp_path):
 
 
 # The command line.
+
+
+def test_play_streams_and_replays_at_the_guidance_the_model_records(model_dir, play_dataset, tmp_path):
+    """A model whose run dropped every caption plays without text guidance, and its recordings replay so."""
+    unguided = tmp_path / "model"
+    shutil.copytree(model_dir, unguided)
+    record = dataclasses.replace(
+        generation_defaults(unguided), sampler=SWIN_DPM_SAMPLER, guidance_scale=NO_TEXT_GUIDANCE
+    )
+    record.save(unguided)
+    args = swin_play.parse_args(play_arguments(unguided, play_dataset, tmp_path / "play"))
+    model = swin_play.StreamWorldModel(args, swin_play.SwinDPMPipeline, "stage3.inference")
+    replay = model.replay_arguments("clip.mp4", "", "STAY", 1, "replay.mp4")
+    assert args.guidance_scale == float(replay[replay.index("--guidance_scale") + 1]) == NO_TEXT_GUIDANCE
 
 
 def test_the_page_is_served_on_this_machine_only_unless_told(model_dir):

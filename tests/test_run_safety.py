@@ -18,6 +18,8 @@ import torch
 from safetensors.torch import load_file
 
 from stage1.train_text_to_video_lora import LoraTrainer, main
+from stage1.training.arguments import LoraArgs
+from stage4.training.arguments import ScmArgs
 from tests.conftest import TINY_HEIGHT, TINY_RUN_STEPS, TINY_WIDTH
 from tests.launching import (
     REPO_ROOT,
@@ -28,7 +30,7 @@ from tests.launching import (
 )
 from thematrix.cli import USAGE_EXIT_CODE, run
 from thematrix.config import ConfigError
-from thematrix.model_dir import LORA_WEIGHT_NAME, generation_defaults
+from thematrix.model_dir import DEFAULT_TEXT_GUIDANCE, LORA_WEIGHT_NAME, NO_TEXT_GUIDANCE, generation_defaults
 from thematrix.training import run_safety
 from thematrix.training.checkpoint import (
     TRAINABLE_WEIGHTS,
@@ -47,6 +49,7 @@ from thematrix.training.run_safety import (
     StopSignals,
 )
 from thematrix.training.sharding import TrainingMode
+from thematrix.training.trainer import resolve_validation_sampling
 
 DIVERGING_LR = 1e30  # one Adam step moves every LoRA weight by about 10x this: step 2 overflows to inf and nan
 
@@ -376,6 +379,48 @@ def test_the_frame_size_defaults_to_the_models_and_a_size_contradicting_its_reco
     unset = LoraTrainer(lora_args(pretrained_model_name_or_path=str(recorded), height=None, width=None))
     unset.setup()
     assert (unset.args.height, unset.args.width) == (2 * TINY_HEIGHT, 2 * TINY_WIDTH)
+
+
+def test_a_run_that_drops_every_caption_validates_and_records_the_empty_caption_without_text_guidance(
+    lora_args, tiny_model_dir, tmp_path
+):
+    """caption_p_zero = 1 trains under the empty caption alone: the run validates as its model will be sampled,
+    under that caption without text guidance, and records both; a run that trains captions validates under the
+    input model's prompt at CogVideoX's guidance and records no guidance (the sampler's own)."""
+    recorded = tmp_path / "recorded"
+    shutil.copytree(tiny_model_dir, recorded)
+    dataclasses.replace(generation_defaults(recorded), prompt="a car").save(recorded)
+    for caption_p_zero, prompt, guidance, recorded_guidance in (
+        (1.0, "", NO_TEXT_GUIDANCE, NO_TEXT_GUIDANCE),
+        (0.1, "a car", DEFAULT_TEXT_GUIDANCE, None),
+    ):
+        settings = dict(pretrained_model_name_or_path=str(recorded), caption_p_zero=caption_p_zero)
+        trainer = LoraTrainer(lora_args(f"run-{caption_p_zero}", **settings))
+        trainer.setup()
+        args = trainer.args
+        assert (args.validation_prompts, args.validation_guidance_scale) == ((prompt,), guidance)
+        record = args.generation_defaults()
+        assert (record.prompt, record.guidance_scale) == (prompt, recorded_guidance)
+
+
+@pytest.mark.parametrize(
+    "args, model_prompt, prompts, guidance",
+    [
+        # a model whose run trained no caption records the empty one: the footage's caption is a prompt of it
+        (LoraArgs(), "", ("the first caption",), DEFAULT_TEXT_GUIDANCE),
+        (LoraArgs(), None, ("the first caption",), DEFAULT_TEXT_GUIDANCE),
+        (
+            LoraArgs(caption_p_zero=1.0, validation_prompts=("a car",), validation_guidance_scale=3.0),
+            "a road",
+            ("a car",),
+            3.0,
+        ),
+        (ScmArgs(), "a road", ("a road",), 1.0),  # the student validates unguided whatever its run's captions
+    ],
+)
+def test_given_validation_settings_are_kept_and_unset_ones_follow_the_run(args, model_prompt, prompts, guidance):
+    resolve_validation_sampling(args, model_prompt, "the first caption")
+    assert (args.validation_prompts, args.validation_guidance_scale) == (prompts, guidance)
 
 
 def test_a_checkpoint_this_run_cannot_resume_is_refused_before_any_weight_loads(lora_args, tmp_path):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import shutil
 
 import pytest
 import torch
@@ -25,7 +27,13 @@ from tests.conftest import (
 )
 from thematrix.config import ConfigError
 from thematrix.data.dataset import collate_batch
-from thematrix.model_dir import LORA_WEIGHT_NAME, ModelDirError
+from thematrix.model_dir import (
+    DEFAULT_TEXT_GUIDANCE,
+    LORA_WEIGHT_NAME,
+    NO_TEXT_GUIDANCE,
+    ModelDirError,
+    generation_defaults,
+)
 from thematrix.training.checkpoint import TRAINABLE_WEIGHTS, list_checkpoints
 from thematrix.video import read_video_info
 
@@ -165,6 +173,30 @@ def test_an_empty_prompt_is_kept_and_a_missing_one_is_refused_for_a_base_model(t
     assert args.prompt == ""
     with pytest.raises(ConfigError, match="records no prompt"):
         inference.check_clip_options(parser.parse_args(["--model_dir", str(tiny_model_dir)]), GameVideoPipeline)
+
+
+def test_inference_samples_at_the_guidance_the_model_records_unless_told(tiny_model_dir, tmp_path, monkeypatch):
+    """A model whose run dropped every caption records no text guidance (1), which --guidance_scale overrides; a
+    model that records none samples at CogVideoX's guidance."""
+    recorded = tmp_path / "recorded"
+    shutil.copytree(tiny_model_dir, recorded)
+    record = dataclasses.replace(generation_defaults(recorded), prompt="", guidance_scale=NO_TEXT_GUIDANCE)
+    record.save(recorded)
+    scales = []
+
+    def stop(self, *arguments, guidance_scale, **options):
+        scales.append(guidance_scale)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(GameVideoPipeline, "__call__", stop)
+    for options in (
+        ["--model_dir", str(recorded)],
+        ["--model_dir", str(recorded), "--guidance_scale", "4"],
+        ["--model_dir", str(tiny_model_dir), "--prompt", "a car"],
+    ):
+        with pytest.raises(KeyboardInterrupt):
+            inference.main([*options, "--output", str(tmp_path / "video.mp4")])
+    assert scales == [NO_TEXT_GUIDANCE, 4.0, DEFAULT_TEXT_GUIDANCE]
 
 
 def test_resume_after_kill_equals_uninterrupted_run(tiny_model_dir, tiny_dataset, tmp_path):

@@ -166,6 +166,7 @@ def test_the_model_directory_records_its_run_in_a_file_of_its_own(trained, tmp_p
         CLIP_FPS,
         TRAIN_FRAMES,
     )
+    assert recorded.guidance_scale is None  # it trained captions (caption_p_zero < 1): the sampler's guidance
     record = trainer.final_model_dir / GENERATION_DEFAULTS_FILE
     before = record.read_bytes()
     changed = dataclasses.replace(recorded, prompt="Another prompt.")
@@ -174,6 +175,14 @@ def test_the_model_directory_records_its_run_in_a_file_of_its_own(trained, tmp_p
     )
     save_model_dir(transformer, trainer.final_model_dir, tmp_path / "next", changed)
     assert GenerationDefaults.load(tmp_path / "next") == changed and record.read_bytes() == before
+
+
+def test_a_record_written_before_the_guidance_was_recorded_loads_without_it(tmp_path):
+    """Records of models trained before the field say nothing of guidance: the sampler's own applies."""
+    fields = dict(fps=CLIP_FPS, height=TINY_HEIGHT, width=TINY_WIDTH, num_frames=TRAIN_FRAMES, prompt="a car")
+    (tmp_path / GENERATION_DEFAULTS_FILE).write_text(json.dumps(dict(fields, num_groups=None, group_size=None)))
+    record = GenerationDefaults.load(tmp_path)
+    assert record == GenerationDefaults(**fields) and record.guidance_scale is None
 
 
 def test_validation_video_and_checkpoint_hold_the_module_only(trained):

@@ -20,12 +20,20 @@ from stage3.cogvideox.pipeline_cogvideox import (
     history_latent_frames,
     window_clip_frames,
 )
-from stage4.cogvideox.pipeline_cogvideox import ScmPipeline
+from stage4 import inference as scm_inference
+from stage4.cogvideox.pipeline_cogvideox import STUDENT_GUIDANCE_SCALE, ScmPipeline
 from stage4.cogvideox.scheduler import ScmScheduler
 from tests.conftest import CLIP_FPS, CLIP_FRAMES, TEST_VOCABULARY, TINY_HEIGHT, TINY_WIDTH, moving_square_clip
 from thematrix.controls import ControlError
 from thematrix.data.dataset import DatasetError
-from thematrix.model_dir import SCM_SAMPLER, SWIN_DPM_SAMPLER, ModelDirError, generation_defaults
+from thematrix.model_dir import (
+    DEFAULT_TEXT_GUIDANCE,
+    NO_TEXT_GUIDANCE,
+    SCM_SAMPLER,
+    SWIN_DPM_SAMPLER,
+    ModelDirError,
+    generation_defaults,
+)
 from thematrix.schedules import CONDITION_TIMESTEP
 from thematrix.streaming_vae import StreamingDecoder
 from thematrix.video import read_video_info, write_mp4
@@ -391,6 +399,33 @@ def test_inference_streams_under_the_empty_prompt_when_given_it(model_dir, tiny_
         with pytest.raises(KeyboardInterrupt):
             inference.main([*command, *prompt])
     assert prompts[0] == "" and prompts[1]  # without --prompt: the sample's caption
+
+
+def test_streams_sample_at_the_guidance_the_model_records_unless_told(model_dir, tiny_dataset, tmp_path, monkeypatch):
+    """--guidance_scale when given; else the model's record (no guidance where its run dropped every caption); else
+    the sampler's: CogVideoX's for stage 3, none for stage 4's student."""
+    data_root, index_file = tiny_dataset
+    unguided = recorded_copy(model_dir, tmp_path / "stage3", SWIN_DPM_SAMPLER)
+    dataclasses.replace(generation_defaults(unguided), guidance_scale=NO_TEXT_GUIDANCE).save(unguided)
+    student = recorded_copy(model_dir, tmp_path / "stage4", SCM_SAMPLER)
+    scales = []
+
+    def stop(self, prompt, *arguments, guidance_scale, **options):
+        scales.append(guidance_scale)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(SwinDPMPipeline, "stream", stop)  # ScmPipeline.stream passes its guidance on to it
+    command = ["--data_root", str(data_root), "--index_file", str(index_file), "--fps", str(CLIP_FPS)]
+    command += ["--num_groups", str(NUM_GROUPS), "--group_size", str(GROUP_SIZE)]
+    for stage, model, options in (
+        (inference, model_dir, []),
+        (inference, unguided, []),
+        (inference, unguided, ["--guidance_scale", "4"]),
+        (scm_inference, student, []),
+    ):
+        with pytest.raises(KeyboardInterrupt):
+            stage.main(["--model_dir", str(model), *command, *options])
+    assert scales == [DEFAULT_TEXT_GUIDANCE, NO_TEXT_GUIDANCE, 4.0, STUDENT_GUIDANCE_SCALE]
 
 
 def test_inference_streams_a_dataset_sample_to_mp4(model_dir, tiny_dataset, tmp_path, capsys):

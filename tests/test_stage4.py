@@ -34,7 +34,14 @@ from tests.test_acceleration import COMPILE_ROUNDING_STEPS, TEST_BACKEND
 from thematrix import acceleration
 from thematrix.config import ConfigError, load_config
 from thematrix.data.dataset import collate_batch
-from thematrix.model_dir import SCM_SAMPLER, SWIN_DPM_SAMPLER, ModelDirError, generation_defaults
+from thematrix.model_dir import (
+    DEFAULT_TEXT_GUIDANCE,
+    NO_TEXT_GUIDANCE,
+    SCM_SAMPLER,
+    SWIN_DPM_SAMPLER,
+    ModelDirError,
+    generation_defaults,
+)
 from thematrix.presets import TINY
 from thematrix.schedules import GroupedInferenceSchedule, c_out, c_skip, phase_boundaries, phase_boundary_below
 from thematrix.training import trainer as trainer_module
@@ -193,13 +200,13 @@ def test_the_teacher_is_guided_by_default_as_stage_3_streams_are(
         args.distill_guidance
         and load_config(REPOSITORY / "stage4" / "training" / "scm_config.py", ScmArgs).distill_guidance
     )
+    trainer = ScmTrainer(args)
+    trainer.setup()
     stream_defaults = inspect.signature(SwinDPMPipeline.stream).parameters
     assert (args.guidance_scale, args.control_guidance_scale) == (
         stream_defaults["guidance_scale"].default,
         stream_defaults["control_guidance_scale"].default,
     )
-    trainer = ScmTrainer(args)
-    trainer.setup()
     scales = []
     velocity = SwinDPMPipeline.guided_velocity
 
@@ -483,6 +490,28 @@ def test_validation_writes_the_few_step_stream(distilled):
     assert read_video_info(video)[0] == 4 * GROUP_SIZE * STREAM_GROUPS
 
 
+def test_a_teacher_that_streams_without_text_guidance_is_distilled_without_it(teacher_dir, tiny_dataset, tmp_path):
+    """A stage-3 model whose run dropped every caption records no text guidance: the student learns the stream
+    its teacher makes by default, even where the stage keeps its captions; a scale given is kept."""
+    unguided = tmp_path / "unguided-teacher"
+    shutil.copytree(teacher_dir, unguided)
+    record = generation_defaults(unguided)
+    dataclasses.replace(record, sampler=SWIN_DPM_SAMPLER, guidance_scale=NO_TEXT_GUIDANCE).save(unguided)
+    for given, resolved in ((None, NO_TEXT_GUIDANCE), (3.0, 3.0)):
+        trainer = ScmTrainer(scm_args(unguided, tiny_dataset, tmp_path / f"run-{given}", guidance_scale=given))
+        trainer.setup()
+        assert trainer.args.guidance_scale == resolved
+
+
+def test_text_guidance_to_distil_without_captions_is_refused_once_the_teachers_is_known(
+    teacher_dir, tiny_dataset, tmp_path, nothing_loads
+):
+    """The teacher records no guidance (CogVideoX's then): with every caption dropped there is none to distil."""
+    trainer = ScmTrainer(scm_args(teacher_dir, tiny_dataset, tmp_path, caption_p_zero=1.0))
+    with pytest.raises(ConfigError, match="every caption is dropped"):
+        trainer.setup()
+
+
 # ---------------------------------------------------------------- settings
 @pytest.mark.parametrize(
     "setting, value, message",
@@ -493,11 +522,11 @@ def test_validation_writes_the_few_step_stream(distilled):
         ("loss_type", "l1", "loss_type"),
         ("student", "half", "args.student"),
         ("validation_num_inference_steps", 8, "must equal args.num_noise_groups"),
-        ("caption_p_zero", 1.0, "every caption is dropped"),  # text guidance has nothing to distil
+        ("guidance_scale", DEFAULT_TEXT_GUIDANCE, "every caption is dropped"),  # with caption_p_zero = 1 below
     ],
 )
 def test_bad_settings_fail_with_the_setting_named(setting, value, message):
-    args = ScmArgs()
+    args = ScmArgs(caption_p_zero=1.0)  # what the checks allow where no guidance is given or distilled
     args.num_noise_groups = 4  # the window, which the trainer otherwise takes from the model
     setattr(args, setting, value)
     with pytest.raises(ConfigError, match=message):

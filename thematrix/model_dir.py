@@ -26,6 +26,10 @@ MODEL_INDEX = "model_index.json"
 GENERATION_DEFAULTS_FILE = "generation_defaults.json"
 # CogVideoX's own frame rate: what a model directory that records none (a base model) generates at.
 COGVIDEOX_FPS = 8
+# Text guidance scales: CogVideoX's default, for a model trained on captions (and their dropout); and a scale of 1,
+# one conditional forward without classifier-free guidance, for a model whose run dropped every caption.
+DEFAULT_TEXT_GUIDANCE = 6.0
+NO_TEXT_GUIDANCE = 1.0
 # The samplers a model's Swin-DPM window is trained for (GenerationDefaults.sampler), and the stage that trains each:
 # stage 3's many-step shifted-window denoising, stage 4's one-step-per-group consistency student.
 SWIN_DPM_SAMPLER, SCM_SAMPLER = "swin-dpm", "scm"
@@ -45,12 +49,15 @@ class GenerationDefaults:
 
     ``fps``, ``height``, ``width``: the frame rate and size of its training clips; ``num_frames``: its longest
     training clip (the window's clip in stages 3-4); ``prompt``: a prompt of its footage (the run's first
-    validation prompt, by default a caption of the footage); ``num_groups``, ``group_size``: the Swin-DPM window of
-    G groups of W latent frames (stages 3-4; None before); ``sampler``: the sampler that window was trained for
-    (``SWIN_DPM_SAMPLER`` in stage 3, ``SCM_SAMPLER`` in stage 4; None before, and in records written before the
-    field), so that a stage-2 model is refused where a stage-3 one is needed (``check_sampler``). For a model
-    that records nothing, ``fps`` and ``prompt`` are None too (see ``generation_defaults``). The model's control
-    vocabulary is part of its transformer's config, not of this file.
+    validation prompt, by default a caption of the footage, or the empty caption where its run dropped every
+    caption); ``num_groups``, ``group_size``: the Swin-DPM window of G groups of W latent frames (stages 3-4; None
+    before); ``sampler``: the sampler that window was trained for (``SWIN_DPM_SAMPLER`` in stage 3, ``SCM_SAMPLER``
+    in stage 4; None before, and in records written before the field), so that a stage-2 model is refused where a
+    stage-3 one is needed (``check_sampler``); ``guidance_scale``: the text guidance the model samples at by
+    default: ``NO_TEXT_GUIDANCE`` where its run dropped every caption (caption_p_zero = 1: the stage never trained a
+    caption's effect), None otherwise (the sampler's own default), and in records written before the field. For a
+    model that records nothing, ``fps`` and ``prompt`` are None too (see ``generation_defaults``). The model's
+    control vocabulary is part of its transformer's config, not of this file.
     """
 
     fps: int | None
@@ -61,6 +68,7 @@ class GenerationDefaults:
     num_groups: int | None = None
     group_size: int | None = None
     sampler: str | None = None
+    guidance_scale: float | None = None
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / GENERATION_DEFAULTS_FILE
@@ -85,7 +93,7 @@ class GenerationDefaults:
 
 def generation_defaults(model_dir: str | Path) -> GenerationDefaults:
     """What ``model_dir`` records of its training; for a model that records nothing (a base model), its configs'
-    native size and clip length, with no frame rate (generate at ``COGVIDEOX_FPS``), prompt or window."""
+    native size and clip length, with no frame rate (generate at ``COGVIDEOX_FPS``), prompt, window or guidance."""
     recorded = GenerationDefaults.load(model_dir)
     if recorded is not None:
         return recorded

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from stage3.training.arguments import SwinArgs
 from thematrix.config import ConfigError
-from thematrix.model_dir import SCM_SAMPLER
+from thematrix.model_dir import NO_TEXT_GUIDANCE, SCM_SAMPLER
 
 LOSS_TYPES = ("l2", "huber")
 STUDENT_KINDS = ("full", "lora")
@@ -35,7 +35,9 @@ class ScmArgs(SwinArgs):
     # scales, as stage 3's streams are by default, so the student learns the guided ODE and needs one forward
     # per group at inference, with no CFG pass; the teacher pays for the guidance's extra forwards.
     distill_guidance: bool = True
-    guidance_scale: float = 6.0  # CogVideoX's default text guidance, stage 3's stream default
+    # Default: the teacher's own stream default, its record's (none where stage 3 dropped every caption), else
+    # CogVideoX's DEFAULT_TEXT_GUIDANCE.
+    guidance_scale: float | None = None
     control_guidance_scale: float = 1.0  # > 1 also distils stronger control following
 
     # --- student and target -------------------------------------------------------------------------
@@ -70,13 +72,8 @@ class ScmArgs(SwinArgs):
                 f"args.validation_num_inference_steps = {steps} must equal args.num_noise_groups = {groups}: the "
                 "student takes one step per group; leave it unset"
             )
-        if self.distill_guidance and self.guidance_scale != 1 and self.caption_p_zero == 1:
-            raise ConfigError(
-                f"args.caption_p_zero = 1 with args.distill_guidance and args.guidance_scale = {self.guidance_scale}: "
-                "every caption is dropped, so the teacher's text-guided velocity equals its unguided one and the "
-                "student learns the teacher without guidance; lower args.caption_p_zero (the stage's default "
-                f"{ScmArgs.caption_p_zero}) so the captions reach the teacher, or set args.distill_guidance = False"
-            )
+        if self.guidance_scale is not None:
+            self.check_guidance()
         if self.skipping_interval < 1:
             raise ConfigError(f"args.skipping_interval must be at least 1 teacher step, is {self.skipping_interval}")
         if not 0 <= self.ema_decay < 1:
@@ -85,3 +82,14 @@ class ScmArgs(SwinArgs):
             raise ConfigError(f"args.loss_type is {self.loss_type!r}; use one of {LOSS_TYPES}")
         if self.student not in STUDENT_KINDS:
             raise ConfigError(f"args.student is {self.student!r}; use one of {STUDENT_KINDS}")
+
+    def check_guidance(self) -> None:
+        """Text guidance to distil needs captions: checked once the teacher's guidance is known (the trainer takes
+        it from the teacher's record where unset)."""
+        if self.distill_guidance and self.guidance_scale != NO_TEXT_GUIDANCE and self.caption_p_zero == 1:
+            raise ConfigError(
+                f"args.caption_p_zero = 1 with args.distill_guidance and args.guidance_scale = {self.guidance_scale}: "
+                "every caption is dropped, so the teacher's text-guided velocity equals its unguided one and the "
+                "student learns the teacher without guidance; lower args.caption_p_zero (the stage's default "
+                f"{ScmArgs.caption_p_zero}) so the captions reach the teacher, or set args.distill_guidance = False"
+            )

@@ -27,5 +27,7 @@ args.validation_steps = 1_500  # one stream at the end
 args.validation_groups = 16
 args.dataloader_num_workers = 8
 args.gradient_checkpointing = False
-# The captions stay (the stage's caption_p_zero): unlike stages 2 and 3, which drop every caption so that the
-# controls alone carry the motion, stage 4 distils the teacher's text guidance, which needs the text.
+# The teacher's text guidance is its record's (args.guidance_scale unset): none for a stage-3 model trained
+# without captions, as the mini one is, so the student learns the stream its teacher makes by default. A teacher
+# written before its record named a guidance is distilled at CogVideoX's 6, which needs the captions that stay
+# here (the stage's caption_p_zero).

@@ -49,7 +49,7 @@ from thematrix.evaluation.evaluate import (
 from thematrix.evaluation.generation import STREAM_DEFAULTS, STREAM_PIPELINES
 from thematrix.evaluation.idm import IdmTraining
 from thematrix.evaluation.report import contact_sheet, write_json
-from thematrix.model_dir import check_model_dir, generation_defaults
+from thematrix.model_dir import DEFAULT_TEXT_GUIDANCE, check_model_dir, generation_defaults
 
 DEFAULT_BIN_FRAMES = 100
 DEFAULT_EDGE_FRAMES = 500
@@ -114,7 +114,12 @@ def add_stream_setting(parser: argparse.ArgumentParser, prefix: str = MEASURED_P
         f"--{prefix}num_inference_steps", type=int, default=None, help="default: the sampler's (20; G for scm)"
     )
     parser.add_argument(
-        f"--{prefix}guidance_scale", type=float, default=None, help="default: the sampler's (6; 1 for scm)"
+        f"--{prefix}guidance_scale",
+        type=float,
+        default=None,
+        help="default: the model's record (1, no guidance, where its run dropped every caption), else the sampler's ("
+        + "; ".join(f"{defaults['guidance_scale']:g} for {name}" for name, defaults in STREAM_DEFAULTS.items())
+        + ")",
     )
 
 
@@ -187,7 +192,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     clips.add_argument("--num_clips", type=int, default=32)
     clips.add_argument("--num_latent_frames", type=int, default=None, help="default: the model's native clip")
     clips.add_argument("--num_inference_steps", type=int, default=50)
-    clips.add_argument("--guidance_scale", type=float, default=6.0)
+    clips.add_argument(
+        "--guidance_scale",
+        type=float,
+        default=None,
+        help="default: the model's record (1, no guidance, where its run dropped every caption), else CogVideoX's "
+        f"{DEFAULT_TEXT_GUIDANCE:g}",
+    )
     add_sampling(clips)
 
     stream = commands.add_parser("stream", help="streams from real clips: control following, drift, speed")
@@ -322,9 +333,9 @@ def records_folder(output: Path) -> Path:
 
 def resolve_stream_settings(args: argparse.Namespace, prefix: str = MEASURED_PREFIX) -> StreamSetting:
     """Fill the window of the stream that the options ``--{prefix}...`` set from its model's record (a stream in
-    another window than the model trained in measures a model that does not exist), then the sampler's defaults,
-    in ``args`` (so that the measures record them) and in the setting returned. The sampler too, where not given:
-    the one the model's window was trained for."""
+    another window than the model trained in measures a model that does not exist), then the sampler's defaults
+    (its guidance where the model records none), in ``args`` (so that the measures record them) and in the setting
+    returned. The sampler too, where not given: the one the model's window was trained for."""
 
     def option(name: str) -> str:
         return f"--{prefix}{name}"
@@ -352,9 +363,16 @@ def resolve_stream_settings(args: argparse.Namespace, prefix: str = MEASURED_PRE
     defaults = STREAM_DEFAULTS[given("sampler")]
     steps = given("num_inference_steps") or defaults["num_inference_steps"] or given("num_groups")
     setattr(args, prefix + "num_inference_steps", steps)
-    if given("guidance_scale") is None:
-        setattr(args, prefix + "guidance_scale", defaults["guidance_scale"])
+    guidance = first_given(given("guidance_scale"), recorded.guidance_scale, defaults["guidance_scale"])
+    setattr(args, prefix + "guidance_scale", guidance)
     return StreamSetting(str(model_dir), **{name: given(name) for name in STREAM_SETTING_OPTIONS})
+
+
+def resolve_clip_settings(args: argparse.Namespace) -> None:
+    """The clips' text guidance where not given: the model's recorded, else CogVideoX's; in ``args``, so that the
+    measures record the guidance the clips were sampled at."""
+    recorded = generation_defaults(check_model_dir(args.model_dir, "--model_dir"))
+    args.guidance_scale = first_given(args.guidance_scale, recorded.guidance_scale, DEFAULT_TEXT_GUIDANCE)
 
 
 def check_speed_sizes(args: argparse.Namespace) -> None:
@@ -374,6 +392,8 @@ def check_speed_sizes(args: argparse.Namespace) -> None:
 def main(argv=None) -> Path | None:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    if args.command == "clips":
+        resolve_clip_settings(args)
     if args.command == "stream":
         resolve_stream_settings(args)
         if args.gpus and args.part:

@@ -34,7 +34,8 @@ from thematrix.models import InteractiveCogVideoXTransformer3DModel
 from thematrix.video import pipeline_video_to_signed
 
 STREAM_PIPELINES = {"swin-dpm": SwinDPMPipeline, "scm": ScmPipeline}
-# Each sampler's inference defaults (stage3/inference.py, stage4/inference.py); None steps = one per group.
+# Each sampler's inference defaults (stage3/inference.py, stage4/inference.py), its guidance where the model records
+# none; None steps = one per group.
 STREAM_DEFAULTS = {"swin-dpm": SWIN_DPM_DEFAULTS, "scm": FEW_STEP_DEFAULTS}
 
 

@@ -13,7 +13,7 @@ from typing import Annotated
 from diffusers.optimization import SchedulerType
 
 from thematrix.config import ConfigError, LocalPath, ModelPath, PathSetting, StrictArgs
-from thematrix.model_dir import GenerationDefaults
+from thematrix.model_dir import NO_TEXT_GUIDANCE, GenerationDefaults
 
 LATEST_CHECKPOINT = "latest"
 
@@ -106,13 +106,15 @@ class TrainingArgs(StrictArgs):
     stop_on_validation_failure: bool = True  # a failing validation (e.g. out of memory) saves a checkpoint and stops the run; False logs it and trains on
 
     # --- validation -----------------------------------------------------------------------------
-    validation_prompts: tuple[str, ...] | None = (
-        None  # one video each; default: the input model's prompt, else the index's first caption
-    )
+    # One video each; default: the empty caption where caption_p_zero = 1 (the only caption the run trains), else
+    # the input model's prompt, else the index's first caption.
+    validation_prompts: tuple[str, ...] | None = None
     validation_steps: int = 500  # every this many optimizer steps; 0 disables
     validation_num_frames: int = 49
     validation_num_inference_steps: int = 50
-    validation_guidance_scale: float = 6.0
+    # Text guidance; default: what the trained model will record (recorded_guidance_scale: 1, no guidance, where
+    # caption_p_zero = 1), else CogVideoX's 6.
+    validation_guidance_scale: float | None = None
     validation_loss_clips: int = 4  # first clips whose loss at fixed noise and timesteps is measured at each validation: a steadier curve than the training loss; 0 skips it
 
     # --- logging --------------------------------------------------------------------------------
@@ -169,6 +171,11 @@ class TrainingArgs(StrictArgs):
                 f"args.checkpoints_total_limit must be at least 1 (or None to keep all), is {self.checkpoints_total_limit}"
             )
 
+    def recorded_guidance_scale(self) -> float | None:
+        """The text guidance the trained model samples at by default: none where every caption is dropped (the
+        stage never trained a caption's effect), else the sampler's own (None)."""
+        return NO_TEXT_GUIDANCE if self.caption_p_zero == 1 else None
+
     def generation_defaults(self) -> GenerationDefaults:
         """What the trained model's directory records of this run (settings resolved by the trainer)."""
         return GenerationDefaults(
@@ -177,4 +184,5 @@ class TrainingArgs(StrictArgs):
             width=self.width,
             num_frames=max(self.frame_buckets),
             prompt=self.validation_prompts[0],
+            guidance_scale=self.recorded_guidance_scale(),
         )

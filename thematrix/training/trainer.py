@@ -50,10 +50,11 @@ from transformers import T5Config
 
 from thematrix import profiling
 from thematrix.acceleration import check_fp8, compile_blocks, convert_fp8_training, enable_checkpointing
-from thematrix.config import ConfigError, parse_command_line, setting_from_model
+from thematrix.config import ConfigError, first_given, parse_command_line, setting_from_model
 from thematrix.controls import ControlVocabulary
 from thematrix.data.dataset import collate_batch, footage_fps
 from thematrix.model_dir import (
+    DEFAULT_TEXT_GUIDANCE,
     SCHEDULER,
     TEXT_ENCODER,
     GenerationDefaults,
@@ -110,6 +111,18 @@ DATA_POSITION = "data_position"  # the trainer state's record of a DataPosition
 def sample_generator(seed: int, sample_position: int, device: torch.device) -> torch.Generator:
     """The generator of the ``sample_position``-th training sample of a run: resume- and batch-invariant."""
     return torch.Generator(device=device).manual_seed(seed * SEED_STRIDE + sample_position)
+
+
+def resolve_validation_sampling(args: TrainingArgs, model_prompt: str | None, first_caption: str) -> None:
+    """Complete the validation prompts and text guidance as the trained model will be sampled by default: a run
+    that drops every caption under the empty caption (the only one it trains), without text guidance; any other
+    under the input model's prompt (``model_prompt``; its record's, else None), else the footage's first caption,
+    at CogVideoX's guidance. An empty ``model_prompt`` is a model that trained no caption: the footage's is taken."""
+    if not args.validation_prompts:
+        args.validation_prompts = (EMPTY_CAPTION,) if args.caption_p_zero == 1 else (model_prompt or first_caption,)
+    args.validation_guidance_scale = first_given(
+        args.validation_guidance_scale, args.recorded_guidance_scale(), DEFAULT_TEXT_GUIDANCE
+    )
 
 
 @dataclass
@@ -379,11 +392,11 @@ class Trainer:
         """Complete and check the settings against the model directory and the footage, before any weight loads.
 
         Unset settings take what the input model records (``self.model_record``, see ``GenerationDefaults``),
-        else the footage's: ``fps`` its slowest clip's rate, ``validation_prompts`` its first caption, or the
-        model's native ``height`` and ``width``; a setting
-        that contradicts the model is an error. Reads the index (each unusable entry logged, none usable an
-        error) into ``self.clips``, whose controls are checked against ``self.vocabulary`` (None: a model
-        without controls). A stage extends this with its own settings.
+        else the footage's: ``fps`` its slowest clip's rate, or the model's native ``height`` and ``width``; the
+        validation prompts and guidance are those the trained model will be sampled with
+        (``resolve_validation_sampling``). A setting that contradicts the model is an error. Reads the index (each
+        unusable entry logged, none usable an error) into ``self.clips``, whose controls are checked against
+        ``self.vocabulary`` (None: a model without controls). A stage extends this with its own settings.
         """
         args = self.args
         transformer = transformer_config(self.model_dir)
@@ -392,8 +405,8 @@ class Trainer:
         native = generation_defaults(self.model_dir)
         args.height = self.setting_from_model("height", "height") or native.height
         args.width = self.setting_from_model("width", "width") or native.width
-        if not args.validation_prompts:
-            args.validation_prompts = (self.model_record.prompt if self.model_record else samples[0].caption,)
+        model_prompt = self.model_record.prompt if self.model_record else None
+        resolve_validation_sampling(args, model_prompt, samples[0].caption)
 
         temporal = self.vae_layout.config.temporal_compression_ratio
         spatial = 2 ** (len(self.vae_layout.config.block_out_channels) - 1) * transformer["patch_size"]
