@@ -47,6 +47,7 @@ CLIP_MODELS = {
     "stage2": "stage 2",
     "stage2_control_guidance_3": "stage 2, control guidance 3",
     "stage2_as_trained": "stage 2, control guidance 3, the empty caption it trained with",
+    "stage2_scene_prompt": "stage 2, control guidance 3, the scene prompt guided as before",
 }
 STAGE2_CLIPS = ("stage2", "stage2_control_guidance_3")  # stage 2's clips, scored for its target
 STREAMS = {

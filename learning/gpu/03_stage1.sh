@@ -15,9 +15,10 @@ phase "stage 1: fuse the LoRA" done_or "$MODELS/stage1-fused" \
   "$PYTHON" stage1/fuse_lora_weights.py --base_model "$MODELS/pretrain/model" --lora_dir "$MODELS/stage1-lora" \
   --output_dir "$MODELS/stage1-fused"
 
-# The same seeds, so the same commands and noise, for every model (step 4 scores stage 2 alike).
+# The same seeds, so the same commands and noise, for every model (step 4 scores stage 2 alike), and the same scene
+# prompt: the base model records none, stage 1 its footage's first caption.
 for model in base:pretrain/model stage1:stage1-fused; do
-  evaluate_clips "${model%%:*}" "$MODELS/${model#*:}"
+  evaluate_clips "${model%%:*}" "$MODELS/${model#*:}" --prompt "$PROMPT"
 done
 
 pack models/stage1-lora results

@@ -20,7 +20,7 @@ phase "inverse-dynamics model without the HUD" done_or "$SCENE_IDM/reference.saf
 # The same seeds as steps 3 and 4, so the same commands and noise; each model scored by both IDMs.
 for idm in "":"$IDM" _scene:"$SCENE_IDM"; do
   suffix="${idm%%:*}"
-  evaluate_clips "stage1$suffix" "$MODELS/stage1-fused" --idm "${idm#*:}"
+  evaluate_clips "stage1$suffix" "$MODELS/stage1-fused" --idm "${idm#*:}" --prompt "$PROMPT"
   evaluate_clips "stage2$suffix" "$MODELS/stage2/model" --idm "${idm#*:}"
   evaluate_clips "stage2_control_guidance_3$suffix" "$MODELS/stage2/model" --idm "${idm#*:}" --control_guidance_scale 3
 done

@@ -27,7 +27,7 @@ phase "stage 1 on it: fuse the LoRA" done_or "$MODELS/stage1-more-fused" \
   "$PYTHON" stage1/fuse_lora_weights.py --base_model "$MORE/model" --lora_dir "$MODELS/stage1-more-lora" \
   --output_dir "$MODELS/stage1-more-fused"
 
-evaluate_clips stage1_more "$MODELS/stage1-more-fused"
+evaluate_clips stage1_more "$MODELS/stage1-more-fused" --prompt "$PROMPT"
 scene_speeds base_more "$MORE/model"
 scene_speeds stage1_more "$MODELS/stage1-more-fused"
 

@@ -165,11 +165,12 @@ pack() {
 
 # evaluate_clips NAME MODEL_DIR [SETTINGS...]: clips of a model under the evaluation's random commands (the same
 # seeds for every model, so the same commands and noise), scored into results/clips_NAME.json with a contact sheet.
+# Sampled as the model's record says (its prompt and text guidance) where SETTINGS do not say otherwise.
 evaluate_clips() {
   local name="$1" model_dir="$2"
   shift 2
   phase "evaluate clips: $name" done_or "$RESULTS/clips_$name.json" \
-    "${EVALUATE[@]}" clips --model_dir "$model_dir" --idm "$IDM" --prompt "$PROMPT" \
+    "${EVALUATE[@]}" clips --model_dir "$model_dir" --idm "$IDM" \
     --output "$RESULTS/clips_$name.json" --contact_sheet "$RESULTS/sheet_clips_$name.png" "${CLIPS_SCALE[@]}" "$@"
 }
 
