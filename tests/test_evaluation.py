@@ -440,29 +440,30 @@ def test_clips_with_and_without_controls_are_scored_against_the_same_commands(
 def test_clips_are_sampled_and_recorded_at_the_guidance_the_model_records_unless_told(
     idm_dir, model_dir, tmp_path, monkeypatch
 ):
-    """A model whose run dropped every caption records no text guidance: its clips are sampled without it, unless
-    --guidance_scale says otherwise, and the measures' settings say which; a model that records none takes
-    CogVideoX's."""
+    """A model whose run dropped every caption records the empty caption and no text guidance: its clips are
+    sampled so, unless --prompt or --guidance_scale say otherwise, and the measures' settings say which; a model
+    that records no guidance takes CogVideoX's."""
     unguided = tmp_path / "model"
     shutil.copytree(model_dir, unguided)
-    dataclasses.replace(generation_defaults(unguided), guidance_scale=NO_TEXT_GUIDANCE).save(unguided)
+    dataclasses.replace(generation_defaults(unguided), prompt="", guidance_scale=NO_TEXT_GUIDANCE).save(unguided)
     sampled, recorded = [], []
 
-    def measured(*arguments, guidance_scale, **options):
-        sampled.append(guidance_scale)
+    def measured(*arguments, prompt, guidance_scale, **options):
+        sampled.append((prompt, guidance_scale))
         return {}, []
 
     def written(path, measures, settings, elapsed_s):
-        recorded.append(settings["guidance_scale"])
+        recorded.append((settings["prompt"], settings["guidance_scale"]))
         raise KeyboardInterrupt
 
     monkeypatch.setattr(evaluation_main, "evaluate_clips", measured)
     monkeypatch.setattr(evaluation_main, "write_json", written)
-    for model, options in ((unguided, []), (unguided, ["--guidance_scale", "4"]), (model_dir, [])):
+    told = ["--prompt", PROMPT, "--guidance_scale", "4"]
+    for model, options in ((unguided, []), (unguided, told), (model_dir, ["--prompt", PROMPT])):
         command = ["clips", "--model_dir", str(model), "--idm", str(idm_dir), "--output", str(tmp_path / "c.json")]
         with pytest.raises(KeyboardInterrupt):
-            main([*command, "--prompt", PROMPT, *options])
-    assert sampled == recorded == [NO_TEXT_GUIDANCE, 4.0, DEFAULT_TEXT_GUIDANCE]
+            main([*command, *options])
+    assert sampled == recorded == [("", NO_TEXT_GUIDANCE), (PROMPT, 4.0), (PROMPT, DEFAULT_TEXT_GUIDANCE)]
 
 
 def stream_command(model_dir, idm, data_root, index_file, output, sampler: str, *settings: str) -> list[str]:

@@ -375,6 +375,14 @@ def resolve_clip_settings(args: argparse.Namespace) -> None:
     args.guidance_scale = first_given(args.guidance_scale, recorded.guidance_scale, DEFAULT_TEXT_GUIDANCE)
 
 
+def resolve_prompt(args: argparse.Namespace) -> None:
+    """The prompt where not given: the model's recorded one (the empty caption for a run that dropped every
+    caption); in ``args``, so that the measures record the prompt the videos were sampled under."""
+    args.prompt = first_given(args.prompt, generation_defaults(check_model_dir(args.model_dir, "--model_dir")).prompt)
+    if args.prompt is None:
+        raise ConfigError(f"--prompt: the model at {args.model_dir} records no prompt (a base model); pass --prompt")
+
+
 def check_speed_sizes(args: argparse.Namespace) -> None:
     """Refuse a paired speed with nothing to time, before any model loads."""
     if args.rounds < 1:
@@ -401,6 +409,8 @@ def main(argv=None) -> Path | None:
     if args.command == "speed":
         check_speed_sizes(args)
         measured, baseline = (resolve_stream_settings(args, prefix) for prefix in (MEASURED_PREFIX, BASELINE_PREFIX))
+    if args.command in ("clips", "stream", "speed"):
+        resolve_prompt(args)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     start = time.perf_counter()
     settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
@@ -453,9 +463,7 @@ def main(argv=None) -> Path | None:
         print(f"measures: {output.resolve()}")
         return output
     reference = Reference.load(args.idm)
-    prompt = first_given(args.prompt, generation_defaults(check_model_dir(args.model_dir, "--model_dir")).prompt)
-    if prompt is None:
-        raise ConfigError(f"--prompt: the model at {args.model_dir} records no prompt; pass --prompt")
+    prompt = args.prompt
     if args.command == "speed":
         measures = paired_speed(
             measured,
