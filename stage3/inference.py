@@ -5,7 +5,9 @@
 
 The model directory gives the window, frame rate, frame size and control vocabulary it was trained with; an
 option that contradicts it is an error. Its record also gives the default text guidance: none (1) for a model
-whose stage dropped every caption (as the mini configs of stages 2 and 3 do), else the sampler's. The stream continues a clip: --initial_video FILE (its last frames),
+whose stage dropped every caption (as the mini configs of stages 2 and 3 do), else the sampler's; such a model
+streams under the empty caption it trained with, any other under the initial clip's caption, else its recorded
+prompt, unless --prompt is given. The stream continues a clip: --initial_video FILE (its last frames),
 or sample --sample_index of a dataset (--data_root, --index_file); either must hold one training clip at the
 model's frame rate (1 + 4 * (2 + G * W) frames: 73 for the recipe's window of 4 groups of 4). Controls are a
 comma-separated pattern of the model's tokens cycled per latent frame (default: every token in turn), or
@@ -43,6 +45,7 @@ from thematrix.data.initial_clip import InitialClip, sample_start, video_end
 from thematrix.model_dir import (
     COGVIDEOX_FPS,
     DEFAULT_TEXT_GUIDANCE,
+    EMPTY_CAPTION,
     GenerationDefaults,
     generation_defaults,
     transformer_config,
@@ -348,7 +351,9 @@ def main(
     else:
         clip = start.from_sample(args.sample_index, args.fps)
         print(f"initial clip: {clip.name} ({len(clip.video)} frames)")
-    prompt = first_given(args.prompt, clip.caption, start.defaults.prompt)
+    # A model whose run dropped every caption records the empty one: a clip's caption is no prompt it knows.
+    caption = None if start.defaults.prompt == EMPTY_CAPTION else clip.caption
+    prompt = first_given(args.prompt, caption, start.defaults.prompt)
     if prompt is None:
         raise ConfigError(
             f"--prompt: {start.model_dir} records no prompt and --initial_video has no caption; pass --prompt"

@@ -382,10 +382,13 @@ def test_stream_writer_shows_the_file_only_when_complete(tmp_path):
     assert not broken.exists() and read_video_info(writer.partial_path)[0] == 8
 
 
-def test_inference_streams_under_the_empty_prompt_when_given_it(model_dir, tiny_dataset, monkeypatch):
+def test_inference_streams_under_the_empty_prompt_when_given_it(model_dir, tiny_dataset, tmp_path, monkeypatch):
     """--prompt "" is the empty caption (a stage trained without captions streams under it), not "no prompt": the
-    sample's caption does not replace it."""
+    sample's caption does not replace it; nor does it replace the empty caption a model records when its run
+    dropped every caption."""
     data_root, index_file = tiny_dataset
+    uncaptioned = recorded_copy(model_dir, tmp_path / "uncaptioned", SWIN_DPM_SAMPLER)
+    dataclasses.replace(generation_defaults(uncaptioned), prompt="").save(uncaptioned)
     prompts = []
 
     def stop(self, prompt, *arguments, **options):
@@ -393,12 +396,12 @@ def test_inference_streams_under_the_empty_prompt_when_given_it(model_dir, tiny_
         raise KeyboardInterrupt
 
     monkeypatch.setattr(SwinDPMPipeline, "stream", stop)
-    command = ["--model_dir", str(model_dir), "--data_root", str(data_root), "--index_file", str(index_file)]
+    command = ["--data_root", str(data_root), "--index_file", str(index_file)]
     command += ["--num_groups", str(NUM_GROUPS), "--group_size", str(GROUP_SIZE), "--fps", str(CLIP_FPS)]
-    for prompt in (["--prompt", ""], []):
+    for model, prompt in ((model_dir, ["--prompt", ""]), (model_dir, []), (uncaptioned, [])):
         with pytest.raises(KeyboardInterrupt):
-            inference.main([*command, *prompt])
-    assert prompts[0] == "" and prompts[1]  # without --prompt: the sample's caption
+            inference.main(["--model_dir", str(model), *command, *prompt])
+    assert prompts[0] == "" and prompts[1] and prompts[2] == ""  # without --prompt: the sample's caption
 
 
 def test_streams_sample_at_the_guidance_the_model_records_unless_told(model_dir, tiny_dataset, tmp_path, monkeypatch):

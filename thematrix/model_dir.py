@@ -30,6 +30,8 @@ COGVIDEOX_FPS = 8
 # one conditional forward without classifier-free guidance, for a model whose run dropped every caption.
 DEFAULT_TEXT_GUIDANCE = 6.0
 NO_TEXT_GUIDANCE = 1.0
+# The caption a dropped one is replaced by, and the prompt a run that dropped every caption records.
+EMPTY_CAPTION = ""
 # The samplers a model's Swin-DPM window is trained for (GenerationDefaults.sampler), and the stage that trains each:
 # stage 3's many-step shifted-window denoising, stage 4's one-step-per-group consistency student.
 SWIN_DPM_SAMPLER, SCM_SAMPLER = "swin-dpm", "scm"

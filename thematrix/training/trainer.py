@@ -55,6 +55,7 @@ from thematrix.controls import ControlVocabulary
 from thematrix.data.dataset import collate_batch, footage_fps
 from thematrix.model_dir import (
     DEFAULT_TEXT_GUIDANCE,
+    EMPTY_CAPTION,
     SCHEDULER,
     TEXT_ENCODER,
     GenerationDefaults,
@@ -99,7 +100,6 @@ from thematrix.video import draw_control_overlay, pipeline_video_to_signed, tens
 logger = logging.getLogger(__name__)
 
 FINAL_MODEL = "model"
-EMPTY_CAPTION = ""
 CHECKPOINT_DIR = "checkpoints"
 # Spreads per-sample seeds so that (seed, n) pairs of nearby runs never collide.
 SEED_STRIDE = 1_000_003
