@@ -796,10 +796,10 @@ def test_paired_speed_times_both_streams_in_turn_and_compares_their_medians(
     streamed = []
     generate_stream = evaluate.generate_stream
 
-    def recorded(pipeline, prompt, initial_video, *arguments, **options):
-        clip = hashlib.sha256(initial_video.numpy().tobytes()).hexdigest()
-        streamed.append((options["num_inference_steps"], options["seed"], clip))
-        return generate_stream(pipeline, prompt, initial_video, *arguments, **options)
+    def recorded(pipeline, setting, prompt, start, *arguments, **options):
+        clip = hashlib.sha256(start.video.numpy().tobytes()).hexdigest()
+        streamed.append((setting.num_inference_steps, options["seed"], clip))
+        return generate_stream(pipeline, setting, prompt, start, *arguments, **options)
 
     monkeypatch.setattr(evaluate, "generate_stream", recorded)
     output = tmp_path / "speed.json"

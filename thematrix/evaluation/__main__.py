@@ -40,13 +40,12 @@ from thematrix.evaluation.control_use import DEFAULT_TIMESTEPS, KEY_SETS, contro
 from thematrix.evaluation.evaluate import (
     IdmData,
     Reference,
-    StreamSetting,
     build_idm,
     evaluate_clips,
     evaluate_streams,
     paired_speed,
 )
-from thematrix.evaluation.generation import STREAM_DEFAULTS, STREAM_PIPELINES
+from thematrix.evaluation.generation import STREAM_DEFAULTS, STREAM_PIPELINES, StreamSetting
 from thematrix.evaluation.idm import IdmTraining
 from thematrix.evaluation.report import contact_sheet, write_json
 from thematrix.model_dir import DEFAULT_TEXT_GUIDANCE, check_model_dir, generation_defaults

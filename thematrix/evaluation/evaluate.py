@@ -30,6 +30,7 @@ from thematrix.evaluation.footage import (
 )
 from thematrix.evaluation.generation import (
     ScoredVideo,
+    StreamSetting,
     StreamTiming,
     clip_pipeline,
     commanded_controls,
@@ -531,6 +532,7 @@ def evaluate_streams(
             f"streams of {num_frames} frames have no first and last {edge_frames} frames apart; "
             "lower the edge frames or make the streams longer"
         )
+    setting = StreamSetting(str(model_dir), sampler, num_groups, group_size, num_inference_steps, guidance_scale)
     pipeline = stream_pipeline(model_dir, sampler, compiled)
     commands = reference.commands(model_vocabulary(pipeline))
     height, width = frame_size(pipeline)
@@ -567,18 +569,14 @@ def evaluate_streams(
         if found is None:
             video, timing = generate_stream(
                 pipeline,
+                setting,
                 prompt,
-                start.video,
+                start,
                 num_frames,
                 commands,
-                num_groups=num_groups,
-                group_size=group_size,
-                num_inference_steps=num_inference_steps,
-                guidance_scale=guidance_scale,
                 control_guidance_scale=control_guidance_scale,
                 seed=seed + index,
                 overlap_decode=overlap_decode,
-                initial_control=start.initial_control,
             )
             score = VideoScores.of(reference, video)
             sheet = sheet_row(video, frames_per_latent) if index < SHEET_VIDEOS else None
@@ -644,18 +642,6 @@ def evaluate_streams(
     return measures, sheet_rows
 
 
-@dataclass(frozen=True)
-class StreamSetting:
-    """One way to stream: a model, its sampler, its window of G groups of W latent frames, and its sampling."""
-
-    model_dir: str
-    sampler: str
-    num_groups: int
-    group_size: int
-    num_inference_steps: int
-    guidance_scale: float
-
-
 # The two streams a paired speed compares, in the order its even rounds run them.
 PAIRED_STREAMS = ("measured", "baseline")
 
@@ -705,18 +691,14 @@ def paired_speed(
         setting, start = settings[name], starts[name][round_index]
         _, timing = generate_stream(
             pipelines[name],
+            setting,
             prompt,
-            start.video,
+            start,
             num_frames,
             commands[name],
-            num_groups=setting.num_groups,
-            group_size=setting.group_size,
-            num_inference_steps=setting.num_inference_steps,
-            guidance_scale=setting.guidance_scale,
             control_guidance_scale=control_guidance_scale,
             seed=seed + round_index,
             overlap_decode=overlap_decode,
-            initial_control=start.initial_control,
         )
         return timing
 

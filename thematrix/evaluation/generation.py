@@ -28,6 +28,7 @@ from stage4.cogvideox.pipeline_cogvideox import ScmPipeline
 from stage4.inference import FEW_STEP_DEFAULTS
 from thematrix.acceleration import compile_stream
 from thematrix.controls import ControlVocabulary
+from thematrix.data.initial_clip import InitialClip
 from thematrix.evaluation.metrics import to_uint8
 from thematrix.model_dir import check_model_dir, transformer_class_name
 from thematrix.models import InteractiveCogVideoXTransformer3DModel
@@ -161,43 +162,53 @@ def stream_initial_frames(pipeline: SwinDPMPipeline, num_groups: int, group_size
     return window_clip_frames(pipeline.vae, num_groups, group_size)
 
 
+@dataclass(frozen=True)
+class StreamSetting:
+    """One way to stream: a model, its sampler, its window of G groups of W latent frames, and its sampling."""
+
+    model_dir: str
+    sampler: str
+    num_groups: int
+    group_size: int
+    num_inference_steps: int
+    guidance_scale: float
+
+
 def generate_stream(
     pipeline: SwinDPMPipeline,
+    setting: StreamSetting,
     prompt: str,
-    initial_video: torch.Tensor,
+    start: InitialClip,
     num_frames: int,
     commands: ControlVocabulary,
     *,
-    num_groups: int,
-    group_size: int,
-    num_inference_steps: int,
-    guidance_scale: float,
     control_guidance_scale: float,
     seed: int,
     overlap_decode: bool = False,
-    initial_control: str | None = None,
 ) -> tuple[ScoredVideo, StreamTiming]:
-    """At least ``num_frames`` generated frames of a stream started from ``initial_video`` ``[F0, 3, H, W]`` in
-    [-1, 1], steered by random keys of ``commands`` (a vocabulary whose tokens the model takes);
-    ``initial_control``: the clip's own key at its condition latent frame (the pipeline's ``initial_control``).
+    """At least ``num_frames`` generated frames of a stream of ``setting`` (``pipeline`` is its model's) started
+    from ``start``'s video ``[F0, 3, H, W]`` in [-1, 1] and the clip's own key at its condition latent frame (the
+    pipeline's ``initial_control``), steered by random keys of ``commands`` (a vocabulary whose tokens the model
+    takes).
 
     The stream's first ``num_groups`` groups re-create the initial clip's last groups from partial noise (that is
     how it starts in distribution), so their frames show the clip, not the commands: they are left out of the
     returned video; the timing counts every chunk.
     """
+    num_groups, group_size = setting.num_groups, setting.group_size
     frames_per_group = temporal_compression(pipeline) * group_size
     chunks = pipeline.stream(
         prompt,
-        initial_video,
+        start.video,
         random_controls(commands, group_size, seed),
         num_groups=num_groups,
         group_size=group_size,
-        num_inference_steps=num_inference_steps,
-        guidance_scale=guidance_scale,
+        num_inference_steps=setting.num_inference_steps,
+        guidance_scale=setting.guidance_scale,
         control_guidance_scale=control_guidance_scale,
         generator=torch.Generator(device=pipeline.device).manual_seed(seed),
         max_groups=num_groups + math.ceil(num_frames / frames_per_group),
-        initial_control=initial_control,
+        initial_control=start.initial_control,
         overlap_decode=overlap_decode,
     )
     frames, tokens, timing = [], [], StreamTiming()
