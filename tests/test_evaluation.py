@@ -995,6 +995,23 @@ def test_speed_changes_are_positive_for_a_scene_that_speeds_up():
     assert page.fmt_mean(summary["B"]) == "-2.000 +- n/a (1)" and page.fmt_mean(None) == "n/a (0)"
 
 
+def test_key_part_signal_is_the_share_of_variance_each_part_s_class_means_explain():
+    signal = load_learning_script("key_part_signal")
+    values = np.array([[0.0], [2.0], [10.0], [12.0]])  # mean 6, sum of squares 104
+    assert signal.explained_share(values, ["a", "a", "b", "b"]) == pytest.approx(100 / 104)  # means 1 and 11
+    assert signal.explained_share(values, ["a", "b", "a", "b"]) == pytest.approx(4 / 104)  # means 5 and 7
+    # Two clips of three latent frames: the scene row (0) holds the pedal (D +1, B -1), the HUD row (1) noise.
+    tokens = np.array([["DL", "BL", "DR"], ["BR", "DR", "BL"]])
+    latents = np.random.default_rng(0).normal(size=(2, 3, 1, 2, 1))
+    latents[:, :, 0, 0, 0] = np.where(np.char.startswith(tokens, "D"), 1.0, -1.0)
+    shares = signal.key_part_signal(latents, tokens, scene_rows=slice(0, 1))
+    assert set(shares) == set(signal.DIFFERENCE_ORDERS) and set(shares["change"]) == {"whole frame", "scene", "rest"}
+    assert shares["latents"]["scene"]["pedal"] == pytest.approx(1.0)
+    assert shares["latents"]["scene"]["steering"] < 0.5
+    # The change into a latent frame takes that frame's key: D after B is +2, B after D -2.
+    assert shares["change"]["scene"]["pedal"] == pytest.approx(1.0)
+
+
 def write_record(path, measures: dict, **settings) -> None:
     environment = {"device": "test", "commit": "0" * 40, "date": "2026-01-01T00:00:00+00:00"}
     path.write_text(json.dumps({"measures": measures, "settings": settings, "environment": environment}))
