@@ -367,19 +367,16 @@ def resolve_stream_settings(args: argparse.Namespace, prefix: str = MEASURED_PRE
     return StreamSetting(str(model_dir), **{name: given(name) for name in STREAM_SETTING_OPTIONS})
 
 
-def resolve_clip_settings(args: argparse.Namespace) -> None:
-    """The clips' text guidance where not given: the model's recorded, else CogVideoX's; in ``args``, so that the
-    measures record the guidance the clips were sampled at."""
+def resolve_recorded_sampling(args: argparse.Namespace) -> None:
+    """Where not given, the prompt ``--model_dir`` records (the empty caption for a run that dropped every
+    caption) and, for clips, its text guidance, else CogVideoX's (a stream's guidance is its setting's:
+    ``resolve_stream_settings``); in ``args``, so that the measures record what the videos were sampled with."""
     recorded = generation_defaults(check_model_dir(args.model_dir, "--model_dir"))
-    args.guidance_scale = first_given(args.guidance_scale, recorded.guidance_scale, DEFAULT_TEXT_GUIDANCE)
-
-
-def resolve_prompt(args: argparse.Namespace) -> None:
-    """The prompt where not given: the model's recorded one (the empty caption for a run that dropped every
-    caption); in ``args``, so that the measures record the prompt the videos were sampled under."""
-    args.prompt = first_given(args.prompt, generation_defaults(check_model_dir(args.model_dir, "--model_dir")).prompt)
+    args.prompt = first_given(args.prompt, recorded.prompt)
     if args.prompt is None:
         raise ConfigError(f"--prompt: the model at {args.model_dir} records no prompt (a base model); pass --prompt")
+    if args.command == "clips":
+        args.guidance_scale = first_given(args.guidance_scale, recorded.guidance_scale, DEFAULT_TEXT_GUIDANCE)
 
 
 def check_speed_sizes(args: argparse.Namespace) -> None:
@@ -399,8 +396,6 @@ def check_speed_sizes(args: argparse.Namespace) -> None:
 def main(argv=None) -> Path | None:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    if args.command == "clips":
-        resolve_clip_settings(args)
     if args.command == "stream":
         resolve_stream_settings(args)
         if args.gpus and args.part:
@@ -409,7 +404,7 @@ def main(argv=None) -> Path | None:
         check_speed_sizes(args)
         measured, baseline = (resolve_stream_settings(args, prefix) for prefix in (MEASURED_PREFIX, BASELINE_PREFIX))
     if args.command in ("clips", "stream", "speed"):
-        resolve_prompt(args)
+        resolve_recorded_sampling(args)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     start = time.perf_counter()
     settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
