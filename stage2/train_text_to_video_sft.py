@@ -139,6 +139,7 @@ class InteractiveTrainer(Trainer):
                 "explained_share": relevance.tolist(),
                 "loss_weights": weights.tolist(),
             }
+            self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / RELEVANCE_FILE).write_text(json.dumps(record) + "\n")
 
     def latent_controls(self, controls: torch.Tensor) -> torch.Tensor:

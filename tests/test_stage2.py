@@ -212,16 +212,16 @@ def test_control_dropout_replaces_whole_clips_with_null(tiny_model_dir, tiny_dat
 def test_control_relevance_weights_the_loss_by_where_the_cached_clips_show_their_controls(
     tiny_model_dir, tiny_dataset, tmp_path
 ):
-    trainer = InteractiveTrainer(
-        stage2_args(tiny_model_dir, tiny_dataset, tmp_path, max_train_steps=1, control_relevance_loss_weight=3.0)
-    )
+    output_dir = tmp_path / "run"  # made by the run (the cache elsewhere, as the learning chain has it)
+    settings = dict(max_train_steps=1, control_relevance_loss_weight=3.0, cache_dir=str(tmp_path / "cache"))
+    trainer = InteractiveTrainer(stage2_args(tiny_model_dir, tiny_dataset, output_dir, **settings))
     trainer.setup()
     weights = trainer.loss_position_weights
     latent_size = trainer.dataset[0]["latent_parameters"].shape[-2:]
     assert weights.shape == latent_size
     torch.testing.assert_close(weights.mean(), torch.tensor(1.0))
     assert weights.max() > weights.min()
-    record = json.loads((tmp_path / RELEVANCE_FILE).read_text())
+    record = json.loads((output_dir / RELEVANCE_FILE).read_text())
     assert record["clips"] == len(trainer.dataset)
     assert torch.equal(torch.tensor(record["loss_weights"]), weights)
 
