@@ -21,6 +21,18 @@ def relevance_map(clips: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> torch.T
     ``clips`` yields (latents ``[F, C, h, w]``, control ids ``[F]``), one token per latent frame. Positions where
     the latents do not vary get 0.
     """
+    return explained_ratio(*explained_sums(clips))
+
+
+def explained_ratio(between: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+    """``between / total`` (float32), 0 where the total is 0 (latents that do not vary)."""
+    varies = total > 0
+    return torch.where(varies, between / total.where(varies, torch.ones_like(total)), torch.zeros_like(total)).float()
+
+
+def explained_sums(clips: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(between-class, total) sums of squares ``[h, w]`` (float64, summed over channels and frames) of ``clips`` as
+    ``relevance_map`` takes them: a region's share is its between-class sum over its total."""
     count: dict[int, int] = {}
     token_sum: dict[int, torch.Tensor] = {}
     total_sum = total_squares = None
@@ -41,8 +53,7 @@ def relevance_map(clips: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> torch.T
     mean = total_sum / frames
     total = (total_squares - frames * mean**2).sum(dim=0)  # [h, w], summed over channels
     between = sum((token_sum[token] ** 2 / count[token]).sum(dim=0) for token in count) - frames * (mean**2).sum(dim=0)
-    varies = total > 0
-    return torch.where(varies, between / total.where(varies, torch.ones_like(total)), torch.zeros_like(total)).float()
+    return between, total
 
 
 def relevance_weights(relevance: torch.Tensor, strength: float) -> torch.Tensor:
