@@ -10,9 +10,7 @@ variance that the key part's class means explain (between-class over total sum o
 gain a model gets from the key alone, without the state the key acts on. It is measured over the training clips
 as the stages encode them (the model's VAE, its frame rate, size and clip length), for the latent frames, their
 change over one latent frame and the change of that change, over the whole frame, the scene (``--scene_rows``)
-and the rest (the HUD). With ``--maps``, each part's share at each latent position (the map that stage 2's
-``args.control_relevance_loss_weight`` weighs its loss by, for the whole key) and what share of the loss each part
-gets once the loss is weighted by the whole key's map at a few strengths.
+and the rest (the HUD).
 """
 
 from __future__ import annotations
@@ -30,7 +28,6 @@ from thematrix.controls import data_root_vocabulary, latent_frame_controls
 from thematrix.data.dataset import VideoDataset
 from thematrix.data.index import load_index
 from thematrix.model_dir import VAE, generation_defaults
-from thematrix.training.control_relevance import explained_ratio, explained_sums, relevance_weights
 
 # The latents, their change over one latent frame, and the change of that change: a key held shows in the
 # latents, a steering key in their change (the view turns), a pedal in the change of their change (the speed).
@@ -38,12 +35,16 @@ DIFFERENCE_ORDERS = {"latents": 0, "change": 1, "change of change": 2}
 
 
 def explained_share(values: np.ndarray, labels: Sequence[str]) -> float:
-    """The share of the variance of ``values`` ``[N, ...]`` that the class means of ``labels`` (N) explain: the
-    training's control relevance (``explained_sums``), its positions summed."""
-    flat = torch.from_numpy(values.reshape(len(values), 1, 1, -1).astype(np.float64))  # N frames of 1 x 1 x D
-    ids = torch.from_numpy(np.unique(np.asarray(labels), return_inverse=True)[1].reshape(-1))
-    between, total = explained_sums([(flat, ids)])
-    return float(between.sum() / total.sum())
+    """The share of the variance of ``values`` ``[N, ...]`` that the class means of ``labels`` (N) explain."""
+    flat = values.reshape(len(values), -1).astype(np.float64)
+    labels = np.asarray(labels)
+    mean = flat.mean(axis=0)
+    total = ((flat - mean) ** 2).sum()
+    between = sum(
+        (labels == label).sum() * ((flat[labels == label].mean(axis=0) - mean) ** 2).sum()
+        for label in np.unique(labels)
+    )
+    return float(between / total)
 
 
 def key_part_signal(latents: np.ndarray, tokens: np.ndarray, scene_rows: slice) -> dict:
@@ -64,50 +65,6 @@ def key_part_signal(latents: np.ndarray, tokens: np.ndarray, scene_rows: slice) 
             if len(region_rows)
         }
     return shares
-
-
-WHOLE_KEY = "whole key"
-MAP_STRENGTHS = (1.0, 3.0, 10.0)  # the weighting strengths whose loss shares --maps reports
-
-
-def key_part_maps(latents: np.ndarray, tokens: np.ndarray) -> dict[str, dict]:
-    """Per key part (and the whole key): its explained share at each latent position ``[h, w]``, and its share of
-    the loss weighted by the whole key's map at each of ``MAP_STRENGTHS`` (``relevance_weights``)."""
-    frames = torch.from_numpy(latents.reshape(-1, *latents.shape[2:]).astype(np.float64))  # [clips x F, C, h, w]
-    splits = {**KEY_PARTS, WHOLE_KEY: lambda token: token}
-    sums = {}
-    for part, split in splits.items():
-        ids = np.unique([split(token) for token in tokens.reshape(-1)], return_inverse=True)[1].reshape(-1)
-        sums[part] = explained_sums([(frames, torch.from_numpy(ids))])
-    total = sums[WHOLE_KEY][1]  # every part's: the same frames
-    relevance = explained_ratio(*sums[WHOLE_KEY])
-    weights = {strength: relevance_weights(relevance, strength).double() for strength in MAP_STRENGTHS}
-    return {
-        part: {
-            "map": explained_ratio(between, total).tolist(),
-            "weighted_loss_share": {
-                strength: float((weight * between).sum() / (weight * total).sum())
-                for strength, weight in weights.items()
-            },
-        }
-        for part, (between, _) in sums.items()
-    }
-
-
-def plot_maps(maps: dict[str, dict], path: Path) -> None:
-    """Each part's map as a heat map, its colour scale its own."""
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, len(maps), figsize=(4 * len(maps), 2.6))
-    for axis, (part, record) in zip(axes, maps.items()):
-        image = axis.imshow(np.array(record["map"]), cmap="viridis")
-        axis.set_title(f"{part}: explained share", fontsize=9)
-        axis.set_xticks([])
-        axis.set_yticks([])
-        figure.colorbar(image, ax=axis, fraction=0.03)
-    figure.tight_layout()
-    figure.savefig(path, dpi=80)
-    plt.close(figure)
 
 
 def encoded_clips(model_dir: str, data_root: str, index_file: str, max_clips: int) -> tuple[np.ndarray, np.ndarray]:
@@ -149,7 +106,6 @@ def main() -> None:
     parser.add_argument("--scene_rows", type=int, nargs=2, required=True, metavar=("TOP", "BOTTOM"))
     parser.add_argument("--max_clips", type=int, default=300)
     parser.add_argument("--output", type=Path, default=None)
-    parser.add_argument("--maps", type=Path, default=None, help="a PNG of each key part's share at each position")
     args = parser.parse_args()
     latents, tokens = encoded_clips(args.model_dir, args.data_root, args.index_file, args.max_clips)
     spatial = generation_defaults(args.model_dir).height // latents.shape[3]  # frame rows per latent row
@@ -159,16 +115,9 @@ def main() -> None:
     for name, regions in shares.items():
         for region, parts in regions.items():
             print(f"  {name:17s} {region:12s} " + "  ".join(f"{part} {share:.4f}" for part, share in parts.items()))
-    maps = {}
-    if args.maps is not None:
-        maps = key_part_maps(latents, tokens)
-        plot_maps(maps, args.maps)
-        for part, record in maps.items():
-            weighted = "  ".join(f"s = {s:g}: {share:.4f}" for s, share in record["weighted_loss_share"].items())
-            print(f"  {part:10s} share of the loss weighted by the whole key's map: {weighted}")
     if args.output is not None:
         record = {"settings": {key: str(value) for key, value in vars(args).items()}, "clips": len(latents)}
-        args.output.write_text(json.dumps({**record, "explained_share": shares, "maps": maps}, indent=2) + "\n")
+        args.output.write_text(json.dumps({**record, "explained_share": shares}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -48,8 +48,6 @@ CLIP_MODELS = {
     "stage2_control_guidance_3": "stage 2, control guidance 3",
     "stage2_as_trained": "stage 2, control guidance 3, the empty caption it trained with",
     "stage2_scene_prompt": "stage 2, control guidance 3, the scene prompt guided as before",
-    "stage2_relevance": "stage 2, the loss weighted by where the controls show (step 11)",
-    "stage2_relevance_control_guidance_3": "stage 2, the loss weighted by where the controls show, control guidance 3",
 }
 STAGE2_CLIPS = ("stage2", "stage2_control_guidance_3")  # stage 2's clips, scored for its target
 STREAMS = {

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers import CogVideoXTransformer3DModel
-from tqdm.auto import tqdm
 
 from stage2.cogvideox.pipeline_cogvideox import InteractivePipeline
 from stage2.cogvideox.scheduler import InteractiveScheduler
@@ -32,16 +29,12 @@ from thematrix.models import (
     compute_control_embeddings,
 )
 from thematrix.models.interactive_transformer import model_vocabulary
-from thematrix.training.control_relevance import relevance_map, relevance_weights
 from thematrix.training.trainer import Trainer, draw_dropout
 from thematrix.video import pipeline_video_to_signed
 
 DEFAULT_CONFIG = Path(__file__).parent / "training" / "sft_config.py"
 BASE_CLASS = CogVideoXTransformer3DModel.__name__
 INTERACTIVE_CLASS = InteractiveCogVideoXTransformer3DModel.__name__
-RELEVANCE_FILE = "control_relevance.json"  # in the output directory: the map and the loss weights it gave
-
-logger = logging.getLogger(__name__)
 
 
 class InteractiveTrainer(Trainer):
@@ -109,46 +102,9 @@ class InteractiveTrainer(Trainer):
             param.requires_grad_(True)
         return transformer
 
-    def after_setup(self) -> None:
-        """With ``args.control_relevance_loss_weight``, the loss's position weights: where the cached clips (up to
-        ``args.control_relevance_clips``, evenly spread) show their controls. The same clips on every process and at
-        every resume give the same weights."""
-        args = self.args
-        if not args.control_relevance_loss_weight:
-            return
-        count = min(args.control_relevance_clips, len(self.dataset))
-        chosen = [index * len(self.dataset) // count for index in range(count)]
-        progress = tqdm(chosen, desc="where the controls show", disable=not self.accelerator.is_main_process)
-        items = (self.dataset[index] for index in progress)
-        relevance = relevance_map(  # each clip's latent means [F, C, h, w] and its latent frames' controls
-            (item["latent_parameters"].chunk(2)[0].transpose(0, 1), self.latent_controls(item["controls"]))
-            for item in items
-        )
-        weights = relevance_weights(relevance, args.control_relevance_loss_weight)
-        self.loss_position_weights = weights.to(self.accelerator.device)
-        logger.info(
-            "loss weighted by where the controls show: %.3f to %.3f a latent position (explained share %.4f on average)",
-            weights.min(),
-            weights.max(),
-            relevance.mean(),
-        )
-        if self.accelerator.is_main_process:
-            record = {
-                "control_relevance_loss_weight": args.control_relevance_loss_weight,
-                "clips": count,
-                "explained_share": relevance.tolist(),
-                "loss_weights": weights.tolist(),
-            }
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / RELEVANCE_FILE).write_text(json.dumps(record) + "\n")
-
-    def latent_controls(self, controls: torch.Tensor) -> torch.Tensor:
-        """The control ids ``[..., F]`` of a clip's trained latent frames, from those of its encoded frames: here all."""
-        return controls
-
     def model_kwargs(self, batch: dict[str, Any], generators: list[torch.Generator]) -> dict[str, Any]:
         """Controls, each clip's replaced by the null control with probability ``control_p_zero``."""
-        controls = self.latent_controls(batch["controls"]).to(self.accelerator.device)
+        controls = batch["controls"].to(self.accelerator.device)
         dropped = draw_dropout(generators, self.args.control_p_zero)
         null_id = self.vocabulary.null_id
         return {"controls": torch.where(dropped[:, None], torch.full_like(controls, null_id), controls)}

@@ -88,9 +88,10 @@ class SwinTrainer(InteractiveTrainer):
         noisy[:, :CONDITION_FRAMES] = latents[:, :CONDITION_FRAMES]
         return noisy
 
-    def latent_controls(self, controls: torch.Tensor) -> torch.Tensor:
-        """Without the history latent frames' controls: the encoded window drops those frames."""
-        return controls[..., history_latent_frames(self.vae) :]
+    def model_kwargs(self, batch, generators):
+        """Stage 2's controls, without the history latent frames' (the latents have none)."""
+        kwargs = super().model_kwargs(batch, generators)
+        return dict(kwargs, controls=kwargs["controls"][:, history_latent_frames(self.vae) :])
 
     def loss_mask(self, latents: torch.Tensor) -> torch.Tensor:
         """The noisy frames count; the clean condition frame does not."""

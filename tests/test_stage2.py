@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from stage2 import inference
 from stage2.cogvideox.pipeline_cogvideox import InteractivePipeline, InteractivePipelineOutput, parse_controls
-from stage2.train_text_to_video_sft import RELEVANCE_FILE, InteractiveTrainer
+from stage2.train_text_to_video_sft import InteractiveTrainer
 from stage2.training.arguments import SftArgs
 from tests.conftest import (
     CLIP_FPS,
@@ -28,7 +28,6 @@ from tests.conftest import (
 )
 from thematrix.config import ConfigError
 from thematrix.controls import VOCABULARY_FILE, ControlError, load_vocabulary, video_frame_labels
-from thematrix.data.dataset import collate_batch
 from thematrix.model_dir import GENERATION_DEFAULTS_FILE, GenerationDefaults, save_model_dir
 from thematrix.models import InteractiveCogVideoXTransformer3DModel, compute_control_embeddings
 from thematrix.video import read_video_info
@@ -207,47 +206,6 @@ def test_control_dropout_replaces_whole_clips_with_null(tiny_model_dir, tiny_dat
             assert torch.equal(row, original) or bool((row == null_id).all())
         dropped_counts.append(int((controls == null_id).all(dim=1).sum()))
     assert 0 < sum(dropped_counts) < 80
-
-
-def test_control_relevance_weights_the_loss_by_where_the_cached_clips_show_their_controls(
-    tiny_model_dir, tiny_dataset, tmp_path
-):
-    output_dir = tmp_path / "run"  # made by the run (the cache elsewhere, as the learning chain has it)
-    settings = dict(max_train_steps=1, control_relevance_loss_weight=3.0, cache_dir=str(tmp_path / "cache"))
-    trainer = InteractiveTrainer(stage2_args(tiny_model_dir, tiny_dataset, output_dir, **settings))
-    trainer.setup()
-    weights = trainer.loss_position_weights
-    latent_size = trainer.dataset[0]["latent_parameters"].shape[-2:]
-    assert weights.shape == latent_size
-    torch.testing.assert_close(weights.mean(), torch.tensor(1.0))
-    assert weights.max() > weights.min()
-    record = json.loads((output_dir / RELEVANCE_FILE).read_text())
-    assert record["clips"] == len(trainer.dataset)
-    assert torch.equal(torch.tensor(record["loss_weights"]), weights)
-
-    # The loss of the same samples: unweighted with uniform weights, doubled with weights of 2.
-    batch = collate_batch([trainer.dataset[0], trainer.dataset[1]])
-    trainer.loss_position_weights = None
-    plain = trainer.compute_loss(batch, 0)
-    trainer.loss_position_weights = torch.ones(latent_size)
-    assert torch.equal(trainer.compute_loss(batch, 0), plain)
-    trainer.loss_position_weights = torch.full(latent_size, 2.0)
-    torch.testing.assert_close(trainer.compute_loss(batch, 0), 2 * plain)
-
-
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
-        ({"control_relevance_loss_weight": -1.0}, "0 \\(unweighted\\) or more"),
-        ({"control_relevance_loss_weight": 1.0, "cache_latents": False}, "set args.cache_latents = True"),
-        ({"control_relevance_loss_weight": 1.0, "control_relevance_clips": 0}, "control_relevance_clips"),
-    ],
-)
-def test_bad_control_relevance_settings_are_refused_before_training(
-    tiny_model_dir, tiny_dataset, tmp_path, overrides, message
-):
-    with pytest.raises(ConfigError, match=message):
-        stage2_args(tiny_model_dir, tiny_dataset, tmp_path, **overrides).check()
 
 
 class RecordingTransformer(torch.nn.Module):

@@ -130,17 +130,6 @@ def test_full_fine_tuning_moves_base_and_control_weights(trainer, tiny_model_dir
     assert_components_unchanged(tiny_model_dir, trainer.final_model_dir)
 
 
-def test_control_relevance_weights_the_window_loss_too(tiny_model_dir, tiny_dataset, tmp_path):
-    """Stage 3's clips carry history latent frames and their controls alike: the map takes both, and a step trains."""
-    weighted = SwinTrainer(
-        stage3_args(tiny_model_dir, tiny_dataset, tmp_path, max_train_steps=1, control_relevance_loss_weight=2.0)
-    )
-    weighted.setup()
-    assert weighted.loss_position_weights.shape == weighted.dataset[0]["latent_parameters"].shape[-2:]
-    weighted.train()
-    assert torch.isfinite(torch.tensor(weighted.history[-1]["loss"]))
-
-
 def test_timesteps_drawn_per_band_refuse_another_density(tiny_model_dir, tiny_dataset, tmp_path):
     args = stage3_args(tiny_model_dir, tiny_dataset, tmp_path, timestep_density_exponent=2.0)
     with pytest.raises(ConfigError, match="one timestep per noise band, uniformly within it: leave it at 1"):

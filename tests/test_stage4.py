@@ -523,7 +523,6 @@ def test_text_guidance_to_distil_without_captions_is_refused_once_the_teachers_i
         ("student", "half", "args.student"),
         ("validation_num_inference_steps", 8, "must equal args.num_noise_groups"),
         ("guidance_scale", DEFAULT_TEXT_GUIDANCE, "every caption is dropped"),  # with caption_p_zero = 1 below
-        ("control_relevance_loss_weight", 3.0, "leave it at 0"),
     ],
 )
 def test_bad_settings_fail_with_the_setting_named(setting, value, message):

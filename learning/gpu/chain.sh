@@ -14,20 +14,12 @@
 #               the teacher's optional 4-step streams, the chain's last and least needed measure. With
 #               COMPILE_BLOCKS=1 (the default) step 0 warms the compile caches on the first GPU while step 1 makes
 #               the VAE; one GPU has no idle time for it.
-#   CHAIN_STAGE2_RELEVANCE=1  also step 11 (stage 2 with the loss weighted by where the controls show), started with
-#               step 4 from the same stage-1 model, on the other GPU of two (the same one of one)
-#   CHAIN_THROUGH  the last of steps 4-7 to run (default 7): 4 ends the chain with stage 2's measures
 source "$(dirname "$0")/common.sh"
 LOGS="$WORK/logs"
 mkdir -p "$LOGS"
 IFS=, read -r -a CHAIN_GPU_IDS <<< "${CHAIN_GPUS:-0}"
 if (( ${#CHAIN_GPU_IDS[@]} > 2 )); then
   echo "error: CHAIN_GPUS=$CHAIN_GPUS: the chain uses one GPU or two; for the streams of more, set STREAM_GPUS" >&2
-  exit 2
-fi
-THROUGH="${CHAIN_THROUGH:-7}"
-if (( THROUGH < 4 || THROUGH > 7 )); then
-  echo "error: CHAIN_THROUGH=$CHAIN_THROUGH: the chain runs through step 4, 5, 6 or 7" >&2
   exit 2
 fi
 FIRST="${CHAIN_GPU_IDS[0]}"
@@ -76,20 +68,15 @@ finish "$STEP1" 01  # the IDM, which step 3's clips are scored by
 start 03 "$SECOND"; STEP3=$STARTED
 after "$STEP3" 03 "stage 1: fuse the LoRA"
 start 04 "$FIRST"; STEP4=$STARTED
-STEP11=""
-if [[ ${CHAIN_STAGE2_RELEVANCE:-0} == 1 ]]; then start 11 "$SECOND"; STEP11=$STARTED; fi
 after "$STEP4" 04 "stage 2: the Interactive Module"
-if (( THROUGH >= 5 )); then start 05 "$SECOND"; STEP5=$STARTED; fi
+start 05 "$SECOND"; STEP5=$STARTED
 finish "$STEP3" 03
 finish "$STEP4" 04
-if [[ -n $STEP11 ]]; then finish "$STEP11" 11; fi
-if (( THROUGH == 5 )); then
-  finish "$STEP5" 05
-elif (( THROUGH > 5 )) && [[ $FIRST == "$SECOND" ]]; then
+if [[ $FIRST == "$SECOND" ]]; then
   finish "$STEP5" 05
   start 06 "$FIRST"; finish "$STARTED" 06
-  if (( THROUGH == 7 )); then start 07 "$FIRST"; finish "$STARTED" 07; fi
-elif (( THROUGH > 5 )); then
+  start 07 "$FIRST"; finish "$STARTED" 07
+else
   # Step 6 trains on the first GPU it sees; its streams, like step 7's, split over both (ids as the step sees them;
   # a dry run on a machine without GPUs keeps them in one process).
   SPLIT=()
@@ -98,7 +85,7 @@ elif (( THROUGH > 5 )); then
   start 06 "$FIRST,$SECOND" "${SPLIT[@]}"; STEP6=$STARTED
   finish "$STEP5" 05
   finish "$STEP6" 06
-  if (( THROUGH == 7 )); then start 07 "$FIRST,$SECOND" "${SPLIT[@]}"; finish "$STARTED" 07; fi
+  start 07 "$FIRST,$SECOND" "${SPLIT[@]}"; finish "$STARTED" 07
 fi
 # Without its warm caches the runs compile at their first step, as without step 0: no reason to stop.
 if [[ -n $WARMING ]] && ! wait "$WARMING"; then echo "step 00 failed (the runs compiled cold): see $LOGS/00.log"; fi

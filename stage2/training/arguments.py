@@ -28,13 +28,6 @@ class SftArgs(TrainingArgs):
     # FLOPs. Like control_start_layer, it shapes a new module: a stage-2 model given as input keeps its own.
     control_feed_forward_mult: int = 2
     control_p_zero: float = 0.1  # chance a clip trains with null controls, for control guidance
-    # Weigh the loss at each latent position by how much of the footage's variance there the controls explain
-    # (thematrix/training/control_relevance.py): 1 + s * share / mean share, rescaled to mean 1. 0 = unweighted. A
-    # key shown by a few pixels or a slow change (a gauge, a speed) is otherwise a small part of the loss. The map is
-    # measured once, on up to control_relevance_clips cached clips (args.cache_latents), and written to
-    # <output_dir>/control_relevance.json.
-    control_relevance_loss_weight: float = 0.0
-    control_relevance_clips: int = 512
     # The recipe trains only the Interactive Module, the base frozen. True trains every weight at learning_rate: for a
     # base that cannot render what the controls change (learning/README.md), not the recipe's setting.
     train_base_weights: bool = False
@@ -63,14 +56,3 @@ class SftArgs(TrainingArgs):
             )
         if not 0 <= self.control_p_zero <= 1:
             raise ConfigError(f"args.control_p_zero is a probability, in [0, 1]; got {self.control_p_zero}")
-        if self.control_relevance_loss_weight < 0:
-            raise ConfigError(
-                f"args.control_relevance_loss_weight is 0 (unweighted) or more; got {self.control_relevance_loss_weight}"
-            )
-        if self.control_relevance_loss_weight and not self.cache_latents:
-            raise ConfigError(
-                "args.control_relevance_loss_weight is measured on the cached latents: set args.cache_latents = True "
-                "(or the weight to 0)"
-            )
-        if self.control_relevance_clips < 1:
-            raise ConfigError(f"args.control_relevance_clips must be at least 1, is {self.control_relevance_clips}")

@@ -60,11 +60,6 @@ class ScmArgs(SwinArgs):
 
     def check(self) -> None:
         """With the window unset, what depends on it is checked once the trainer has taken it from the model."""
-        if self.control_relevance_loss_weight:
-            raise ConfigError(
-                f"args.control_relevance_loss_weight = {self.control_relevance_loss_weight}: stage 4's loss is the "
-                "student's distance to its target, which the teacher's velocity sets, not the footage: leave it at 0"
-            )
         super().check()
         groups, steps = self.num_noise_groups, self.validation_num_inference_steps
         if groups is not None and self.teacher_num_inference_steps % groups:

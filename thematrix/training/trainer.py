@@ -6,7 +6,7 @@ A stage subclasses ``Trainer`` and overrides hooks, each called at one place of 
   any weight loads (stage 2: the vocabulary; stage 3: the window);
 - ``build_transformer()``: load the transformer and mark which parameters train;
 - ``after_setup()``: build what the stage needs besides, once the transformer is prepared (stage 4: the
-  teacher and the EMA target; stage 2: ``loss_position_weights``, where the footage shows its controls);
+  teacher and the EMA target);
 - ``encode_videos(videos)`` and ``cache_fingerprint()``: how clips become latents, and what keys the cache;
 - ``sample_timesteps(num_latent_frames, generator)`` and ``noisy_latents(latents, noise, timesteps)``: the
   noising, drawn in the stage's own code (stage 3: one timestep per noise group, the condition frame clean);
@@ -186,7 +186,6 @@ class Trainer:
         self.history: list[dict[str, float]] = []  # this process's optimizer steps: loss, lr, step time, ...
         self.stop_signals = StopSignals()
         self.vocabulary: ControlVocabulary | None = None  # the controls clips carry: set by a stage that has them
-        self.loss_position_weights: torch.Tensor | None = None  # [h, w] weights of the loss's latent positions, or None
 
     # ---------------------------------------------------------------- stage hooks
     def build_transformer(self) -> torch.nn.Module:
@@ -558,8 +557,7 @@ class Trainer:
         return latents, noise, prompt_embeds, generators
 
     def compute_loss(self, batch: dict[str, Any], first_sample_position: int) -> torch.Tensor:
-        """CogVideoX's v-prediction loss on x0, weighted by 1 / (1 - alpha_bar_t) and by
-        ``self.loss_position_weights`` where a stage sets them."""
+        """CogVideoX's v-prediction loss on x0, weighted by 1 / (1 - alpha_bar_t)."""
         latents, noise, prompt_embeds, generators = self.prepare_batch(batch, first_sample_position)
         num_latent_frames = latents.shape[1]
         timesteps = torch.cat([self.sample_timesteps(num_latent_frames, generator) for generator in generators])
@@ -574,8 +572,6 @@ class Trainer:
         )[0].float()
         predicted_latents = self.schedule.velocity_to_sample(prediction, noisy, timesteps)
         error = self.schedule.loss_weight(timesteps, latents.ndim) * (predicted_latents - latents) ** 2
-        if self.loss_position_weights is not None:
-            error = error * self.loss_position_weights
         mask = self.loss_mask(latents)
         if mask is None:
             per_sample = error.flatten(1).mean(dim=1)
