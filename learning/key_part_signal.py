@@ -10,12 +10,14 @@ variance that the key part's class means explain (between-class over total sum o
 gain a model gets from the key alone, without the state the key acts on. It is measured over the training clips
 as the stages encode them (the model's VAE, its frame rate, size and clip length), for the latent frames, their
 change over one latent frame and the change of that change, over the whole frame, the scene (``--scene_rows``)
-and the rest (the HUD).
+and the rest (the HUD). ``--maps`` adds the share at each latent position, and what share of the loss each key
+part would take were the loss weighted by where the keys show (``key_part_maps``).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,17 +36,86 @@ from thematrix.model_dir import VAE, generation_defaults
 DIFFERENCE_ORDERS = {"latents": 0, "change": 1, "change of change": 2}
 
 
+def class_sums(values: np.ndarray, labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(between-class, total) sums of squares of ``values`` ``[N, ...]`` grouped by ``labels`` (N), per element of
+    a value (``values.shape[1:]``)."""
+    values = values.astype(np.float64)
+    labels = np.asarray(labels)
+    mean = values.mean(axis=0)
+    total = ((values - mean) ** 2).sum(axis=0)
+    between = sum(
+        (labels == label).sum() * (values[labels == label].mean(axis=0) - mean) ** 2 for label in np.unique(labels)
+    )
+    return between, total
+
+
 def explained_share(values: np.ndarray, labels: Sequence[str]) -> float:
     """The share of the variance of ``values`` ``[N, ...]`` that the class means of ``labels`` (N) explain."""
-    flat = values.reshape(len(values), -1).astype(np.float64)
-    labels = np.asarray(labels)
-    mean = flat.mean(axis=0)
-    total = ((flat - mean) ** 2).sum()
-    between = sum(
-        (labels == label).sum() * ((flat[labels == label].mean(axis=0) - mean) ** 2).sum()
-        for label in np.unique(labels)
-    )
-    return float(between / total)
+    between, total = class_sums(values, labels)
+    return float(between.sum() / total.sum())
+
+
+WHOLE_KEY = "whole key"
+MAP_STRENGTHS = (1.0, 3.0, 10.0)  # loss weightings by a map: weight 1 + s * map / mean(map), rescaled to mean 1
+
+
+def weighted_share(between: np.ndarray, total: np.ndarray, weighting: np.ndarray, strength: float) -> float:
+    """The share of a loss summed over latent positions that a key's between-class sums take, the loss weighted
+    at each position by ``weighting`` ``[h, w]`` at ``strength``."""
+    weights = 1 + strength * weighting / weighting.mean()
+    return float((weights * between).sum() / (weights * total).sum())
+
+
+def key_part_maps(latents: np.ndarray, tokens: np.ndarray) -> dict:
+    """Where the keys show, and whether weighting the loss by it would let a small key part count: per key part
+    and the whole key, the explained share at each latent position ``[h, w]`` (summed over channels); then each
+    part's share of the loss weighted by three maps: the whole key's (what a weighting that knows only the tokens
+    measures), the largest contrast between two tokens' means at each position, each pair's scaled to mean 1 (so
+    that a small contrast counts as much as a large one), and the part's own (which needs the key's parts, so is
+    specific to a game's keys)."""
+    frames = latents.reshape(-1, *latents.shape[2:])  # [clips x F, C, h, w]
+    labels = tokens.reshape(-1)
+    splits = {**KEY_PARTS, WHOLE_KEY: lambda token: token}
+    sums = {
+        part: [s.sum(axis=0) for s in class_sums(frames, [split(t) for t in labels])] for part, split in splits.items()
+    }
+    total = sums[WHOLE_KEY][1]
+    maps = {part: between / total for part, (between, _) in sums.items()}
+    variance = total / len(labels)
+    means = {token: frames[labels == token].mean(axis=0) for token in np.unique(labels)}
+    contrasts = [((means[a] - means[b]) ** 2).sum(axis=0) / variance for a, b in itertools.combinations(means, 2)]
+    weightings = {
+        "the whole key's map": maps[WHOLE_KEY],
+        "the largest pair of tokens": np.max([contrast / contrast.mean() for contrast in contrasts], axis=0),
+    }
+    shares = {
+        name: {
+            strength: {part: weighted_share(sums[part][0], total, weighting, strength) for part in splits}
+            for strength in MAP_STRENGTHS
+        }
+        for name, weighting in weightings.items()
+    }
+    shares["each part's own map"] = {
+        strength: {part: weighted_share(sums[part][0], total, maps[part], strength) for part in splits}
+        for strength in MAP_STRENGTHS
+    }
+    return {"maps": {part: value.tolist() for part, value in maps.items()}, "weighted_loss_share": shares}
+
+
+def plot_maps(maps: dict[str, list], path: Path) -> None:
+    """Each map as a heat map, its colour scale its own."""
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(maps), figsize=(4 * len(maps), 2.6))
+    for axis, (part, values) in zip(axes, maps.items()):
+        image = axis.imshow(np.array(values), cmap="viridis")
+        axis.set_title(f"{part}: explained share", fontsize=9)
+        axis.set_xticks([])
+        axis.set_yticks([])
+        figure.colorbar(image, ax=axis, fraction=0.03)
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
 
 
 def key_part_signal(latents: np.ndarray, tokens: np.ndarray, scene_rows: slice) -> dict:
@@ -106,6 +177,7 @@ def main() -> None:
     parser.add_argument("--scene_rows", type=int, nargs=2, required=True, metavar=("TOP", "BOTTOM"))
     parser.add_argument("--max_clips", type=int, default=300)
     parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument("--maps", type=Path, default=None, help="a PNG of each key part's share at each position")
     args = parser.parse_args()
     latents, tokens = encoded_clips(args.model_dir, args.data_root, args.index_file, args.max_clips)
     spatial = generation_defaults(args.model_dir).height // latents.shape[3]  # frame rows per latent row
@@ -115,9 +187,19 @@ def main() -> None:
     for name, regions in shares.items():
         for region, parts in regions.items():
             print(f"  {name:17s} {region:12s} " + "  ".join(f"{part} {share:.4f}" for part, share in parts.items()))
+    positions = {}
+    if args.maps is not None:
+        positions = key_part_maps(latents, tokens)
+        plot_maps(positions["maps"], args.maps)
+        print("share of the loss each key part takes, the loss weighted at each latent position by")
+        for name, by_strength in positions["weighted_loss_share"].items():
+            for strength, parts in by_strength.items():
+                print(
+                    f"  {name}, s = {strength:g}: " + "  ".join(f"{part} {share:.4f}" for part, share in parts.items())
+                )
     if args.output is not None:
         record = {"settings": {key: str(value) for key, value in vars(args).items()}, "clips": len(latents)}
-        args.output.write_text(json.dumps({**record, "explained_share": shares}, indent=2) + "\n")
+        args.output.write_text(json.dumps({**record, "explained_share": shares, **positions}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

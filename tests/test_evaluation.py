@@ -1010,6 +1010,18 @@ def test_key_part_signal_is_the_share_of_variance_each_part_s_class_means_explai
     assert shares["latents"]["scene"]["steering"] < 0.5
     # The change into a latent frame takes that frame's key: D after B is +2, B after D -2.
     assert shares["change"]["scene"]["pedal"] == pytest.approx(1.0)
+    # Per position: the pedal explains the scene row whole; a loss weighted by its map gives it more than the
+    # unweighted loss does, the more the stronger the weighting.
+    positions = signal.key_part_maps(latents, tokens)
+    assert set(positions["maps"]) == {*signal.KEY_PARTS, signal.WHOLE_KEY}
+    assert positions["maps"]["pedal"][0][0] == pytest.approx(1.0)
+    own = positions["weighted_loss_share"]["each part's own map"]
+    assert shares["latents"]["whole frame"]["pedal"] < own[1.0]["pedal"] < own[10.0]["pedal"] < 1.0
+    assert set(positions["weighted_loss_share"]) == {
+        "the whole key's map",
+        "the largest pair of tokens",
+        "each part's own map",
+    }
 
 
 def write_record(path, measures: dict, **settings) -> None:
