@@ -9,7 +9,10 @@ The scene's speed in a latent frame is the mean absolute difference between its 
 scene's rows (above CarRacing's HUD); its change is that minus the previous latent frame's. In the game, gas
 speeds the car up and the brake slows it down; a model that renders the pedals shows the same signs under the
 commanded pedals (the IDM's pedal agreement says whether, this says which pedal and how much). A model without
-controls (stage 1) gets the same commands, which it does not see: its speeds are the base model's.
+controls (stage 1) gets the same commands, which it does not see: its speeds are the base model's. Clips are
+sampled as the model records (its prompt and text guidance) unless ``--prompt`` or ``--guidance_scale`` say
+otherwise; stage 1 records its footage's first caption, which names a motion, so the chain gives it the scene's
+prompt, as it does for its clips' measures.
 """
 
 from __future__ import annotations
@@ -30,11 +33,11 @@ from thematrix.evaluation.generation import (
     frame_size,
     generate_clip,
     model_vocabulary,
+    recorded_sampling,
     temporal_compression,
 )
 
 PEDAL = KEY_PARTS["pedal"]
-PROMPT = "A top-down view of a red race car on a grey track surrounded by green grass."
 
 
 def scene_speed(frames: torch.Tensor, rows: slice) -> torch.Tensor:
@@ -84,12 +87,14 @@ def main() -> None:
     parser.add_argument("--num_clips", type=int, default=16)
     parser.add_argument("--num_latent_frames", type=int, default=11)
     parser.add_argument("--num_inference_steps", type=int, default=50)
-    parser.add_argument("--guidance_scale", type=float, default=6.0)
+    parser.add_argument("--prompt", default=None, help="default: the model's recorded prompt (a base model has none)")
+    parser.add_argument("--guidance_scale", type=float, default=None, help="default: the model's recorded guidance")
     parser.add_argument("--control_guidance_scale", type=float, default=3.0)
     parser.add_argument("--max_frames", type=int, default=105)
     parser.add_argument("--fps", type=float, default=10.0, help="the frame rate the model trained at")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
+    args.prompt, args.guidance_scale = recorded_sampling(args.model_dir, args.prompt, args.guidance_scale)
     rows = slice(*args.scene_rows)
     pipeline = clip_pipeline(args.model_dir)
     c = temporal_compression(pipeline)
@@ -117,7 +122,7 @@ def main() -> None:
         tokens = commanded_controls(model_vocabulary(pipeline) or vocabulary, args.num_latent_frames, seed)
         video = generate_clip(
             pipeline,
-            PROMPT,
+            args.prompt,
             tokens,
             num_inference_steps=args.num_inference_steps,
             guidance_scale=args.guidance_scale,

@@ -43,7 +43,7 @@ from thematrix.evaluation.footage import (
     weights_fingerprint,
     worst_mean_bin_reference,
 )
-from thematrix.evaluation.generation import ScoredVideo, StreamTiming
+from thematrix.evaluation.generation import ScoredVideo, StreamTiming, recorded_sampling
 from thematrix.evaluation.idm import IdmTraining, InverseDynamicsModel, gather_windows, predict, train_idm, window_ends
 from thematrix.evaluation.metrics import (
     FeatureStats,
@@ -59,7 +59,7 @@ from thematrix.evaluation.metrics import (
     total_variation,
 )
 from thematrix.evaluation.report import COMMIT_VARIABLE, environment, frame_labels
-from thematrix.model_dir import DEFAULT_TEXT_GUIDANCE, NO_TEXT_GUIDANCE, generation_defaults
+from thematrix.model_dir import DEFAULT_TEXT_GUIDANCE, EMPTY_CAPTION, NO_TEXT_GUIDANCE, generation_defaults
 from thematrix.models import InteractiveCogVideoXTransformer3DModel
 
 C = 4  # the VAE's temporal compression
@@ -774,6 +774,22 @@ def test_streams_sample_at_the_guidance_the_model_records_unless_told(model_dir,
     assert guidance(unguided, "swin-dpm", "--guidance_scale", "4") == 4.0
     assert guidance(model_dir, "swin-dpm") == DEFAULT_TEXT_GUIDANCE
     assert guidance(model_dir, "scm") == STUDENT_GUIDANCE_SCALE
+
+
+def test_clips_sample_as_the_model_records_unless_told(model_dir, tiny_model_dir, tmp_path):
+    """The prompt and text guidance given, else the model's record, else CogVideoX's guidance; a base model records
+    no prompt, so one must be given (the learning scripts that sample clips share this)."""
+    as_trained = tmp_path / "model"
+    shutil.copytree(model_dir, as_trained)
+    record = dataclasses.replace(generation_defaults(as_trained), prompt=EMPTY_CAPTION, guidance_scale=NO_TEXT_GUIDANCE)
+    record.save(as_trained)
+    assert recorded_sampling(as_trained, None, None) == (EMPTY_CAPTION, NO_TEXT_GUIDANCE)
+    assert recorded_sampling(as_trained, PROMPT, 4.0) == (PROMPT, 4.0)
+    dataclasses.replace(record, guidance_scale=None).save(as_trained)
+    assert recorded_sampling(as_trained, None, None) == (EMPTY_CAPTION, DEFAULT_TEXT_GUIDANCE)
+    with pytest.raises(ConfigError, match="--prompt: the model at .* records no prompt"):
+        recorded_sampling(tiny_model_dir, None, None)
+    assert recorded_sampling(tiny_model_dir, PROMPT, None) == (PROMPT, DEFAULT_TEXT_GUIDANCE)
 
 
 def speed_command(model_dir, idm, data_root, index_file, output, *settings: str) -> list[str]:

@@ -25,7 +25,8 @@ for idm in "":"$IDM" _scene:"$SCENE_IDM"; do
   evaluate_clips "stage2_control_guidance_3$suffix" "$MODELS/stage2/model" --idm "${idm#*:}" --control_guidance_scale 3
 done
 
-scene_speeds stage1 "$MODELS/stage1-fused"
+# Stage 2 sampled as it records, with control guidance 3; stage 1 under the scene prompt, as its clips' measures.
+scene_speeds stage1 "$MODELS/stage1-fused" --prompt "$PROMPT"
 scene_speeds stage2 "$MODELS/stage2/model"
 
 pack idm_scene results

@@ -28,8 +28,8 @@ phase "stage 1 on it: fuse the LoRA" done_or "$MODELS/stage1-more-fused" \
   --output_dir "$MODELS/stage1-more-fused"
 
 evaluate_clips stage1_more "$MODELS/stage1-more-fused" --prompt "$PROMPT"
-scene_speeds base_more "$MORE/model"
-scene_speeds stage1_more "$MODELS/stage1-more-fused"
+scene_speeds base_more "$MORE/model" --prompt "$PROMPT"
+scene_speeds stage1_more "$MODELS/stage1-more-fused" --prompt "$PROMPT"
 
 pack models/pretrain-more results
 summary

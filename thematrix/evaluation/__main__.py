@@ -45,7 +45,7 @@ from thematrix.evaluation.evaluate import (
     evaluate_streams,
     paired_speed,
 )
-from thematrix.evaluation.generation import STREAM_DEFAULTS, STREAM_PIPELINES, StreamSetting
+from thematrix.evaluation.generation import STREAM_DEFAULTS, STREAM_PIPELINES, StreamSetting, recorded_sampling
 from thematrix.evaluation.idm import IdmTraining
 from thematrix.evaluation.report import contact_sheet, write_json
 from thematrix.model_dir import DEFAULT_TEXT_GUIDANCE, check_model_dir, generation_defaults
@@ -371,12 +371,9 @@ def resolve_recorded_sampling(args: argparse.Namespace) -> None:
     """Where not given, the prompt ``--model_dir`` records (the empty caption for a run that dropped every
     caption) and, for clips, its text guidance, else CogVideoX's (a stream's guidance is its setting's:
     ``resolve_stream_settings``); in ``args``, so that the measures record what the videos were sampled with."""
-    recorded = generation_defaults(check_model_dir(args.model_dir, "--model_dir"))
-    args.prompt = first_given(args.prompt, recorded.prompt)
-    if args.prompt is None:
-        raise ConfigError(f"--prompt: the model at {args.model_dir} records no prompt (a base model); pass --prompt")
+    args.prompt, guidance_scale = recorded_sampling(args.model_dir, args.prompt, args.guidance_scale)
     if args.command == "clips":
-        args.guidance_scale = first_given(args.guidance_scale, recorded.guidance_scale, DEFAULT_TEXT_GUIDANCE)
+        args.guidance_scale = guidance_scale
 
 
 def check_speed_sizes(args: argparse.Namespace) -> None:
