@@ -51,6 +51,18 @@ def add_clip_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="output.mp4")
 
 
+def clip_sampling(
+    record: GenerationDefaults, prompt: str | None, guidance_scale: float | None, model_dir: str | Path
+) -> tuple[str, float]:
+    """The prompt and text guidance a clip is sampled with: those given, else what the model's ``record`` holds
+    (the empty caption and no guidance for a run that dropped every caption), else CogVideoX's guidance. A model
+    that records no prompt (a base model) needs one given."""
+    prompt = first_given(prompt, record.prompt)
+    if prompt is None:
+        raise ConfigError(f"--prompt: the model at {model_dir} records no prompt (a base model); pass --prompt")
+    return prompt, first_given(guidance_scale, record.guidance_scale, DEFAULT_TEXT_GUIDANCE)
+
+
 def check_clip_options(
     args: argparse.Namespace, pipeline_class: type[GameVideoPipeline], lora_dir: str | None = None
 ) -> Path:
@@ -60,10 +72,7 @@ def check_clip_options(
     model_dir = pipeline_class.check_stage_model(args.model_dir)
     defaults = (lora_dir and GenerationDefaults.load(lora_dir)) or generation_defaults(model_dir)
     args.fps = setting_from_model("--fps", args.fps, defaults.fps, f"the model at {model_dir}") or COGVIDEOX_FPS
-    args.prompt = first_given(args.prompt, defaults.prompt)
-    args.guidance_scale = first_given(args.guidance_scale, defaults.guidance_scale, DEFAULT_TEXT_GUIDANCE)
-    if args.prompt is None:
-        raise ConfigError(f"--prompt: the model at {model_dir} records no prompt (a base model); pass --prompt")
+    args.prompt, args.guidance_scale = clip_sampling(defaults, args.prompt, args.guidance_scale, model_dir)
     args.num_frames = args.num_frames or defaults.num_frames
     args.height, args.width = args.height or defaults.height, args.width or defaults.width
     temporal = vae_architecture(model_dir).config.temporal_compression_ratio

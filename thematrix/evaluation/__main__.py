@@ -454,7 +454,6 @@ def main(argv=None) -> Path | None:
         print(f"measures: {output.resolve()}")
         return output
     reference = Reference.load(args.idm)
-    prompt = args.prompt
     if args.command == "speed":
         measures = paired_speed(
             measured,
@@ -462,7 +461,7 @@ def main(argv=None) -> Path | None:
             reference,
             data_root=args.data_root,
             index_file=args.index_file,
-            prompt=prompt,
+            prompt=args.prompt,
             num_frames=args.num_frames,
             rounds=args.rounds,
             control_guidance_scale=args.control_guidance_scale,
@@ -479,7 +478,7 @@ def main(argv=None) -> Path | None:
         )
         return output
     sampling = dict(
-        prompt=prompt,
+        prompt=args.prompt,
         num_inference_steps=args.num_inference_steps,
         guidance_scale=args.guidance_scale,
         control_guidance_scale=args.control_guidance_scale,

@@ -21,17 +21,17 @@ from pathlib import Path
 import torch
 
 from stage1.cogvideox.pipeline_cogvideox import GameVideoPipeline
+from stage1.inference import clip_sampling
 from stage2.cogvideox.pipeline_cogvideox import InteractivePipeline
 from stage3.cogvideox.pipeline_cogvideox import SwinDPMPipeline, window_clip_frames
 from stage3.inference import SWIN_DPM_DEFAULTS, random_controls
 from stage4.cogvideox.pipeline_cogvideox import ScmPipeline
 from stage4.inference import FEW_STEP_DEFAULTS
 from thematrix.acceleration import compile_stream
-from thematrix.config import ConfigError, first_given
 from thematrix.controls import ControlVocabulary
 from thematrix.data.initial_clip import InitialClip
 from thematrix.evaluation.metrics import to_uint8
-from thematrix.model_dir import DEFAULT_TEXT_GUIDANCE, check_model_dir, generation_defaults, transformer_class_name
+from thematrix.model_dir import check_model_dir, generation_defaults, transformer_class_name
 from thematrix.models import InteractiveCogVideoXTransformer3DModel
 from thematrix.video import pipeline_video_to_signed
 
@@ -86,14 +86,11 @@ def has_controls(model_dir: str | Path) -> bool:
 
 
 def recorded_sampling(model_dir: str | Path, prompt: str | None, guidance_scale: float | None) -> tuple[str, float]:
-    """The prompt and text guidance a model's clips are sampled with: those given, else what ``model_dir`` records
-    (the empty caption and no guidance for a run that dropped every caption), else CogVideoX's guidance. A model
-    that records no prompt (a base model) needs one given."""
-    recorded = generation_defaults(check_model_dir(model_dir, "--model_dir"))
-    prompt = first_given(prompt, recorded.prompt)
-    if prompt is None:
-        raise ConfigError(f"--prompt: the model at {model_dir} records no prompt (a base model); pass --prompt")
-    return prompt, first_given(guidance_scale, recorded.guidance_scale, DEFAULT_TEXT_GUIDANCE)
+    """The prompt and text guidance a model's clips are sampled with, as stage 1's inference completes them
+    (``clip_sampling``) from what ``model_dir`` records."""
+    return clip_sampling(
+        generation_defaults(check_model_dir(model_dir, "--model_dir")), prompt, guidance_scale, model_dir
+    )
 
 
 def clip_pipeline(model_dir: str | Path) -> GameVideoPipeline:
