@@ -48,6 +48,8 @@ CLIP_MODELS = {
     "stage2_control_guidance_3": "stage 2, control guidance 3",
     "stage2_as_trained": "stage 2, control guidance 3, the empty caption it trained with",
     "stage2_scene_prompt": "stage 2, control guidance 3, the scene prompt guided as before",
+    "stage2_longer": "stage 2 trained twice as long (step 11)",
+    "stage2_longer_control_guidance_3": "stage 2 trained twice as long, control guidance 3",
 }
 STAGE2_CLIPS = ("stage2", "stage2_control_guidance_3")  # stage 2's clips, scored for its target
 STREAMS = {

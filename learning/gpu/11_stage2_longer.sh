@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Step 11 (a diagnosis, about 5 minutes on one H200 beside step 4's clips): is stage 2 under-trained? With the
+# feed-forward in its control blocks its loss still falls at the mini config's 2,500 steps (learning/README.md).
+# Continues step 4's run from its last checkpoint to STAGE2_LONGER_STEPS (default 5,000: the constant learning rate
+# makes this the run of that many steps), then scores its clips as step 4 scores stage 2's, without and with control
+# guidance: the same seeds, so the same commands and noise.
+# Carry in: outputs/learning/footage/game, outputs/learning/models/stage1-fused, outputs/learning/models/stage2
+# (with its checkpoints/), outputs/learning/idm.
+# Returns results/ (the continued model stays on the machine: models/stage2-longer).
+source "$(dirname "$0")/common.sh"
+step 11
+
+LONGER="$MODELS/stage2-longer"
+LONGER_STEPS="${STAGE2_LONGER_STEPS:-5000}"
+if [[ ${DRY_RUN:-0} == 1 ]]; then LONGER_STEPS="${STAGE2_LONGER_STEPS:-4}"; fi  # twice step 4's 2 steps
+if [[ ! -e $LONGER/checkpoints ]]; then
+  mkdir -p "$LONGER"
+  cp -r "$MODELS/stage2/checkpoints" "$LONGER/checkpoints"
+fi
+# shellcheck disable=SC2086
+phase "stage 2 continued to $LONGER_STEPS steps" done_or "$LONGER/model" \
+  bash stage2/train_text_to_video_sft.sh --config training/sft_config_mini.py \
+  --pretrained_model_name_or_path "$MODELS/stage1-fused" "${GAME[@]}" --output_dir "$LONGER" \
+  "${TRAIN_SCALE[@]}" "${TRAIN_SPEED[@]}" ${STAGE2_ARGS:-} --max_train_steps "$LONGER_STEPS" \
+  --resume_from_checkpoint latest
+evaluate_clips stage2_longer "$LONGER/model"
+evaluate_clips stage2_longer_control_guidance_3 "$LONGER/model" --control_guidance_scale 3
+
+pack results
+summary
