@@ -32,6 +32,7 @@ from thematrix.cli import USAGE_EXIT_CODE, run
 from thematrix.config import ConfigError
 from thematrix.model_dir import DEFAULT_TEXT_GUIDANCE, LORA_WEIGHT_NAME, NO_TEXT_GUIDANCE, generation_defaults
 from thematrix.training import run_safety
+from thematrix.training import trainer as trainer_module
 from thematrix.training.checkpoint import (
     TRAINABLE_WEIGHTS,
     TRAINER_STATE,
@@ -356,6 +357,16 @@ def test_settings_that_cannot_train_are_refused_before_any_clip_is_encoded(
     with pytest.raises(error, match=expected):
         LoraTrainer(lora_args(cache_dir=str(tmp_path / "new-cache"), **settings)).setup()
     assert not list((tmp_path / "new-cache").glob("*.safetensors"))
+
+
+def test_validation_videos_without_ffmpeg_are_refused_at_start_and_a_run_without_videos_starts(
+    lora_args, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(trainer_module, "can_write_mp4", lambda: False)
+    with pytest.raises(ConfigError, match=r"args.validation_steps = 2 writes validation videos as mp4.*= 0"):
+        LoraTrainer(lora_args(validation_steps=2, cache_dir=str(tmp_path / "new-cache"))).setup()
+    assert not list((tmp_path / "new-cache").glob("*.safetensors"))
+    LoraTrainer(lora_args(validation_steps=0)).setup()
 
 
 def test_the_frame_size_defaults_to_the_models_and_a_size_contradicting_its_record_is_refused(

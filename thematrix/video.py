@@ -125,6 +125,16 @@ def open_h264_writer(path: str | os.PathLike, width: int, height: int, fps: floa
     return writer
 
 
+def can_write_mp4() -> bool:
+    """Whether ``write_mp4`` finds an ffmpeg executable (imageio-ffmpeg's binary or ``IMAGEIO_FFMPEG_EXE``): a long
+    run asks before it starts rather than at its first video."""
+    try:
+        imageio_ffmpeg.get_ffmpeg_exe()
+    except RuntimeError:
+        return False
+    return True
+
+
 def write_mp4(frames, path: str | os.PathLike, fps: float) -> Path:
     """Write uint8 frames ``[F, H, W, 3]`` as an H.264/yuv420p mp4, atomically.
 

@@ -95,7 +95,13 @@ from thematrix.training.sharding import (
     training_mode,
     unsharded_model,
 )
-from thematrix.video import draw_control_overlay, pipeline_video_to_signed, tensor_to_uint8_frames, write_mp4
+from thematrix.video import (
+    can_write_mp4,
+    draw_control_overlay,
+    pipeline_video_to_signed,
+    tensor_to_uint8_frames,
+    write_mp4,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -407,6 +413,13 @@ class Trainer:
         args.width = self.setting_from_model("width", "width") or native.width
         model_prompt = self.model_record.prompt if self.model_record else None
         resolve_validation_sampling(args, model_prompt, samples[0].caption)
+        if args.validation_steps and args.validation_prompts and not can_write_mp4():
+            raise ConfigError(
+                f"args.validation_steps = {args.validation_steps} writes validation videos as mp4, and no ffmpeg is "
+                "found here (imageio-ffmpeg installed without its binary, IMAGEIO_FFMPEG_EXE unset): reinstall "
+                "imageio-ffmpeg with its binary, set IMAGEIO_FFMPEG_EXE to an ffmpeg executable, or set "
+                "args.validation_steps = 0"
+            )
 
         temporal = self.vae_layout.config.temporal_compression_ratio
         spatial = 2 ** (len(self.vae_layout.config.block_out_channels) - 1) * transformer["patch_size"]
