@@ -14,6 +14,9 @@
 #               the teacher's optional 4-step streams, the chain's last and least needed measure. With
 #               COMPILE_BLOCKS=1 (the default) step 0 warms the compile caches on the first GPU while step 1 makes
 #               the VAE; one GPU has no idle time for it.
+#   CHAIN_STEPS the steps to run (default: "01 02 03 04 05 06 07"), in the chain's order whatever the order given;
+#               a step left out is taken as done (its outputs in $LEARNING_WORK, e.g. carried in). Step 11 (stage 2
+#               continued, a diagnosis) runs only when named, beside step 4's clips once stage 2 is trained.
 source "$(dirname "$0")/common.sh"
 LOGS="$WORK/logs"
 mkdir -p "$LOGS"
@@ -28,9 +31,20 @@ SECOND="${CHAIN_GPU_IDS[1]:-$FIRST}"
 # pools sized to the whole machine spin against each other and slow the threads that launch the GPU's kernels.
 THREADS="${OMP_NUM_THREADS:-$(( $(nproc) / ${#CHAIN_GPU_IDS[@]} ))}"
 
+CHAIN_STEPS="${CHAIN_STEPS:-01 02 03 04 05 06 07}"
+for name in $CHAIN_STEPS; do
+  if [[ " 01 02 03 04 05 06 07 11 " != *" $name "* ]]; then
+    echo "error: CHAIN_STEPS=\"$CHAIN_STEPS\": the chain runs steps 01 to 07 and 11, not '$name'" >&2
+    exit 2
+  fi
+done
+
 # start NN GPUS [NAME=VALUE...]: run step NN in the background on GPUS (its PID in $STARTED), with the settings
-# given, its timings cleared so that `after` waits for this run's phases.
+# given, its timings cleared so that `after` waits for this run's phases; unless CHAIN_STEPS leaves it out
+# ($STARTED empty: `after` and `finish` take it as done). Step 0, the chain's helper, runs wherever the chain starts it.
 start() {
+  STARTED=""
+  [[ $1 == 00 || " $CHAIN_STEPS " == *" $1 "* ]] || return 0
   rm -f "$RESULTS/timings_$1.tsv"
   env ${CHAIN_GPUS:+CUDA_VISIBLE_DEVICES="$2"} OMP_NUM_THREADS="$THREADS" "${@:3}" bash learning/gpu/"$1"_*.sh \
     > "$LOGS/$1.log" 2>&1 &
@@ -40,6 +54,7 @@ start() {
 
 # after PID NN PHASE: until step NN has finished PHASE; stop the chain if the step ended without it.
 after() {
+  [[ -n $1 ]] || return 0
   until grep -qF "$3" "$RESULTS/timings_$2.tsv" 2>/dev/null; do
     if ! kill -0 "$1" 2>/dev/null; then
       echo "step $2 ended before '$3': see $LOGS/$2.log" >&2
@@ -51,6 +66,7 @@ after() {
 
 # finish PID NN: wait for step NN; stop the chain if it failed.
 finish() {
+  [[ -n $1 ]] || return 0
   wait "$1" || { echo "step $2 failed: see $LOGS/$2.log" >&2; exit 1; }
   echo "step $2 done"
 }
@@ -70,8 +86,10 @@ after "$STEP3" 03 "stage 1: fuse the LoRA"
 start 04 "$FIRST"; STEP4=$STARTED
 after "$STEP4" 04 "stage 2: the Interactive Module"
 start 05 "$SECOND"; STEP5=$STARTED
+start 11 "$FIRST"; STEP11=$STARTED
 finish "$STEP3" 03
 finish "$STEP4" 04
+finish "$STEP11" 11
 if [[ $FIRST == "$SECOND" ]]; then
   finish "$STEP5" 05
   start 06 "$FIRST"; finish "$STARTED" 06

@@ -9,8 +9,9 @@ args.index_file = "../outputs/learning/footage/game/index.json"
 args.output_dir = "../outputs/learning/models/stage2"
 
 args.height, args.width, args.fps, args.frame_buckets = 96, 144, 10, (41,)  # as stage 1
-# 32 clips a step, 1.1 TFLOP, 0.06 to 0.1 s on one H100. 8,000 steps (13 minutes, past a GPU command's 10) followed
-# the commands no better than 2,500 (learning/README.md): what stage 2 misses is not a matter of steps.
+# 32 clips a step, 1.1 TFLOP, 0.06 to 0.1 s on one H100. Before the control blocks had a feed-forward, 8,000 steps
+# followed the commands no better than 2,500 (learning/README.md); with it the loss still falls at 2,500, and
+# learning/gpu/11_stage2_longer.sh continues the run to twice that to see whether the module is under-trained.
 args.train_batch_size = 32
 args.max_train_steps = 2_500
 args.learning_rate = 1e-3  # the control blocks start at zero and are the only weights that train
