@@ -64,6 +64,7 @@ RUNS = {
     "transformer pretraining": ("pretrain", "loss"),
     "stage 1": ("stage1-lora", "loss"),
     "stage 2": ("stage2", "loss"),
+    "stage 2 continued (step 11)": ("stage2-longer", "loss"),
     "stage 3": ("stage3", "loss"),
     "stage 4": ("stage4", "loss"),
 }

@@ -6,7 +6,7 @@
 # guidance: the same seeds, so the same commands and noise.
 # Carry in: outputs/learning/footage/game, outputs/learning/models/stage1-fused, outputs/learning/models/stage2
 # (with its checkpoints/), outputs/learning/idm.
-# Returns results/ (the continued model stays on the machine: models/stage2-longer).
+# Returns results/ and the continued run's losses (its model stays on the machine: models/stage2-longer).
 source "$(dirname "$0")/common.sh"
 step 11
 
@@ -26,5 +26,5 @@ phase "stage 2 continued to $LONGER_STEPS steps" done_or "$LONGER/model" \
 evaluate_clips stage2_longer "$LONGER/model"
 evaluate_clips stage2_longer_control_guidance_3 "$LONGER/model" --control_guidance_scale 3
 
-pack results
+pack results models/stage2-longer/metrics.jsonl
 summary
