@@ -41,7 +41,7 @@ done
 
 # start NN GPUS [NAME=VALUE...]: run step NN in the background on GPUS (its PID in $STARTED), with the settings
 # given, its timings cleared so that `after` waits for this run's phases; unless CHAIN_STEPS leaves it out
-# ($STARTED empty: `after` and `finish` take it as done). Step 0, the chain's helper, runs wherever the chain starts it.
+# ($STARTED empty: `after` and `finish` take it as done). Step 0, the chain's helper, runs beside step 1 only.
 start() {
   STARTED=""
   [[ $1 == 00 || " $CHAIN_STEPS " == *" $1 "* ]] || return 0
@@ -73,7 +73,7 @@ finish() {
 
 start 01 "$SECOND"; STEP1=$STARTED
 WARMING=""
-if [[ $FIRST != "$SECOND" && ${COMPILE_BLOCKS:-0} == 1 ]]; then
+if [[ -n $STEP1 && $FIRST != "$SECOND" && ${COMPILE_BLOCKS:-0} == 1 ]]; then
   # The first GPU idles until the VAE is trained: it compiles the runs' blocks meanwhile, into the caches on disk.
   after "$STEP1" 01 "random mini base model"
   start 00 "$FIRST"; WARMING=$STARTED
