@@ -4,8 +4,8 @@
 # Continues step 4's run from its last checkpoint to STAGE2_LONGER_STEPS (default 5,000: the constant learning rate
 # makes this the run of that many steps), then scores its clips as step 4 scores stage 2's, without and with control
 # guidance: the same seeds, so the same commands and noise.
-# Carry in: outputs/learning/footage/game, outputs/learning/models/stage1-fused, outputs/learning/models/stage2
-# (with its checkpoints/), outputs/learning/idm.
+# Runs where step 4 ran: it needs footage/game, models/stage1-fused, idm and models/stage2/checkpoints, which step
+# 4's parts do not carry.
 # Returns results/ and the continued run's losses (its model stays on the machine: models/stage2-longer).
 source "$(dirname "$0")/common.sh"
 step 11
@@ -14,6 +14,11 @@ LONGER="$MODELS/stage2-longer"
 LONGER_STEPS="${STAGE2_LONGER_STEPS:-5000}"
 if [[ ${DRY_RUN:-0} == 1 ]]; then LONGER_STEPS="${STAGE2_LONGER_STEPS:-4}"; fi  # twice step 4's 2 steps
 if [[ ! -e $LONGER/checkpoints ]]; then
+  if [[ ! -d $MODELS/stage2/checkpoints ]]; then
+    echo "error: $MODELS/stage2/checkpoints is missing: step 11 continues stage 2 from the checkpoints step 4 leaves on" \
+      "its machine (its parts do not carry them); run it where step 4 ran" >&2
+    exit 1
+  fi
   mkdir -p "$LONGER"
   cp -r "$MODELS/stage2/checkpoints" "$LONGER/checkpoints"
 fi
