@@ -84,20 +84,18 @@ def key_part_maps(latents: np.ndarray, tokens: np.ndarray) -> dict:
     variance = total / len(labels)
     means = {token: frames[labels == token].mean(axis=0) for token in np.unique(labels)}
     contrasts = [((means[a] - means[b]) ** 2).sum(axis=0) / variance for a, b in itertools.combinations(means, 2)]
-    weightings = {
-        "the whole key's map": maps[WHOLE_KEY],
-        "the largest pair of tokens": np.max([contrast / contrast.mean() for contrast in contrasts], axis=0),
+    largest_pair = np.max([contrast / contrast.mean() for contrast in contrasts], axis=0)
+    weighting_of_part = {  # the map each key part's loss is weighted by
+        "the whole key's map": lambda part: maps[WHOLE_KEY],
+        "the largest pair of tokens": lambda part: largest_pair,
+        "each part's own map": lambda part: maps[part],
     }
     shares = {
         name: {
-            strength: {part: weighted_share(sums[part][0], total, weighting, strength) for part in splits}
+            strength: {part: weighted_share(sums[part][0], total, weighting(part), strength) for part in splits}
             for strength in MAP_STRENGTHS
         }
-        for name, weighting in weightings.items()
-    }
-    shares["each part's own map"] = {
-        strength: {part: weighted_share(sums[part][0], total, maps[part], strength) for part in splits}
-        for strength in MAP_STRENGTHS
+        for name, weighting in weighting_of_part.items()
     }
     return {"maps": {part: value.tolist() for part, value in maps.items()}, "weighted_loss_share": shares}
 
