@@ -28,8 +28,9 @@ phase "stage 2 continued to $LONGER_STEPS steps" done_or "$LONGER/model" \
   --pretrained_model_name_or_path "$MODELS/stage1-fused" "${GAME[@]}" --output_dir "$LONGER" \
   "${TRAIN_SCALE[@]}" "${TRAIN_SPEED[@]}" ${STAGE2_ARGS:-} --max_train_steps "$LONGER_STEPS" \
   --resume_from_checkpoint latest
-evaluate_clips stage2_longer "$LONGER/model"
+# Control guidance 3 first: the measure the prediction in learning/README.md names, in hand should the hold end early.
 evaluate_clips stage2_longer_control_guidance_3 "$LONGER/model" --control_guidance_scale 3
+evaluate_clips stage2_longer "$LONGER/model"
 
 pack results models/stage2-longer/metrics.jsonl
 summary
