@@ -52,6 +52,7 @@ CLIP_MODELS = {
     "stage2_longer_control_guidance_3": "stage 2 trained twice as long, control guidance 3",
 }
 STAGE2_CLIPS = ("stage2", "stage2_control_guidance_3")  # stage 2's clips, scored for its target
+STAGE2_LONGER_CLIPS = ("stage2_longer", "stage2_longer_control_guidance_3")  # step 11's, scored alike beside them
 STREAMS = {
     "stage3": "stage 3 stream",
     "teacher": "stage 3 teacher",
@@ -138,6 +139,42 @@ def verdict(met: bool | None) -> str:
     return "pending" if met is None else ("met" if met else "**missed**")
 
 
+def stage2_row(results: Results, names: tuple[str, ...], label: str) -> tuple[str, str, str]:
+    """Stage 2's target row from the clips NAMES of one model. Control guidance is a sampling setting of stage 2's
+    pipeline: the clips are scored with and without it, and the target is met if either meets it (each is shown with
+    its setting)."""
+    target = (
+        f"{label}: control following >= {STAGE2_SHARE_OF_CEILING:.0%} of the IDM's real-footage accuracy, "
+        f"far above chance (>= {FAR_ABOVE_CHANCE:g}x)"
+    )
+    records = [record for name in names if (record := results.clips.get(name))]
+    if not records:
+        return target, "", verdict(None)
+    scored = []
+    chance = records[0]["measures"]["control_following"]["chance"]["uniform"]  # the commands' vocabulary's
+    for record in records:
+        following = record["measures"]["control_following"]
+        share = following["share_of_ceiling"]
+        guidance = record["settings"].get("control_guidance_scale", 1.0)
+        met = (
+            share is not None
+            and share >= STAGE2_SHARE_OF_CEILING
+            and following["accuracy"] >= FAR_ABOVE_CHANCE * chance
+        )
+        error = following.get("standard_error")
+        share_error = None if error is None or share is None else error / following["real_ceiling"]
+        text = (
+            f"{fmt(following['accuracy'])} = {fmt_error(share, share_error, 2)} of "
+            f"{fmt(following['real_ceiling'])} at control guidance {guidance:g}"
+        )
+        scored.append((met, text))
+    return (
+        target,
+        "; ".join(text for _, text in scored) + f"; chance {fmt(chance)}",
+        verdict(any(met for met, _ in scored)),
+    )
+
+
 def target_rows(results: Results) -> list[tuple[str, str, str]]:
     """(target, measured, met / missed / pending) for each of the issue's targets."""
     rows = []
@@ -153,38 +190,9 @@ def target_rows(results: Results) -> list[tuple[str, str, str]]:
         )
     else:
         rows.append(("Stage 1: colour distance to the standard game at most half the base model's", "", verdict(None)))
-    # Control guidance is a sampling setting of stage 2's pipeline: the clips are scored with and without it, and
-    # the target is met if either meets it (each is shown with its setting).
-    stage2_records = [record for name in STAGE2_CLIPS if (record := results.clips.get(name))]
-    if stage2_records:
-        scored = []
-        chance = stage2_records[0]["measures"]["control_following"]["chance"]["uniform"]  # the commands' vocabulary's
-        for record in stage2_records:
-            following = record["measures"]["control_following"]
-            share = following["share_of_ceiling"]
-            guidance = record["settings"].get("control_guidance_scale", 1.0)
-            met = (
-                share is not None
-                and share >= STAGE2_SHARE_OF_CEILING
-                and following["accuracy"] >= FAR_ABOVE_CHANCE * chance
-            )
-            error = following.get("standard_error")
-            share_error = None if error is None or share is None else error / following["real_ceiling"]
-            text = (
-                f"{fmt(following['accuracy'])} = {fmt_error(share, share_error, 2)} of "
-                f"{fmt(following['real_ceiling'])} at control guidance {guidance:g}"
-            )
-            scored.append((met, text))
-        rows.append(
-            (
-                f"Stage 2: control following >= {STAGE2_SHARE_OF_CEILING:.0%} of the IDM's real-footage accuracy, "
-                f"far above chance (>= {FAR_ABOVE_CHANCE:g}x)",
-                "; ".join(text for _, text in scored) + f"; chance {fmt(chance)}",
-                verdict(any(met for met, _ in scored)),
-            )
-        )
-    else:
-        rows.append(("Stage 2: control following >= 80% of the IDM's real-footage accuracy", "", verdict(None)))
+    rows.append(stage2_row(results, STAGE2_CLIPS, "Stage 2"))
+    if any(results.clips.get(name) for name in STAGE2_LONGER_CLIPS):
+        rows.append(stage2_row(results, STAGE2_LONGER_CLIPS, "Stage 2 trained twice as long (step 11, a diagnosis)"))
     if stage1:
         following = stage1["measures"]["control_following"]
         blind, error = key_blind_agreement(following["confusion"]), following["standard_error"]

@@ -1233,6 +1233,28 @@ def test_results_page_judges_stage_2_with_and_without_control_guidance(tmp_path,
     assert f"{guided_accuracy:.3f} = {guided_accuracy / 0.6:.2f} +- 0.07 of 0.600 at control guidance 3" in row[1]
 
 
+def test_results_page_judges_stage_2_trained_longer_in_a_row_of_its_own(tmp_path):
+    """Step 11's clips (stage 2 continued) meet the target on their own row; stage 2's row still judges step 4's."""
+    page = load_results_page()
+    results = tmp_path / "results"
+    results.mkdir()
+    fit = {"frechet": 1.0, "total_variation": 0.2}
+    for name, accuracy, guidance in [
+        ("stage2", 0.3, 1.0),
+        ("stage2_control_guidance_3", 0.45, 3.0),
+        ("stage2_longer_control_guidance_3", 0.54, 3.0),
+    ]:
+        write_record(
+            results / f"clips_{name}.json",
+            {"domain_fit": fit, "control_following": following(accuracy)},
+            control_guidance_scale=guidance,
+        )
+    stage2, longer = [row for row in page.target_rows(page.Results.load(tmp_path)) if row[0].startswith("Stage 2")]
+    assert stage2[2] == "**missed**" and "0.540" not in stage2[1]
+    assert longer[0].startswith("Stage 2 trained twice as long") and longer[2] == "met"
+    assert longer[1] == "0.540 = 0.90 +- 0.07 of 0.600 at control guidance 3; chance 0.111"
+
+
 def test_results_page_shows_the_errors_runs_recorded(tmp_path):
     """Stage 2's share of the ceiling and stage 3's change from the first frames to the last, each +- two standard
     errors; the verdicts stay those of the measures as the targets are written."""
