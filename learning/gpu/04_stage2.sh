@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
-# Step 4 (about 9 minutes on one H100): stage 2 (the Interactive Module) with the users' launcher and its mini
+# Step 4 (about 9.5 minutes on one H200): stage 2 (the Interactive Module) with the users' launcher and its mini
 # config, then its clips scored as step 3 scored the base and stage-1 models, without and with control guidance,
-# sampled as the model records (the mini config drops every caption: the empty caption, no text guidance), and
-# under the scene prompt with text guidance 6 as the launches before 2026-11-29 sampled it.
+# sampled as the model records (the mini config drops every caption: the empty caption, no text guidance).
 source "$(dirname "$0")/common.sh"
 step 04
 
@@ -13,7 +12,6 @@ phase "stage 2: the Interactive Module" done_or "$MODELS/stage2/model" \
   "${TRAIN_SCALE[@]}" "${TRAIN_SPEED[@]}" ${STAGE2_ARGS:-}
 evaluate_clips stage2 "$MODELS/stage2/model"
 evaluate_clips stage2_control_guidance_3 "$MODELS/stage2/model" --control_guidance_scale 3
-evaluate_clips stage2_scene_prompt "$MODELS/stage2/model" --control_guidance_scale 3 --prompt "$PROMPT" --guidance_scale 6
 
 pack models/stage2 results
 summary

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Step 11 (a diagnosis, about 5 minutes on one H200 beside step 4's clips): is stage 2 under-trained? With the
-# feed-forward in its control blocks its loss still falls at the mini config's 2,500 steps (learning/README.md).
-# Continues step 4's run from its last checkpoint to STAGE2_LONGER_STEPS (default 5,000: the constant learning rate
-# makes this the run of that many steps), then scores its clips as step 4 scores stage 2's, without and with control
-# guidance: the same seeds, so the same commands and noise.
+# Step 11 (a diagnosis, about 9 minutes on one H200 beside step 4's clips): is stage 2 still under-trained? At
+# 2,500 steps it was (learning/RESULTS-c1f7329.md: twice the steps, 0.77 -> 0.94 of the ceiling), and at the mini
+# config's 5,000 its loss still falls. Continues step 4's run from its last checkpoint to STAGE2_LONGER_STEPS
+# (default 10,000, twice the config's: the constant learning rate makes this the run of that many steps), then
+# scores its clips as step 4 scores stage 2's, with and without control guidance: the same seeds, so the same
+# commands and noise.
 # Runs where step 4 ran: it needs footage/game, models/stage1-fused, idm and models/stage2/checkpoints, which step
 # 4's parts do not carry.
 # Returns results/ and the continued run's losses (its model stays on the machine: models/stage2-longer).
@@ -11,7 +12,7 @@ source "$(dirname "$0")/common.sh"
 step 11
 
 LONGER="$MODELS/stage2-longer"
-LONGER_STEPS="${STAGE2_LONGER_STEPS:-5000}"
+LONGER_STEPS="${STAGE2_LONGER_STEPS:-10000}"
 if [[ ${DRY_RUN:-0} == 1 ]]; then LONGER_STEPS="${STAGE2_LONGER_STEPS:-4}"; fi  # twice step 4's 2 steps
 if [[ ! -e $LONGER/checkpoints ]]; then
   if [[ ! -d $MODELS/stage2/checkpoints ]]; then
