@@ -98,6 +98,7 @@ def run_ours(trainer_class, args, model_dir: Path, data_root: Path, index_file: 
     args.compile_blocks = cli.compile_blocks  # the warm-up steps pay the compilation
     args.checkpoint_keeps_attention = cli.checkpoint_keeps_attention
     args.fp8_training = cli.fp8_training
+    args.use_8bit_adam = cli.use_8bit_adam
     trainer = timed_trainer(trainer_class)(args)
     trainer.setup()
     torch.cuda.synchronize()
@@ -261,6 +262,11 @@ def main() -> None:
     parser.add_argument(
         "--fp8_training", action="store_true", help="our stages with args.fp8_training (torchao; the stock rows bf16)"
     )
+    parser.add_argument(
+        "--use_8bit_adam",
+        action="store_true",
+        help="our stages with args.use_8bit_adam (torchao's 8-bit AdamW moments; the stock rows torch's AdamW)",
+    )
     parser.add_argument("--json", default=None, help="write the results here")
     cli = parser.parse_args()
     work = Path(cli.work_dir or tempfile.mkdtemp(prefix="bench-"))
@@ -282,6 +288,7 @@ def main() -> None:
         "compile_blocks": cli.compile_blocks,
         "checkpoint_keeps_attention": cli.checkpoint_keeps_attention,
         "fp8_training": cli.fp8_training,
+        "use_8bit_adam": cli.use_8bit_adam,
     }
     if "forwards" in stages:
         results["forwards"] = run_forwards(model_dir, cli)

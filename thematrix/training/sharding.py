@@ -20,6 +20,7 @@ every process: the teacher is frozen, so it has no gradients or optimizer state 
 from __future__ import annotations
 
 import enum
+import importlib.util
 from collections.abc import Iterator
 
 import torch
@@ -55,6 +56,8 @@ def configure_training_mode(accelerator: Accelerator, args: TrainingArgs) -> Non
     """Refuse, before any weight loads, an accelerate configuration or setting this trainer cannot run; give
     DeepSpeed the per-process batch, which it cannot read from a loader of batch-sampled clips."""
     mode = training_mode(accelerator)
+    if args.use_8bit_adam:
+        check_8bit_adam(mode)
     if mode is TrainingMode.FSDP:
         plugin = accelerator.state.fsdp_plugin
         if plugin.fsdp_version != FSDP_VERSION:
@@ -92,6 +95,21 @@ def configure_training_mode(accelerator: Accelerator, args: TrainingArgs) -> Non
             "or launch without ACCELERATE_CONFIG (data parallel) or with ACCELERATE_CONFIG=fsdp"
         )
     plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = args.train_batch_size
+
+
+def check_8bit_adam(mode: TrainingMode) -> None:
+    """args.use_8bit_adam keeps AdamW's moments in torchao's 8-bit tensors, whole on every process: data parallel."""
+    if mode is not TrainingMode.DATA_PARALLEL:
+        raise ConfigError(
+            f"args.use_8bit_adam runs under data parallel only, and this launch runs {mode.value}, which splits the "
+            "optimizer state over the processes already: set args.use_8bit_adam = False, or launch without "
+            "ACCELERATE_CONFIG"
+        )
+    if importlib.util.find_spec("torchao") is None:
+        raise ConfigError(
+            "args.use_8bit_adam keeps AdamW's moments through torchao, which is not installed: pip install torchao "
+            "(or pip install -e '.[fp8]'), or set args.use_8bit_adam = False"
+        )
 
 
 def check_model_for_mode(accelerator: Accelerator, transformer: torch.nn.Module) -> None:

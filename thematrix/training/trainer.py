@@ -131,6 +131,22 @@ def resolve_validation_sampling(args: TrainingArgs, model_prompt: str | None, fi
     )
 
 
+def adamw(params: list[torch.nn.Parameter], args: TrainingArgs) -> torch.optim.Optimizer:
+    """AdamW as ``args`` set it: torch's, or torchao's AdamW8bit under ``args.use_8bit_adam`` (checked at start by
+    ``configure_training_mode``)."""
+    settings = dict(
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.adam_weight_decay,
+        eps=args.adam_epsilon,
+    )
+    if args.use_8bit_adam:
+        from torchao.optim import AdamW8bit  # optional: installed with the fp8 extra
+
+        return AdamW8bit(params, **settings)
+    return torch.optim.AdamW(params, **settings)
+
+
 @dataclass
 class DataPosition:
     """Where a run stands in its data, in samples of all processes together: a run resumed with other samples per
@@ -375,13 +391,7 @@ class Trainer:
             self.text_encoder.to("cpu")
         self.batch_sampler, dataloader = training_batches(self.dataset, args, self.accelerator.num_processes)
 
-        optimizer = torch.optim.AdamW(
-            trainable,
-            lr=args.learning_rate,
-            betas=(args.adam_beta1, args.adam_beta2),
-            weight_decay=args.adam_weight_decay,
-            eps=args.adam_epsilon,
-        )
+        optimizer = adamw(trainable, args)
         lr_scheduler = get_scheduler(
             args.lr_scheduler,
             optimizer=optimizer,
@@ -728,7 +738,7 @@ class Trainer:
                 step_start = time.perf_counter()
                 if trace is not None:
                     trace.before_step(self.global_step)
-                logs = {"lr": self.lr_scheduler.get_last_lr()[0]}
+                logs = {"lr": float(self.lr_scheduler.get_last_lr()[0])}  # a tensor under args.use_8bit_adam
                 logs.update(self._optimizer_step(batches))
                 self.global_step += 1
                 if trace is not None:
