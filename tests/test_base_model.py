@@ -14,7 +14,8 @@ from transformers import AutoTokenizer, T5Tokenizer
 
 from thematrix.base_model import build_base_model, build_components, main
 from thematrix.controls import game_files, read_json_object, vocabulary_from_json
-from thematrix.tokenizer import EOS_ID, PAD_ID, SENTENCEPIECE_FILE, UNK_ID
+from thematrix.presets import PRESETS
+from thematrix.tokenizer import EOS_ID, PAD_ID, SENTENCEPIECE_FILE, UNK_ID, build_tokenizer
 
 CAPTIONS = [
     "A red car drives along a grey track between green fields.",
@@ -62,6 +63,17 @@ def test_tokenizer_encodes_like_sentencepiece_without_unknown(tiny_model_dir, se
         assert len(pieces) < len(text) / 2
         assert not any(piece.startswith("<0x") for piece in pieces)
         assert tokenizer.decode(ids, skip_special_tokens=True) == text
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_each_presets_tokenizer_encodes_its_training_text_as_sentencepiece_does(preset, tmp_path):
+    """build_tokenizer checks the saved tokenizer against SentencePiece on its whole training text (the corpus, every
+    game's phrases, numbers), raising TokenizerMismatchError on a difference: at the 2B preset's vocabulary size too,
+    where the corpus yields every piece it holds."""
+    settings = PRESETS[preset]["tokenizer"]
+    tokenizer = build_tokenizer(settings["vocab_size"], settings["model_max_length"], tmp_path)
+    pieces = tokenizer.tokenize("lap 3/10 at 1000 km/h")
+    assert [piece for piece in pieces if any(character.isdigit() for character in piece)] == list("3101000")
 
 
 def test_every_printable_ascii_character_has_a_piece(tiny_model_dir, sentencepiece_model):

@@ -54,6 +54,10 @@ FULL_CHARACTER_COVERAGE = 1.0
 TRAINING_THREADS = 1
 TRAINING_SEED = 0
 QUIET_LOG_LEVEL = 2  # SentencePiece's C++ log: warnings and errors only
+# Digits as pieces of one digit each. With pieces of several ("00"), a number can split into pieces of equal score
+# two ways ("0" "00" or "00" "0"), and transformers' Unigram breaks that tie unlike SentencePiece: at the 2B
+# preset's vocabulary size (every piece the corpus holds) the tokenizers then disagreed (transformers 5.24).
+SPLIT_DIGITS = True
 
 # Characters that must have a piece of their own, so transformers never maps them to <unk> (see above).
 COVERAGE_CHARACTERS = (
@@ -97,6 +101,7 @@ def train_sentencepiece(vocab_size: int, lines: Sequence[str]) -> bytes:
         hard_vocab_limit=False,
         character_coverage=FULL_CHARACTER_COVERAGE,
         byte_fallback=True,
+        split_digits=SPLIT_DIGITS,
         pad_id=PAD_ID,
         eos_id=EOS_ID,
         unk_id=UNK_ID,
