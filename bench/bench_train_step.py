@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import decord
 import numpy as np
 import torch
 from diffusers import CogVideoXDPMScheduler, CogVideoXTransformer3DModel
@@ -38,7 +39,7 @@ from thematrix.base_model import build_base_model
 from thematrix.controls import VOCABULARY_FILE, ControlVocabulary
 from thematrix.model_dir import save_model_dir, vae_architecture
 from thematrix.models import InteractiveCogVideoXTransformer3DModel
-from thematrix.video import write_mp4
+from thematrix.video import can_write_mp4, write_mp4
 
 BENCH_FPS = 8
 # A game of nine keys, as many as the reference's car: the number of rows of the control table.
@@ -49,7 +50,10 @@ GIB = 2**30
 
 
 def synthetic_clip(root: Path, frames: int, height: int, width: int) -> Path:
-    """One clip of moving noise blocks with one control token per frame, its index file and its vocabulary."""
+    """One clip of moving noise blocks with one control token per frame, its index file and its vocabulary; kept
+    where the work folder has it at this shape (written elsewhere, e.g. on a machine with ffmpeg, and carried in)."""
+    if (root / "index.json").is_file() and clip_shape(root / "clip.mp4") == (frames, height, width):
+        return root / "index.json"
     rng = np.random.default_rng(0)
     base = rng.integers(0, 255, (height // 16, width // 16, 3), dtype=np.uint8).repeat(16, 0).repeat(16, 1)
     video = np.stack([np.roll(base, shift=4 * index, axis=1) for index in range(frames)])
@@ -67,6 +71,14 @@ def synthetic_clip(root: Path, frames: int, height: int, width: int) -> Path:
     (root / "index.json").write_text(json.dumps(index))
     BENCH_VOCABULARY.save(root / VOCABULARY_FILE)
     return root / "index.json"
+
+
+def clip_shape(path: Path) -> tuple[int, int, int] | None:
+    """(frames, height, width) of the mp4 at ``path``, or None where there is none."""
+    if not path.is_file():
+        return None
+    reader = decord.VideoReader(str(path))
+    return len(reader), *reader[0].shape[:2]
 
 
 def timed_trainer(trainer_class):
@@ -270,6 +282,11 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="write the results here")
     cli = parser.parse_args()
     work = Path(cli.work_dir or tempfile.mkdtemp(prefix="bench-"))
+    if not (work / "clips" / "index.json").is_file() and not can_write_mp4():
+        parser.error(
+            "no ffmpeg to write the synthetic clip with (imageio-ffmpeg's binary or IMAGEIO_FFMPEG_EXE): install one, "
+            f"or run this once with --work_dir where ffmpeg is and copy its clips/ folder to {work / 'clips'}"
+        )
     model_dir = work / "base-2b"
     if not (model_dir / "model_index.json").is_file():
         start = time.perf_counter()
