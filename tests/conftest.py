@@ -20,6 +20,7 @@ from thematrix.models import (
     InteractiveCogVideoXTransformer3DModel,
     compute_control_embeddings,
 )
+from thematrix.training.checkpoint import list_checkpoints
 from thematrix.video import write_mp4
 
 TINY_HEIGHT, TINY_WIDTH = 48, 64
@@ -214,3 +215,18 @@ def killed_during_step(trainer_class: type, kill_at: int) -> type:
             return super().compute_loss(batch, first_sample_position)
 
     return Killed
+
+
+def whole_and_resumed(trainer_class: type, args_for, kill_at: int, killed_leaves: list[str]):
+    """``trainer_class`` run whole on ``args_for("whole")``, and on ``args_for("killed")`` killed during step ``kill_at``
+    (leaving the checkpoints named ``killed_leaves``), then run again with the same settings, as a user reruns the
+    command: the (whole, resumed) trainers, their run folders named so under the one ``args_for`` builds."""
+    whole = trainer_class(args_for("whole"))
+    whole.train()
+    killed = killed_during_step(trainer_class, kill_at)(args_for("killed"))
+    with pytest.raises(KilledAtStep):
+        killed.train()
+    assert [path.name for path in list_checkpoints(Path(killed.args.output_dir) / "checkpoints")] == killed_leaves
+    resumed = trainer_class(args_for("killed"))
+    resumed.train()
+    return whole, resumed

@@ -13,10 +13,9 @@ from accelerate.utils import DistributedType
 
 from stage1.training.arguments import LoraArgs
 from stage3.train_text_to_video_sft import SwinTrainer
-from tests.conftest import KilledAtStep, killed_during_step
+from tests.conftest import whole_and_resumed
 from tests.test_stage3_train import stage3_args
 from thematrix.config import ConfigError
-from thematrix.training.checkpoint import list_checkpoints
 from thematrix.training.sharding import configure_training_mode
 from thematrix.training.trainer import adamw
 
@@ -102,17 +101,13 @@ def test_8bit_moments_are_checkpointed_and_restored_exactly(tmp_path):
 
 def test_a_killed_stage_3_run_with_8bit_adam_resumes_exactly(tiny_model_dir, tiny_dataset, tmp_path):
     settings = dict(max_train_steps=STEPS, checkpointing_steps=2, use_8bit_adam=True)
-    whole = SwinTrainer(stage3_args(tiny_model_dir, tiny_dataset, tmp_path / "whole", **settings))
-    whole.train()
-    assert isinstance(whole.optimizer.optimizer, torchao_optim.AdamW8bit)
-    killed = killed_during_step(SwinTrainer, kill_at=STEPS)(
-        stage3_args(tiny_model_dir, tiny_dataset, tmp_path / "killed", **settings)
+    whole, resumed = whole_and_resumed(
+        SwinTrainer,
+        lambda run: stage3_args(tiny_model_dir, tiny_dataset, tmp_path / run, **settings),
+        kill_at=STEPS,
+        killed_leaves=["checkpoint-2"],
     )
-    with pytest.raises(KilledAtStep):
-        killed.train()
-    assert [path.name for path in list_checkpoints(tmp_path / "killed" / "checkpoints")] == ["checkpoint-2"]
-    resumed = SwinTrainer(stage3_args(tiny_model_dir, tiny_dataset, tmp_path / "killed", **settings))
-    resumed.train()
+    assert isinstance(whole.optimizer.optimizer, torchao_optim.AdamW8bit)
     assert resumed.global_step == STEPS
     for (name, weight), (_, again) in zip(
         whole.transformer.named_parameters(), resumed.transformer.named_parameters(), strict=True

@@ -20,10 +20,9 @@ from tests.conftest import (
     ADAM_ROUNDING_STEPS,
     TINY_HEIGHT,
     TINY_WIDTH,
-    KilledAtStep,
     assert_components_unchanged,
-    killed_during_step,
     tiny_run_args,
+    whole_and_resumed,
 )
 from thematrix.config import ConfigError
 from thematrix.data.dataset import collate_batch
@@ -207,16 +206,12 @@ def test_resume_after_kill_equals_uninterrupted_run(tiny_model_dir, tiny_dataset
         lr_warmup_steps=2,
         cache_dir=str(tmp_path / "cache"),
     )
-    LoraTrainer(tiny_args(tiny_model_dir, tiny_dataset, tmp_path / "whole", **settings)).train()
-
-    killed = killed_during_step(LoraTrainer, kill_at=5)(
-        tiny_args(tiny_model_dir, tiny_dataset, tmp_path / "killed", **settings)
+    _, resumed = whole_and_resumed(
+        LoraTrainer,
+        lambda run: tiny_args(tiny_model_dir, tiny_dataset, tmp_path / run, **settings),
+        kill_at=5,
+        killed_leaves=["checkpoint-3"],
     )
-    with pytest.raises(KilledAtStep):
-        killed.train()
-    assert [path.name for path in list_checkpoints(tmp_path / "killed" / "checkpoints")] == ["checkpoint-3"]
-    resumed = LoraTrainer(tiny_args(tiny_model_dir, tiny_dataset, tmp_path / "killed", **settings))
-    resumed.train()
     assert resumed.global_step == 6
 
     whole, again = lora_weights(tmp_path / "whole"), lora_weights(tmp_path / "killed")

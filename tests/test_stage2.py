@@ -21,10 +21,9 @@ from tests.conftest import (
     TINY_HEIGHT,
     TINY_WIDTH,
     TRAIN_FRAMES,
-    KilledAtStep,
     assert_components_unchanged,
-    killed_during_step,
     tiny_run_args,
+    whole_and_resumed,
 )
 from thematrix.config import ConfigError
 from thematrix.controls import VOCABULARY_FILE, ControlError, load_vocabulary, video_frame_labels
@@ -390,13 +389,12 @@ def test_resume_after_kill_equals_uninterrupted_run(tiny_model_dir, tiny_dataset
         lr_scheduler="cosine",
         cache_dir=str(tmp_path / "cache"),
     )
-    InteractiveTrainer(stage2_args(tiny_model_dir, tiny_dataset, tmp_path / "whole", **settings)).train()
-    killed = killed_during_step(InteractiveTrainer, kill_at=3)(
-        stage2_args(tiny_model_dir, tiny_dataset, tmp_path / "killed", **settings)
+    whole_and_resumed(
+        InteractiveTrainer,
+        lambda run: stage2_args(tiny_model_dir, tiny_dataset, tmp_path / run, **settings),
+        kill_at=3,
+        killed_leaves=["checkpoint-2"],
     )
-    with pytest.raises(KilledAtStep):
-        killed.train()
-    InteractiveTrainer(stage2_args(tiny_model_dir, tiny_dataset, tmp_path / "killed", **settings)).train()
     whole, again = (
         load_file(str(tmp_path / run / "checkpoints" / "checkpoint-4" / "trainable.safetensors"))
         for run in ("whole", "killed")

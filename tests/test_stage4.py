@@ -25,10 +25,9 @@ from tests.conftest import (
     CLIP_FRAMES,
     TINY_HEIGHT,
     TINY_WIDTH,
-    KilledAtStep,
-    killed_during_step,
     moving_square_clip,
     tiny_run_args,
+    whole_and_resumed,
 )
 from tests.test_acceleration import COMPILE_ROUNDING_STEPS, TEST_BACKEND
 from thematrix import acceleration
@@ -45,7 +44,7 @@ from thematrix.model_dir import (
 from thematrix.presets import TINY
 from thematrix.schedules import GroupedInferenceSchedule, c_out, c_skip, phase_boundaries, phase_boundary_below
 from thematrix.training import trainer as trainer_module
-from thematrix.training.checkpoint import TRAINABLE_WEIGHTS, list_checkpoints
+from thematrix.training.checkpoint import TRAINABLE_WEIGHTS
 from thematrix.video import read_video_info
 
 # The tiny window of the stage-3 fixture and the conftest clips: 2 history + 1 + 2 x 2 latent frames (25 video frames).
@@ -254,14 +253,12 @@ def test_ema_target_moves_its_buffers_and_averaged_weights_and_runs_in_the_compu
 
 def test_resume_after_kill_restores_student_and_ema_target_exactly(teacher_dir, tiny_dataset, cache_dir, tmp_path):
     settings = dict(max_train_steps=4, checkpointing_steps=2, learning_rate=1e-3, cache_dir=cache_dir)
-    ScmTrainer(scm_args(teacher_dir, tiny_dataset, tmp_path / "whole", **settings)).train()
-    killed = killed_during_step(ScmTrainer, kill_at=4)(
-        scm_args(teacher_dir, tiny_dataset, tmp_path / "killed", **settings)
+    whole_and_resumed(
+        ScmTrainer,
+        lambda run: scm_args(teacher_dir, tiny_dataset, tmp_path / run, **settings),
+        kill_at=4,
+        killed_leaves=["checkpoint-2"],
     )
-    with pytest.raises(KilledAtStep):
-        killed.train()
-    assert [path.name for path in list_checkpoints(tmp_path / "killed" / "checkpoints")] == ["checkpoint-2"]
-    ScmTrainer(scm_args(teacher_dir, tiny_dataset, tmp_path / "killed", **settings)).train()
 
     def checkpoint(run: str, step: int) -> tuple[dict, dict]:
         """(student's trainable weights, EMA target) of a run's checkpoint."""
