@@ -31,7 +31,7 @@ from thematrix.evaluation.generation import (
     clip_pipeline,
     commanded_controls,
     frame_size,
-    generate_clip,
+    generate_clips,
     model_vocabulary,
     recorded_sampling,
     temporal_compression,
@@ -117,18 +117,21 @@ def main() -> None:
         ends = list(range(2 * c, length, c))
         real_speeds += latent_frame_speeds(real.frames[start : start + length], ends, c, rows)
         real_tokens += [vocabulary.tokens[real.labels[start + end]] for end in ends]
+    seeds = list(range(args.num_clips))
+    commands = [
+        commanded_controls(model_vocabulary(pipeline) or vocabulary, args.num_latent_frames, seed) for seed in seeds
+    ]
+    videos = generate_clips(
+        pipeline,
+        args.prompt,
+        commands,
+        seeds,
+        num_inference_steps=args.num_inference_steps,
+        guidance_scale=args.guidance_scale,
+        control_guidance_scale=args.control_guidance_scale,
+    )
     generated_speeds, generated_tokens = [], []
-    for seed in range(args.num_clips):
-        tokens = commanded_controls(model_vocabulary(pipeline) or vocabulary, args.num_latent_frames, seed)
-        video = generate_clip(
-            pipeline,
-            args.prompt,
-            tokens,
-            num_inference_steps=args.num_inference_steps,
-            guidance_scale=args.guidance_scale,
-            control_guidance_scale=args.control_guidance_scale,
-            seed=seed,
-        )
+    for video, tokens in zip(videos, commands, strict=True):
         # Latent frame j >= 1 holds video frames c(j - 1) + 1 .. cj; latent frame 1 has no previous latent frame's motion.
         ends = [c * index for index in range(2, len(tokens))]
         generated_speeds += latent_frame_speeds(video.frames, ends, c, rows)

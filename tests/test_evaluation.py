@@ -437,6 +437,25 @@ def test_clips_with_and_without_controls_are_scored_against_the_same_commands(
     assert sheet.size == (8 * TINY_WIDTH, 2 * TINY_HEIGHT)
 
 
+@pytest.mark.parametrize("takes_controls", [False, True])
+@pytest.mark.parametrize("guidance", [(1.0, 1.0), (6.0, 3.0)])  # one forward a step; three branches
+def test_clips_sampled_in_a_batch_equal_the_clips_sampled_one_at_a_time(
+    tiny_model_dir, model_dir, takes_controls, guidance
+):
+    """Each clip of a batch draws the noise it would alone (its own seed), and its commands reach only it."""
+    pipeline = generation.clip_pipeline(model_dir if takes_controls else tiny_model_dir)
+    commands = [["LEFT", "RIGHT", "UP"], ["RIGHT", "RIGHT", "LEFT"], ["UP", "LEFT", "LEFT"]]
+    seeds = [3, 4, 5]
+    sampling = dict(num_inference_steps=2, guidance_scale=guidance[0], control_guidance_scale=guidance[1])
+    batched = generation.generate_clips(pipeline, PROMPT, commands, seeds, batch_size=3, **sampling)
+    alone = generation.generate_clips(pipeline, PROMPT, commands, seeds, batch_size=1, **sampling)
+    for together, single, tokens in zip(batched, alone, commands, strict=True):
+        assert together.latent_tokens == single.latent_tokens == tokens[1:]
+        difference = (together.frames.int() - single.frames.int()).abs()
+        assert difference.max() <= 1, difference.max()  # uint8 levels: float rounding of batched matmuls only
+    assert not torch.equal(batched[0].frames, batched[1].frames)
+
+
 def test_clips_are_sampled_and_recorded_at_the_guidance_the_model_records_unless_told(
     idm_dir, model_dir, tmp_path, monkeypatch
 ):

@@ -34,6 +34,11 @@ def latent_frame_count(num_frames: int, temporal_compression: int) -> int:
     return (num_frames - 1) // temporal_compression + 1
 
 
+def is_batch_of_controls(controls: str | Sequence[str] | Sequence[Sequence[str]]) -> bool:
+    """Whether ``controls`` holds several videos' controls (sequences of tokens), not one video's."""
+    return not isinstance(controls, str) and len(controls) > 0 and not isinstance(controls[0], str)
+
+
 def parse_controls(
     controls: str | Sequence[str],
     vocabulary: ControlVocabulary,
@@ -118,7 +123,7 @@ class InteractivePipeline(GameVideoPipeline):
     def __call__(
         self,
         prompt: str = "",
-        controls: str | Sequence[str] = (),
+        controls: str | Sequence[str] | Sequence[Sequence[str]] = (),
         negative_prompt: str = "",
         num_frames: int | None = None,
         height: int | None = None,
@@ -127,37 +132,53 @@ class InteractivePipeline(GameVideoPipeline):
         guidance_scale: float = 6.0,
         control_guidance_scale: float = 1.0,
         per_video_frame_controls: bool = False,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
     ) -> InteractivePipelineOutput | tuple:
-        """A video steered by ``controls``; returns, as ``CogVideoXPipeline``, an ``InteractivePipelineOutput`` whose
-        ``frames`` are post-processed to ``output_type`` ("pil", "np", "pt" ``[1, F, C, H, W]`` in [0, 1], or
-        "latent"), and the control token of each latent frame; with ``return_dict=False``, (frames, controls)."""
+        """A video steered by ``controls``, or one video per entry of a list of them (a batch under one prompt, each
+        video's noise from its own entry of a ``generator`` list, as it would be alone); returns, as
+        ``CogVideoXPipeline``, an ``InteractivePipelineOutput`` whose ``frames`` are post-processed to
+        ``output_type`` ("pil", "np", "pt" ``[B, F, C, H, W]`` in [0, 1], or "latent"), and the control token of each
+        latent frame of each video; with ``return_dict=False``, (frames, controls)."""
         native_frames, native_height, native_width = self.native_size
         num_frames, height, width = num_frames or native_frames, height or native_height, width or native_width
         num_latent_frames = latent_frame_count(num_frames, self.temporal_compression)
         vocabulary = self.transformer.control_vocabulary
-        tokens = parse_controls(
-            controls, vocabulary, num_latent_frames, self.temporal_compression, per_video_frame_controls
-        )
+        batch = controls if is_batch_of_controls(controls) else [controls]
+        if isinstance(generator, list) and len(generator) != len(batch):
+            raise ValueError(f"{len(generator)} generators for {len(batch)} videos' controls: give one per video")
+        tokens = [
+            parse_controls(video, vocabulary, num_latent_frames, self.temporal_compression, per_video_frame_controls)
+            for video in batch
+        ]
         device = self.device
-        control_ids = torch.tensor([vocabulary.encode(tokens)], device=device)
+        control_ids = torch.tensor([vocabulary.encode(video) for video in tokens], device=device)
         if prompt_embeds is None:
             prompt_embeds, negative_prompt_embeds = self.encode_text(prompt, negative_prompt)
+        prompt_embeds, negative_prompt_embeds = (
+            embeds.expand(len(batch), -1, -1) for embeds in (prompt_embeds, negative_prompt_embeds)
+        )
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         latents = self.prepare_latents(
-            1, self.transformer.config.in_channels, num_frames, height, width, prompt_embeds.dtype, device, generator
+            len(batch),
+            self.transformer.config.in_channels,
+            num_frames,
+            height,
+            width,
+            prompt_embeds.dtype,
+            device,
+            generator,
         )
         previous_x0 = None
         timesteps = self.scheduler.timesteps
         for index, timestep in enumerate(self.progress_bar(timesteps)):
             velocity = self.guided_velocity(
                 latents,
-                timestep.expand(1),
+                timestep.expand(len(batch)),
                 prompt_embeds,
                 negative_prompt_embeds,
                 control_ids,
@@ -180,5 +201,5 @@ class InteractivePipeline(GameVideoPipeline):
             video = self.video_processor.postprocess_video(video=self.decode_latents(latents), output_type=output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
-            return video, [tokens]
-        return InteractivePipelineOutput(frames=video, controls=[tokens])
+            return video, tokens
+        return InteractivePipelineOutput(frames=video, controls=tokens)

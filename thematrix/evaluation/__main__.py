@@ -45,7 +45,13 @@ from thematrix.evaluation.evaluate import (
     evaluate_streams,
     paired_speed,
 )
-from thematrix.evaluation.generation import STREAM_DEFAULTS, STREAM_PIPELINES, StreamSetting, recorded_sampling
+from thematrix.evaluation.generation import (
+    CLIPS_PER_BATCH,
+    STREAM_DEFAULTS,
+    STREAM_PIPELINES,
+    StreamSetting,
+    recorded_sampling,
+)
 from thematrix.evaluation.idm import IdmTraining
 from thematrix.evaluation.report import contact_sheet, write_json
 from thematrix.model_dir import DEFAULT_TEXT_GUIDANCE, check_model_dir, generation_defaults
@@ -191,6 +197,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     clips.add_argument("--num_clips", type=int, default=32)
     clips.add_argument("--num_latent_frames", type=int, default=None, help="default: the model's native clip")
     clips.add_argument("--num_inference_steps", type=int, default=50)
+    clips.add_argument(
+        "--batch_size",
+        type=int,
+        default=CLIPS_PER_BATCH,
+        help="clips sampled together (each draws the noise it would alone; more take more memory)",
+    )
     clips.add_argument(
         "--guidance_scale",
         type=float,
@@ -486,7 +498,12 @@ def main(argv=None) -> Path | None:
     )
     if args.command == "clips":
         measures, sheet_rows = evaluate_clips(
-            args.model_dir, reference, num_clips=args.num_clips, num_latent_frames=args.num_latent_frames, **sampling
+            args.model_dir,
+            reference,
+            num_clips=args.num_clips,
+            num_latent_frames=args.num_latent_frames,
+            batch_size=args.batch_size,
+            **sampling,
         )
     else:
         if args.gpus:

@@ -29,13 +29,14 @@ from thematrix.evaluation.footage import (
     worst_mean_bin_reference,
 )
 from thematrix.evaluation.generation import (
+    CLIPS_PER_BATCH,
     ScoredVideo,
     StreamSetting,
     StreamTiming,
     clip_pipeline,
     commanded_controls,
     frame_size,
-    generate_clip,
+    generate_clips,
     generate_stream,
     model_vocabulary,
     native_latent_frames,
@@ -337,29 +338,27 @@ def evaluate_clips(
     guidance_scale: float,
     control_guidance_scale: float,
     seed: int,
+    batch_size: int = CLIPS_PER_BATCH,
 ) -> tuple[dict, list[torch.Tensor]]:
-    """Clips under random commands: control following (at chance for a model without controls) and domain fit.
-    Returns the measures and the contact sheet's rows (the first clips')."""
+    """Clips under random commands: control following (at chance for a model without controls) and domain fit,
+    ``batch_size`` clips to a forward (each drawing the noise it would alone). Returns the measures and the contact
+    sheet's rows (the first clips')."""
     pipeline = clip_pipeline(model_dir)
     vocabulary = model_vocabulary(pipeline)
     commands = reference.commands(vocabulary)
     reference.check_frames(*frame_size(pipeline), weights_fingerprint(pipeline.vae), generation_defaults(model_dir).fps)
     num_latent_frames = num_latent_frames or native_latent_frames(pipeline)
-    videos = []
-    for index in range(num_clips):
-        tokens = commanded_controls(commands, num_latent_frames, seed + index)
-        videos.append(
-            generate_clip(
-                pipeline,
-                prompt,
-                tokens,
-                num_inference_steps=num_inference_steps,
-                guidance_scale=guidance_scale,
-                control_guidance_scale=control_guidance_scale,
-                seed=seed + index,
-            )
-        )
-        logger.info("clip %d/%d", index + 1, num_clips)
+    seeds = [seed + index for index in range(num_clips)]
+    videos = generate_clips(
+        pipeline,
+        prompt,
+        [commanded_controls(commands, num_latent_frames, clip_seed) for clip_seed in seeds],
+        seeds,
+        num_inference_steps=num_inference_steps,
+        guidance_scale=guidance_scale,
+        control_guidance_scale=control_guidance_scale,
+        batch_size=batch_size,
+    )
     scores = [VideoScores.of(reference, video) for video in videos]
     measures = {
         "model_takes_controls": vocabulary is not None,
