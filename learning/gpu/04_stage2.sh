@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Step 4 (about 9.5 minutes on one H200): stage 2 (the Interactive Module) with the users' launcher and its mini
+# Step 4 (about 7.5 minutes on one H200, estimated): stage 2 (the Interactive Module) with the users' launcher and its mini
 # config, then its clips scored as step 3 scored the base and stage-1 models, without and with control guidance,
 # sampled as the model records (the mini config drops every caption: the empty caption, no text guidance).
 source "$(dirname "$0")/common.sh"
