@@ -456,6 +456,18 @@ def test_clips_sampled_in_a_batch_equal_the_clips_sampled_one_at_a_time(
     assert not torch.equal(batched[0].frames, batched[1].frames)
 
 
+def test_a_batch_of_videos_controls_takes_one_generator_per_video(model_dir):
+    pipeline = generation.clip_pipeline(model_dir)
+    with pytest.raises(ValueError, match="2 generators for 3 videos' controls: give one per video"):
+        pipeline(
+            prompt=PROMPT,
+            controls=[["LEFT", "RIGHT", "UP"]] * 3,
+            num_frames=1 + C * 2,
+            generator=[torch.Generator(), torch.Generator()],
+            num_inference_steps=1,
+        )
+
+
 def test_clips_are_sampled_and_recorded_at_the_guidance_the_model_records_unless_told(
     idm_dir, model_dir, tmp_path, monkeypatch
 ):
