@@ -172,8 +172,16 @@ def check_fp8(setting: str, device: torch.device) -> None:
             f"{setting} needs a GPU with FP8 tensor cores (compute capability 8.9 or later: L40S, RTX 4090, H100, "
             f"H200), and this run would be on {found}; leave {setting} off"
         )
+    check_torchao(setting, "runs its matmuls")
+
+
+def check_torchao(setting: str, work: str) -> None:
+    """A ConfigError unless torchao is installed, for ``setting``, which does ``work`` through it."""
     if importlib.util.find_spec("torchao") is None:
-        raise ConfigError(f"{setting} runs its matmuls through torchao, which is not installed: pip install torchao")
+        raise ConfigError(
+            f"{setting} {work} through torchao, which is not installed: pip install torchao (or pip install -e "
+            f"'.[fp8]'), or leave {setting} off"
+        )
 
 
 def fp8_linear_names(transformer: torch.nn.Module) -> set[str]:

@@ -166,7 +166,7 @@ def generate_clips(
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
             generator=[
-                torch.Generator(device=pipeline.device).manual_seed(seed) for seed in seeds[start:][: len(batch)]
+                torch.Generator(device=pipeline.device).manual_seed(seed) for seed in seeds[start : start + batch_size]
             ],
         )
         if takes_controls:

@@ -20,7 +20,6 @@ every process: the teacher is frozen, so it has no gradients or optimizer state 
 from __future__ import annotations
 
 import enum
-import importlib.util
 from collections.abc import Iterator
 
 import torch
@@ -28,6 +27,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy
 
+from thematrix.acceleration import check_torchao
 from thematrix.config import ConfigError
 from thematrix.training.arguments import TrainingArgs
 
@@ -105,11 +105,7 @@ def check_8bit_adam(mode: TrainingMode) -> None:
             "optimizer state over the processes already: set args.use_8bit_adam = False, or launch without "
             "ACCELERATE_CONFIG"
         )
-    if importlib.util.find_spec("torchao") is None:
-        raise ConfigError(
-            "args.use_8bit_adam keeps AdamW's moments through torchao, which is not installed: pip install torchao "
-            "(or pip install -e '.[fp8]'), or set args.use_8bit_adam = False"
-        )
+    check_torchao("args.use_8bit_adam", "keeps AdamW's moments")
 
 
 def check_model_for_mode(accelerator: Accelerator, transformer: torch.nn.Module) -> None:
