@@ -183,6 +183,20 @@ def test_a_window_starts_with_each_group_at_the_top_of_its_band(scheduler):
     assert torch.equal(tops[0, 1::GROUP_SIZE], (width - 1) + width * torch.arange(NUM_GROUPS))
 
 
+@pytest.mark.parametrize("zero_terminal_snr, expected", [(True, 1), (False, 0)])
+def test_only_a_band_top_without_signal_starts_its_group_from_noise_alone(zero_terminal_snr, expected):
+    """Under zero terminal SNR (CogVideoX's) the noisiest group's start keeps nothing of the clean latents, which
+    a stream then need not encode; without it every group keeps some."""
+    scheduler = CogVideoXDPMScheduler(**dict(TINY["scheduler"], rescale_betas_zero_snr=zero_terminal_snr))
+    grouped = GroupedInferenceSchedule(scheduler, NUM_STEPS, NUM_GROUPS)
+    assert grouped.pure_noise_groups() == expected
+    clean, noise = randn(BATCH, FRAMES, *SHAPE, seed=3), randn(BATCH, FRAMES, *SHAPE, seed=4)
+    other = clean.clone()
+    other[:, 1 + (NUM_GROUPS - 1) * GROUP_SIZE :] = 100.0
+    started, again = (grouped.start_window(latents, noise, GROUP_SIZE) for latents in (clean, other))
+    assert torch.equal(started, again) == bool(expected)
+
+
 def true_velocity(scheduler, clean, noise, timesteps):
     a = alpha(scheduler, timesteps.clamp(min=0))
     return a.sqrt() * noise - (1 - a).sqrt() * clean

@@ -127,6 +127,35 @@ def test_a_longer_initial_clip_starts_from_its_last_window(pipeline):
     assert torch.equal(frames_of(list(stream(pipeline, video=longer))), frames_of(list(stream(pipeline, video=clip))))
 
 
+def test_the_frames_of_a_group_started_at_pure_noise_are_not_encoded(pipeline, monkeypatch):
+    """Zero terminal SNR (the tiny model's, CogVideoX's) noises the last group's frames away at the start: the
+    encode leaves them out, and the stream is the one a whole encode gives, bit for bit."""
+    encoded_frames = []
+    encode_window = SwinDPMPipeline.encode_window
+
+    def recorded(self, clip):
+        encoded_frames.append(len(clip))
+        return encode_window(self, clip)
+
+    monkeypatch.setattr(SwinDPMPipeline, "encode_window", recorded)
+    shortened = list(stream(pipeline, video=initial_clip()))
+    monkeypatch.setattr(SwinDPMPipeline, "unencoded_latent_frames", lambda self, frames: 0)
+    whole = list(stream(pipeline, video=initial_clip()))
+    window = window_clip_frames(pipeline.vae, NUM_GROUPS, GROUP_SIZE)
+    assert encoded_frames == [window - pipeline.temporal_compression * GROUP_SIZE, window]
+    assert torch.equal(frames_of(shortened), frames_of(whole))
+    assert all(torch.equal(chunk.latents, again.latents) for chunk, again in zip(shortened, whole, strict=True))
+
+
+def test_frames_are_left_out_of_the_encode_only_in_whole_encoder_batches(pipeline, monkeypatch):
+    """Leaving out part of one of the encoder's frame batches would move the others and change every latent."""
+    left_out = pipeline.temporal_compression * GROUP_SIZE
+    assert pipeline.unencoded_latent_frames(GROUP_SIZE) == GROUP_SIZE
+    monkeypatch.setattr(pipeline.vae, "num_sample_frames_batch_size", 2 * left_out)
+    assert pipeline.unencoded_latent_frames(GROUP_SIZE) == 0
+    assert pipeline.unencoded_latent_frames(2 * GROUP_SIZE) == 2 * GROUP_SIZE
+
+
 def test_same_seed_same_video(pipeline):
     first, again, other = (frames_of(list(stream(pipeline, seed=seed))) for seed in (0, 0, 1))
     assert torch.equal(first, again)

@@ -174,6 +174,14 @@ class GroupedInferenceSchedule:
         _check_step("inner_step", inner_step, self.steps_per_band)
         return self.timesteps[self._band_starts + inner_step]
 
+    def pure_noise_groups(self) -> int:
+        """How many of the last groups ``start_window`` sets to its noise alone, whatever the clean latents: those
+        whose band top has alpha_bar 0 (band G - 1 under zero terminal SNR, as CogVideoX's). A stream need not
+        encode their frames."""
+        tops = alpha_bar(self.scheduler, self.window_timesteps(0), ndim=1)
+        noised_away = (tops == 0).flip(0).long()
+        return int(noised_away.cumprod(0).sum())
+
     def start_window(self, clean: torch.Tensor, noise: torch.Tensor, group_size: int) -> torch.Tensor:
         """The window of clean latents ``[B, 1 + G * W, C, H, W]`` as an outer iteration starts it: the condition
         frame clean, every frame of group g noised with ``noise`` to the top of band g (``window_timesteps(0)``)."""

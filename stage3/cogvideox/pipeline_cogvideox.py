@@ -13,7 +13,9 @@ H = ``history_latent_frames``, 2): H history latents, the condition latent (c vi
 context, as every later condition frame), then G groups of W. The condition stays clean and group g is
 noised with fresh noise to the top of its band, so every per-frame timestep vector the transformer sees,
 the first windows included, is one training draws; the stream regenerates the clip's last G * W latent
-frames from there and continues.
+frames from there and continues. Where a group's band top has no signal left (band G - 1 under zero terminal SNR,
+as CogVideoX's), its frames would be noised away: they are not encoded, which shortens the wait for the first
+frame by that share of the encode.
 
 Overlap (``overlap_decode``): each emitted group is decoded on a second CUDA stream while the next group's
 forwards run, and is handed out once those are queued, so a group's frames come one group's forwards later and the
@@ -295,24 +297,38 @@ class SwinDPMPipeline(InteractivePipeline):
         condition, groups. Stage 3's training encodes its clips alike and drops the first H latent frames."""
         return self.vae.encode(clip.to(self.vae.device, self.vae.dtype).permute(1, 0, 2, 3)[None]).latent_dist
 
+    def unencoded_latent_frames(self, pure_noise_frames: int) -> int:
+        """How many of a window clip's last latent frames, which the stream starts at pure noise, it leaves out of
+        the encode: all of them, unless leaving out their ``c`` video frames each would move the encoder's frame
+        batches (whose group norms would then change every other latent); then none."""
+        if self.temporal_compression * pure_noise_frames % self.vae.num_sample_frames_batch_size:
+            return 0
+        return pure_noise_frames
+
     @torch.no_grad()
-    def window_latent_distribution(self, clip: torch.Tensor) -> DiagonalGaussianDistribution:
+    def window_latent_distribution(self, clip: torch.Tensor, unencoded_frames: int = 0) -> DiagonalGaussianDistribution:
         """``encode_window``'s distribution on the transformer's device, in float32: diffusers' distribution draws
         its noise in its parameters' dtype, which for a bf16 VAE would quantize the latents training draws in
         float32. Under context parallelism the process that holds the VAE (rank 0) encodes and every rank receives
-        its parameters, so all draw the same latents."""
+        its parameters, so all draw the same latents. The last ``unencoded_frames`` latent frames
+        (``unencoded_latent_frames``) are not encoded: their mean and log-variance are zeros, so the draw takes as
+        much of the generator as a whole encode's and every other latent is the same."""
         device = self.device
+        encoded = clip[: len(clip) - self.temporal_compression * unencoded_frames]
         if not is_context_parallel(self.transformer):
-            return DiagonalGaussianDistribution(self.encode_window(clip).parameters.to(device, torch.float32))
-        if self.decodes:
-            parameters = self.encode_window(clip).parameters.to(device).contiguous()
+            parameters = self.encode_window(encoded).parameters.to(device, torch.float32)
         else:
-            latent_frames = (len(clip) - 1) // self.temporal_compression + 1
-            height, width = (size // self.vae_scale_factor_spatial for size in clip.shape[-2:])
-            mean_and_log_variance = 2 * self.vae.config.latent_channels
-            shape = (1, mean_and_log_variance, latent_frames, height, width)
-            parameters = torch.empty(shape, device=device, dtype=self.vae.dtype)
-        return DiagonalGaussianDistribution(broadcast_from_main(parameters).float())
+            if self.decodes:
+                parameters = self.encode_window(encoded).parameters.to(device).contiguous()
+            else:
+                latent_frames = (len(encoded) - 1) // self.temporal_compression + 1
+                height, width = (size // self.vae_scale_factor_spatial for size in clip.shape[-2:])
+                mean_and_log_variance = 2 * self.vae.config.latent_channels
+                shape = (1, mean_and_log_variance, latent_frames, height, width)
+                parameters = torch.empty(shape, device=device, dtype=self.vae.dtype)
+            parameters = broadcast_from_main(parameters).float()
+        frames_padding = (0, 0, 0, 0, 0, unencoded_frames)  # after the last latent frame (dim 2)
+        return DiagonalGaussianDistribution(torch.nn.functional.pad(parameters, frames_padding))
 
     @torch.no_grad()
     def _stream(
@@ -372,8 +388,10 @@ class SwinDPMPipeline(InteractivePipeline):
 
         # 1. The clip's latents, drawn from the VAE's distribution as training draws them (float32
         # [1, H + 1 + G * W, C, h, w]), on the transformer's device with its generator wherever the VAE is;
-        # [history, condition] primes the decoder, its frames are not shown.
-        latents = self.window_latent_distribution(clip).sample(generator).permute(0, 2, 1, 3, 4)
+        # [history, condition] primes the decoder, its frames are not shown. The frames of the groups that start
+        # at pure noise are not encoded (a shorter first frame).
+        unencoded = self.unencoded_latent_frames(schedule.pure_noise_groups() * group_size)
+        latents = self.window_latent_distribution(clip, unencoded).sample(generator).permute(0, 2, 1, 3, 4)
         latents = latents * self.vae.config.scaling_factor
         history = history_latent_frames(self.vae)
         if decodes:
