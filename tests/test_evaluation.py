@@ -877,6 +877,9 @@ def test_paired_speed_times_both_streams_in_turn_and_compares_their_medians(
         assert stream["median_time_to_first_frame_s"] == np.median(stream["time_to_first_frame_s"])
     ratio = measures["frames_per_second_ratio"]
     measured, baseline = (measures[name]["frames_per_second"] for name in ("measured", "baseline"))
+    assert ratio["median_of_rounds"] == pytest.approx(
+        np.median([rate / other for rate, other in zip(measured, baseline)])
+    )
     assert ratio["of_medians"] == pytest.approx(np.median(measured) / np.median(baseline))
     assert ratio["per_round"] == pytest.approx([rate / other for rate, other in zip(measured, baseline)])
     assert (ratio["per_round_min"], ratio["per_round_max"]) == (min(ratio["per_round"]), max(ratio["per_round"]))
@@ -1190,20 +1193,26 @@ def streams_5x_apart(tmp_path) -> Path:
 
 
 @pytest.mark.parametrize(
-    "student_rates, compiled, measured, expected",
+    "student_rates, teacher_rates, compiled, measured, expected",
     [
-        ([40.0, 44.0, 36.0], True, "4.44x, the ratio of the medians of 3 rounds timed in turn, compiled "
-         "(40.0 vs 9.0 frames/s); per round 4.00x to 5.00x", "met"),
-        ([30.0, 33.0, 27.0], False, "3.33x, the ratio of the medians of 3 rounds timed in turn, eager "
-         "(30.0 vs 9.0 frames/s); per round 3.00x to 3.75x", "**missed**"),
+        ([40.0, 44.0, 36.0], [8.0, 10.0, 9.0], True, "4.40x, the median of 3 rounds' ratios, each round the two "
+         "streams timed in turn, compiled (4.00x to 5.00x; medians 40.0 vs 9.0 frames/s, their ratio 4.44x)", "met"),
+        ([30.0, 33.0, 27.0], [8.0, 10.0, 9.0], False, "3.30x, the median of 3 rounds' ratios, each round the two "
+         "streams timed in turn, eager (3.00x to 3.75x; medians 30.0 vs 9.0 frames/s, their ratio 3.33x)",
+         "**missed**"),
+        # The student's fast round beside the teacher's slow one: the ratio of the medians (4.00x) would pass.
+        ([44.0, 30.0, 40.0], [8.0, 10.0, 11.0], True, "3.64x, the median of 3 rounds' ratios, each round the two "
+         "streams timed in turn, compiled (3.00x to 5.50x; medians 40.0 vs 10.0 frames/s, their ratio 4.00x)",
+         "**missed**"),
     ],
 )  # fmt: skip
 def test_results_page_judges_the_speed_target_by_the_paired_measure(
-    tmp_path, student_rates, compiled, measured, expected
+    tmp_path, student_rates, teacher_rates, compiled, measured, expected
 ):
-    """The stream records' own speeds (5x apart here) judge nothing where the paired measure is there."""
+    """The stream records' own speeds (5x apart here) judge nothing where the paired measure is there; within it,
+    each round's two streams, timed back to back, are the pairs judged."""
     page, results = load_results_page(), streams_5x_apart(tmp_path)
-    measures = paired_speed_measures(student_rates, [8.0, 10.0, 9.0])
+    measures = paired_speed_measures(student_rates, teacher_rates)
     write_record(results / "speed_stage4.json", measures, compile=compiled)
     (speed,) = [row for row in page.target_rows(page.Results.load(tmp_path)) if "faster" in row[0]]
     assert speed == ("Stage 4: 4 steps >= 4x faster than the 20-step teacher", measured, expected)

@@ -484,9 +484,9 @@ def main(argv=None) -> Path | None:
         output = write_json(args.output, measures, settings, time.perf_counter() - start)
         ratio = measures["frames_per_second_ratio"]
         print(
-            f"measured / baseline frames per second: {ratio['of_medians']:.2f}x, the ratio of the medians of "
-            f"{args.rounds} rounds (the rounds' own ratios {ratio['per_round_min']:.2f}x to "
-            f"{ratio['per_round_max']:.2f}x); measures: {output.resolve()}"
+            f"measured / baseline frames per second: {ratio['median_of_rounds']:.2f}x, the median of {args.rounds} "
+            f"rounds' ratios ({ratio['per_round_min']:.2f}x to {ratio['per_round_max']:.2f}x; the ratio of the "
+            f"medians {ratio['of_medians']:.2f}x); measures: {output.resolve()}"
         )
         return output
     sampling = dict(

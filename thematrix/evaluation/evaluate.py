@@ -671,8 +671,10 @@ def paired_speed(
 
     With ``compiled`` both run on the fast path, the untimed streams paying the compilation. Returns each setting
     with its rounds' steady-state frames per second and time to first frame and their medians, each round's pace
-    (its median chunk's rate: the stream without its stalls), and the ratio of the medians (measured / baseline)
-    with the rounds' own ratios and their range.
+    (its median chunk's rate: the stream without its stalls), and the speed ratio (measured / baseline): the
+    median of the rounds' own ratios, each of two streams timed back to back, and beside it their range and the
+    ratio of the two settings' medians, which unpairs the rounds (a teacher's slow round against a student's fast
+    one moves it as the machine did, not as the settings differ).
     """
     settings = dict(zip(PAIRED_STREAMS, (measured, baseline)))
     pipelines = {
@@ -735,6 +737,7 @@ def paired_speed(
         )
     ]
     measures["frames_per_second_ratio"] = {
+        "median_of_rounds": statistics.median(per_round),
         "of_medians": measures["measured"]["median_frames_per_second"]
         / measures["baseline"]["median_frames_per_second"],
         "per_round": per_round,
