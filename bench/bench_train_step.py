@@ -277,7 +277,7 @@ def main() -> None:
     parser.add_argument(
         "--use_8bit_adam",
         action="store_true",
-        help="our stages with args.use_8bit_adam (torchao's 8-bit AdamW moments; the stock rows torch's AdamW)",
+        help="our stages with args.use_8bit_adam (bitsandbytes' 8-bit AdamW moments; the stock rows torch's AdamW)",
     )
     parser.add_argument("--json", default=None, help="write the results here")
     cli = parser.parse_args()

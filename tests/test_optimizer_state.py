@@ -1,5 +1,5 @@
-"""args.use_8bit_adam: AdamW's moments in 8 bits (torchao's AdamW8bit), on stage 3's full fine-tuning of the tiny
-model; refused before any weight loads where it cannot run."""
+"""args.use_8bit_adam: AdamW's moments in 8 bits (bitsandbytes' AdamW8bit), on stage 3's full fine-tuning of the
+tiny model; refused before any weight loads where it cannot run."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from thematrix.config import ConfigError
 from thematrix.training.sharding import configure_training_mode
 from thematrix.training.trainer import adamw
 
-torchao_optim = pytest.importorskip("torchao.optim")
+bitsandbytes_optim = pytest.importorskip("bitsandbytes.optim")
 
 STEPS = 4
 WIDTH = 128  # a 128 x 128 weight: 16,384 values, enough for 8-bit moments (the tiny model's tensors are smaller)
@@ -29,13 +29,14 @@ def moment_bytes(optimizer: torch.optim.Optimizer) -> tuple[int, int]:
     """(bytes of the AdamW moments held in 8 bits, bytes of those held in float32) over every trained weight."""
     eight_bit = full = 0
     for state in optimizer.state.values():
-        for name in ("exp_avg", "exp_avg_sq"):
-            moment = state[name]
-            if isinstance(moment, torchao_optim.subclass_8bit.OptimState8bit):
-                eight_bit += moment.codes.numel() * moment.codes.element_size()
-                eight_bit += moment.scale.numel() * moment.scale.element_size()
+        if "exp_avg" in state:  # torch's AdamW
+            full += sum(state[name].numel() * state[name].element_size() for name in ("exp_avg", "exp_avg_sq"))
+            continue
+        for moment, scales, code in (("state1", "absmax1", "qmap1"), ("state2", "absmax2", "qmap2")):
+            if state[moment].dtype == torch.uint8:
+                eight_bit += sum(state[name].numel() * state[name].element_size() for name in (moment, scales, code))
             else:
-                full += moment.numel() * moment.element_size()
+                full += state[moment].numel() * state[moment].element_size()
     return eight_bit, full
 
 
@@ -73,9 +74,9 @@ def test_8bit_moments_take_a_quarter_of_float32s_and_follow_float32_adam():
     losses, full_losses = fit(run, 20), fit(full_run, 20)
     assert losses[-1] < 0.5 * losses[0]
     eight_bit, full = moment_bytes(run["optimizer"].optimizer)
-    # One byte a value for each moment and a float32 scale a block of 256 values, for the large weight; the biases
-    # and the small second layer keep float32 moments.
-    assert eight_bit == 2 * WIDTH * WIDTH * (1 + 4 / 256)
+    # One byte a value for each moment, a float32 scale a block of 256 values and the 256 float32 codes of its
+    # quantization map, for the large weight; the biases and the small second layer keep float32 moments.
+    assert eight_bit == 2 * (WIDTH * WIDTH * (1 + 4 / 256) + 256 * 4)
     assert full == 2 * 4 * (WIDTH + WIDTH * 8 + 8)
     all_weights = sum(weight.numel() for weight in full_run["model"].parameters())
     assert moment_bytes(full_run["optimizer"].optimizer) == (0, 2 * 4 * all_weights)
@@ -107,7 +108,7 @@ def test_a_killed_stage_3_run_with_8bit_adam_resumes_exactly(tiny_model_dir, tin
         kill_at=STEPS,
         killed_leaves=["checkpoint-2"],
     )
-    assert isinstance(whole.optimizer.optimizer, torchao_optim.AdamW8bit)
+    assert isinstance(whole.optimizer.optimizer, bitsandbytes_optim.AdamW8bit)
     assert resumed.global_step == STEPS
     for (name, weight), (_, again) in zip(
         whole.transformer.named_parameters(), resumed.transformer.named_parameters(), strict=True
@@ -127,10 +128,14 @@ def test_8bit_adam_is_refused_where_the_optimizer_state_is_split(distributed_typ
         configure_training_mode(launched(distributed_type), args)
 
 
-def test_8bit_adam_is_refused_without_torchao(monkeypatch):
+def test_8bit_adam_is_refused_without_bitsandbytes(monkeypatch):
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None if name == "torchao" else find_spec(name))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *rest: None if name == "bitsandbytes" else find_spec(name)
+    )
     args = LoraArgs()
     args.use_8bit_adam = True
-    with pytest.raises(ConfigError, match="torchao, which is not installed: pip install torchao"):
+    with pytest.raises(
+        ConfigError, match=r"bitsandbytes, which is not installed: pip install bitsandbytes \(or .*adam8bit"
+    ):
         configure_training_mode(launched(DistributedType.NO), args)

@@ -172,15 +172,16 @@ def check_fp8(setting: str, device: torch.device) -> None:
             f"{setting} needs a GPU with FP8 tensor cores (compute capability 8.9 or later: L40S, RTX 4090, H100, "
             f"H200), and this run would be on {found}; leave {setting} off"
         )
-    check_torchao(setting, "runs its matmuls")
+    check_installed("torchao", "fp8", setting, "runs its matmuls")
 
 
-def check_torchao(setting: str, work: str) -> None:
-    """A ConfigError unless torchao is installed, for ``setting``, which does ``work`` through it."""
-    if importlib.util.find_spec("torchao") is None:
+def check_installed(package: str, extra: str, setting: str, work: str) -> None:
+    """A ConfigError unless ``package`` (in the project's ``extra``) is installed, for ``setting``, which does
+    ``work`` through it."""
+    if importlib.util.find_spec(package) is None:
         raise ConfigError(
-            f"{setting} {work} through torchao, which is not installed: pip install torchao (or pip install -e "
-            f"'.[fp8]'), or leave {setting} off"
+            f"{setting} {work} through {package}, which is not installed: pip install {package} (or pip install -e "
+            f"'.[{extra}]'), or leave {setting} off"
         )
 
 

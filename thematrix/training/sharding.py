@@ -27,7 +27,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy
 
-from thematrix.acceleration import check_torchao
+from thematrix.acceleration import check_installed
 from thematrix.config import ConfigError
 from thematrix.training.arguments import TrainingArgs
 
@@ -98,14 +98,14 @@ def configure_training_mode(accelerator: Accelerator, args: TrainingArgs) -> Non
 
 
 def check_8bit_adam(mode: TrainingMode) -> None:
-    """args.use_8bit_adam keeps AdamW's moments in torchao's 8-bit tensors, whole on every process: data parallel."""
+    """args.use_8bit_adam keeps AdamW's moments in bitsandbytes' 8-bit state, whole on every process: data parallel."""
     if mode is not TrainingMode.DATA_PARALLEL:
         raise ConfigError(
             f"args.use_8bit_adam runs under data parallel only, and this launch runs {mode.value}, which splits the "
             "optimizer state over the processes already: set args.use_8bit_adam = False, or launch without "
             "ACCELERATE_CONFIG"
         )
-    check_torchao("args.use_8bit_adam", "keeps AdamW's moments")
+    check_installed("bitsandbytes", "adam8bit", "args.use_8bit_adam", "keeps AdamW's moments")
 
 
 def check_model_for_mode(accelerator: Accelerator, transformer: torch.nn.Module) -> None:
