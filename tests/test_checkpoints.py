@@ -187,6 +187,18 @@ def test_a_checkpoint_from_elsewhere_resumes_with_its_differences_logged(lora_ar
     assert continued.global_step == TINY_RUN_STEPS + 1 and "seed = 0 there, 1 here" in caplog.text
 
 
+def test_a_checkpoint_from_elsewhere_with_another_optimizer_state_is_refused_before_training(lora_args, tmp_path):
+    """8-bit moments and float32 ones are stored differently: loading one into the other would fail deep inside the
+    optimizer, so the resume stops at start, naming the setting to restore."""
+    pytest.importorskip("bitsandbytes")
+    LoraTrainer(lora_args("first")).train()
+    checkpoint = tmp_path / "first" / "checkpoints" / f"checkpoint-{TINY_RUN_STEPS}"
+    resumed = LoraTrainer(lora_args("second", use_8bit_adam=True, resume_from_checkpoint=str(checkpoint)))
+    with pytest.raises(ConfigError, match=r"use_8bit_adam = False there, True here.*Set args.use_8bit_adam = False"):
+        resumed.train()
+    assert not (tmp_path / "second" / "checkpoints").exists()
+
+
 def test_checkpoint_estimate_counts_weights_moments_and_registered_objects(tmp_path):
     """What a stage registers for checkpointing (stage 4's EMA target) counts; accelerate keeps the list privately."""
 

@@ -68,6 +68,9 @@ RESUMABLE_SETTINGS = frozenset(
     }
 )
 RESUMABLE_PREFIX = "validation_"  # every stage's validation settings
+# Settings that change how the optimizer's state is stored: a checkpoint written under another value cannot be loaded,
+# even from elsewhere (where other differences are only logged).
+OPTIMIZER_STATE_SETTINGS = frozenset({"use_8bit_adam"})
 TRAINING_MODE = "training_mode"
 NUM_PROCESSES = "num_processes"
 # How to launch under each mode's checkpoints (thematrix/accelerate_launch.sh).
@@ -294,6 +297,14 @@ class Checkpoints:
             if not (path / TRAINER_STATE).is_file():
                 raise ConfigError(f"args.resume_from_checkpoint = {choice!r} is not a complete checkpoint directory")
             changed = self._changes_from(path, samples_per_step)
+            unreadable = {name: changed[name] for name in OPTIMIZER_STATE_SETTINGS & changed.keys()}
+            if unreadable:
+                restore = ", ".join(f"args.{name} = {saved!r}" for name, (saved, _) in sorted(unreadable.items()))
+                raise ConfigError(
+                    f"args.resume_from_checkpoint = {choice!r}: its optimizer state was written under other settings "
+                    f"({describe_changes(unreadable, args.lr_scheduler)}), which store it another way, so this run "
+                    f"cannot load it. Set {restore} to resume it, or args.resume_from_checkpoint = None to start anew"
+                )
             if changed:
                 logger.warning(
                     "resuming %s with other settings: %s", path, describe_changes(changed, args.lr_scheduler)
