@@ -218,3 +218,6 @@ def test_checkpoint_estimate_counts_weights_moments_and_registered_objects(tmp_p
     assert weights_only == 1000 * 4 * (1 + OPTIMIZER_STATES_PER_WEIGHT)
     accelerator.register_for_checkpointing(Registered(500))
     assert checkpoints.estimated_bytes(1000) == weights_only + 500 * 4
+    # 8-bit moments: a byte a weight each, and a float32 scale a block of 256 weights.
+    eight_bit = Checkpoints(accelerator, tmp_path, LoraArgs(use_8bit_adam=True))
+    assert eight_bit.estimated_bytes(1024) == 1024 * 4 + 2 * (1024 + 4 * 4) + 500 * 4

@@ -38,6 +38,8 @@ TRAINER_STATE = "trainer_state.json"
 RESOLVED_CONFIG = "config.json"
 # AdamW keeps two moments (exp_avg, exp_avg_sq) per trainable weight, each of the weight's size.
 OPTIMIZER_STATES_PER_WEIGHT = 2
+# Under args.use_8bit_adam a moment takes a byte a weight and a float32 scale a block of this many weights.
+EIGHT_BIT_MOMENT_BLOCK = 256
 # Settings that may differ between a run and the checkpoints it resumes: when and how it checkpoints,
 # validates and logs, where files go, memory/speed switches that leave the result alone, and the knobs
 # that rescue a diverging run. Every other setting defines the run: a difference is an error.
@@ -240,9 +242,11 @@ class Checkpoints:
         return final
 
     def estimated_bytes(self, num_trainable_weights: int) -> int:
-        """Size of one checkpoint: float32 trainable weights, their optimizer moments, the objects registered
-        for checkpointing (e.g. stage 4's EMA target)."""
-        weights = num_trainable_weights * torch.float32.itemsize * (1 + OPTIMIZER_STATES_PER_WEIGHT)
+        """Size of one checkpoint: float32 trainable weights, their optimizer moments (float32, or 8-bit under
+        args.use_8bit_adam), the objects registered for checkpointing (e.g. stage 4's EMA target)."""
+        float32 = torch.float32.itemsize
+        moment = 1 + float32 / EIGHT_BIT_MOMENT_BLOCK if self.args.use_8bit_adam else float32
+        weights = round(num_trainable_weights * (float32 + OPTIMIZER_STATES_PER_WEIGHT * moment))
         registered = sum(
             value.numel() * value.element_size()
             for obj in self.accelerator._custom_objects  # accelerate keeps no public list of them
@@ -273,7 +277,8 @@ class Checkpoints:
 
         Checkpoints already in ``root`` must come from a run with this run's settings (RESUMABLE_SETTINGS
         aside): resuming or overwriting another run's checkpoints is an error naming what differs. A
-        checkpoint given by path from elsewhere is a deliberate choice: differences are only logged. The
+        checkpoint given by path from elsewhere is a deliberate choice: differences are only logged, but for those
+        that store the optimizer's state another way (OPTIMIZER_STATE_SETTINGS), which it could not load. The
         checkpoint must suit this run's training mode (``check_mode``); other samples per optimizer step
         are logged (``samples_per_step_change``).
         """
