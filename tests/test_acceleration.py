@@ -2,7 +2,7 @@
 overlapped decode gives the same stream with its controls asked one group earlier (and so does a decoder on its own
 device), and training with compiled
 blocks (a LoRA run and a full fine-tuning with control blocks) gives the eager run's weights. FP8 needs a GPU: here,
-which layers it takes at 2B and its refusals before a model loads."""
+which layers it takes at 2B, its refusals before a model loads, and that it leaves the compiler's settings alone."""
 
 from __future__ import annotations
 
@@ -231,6 +231,26 @@ def test_fp8_is_refused_before_a_model_loads_without_fp8_tensor_cores_or_torchao
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None if name == "torchao" else find_spec(name))
     with pytest.raises(ConfigError, match="pip install torchao"):
         check_fp8("--fp8", torch.device("cuda"))
+
+
+def test_fp8_quantizes_the_blocks_and_leaves_the_compilers_settings_alone(monkeypatch):
+    """``quantize_fp8`` turns the block layers into FP8 tensors and leaves inductor's settings as they were: torchao's
+    default would turn on exhaustive autotuning for every compile after it, the VAE's too (the CPU has no FP8 tensor
+    cores, so torchao's hardware check is skipped: the weights' conversion is the same)."""
+    from torchao.quantization import Float8Tensor, quant_api
+
+    monkeypatch.setattr(quant_api, "_check_hardware_support", lambda granularity: None)
+    config = dict(PRESETS["tiny"]["transformer"], num_layers=2)
+    model = InteractiveCogVideoXTransformer3DModel(
+        **config, control_dim=config["text_embed_dim"], control_tokens=["GAS"], control_phrases=["gas"]
+    ).to(torch.bfloat16)
+    settings = torch._inductor.config.get_config_copy()
+    acceleration.quantize_fp8(model)
+    after = torch._inductor.config.get_config_copy()
+    torch._inductor.config.load_config(settings)  # the later tests compile with the settings they expect
+    assert after == settings
+    quantized = {name.removesuffix(".weight") for name, p in model.named_parameters() if isinstance(p, Float8Tensor)}
+    assert quantized == fp8_linear_names(model)
 
 
 def test_checkpointing_that_keeps_attention_recomputes_all_but_it_to_the_same_weights(
