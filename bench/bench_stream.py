@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import tempfile
 import time
@@ -50,7 +49,7 @@ from stage3.cogvideox.pipeline_cogvideox import NO_DECODER_DEVICE, SwinDPMPipeli
 from stage4.cogvideox.pipeline_cogvideox import ScmPipeline
 from stage4.cogvideox.scheduler import ScmScheduler
 from thematrix import profiling
-from thematrix.acceleration import check_device, check_fp8, compile_stream, quantize_fp8
+from thematrix.acceleration import check_device, check_fp8, compile_stream, error_against, quantize_fp8
 from thematrix.base_model import build_base_model
 from thematrix.config import ConfigError
 from thematrix.controls import default_control_pattern
@@ -70,7 +69,6 @@ CONTROL_PATTERN = default_control_pattern(BENCH_VOCABULARY)
 PROMPT = "A game world seen from above, the player moving through it."
 # Groups emitted after the window's first G, whose controls were asked mid-stream: the latency's samples.
 LATENCY_GROUPS = 3
-PIXEL_RANGE = 2.0  # frames in [-1, 1]
 # The pipeline's steps before the first group's forwards, timed apart in the time to the first frame.
 FIRST_FRAME_PARTS = ("encode_text", "encode_window")
 SECOND_GPU = "cuda:1"  # the decode device of the 2-GPU rows
@@ -355,17 +353,6 @@ def synchronize(pipeline) -> None:
     for device in {pipeline.vae.device, pipeline.device} - {NO_DECODER_DEVICE}:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-
-
-def error_against(frames: torch.Tensor, latents: torch.Tensor, reference: tuple[torch.Tensor, torch.Tensor]) -> dict:
-    """Latent error relative to the reference's scale, and the frames' PSNR (dB, frames in [-1, 1])."""
-    reference_frames, reference_latents = reference
-    mse = torch.mean((frames - reference_frames) ** 2).item()
-    return {
-        "latent_max_abs_error": (latents - reference_latents).abs().max().item(),
-        "latent_relative_rms_error": ((latents - reference_latents).norm() / reference_latents.norm()).item(),
-        "frames_psnr_db": math.inf if mse == 0 else 10 * math.log10(PIXEL_RANGE**2 / mse),
-    }
 
 
 def base_model_dir(cli) -> Path:

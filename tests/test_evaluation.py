@@ -620,6 +620,29 @@ def test_a_compiled_stream_scores_as_the_eager_one(idm_dir, model_dir, footage, 
     )
 
 
+def test_fp8_streams_are_refused_without_fp8_tensor_cores_and_recorded_as_fp8_with_them(
+    idm_dir, model_dir, footage, tmp_path, monkeypatch
+):
+    """--fp8 (what the lower precision does to the measures): refused on the CPU before any stream; where allowed
+    (the check passed here), the blocks are quantized before the streams and the records say so, so that an
+    evaluation without it cannot take them. The FP8 numbers themselves: tests/test_acceleration.py."""
+    output = tmp_path / "fp8.json"
+    options = ("--num_streams", "2", "--num_frames", "16", *TEST_WINDOW, "--bin_frames", "8", "--edge_frames", "8")
+    command = stream_command(model_dir, idm_dir, *footage[1], output, "scm", *options)
+    with pytest.raises(ConfigError, match="--fp8 needs a GPU with FP8 tensor cores"):
+        main([*command, "--fp8"])
+    assert not evaluation_main.records_folder(output).exists()
+
+    quantized = []
+    monkeypatch.setattr(evaluation_main, "check_fp8", lambda setting, device: None)
+    monkeypatch.setattr(generation, "quantize_fp8", quantized.append)
+    main([*command, "--fp8"])
+    assert len(quantized) == 1 and isinstance(quantized[0], torch.nn.Module)
+    assert json.loads(output.read_text())["settings"]["fp8"] is True
+    with pytest.raises(ValueError, match="made with another fp8 than this evaluation's"):
+        main(command)
+
+
 def test_a_stream_s_median_chunk_rate_leaves_out_its_stalls():
     # 8 frames a chunk every 0.1 s, but for one stall of a second: the whole rate halves and more, the median's not
     timing = StreamTiming(chunk_ready_s=[0.5, 0.6, 0.7, 1.7, 1.8], chunk_frames=[8] * 5)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import math
 
 import torch
 from diffusers.models.attention import Attention, FeedForward
@@ -47,6 +48,8 @@ REPEATED_BLOCKS = ("CogVideoXBlock", "ControlBlock")
 FP8_MIN_CAPABILITY = (8, 9)
 # FP8 matmuls take matrices whose inner and output sizes are multiples of 16.
 FP8_SIZE_MULTIPLE = 16
+# The span of the frames a stream hands out ([-1, 1]): the peak of their PSNR.
+PIXEL_RANGE = 2.0
 
 
 def compile_blocks(transformer, backend: str | None = None) -> None:
@@ -256,3 +259,17 @@ def quantize_fp8(transformer: torch.nn.Module) -> None:
         Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False),
         filter_fn=lambda _module, name: name in names,
     )
+
+
+def error_against(frames: torch.Tensor, latents: torch.Tensor, reference: tuple[torch.Tensor, torch.Tensor]) -> dict:
+    """A fast path's error against the eager stream's ``reference`` (frames, latents): the latents' largest and
+    relative RMS error, the frames' PSNR (dB)."""
+    reference_frames, reference_latents = reference
+    frames, latents = frames.float(), latents.float()
+    reference_frames, reference_latents = reference_frames.float(), reference_latents.float()
+    mse = torch.mean((frames - reference_frames) ** 2).item()
+    return {
+        "latent_max_abs_error": (latents - reference_latents).abs().max().item(),
+        "latent_relative_rms_error": ((latents - reference_latents).norm() / reference_latents.norm()).item(),
+        "frames_psnr_db": math.inf if mse == 0 else 10 * math.log10(PIXEL_RANGE**2 / mse),
+    }

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import torch
 
+from stage1.cogvideox.pipeline_cogvideox import default_device_and_dtype
+from thematrix.acceleration import check_fp8
 from thematrix.cli import run
 from thematrix.config import ConfigError, first_given, setting_from_model
 from thematrix.controls import VOCABULARY_FILE, ControlVocabulary, data_root_vocabulary
@@ -143,6 +145,12 @@ def add_stream_starts(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="compile the transformer's blocks and the VAE (inference.py's --compile): the fast path a player runs; "
         "the first stream pays the compilation",
+    )
+    parser.add_argument(
+        "--fp8",
+        action="store_true",
+        help="the blocks' attention and feed-forward matmuls in FP8 (inference.py's --fp8; torchao, GPUs with FP8 "
+        "tensor cores): what the lower precision does to control following and domain fit",
     )
 
 
@@ -412,6 +420,8 @@ def main(argv=None) -> Path | None:
     if args.command == "speed":
         check_speed_sizes(args)
         measured, baseline = (resolve_stream_settings(args, prefix) for prefix in (MEASURED_PREFIX, BASELINE_PREFIX))
+    if args.command in ("stream", "speed") and args.fp8:
+        check_fp8("--fp8", default_device_and_dtype()[0])
     if args.command in ("clips", "stream", "speed"):
         resolve_recorded_sampling(args)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -480,6 +490,7 @@ def main(argv=None) -> Path | None:
             seed=args.seed,
             overlap_decode=args.overlap_decode,
             compiled=args.compile,
+            fp8=args.fp8,
         )
         output = write_json(args.output, measures, settings, time.perf_counter() - start)
         ratio = measures["frames_per_second_ratio"]
@@ -522,6 +533,7 @@ def main(argv=None) -> Path | None:
             edge_frames=args.edge_frames,
             overlap_decode=args.overlap_decode,
             compiled=args.compile,
+            fp8=args.fp8,
             records_dir=records_folder(args.output),
             part=args.part,
             **sampling,

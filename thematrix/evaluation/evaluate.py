@@ -517,12 +517,13 @@ def evaluate_streams(
     records_dir: Path,
     overlap_decode: bool = False,
     compiled: bool = False,
+    fp8: bool = False,
     part: tuple[int, int] | None = None,
 ) -> tuple[dict | None, list[torch.Tensor]]:
     """Streams from real clips under random commands: control following and domain fit overall, over the first
     and the last ``edge_frames`` frames, per ``bin_frames`` bin (drift), and the speed (with ``overlap_decode``,
     each group decoded while the next one's forwards run; with ``compiled``, on the fast path, the first stream's
-    first frame paying the compilation). Each finished stream is kept in ``records_dir`` (``StreamRecords``);
+    first frame paying the compilation; with ``fp8``, the blocks' matmuls in FP8). Each finished stream is kept in ``records_dir`` (``StreamRecords``);
     streams found there are not made again. Returns the measures and the contact sheet's rows (the first
     streams'). With ``part = (k, n)`` only the streams k, k + n, k + 2n, ... are made and kept, and no measures
     returned: one of n processes sharing ``records_dir``, which a run without a part gathers."""
@@ -532,7 +533,7 @@ def evaluate_streams(
             "lower the edge frames or make the streams longer"
         )
     setting = StreamSetting(str(model_dir), sampler, num_groups, group_size, num_inference_steps, guidance_scale)
-    pipeline = stream_pipeline(model_dir, sampler, compiled)
+    pipeline = stream_pipeline(model_dir, sampler, compiled, fp8)
     commands = reference.commands(model_vocabulary(pipeline))
     height, width = frame_size(pipeline)
     vae_print = weights_fingerprint(pipeline.vae)
@@ -553,6 +554,7 @@ def evaluate_streams(
         control_guidance_scale=control_guidance_scale,
         overlap_decode=overlap_decode,
         compiled=compiled,
+        fp8=fp8,
         device=device_name(),  # the speeds of one evaluation come from one kind of machine
     )
     frames_per_latent = reference.idm.config.frames_per_latent
@@ -659,6 +661,7 @@ def paired_speed(
     seed: int,
     overlap_decode: bool = False,
     compiled: bool = False,
+    fp8: bool = False,
 ) -> dict:
     """How many times as many frames per second ``measured`` streams as ``baseline``, both timed in this process.
 
@@ -669,7 +672,8 @@ def paired_speed(
     ``num_frames`` frames each, the first of the two alternating between rounds so that neither always follows
     the other. Medians, not means: a round that something else on the machine slowed moves them little.
 
-    With ``compiled`` both run on the fast path, the untimed streams paying the compilation. Returns each setting
+    With ``compiled`` both run on the fast path, the untimed streams paying the compilation; with ``fp8`` both run
+    their blocks' matmuls in FP8. Returns each setting
     with its rounds' steady-state frames per second and time to first frame and their medians, each round's pace
     (its median chunk's rate: the stream without its stalls), and the speed ratio (measured / baseline): the
     median of the rounds' own ratios, each of two streams timed back to back, and beside it their range and the
@@ -678,7 +682,7 @@ def paired_speed(
     """
     settings = dict(zip(PAIRED_STREAMS, (measured, baseline)))
     pipelines = {
-        name: stream_pipeline(setting.model_dir, setting.sampler, compiled) for name, setting in settings.items()
+        name: stream_pipeline(setting.model_dir, setting.sampler, compiled, fp8) for name, setting in settings.items()
     }
     commands = {name: reference.commands(model_vocabulary(pipeline)) for name, pipeline in pipelines.items()}
     starts = {
