@@ -59,6 +59,9 @@ STREAMS = {
     "teacher": "stage 3 teacher",
     "teacher_4_steps": "stage 3 teacher, 4 steps",
     "stage4": "stage 4 student",
+    # learning/gpu/12_fp8_streams.sh: the same streams with the blocks' matmuls in FP8 (--fp8)
+    "teacher_fp8": "stage 3 teacher, FP8",
+    "stage4_fp8": "stage 4 student, FP8",
 }
 # Training runs and the scalar of each plotted as its loss.
 RUNS = {
