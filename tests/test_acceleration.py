@@ -334,12 +334,14 @@ def test_fp8_training_pads_the_rows_to_the_unpadded_layers_result():
         torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("stage", ["stage 1 LoRA", "stage 3 full"])
 def test_fp8_training_trains_the_blocks_layers_and_saves_the_unconverted_model(
-    tiny_model_dir, tiny_dataset, tmp_path, monkeypatch
+    stage, lora_args, tiny_model_dir, tiny_dataset, tmp_path, monkeypatch
 ):
     """args.fp8_training through the trainer, its FP8 casts emulated on the CPU: the blocks' attention and
-    feed-forward layers train through FP8, the weights stay within the steps' reach of the unconverted run's, and
-    the saved model is an ordinary one (the same names)."""
+    feed-forward layers train through FP8 (under LoRA their frozen base layers, the adapters left in their
+    precision), the weights stay within the steps' reach of the unconverted run's, and the saved model (or
+    adapter) is an ordinary one (the same names)."""
     monkeypatch.setattr(trainer_module, "check_fp8", lambda setting, device: None)
     converted = []
 
@@ -350,14 +352,22 @@ def test_fp8_training_trains_the_blocks_layers_and_saves_the_unconverted_model(
     weights, saved = {}, {}
     for fp8 in (False, True):
         settings = dict(fp8_training=fp8, max_train_steps=2)
-        trainer = SwinTrainer(stage3_args(tiny_model_dir, tiny_dataset, tmp_path / f"fp8_{fp8}", **settings))
+        if stage == "stage 1 LoRA":
+            trainer = LoraTrainer(lora_args(f"fp8_{fp8}", **settings))
+        else:
+            trainer = SwinTrainer(stage3_args(tiny_model_dir, tiny_dataset, tmp_path / f"fp8_{fp8}", **settings))
         trainer.train()
         model = trainer.accelerator.unwrap_model(trainer.transformer)
         weights[fp8] = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
-        saved[fp8] = load_file(str(trainer.final_model_dir / "transformer" / "diffusion_pytorch_model.safetensors"))
+        saved[fp8] = {
+            path.relative_to(trainer.final_output): load_file(str(path))
+            for path in trainer.final_output.rglob("*.safetensors")
+        }
     assert any(name.startswith("transformer_blocks.") for name in converted)
     assert all(re.search(r"\.(attn1?|ff)\.", name) for name in converted)  # attention and feed-forward layers
-    assert saved[True].keys() == saved[False].keys()
+    assert not any(".lora_" in name for name in converted)
+    assert saved[True] and saved[True].keys() == saved[False].keys()
+    assert all(saved[True][path].keys() == saved[False][path].keys() for path in saved[True])
     learning_rate = trainer.args.learning_rate
     differing = 0
     for name, value in weights[True].items():
