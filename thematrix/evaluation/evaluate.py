@@ -523,10 +523,11 @@ def evaluate_streams(
     """Streams from real clips under random commands: control following and domain fit overall, over the first
     and the last ``edge_frames`` frames, per ``bin_frames`` bin (drift), and the speed (with ``overlap_decode``,
     each group decoded while the next one's forwards run; with ``compiled``, on the fast path, the first stream's
-    first frame paying the compilation; with ``fp8``, the blocks' matmuls in FP8). Each finished stream is kept in ``records_dir`` (``StreamRecords``);
-    streams found there are not made again. Returns the measures and the contact sheet's rows (the first
-    streams'). With ``part = (k, n)`` only the streams k, k + n, k + 2n, ... are made and kept, and no measures
-    returned: one of n processes sharing ``records_dir``, which a run without a part gathers."""
+    first frame paying the compilation; with ``fp8``, the blocks' matmuls in FP8). Each finished stream is kept in
+    ``records_dir`` (``StreamRecords``); streams found there are not made again. Returns the measures and the
+    contact sheet's rows (the first streams'). With ``part = (k, n)`` only the streams k, k + n, k + 2n, ... are
+    made and kept, and no measures returned: one of n processes sharing ``records_dir``, which a run without a part
+    gathers."""
     if 2 * edge_frames > num_frames:
         raise ValueError(
             f"streams of {num_frames} frames have no first and last {edge_frames} frames apart; "
@@ -673,12 +674,11 @@ def paired_speed(
     the other. Medians, not means: a round that something else on the machine slowed moves them little.
 
     With ``compiled`` both run on the fast path, the untimed streams paying the compilation; with ``fp8`` both run
-    their blocks' matmuls in FP8. Returns each setting
-    with its rounds' steady-state frames per second and time to first frame and their medians, each round's pace
-    (its median chunk's rate: the stream without its stalls), and the speed ratio (measured / baseline): the
-    median of the rounds' own ratios, each of two streams timed back to back, and beside it their range and the
-    ratio of the two settings' medians, which unpairs the rounds (a teacher's slow round against a student's fast
-    one moves it as the machine did, not as the settings differ).
+    their blocks' matmuls in FP8. Returns each setting with its rounds' steady-state frames per second and time to
+    first frame and their medians, each round's pace (its median chunk's rate: the stream without its stalls), and
+    the speed ratio (measured / baseline): the median of the rounds' own ratios, each of two streams timed back to
+    back, and beside it their range and the ratio of the two settings' medians, which unpairs the rounds (a
+    teacher's slow round against a student's fast one moves it as the machine did, not as the settings differ).
     """
     settings = dict(zip(PAIRED_STREAMS, (measured, baseline)))
     pipelines = {
