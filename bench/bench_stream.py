@@ -49,7 +49,14 @@ from stage3.cogvideox.pipeline_cogvideox import NO_DECODER_DEVICE, SwinDPMPipeli
 from stage4.cogvideox.pipeline_cogvideox import ScmPipeline
 from stage4.cogvideox.scheduler import ScmScheduler
 from thematrix import profiling
-from thematrix.acceleration import check_device, check_fp8, compile_stream, error_against, quantize_fp8
+from thematrix.acceleration import (
+    check_device,
+    check_fp8,
+    compile_blocks,
+    compile_stream,
+    error_against,
+    quantize_fp8,
+)
 from thematrix.base_model import build_base_model
 from thematrix.config import ConfigError
 from thematrix.controls import default_control_pattern
@@ -507,7 +514,9 @@ def main() -> None:
             enable_context_parallel(transformer, degree, splits_evenly)
             parallel_enabled = True
         if row.fp8 and not quantized:
-            quantize_fp8(transformer)  # the compiled blocks recompile for it (in the row's warm-up)
+            quantize_fp8(transformer)
+            if compiled:
+                compile_blocks(transformer)  # recompiled with their kernels tuned, in the row's warm-up
             quantized = True
         if row.compiled and not compiled:
             compile_stream(swin)  # scm shares the modules

@@ -257,6 +257,22 @@ def test_fp8_quantizes_the_blocks_and_leaves_the_compilers_settings_alone(monkey
     assert quantized == fp8_linear_names(model)
 
 
+def test_fp8_blocks_compile_with_their_kernels_tuned_and_bf16_blocks_without(pipeline, monkeypatch):
+    """torchao's kernel tuning goes to the FP8 blocks' compile alone (not to a bf16 model's, nor process-wide)."""
+    from torchao.quantization import quant_api
+
+    monkeypatch.setattr(quant_api, "_check_hardware_support", lambda granularity: None)
+    model = copy.deepcopy(pipeline.transformer).to(torch.bfloat16)
+    settings = []
+    monkeypatch.setattr(type(model), "compile_repeated_blocks", lambda self, **given: settings.append(given))
+    acceleration.compile_blocks(model)
+    acceleration.quantize_fp8(model)
+    acceleration.compile_blocks(model)
+    assert "options" not in settings[0]
+    assert settings[1]["options"] == acceleration.FP8_BLOCK_COMPILE_OPTIONS
+    assert settings[0]["backend"] == settings[1]["backend"] == "inductor"
+
+
 def test_fp8_stream_stays_near_the_bf16_stream(pipeline, monkeypatch):
     """--fp8 on the tiny model in bf16 (the CPU runs torch's FP8 matmuls; torchao's hardware check is skipped):
     every group's latents within a few percent of the bf16 stream's and its frames above 35 dB PSNR, yet not equal

@@ -12,8 +12,8 @@
   while the first GPU runs the next group's forwards; checked here (``check_device``) before any weight loads.
 - ``--fp8`` (``quantize_fp8``): the attention and feed-forward linear layers of the transformer's and control
   blocks run as FP8 matmuls (torchao: FP8 weights, activations scaled per row as they come), on GPUs with FP8
-  tensor cores; checked (``check_fp8``) before any weight loads. It changes values, not only their order:
-  ``bench/bench_stream.py`` states the error.
+  tensor cores; checked (``check_fp8``) before any weight loads; compiled, those blocks' kernels are tuned at their
+  first run. It changes values, not only their order: ``bench/bench_stream.py`` states the error.
 
 Training has three such settings: ``args.compile_blocks`` (``compile_blocks``); ``args.checkpoint_keeps_attention``
 (``enable_checkpointing``): gradient checkpointing that keeps each block's attention outputs from the forward
@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import math
+import sys
 
 import torch
 from diffusers.models.attention import Attention, FeedForward
@@ -50,16 +51,33 @@ FP8_MIN_CAPABILITY = (8, 9)
 FP8_SIZE_MULTIPLE = 16
 # The span of the frames a stream hands out ([-1, 1]): the peak of their PSNR.
 PIXEL_RANGE = 2.0
+# torchao's recommended inductor settings for its quantized layers, each Triton kernel's launch configuration tuned
+# at its first run, given to the FP8 blocks' compile alone: torchao's own quantize_ sets them for the whole process,
+# where the VAE's many kernels then took over 5 minutes to compile on an H200.
+FP8_BLOCK_COMPILE_OPTIONS = {"coordinate_descent_tuning": True, "coordinate_descent_check_all_directions": True}
 
 
 def compile_blocks(transformer, backend: str | None = None) -> None:
     """Compile each of ``transformer``'s repeated blocks in place (diffusers' ``compile_repeated_blocks``): for the
-    stream (``--compile``) and for training (``args.compile_blocks``)."""
+    stream (``--compile``) and for training (``args.compile_blocks``). Blocks with FP8 weights (``quantize_fp8``)
+    compile with their kernels tuned (``FP8_BLOCK_COMPILE_OPTIONS``); calling it again after the quantization
+    recompiles them so."""
     transformer._repeated_blocks = list(REPEATED_BLOCKS)
+    backend = backend or DEFAULT_COMPILE_BACKEND
     # fullgraph: a graph break inside a block would silently fall back to eager; fail loudly instead. The one
     # break allowed is the uneven context-parallel attention's (thematrix/parallel.py: attention_outside_graphs).
-    fullgraph = not splits_unevenly(transformer._parallel_config)
-    transformer.compile_repeated_blocks(fullgraph=fullgraph, backend=backend or DEFAULT_COMPILE_BACKEND)
+    settings = dict(fullgraph=not splits_unevenly(transformer._parallel_config), backend=backend)
+    if backend == "inductor" and has_fp8_weights(transformer):
+        settings["options"] = FP8_BLOCK_COMPILE_OPTIONS
+    transformer.compile_repeated_blocks(**settings)
+
+
+def has_fp8_weights(module: torch.nn.Module) -> bool:
+    """Whether ``quantize_fp8`` converted some of ``module``'s layers (torchao's quantization is then imported)."""
+    quantization = sys.modules.get("torchao.quantization")
+    return quantization is not None and any(
+        isinstance(parameter, quantization.Float8Tensor) for parameter in module.parameters()
+    )
 
 
 # The attention operators of each backend torch's scaled_dot_product_attention dispatches to (those this torch has).
@@ -252,8 +270,8 @@ def quantize_fp8(transformer: torch.nn.Module) -> None:
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
     names = fp8_linear_names(transformer)
-    # set_inductor_config=False: torchao's default turns on inductor's exhaustive coordinate-descent tuning for the
-    # whole process, and with it every later compile (on an H200 the VAE encoder's alone ran past 5 minutes).
+    # set_inductor_config=False: torchao's default would tune every later compile's kernels, the VAE's too;
+    # compile_blocks tunes the FP8 blocks' alone (FP8_BLOCK_COMPILE_OPTIONS).
     quantize_(
         transformer,
         Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False),
