@@ -28,6 +28,7 @@ import thematrix.controls
 from stage3 import inference
 from stage3 import play as swin_play
 from tests.conftest import TEST_VOCABULARY, TINY_HEIGHT, TINY_WIDTH, moving_square_clip
+from thematrix import acceleration
 from thematrix.controls import GAME_KEYMAP_KEY, ControlVocabulary, game_files, vocabulary_from_json
 from thematrix.data.initial_clip import InitialClip
 from thematrix.model_dir import NO_TEXT_GUIDANCE, SWIN_DPM_SAMPLER, generation_defaults
@@ -439,6 +440,40 @@ def test_play_streams_and_replays_at_the_guidance_the_model_records(model_dir, p
     model = swin_play.StreamWorldModel(args, swin_play.SwinDPMPipeline, "stage3.inference")
     replay = model.replay_arguments("clip.mp4", "", "STAY", 1, "replay.mp4")
     assert args.guidance_scale == float(replay[replay.index("--guidance_scale") + 1]) == NO_TEXT_GUIDANCE
+
+
+class CountedModel(swin_play.StreamWorldModel):
+    """The stage-3 adapter, counting the streams it starts and the groups they emit."""
+
+    started: list[str] = []
+    emitted: list[int] = []
+
+    def stream(self, clip, prompt, controls):
+        self.started.append(clip.name)
+        for chunk in super().stream(clip, prompt, controls):
+            self.emitted.append(chunk.group_index)
+            yield chunk
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_a_compiled_world_streams_once_before_the_page_is_served(
+    compiled, model_dir, tmp_path, monkeypatch, fresh_compiler
+):
+    """--compile: a short stream from a blank clip (no clip given) compiles every graph while the model loads, so
+    the first player's stream starts on them; without --compile no stream runs before a player's."""
+    monkeypatch.setattr(acceleration, "DEFAULT_COMPILE_BACKEND", "aot_eager")
+    monkeypatch.setattr(CountedModel, "started", [])
+    monkeypatch.setattr(CountedModel, "emitted", [])
+    args = swin_play.parse_args(
+        ["--model_dir", str(model_dir), "--prompt", "a road", *WINDOW, *["--compile"] * compiled]
+    )
+    model = CountedModel(args, swin_play.SwinDPMPipeline, "stage3.inference")
+    assert model.first_clip is None
+    if compiled:
+        assert model.started == ["a blank clip"] and model.emitted == list(range(swin_play.WARM_UP_GROUPS))
+        assert model.pipeline.vae.decoder.forward is not type(model.pipeline.vae.decoder).forward
+    else:
+        assert model.started == [] and model.emitted == []
 
 
 def test_the_page_is_served_on_this_machine_only_unless_told(model_dir):
