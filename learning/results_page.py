@@ -56,6 +56,8 @@ STAGE2_CLIPS = ("stage2", "stage2_control_guidance_3")  # stage 2's clips, score
 STAGE2_LONGER_CLIPS = ("stage2_longer", "stage2_longer_control_guidance_3")  # step 11's, scored alike beside them
 STREAMS = {
     "stage3": "stage 3 stream",
+    # learning/gpu/13_low_precision_stage3.sh: stage 3 trained with args.fp8_training and args.use_8bit_adam
+    "stage3_low_precision": "stage 3 trained with FP8 and 8-bit AdamW",
     "teacher": "stage 3 teacher",
     "teacher_4_steps": "stage 3 teacher, 4 steps",
     "stage4": "stage 4 student",
@@ -71,6 +73,7 @@ RUNS = {
     "stage 2": ("stage2", "loss"),
     "stage 2 continued (step 11)": ("stage2-longer", "loss"),
     "stage 3": ("stage3", "loss"),
+    "stage 3, FP8 training and 8-bit AdamW (step 13)": ("stage3-low-precision", "loss"),
     "stage 4": ("stage4", "loss"),
 }
 SMOOTHING = 50  # steps in the moving average of a plotted loss
