@@ -36,7 +36,7 @@ from stage3.cogvideox.pipeline_cogvideox import (
     condition_control,
     window_clip_frames,
 )
-from thematrix.acceleration import check_device, check_fp8, compile_stream, quantize_fp8
+from thematrix.acceleration import apply_stream_fast_paths, check_device, check_fp8
 from thematrix.cli import run
 from thematrix.config import ConfigError, first_given, setting_from_model
 from thematrix.controls import CONTROL_SEPARATOR, ControlVocabulary, default_control_pattern
@@ -318,10 +318,7 @@ def load_pipeline(args: argparse.Namespace, start: StreamStart, pipeline_class=S
         pipeline.place_decoder(None)
     elif args.decode_device is not None:
         pipeline.place_decoder(args.decode_device)
-    if args.fp8:
-        quantize_fp8(pipeline.transformer)
-    if args.compile:
-        compile_stream(pipeline)
+    apply_stream_fast_paths(pipeline, args.fp8, args.compile)
     return pipeline
 
 

@@ -603,7 +603,7 @@ def test_a_compiled_stream_scores_as_the_eager_one(idm_dir, model_dir, footage, 
     monkeypatch.setattr(acceleration, "DEFAULT_COMPILE_BACKEND", "aot_eager")
     compiled = []
     monkeypatch.setattr(
-        generation, "compile_stream", lambda pipeline: (compiled.append(pipeline), compile_stream(pipeline))
+        acceleration, "compile_stream", lambda pipeline: (compiled.append(pipeline), compile_stream(pipeline))
     )
     measures, settings = {}, {}
     for compile_ in (False, True):
@@ -635,7 +635,7 @@ def test_fp8_streams_are_refused_without_fp8_tensor_cores_and_recorded_as_fp8_wi
 
     quantized = []
     monkeypatch.setattr(evaluation_main, "check_fp8", lambda setting, device: None)
-    monkeypatch.setattr(generation, "quantize_fp8", quantized.append)
+    monkeypatch.setattr(acceleration, "quantize_fp8", quantized.append)
     main([*command, "--fp8"])
     assert len(quantized) == 1 and isinstance(quantized[0], torch.nn.Module)
     assert json.loads(output.read_text())["settings"]["fp8"] is True

@@ -166,6 +166,15 @@ def compile_stream(pipeline, backend: str | None = None) -> None:
     encoder.forward = torch.compile(encoder.forward, dynamic=False, backend=backend or DEFAULT_COMPILE_BACKEND)
 
 
+def apply_stream_fast_paths(pipeline, fp8: bool, compiled: bool) -> None:
+    """``--fp8`` (``quantize_fp8``), then ``--compile`` (``compile_stream``), on ``pipeline`` in place: in that
+    order, so that the blocks compile with their FP8 weights (and ``FP8_BLOCK_COMPILE_OPTIONS``)."""
+    if fp8:
+        quantize_fp8(pipeline.transformer)
+    if compiled:
+        compile_stream(pipeline)
+
+
 def check_device(setting: str, name: str) -> torch.device:
     """``name`` as a device this machine has (``setting`` is the flag that gave it), or a ConfigError that says
     which devices there are."""

@@ -66,11 +66,11 @@ class TrainingArgs(StrictArgs):
     adam_epsilon: float = 1e-8
     max_grad_norm: float = 1.0
     # AdamW with its two moment estimates stored in 8 bits, scaled per block of 256 (bitsandbytes' AdamW8bit; pip
-    # install bitsandbytes): 2 bytes of optimizer state a trained weight instead of 8 (stage 3's step at 2B peaked at
-    # 24.9 GiB with 8-bit moments, 37.3 with fused float32 AdamW, about 0.1 s faster: bench/RESULTS.md). Tensors of fewer than 4,096 values (norms,
-    # biases) keep float32 moments. It changes the updates slightly, so a run resumes with the setting it started
-    # with. Data parallel only (one process or DDP): FSDP and DeepSpeed split the optimizer state over the processes
-    # already.
+    # install bitsandbytes): 2 bytes of optimizer state a trained weight instead of 8. Stage 3's step at 2B peaked at
+    # 24.9 GiB with 8-bit moments against 37.3 with float32 ones, which step about 0.1 s faster (bench/RESULTS.md).
+    # Tensors of fewer than 4,096 values (norms, biases) keep float32 moments. It changes the updates slightly, so a
+    # run resumes with the setting it started with. Data parallel only (one process or DDP): FSDP and DeepSpeed split
+    # the optimizer state over the processes already.
     use_8bit_adam: bool = False
     # Where the training timesteps fall: t = T * u^(1 / e) for u uniform on [0, 1). 1 is CogVideoX's uniform draw;
     # e > 1 draws more of them at high noise (density proportional to t^(e - 1)), where a clip's global layout and
