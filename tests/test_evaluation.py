@@ -634,11 +634,21 @@ def test_fp8_streams_are_refused_without_fp8_tensor_cores_and_recorded_as_fp8_wi
     assert not evaluation_main.records_folder(output).exists()
 
     quantized = []
+
+    def quantize_fp8(transformer):  # the weights change, as FP8's do; the model they were loaded from does not
+        quantized.append(transformer)
+        with torch.no_grad():
+            for parameter in transformer.parameters():
+                parameter.mul_(0.5)
+
     monkeypatch.setattr(evaluation_main, "check_fp8", lambda setting, device: None)
-    monkeypatch.setattr(acceleration, "quantize_fp8", quantized.append)
+    monkeypatch.setattr(acceleration, "quantize_fp8", quantize_fp8)
     main([*command, "--fp8"])
     assert len(quantized) == 1 and isinstance(quantized[0], torch.nn.Module)
     assert json.loads(output.read_text())["settings"]["fp8"] is True
+    record = torch.load(next(evaluation_main.records_folder(output).glob("stream_*.pt")), weights_only=True)
+    saved = InteractiveCogVideoXTransformer3DModel.from_pretrained(model_dir, subfolder="transformer")
+    assert record["settings"]["transformer"] == weights_fingerprint(saved)
     with pytest.raises(ValueError, match="made with another fp8 than this evaluation's"):
         main(command)
 

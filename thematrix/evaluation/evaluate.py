@@ -19,6 +19,7 @@ from diffusers import AutoencoderKLCogVideoX
 from safetensors.torch import load_file, save_file
 
 from stage3.cogvideox.pipeline_cogvideox import SwinDPMPipeline, condition_control
+from thematrix.acceleration import apply_stream_fast_paths
 from thematrix.controls import ControlVocabulary, latent_frame_controls
 from thematrix.data.dataset import UINT8_HALF_RANGE
 from thematrix.data.initial_clip import InitialClip
@@ -534,15 +535,17 @@ def evaluate_streams(
             "lower the edge frames or make the streams longer"
         )
     setting = StreamSetting(str(model_dir), sampler, num_groups, group_size, num_inference_steps, guidance_scale)
-    pipeline = stream_pipeline(model_dir, sampler, compiled, fp8)
+    pipeline = stream_pipeline(model_dir, sampler)
+    # The saved weights name the model: printed before --fp8 quantizes them (FP8 tensors have no bytes to print).
+    transformer_print, vae_print = weights_fingerprint(pipeline.transformer), weights_fingerprint(pipeline.vae)
+    apply_stream_fast_paths(pipeline, fp8, compiled)
     commands = reference.commands(model_vocabulary(pipeline))
     height, width = frame_size(pipeline)
-    vae_print = weights_fingerprint(pipeline.vae)
     reference.check_frames(height, width, vae_print, generation_defaults(model_dir).fps)
     starts = initial_clips(reference, data_root, index_file, pipeline, num_groups, group_size, num_streams)
     records = StreamRecords(records_dir)
     shared_settings = dict(
-        transformer=weights_fingerprint(pipeline.transformer),
+        transformer=transformer_print,
         vae=vae_print,
         idm=weights_fingerprint(reference.idm),
         sampler=sampler,
