@@ -1,4 +1,5 @@
-"""learning/gpu/chain.sh: which steps it runs (CHAIN_STEPS), checked without training anything."""
+"""learning/gpu/chain.sh: which steps it runs (CHAIN_STEPS), and common.sh's step timings, checked without training
+anything."""
 
 from __future__ import annotations
 
@@ -32,3 +33,25 @@ def test_the_chain_runs_only_the_steps_named_and_stops_at_the_first_that_fails(t
     assert "step 11 failed" in result.stderr
     assert sorted(path.name for path in (tmp_path / "logs").iterdir()) == ["11.log"]
     assert "step 4 leaves" in (tmp_path / "logs" / "11.log").read_text()
+
+
+def test_a_rerun_that_skips_every_phase_keeps_the_timings_of_the_run_that_did_the_work(tmp_path):
+    script = tmp_path / "99_step.sh"
+    script.write_text(
+        f'source "{REPO_ROOT}/learning/gpu/common.sh"\n'
+        "step 99\n"
+        'phase "make" done_or "$WORK/made" bash -c \'sleep 1; touch "$0"\' "$WORK/made"\n'
+        "step_total\n"
+    )
+    timings = tmp_path / "results" / "timings_99.tsv"
+
+    def run_step() -> list[list[str]]:
+        environment = {**os.environ, "LEARNING_WORK": str(tmp_path), "PYTHON": sys.executable}
+        subprocess.run(["bash", str(script)], env=environment, check=True, capture_output=True, timeout=60)
+        return [line.split("\t") for line in timings.read_text().splitlines()]
+
+    first = run_step()
+    assert [(phase, int(seconds) >= 1) for _, phase, seconds in first] == [("make", True), ("total", True)]
+    assert run_step() == first  # the made file was there: nothing ran, nothing measured
+    (tmp_path / "made").unlink()
+    assert [phase for _, phase, _ in run_step()] == ["make", "total"]

@@ -114,13 +114,16 @@ HELDOUT_STREAMS=(--idm "$IDM" --data_root "$FOOTAGE/heldout" --index_file "$FOOT
 STEP_OUT=""
 
 # step NAME: name this step; its parts go to $OUT (or $WORK/out/NAME), its timings to results/timings_NAME.tsv.
+# The timings of an earlier run are kept aside until step_total: a rerun that skips every phase keeps them.
 step() {
   STEP_NAME="$1"
   STEP_OUT="${OUT:-$WORK/out/$STEP_NAME}"
   mkdir -p "$STEP_OUT"
   TIMINGS="$RESULTS/timings_$STEP_NAME.tsv"
+  EARLIER_TIMINGS="$(cat "$TIMINGS" 2>/dev/null || true)"
   : > "$TIMINGS"
   STEP_START=$SECONDS
+  PHASES_RUN=0
 }
 
 # phase NAME COMMAND...: run COMMAND, print and record its wall time.
@@ -128,7 +131,9 @@ phase() {
   local name="$1" start=$SECONDS
   shift
   printf '\n=== %s: %s\n' "$STEP_NAME" "$name"
+  SKIPPED=0
   "$@"
+  (( SKIPPED )) || PHASES_RUN=$((PHASES_RUN + 1))
   printf '%s\t%s\t%d\n' "$STEP_NAME" "$name" "$((SECONDS - start))" >> "$TIMINGS"
 }
 
@@ -136,7 +141,7 @@ phase() {
 done_or() {
   local path="$1"
   shift
-  if [[ -e $path ]]; then echo "$path exists: skipped"; else "$@"; fi
+  if [[ -e $path ]]; then echo "$path exists: skipped"; SKIPPED=1; else "$@"; fi
 }
 
 # record NAME EPISODES SEED FRAMES CLIPS [RECORDER FLAGS...]: CarRacing footage into $FOOTAGE/NAME.
@@ -148,9 +153,13 @@ record() {
     --driver "${DRIVER:-track}" "$@"
 }
 
-# step_total: record the step's wall time so far as its total.
+# step_total: record the step's wall time so far as its total; where no phase ran, the earlier run's timings stay.
 step_total() {
-  printf '%s\t%s\t%d\n' "$STEP_NAME" "total" "$((SECONDS - STEP_START))" >> "$TIMINGS"
+  if (( PHASES_RUN == 0 )) && [[ -n $EARLIER_TIMINGS ]]; then
+    printf '%s\n' "$EARLIER_TIMINGS" > "$TIMINGS"
+  else
+    printf '%s\t%s\t%d\n' "$STEP_NAME" "total" "$((SECONDS - STEP_START))" >> "$TIMINGS"
+  fi
 }
 
 # pack PATH...: paths relative to $WORK, as tar parts of at most $PART_SIZE in the step's output folder, with
