@@ -41,6 +41,8 @@ STAGE4_SPEEDUP = 4.0
 STAGE4_PAIRED_SPEED = "speed_stage4.json"
 COMMAND_LIMIT_S = 600
 CHAIN_TARGET_S = 3600
+# learning/gpu/chain.sh's steps (11 only when named); the others diagnose, each run alone, outside the chain's hour
+CHAIN_STEPS = ("00", "01", "02", "03", "04", "05", "06", "07", "11")
 
 CLIP_MODELS = {
     "base": "mini base model",
@@ -282,11 +284,12 @@ def target_rows(results: Results) -> list[tuple[str, str, str]]:
                 verdict(longest < COMMAND_LIMIT_S),
             )
         )
+        chain_seconds = sum(seconds for step, seconds in totals.items() if step in CHAIN_STEPS)
         rows.append(
             (
                 "The whole chain in about an hour",
-                f"{sum(totals.values())} s of commands",
-                verdict(sum(totals.values()) <= CHAIN_TARGET_S),
+                f"{chain_seconds} s of commands (steps {', '.join(sorted(set(totals) & set(CHAIN_STEPS)))})",
+                verdict(chain_seconds <= CHAIN_TARGET_S),
             )
         )
     return rows

@@ -1184,13 +1184,16 @@ def test_results_page_judges_each_target_from_the_measures(tmp_path):
     write_record(results / "speed_stage4.json", paired_speed_measures([40.0, 41.0, 39.0], [8.0, 8.0, 8.0]))
     (results / "timings_01.tsv").write_text("01\trecord\t100\n01\ttotal\t300\n")
     (results / "timings_02.tsv").write_text("02\ttotal\t650\n")
+    (results / "timings_13.tsv").write_text("13\ttotal\t3000\n")  # a diagnosis, run alone: not the chain's hour
 
     rows = page.target_rows(page.Results.load(tmp_path))
     verdicts = [verdict for _, _, verdict in rows]
     # stage 1 halves the distance; stage 2 reaches 83% of the ceiling; stage 1 sits within 2 standard errors of
     # chance; no stage-3 bin passes the real p95; but its control following falls 12% from first to last; the
-    # student is within 10% of the teacher on both and 5x faster; one command took 650 s.
+    # student is within 10% of the teacher on both and 5x faster; two commands took over 10 minutes; the chain's
+    # steps took 950 s.
     assert verdicts == ["met", "met", "met", "met", "**missed**", "met", "met", "met", "**missed**", "met"]
+    assert rows[-1][1] == "950 s of commands (steps 01, 02)"
     assert "0.333x" not in rows[0][1] and "0.33x" in rows[0][1]
     assert "real bins (held-out clips) 0.100 mean, 0.150 p95" in rows[3][1] and ": 0.130" in rows[3][1]
     # The same streams judged by single bins' spread would pass; by means of as many real bins as they average,
