@@ -12,6 +12,7 @@ import re
 
 import pytest
 import torch
+import torch._dynamo.testing
 from safetensors.torch import load_file
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -67,6 +68,17 @@ def test_compiled_stream_equals_eager(pipeline):
     torch.testing.assert_close(frames_of(compiled_chunks), frames_of(eager_chunks), atol=1e-5, rtol=1e-5)
     for eager, fast in zip(eager_chunks, compiled_chunks, strict=True):
         torch.testing.assert_close(fast.latents, eager.latents, atol=1e-5, rtol=1e-5)
+
+
+def test_every_block_of_a_stream_runs_one_compiled_graph(pipeline, fresh_compiler):
+    """One graph per repeated block class for a whole stream: a block that needs another (its inputs laid out
+    otherwise) costs a compile more, cold and at each launch (at 2B about as long as the block's own)."""
+    compiled = copy.deepcopy(pipeline)
+    assert len(compiled.transformer.transformer_blocks) > 1 and len(compiled.transformer.control_blocks) > 0
+    counter = torch._dynamo.testing.CompileCounter()
+    acceleration.compile_blocks(compiled.transformer, backend=counter)
+    list(stream(compiled))
+    assert counter.frame_count == 2  # the transformer block's and the control block's
 
 
 @pytest.mark.parametrize(

@@ -568,7 +568,11 @@ class InteractiveCogVideoXTransformer3DModel(CogVideoXTransformer3DModel):
         encoder_hidden_states, hidden_states = self.token_layout(
             hidden_states[:, :text_seq_length], hidden_states[:, text_seq_length:].unflatten(1, (num_frames, -1))
         )  # [B, T, inner_dim], [B, F, S, inner_dim]
-        hidden_states = hidden_states.flatten(1, 2)  # [B, F * S, inner_dim]
+        # Both parts are views into the embeddings of all tokens. Copied to the strides every block returns (those
+        # of a batch of one too, which .contiguous() leaves as they are), one compiled block graph serves the first
+        # block as well (args.compile_blocks, --compile), which otherwise compiles a graph of its own.
+        hidden_states = hidden_states.flatten(1, 2).clone(memory_format=torch.contiguous_format)  # [B, F * S, D]
+        encoder_hidden_states = encoder_hidden_states.clone(memory_format=torch.contiguous_format)
         tokens_per_frame = hidden_states.shape[1] // num_frames
 
         # 3. Controls: states [B, F, inner_dim] and the frame-causal mask [B * heads, F * S, F]
