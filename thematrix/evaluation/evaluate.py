@@ -684,9 +684,9 @@ def paired_speed(
     teacher's slow round against a student's fast one moves it as the machine did, not as the settings differ).
     """
     settings = dict(zip(PAIRED_STREAMS, (measured, baseline)))
-    pipelines = {
-        name: stream_pipeline(setting.model_dir, setting.sampler, compiled, fp8) for name, setting in settings.items()
-    }
+    pipelines = {name: stream_pipeline(setting.model_dir, setting.sampler) for name, setting in settings.items()}
+    for pipeline in pipelines.values():
+        apply_stream_fast_paths(pipeline, fp8, compiled)
     commands = {name: reference.commands(model_vocabulary(pipeline)) for name, pipeline in pipelines.items()}
     starts = {
         name: initial_clips(

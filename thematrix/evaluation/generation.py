@@ -28,7 +28,6 @@ from stage3.cogvideox.pipeline_cogvideox import SwinDPMPipeline, window_clip_fra
 from stage3.inference import SWIN_DPM_DEFAULTS, random_controls
 from stage4.cogvideox.pipeline_cogvideox import ScmPipeline
 from stage4.inference import FEW_STEP_DEFAULTS
-from thematrix.acceleration import apply_stream_fast_paths
 from thematrix.controls import ControlVocabulary
 from thematrix.data.initial_clip import InitialClip
 from thematrix.evaluation.metrics import to_uint8
@@ -105,16 +104,14 @@ def clip_pipeline(model_dir: str | Path) -> GameVideoPipeline:
     return pipeline_class.from_model_dir(model_dir)
 
 
-def stream_pipeline(model_dir: str | Path, sampler: str, compiled: bool = False, fp8: bool = False) -> SwinDPMPipeline:
-    """The pipeline of ``sampler`` for a model with controls, on the fast paths inference.py's --compile
-    (``compiled``) and --fp8 (``fp8``) give (``apply_stream_fast_paths``)."""
+def stream_pipeline(model_dir: str | Path, sampler: str) -> SwinDPMPipeline:
+    """The pipeline of ``sampler`` for a model with controls, as saved: the caller puts it on inference.py's fast
+    paths (``acceleration.apply_stream_fast_paths``) once it has read what it needs of the saved weights."""
     if sampler not in STREAM_PIPELINES:
         raise ValueError(f"unknown sampler {sampler!r}; use one of {sorted(STREAM_PIPELINES)}")
     if not has_controls(model_dir):
         raise ValueError(f"--model_dir {model_dir}: streams need a model with controls (stage 3 or 4)")
-    pipeline = STREAM_PIPELINES[sampler].from_model_dir(model_dir)
-    apply_stream_fast_paths(pipeline, fp8, compiled)
-    return pipeline
+    return STREAM_PIPELINES[sampler].from_model_dir(model_dir)
 
 
 def model_vocabulary(pipeline: GameVideoPipeline) -> ControlVocabulary | None:
