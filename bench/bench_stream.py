@@ -52,8 +52,8 @@ from thematrix import profiling
 from thematrix.acceleration import (
     check_device,
     check_fp8,
-    compile_blocks,
     compile_stream,
+    compile_stream_blocks,
     error_against,
     quantize_fp8,
 )
@@ -516,7 +516,7 @@ def main() -> None:
         if row.fp8 and not quantized:
             quantize_fp8(transformer)
             if compiled:
-                compile_blocks(transformer)  # recompiled with their kernels tuned, in the row's warm-up
+                compile_stream_blocks(transformer)  # recompiled with their kernels tuned, in the row's warm-up
             quantized = True
         if row.compiled and not compiled:
             compile_stream(swin)  # scm shares the modules

@@ -20,6 +20,7 @@ from thematrix.models import (
     InteractiveCogVideoXTransformer3DModel,
     compute_control_embeddings,
 )
+from thematrix.precompile import PRECOMPILED_DIR_VARIABLE
 from thematrix.training.checkpoint import list_checkpoints
 from thematrix.video import write_mp4
 
@@ -44,6 +45,14 @@ TEST_VOCABULARY = ControlVocabulary(
         "The square runs.",
     ),
 )
+
+
+@pytest.fixture(autouse=True)
+def precompiled_folder(tmp_path_factory, monkeypatch) -> Path:
+    """Each test's compiled graphs in a folder of its own (thematrix/precompile.py), not the user's cache."""
+    folder = tmp_path_factory.mktemp("precompiled")
+    monkeypatch.setenv(PRECOMPILED_DIR_VARIABLE, str(folder))
+    return folder
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ from thematrix import acceleration
 from thematrix.acceleration import ChannelsLastGroupNorm, check_fp8, compile_stream, fp8_linear_names
 from thematrix.config import ConfigError
 from thematrix.models import InteractiveCogVideoXTransformer3DModel
+from thematrix.precompile import is_precompiled
 from thematrix.presets import PRESETS
 from thematrix.training import trainer as trainer_module
 
@@ -52,10 +53,8 @@ def test_compiled_stream_equals_eager(pipeline):
 
     # Every repeated block, the decoder and the encoder run compiled (fullgraph: a graph break would have raised).
     blocks = [*compiled.transformer.transformer_blocks, *compiled.transformer.control_blocks]
-    assert all(block._compiled_call_impl is not None for block in blocks)
-    assert compiled.vae.decoder.forward is not pipeline.vae.decoder.forward
-    for coder in ("decoder", "encoder"):
-        assert "forward" in vars(getattr(compiled.vae, coder)) and "forward" not in vars(getattr(pipeline.vae, coder))
+    assert all(is_precompiled(module) for module in (*blocks, compiled.vae.decoder, compiled.vae.encoder))
+    assert not any(is_precompiled(module) for module in (*pipeline.transformer.modules(), *pipeline.vae.modules()))
     convolutions = [layer for layer in compiled.vae.modules() if isinstance(layer, (torch.nn.Conv2d, torch.nn.Conv3d))]
     assert convolutions and all(
         layer.weight.is_contiguous(

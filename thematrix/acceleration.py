@@ -39,6 +39,7 @@ from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selectiv
 
 from thematrix.config import ConfigError
 from thematrix.parallel import splits_unevenly
+from thematrix.precompile import PrecompiledForward, precompiled_dir
 
 # torch.compile's default code generator; tests use "aot_eager" to check the graphs without a C++ toolchain.
 DEFAULT_COMPILE_BACKEND = "inductor"
@@ -151,19 +152,42 @@ def to_channels_last(module: torch.nn.Module) -> None:
 
 
 def compile_stream(pipeline, backend: str | None = None) -> None:
-    """Compile ``pipeline``'s transformer blocks and VAE decoder and encoder in place (``--compile``), the VAE's
-    convolutions in channels-last layout; the first stream pays the compilation (inductor caches it on disk, so a
-    second launch reuses it)."""
-    compile_blocks(pipeline.transformer, backend)
+    """Compile ``pipeline``'s transformer blocks (``compile_stream_blocks``) and VAE decoder and encoder in place
+    (``--compile``), the VAE's convolutions in channels-last layout; the first stream pays the compilation, whose
+    graphs are kept on disk for the next launch (thematrix/precompile.py)."""
+    backend = backend or DEFAULT_COMPILE_BACKEND
+    compile_stream_blocks(pipeline.transformer, backend)
     to_channels_last(pipeline.vae)
     if pipeline.vae.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    decoder, encoder = pipeline.vae.decoder, pipeline.vae.encoder
     # The forward, not the module: the streaming decoder's hooks (which swap the conv caches) stay eager.
     # dynamic=False: a stream decodes a few fixed shapes (the priming batch, then groups), one graph each; the
     # initial clip is encoded in two (its first frame batch, without a conv cache, then the others, with one).
-    decoder.forward = torch.compile(decoder.forward, dynamic=False, backend=backend or DEFAULT_COMPILE_BACKEND)
-    encoder.forward = torch.compile(encoder.forward, dynamic=False, backend=backend or DEFAULT_COMPILE_BACKEND)
+    folder = precompiled_dir()
+    for coder in (pipeline.vae.decoder, pipeline.vae.encoder):
+        if folder is None:
+            coder.forward = torch.compile(coder.forward, dynamic=False, backend=backend)
+        else:
+            PrecompiledForward(type(coder).forward, folder, backend).install(coder)
+
+
+def compile_stream_blocks(transformer, backend: str | None = None) -> None:
+    """The stream's transformer and control blocks compiled in place: each block class's forward compiled whole,
+    its graphs kept on disk for the next launch (``PrecompiledForward``), where this torch can save them and the
+    blocks run on one GPU; regional compilation (``compile_blocks``) otherwise. Blocks of one class share a graph
+    either way. Calling it again after ``quantize_fp8`` compiles the FP8 blocks with their kernels tuned."""
+    backend = backend or DEFAULT_COMPILE_BACKEND
+    folder = precompiled_dir()
+    if folder is None or not isinstance(backend, str) or transformer._parallel_config is not None:
+        compile_blocks(transformer, backend)
+        return
+    options = FP8_BLOCK_COMPILE_OPTIONS if backend == "inductor" and has_fp8_weights(transformer) else None
+    forwards: dict[type, PrecompiledForward] = {}
+    for block in transformer.modules():
+        if type(block).__name__ in REPEATED_BLOCKS:
+            if type(block) not in forwards:
+                forwards[type(block)] = PrecompiledForward(type(block).forward, folder, backend, options)
+            forwards[type(block)].install(block)
 
 
 def apply_stream_fast_paths(pipeline, fp8: bool, compiled: bool) -> None:

@@ -35,6 +35,7 @@ from diffusers import ContextParallelConfig
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 
 from thematrix.config import ConfigError
+from thematrix.precompile import is_precompiled
 
 LOCAL_RANK_VARIABLE = "LOCAL_RANK"  # set by torchrun for each process it starts
 WORLD_SIZE_VARIABLE = "WORLD_SIZE"
@@ -156,7 +157,7 @@ def enable_context_parallel(transformer, degree: int, splits_evenly: bool = True
     Ulysses attention (diffusers' ``enable_parallelism``); ``splits_evenly=False`` (``check_context_parallel``'s
     answer) takes its ``ulysses_anything`` mode for uneven splits. Before ``compile_blocks``, which compiles the
     attention of the split it finds (on an uneven one, outside its graphs)."""
-    if any(block._compiled_call_impl is not None for block in transformer.transformer_blocks):
+    if any(block._compiled_call_impl is not None or is_precompiled(block) for block in transformer.transformer_blocks):
         raise ValueError("enable context parallelism before compiling the transformer's blocks, which read the split")
     for block in transformer.transformer_blocks:
         block.attn1.set_processor(JointAttentionProcessor())
