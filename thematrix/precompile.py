@@ -150,9 +150,11 @@ class PrecompiledForward:
             except Exception as error:  # a package another torch or machine wrote: compile it again
                 logger.info("could not load %s (%s: %s)", path, type(error).__name__, error)
         options = dict(self.options or {}, guard_filter_fn=savable_guards)
-        compiler = torch.compile(self.forward, fullgraph=True, dynamic=False, backend=self.backend, options=options)
+        compile_settings = dict(fullgraph=True, dynamic=False, backend=self.backend, options=options)
+        compiler = torch.compile(self.forward, **compile_settings)
         try:
-            graph = compiler.aot_compile(((module, *args), kwargs))
+            with torch._dynamo.config.patch(enable_aot_compile=True):  # off by default before torch 2.13
+                graph = torch.compile(self.forward, **compile_settings).aot_compile(((module, *args), kwargs))
         except Exception as error:  # e.g. tensor subclasses this torch cannot save: traced again at each launch
             logger.warning(
                 "%s compiles without being saved (%s: %s)", self.forward.__qualname__, type(error).__name__, error
