@@ -5,7 +5,8 @@
   compiling takes seconds, not minutes; and the VAE decoder's and encoder's forwards compiled (their conv caches
   are inputs and outputs, so the streaming decoder keeps working; the encoder takes the initial clip, on the way
   to the first frame), with cuDNN's autotuner choosing the 3D convolutions' algorithms and the VAE's convolution
-  weights in channels-last layout, cuDNN's own, so it does not transpose each convolution's input and output.
+  weights in channels-last layout, cuDNN's own, so it does not transpose each convolution's input and output. The
+  compiled graphs are saved for the next launch (thematrix/precompile.py), where torch can save them.
 - ``--overlap_decode`` (a ``stream`` option, see stage 3's pipeline): each group decoded on a second CUDA stream
   while the next group's forwards run.
 - ``--decode_device cuda:1`` (``SwinDPMPipeline.place_decoder``): the VAE on a second GPU, each group decoded there
