@@ -84,6 +84,10 @@ def savable_guards(guards) -> list[bool]:
     ]
 
 
+# What a saved graph compiles with: only the guards a file can hold.
+SAVING_OPTIONS = {"guard_filter_fn": savable_guards}
+
+
 def is_precompiled(module: torch.nn.Module) -> bool:
     """Whether ``module``'s forward was installed by a ``PrecompiledForward``."""
     return isinstance(getattr(vars(module).get("forward"), "__func__", None), PrecompiledForward)
@@ -151,17 +155,17 @@ class PrecompiledForward:
                 logger.info("%s is stale (the code changed or its guards reject the inputs)", path)
             except Exception as error:  # a package another torch or machine wrote: compile it again
                 logger.info("could not load %s (%s: %s)", path, type(error).__name__, error)
-        options = dict(self.options or {}, guard_filter_fn=savable_guards)
-        compile_settings = dict(fullgraph=True, dynamic=False, backend=self.backend, options=options)
-        compiler = torch.compile(self.forward, **compile_settings)
+        settings = dict(fullgraph=True, dynamic=False, backend=self.backend)
         try:
             with torch._dynamo.config.patch(enable_aot_compile=True):  # off by default before torch 2.13
-                graph = torch.compile(self.forward, **compile_settings).aot_compile(((module, *args), kwargs))
+                saving = torch.compile(self.forward, **settings, options=dict(self.options or {}, **SAVING_OPTIONS))
+            graph = saving.aot_compile(((module, *args), kwargs))
         except Exception as error:  # e.g. tensor subclasses this torch cannot save: traced again at each launch
             logger.warning(
                 "%s compiles without being saved (%s: %s)", self.forward.__qualname__, type(error).__name__, error
             )
-            return TracedEachLaunch(compiler)
+            # dynamo's own guards, all of them: the filter above is for saved graphs, which check their sources
+            return TracedEachLaunch(torch.compile(self.forward, **settings, options=self.options))
         graph.disable_guard_check()
         self.compiled += 1
         path.parent.mkdir(parents=True, exist_ok=True)
