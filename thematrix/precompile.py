@@ -6,8 +6,8 @@ an H200 a second launch's first frame took 39.7 s (218.7 s cold; 1.9 s once comp
 The folder is ``$THEMATRIX_PRECOMPILED_DIR``, or ``~/.cache/thematrix/precompiled``; an empty variable turns the
 saving off (``torch.compile`` then traces at each launch, as before). A saved graph is used only where the code it
 traced is unchanged and its guards accept the inputs; otherwise it is compiled again and overwritten. A forward
-whose graph torch refuses to save (on torch 2.11 the transformer blocks', for a guard on their attention
-processor's code) is compiled as before, traced at each launch, with a warning that says why.
+whose graph torch refuses to save (FP8 blocks' may be: not tried yet) is compiled as before, traced at each launch,
+with a warning that says why.
 """
 
 from __future__ import annotations
@@ -157,6 +157,7 @@ class PrecompiledForward:
                 logger.info("could not load %s (%s: %s)", path, type(error).__name__, error)
         settings = dict(fullgraph=True, dynamic=False, backend=self.backend)
         try:
+            # A new options dict each time: torch.compile pops the guard filter out of the dict it is given.
             with torch._dynamo.config.patch(enable_aot_compile=True):  # off by default before torch 2.13
                 saving = torch.compile(self.forward, **settings, options=dict(self.options or {}, **SAVING_OPTIONS))
             graph = saving.aot_compile(((module, *args), kwargs))
