@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import tempfile
 import time
@@ -441,6 +442,10 @@ def main() -> None:
     )
     parser.add_argument("--profile_dir", default=None, help="with --profile: write each row's trace there")
     cli = parser.parse_args()
+    # the package's own progress (e.g. which compiled graphs a launch loaded and which it compiled, and how long each
+    # took); other libraries' at warnings only
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    logging.getLogger("thematrix").setLevel(logging.INFO)
     rows = [row for row in ROWS if cli.rows is None or row.name in cli.rows]
     unknown = set(cli.rows or ()) - {row.name for row in ROWS} - {name for name, _, _ in STOCK_ROWS}
     if unknown:

@@ -18,6 +18,7 @@ import inspect
 import linecache
 import logging
 import os
+import time
 import types
 import weakref
 from pathlib import Path
@@ -143,6 +144,7 @@ class PrecompiledForward:
         """The graph saved for ``key`` if it still fits, else one compiled now and saved over it. Its guards are
         checked by ``__call__``, before choosing it, and not again by the graph."""
         path = self.path(key)
+        start = time.perf_counter()
         if from_disk and path.exists():
             try:
                 with path.open("rb") as file:
@@ -150,7 +152,12 @@ class PrecompiledForward:
                 if sources_unchanged(graph) and graph.guard_check(module, *args, **kwargs):
                     graph.disable_guard_check()
                     self.loaded += 1
-                    logger.info("loaded the compiled %s from %s", self.forward.__qualname__, path)
+                    logger.info(
+                        "loaded the compiled %s from %s in %.1f s",
+                        self.forward.__qualname__,
+                        path,
+                        time.perf_counter() - start,
+                    )
                     return graph
                 logger.info("%s is stale (the code changed or its guards reject the inputs)", path)
             except Exception as error:  # a package another torch or machine wrote: compile it again
@@ -171,7 +178,7 @@ class PrecompiledForward:
         self.compiled += 1
         path.parent.mkdir(parents=True, exist_ok=True)
         graph.save_compiled_function(str(path))
-        logger.info("compiled %s, saved to %s", self.forward.__qualname__, path)
+        logger.info("compiled %s in %.1f s, saved to %s", self.forward.__qualname__, time.perf_counter() - start, path)
         return graph
 
 
