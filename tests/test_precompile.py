@@ -11,10 +11,19 @@ import textwrap
 import torch
 
 from tests.test_stage3_stream import frames_of, stream
-from thematrix.acceleration import compile_stream
+from thematrix import acceleration
+from thematrix.acceleration import compile_stream, compile_stream_blocks
 from thematrix.precompile import PrecompiledForward
 
 TEST_BACKEND = "aot_eager"  # no C++ toolchain needed; the saving and loading are the same
+# A layer whose source the tests rewrite between launches
+SCALED_LAYER_CODE = """
+    import torch
+
+    class ScaledLayer(torch.nn.Linear):
+        def forward(self, input):
+            return super().forward(input) * {scale}
+"""
 
 
 def precompiled_forwards(pipeline) -> set[PrecompiledForward]:
@@ -47,28 +56,64 @@ def test_a_second_launch_loads_every_graph_and_streams_the_same(pipeline, precom
     torch.testing.assert_close(second_frames, eager, atol=1e-5, rtol=1e-5)
 
 
-def test_a_graph_whose_code_changed_is_compiled_again(tmp_path, precompiled_folder, monkeypatch):
-    source = tmp_path / "scaled_layer.py"
-    layer_code = """
-        import torch
+def test_fp8_blocks_graphs_are_saved_and_loaded(pipeline, precompiled_folder, monkeypatch):
+    """torchao's FP8 weights (tensor subclasses) go into saved graphs too: a second launch loads both block classes'
+    graphs and streams the same frames."""
+    from torchao.quantization import quant_api
 
-        class ScaledLayer(torch.nn.Linear):
-            def forward(self, input):
-                return super().forward(input) * {scale}
-    """
+    monkeypatch.setattr(quant_api, "_check_hardware_support", lambda granularity: None)
+    fp8 = copy.deepcopy(pipeline).to(dtype=torch.bfloat16)
+    acceleration.quantize_fp8(fp8.transformer)
+    first, second = copy.deepcopy(fp8), copy.deepcopy(fp8)
+    compile_stream_blocks(first.transformer, backend=TEST_BACKEND)
+    first_frames = frames_of(list(stream(first)))
+    torch._dynamo.reset()
+    compile_stream_blocks(second.transformer, backend=TEST_BACKEND)
+    second_frames = frames_of(list(stream(second)))
+
+    saved = sorted(path.name.split("-")[0] for path in precompiled_folder.iterdir())
+    assert saved == ["CogVideoXBlock.forward", "ControlBlock.forward"]
+    assert sum(forward.loaded for forward in precompiled_forwards(second)) == len(saved)
+    assert sum(forward.compiled for forward in precompiled_forwards(second)) == 0
+    torch.testing.assert_close(second_frames, first_frames, atol=0, rtol=0)
+
+
+def scaled_layer_launch(
+    source, folder, scale: float, seed: int = 0
+) -> tuple[PrecompiledForward, torch.Tensor, torch.Tensor]:
+    """One launch of a layer defined in ``source`` (its forward scaling a linear layer's by ``scale``, its weights
+    drawn from ``seed``): its precompiled forward, its output and its eager output."""
+    source.write_text(textwrap.dedent(SCALED_LAYER_CODE.format(scale=scale)))
+    sys.modules.pop("scaled_layer", None)
+    module_class = importlib.import_module("scaled_layer").ScaledLayer
+    torch.manual_seed(seed)
+    layer = module_class(4, 2)
+    forward = PrecompiledForward(module_class.forward, folder, TEST_BACKEND)
+    forward.install(layer)
+    torch._dynamo.reset()
+    input = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+    return forward, layer(input), module_class.forward(layer, input)
+
+
+def test_a_loaded_graph_computes_with_the_modules_own_weights(tmp_path, precompiled_folder, monkeypatch):
+    """The weights are the graph's inputs, not constants baked into it: a layer with other weights (same shapes)
+    loads the graph and gets its own output."""
     monkeypatch.syspath_prepend(str(tmp_path))
-    input = torch.randn(3, 4)
+    first, output, _ = scaled_layer_launch(tmp_path / "scaled_layer.py", precompiled_folder, 2.0, seed=0)
+    other, other_output, other_eager = scaled_layer_launch(
+        tmp_path / "scaled_layer.py", precompiled_folder, 2.0, seed=1
+    )
+    assert (first.compiled, other.compiled, other.loaded) == (1, 0, 1)
+    assert not torch.allclose(other_output, output)
+    torch.testing.assert_close(other_output, other_eager)
+
+
+def test_a_graph_whose_code_changed_is_compiled_again(tmp_path, precompiled_folder, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
 
     def launch(scale: float) -> tuple[PrecompiledForward, torch.Tensor]:
-        source.write_text(textwrap.dedent(layer_code.format(scale=scale)))
-        sys.modules.pop("scaled_layer", None)
-        module_class = importlib.import_module("scaled_layer").ScaledLayer
-        torch.manual_seed(0)
-        layer = module_class(4, 2)
-        forward = PrecompiledForward(module_class.forward, precompiled_folder, TEST_BACKEND)
-        forward.install(layer)
-        torch._dynamo.reset()
-        return forward, layer(input)
+        forward, output, _ = scaled_layer_launch(tmp_path / "scaled_layer.py", precompiled_folder, scale)
+        return forward, output
 
     first, doubled = launch(2.0)
     unchanged, doubled_again = launch(2.0)

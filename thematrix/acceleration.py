@@ -311,6 +311,11 @@ def quantize_fp8(transformer: torch.nn.Module) -> None:
         Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False),
         filter_fn=lambda _module, name: name in names,
     )
+    # torchao gives each quantised layer an ``extra_repr`` of its own, a method around a ``functools.partial``,
+    # which a saved graph's guards cannot pickle (PrecompiledForward): the class's own repr serves instead.
+    for name, module in transformer.named_modules():
+        if name in names:
+            vars(module).pop("extra_repr", None)
 
 
 def error_against(frames: torch.Tensor, latents: torch.Tensor, reference: tuple[torch.Tensor, torch.Tensor]) -> dict:

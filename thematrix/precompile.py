@@ -18,6 +18,7 @@ import inspect
 import linecache
 import logging
 import os
+import re
 import time
 import types
 import weakref
@@ -30,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 PRECOMPILED_DIR_VARIABLE = "THEMATRIX_PRECOMPILED_DIR"
 DEFAULT_PRECOMPILED_DIR = Path("~/.cache/thematrix/precompiled")
+# How dynamo names a module's parameter or buffer in a guard, e.g. self._modules['attn1']._parameters['weight']
+MODULE_TENSOR_SOURCE = re.compile(r"\._(parameters|buffers)\[")
 
 
 def precompiled_dir() -> Path | None:
@@ -48,11 +51,12 @@ def tensor_signature(value) -> tuple:
 
 
 def module_signature(module: torch.nn.Module) -> tuple:
-    """The class of ``module`` and its parameters' and buffers' names, shapes, dtypes and devices."""
+    """The class of ``module`` and its parameters' and buffers' names, types, shapes, strides, dtypes, devices and
+    whether they need gradients: what the guards on them, left out of saved graphs (``savable_guards``), checked."""
     tensors = (*module.named_parameters(), *module.named_buffers())
     return (
         f"{type(module).__module__}.{type(module).__qualname__}",
-        tuple((name, type(value).__qualname__, *tensor_signature(value)[:4]) for name, value in tensors),
+        tuple((name, type(value).__qualname__, *tensor_signature(value)) for name, value in tensors),
     )
 
 
@@ -77,10 +81,17 @@ def savable_guards(guards) -> list[bool]:
     """Which of a graph's guards it keeps: not those on object identities or globals, which no file can hold (as
     torch's own default for saved graphs). Among them, diffusers' attention checks which arguments its processor
     takes (``inspect.signature``), guarding the identity of the processor's code: ``sources_unchanged`` checks
-    that code's text instead, when the graph loads."""
+    that code's text instead, when the graph loads. Nor those on the module's parameters and buffers, whose
+    signatures key the graph's file (``module_signature``): torch would pickle a meta copy of each, which tensor
+    subclasses such as torchao's FP8 weights cannot make."""
     unsavable = set(torch._dynamo.guards.CheckFunctionManager.UNSUPPORTED_SERIALIZATION_GUARD_TYPES)
     return [
-        not (guard.is_global or guard.guard_type in unsavable or unsavable.intersection(guard.derived_guard_types))
+        not (
+            guard.is_global
+            or guard.guard_type in unsavable
+            or unsavable.intersection(guard.derived_guard_types)
+            or MODULE_TENSOR_SOURCE.search(guard.name)
+        )
         for guard in guards
     ]
 
