@@ -25,7 +25,8 @@ import weakref
 from pathlib import Path
 
 import torch
-from torch.utils._pytree import tree_flatten
+from torch._prims_common import suggest_memory_format
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,20 @@ def tensor_signature(value) -> tuple:
     if isinstance(value, torch.Tensor):
         return (tuple(value.shape), value.stride(), value.dtype, str(value.device), value.requires_grad)
     return (type(value).__qualname__, value if isinstance(value, (int, float, bool, str, type(None))) else None)
+
+
+def canonical_layout(value):
+    """``value`` laid out as a new tensor of its memory format would be: one graph then serves inputs that differ
+    only in layout. The VAE's inputs do: slices of latents permuted or concatenated, and convolution caches sliced
+    from batches of other lengths, whose strides differ where a dimension has size 1. A view where ``value`` is
+    dense in that format (the size-1 dimensions' strides are never used), else a copy."""
+    if not isinstance(value, torch.Tensor) or value.layout != torch.strided:
+        return value
+    memory_format = suggest_memory_format(value)
+    if not value.is_contiguous(memory_format=memory_format):
+        return value.contiguous(memory_format=memory_format)
+    strides = torch.empty_like(value, device="meta", memory_format=memory_format).stride()
+    return value if value.stride() == strides else value.as_strided(value.shape, strides)
 
 
 def module_signature(module: torch.nn.Module) -> tuple:
@@ -129,6 +144,8 @@ class PrecompiledForward:
         if module not in self.module_signatures:
             self.module_signatures[module] = module_signature(module)
         leaves, structure = tree_flatten((args, kwargs))
+        leaves = [canonical_layout(leaf) for leaf in leaves]
+        args, kwargs = tree_unflatten(leaves, structure)
         key = (
             self.module_signatures[module],
             str(structure),
