@@ -59,6 +59,7 @@ from thematrix.parallel import (
     init_context_parallel_process,
     is_main_process,
 )
+from thematrix.precompile import DEFAULT_PRECOMPILED_DIR, PRECOMPILED_DIR_VARIABLE
 from thematrix.video import draw_control_overlay, tensor_to_uint8_frames
 from thematrix.video_stream import Mp4StreamWriter
 
@@ -239,8 +240,9 @@ def add_stream_arguments(parser: argparse.ArgumentParser, defaults: dict = SWIN_
     speed.add_argument(
         "--compile",
         action="store_true",
-        help="compile the transformer's blocks and the VAE decoder and encoder: the first stream pays the compilation, "
-        "which later launches read from torch's on-disk cache",
+        help="compile the transformer's blocks and the VAE decoder and encoder: the first stream pays the compilation; "
+        f"the graphs are saved in ${PRECOMPILED_DIR_VARIABLE} (default {DEFAULT_PRECOMPILED_DIR}) and later launches "
+        "load them",
     )
     speed.add_argument(
         "--overlap_decode",

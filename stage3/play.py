@@ -25,6 +25,7 @@ from thematrix.cli import run
 from thematrix.config import ConfigError, first_given
 from thematrix.data.initial_clip import InitialClip
 from thematrix.play.server import add_server_arguments, check_server_arguments, play
+from thematrix.precompile import precompiled_dir
 
 # Groups of the stream --compile makes before the page is served: the first group's decode takes the priming
 # frames with it, the second decodes alone, so by then every compiled graph (encoder, blocks, decoder) exists.
@@ -69,17 +70,19 @@ class StreamWorldModel:
 
     def warm_up(self) -> None:
         """A short stream before the page is served (with --compile), so that the first player's stream starts on
-        compiled graphs: the compilation, or on a later launch the reading of inductor's cache, happens here."""
-        print(
-            "compiling the stream (--compile): minutes the first time, less once inductor's cache holds it", flush=True
+        compiled graphs: the compilation, or on a later launch the loading of the saved graphs, happens here."""
+        folder = precompiled_dir()
+        later = (
+            f"a later launch loads the graphs saved in {folder}" if folder else "less once inductor's cache holds it"
         )
+        print(f"compiling the stream (--compile): minutes the first time; {later}", flush=True)
         start = time.perf_counter()
         frames, height, width = self.initial_frames, self.start.defaults.height, self.start.defaults.width
         clip = self.first_clip or InitialClip(torch.zeros(frames, 3, height, width), name="a blank clip")
         still = [self.vocabulary.tokens[0]] * self.group_size
         for _ in islice(self.stream(clip, self.default_prompt, lambda group: still), WARM_UP_GROUPS):
             pass
-        print(f"compiled in {time.perf_counter() - start:.0f} s", flush=True)
+        print(f"the stream is compiled, in {time.perf_counter() - start:.0f} s", flush=True)
 
     def _first_caption(self) -> str:
         """The prompt of a model that records none: the dataset's first caption."""
