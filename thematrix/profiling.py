@@ -3,7 +3,7 @@
 The summary says how long the device was busy (GPU kernels; on the CPU, aten operators) by kind of work, the share
 of the wall time that is (below 1: the device waited for the host or the data; above 1 where CUDA streams overlap),
 how many operators the host called per unit (each costs the host microseconds, whatever its size: what bounds small
-models), and the top kernels. ``bench/bench_stream.py --profile`` and training's ``args.profile_steps`` write it.
+models), how many times per unit it waited for the GPU, and the top kernels. ``bench/bench_stream.py --profile`` and training's ``args.profile_steps`` write it.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ WORK_KINDS = {
     "copy": ("memcpy", "memset", "copy_", "to_copy"),
 }
 TOP_KERNELS = 12  # the kernels (operators) a summary lists by time, and the host operators by calls
+# CUDA runtime calls in which the host waits for the GPU (torch's blocking copies from pageable memory end in one)
+HOST_WAITS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +69,8 @@ def summarize(profiler: torch.profiler.profile, wall_s: float, units: int, unit:
         "device_s_by_kind": dict(sorted(by_kind.items(), key=lambda item: -item[1])),
         "device_busy_share": sum(by_kind.values()) / wall_s,
         f"host_operator_calls_per_{unit}": sum(event.count for event in operators) / units,
+        # Each stops the host queueing work ahead of the GPU (thematrix/devices.py).
+        f"host_waits_per_{unit}": sum(event.count for event in averages if event.key in HOST_WAITS) / units,
         "top": [
             {"name": name[:120], "seconds": seconds, "calls": calls}
             for name, seconds, calls in sorted(work, key=lambda item: -item[1])[:TOP_KERNELS]

@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from diffusers import CogVideoXDPMScheduler
 
+from thematrix.devices import copy_to_device
+
 CLEAN_TIMESTEP = -1
 CONDITION_TIMESTEP = 0
 # [B, F, C, H, W]
@@ -29,8 +31,8 @@ TIMESTEP_SCALING = 10.0
 def alpha_bar(scheduler: CogVideoXDPMScheduler, timesteps: torch.Tensor, ndim: int = LATENT_NDIM) -> torch.Tensor:
     """``alpha_bar_t`` per timestep (``final_alpha_cumprod`` where t < 0), float64, shaped to broadcast
     over a tensor of rank ``ndim`` whose leading dims are ``timesteps.shape``."""
-    alphas_cumprod = scheduler.alphas_cumprod.to(device=timesteps.device, dtype=torch.float64)
-    final = torch.as_tensor(scheduler.final_alpha_cumprod, dtype=torch.float64, device=timesteps.device)
+    alphas_cumprod = copy_to_device(scheduler.alphas_cumprod.to(torch.float64), timesteps.device)
+    final = float(scheduler.final_alpha_cumprod)  # a Python number: no copy to the device
     values = torch.where(timesteps >= 0, alphas_cumprod[timesteps.clamp(min=0)], final)
     return values.reshape(*timesteps.shape, *(1,) * (ndim - timesteps.ndim))
 

@@ -54,6 +54,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from stage2.cogvideox.pipeline_cogvideox import InteractivePipeline
 from stage3.cogvideox.scheduler import CONDITION_FRAMES, SwinScheduler
 from thematrix.controls import ControlError, ControlVocabulary
+from thematrix.devices import copy_to_device
 from thematrix.model_dir import SWIN_DPM_SAMPLER, check_sampler
 from thematrix.parallel import broadcast_from_main, is_context_parallel
 from thematrix.schedules import GroupedInferenceSchedule, expand_group_timesteps
@@ -365,11 +366,15 @@ class SwinDPMPipeline(InteractivePipeline):
             negative_prompt_embeds.to(device, dtype),
         )
 
-        def denoise(
-            latents: torch.Tensor, control_ids: torch.Tensor, now: torch.Tensor, after: torch.Tensor
-        ) -> torch.Tensor:
-            """One step of every frame of the window from its group's timestep in ``now`` to ``after`` ([G] each)."""
-            now, after = (expand_group_timesteps(t, group_size)[None].to(device) for t in (now, after))  # [1, F]
+        # Each inner step's per-frame timesteps [1, F], the same in every outer iteration: on the device once.
+        frame_timesteps = [
+            copy_to_device(expand_group_timesteps(schedule.window_timesteps(step), group_size)[None], device)
+            for step in range(schedule.steps_per_band + 1)
+        ]
+
+        def denoise(latents: torch.Tensor, control_ids: torch.Tensor, step: int) -> torch.Tensor:
+            """Inner step ``step`` of every frame of the window, from its timestep to the next step's."""
+            now, after = frame_timesteps[step], frame_timesteps[step + 1]
             velocity = self.guided_velocity(
                 latents.to(dtype),
                 now,
@@ -382,9 +387,10 @@ class SwinDPMPipeline(InteractivePipeline):
             return schedule.step(velocity, latents, now, after)[0]
 
         def window_control_ids(condition_token: str, group_tokens: list[list[str]]) -> torch.Tensor:
-            """LongTensor [1, 1 + G * W]: the condition frame's control, then each group's."""
+            """LongTensor [1, 1 + G * W] on the CPU (the transformer checks them there, then copies them without
+            waiting for the GPU): the condition frame's control, then each group's."""
             tokens = [condition_token] + [token for tokens in group_tokens for token in tokens]
-            return torch.tensor([vocabulary.encode(tokens)], device=device)
+            return torch.tensor([vocabulary.encode(tokens)])
 
         # 1. The clip's latents, drawn from the VAE's distribution as training draws them (float32
         # [1, H + 1 + G * W, C, h, w]), on the transformer's device with its generator wherever the VAE is;
@@ -413,9 +419,7 @@ class SwinDPMPipeline(InteractivePipeline):
         while True:
             # 3. One outer iteration: every group moves down one band; group 0 ends clean.
             for step in range(schedule.steps_per_band):
-                latents = denoise(
-                    latents, control_ids, schedule.window_timesteps(step), schedule.window_timesteps(step + 1)
-                )
+                latents = denoise(latents, control_ids, step)
 
             # 4. Emit group 0: at once, or (overlap) the previous group, decoded while this one's forwards ran. A
             # process that decodes nothing goes on to the next group's forwards.

@@ -52,6 +52,7 @@ from diffusers.utils import apply_lora_scale
 from torch import nn
 
 from thematrix.controls import ControlVocabulary
+from thematrix.devices import copy_to_device
 from thematrix.model_dir import transformer_config
 
 # Prefixes of the Interactive Module's weights in the state dict; everything else is the base model.
@@ -511,6 +512,8 @@ class InteractiveCogVideoXTransformer3DModel(CogVideoXTransformer3DModel):
                 f"control ids must lie in [0, {null_id}] ({null_id} = null) for the vocabulary "
                 f"{list(self.control_vocabulary.tokens)}, got {controls.tolist()}"
             )
+        # Checked above where they are: ids on the CPU cost the GPU nothing, ids on the GPU make the host wait for it.
+        controls = copy_to_device(controls, device)
         embeddings = self.control_embedding_table[controls].to(dtype)  # [B, F, control_dim]
         # Sinusoidal frame index on the keys: a frame can tell its own control from earlier ones.
         inner_dim = self.config.num_attention_heads * self.config.attention_head_dim
@@ -545,7 +548,8 @@ class InteractiveCogVideoXTransformer3DModel(CogVideoXTransformer3DModel):
         """Denoise ``hidden_states [B, F, C, H, W]`` given text ``[B, T, D]``, timesteps and controls.
 
         ``timestep``: ``[B]`` (as CogVideoX) or ``[B, F]``, one per latent frame. ``controls``: ``[B, F]`` token ids
-        of ``control_vocabulary`` (its ``null_id`` for no control), or ``None`` for all null.
+        of ``control_vocabulary`` (its ``null_id`` for no control), or ``None`` for all null; on the CPU (a stream's
+        choice: checking them there does not wait for the GPU) or on the model's device.
         """
         batch_size, num_frames, channels, height, width = hidden_states.shape
         timestep = torch.as_tensor(timestep, device=hidden_states.device)
