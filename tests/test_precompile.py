@@ -45,6 +45,7 @@ def test_a_second_launch_loads_every_graph_and_streams_the_same(pipeline, precom
 
     first_forwards, second_forwards = precompiled_forwards(first), precompiled_forwards(second)
     saved = sorted(path.name.split("-")[0] for path in precompiled_folder.iterdir())
+    assert all(path.suffix == ".bin" for path in precompiled_folder.iterdir())  # no partial file left behind
     assert set(saved) == {
         "CogVideoXBlock.forward",
         "ControlBlock.forward",

@@ -205,7 +205,10 @@ class PrecompiledForward:
         graph.disable_guard_check()
         self.compiled += 1
         path.parent.mkdir(parents=True, exist_ok=True)
-        graph.save_compiled_function(str(path))
+        # Written aside, then renamed: a launch sharing the folder never reads a half-written file.
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        graph.save_compiled_function(str(partial))
+        os.replace(partial, path)
         logger.info("compiled %s in %.1f s, saved to %s", self.forward.__qualname__, time.perf_counter() - start, path)
         return graph
 
