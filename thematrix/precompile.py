@@ -6,8 +6,8 @@ an H200 a second launch's first frame took 39.7 s (218.7 s cold; 1.9 s once comp
 The folder is ``$THEMATRIX_PRECOMPILED_DIR``, or ``~/.cache/thematrix/precompiled``; an empty variable turns the
 saving off (``torch.compile`` then traces at each launch, as before). A saved graph is used only where the code it
 traced is unchanged and its guards accept the inputs; otherwise it is compiled again and overwritten. A forward
-whose graph torch refuses to save (FP8 blocks' may be: not tried yet) is compiled as before, traced at each launch,
-with a warning that says why.
+whose graph torch refuses to save is compiled as before, traced at each launch, with a warning that says why (torchao's
+FP8 blocks were, until the guards on parameters were left out: ``savable_guards``).
 """
 
 from __future__ import annotations
