@@ -12,7 +12,7 @@ import torch
 
 from tests.test_stage3_stream import frames_of, stream
 from thematrix import acceleration
-from thematrix.acceleration import compile_stream, compile_stream_blocks
+from thematrix.acceleration import VAE_MEMORY_FORMAT, compile_stream, compile_stream_blocks
 from thematrix.precompile import PrecompiledForward
 
 TEST_BACKEND = "aot_eager"  # no C++ toolchain needed; the saving and loading are the same
@@ -128,3 +128,21 @@ def test_a_graph_whose_code_changed_is_compiled_again(tmp_path, precompiled_fold
     assert (first.compiled, unchanged.compiled, unchanged.loaded, changed.compiled) == (1, 0, 1, 1)
     torch.testing.assert_close(doubled_again, doubled)
     torch.testing.assert_close(tripled, doubled * 1.5)
+
+
+def test_video_inputs_in_either_layout_share_one_graph(precompiled_folder):
+    """The VAE computes channels-last (``to_channels_last``), and the stream hands it latents and caches in both
+    layouts (on the 2B model and in the benchmark's stream: five decoder graphs where three signatures exist):
+    given its layout first, a contiguous input, a channels-last one and a permuted view compile one graph."""
+    torch.manual_seed(0)
+    convolution = torch.nn.Conv3d(4, 2, 3, padding=1)
+    convolution.weight.data = convolution.weight.data.contiguous(memory_format=VAE_MEMORY_FORMAT)
+    forward = PrecompiledForward(
+        torch.nn.Conv3d.forward, precompiled_folder, TEST_BACKEND, video_memory_format=VAE_MEMORY_FORMAT
+    )
+    forward.install(convolution)
+    video = torch.randn(1, 4, 3, 6, 8, generator=torch.Generator().manual_seed(0))
+    layouts = (video, video.contiguous(memory_format=VAE_MEMORY_FORMAT), video.permute(0, 2, 1, 3, 4).transpose(1, 2))
+    for input in layouts:
+        torch.testing.assert_close(convolution(input), torch.nn.Conv3d.forward(convolution, video))
+    assert forward.compiled == 1

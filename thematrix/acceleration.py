@@ -51,6 +51,8 @@ REPEATED_BLOCKS = ("CogVideoXBlock", "ControlBlock")
 FP8_MIN_CAPABILITY = (8, 9)
 # FP8 matmuls take matrices whose inner and output sizes are multiples of 16.
 FP8_SIZE_MULTIPLE = 16
+# The layout the compiled VAE computes in (``to_channels_last``), and gives its video inputs before choosing a graph.
+VAE_MEMORY_FORMAT = torch.channels_last_3d
 # The span of the frames a stream hands out ([-1, 1]): the peak of their PSNR.
 PIXEL_RANGE = 2.0
 # torchao's recommended inductor settings for its quantized layers, each Triton kernel's launch configuration tuned
@@ -146,7 +148,7 @@ def to_channels_last(module: torch.nn.Module) -> None:
     convolution on."""
     for layer in module.modules():
         if isinstance(layer, (torch.nn.Conv2d, torch.nn.Conv3d)):
-            layout = torch.channels_last if isinstance(layer, torch.nn.Conv2d) else torch.channels_last_3d
+            layout = torch.channels_last if isinstance(layer, torch.nn.Conv2d) else VAE_MEMORY_FORMAT
             layer.weight.data = layer.weight.data.contiguous(memory_format=layout)
         elif type(layer) is torch.nn.GroupNorm:
             layer.__class__ = ChannelsLastGroupNorm  # the same module and parameters, its forward per channel first
@@ -169,7 +171,8 @@ def compile_stream(pipeline, backend: str | None = None) -> None:
         if folder is None:
             coder.forward = torch.compile(coder.forward, dynamic=False, backend=backend)
         else:
-            PrecompiledForward(type(coder).forward, folder, backend).install(coder)
+            forward = PrecompiledForward(type(coder).forward, folder, backend, video_memory_format=VAE_MEMORY_FORMAT)
+            forward.install(coder)
 
 
 def compile_stream_blocks(transformer, backend: str | None = None) -> None:

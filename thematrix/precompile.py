@@ -51,14 +51,16 @@ def tensor_signature(value) -> tuple:
     return (type(value).__qualname__, value if isinstance(value, (int, float, bool, str, type(None))) else None)
 
 
-def canonical_layout(value):
-    """``value`` laid out as a new tensor of its memory format would be: one graph then serves inputs that differ
-    only in layout. The VAE's inputs do: slices of latents permuted or concatenated, and convolution caches sliced
-    from batches of other lengths, whose strides differ where a dimension has size 1. A view where ``value`` is
-    dense in that format (the size-1 dimensions' strides are never used), else a copy."""
+def canonical_layout(value, memory_format: torch.memory_format | None = None):
+    """``value`` laid out as a new tensor of ``memory_format`` (for a 5-D tensor; otherwise of its own suggested
+    format) would be: one graph then serves inputs that differ only in layout. The VAE's inputs do: slices of latents
+    permuted or concatenated, in either format, and convolution caches sliced from batches of other lengths, whose
+    strides differ where a dimension has size 1. A view where ``value`` is dense in that format (the size-1
+    dimensions' strides are never used), else a copy."""
     if not isinstance(value, torch.Tensor) or value.layout != torch.strided:
         return value
-    memory_format = suggest_memory_format(value)
+    if memory_format is None or value.dim() != 5:
+        memory_format = suggest_memory_format(value)
     if not value.is_contiguous(memory_format=memory_format):
         return value.contiguous(memory_format=memory_format)
     strides = torch.empty_like(value, device="meta", memory_format=memory_format).stride()
@@ -123,13 +125,23 @@ def is_precompiled(module: torch.nn.Module) -> bool:
 class PrecompiledForward:
     """A module class's ``forward``, compiled whole (``fullgraph``, ``dynamic=False``) for each input signature it
     meets, each graph saved in ``folder`` and loaded from there by later launches. One instance serves every module
-    of the class (``install``): modules of one shape share one graph, as regional compilation's do."""
+    of the class (``install``): modules of one shape share one graph, as regional compilation's do. With
+    ``video_memory_format``, every 5-D input is given that layout first (``canonical_layout``): the one the module
+    computes in, so that inputs arriving in either layout share a graph."""
 
-    def __init__(self, forward, folder: Path, backend: str, options: dict | None = None):
+    def __init__(
+        self,
+        forward,
+        folder: Path,
+        backend: str,
+        options: dict | None = None,
+        video_memory_format: torch.memory_format | None = None,
+    ):
         self.forward = forward
         self.folder = folder
         self.backend = backend
         self.options = options
+        self.video_memory_format = video_memory_format
         self.graphs: dict[tuple, list] = {}  # an input signature's graphs, each with its own guards
         self.module_signatures: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.compiled = self.loaded = 0  # graphs this launch compiled and loaded
@@ -144,7 +156,7 @@ class PrecompiledForward:
         if module not in self.module_signatures:
             self.module_signatures[module] = module_signature(module)
         leaves, structure = tree_flatten((args, kwargs))
-        leaves = [canonical_layout(leaf) for leaf in leaves]
+        leaves = [canonical_layout(leaf, self.video_memory_format) for leaf in leaves]
         args, kwargs = tree_unflatten(leaves, structure)
         key = (
             self.module_signatures[module],
