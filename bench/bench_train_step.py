@@ -109,6 +109,7 @@ def run_ours(trainer_class, args, model_dir: Path, data_root: Path, index_file: 
     args.cache_latents, args.lr_warmup_steps = True, 0
     args.compile_blocks = cli.compile_blocks  # the warm-up steps pay the compilation
     args.checkpoint_keeps_attention = cli.checkpoint_keeps_attention
+    args.offload_checkpoints = cli.offload_checkpoints
     args.fp8_training = cli.fp8_training
     args.use_8bit_adam = cli.use_8bit_adam
     trainer = timed_trainer(trainer_class)(args)
@@ -272,6 +273,11 @@ def main() -> None:
         help="our stages with args.checkpoint_keeps_attention (the stock rows recompute everything)",
     )
     parser.add_argument(
+        "--offload_checkpoints",
+        action="store_true",
+        help="our stages with args.offload_checkpoints (the stock rows keep the block inputs on the GPU)",
+    )
+    parser.add_argument(
         "--fp8_training", action="store_true", help="our stages with args.fp8_training (torchao; the stock rows bf16)"
     )
     parser.add_argument(
@@ -304,6 +310,7 @@ def main() -> None:
         "shape": f"{cli.frames} frames {cli.height}x{cli.width}, batch 1",
         "compile_blocks": cli.compile_blocks,
         "checkpoint_keeps_attention": cli.checkpoint_keeps_attention,
+        "offload_checkpoints": cli.offload_checkpoints,
         "fp8_training": cli.fp8_training,
         "use_8bit_adam": cli.use_8bit_adam,
     }

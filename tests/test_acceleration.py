@@ -408,3 +408,77 @@ def test_fp8_training_is_refused_before_a_model_loads_on_the_cpu(tiny_model_dir,
     with pytest.raises(ConfigError, match="args.fp8_training needs a GPU with FP8 tensor cores .* on the CPU"):
         trainer.setup()
     assert not hasattr(trainer, "transformer")
+
+
+def test_offloaded_checkpoints_give_the_same_gradients_and_leave_nothing_behind():
+    """args.offload_checkpoints: each checkpointed block's hidden-state input goes through the offload (the small
+    tensor every block shares stays), comes back in the backward's order with each next one fetched ahead, and
+    the gradients are those of plain checkpointing."""
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(16, 16)
+
+        def forward(self, hidden, shared):
+            return torch.tanh(self.linear(hidden) * shared) + hidden
+
+    torch.manual_seed(0)
+    blocks = torch.nn.ModuleList(Block() for _ in range(4))
+    hidden = torch.randn(64, 16, requires_grad=True)  # 4 KiB a block input
+    shared = torch.randn(16)  # 64 bytes
+
+    def gradients(run):
+        blocks.zero_grad()
+        hidden.grad = None
+        output = hidden
+        for block in blocks:
+            output = run(block, output, shared)
+        output.square().sum().backward()
+        return [hidden.grad.clone(), *(p.grad.clone() for p in blocks.parameters())]
+
+    offload = acceleration.CheckpointOffload(min_bytes=1024)
+    offloaded_shapes = []
+    pack = offload.pack
+
+    def recorded(tensor):
+        entry = pack(tensor)
+        if isinstance(entry, acceleration.OffloadedTensor):
+            offloaded_shapes.append(tensor.shape)
+        return entry
+
+    offload.pack = recorded
+    reference = gradients(acceleration.checkpoint_function(False, None))
+    offloaded = gradients(acceleration.checkpoint_function(False, offload))
+    assert offloaded_shapes == [hidden.shape] * len(blocks)
+    assert offload.waiting == []
+    for expected, actual in zip(reference, offloaded, strict=True):
+        torch.testing.assert_close(actual, expected, atol=0, rtol=0)
+
+
+def test_training_with_offloaded_checkpoints_reaches_the_same_weights(
+    tiny_model_dir, tiny_dataset, tmp_path, monkeypatch
+):
+    """A stage-3 run with args.offload_checkpoints (every block input offloaded, the tiny model's being small)
+    reaches the weights of the run without, with kept attention too."""
+    monkeypatch.setattr(acceleration, "OFFLOAD_MIN_BYTES", 0)
+    packed = []
+    pack = acceleration.CheckpointOffload.pack
+    monkeypatch.setattr(acceleration.CheckpointOffload, "pack", lambda self, t: packed.append(1) or pack(self, t))
+    weights = {}
+    for offload in (False, True):
+        settings = dict(gradient_checkpointing=True, checkpoint_keeps_attention=True, offload_checkpoints=offload)
+        settings["max_train_steps"] = 2
+        trainer = SwinTrainer(stage3_args(tiny_model_dir, tiny_dataset, tmp_path / f"offload_{offload}", **settings))
+        trainer.train()
+        model = trainer.accelerator.unwrap_model(trainer.transformer)
+        weights[offload] = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    assert packed  # the second run's block inputs went through the offload
+    for name, value in weights[True].items():
+        assert torch.equal(value, weights[False][name]), name
+
+
+def test_offloading_checkpoints_needs_gradient_checkpointing(tiny_model_dir, tiny_dataset, tmp_path):
+    settings = dict(gradient_checkpointing=False, offload_checkpoints=True)
+    with pytest.raises(ConfigError, match="offload_checkpoints = True without gradient checkpointing"):
+        stage3_args(tiny_model_dir, tiny_dataset, tmp_path, **settings).check()

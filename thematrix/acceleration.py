@@ -16,10 +16,11 @@
   tensor cores; checked (``check_fp8``) before any weight loads; compiled, those blocks' kernels are tuned at their
   first run. It changes values, not only their order: ``bench/bench_stream.py`` states the error.
 
-Training has three such settings: ``args.compile_blocks`` (``compile_blocks``); ``args.checkpoint_keeps_attention``
+Training has four such settings: ``args.compile_blocks`` (``compile_blocks``); ``args.checkpoint_keeps_attention``
 (``enable_checkpointing``): gradient checkpointing that keeps each block's attention outputs from the forward
 instead of recomputing them in the backward (selective activation checkpointing), the same operations otherwise;
-and ``args.fp8_training`` (``convert_fp8_training``): the same linear layers as ``--fp8`` trained through FP8 matmuls
+``args.offload_checkpoints`` (``CheckpointOffload``): the block inputs checkpointing keeps wait for the backward in
+the host's memory; and ``args.fp8_training`` (``convert_fp8_training``): the same linear layers as ``--fp8`` trained through FP8 matmuls
 (torchao's float8 training), checked like ``--fp8`` before any weight loads.
 
 Compilation only reorders floating-point work: ``bench/bench_stream.py`` measures the error of the latents and the
@@ -29,14 +30,21 @@ model. The other CPU tests run the eager path.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import math
 import sys
+import weakref
 
 import torch
 from diffusers.models.attention import Attention, FeedForward
-from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+from torch.utils.checkpoint import (
+    CheckpointPolicy,
+    checkpoint,
+    create_selective_checkpoint_contexts,
+    noop_context_fn,
+)
 
 from thematrix.config import ConfigError
 from thematrix.parallel import splits_unevenly
@@ -102,18 +110,107 @@ def keep_attention(context, operator, *args, **kwargs) -> CheckpointPolicy:
     return CheckpointPolicy.MUST_SAVE if operator in ATTENTION_OPERATORS else CheckpointPolicy.PREFER_RECOMPUTE
 
 
-def checkpoint_keeping_attention(module, *args):
-    """``torch.utils.checkpoint`` of ``module(*args)`` that recomputes all but the attention in the backward."""
-    context = functools.partial(create_selective_checkpoint_contexts, keep_attention)
-    return checkpoint(module.__call__, *args, use_reentrant=False, context_fn=context)
+# Checkpointed inputs at least this large wait for the backward in host memory (``args.offload_checkpoints``): a
+# block's hidden states (85 MiB at 2B and 480x720), not the rotary tables and embeddings every block shares (6 MiB).
+OFFLOAD_MIN_BYTES = 16 * 2**20
 
 
-def enable_checkpointing(transformer, keep_attention_outputs: bool) -> None:
+class OffloadedTensor:
+    """A saved tensor's copy in host memory, and its copy back on the device while the backward needs it."""
+
+    def __init__(self, host: torch.Tensor, device: torch.device):
+        self.host, self.device = host, device
+        self.on_device: torch.Tensor | None = None
+        self.ready: torch.cuda.Event | None = None  # the copy back has landed (CUDA)
+
+
+class CheckpointOffload:
+    """Saved-tensor hooks around each checkpointed block (``args.offload_checkpoints``). Gradient checkpointing keeps
+    each block's inputs on the GPU until the backward recomputes the block: at 2B and 480x720, 30 hidden states of
+    85 MiB. Here they go to pinned host memory during the forward, on a side stream, and come back one block ahead of
+    the backward's recompute (``unpack`` fetches the next one), so both copies overlap the blocks' work. The same
+    values come back; on the CPU the copies are plain ones, for the tests."""
+
+    def __init__(self, min_bytes: int | None = None):
+        self.min_bytes = OFFLOAD_MIN_BYTES if min_bytes is None else min_bytes
+        self.streams: dict[torch.device, torch.cuda.Stream] = {}
+        self.waiting: list[weakref.ref] = []  # offloaded, in forward order: the backward asks for the last first
+
+    def hooks(self):
+        return torch.autograd.graph.saved_tensors_hooks(self.pack, self.unpack)
+
+    def copy_stream(self, device: torch.device) -> torch.cuda.Stream:
+        if device not in self.streams:
+            self.streams[device] = torch.cuda.Stream(device)
+        return self.streams[device]
+
+    def pack(self, tensor: torch.Tensor):
+        if tensor.numel() * tensor.element_size() < self.min_bytes:
+            return tensor
+        if tensor.device.type == "cuda":
+            stream = self.copy_stream(tensor.device)
+            stream.wait_stream(torch.cuda.current_stream(tensor.device))
+            host = torch.empty_like(tensor, device="cpu", pin_memory=True)
+            with torch.cuda.stream(stream):
+                host.copy_(tensor, non_blocking=True)
+            tensor.record_stream(stream)  # its memory is not reused before the copy has read it
+        else:
+            host = tensor.detach().clone()
+        entry = OffloadedTensor(host, tensor.device)
+        self.waiting.append(weakref.ref(entry))
+        return entry
+
+    def fetch(self, entry: OffloadedTensor) -> None:
+        """Start ``entry``'s copy back to its device, if not under way."""
+        if entry.on_device is not None:
+            return
+        if entry.device.type != "cuda":
+            entry.on_device = entry.host.clone()
+            return
+        stream = self.copy_stream(entry.device)
+        with torch.cuda.stream(stream):
+            entry.on_device = entry.host.to(entry.device, non_blocking=True)
+            entry.ready = stream.record_event()
+
+    def unpack(self, entry):
+        if not isinstance(entry, OffloadedTensor):
+            return entry
+        self.fetch(entry)
+        # Forget what the backward has asked for (or dropped), then fetch the block it reaches next.
+        while self.waiting and self.waiting[-1]() in (None, entry):
+            self.waiting.pop()
+        if self.waiting:
+            self.fetch(self.waiting[-1]())
+        tensor, entry.on_device = entry.on_device, None
+        if entry.ready is not None:
+            current = torch.cuda.current_stream(entry.device)
+            current.wait_event(entry.ready)
+            tensor.record_stream(current)  # allocated on the copy stream, used and freed on this one
+        return tensor
+
+
+def checkpoint_function(keep_attention_outputs: bool, offload: CheckpointOffload | None):
+    """The function diffusers checkpoints each block with: ``torch.utils.checkpoint`` of ``module(*args)``, its
+    attention kept (``keep_attention``) or not, its inputs saved through ``offload``'s hooks or kept on the GPU."""
+    context = noop_context_fn
+    if keep_attention_outputs:
+        context = functools.partial(create_selective_checkpoint_contexts, keep_attention)
+
+    def run(module, *args):
+        with offload.hooks() if offload is not None else contextlib.nullcontext():
+            return checkpoint(module.__call__, *args, use_reentrant=False, context_fn=context)
+
+    return run
+
+
+def enable_checkpointing(transformer, keep_attention_outputs: bool, offload: CheckpointOffload | None = None) -> None:
     """Gradient checkpointing of every block (``args.gradient_checkpointing``): the forward keeps only each block's
     inputs, the backward recomputes the rest; with ``keep_attention_outputs`` (``args.checkpoint_keeps_attention``)
     the attention outputs are kept too, so the backward recomputes the linear layers and the elementwise work but
-    not the attention, the largest share of a long window's FLOPs, for one activation of a block's size a block."""
-    transformer.enable_gradient_checkpointing(checkpoint_keeping_attention if keep_attention_outputs else None)
+    not the attention, the largest share of a long window's FLOPs, for one activation of a block's size a block;
+    with ``offload`` (``args.offload_checkpoints``) the inputs wait in host memory."""
+    plain = not keep_attention_outputs and offload is None
+    transformer.enable_gradient_checkpointing(None if plain else checkpoint_function(keep_attention_outputs, offload))
 
 
 class ChannelsLastGroupNorm(torch.nn.GroupNorm):

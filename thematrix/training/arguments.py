@@ -83,6 +83,10 @@ class TrainingArgs(StrictArgs):
     # backward (the same weights; one activation of a block's size more a block). Off until bench/RESULTS.md has
     # measured it at 2B.
     checkpoint_keeps_attention: bool = False
+    # With gradient_checkpointing: the block inputs it keeps for the backward wait in pinned host memory, copied on a
+    # side stream and fetched back one block ahead (the same values; at 2B and 480x720, 2.5 GiB less GPU memory for
+    # 5 GB of copies a step, which overlap the blocks' work). Off until bench/RESULTS.md has measured it at 2B.
+    offload_checkpoints: bool = False
     # Train the blocks' attention and feed-forward linear layers through FP8 matmuls (torchao's float8 training;
     # GPUs with FP8 tensor cores, refused elsewhere before any weight loads; pip install torchao). It changes the
     # values, so a run resumes with the setting it started with. Off until bench/RESULTS.md has measured it at 2B.
@@ -164,6 +168,11 @@ class TrainingArgs(StrictArgs):
             raise ConfigError(
                 "args.checkpoint_keeps_attention = True without gradient checkpointing keeps every activation "
                 "already: set args.gradient_checkpointing = True, or leave checkpoint_keeps_attention False"
+            )
+        if self.offload_checkpoints and not self.gradient_checkpointing:
+            raise ConfigError(
+                "args.offload_checkpoints = True without gradient checkpointing has no checkpointed inputs to "
+                "offload: set args.gradient_checkpointing = True, or leave offload_checkpoints False"
             )
         schedules = [schedule.value for schedule in SchedulerType]
         if self.lr_scheduler not in schedules:

@@ -60,6 +60,7 @@ RESUMABLE_SETTINGS = frozenset(
         "enable_tiling",
         "gradient_checkpointing",
         "checkpoint_keeps_attention",
+        "offload_checkpoints",
         "allow_tf32",
         "compile_blocks",
         "learning_rate",

@@ -49,7 +49,13 @@ from tqdm.auto import tqdm
 from transformers import T5Config
 
 from thematrix import profiling
-from thematrix.acceleration import check_fp8, compile_blocks, convert_fp8_training, enable_checkpointing
+from thematrix.acceleration import (
+    CheckpointOffload,
+    check_fp8,
+    compile_blocks,
+    convert_fp8_training,
+    enable_checkpointing,
+)
 from thematrix.config import ConfigError, first_given, parse_command_line, setting_from_model
 from thematrix.controls import ControlVocabulary
 from thematrix.data.dataset import collate_batch, footage_fps
@@ -380,7 +386,8 @@ class Trainer:
             param.data = param.data.to(torch.float32 if param.requires_grad else self.weight_dtype)
         transformer.to(device)
         if args.gradient_checkpointing:
-            enable_checkpointing(transformer, args.checkpoint_keeps_attention)
+            offload = CheckpointOffload() if args.offload_checkpoints else None
+            enable_checkpointing(transformer, args.checkpoint_keeps_attention, offload)
         if args.fp8_training:
             convert_fp8_training(transformer)
         if args.compile_blocks:
