@@ -448,9 +448,20 @@ def test_offloaded_checkpoints_give_the_same_gradients_and_leave_nothing_behind(
         return entry
 
     offload.pack = recorded
+    unpack = offload.unpack
+    next_fetched = []  # after each unpack: whether the block the backward reaches next is on its way already
+
+    def observed(entry):
+        tensor = unpack(entry)
+        if isinstance(entry, acceleration.OffloadedTensor) and offload.waiting:
+            next_fetched.append(offload.waiting[-1]().on_device is not None)
+        return tensor
+
+    offload.unpack = observed
     reference = gradients(acceleration.checkpoint_function(False, None))
     offloaded = gradients(acceleration.checkpoint_function(False, offload))
     assert offloaded_shapes == [hidden.shape] * len(blocks)
+    assert next_fetched == [True] * (len(blocks) - 1)
     assert offload.waiting == []
     for expected, actual in zip(reference, offloaded, strict=True):
         torch.testing.assert_close(actual, expected, atol=0, rtol=0)
