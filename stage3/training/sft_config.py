@@ -5,7 +5,8 @@ stage2/training/arguments.py and stage3/training/arguments.py.
 
 Memory for a window of 17 latent frames (73-frame clips) at 480x720, batch 1, on one 80 GB GPU (see bench/RESULTS.md for measurements):
 - full fine-tuning keeps float32 weights, gradients and two Adam moments: 16 bytes per parameter,
-  about 31 GB for the 1.97B parameters of the interactive transformer;
+  about 36 GB for the 2.24B parameters of the interactive transformer (use_8bit_adam = True: 2 bytes of
+  moments a parameter instead of 8);
 - gradient_checkpointing = True recomputes activations in backward: without it the activations of
   30 blocks over 23k tokens do not fit; it costs about a third more time per step;
 - cache_latents = True frees the T5 encoder's 9.5 GB for the run (captions are encoded once).
