@@ -177,8 +177,7 @@ class CheckpointOffload:
             return entry
         self.fetch(entry)
         # Forget what the backward has asked for (or dropped), then fetch the block it reaches next.
-        while self.waiting and self.waiting[-1]() in (None, entry):
-            self.waiting.pop()
+        self.waiting = [ref for ref in self.waiting if ref() not in (None, entry)]
         if self.waiting:
             self.fetch(self.waiting[-1]())
         tensor, entry.on_device = entry.on_device, None
