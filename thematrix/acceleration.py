@@ -20,8 +20,8 @@ Training has four such settings: ``args.compile_blocks`` (``compile_blocks``); `
 (``enable_checkpointing``): gradient checkpointing that keeps each block's attention outputs from the forward
 instead of recomputing them in the backward (selective activation checkpointing), the same operations otherwise;
 ``args.offload_checkpoints`` (``CheckpointOffload``): the block inputs checkpointing keeps wait for the backward in
-the host's memory; and ``args.fp8_training`` (``convert_fp8_training``): the same linear layers as ``--fp8`` trained through FP8 matmuls
-(torchao's float8 training), checked like ``--fp8`` before any weight loads.
+the host's memory; and ``args.fp8_training`` (``convert_fp8_training``): the same linear layers as ``--fp8``
+trained through FP8 matmuls (torchao's float8 training), checked like ``--fp8`` before any weight loads.
 
 Compilation only reorders floating-point work: ``bench/bench_stream.py`` measures the error of the latents and the
 frames against the eager path on the GPU, and ``tests/test_acceleration.py`` checks the compiled graphs on the tiny
