@@ -504,7 +504,12 @@ def test_stage4_play_serves_the_page_and_stops_cleanly_on_ctrl_c(model_dir, play
         *play_arguments(model_dir, play_dataset, tmp_path, "--port", "0", "--keymap", str(keymap)),
     ]
     process = subprocess.Popen(
-        command, cwd=Path(__file__).parents[1], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        command,
+        cwd=Path(__file__).parents[1],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ, PYTHONFAULTHANDLER="1"),  # SIGABRT prints every thread's stack, should it hang
     )
     try:
         lines = []
@@ -517,7 +522,13 @@ def test_stage4_play_serves_the_page_and_stops_cleanly_on_ctrl_c(model_dir, play
         assert [entry["token"] for entry in info["vocabulary"]] == list(TEST_VOCABULARY.tokens)
         assert info["keymap"] == TEST_KEYMAP and info["state"]["running"]
         process.send_signal(signal.SIGINT)
-        assert process.wait(TIMEOUT_S) == 0
+        try:
+            output = process.communicate(timeout=TIMEOUT_S)[0]
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGABRT)
+            stacks = process.communicate(timeout=TIMEOUT_S)[0]
+            pytest.fail(f"play.py still ran {TIMEOUT_S} s after Ctrl-C; its threads:\n{stacks[-6000:]}")
+        assert process.returncode == 0, output
     finally:
         process.kill()
     assert not list(tmp_path.glob("session-*"))

@@ -37,6 +37,9 @@ DEFAULT_HOST = "127.0.0.1"  # this machine only; --host 0.0.0.0 serves every int
 DEFAULT_PORT = 8000
 DEFAULT_MAX_VIEWERS = 4
 VIEWER_BUFFER_FRAMES = 2  # frames waiting for a slow tab before the oldest is dropped
+# At Ctrl-C, how long a request still in flight may hold the exit: the page's requests are small and its sockets are
+# closed first (``_on_shutdown``); aiohttp's default would hold a stalled one for a minute.
+SHUTDOWN_TIMEOUT_S = 2.0
 FRAME_HEADER_LENGTH = struct.Struct(">I")
 UPLOAD_CHUNK_BYTES = 1 << 20
 MAX_UPLOAD_BYTES = 1 << 30
@@ -305,7 +308,7 @@ class PlayServer:
 
     async def start(self, host: str, port: int) -> tuple[web.AppRunner, str]:
         """Serve on ``host:port`` (0: any free port); returns the runner and the page's address."""
-        runner = web.AppRunner(self.app)
+        runner = web.AppRunner(self.app, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         await site.start()
