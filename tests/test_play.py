@@ -510,6 +510,9 @@ def test_stage4_play_serves_the_page_and_stops_cleanly_on_ctrl_c(model_dir, play
         stderr=subprocess.STDOUT,
         text=True,
         env=dict(os.environ, PYTHONFAULTHANDLER="1"),  # SIGABRT prints every thread's stack, should it hang
+        # Ctrl-C as a terminal delivers it, whatever this process inherited: a shell's background job ignores SIGINT,
+        # and a Python started so never sees it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         lines = []
