@@ -207,9 +207,9 @@ def enable_checkpointing(transformer, keep_attention_outputs: bool, offload: Che
     inputs, the backward recomputes the rest; with ``keep_attention_outputs`` (``args.checkpoint_keeps_attention``)
     the attention outputs are kept too, so the backward recomputes the linear layers and the elementwise work but
     not the attention, the largest share of a long window's FLOPs, for one activation of a block's size a block;
-    with ``offload`` (``args.offload_checkpoints``) the inputs wait in host memory."""
-    plain = not keep_attention_outputs and offload is None
-    transformer.enable_gradient_checkpointing(None if plain else checkpoint_function(keep_attention_outputs, offload))
+    with ``offload`` (``args.offload_checkpoints``) the inputs wait in host memory. With neither it
+    makes diffusers' default call (non-reentrant ``torch.utils.checkpoint``)."""
+    transformer.enable_gradient_checkpointing(checkpoint_function(keep_attention_outputs, offload))
 
 
 class ChannelsLastGroupNorm(torch.nn.GroupNorm):

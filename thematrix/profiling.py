@@ -3,7 +3,8 @@
 The summary says how long the device was busy (GPU kernels; on the CPU, aten operators) by kind of work, the share
 of the wall time that is (below 1: the device waited for the host or the data; above 1 where CUDA streams overlap),
 how many operators the host called per unit (each costs the host microseconds, whatever its size: what bounds small
-models), how many times per unit it waited for the GPU, and the top kernels. ``bench/bench_stream.py --profile`` and training's ``args.profile_steps`` write it.
+models), how many times per unit it waited for the GPU, and the top kernels. ``bench/bench_stream.py --profile`` and
+training's ``args.profile_steps`` write it.
 """
 
 from __future__ import annotations
